@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system tools carebus needs on a fresh Debian machine: Java 17+ and Maven (the local Kafka
+# broker is resolved from Maven Central and run on the JVM), and PostgreSQL for the record store's tests.
+# Does nothing when they are already there.
+set -euo pipefail
+need=()
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "carebus: installing ${need[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,58 @@
+"""The carebus exception tree.
+
+    CarebusError
+    ├── InvalidInput              bad input: answered (4xx, NAK, OperationOutcome) or dead-lettered; carry on
+    │   ├── EventValidationError  an inbound event breaks its schema (names each field and rule)
+    │   ├── RefusedContent        content carebus must not carry (e.g. HIPAA psychotherapy notes)
+    │   └── MappingError          a valid event that cannot become valid FHIR
+    └── InfrastructureError       broken infrastructure: retried, nothing committed or acknowledged
+        └── BrokerUnavailable     Kafka did not acknowledge in time
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CarebusError(Exception):
+    """Root of every error carebus raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One broken rule at one place in the input. Never carries the offending value (it may be PHI)."""
+
+    location: str
+    rule: str
+    message: str
+
+
+class InvalidInput(CarebusError):
+    """Input that will never succeed unchanged. ``reason`` is a short machine code, safe to log."""
+
+    reason: str = "invalid-input"
+
+    def __init__(self, message: str, problems: list[FieldProblem] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+
+class EventValidationError(InvalidInput):
+    reason = "schema-violation"
+
+
+class RefusedContent(InvalidInput):
+    reason = "refused-content"
+
+
+class MappingError(InvalidInput):
+    reason = "mapping-failed"
+
+
+class InfrastructureError(CarebusError):
+    """Something carebus depends on is broken; retry later, acknowledge nothing."""
+
+
+class BrokerUnavailable(InfrastructureError):
+    """Kafka did not acknowledge a write (or could not be reached) within the configured time."""

@@ -1,0 +1,19 @@
+"""Deterministic FHIR resource ids: the same source system and source identifiers always give the same id,
+so a replayed event (or message) produces the same resources and the record converges instead of duplicating."""
+
+from __future__ import annotations
+
+import uuid
+
+CAREBUS_NAMESPACE = uuid.UUID("6f1c1f2e-3b0a-4c55-9a57-0c4a1e5b2d10")
+
+
+def resource_id(resource_type: str, source_system: str, *source_identifiers: str) -> str:
+    """A FHIR id (a UUID string, valid under FHIR's id rule) from the source system and identifiers."""
+    name = "|".join((resource_type, source_system, *source_identifiers))
+    return str(uuid.uuid5(CAREBUS_NAMESPACE, name))
+
+
+def patient_key(source_system: str, source_patient_id: str) -> str:
+    """Kafka record key for one patient of one source: keeps that patient's events in order."""
+    return f"{source_system}|{source_patient_id}"

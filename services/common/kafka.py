@@ -1,0 +1,213 @@
+"""The one wrapper around kafka-python: connection/security settings, acks, idempotence, keys and headers.
+
+Producers connect lazily and flush on close. Every produce that answers a sender waits for acks=all, so
+nothing is acknowledged upstream before it is durable in Kafka. kafka-python errors are wrapped in
+:class:`BrokerUnavailable` (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata, RecordMetadata
+
+from services.common.errors import BrokerUnavailable
+from services.common.settings import Settings
+from services.common.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def client_config(settings: Settings, client_id: str) -> dict[str, Any]:
+    """Connection and security options shared by producers, consumers and the admin client."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "client_id": client_id,
+        "security_protocol": settings.kafka_security_protocol,
+        "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 5000,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        config["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    if settings.kafka_ssl_cafile:
+        config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        config["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+    if settings.kafka_ssl_keyfile:
+        config["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    return config
+
+
+@dataclass(frozen=True)
+class OutboundRecord:
+    """One record to write: ``headers`` values are plain strings without PHI."""
+
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _encode_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+class RecordProducer:
+    """Idempotent acks=all producer. Thread-safe (kafka-python's producer is)."""
+
+    def __init__(self, settings: Settings, client_id: str, **overrides: Any) -> None:
+        self._settings = settings
+        self._config = {
+            **client_config(settings, client_id),
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 2,
+            "max_block_ms": int(settings.kafka_request_timeout_s * 1000),
+            "delivery_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 6000,
+            **overrides,
+        }
+        self._producer: KafkaProducer | None = None
+
+    def _client(self) -> KafkaProducer:
+        if self._producer is None:
+            try:
+                self._producer = KafkaProducer(**self._config)
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
+        return self._producer
+
+    def send(self, record: OutboundRecord) -> FutureRecordMetadata:
+        """Start a write; the future resolves once every in-sync replica has it."""
+        try:
+            return self._client().send(
+                record.topic,
+                value=record.value,
+                key=record.key.encode(),
+                headers=_encode_headers(record.headers),
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"produce to {record.topic} failed: {type(exc).__name__}") from exc
+
+    def send_all_and_wait(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
+        """Write every record and block until all are acknowledged (acks=all), or raise BrokerUnavailable."""
+        futures = [self.send(record) for record in records]
+        timeout = self._settings.kafka_request_timeout_s
+        try:
+            return [future.get(timeout=timeout) for future in futures]
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
+
+    async def send_all_async(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
+        """Asyncio form of :meth:`send_all_and_wait`: awaits the broker's acks without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[RecordMetadata]] = []
+        for record in records:
+            waiter: asyncio.Future[RecordMetadata] = loop.create_future()
+            future = self.send(record)
+            future.add_callback(_resolve, loop, waiter)
+            future.add_errback(_reject, loop, waiter)
+            waiters.append(waiter)
+        try:
+            return list(
+                await asyncio.wait_for(asyncio.gather(*waiters), timeout=self._settings.kafka_request_timeout_s)
+            )
+        except (TimeoutError, KafkaError) as exc:
+            raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout_s)
+            self._producer.close(timeout=timeout_s)
+            self._producer = None
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:
+    loop.call_soon_threadsafe(_set_result, waiter, meta)
+
+
+def _reject(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], exc: BaseException) -> None:
+    loop.call_soon_threadsafe(_set_exception, waiter, exc)
+
+
+def _set_result(waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:
+    if not waiter.done():
+        waiter.set_result(meta)
+
+
+def _set_exception(waiter: asyncio.Future[RecordMetadata], exc: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
+def build_consumer(settings: Settings, client_id: str, group_id: str, topics: Iterable[str]) -> KafkaConsumer:
+    """A consumer that never auto-commits: callers commit only after their outputs are acknowledged."""
+    try:
+        return KafkaConsumer(
+            *topics,
+            **client_config(settings, client_id),
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=500,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=3000,
+        )
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot connect consumer: {type(exc).__name__}") from exc
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the catalogue's topics that do not exist yet. Returns the names created."""
+    new_topics = [
+        NewTopic(
+            name=spec.name(settings.topic_prefix),
+            num_partitions=settings.kafka_topic_partitions,
+            replication_factor=settings.kafka_topic_replication,
+            topic_configs={"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms)},
+        )
+        for spec in specs
+    ]
+    try:
+        admin = KafkaAdminClient(**client_config(settings, "carebus-admin"))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot connect admin client: {type(exc).__name__}") from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [topic for topic in new_topics if topic.name not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics", extra={"topics": created})
+        return created
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"topic set-up failed: {type(exc).__name__}") from exc
+    finally:
+        admin.close()
+
+
+def end_offsets_lag(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
+    """Consumer lag per assigned partition (end offset minus position)."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return {}
+    ends = consumer.end_offsets(list(assigned))
+    return {tp: max(0, ends[tp] - consumer.position(tp)) for tp in assigned}

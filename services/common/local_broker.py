@@ -1,0 +1,206 @@
+"""Provision and run one local Apache Kafka broker (KRaft, combined broker + controller) on loopback.
+
+Maven resolves org.apache.kafka:kafka_2.13 and its runtime dependencies (deploy/local/kafka/pom.xml) into the
+git-ignored cache folder once; each start formats fresh KRaft storage (or reuses it), launches the JVM, waits
+until the broker serves requests, and stops it cleanly. Used by the tests (once per session, on a free port)
+and by the main job.
+
+    python -m services.common.local_broker start [--port 9092]   # foreground, Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from services.common.settings import REPO_ROOT
+
+POM = REPO_ROOT / "deploy" / "local" / "kafka" / "pom.xml"
+LOG_CONFIG = REPO_ROOT / "deploy" / "local" / "kafka" / "log4j2.yaml"
+
+
+class BrokerStartError(RuntimeError):
+    """The local broker could not be provisioned or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def provision(cache_dir: Path) -> Path:
+    """Resolve the broker's jars into ``cache_dir/kafka/libs`` (once). Returns the libs folder."""
+    libs = cache_dir.resolve() / "kafka" / "libs"
+    marker = libs / ".complete"
+    pom_stamp = POM.read_bytes()
+    if marker.exists() and marker.read_bytes() == pom_stamp:
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerStartError("Maven ('mvn') is needed to fetch the Kafka broker; install it (apt-get install maven)")
+    if libs.exists():
+        shutil.rmtree(libs)
+    libs.mkdir(parents=True)
+    print("carebus: resolving Apache Kafka from Maven Central into", libs, file=sys.stderr, flush=True)
+    result = subprocess.run(  # noqa: S603 - fixed argument list
+        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise BrokerStartError(f"Maven could not resolve Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    marker.write_bytes(pom_stamp)
+    return libs
+
+
+class LocalKafkaBroker:
+    """One KRaft broker/controller process with its data under ``workdir``."""
+
+    def __init__(self, cache_dir: Path, port: int | None = None, workdir: Path | None = None,
+                 heap: str = "768m") -> None:
+        self.cache_dir = cache_dir.resolve()
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self.workdir = workdir or cache_dir / "kafka" / f"run-{self.port}"
+        self.heap = heap
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        data_dir = self.workdir / "data"
+        config = self.workdir / "server.properties"
+        config.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data_dir}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "num.partitions=6",
+                "",
+            ])
+        )
+        return config
+
+    def _java(self, libs: Path, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerStartError("Java 17+ is needed to run the Kafka broker; install it (apt-get install default-jre)")
+        return [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+                "-cp", f"{libs}/*", *args]
+
+    def start(self, timeout_s: float = 90.0) -> LocalKafkaBroker:
+        libs = provision(self.cache_dir)
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        (self.workdir / "logs").mkdir(parents=True)
+        config = self._write_config()
+        cluster_id = _kafka_uuid()
+        fmt = subprocess.run(  # noqa: S603
+            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            raise BrokerStartError(f"formatting KRaft storage failed: {fmt.stdout[-1000:]}{fmt.stderr[-1000:]}")
+        stdout = (self.workdir / "logs" / "stdout.log").open("wb")
+        self._process = subprocess.Popen(  # noqa: S603
+            self._java(libs, "kafka.Kafka", str(config)), stdout=stdout, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_until_serving(timeout_s)
+        return self
+
+    def wait_until_serving(self, timeout_s: float) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise BrokerStartError(f"broker exited with {self._process.returncode}; see {self.workdir}/logs")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except (OSError, KafkaError):
+                time.sleep(0.3)
+        raise BrokerStartError(f"broker did not serve on {self.bootstrap} within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> LocalKafkaBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from services.common.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["provision", "start"])
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "provision":
+        print(provision(settings.cache_dir))
+        return
+    broker = LocalKafkaBroker(settings.cache_dir, port=args.port or settings.local_kafka_port)
+    broker.start()
+    print(f"carebus: Kafka broker serving on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    broker.stop()
+
+
+if __name__ == "__main__":
+    main()

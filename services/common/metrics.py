@@ -1,0 +1,62 @@
+"""Prometheus metrics of every carebus service, named per the Prometheus conventions.
+
+One :class:`Metrics` per process, built by the service's composition root on its own registry. Label values
+come from closed sets (event types, reasons, resource types, ACK codes, routes): never a patient id or any PHI.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_accepted = Counter(
+            "carebus_events_accepted_total", "Inbound events durable in Kafka, by event type and channel.",
+            ["event_type", "channel"], registry=r)
+        self.events_rejected = Counter(
+            "carebus_events_rejected_total", "Inbound events refused, by reason and channel.",
+            ["reason", "channel"], registry=r)
+        self.request_seconds = Histogram(
+            "carebus_http_request_duration_seconds", "HTTP request latency, by route and status.",
+            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.resources_emitted = Counter(
+            "carebus_resources_emitted_total", "FHIR resources written to the bundle topic, by resource type.",
+            ["resource_type"], registry=r)
+        self.bundles_emitted = Counter(
+            "carebus_bundles_emitted_total", "FHIR bundles written, by inbound event type.",
+            ["event_type"], registry=r)
+        self.dead_letters = Counter(
+            "carebus_dead_letters_total", "Records sent to the dead-letter topic, by reason and stage.",
+            ["reason", "stage"], registry=r)
+        self.processing_seconds = Histogram(
+            "carebus_processing_duration_seconds", "Time to map, validate and serialize one event.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.end_to_end_seconds = Histogram(
+            "carebus_end_to_end_latency_seconds", "Event time to FHIR bundle acknowledged on its topic.",
+            buckets=E2E_BUCKETS, registry=r)
+        self.consumer_lag = Gauge(
+            "carebus_consumer_lag_records", "Records not yet consumed, per topic partition.",
+            ["topic", "partition"], registry=r)
+        self.produce_errors = Counter(
+            "carebus_kafka_produce_errors_total", "Kafka writes that were not acknowledged, by topic.",
+            ["topic"], registry=r)
+        self.data_quality_issues = Counter(
+            "carebus_data_quality_issues_total", "Data-quality findings surfaced while mapping, by kind.",
+            ["kind"], registry=r)
+        self.safety_alerts = Counter(
+            "carebus_safety_alerts_total", "Safety alerts raised, by kind.", ["kind"], registry=r)
+        self.mllp_connections = Gauge(
+            "carebus_mllp_connections", "Open MLLP connections.", registry=r)
+        self.mllp_acks = Counter(
+            "carebus_mllp_acks_total", "HL7 v2 acknowledgements sent, by MSA-1 code.", ["code"], registry=r)
+        self.record_requests = Counter(
+            "carebus_record_api_requests_total", "Record API requests, by route and status.",
+            ["route", "status"], registry=r)
+        self.kafka_ready = Gauge(
+            "carebus_kafka_ready", "1 when this service last reached Kafka, else 0.", registry=r)

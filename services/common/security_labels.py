@@ -1,0 +1,56 @@
+"""Security labels (meta.security codings) carebus decides at conversion time.
+
+Sets (../shared/reference/domain.md): psychiatric data R+PSY; substance-use (42 CFR Part 2) data
+R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN (refused at intake: never carried).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"  # not a label system; kept for Consent
+
+_LABELS: dict[str, tuple[str, str]] = {
+    "N": (CONFIDENTIALITY, "normal"),
+    "R": (CONFIDENTIALITY, "restricted"),
+    "V": (CONFIDENTIALITY, "very restricted"),
+    "PSY": (ACT_CODE, "psychiatry disorder information sensitivity"),
+    "MH": (ACT_CODE, "mental health information sensitivity"),
+    "BH": (ACT_CODE, "behavioral health information sensitivity"),
+    "SUD": (ACT_CODE, "substance use disorder information sensitivity"),
+    "ETHUD": (ACT_CODE, "alcohol use disorder information sensitivity"),
+    "OPIOIDUD": (ACT_CODE, "opioid use disorder information sensitivity"),
+    "PSYTHPN": (ACT_CODE, "psychotherapy note information sensitivity"),
+    "42CFRPart2": (ACT_CODE, "42 CFR Part2"),
+    "NORDSCLCD": (ACT_CODE, "no redisclosure without consent directive"),
+}
+
+PSYCHIATRIC = ("R", "PSY")
+PART2 = ("R", "SUD", "42CFRPart2", "NORDSCLCD")
+
+_CONFIDENTIALITY_RANK = {"N": 0, "R": 1, "V": 2}
+
+
+def coding(code: str) -> dict[str, Any]:
+    system, display = _LABELS[code]
+    return {"system": system, "code": code, "display": display}
+
+
+def combine(*label_sets: Iterable[str]) -> tuple[str, ...]:
+    """Union of label sets, keeping one confidentiality code (the most restrictive) first."""
+    codes: set[str] = set()
+    for labels in label_sets:
+        codes.update(labels)
+    confidentiality = [c for c in codes if c in _CONFIDENTIALITY_RANK]
+    others = sorted(c for c in codes if c not in _CONFIDENTIALITY_RANK)
+    if not confidentiality:
+        return tuple(others)
+    top = max(confidentiality, key=_CONFIDENTIALITY_RANK.__getitem__)
+    return (top, *others)
+
+
+def meta_security(codes: Iterable[str]) -> list[dict[str, Any]]:
+    return [coding(code) for code in combine(codes)]

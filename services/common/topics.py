@@ -1,0 +1,79 @@
+"""The topic catalogue in code: every topic carebus creates, its key, headers and payload.
+
+schemas/asyncapi.yaml documents the same topics for subscribers; tests/test_contracts.py keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CleanupPolicy = Literal["delete", "compact"]
+
+# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI.
+HEADER_EVENT_ID = "ce_id"
+HEADER_EVENT_TYPE = "ce_type"
+HEADER_EVENT_SOURCE = "ce_source"
+HEADER_EVENT_TIME = "ce_time"
+HEADER_CORRELATION_ID = "carebus_correlation_id"
+HEADER_SECURITY = "carebus_security"  # comma-separated meta.security codes of the whole bundle, e.g. "R,PSY"
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
+
+SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
+THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One Kafka topic: ``suffix`` is appended to the configured prefix (``carebus.`` by default)."""
+
+    suffix: str
+    summary: str
+    key: str
+    content_type: str
+    headers: tuple[str, ...]
+    cleanup_policy: CleanupPolicy = "delete"
+    retention_ms: int = SEVEN_DAYS_MS
+
+    def name(self, prefix: str) -> str:
+        return f"{prefix}.{self.suffix}"
+
+
+INBOUND_EVENTS = TopicSpec(
+    suffix="events.inbound.v1",
+    summary="Care events accepted by intake (CloudEvents 1.0, structured JSON), durable before the 202 or AA.",
+    key="patient key: '<source>|<source patient id>', so one patient's events stay in order",
+    content_type="application/cloudevents+json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_SOURCE, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
+FHIR_BUNDLES = TopicSpec(
+    suffix="fhir.bundles.v1",
+    summary="One FHIR R4 Bundle (type collection) per inbound event, validated and security-labelled.",
+    key="patient key of the inbound event",
+    content_type="application/fhir+json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
+SAFETY_ALERTS = TopicSpec(
+    suffix="alerts.safety.v1",
+    summary="Safety alerts (PHQ-9 item 9 > 0, C-SSRS high risk, risk flags) raised within seconds.",
+    key="patient key of the inbound event",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+)
+DEAD_LETTERS = TopicSpec(
+    suffix="deadletter.v1",
+    summary="Records that could not be mapped or validated, with the reason, the original record and its offset.",
+    key="key of the original record",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID, HEADER_CORRELATION_ID, HEADER_DEAD_LETTER_REASON, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS)
+
+# CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
+HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)
+FHIR_RESOURCE_EVENT_TYPE = "org.carebus.fhir.resource.v1"  # data: a FHIR R4 resource or Bundle (JSON)

@@ -1,0 +1,38 @@
+"""What every mapping (JSON care events, HL7 v2 messages, inbound FHIR) returns: plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MappingContext:
+    """Everything a pure mapping needs from outside: the clock and configuration are passed in."""
+
+    received_at: datetime
+    part2_sources: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SafetyAlert:
+    """A suicide/self-harm risk that needs urgent follow-up. ``detail`` is a fixed phrase, never free text."""
+
+    kind: str  # closed set: "phq9-item9", "cssrs-high-risk", "epds-item10", "risk-flag"
+    patient_reference: str  # "Patient/<id>"
+    flag_id: str  # id of the Flag resource in the same bundle
+    event_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MappedEvent:
+    """One inbound event or message as FHIR: a Bundle (type collection) as a plain JSON-ready dict."""
+
+    bundle: dict[str, Any]
+    security_labels: tuple[str, ...]
+    alerts: tuple[SafetyAlert, ...] = ()
+    data_quality: tuple[str, ...] = ()  # closed-set codes such as "reported-total-mismatch"
+    unmapped_segments: tuple[str, ...] = ()  # HL7 v2 segments present but not mapped (also in the Provenance)
+    resource_counts: dict[str, int] = field(default_factory=dict)

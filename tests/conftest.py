@@ -1,0 +1,41 @@
+"""Shared fixtures. Integration tests run against one real Kafka broker (KRaft) started once per test
+session on a free port, or the cluster named by CAREBUS_KAFKA_BOOTSTRAP when that is set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.local_broker import LocalKafkaBroker
+from services.common.settings import REPO_ROOT, Settings
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("CAREBUS_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    broker = LocalKafkaBroker(REPO_ROOT / ".cache", workdir=tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str) -> Settings:
+    """Settings pointing at the test broker, with a topic prefix of this test's own (isolated topics)."""
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"test{uuid.uuid4().hex[:10]}",
+        kafka_topic_partitions=3,
+        kafka_request_timeout_s=10.0,
+    )
