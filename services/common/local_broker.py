@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     broker = LocalKafkaBroker(settings.cache_dir, port=args.port or settings.local_kafka_port)
     broker.start()
     print(f"carebus: Kafka broker serving on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.pause()
     broker.stop()
 
 

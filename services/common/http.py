@@ -1,0 +1,38 @@
+"""Operational HTTP routes every service serves: /healthz, /readyz, /metrics, and RFC 9457 problem details."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.metrics import Metrics
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://carebus.dev/problems/"
+
+
+def problem(status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None,
+            **extensions: Any) -> Response:
+    """An RFC 9457 problem detail. ``detail`` must never contain PHI."""
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extensions}
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def add_operational_routes(app: FastAPI, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        return Response(b'{"status":"alive"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        ready, reason = readiness()
+        body = orjson.dumps({"status": "ready" if ready else "not-ready", "reason": reason})
+        return Response(body, status_code=200 if ready else 503, media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

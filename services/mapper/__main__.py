@@ -1,0 +1,61 @@
+"""Composition root of the mapper service: `python -m services.mapper`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.common.health import KafkaReadiness
+from services.common.http import add_operational_routes
+from services.common.kafka import RecordProducer, build_consumer
+from services.common.log import configure_logging
+from services.common.metrics import Metrics
+from services.common.runtime import prepare_topics
+from services.common.settings import Settings
+from services.common.topics import CATALOGUE, INBOUND_EVENTS
+from services.mapper.pipeline import Pipeline, TopicNames
+from services.mapper.service import MapperService
+
+log = logging.getLogger("services.mapper")
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging("mapper", settings.log_level)
+    metrics = Metrics()
+    prepare_topics(settings)
+    readiness = KafkaReadiness(settings, [spec.name(settings.topic_prefix) for spec in CATALOGUE], metrics)
+    readiness.start()
+    consumer = build_consumer(settings, "carebus-mapper", settings.mapper_group_id,
+                              [INBOUND_EVENTS.name(settings.topic_prefix)])
+    producer = RecordProducer(settings, "carebus-mapper")
+    service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
+                                                         frozenset(settings.part2_sources)), metrics)
+
+    app = FastAPI(title="carebus mapper", docs_url=None, redoc_url=None)
+    add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))
+    http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.mapper_port,
+                                         log_config=None, access_log=False))
+    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # signals are handled below
+    threading.Thread(target=http.run, name="mapper-http", daemon=True).start()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info("mapper consuming", extra={"group": settings.mapper_group_id})
+    try:
+        service.run(stop)  # returns after the batch in hand is written and committed
+    finally:
+        service.close()
+        http.should_exit = True
+        readiness.stop()
+        log.info("mapper stopped", extra={"consumed": service.stats.consumed,
+                                          "dead_letters": service.stats.dead_letters})
+
+
+if __name__ == "__main__":
+    main()

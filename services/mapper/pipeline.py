@@ -1,0 +1,185 @@
+"""One inbound Kafka record in, the Kafka records it implies out: a FHIR bundle and safety alerts, or one
+dead letter with the reason. No I/O here: the mapper service does the consuming, producing and committing.
+
+Dispatch by CloudEvent type: JSON care events (services/common/events) go through services/mapper/mapping;
+HL7 v2 messages through services/mapper/hl7v2. The clock is the inbound record's timestamp, so a replay maps
+every record exactly as the first time.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.common.errors import CarebusError, InvalidInput, MappingError
+from services.common.events import parse_event
+from services.common.kafka import OutboundRecord
+from services.common.topics import (
+    DEAD_LETTERS,
+    FHIR_BUNDLES,
+    HEADER_CONTENT_TYPE,
+    HEADER_CORRELATION_ID,
+    HEADER_DEAD_LETTER_REASON,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_SECURITY,
+    HL7V2_MESSAGE_EVENT_TYPE,
+    SAFETY_ALERTS,
+)
+from services.mapper.hl7v2 import map_hl7v2_message
+from services.mapper.mapping import map_event, serialize, validate_bundle
+from services.mapper.result import MappedEvent, MappingContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """The parts of a consumed Kafka record the pipeline needs (decoupled from kafka-python's type)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode(errors="replace")
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one inbound record became. ``records`` are written together, before the offset is committed."""
+
+    records: list[OutboundRecord]
+    event_type: str
+    mapped: MappedEvent | None = None
+    dead_letter_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    bundles: str
+    alerts: str
+    dead_letters: str
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> TopicNames:
+        return cls(FHIR_BUNDLES.name(prefix), SAFETY_ALERTS.name(prefix), DEAD_LETTERS.name(prefix))
+
+
+Mapper = Callable[[dict[str, Any], MappingContext], MappedEvent]
+
+
+def _map_care_event(envelope: dict[str, Any], context: MappingContext) -> MappedEvent:
+    return map_event(parse_event(envelope), context)
+
+
+def _map_hl7v2(envelope: dict[str, Any], context: MappingContext) -> MappedEvent:
+    data = envelope.get("data")
+    if not isinstance(data, str):
+        raise MappingError("HL7 v2 event carries no ER7 text in data")
+    return map_hl7v2_message(data, context)
+
+
+MAPPERS_BY_TYPE: dict[str, Mapper] = {HL7V2_MESSAGE_EVENT_TYPE: _map_hl7v2}
+
+
+class Pipeline:
+    def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset()) -> None:
+        self.topics = topics
+        self.part2_sources = part2_sources
+
+    def process(self, record: InboundRecord) -> Outcome:
+        key = (record.key or b"").decode(errors="replace")
+        event_id = record.header(HEADER_EVENT_ID) or ""
+        event_type = record.header(HEADER_EVENT_TYPE) or "unknown"
+        correlation_id = record.header(HEADER_CORRELATION_ID) or event_id
+        context = MappingContext(
+            received_at=datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC),
+            part2_sources=self.part2_sources,
+        )
+        try:
+            envelope = orjson.loads(record.value)
+            if not isinstance(envelope, dict):
+                raise MappingError("inbound record is not a CloudEvent object")
+            event_type = str(envelope.get("type", event_type))
+            event_id = str(envelope.get("id", event_id))
+            mapped = MAPPERS_BY_TYPE.get(event_type, _map_care_event)(envelope, context)
+            validate_bundle(mapped.bundle)
+            payload = serialize(mapped.bundle)
+        except (InvalidInput, orjson.JSONDecodeError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidInput) else "malformed-json"
+            return self._dead_letter(record, key, event_id, event_type, correlation_id, reason, exc)
+        except CarebusError as exc:  # pragma: no cover - defensive: every mapping error is InvalidInput
+            return self._dead_letter(record, key, event_id, event_type, correlation_id, "mapping-failed", exc)
+        except Exception as exc:  # noqa: BLE001 - a mapping bug must dead-letter the record, not stop the stream
+            log.exception("unexpected mapping failure", extra={"event_id": event_id, "event_type": event_type})
+            return self._dead_letter(record, key, event_id, event_type, correlation_id, "unexpected-error", exc)
+
+        security = ",".join(mapped.security_labels)
+        records = [OutboundRecord(
+            topic=self.topics.bundles, key=key, value=payload,
+            headers={HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: event_type,
+                     HEADER_CORRELATION_ID: correlation_id, HEADER_SECURITY: security,
+                     HEADER_CONTENT_TYPE: "application/fhir+json"},
+        )]
+        for alert in mapped.alerts:
+            records.append(OutboundRecord(
+                topic=self.topics.alerts, key=key,
+                value=orjson.dumps({
+                    "kind": alert.kind, "patient": alert.patient_reference, "flag": f"Flag/{alert.flag_id}",
+                    "event_id": alert.event_id, "detail": alert.detail,
+                    "raised_at": context.received_at.isoformat(),
+                }),
+                headers={HEADER_EVENT_ID: event_id, HEADER_CORRELATION_ID: correlation_id,
+                         HEADER_SECURITY: security, HEADER_CONTENT_TYPE: "application/json"},
+            ))
+        return Outcome(records=records, event_type=event_type, mapped=mapped)
+
+    def _dead_letter(self, record: InboundRecord, key: str, event_id: str, event_type: str,
+                     correlation_id: str, reason: str, exc: BaseException) -> Outcome:
+        problems: list[dict[str, str]] = []
+        if isinstance(exc, InvalidInput):
+            message = exc.message
+            problems = [{"location": p.location, "rule": p.rule, "message": p.message} for p in exc.problems]
+        else:
+            message = f"{type(exc).__name__} while mapping"
+        try:
+            original: dict[str, str] = {"encoding": "utf-8", "value": record.value.decode()}
+        except UnicodeDecodeError:
+            original = {"encoding": "base64", "value": base64.b64encode(record.value).decode()}
+        letter = {
+            "reason": reason,
+            "message": message,
+            "problems": problems,
+            "stage": "mapper",
+            "event_id": event_id,
+            "event_type": event_type,
+            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                       "key": key, "timestamp_ms": record.timestamp_ms},
+            "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+            "original": original,
+        }
+        log.warning("dead-lettered", extra={"event_id": event_id, "event_type": event_type, "reason": reason,
+                                            "partition": record.partition, "offset": record.offset})
+        return Outcome(
+            records=[OutboundRecord(
+                topic=self.topics.dead_letters, key=key, value=orjson.dumps(letter),
+                headers={HEADER_EVENT_ID: event_id, HEADER_CORRELATION_ID: correlation_id,
+                         HEADER_DEAD_LETTER_REASON: reason, HEADER_CONTENT_TYPE: "application/json"},
+            )],
+            event_type=event_type,
+            dead_letter_reason=reason,
+        )

@@ -1,0 +1,188 @@
+"""The main job: a local Kafka broker, every carebus service, and a sample care journey replayed through them.
+
+    make demo          (or: .venv/bin/python -m services.stack)
+
+Uses the cluster in CAREBUS_KAFKA_BOOTSTRAP when that is set; otherwise provisions and starts one local broker
+on CAREBUS_LOCAL_KAFKA_PORT (9092). Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from services.common.kafka import client_config
+from services.common.local_broker import LocalKafkaBroker
+from services.common.runtime import prepare_topics
+from services.common.settings import Settings
+from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
+from services.mapper.journey import sample_care_journey
+
+
+def say(message: str) -> None:
+    print(f"carebus | {message}", flush=True)
+
+
+class Stack:
+    """The processes the demo started, stopped in reverse order."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.broker: LocalKafkaBroker | None = None
+
+    def start_service(self, name: str, env: dict[str, str]) -> None:
+        log_file = (self.log_dir / f"{name}.log").open("wb")
+        process = subprocess.Popen(  # noqa: S603 - our own module
+            [sys.executable, "-m", f"services.{name}"], env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.processes.append((name, process))
+
+    def stop(self) -> None:
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                say(f"{name} did not stop in time; killing it")
+                process.kill()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def wait_ready(url: str, name: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"carebus | {name} exited with {process.returncode}; see its log")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"carebus | {name} not ready after {timeout_s:.0f}s ({url})")
+
+
+def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> Iterator[Any]:
+    consumer = KafkaConsumer(**client_config(settings, "carebus-demo-reader"), enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + idle_s
+    while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in partitions):
+        for records in consumer.poll(timeout_ms=300).values():
+            yield from records
+    consumer.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-wait", action="store_true", help="stop after the journey instead of waiting")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    log_dir = settings.cache_dir / "demo" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(settings, log_dir)
+    env = dict(os.environ)
+    services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
+    steps = 4 + len(services)
+    step = 0
+
+    def progress(message: str) -> None:
+        nonlocal step
+        step += 1
+        say(f"[{step}/{steps}] {message}")
+
+    try:
+        if "CAREBUS_KAFKA_BOOTSTRAP" in os.environ:
+            progress(f"using the configured Kafka cluster {settings.kafka_bootstrap}")
+        else:
+            progress(f"starting a local Kafka broker (KRaft) on 127.0.0.1:{settings.local_kafka_port} "
+                     "(first run downloads it from Maven Central)")
+            stack.broker = LocalKafkaBroker(settings.cache_dir, port=settings.local_kafka_port,
+                                            workdir=settings.cache_dir / "kafka" / "demo")
+            stack.broker.start()
+            env["CAREBUS_KAFKA_BOOTSTRAP"] = stack.broker.bootstrap
+            settings = Settings(kafka_bootstrap=stack.broker.bootstrap)
+        progress("creating topics from the topic catalogue")
+        prepare_topics(settings)
+        ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port}
+        for name in services:
+            progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
+            stack.start_service(name, env)
+        for name, process in stack.processes:
+            wait_ready(f"http://{settings.http_host}:{ports[name]}/readyz", name, process)
+
+        journey = sample_care_journey(datetime.now(UTC).replace(microsecond=0) - timedelta(days=120))
+        progress(f"replaying a sample care journey: {len(journey)} events from 3 practices")
+        intake = f"http://{settings.http_host}:{settings.intake_port}/events"
+        with httpx.Client(timeout=30) as client:
+            for index, event in enumerate(journey, start=1):
+                response = client.post(intake, content=orjson.dumps(event),
+                                       headers={"content-type": "application/cloudevents+json"})
+                mark = "accepted" if response.status_code == 202 else f"REFUSED {response.status_code}"
+                say(f"    {index:>3}/{len(journey)}  {event['type']:<48} {mark}")
+
+        progress("waiting for the mapper to publish FHIR bundles")
+        ids = {event["id"] for event in journey}
+        seen: set[str] = set()
+        resources: Counter[str] = Counter()
+        deadline = time.monotonic() + 60
+        while seen != ids and time.monotonic() < deadline:
+            for record in read_topic(settings, FHIR_BUNDLES.name(settings.topic_prefix)):
+                event_id = dict(record.headers).get("ce_id", b"").decode()
+                if event_id in ids and event_id not in seen:
+                    seen.add(event_id)
+                    for entry in orjson.loads(record.value).get("entry", []):
+                        resources[entry["resource"]["resourceType"]] += 1
+            time.sleep(0.5)
+        alerts = sum(1 for _ in read_topic(settings, SAFETY_ALERTS.name(settings.topic_prefix), idle_s=1))
+        dead = sum(1 for _ in read_topic(settings, DEAD_LETTERS.name(settings.topic_prefix), idle_s=1))
+        say(f"{len(seen)}/{len(ids)} events became FHIR bundles; {alerts} safety alert(s); {dead} dead letter(s)")
+        say("resources: " + ", ".join(f"{k} {v}" for k, v in sorted(resources.items())))
+        prefix = settings.topic_prefix
+        say("where to look:")
+        say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
+            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+        say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  (POST /events)")
+        if "record" in services:
+            say(f"  FHIR record API http://{settings.http_host}:{settings.record_port}/metadata")
+        for name in services:
+            say(f"  {name:<7} metrics http://{settings.http_host}:{ports[name]}/metrics")
+        say(f"  service logs    {log_dir}")
+        if not args.no_wait:
+            say("running; Ctrl-C stops everything")
+            signal.signal(signal.SIGTERM, _interrupt)
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        say("stopping")
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
