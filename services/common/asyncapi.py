@@ -19,6 +19,7 @@ from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
+    REPLAYED_DEAD_LETTERS,
     SAFETY_ALERTS,
     TopicSpec,
 )
@@ -69,6 +70,15 @@ PAYLOADS: dict[str, dict[str, Any]] = {
             "source": {"type": "object", "description": "topic, partition, offset, key, timestamp_ms of the original"},
             "headers": {"type": "object"},
             "original": {"type": "object", "description": "{encoding: utf-8|base64, value}: the original record"},
+        },
+    },
+    REPLAYED_DEAD_LETTERS.suffix: {
+        "type": "object",
+        "required": ["replayed_at"],
+        "properties": {
+            "replayed_at": {"type": "string", "format": "date-time"},
+            "reason": {"type": "string", "description": "the dead letter's reason"},
+            "source_offset": {"type": "integer", "description": "offset of the original inbound record"},
         },
     },
 }

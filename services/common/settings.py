@@ -52,6 +52,10 @@ class Settings(BaseSettings):
         description="CloudEvent sources (or HL7 sending facilities) that are 42 CFR Part 2 programs.",
     )
 
+    alerts_group_id: str = Field(
+        "carebus-safety-alerts", description="Consumer group of whoever works the safety alerts (for lag)."
+    )
+
     # --- observability -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "carebus"

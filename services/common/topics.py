@@ -72,7 +72,18 @@ DEAD_LETTERS = TopicSpec(
     retention_ms=THIRTY_DAYS_MS,
 )
 
-CATALOGUE: tuple[TopicSpec, ...] = (INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS)
+REPLAYED_DEAD_LETTERS = TopicSpec(
+    suffix="deadletter.replayed.v1",
+    summary="Ledger of dead letters already replayed (compacted): replay never sends the same one twice.",
+    key="'<partition>:<offset>' of the dead letter on the dead-letter topic",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID,),
+    cleanup_policy="compact",
+    retention_ms=-1,
+)
+
+
+CATALOGUE: tuple[TopicSpec, ...] = (INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS)
 
 # CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
 HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)

@@ -1,0 +1,173 @@
+"""The `carebus` operator command line.
+
+    carebus run intake|mapper|record     run one service in the foreground
+    carebus stack                        the main job: local broker + every service + sample journey
+    carebus topics create|check          create the catalogue's topics / compare the cluster with it
+    carebus status                       services, topic throughput, consumer lag, dead letters, alerts waiting
+    carebus deadletters list             what is on the dead-letter topic (ids, reasons; no PHI)
+    carebus deadletters replay           re-publish dead letters after a fix (--dry-run; never twice)
+    carebus send-sample                  POST the sample care journey to a running intake
+"""
+
+from __future__ import annotations
+
+import runpy
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+import httpx
+import orjson
+import typer
+from kafka import KafkaAdminClient
+from rich.console import Console
+from rich.table import Table
+
+from services.common.errors import BrokerUnavailable
+from services.common.kafka import client_config, ensure_topics
+from services.common.settings import Settings
+from services.common.topics import CATALOGUE
+from services.operator import deadletters, status
+
+app = typer.Typer(help="carebus operator tools: services, local stack, topics, status, dead letters.",
+                  no_args_is_help=True)
+topics_app = typer.Typer(help="Topics of the catalogue (services/common/topics.py).", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: inspect and replay.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="deadletters")
+console = Console()
+
+ServiceName = Literal["intake", "mapper", "record"]
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def run(service: Annotated[str, typer.Argument(help="intake, mapper or record")]) -> None:
+    """Run one service in the foreground (SIGTERM stops it gracefully)."""
+    if service not in ("intake", "mapper", "record"):
+        raise typer.BadParameter("choose intake, mapper or record")
+    runpy.run_module(f"services.{service}", run_name="__main__")
+
+
+@app.command()
+def stack(no_wait: Annotated[bool, typer.Option(help="stop after the journey")] = False) -> None:
+    """Start a local broker and every service, replay the sample care journey."""
+    from services.stack.__main__ import main as stack_main
+
+    stack_main(["--no-wait"] if no_wait else [])
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the catalogue's topics that are missing."""
+    settings = _settings()
+    try:
+        created = ensure_topics(settings, CATALOGUE)
+    except BrokerUnavailable as exc:
+        console.print(f"[red]Kafka unreachable at {settings.kafka_bootstrap}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Compare the cluster's topics with the catalogue; exit 1 when one is missing."""
+    settings = _settings()
+    admin = KafkaAdminClient(**client_config(settings, "carebus-operator"))
+    try:
+        described = {t["topic"]: t for t in admin.describe_topics([s.name(settings.topic_prefix)
+                                                                    for s in CATALOGUE])}
+    finally:
+        admin.close()
+    table = Table("topic", "exists", "partitions", "cleanup policy (catalogue)")
+    missing = 0
+    for spec in CATALOGUE:
+        name = spec.name(settings.topic_prefix)
+        info = described.get(name)
+        exists = info is not None and not info.get("error_code")
+        missing += not exists
+        table.add_row(name, "yes" if exists else "MISSING",
+                      str(len(info.get("partitions", []))) if exists and info else "-", spec.cleanup_policy)
+    console.print(table)
+    if missing:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def show_status(window: Annotated[float, typer.Option(help="seconds to sample throughput")] = 2.0) -> None:
+    """Services up, per-topic throughput, consumer lag, dead-letter depth, alerts waiting."""
+    settings = _settings()
+    services = Table("service", "ready", "detail", title="services")
+    for s in status.service_status(settings):
+        services.add_row(s.name, "yes" if s.ready else "NO", s.detail)
+    console.print(services)
+    try:
+        topics = status.topic_status(settings, window)
+        lags = status.group_lags(settings, status.default_groups(settings))
+        replayed = len(deadletters.read_replayed(settings))
+        depth = status.dead_letter_depth(settings, replayed)
+    except (BrokerUnavailable, OSError, Exception) as exc:  # noqa: BLE001 - report, do not crash the table
+        console.print(f"[red]Kafka unreachable at {settings.kafka_bootstrap}: {type(exc).__name__}[/red]")
+        raise typer.Exit(2) from exc
+    topic_table = Table("topic", "records", "records/s", title="topics")
+    for t in topics:
+        topic_table.add_row(t.topic, str(t.records), f"{t.per_second:.1f}")
+    console.print(topic_table)
+    lag_table = Table("consumer group", "topic", "lag", title="consumer lag")
+    for lag in lags:
+        lag_table.add_row(lag.group, lag.topic, str(lag.lag))
+    console.print(lag_table)
+    alerts_waiting = next((g.lag for g in lags if g.group == settings.alerts_group_id), 0)
+    console.print(f"dead letters waiting: {depth}   safety alerts waiting: {alerts_waiting}")
+
+
+@dlq_app.command("list")
+def dlq_list(reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+             limit: Annotated[int, typer.Option(help="rows at most")] = 50) -> None:
+    """List dead letters: position, reason, event type and id, and the problem (no PHI)."""
+    settings = _settings()
+    letters = [d for d in deadletters.read_dead_letters(settings) if reason is None or d.reason == reason]
+    replayed = deadletters.read_replayed(settings)
+    table = Table("partition:offset", "reason", "event type", "event id", "replayed", "message",
+                  title=f"{len(letters)} dead letter(s)")
+    for d in letters[:limit]:
+        table.add_row(d.ledger_key, d.reason, d.event_type, d.event_id,
+                      "yes" if d.ledger_key in replayed else "no", d.message[:80])
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
+               event_type: Annotated[str | None, typer.Option(help="only this event type")] = None,
+               dry_run: Annotated[bool, typer.Option("--dry-run", help="show, write nothing")] = False) -> None:
+    """Re-publish dead letters to the topic they came from; each one at most once."""
+    chosen = deadletters.replay(_settings(), reason=reason, event_type=event_type, dry_run=dry_run)
+    verb = "would replay" if dry_run else "replayed"
+    console.print(f"{verb} {len(chosen)} dead letter(s)")
+    for d in chosen:
+        console.print(f"  {d.ledger_key}  {d.reason:<20} {d.event_type}  {d.event_id}")
+
+
+@app.command("send-sample")
+def send_sample(url: Annotated[str | None, typer.Option(help="intake base URL")] = None) -> None:
+    """POST the sample care journey to a running intake, one event at a time."""
+    from services.mapper.journey import sample_care_journey
+
+    settings = _settings()
+    base = url or f"http://{settings.http_host}:{settings.intake_port}"
+    journey = sample_care_journey(datetime.now(UTC).replace(microsecond=0) - timedelta(days=120))
+    with httpx.Client(timeout=30) as client:
+        for index, event in enumerate(journey, start=1):
+            response = client.post(f"{base}/events", content=orjson.dumps(event),
+                                   headers={"content-type": "application/cloudevents+json"})
+            console.print(f"{index:>3}/{len(journey)} {event['type']:<48} {response.status_code}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
