@@ -67,10 +67,13 @@ class LocalKafkaBroker:
     """One KRaft broker/controller process with its data under ``workdir``."""
 
     def __init__(self, cache_dir: Path, port: int | None = None, workdir: Path | None = None,
-                 heap: str = "768m") -> None:
+                 heap: str = "768m", scram_users: dict[str, str] | None = None) -> None:
         self.cache_dir = cache_dir.resolve()
         self.port = port or free_port()
         self.controller_port = free_port()
+        # With scram_users, a second listener speaks SASL_PLAINTEXT with SCRAM-SHA-512 for those users.
+        self.scram_users = scram_users or {}
+        self.sasl_port = free_port() if self.scram_users else None
         self.workdir = workdir or cache_dir / "kafka" / f"run-{self.port}"
         self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
@@ -78,6 +81,27 @@ class LocalKafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    def _listener_lines(self) -> list[str]:
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}", f"CONTROLLER://127.0.0.1:{self.controller_port}"]
+        advertised = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        extra: list[str] = []
+        if self.sasl_port is not None:
+            listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            advertised.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
+            protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            extra = [
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            ]
+        return [f"listeners={','.join(listeners)}", f"advertised.listeners={','.join(advertised)}",
+                f"listener.security.protocol.map={protocols}", *extra]
 
     def _write_config(self) -> Path:
         data_dir = self.workdir / "data"
@@ -87,10 +111,8 @@ class LocalKafkaBroker:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                *self._listener_lines(),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={data_dir}",
                 "offsets.topic.replication.factor=1",
@@ -122,8 +144,10 @@ class LocalKafkaBroker:
         (self.workdir / "logs").mkdir(parents=True)
         config = self._write_config()
         cluster_id = _kafka_uuid()
+        scram = [arg for user, password in self.scram_users.items()
+                 for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
         fmt = subprocess.run(  # noqa: S603
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *scram),
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
