@@ -77,6 +77,7 @@ class LocalKafkaBroker:
         self.workdir = workdir or cache_dir / "kafka" / f"run-{self.port}"
         self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
+        self._libs = cache_dir.resolve() / "kafka" / "libs"
 
     @property
     def bootstrap(self) -> str:
@@ -152,10 +153,15 @@ class LocalKafkaBroker:
         )
         if fmt.returncode != 0:
             raise BrokerStartError(f"formatting KRaft storage failed: {fmt.stdout[-1000:]}{fmt.stderr[-1000:]}")
-        stdout = (self.workdir / "logs" / "stdout.log").open("wb")
+        self._libs = libs
+        return self.resume(timeout_s)
+
+    def resume(self, timeout_s: float = 90.0) -> LocalKafkaBroker:
+        """Start the JVM again on the same ports and data (after :meth:`stop`), and wait until it serves."""
+        stdout = (self.workdir / "logs" / "stdout.log").open("ab")
         self._process = subprocess.Popen(  # noqa: S603
-            self._java(libs, "kafka.Kafka", str(config)), stdout=stdout, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self._java(self._libs, "kafka.Kafka", str(self.workdir / "server.properties")),
+            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.wait_until_serving(timeout_s)
         return self
