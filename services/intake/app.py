@@ -144,7 +144,9 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
              "offset": meta.offset}
             for event, meta in zip(events, metas, strict=True)
         ]
-        log.info("events accepted", extra={"count": len(accepted), "correlation_id": correlation_id})
+        log.info("events accepted", extra={
+            "count": len(accepted), "correlation_id": correlation_id,
+            "events": [f"{a['id']}@{a['topic']}/{a['partition']}/{a['offset']}" for a in accepted]})
         return Response(
             orjson.dumps({"accepted": len(accepted), "correlation_id": correlation_id, "events": accepted}),
             status_code=202, media_type="application/json", headers={"X-Correlation-Id": correlation_id})

@@ -64,6 +64,8 @@ class Outcome:
 
     records: list[OutboundRecord]
     event_type: str
+    event_id: str
+    correlation_id: str
     mapped: MappedEvent | None = None
     dead_letter_reason: str | None = None
 
@@ -146,7 +148,8 @@ class Pipeline:
                 headers={HEADER_EVENT_ID: event_id, HEADER_CORRELATION_ID: correlation_id,
                          HEADER_SECURITY: security, HEADER_CONTENT_TYPE: "application/json"},
             ))
-        return Outcome(records=records, event_type=event_type, mapped=mapped)
+        return Outcome(records=records, event_type=event_type, event_id=event_id,
+                       correlation_id=correlation_id, mapped=mapped)
 
     def _dead_letter(self, record: InboundRecord, key: str, event_id: str, event_type: str,
                      correlation_id: str, reason: str, exc: BaseException) -> Outcome:
@@ -181,5 +184,7 @@ class Pipeline:
                          HEADER_DEAD_LETTER_REASON: reason, HEADER_CONTENT_TYPE: "application/json"},
             )],
             event_type=event_type,
+            event_id=event_id,
+            correlation_id=correlation_id,
             dead_letter_reason=reason,
         )

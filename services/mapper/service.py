@@ -13,9 +13,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.producer.future import RecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import BrokerUnavailable
@@ -24,6 +26,7 @@ from services.common.metrics import Metrics
 from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
 log = logging.getLogger(__name__)
+lineage_log = logging.getLogger("carebus.lineage")
 
 
 @dataclass
@@ -89,7 +92,7 @@ class MapperService:
 
         outputs = [out for outcome in outcomes for out in outcome.records]
         try:
-            self._producer.send_all_and_wait(outputs)
+            written = self._producer.send_all_and_wait(outputs)
         except BrokerUnavailable:
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
@@ -102,9 +105,30 @@ class MapperService:
             # The group rebalanced: the partitions' new owner repeats this batch (same ids), nothing is lost.
             log.warning("commit failed after rebalance; batch will be repeated", extra={"records": len(outcomes)})
         self._account(outcomes, polled)
+        self._log_lineage(polled, outcomes, written)
         return len(outcomes)
 
-    def _account(self, outcomes: list[Outcome], polled: dict[TopicPartition, list[object]]) -> None:
+    def _log_lineage(self, polled: dict[TopicPartition, list[Any]], outcomes: list[Outcome],
+                     written: list[RecordMetadata]) -> None:
+        """One line per event: inbound position -> resource ids and output positions (the auditor's lineage)."""
+        if not lineage_log.isEnabledFor(logging.INFO):
+            return
+        inbound = [record for records in polled.values() for record in records]
+        cursor = 0
+        for record, outcome in zip(inbound, outcomes, strict=True):
+            metas = written[cursor:cursor + len(outcome.records)]
+            cursor += len(outcome.records)
+            resource_ids = ([f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                             for e in outcome.mapped.bundle.get("entry", [])] if outcome.mapped else [])
+            lineage_log.info("event mapped" if outcome.mapped else "event dead-lettered", extra={
+                "event_id": outcome.event_id, "event_type": outcome.event_type,
+                "correlation_id": outcome.correlation_id,
+                "inbound": f"{record.topic}/{record.partition}/{record.offset}",
+                "outputs": [f"{m.topic}/{m.partition}/{m.offset}" for m in metas],
+                "resources": resource_ids, "dead_letter_reason": outcome.dead_letter_reason,
+            })
+
+    def _account(self, outcomes: list[Outcome], polled: dict[TopicPartition, list[Any]]) -> None:
         now_ms = time.time() * 1000
         for outcome in outcomes:
             self.stats.consumed += 1
