@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import uvicorn
 
 import orjson
 from fastapi import FastAPI, Response
@@ -36,3 +39,12 @@ def add_operational_routes(app: FastAPI, metrics: Metrics, readiness: Callable[[
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class ManagedServer(uvicorn.Server):
+    """A uvicorn server whose signals the composition root handles, so its own shutdown code runs afterwards
+    (uvicorn would otherwise re-raise SIGTERM after draining and end the process before producers flush)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -32,6 +32,7 @@ def client_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "client_id": client_id,
         "security_protocol": settings.kafka_security_protocol,
         "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 5000,
+        "bootstrap_timeout_ms": int(settings.kafka_request_timeout_s * 1000),
     }
     if settings.kafka_sasl_mechanism:
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
@@ -196,6 +197,7 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
             except TopicAlreadyExistsError:
                 pass
         if created:
+            admin.wait_for_topics(created, timeout_ms=30000)  # leaders elected, visible in metadata
             log.info("created topics", extra={"topics": created})
         return created
     except KafkaError as exc:

@@ -9,10 +9,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecordTokenGrant(BaseModel):
+    """What one bearer token of the record API may do (``record_tokens`` maps sha256(token) hex to this).
+
+    ``scopes``: SMART-style, e.g. ``system/*.read``, ``user/Observation.read``, ``patient/*.read``,
+    ``system/Linkage.write`` (identity admin). ``patient``: the Patient id a ``patient/`` token is bound to.
+    ``clearances``: which labelled data it may receive: ``behavioral-health`` (PSY/MH/BH), ``part2``
+    (SUD/42CFRPart2), ``psychotherapy-notes`` (PSYTHPN).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scopes: list[str]
+    patient: str | None = None
+    clearances: list[Literal["behavioral-health", "part2", "psychotherapy-notes"]] = Field(
+        default_factory=list)
+    label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
 
 
 class Settings(BaseSettings):
@@ -45,6 +63,18 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(500, ge=1, description="Largest batch one intake POST may carry.")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest intake request body.")
 
+    # --- MLLP (HL7 v2) listener ----------------------------------------------------------------------------
+    mllp_host: str = Field("127.0.0.1", description="Address the MLLP listener binds.")
+    mllp_port: int = Field(2575, ge=0, le=65535, description="MLLP port (2575 is HL7's registered port).")
+    mllp_tls_certfile: Path | None = Field(None, description="Server certificate (PEM): set, MLLP uses TLS.")
+    mllp_tls_keyfile: Path | None = Field(None, description="Private key of mllp_tls_certfile (PEM).")
+    mllp_tls_client_cafile: Path | None = Field(
+        None, description="CA bundle: when set, senders must present a certificate it signed (mutual TLS).")
+    mllp_max_frame_bytes: int = Field(2_000_000, ge=1024, description="Largest MLLP frame (one message).")
+    mllp_idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
+    mllp_recent_control_ids: int = Field(
+        10_000, ge=0, description="Per sender, how many accepted MSH-10 ids are kept to answer resends.")
+
     # --- mapper ------------------------------------------------------------------------------------------
     mapper_group_id: str = "carebus-mapper"
     part2_sources: list[str] = Field(
@@ -55,6 +85,21 @@ class Settings(BaseSettings):
     alerts_group_id: str = Field(
         "carebus-safety-alerts", description="Consumer group of whoever works the safety alerts (for lag)."
     )
+
+    # --- record service ------------------------------------------------------------------------------
+    record_group_id: str = "carebus-record"
+    record_store_dsn: str | None = Field(
+        None, description="'sqlite:///<path>' or 'postgresql://...'; unset: <cache_dir>/record/record.db.")
+    record_enterprise_identifier_systems: list[str] = Field(
+        default_factory=lambda: ["urn:carebus:empi"],
+        description="Identifier systems of enterprise/shared assigners: Patients sharing one are one person.")
+    record_demographic_link_rule: Literal["none", "name-birthdate", "name-birthdate-gender"] = Field(
+        "none", description="Operator rule linking on demographics; 'none': candidates are only reported.")
+    record_tokens: dict[str, RecordTokenGrant] = Field(
+        default_factory=dict, description="Record API bearer tokens: sha256(token) hex -> grant (JSON).")
+    record_default_page_size: int = Field(50, ge=1)
+    record_max_page_size: int = Field(1000, ge=1)
+    record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
     # --- observability -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

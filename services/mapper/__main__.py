@@ -40,7 +40,6 @@ def main() -> None:
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.mapper_port,
                                          log_config=None, access_log=False))
-    http.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # signals are handled below
     threading.Thread(target=http.run, name="mapper-http", daemon=True).start()
 
     stop = threading.Event()

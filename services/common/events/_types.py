@@ -24,7 +24,9 @@ SourceId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 ]
 # An absolute URI or URN (code systems, identifier systems, CloudEvents source).
-Uri = Annotated[str, StringConstraints(min_length=3, max_length=512, pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")]
+Uri = Annotated[
+    str, StringConstraints(min_length=3, max_length=512, pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$")
+]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^\S(.*\S)?$")]
 LoincCode = Annotated[str, StringConstraints(pattern=r"^\d{1,8}-\d$")]
@@ -71,7 +73,7 @@ FiniteNumber = Annotated[float, AfterValidator(_finite)]
 
 
 class Quantity(Contract):
-    """A measured amount; ``unit`` is human-readable, ``code`` the UCUM code when known (e.g. "mg", "mmol/L")."""
+    """A measured amount; ``unit`` is human-readable, ``code`` the UCUM code if known ("mg", "mmol/L")."""
 
     value: FiniteNumber
     unit: Annotated[str, StringConstraints(min_length=1, max_length=32)]

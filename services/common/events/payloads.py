@@ -39,7 +39,7 @@ from services.common.events._types import (
     SourceId,
 )
 
-# --- patient --------------------------------------------------------------------------------------------------
+# --- patient --------------------------------------------------------------------------------------
 
 
 class PersonName(Contract):
@@ -81,7 +81,7 @@ class PatientData(Contract):
     contact: ContactDetails | None = None
 
 
-# --- referral -------------------------------------------------------------------------------------------------
+# --- referral -------------------------------------------------------------------------------------
 
 ReferralSpecialty = Literal["therapy", "psychiatry"]
 ReferralPriority = Literal["routine", "urgent", "asap", "stat"]
@@ -108,7 +108,7 @@ class ReferralClosedData(ReferralData):
     outcome: Literal["completed", "declined", "cancelled", "entered-in-error"]
 
 
-# --- appointment ----------------------------------------------------------------------------------------------
+# --- appointment ----------------------------------------------------------------------------------
 
 ServiceLine = Literal["primary-care", "therapy", "psychiatry"]
 
@@ -146,7 +146,7 @@ class AppointmentNoShowData(AppointmentData):
     recorded_at: AwareDatetime
 
 
-# --- session --------------------------------------------------------------------------------------------------
+# --- session --------------------------------------------------------------------------------------
 
 SessionKind = Literal["primary-care", "therapy", "psychiatric-evaluation", "medication-management"]
 TherapyModality = Literal[
@@ -179,7 +179,7 @@ class SessionData(Contract):
         return self
 
 
-# --- assessment -----------------------------------------------------------------------------------------------
+# --- assessment -----------------------------------------------------------------------------------
 
 InstrumentName = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
 LinkId = Annotated[str, StringConstraints(pattern=r"^/?\d{1,8}-\d$")]
@@ -264,7 +264,7 @@ class AssessmentData(Contract):
     encounter_id: SourceId | None = None
 
 
-# --- diagnosis ------------------------------------------------------------------------------------------------
+# --- diagnosis ------------------------------------------------------------------------------------
 
 DiagnosisSystem = Literal["http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"]
 Sensitivity = Literal["psychiatric", "substance-use"]
@@ -289,7 +289,7 @@ class DiagnosisData(Contract):
     encounter_id: SourceId | None = None
     practitioner: Practitioner | None = None
     sensitivity: Sensitivity | None = Field(
-        None, description="Sender's hint for codes carebus's label tables do not know (e.g. SNOMED SUD codes)."
+        None, description="Sender's hint for codes carebus's label tables do not know (e.g. SNOMED SUD)."
     )
 
 
@@ -299,7 +299,7 @@ class DiagnosisResolvedData(DiagnosisData):
     resolved_at: AwareDatetime
 
 
-# --- medication -----------------------------------------------------------------------------------------------
+# --- medication -----------------------------------------------------------------------------------
 
 
 class MedicationCoding(Contract):
@@ -348,7 +348,7 @@ class MedicationDiscontinuedData(MedicationOrderData):
     reason: Coding | None = None
 
 
-# --- admission ------------------------------------------------------------------------------------------------
+# --- admission ------------------------------------------------------------------------------------
 
 AdmissionService = Literal["inpatient-psychiatry", "inpatient-detox", "inpatient-medical"]
 DischargeDisposition = Literal[
@@ -383,7 +383,7 @@ class AdmissionEndedData(AdmissionData):
         return self
 
 
-# --- note -----------------------------------------------------------------------------------------------------
+# --- note -----------------------------------------------------------------------------------------
 
 NoteType = Literal[
     "progress_note",
@@ -413,7 +413,7 @@ class NoteData(Contract):
     encounter_id: SourceId | None = None
 
 
-# --- care plan ------------------------------------------------------------------------------------------------
+# --- care plan ------------------------------------------------------------------------------------
 
 
 class GoalTarget(Contract):
@@ -453,7 +453,7 @@ class CarePlanData(Contract):
     updated_at: AwareDatetime
 
 
-# --- consent --------------------------------------------------------------------------------------------------
+# --- consent --------------------------------------------------------------------------------------
 
 PurposeOfUse = Literal["TREAT", "ETREAT", "HPAYMT", "HOPERAT", "HRESCH", "PUBHLTH", "PATRQT", "CAREMGT"]
 CoveredLabel = Literal["PSY", "MH", "BH", "SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"]
@@ -478,7 +478,7 @@ class ConsentData(Contract):
     purposes: list[PurposeOfUse] = Field(min_length=1, max_length=8)
     labels_covered: list[CoveredLabel] = Field(min_length=1, max_length=7)
     form: Literal["59284-0", "64292-6"] = Field(
-        "59284-0", description="LOINC consent document type: 59284-0 patient consent, 64292-6 release of info."
+        "59284-0", description="LOINC document type: 59284-0 patient consent, 64292-6 release of information."
     )
 
 
@@ -488,7 +488,7 @@ class ConsentRevokedData(ConsentData):
     revoked_at: AwareDatetime
 
 
-# --- lab ------------------------------------------------------------------------------------------------------
+# --- lab ------------------------------------------------------------------------------------------
 
 
 class ReferenceRange(Contract):
@@ -526,7 +526,7 @@ class LabResultData(Contract):
         return self
 
 
-# --- risk -----------------------------------------------------------------------------------------------------
+# --- risk -----------------------------------------------------------------------------------------
 
 
 class RiskFlagData(Contract):

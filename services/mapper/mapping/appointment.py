@@ -1,0 +1,64 @@
+"""appointment.booked / .cancelled / .noshow -> Appointment (no US Core profile).
+
+Status: booked / cancelled / noshow. Cancellation reason (appointment-cancellation-reason): patient -> pat,
+provider -> prov, other -> text only. A telehealth appointment has appointmentType text "telehealth" (R4
+Appointment has no virtual-service element).
+Labels: therapy / psychiatry -> PSY; primary care -> none.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from services.common.events import AppointmentBooked, AppointmentCancelled, AppointmentNoShow
+from services.mapper.mapping import labels
+from services.mapper.mapping._fhir import SNOMED, Draft, concept, iso
+
+CANCELLATION_REASON: Final = "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason"
+SERVICE_TYPES: Final = {  # SNOMED CT (t)
+    "primary-care": ("737470001", "Primary care management (procedure)"),  # (v) US BHP example encounter type
+    "therapy": ("75516001", "Psychotherapy (regime/therapy)"),
+    "psychiatry": ("88848003", "Psychiatric follow-up (procedure)"),
+}
+
+
+def map_appointment(
+    event: AppointmentBooked | AppointmentCancelled | AppointmentNoShow, draft: Draft
+) -> None:
+    data = event.data
+    subject = draft.subject
+    code, display = SERVICE_TYPES[data.service]
+    minutes = int((data.end - data.start).total_seconds() // 60)
+    appointment: dict[str, Any] = {
+        "resourceType": "Appointment",
+        "id": subject.id("Appointment", data.appointment_id),
+        "identifier": [subject.identifier("appointment", data.appointment_id)],
+        "status": "booked",
+        "serviceType": [concept(SNOMED, code, display)],
+        "start": iso(data.start),
+        "end": iso(data.end),
+        "minutesDuration": max(minutes, 1),
+        "participant": [
+            {"actor": subject.patient_ref, "required": "required", "status": "accepted"},
+            {"actor": subject.practitioner(data.practitioner), "required": "required", "status": "accepted"},
+        ],
+    }
+    if data.telehealth:
+        appointment["appointmentType"] = {"text": "telehealth"}
+    if data.booked_at:
+        appointment["created"] = iso(data.booked_at)
+    if data.referral_id:
+        appointment["basedOn"] = [subject.ref("ServiceRequest", data.referral_id)]
+    if isinstance(event, AppointmentCancelled):
+        appointment["status"] = "cancelled"
+        by = event.data.cancelled_by
+        if by == "patient":
+            appointment["cancelationReason"] = concept(CANCELLATION_REASON, "pat", "Patient")
+        elif by == "provider":
+            appointment["cancelationReason"] = concept(CANCELLATION_REASON, "prov", "Provider")
+        else:
+            appointment["cancelationReason"] = {"text": "other"}
+    elif isinstance(event, AppointmentNoShow):
+        appointment["status"] = "noshow"
+        appointment["participant"][0]["status"] = "declined"
+    draft.add(appointment, labels.NONE if data.service == "primary-care" else labels.PSY)

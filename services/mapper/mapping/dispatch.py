@@ -1,0 +1,183 @@
+"""map_event: the dispatch table from event class to family mapping, and the wrapping every bundle gets.
+
+Every Bundle (type ``collection``, plain dict, id = resource_id("Bundle", source, event id)):
+* ``identifier`` {system: event source, value: event id} and ``timestamp`` = event time;
+* the family's resources, each with ``meta.security`` = its own labels (+ PART2 when the event's source is in
+  context.part2_sources), fullUrl ``urn:uuid:<id>``;
+* ALWAYS a Provenance last (us-core-provenance): target = every other resource; occurredDateTime = event time;
+  recorded = context.received_at (naive datetimes are taken as UTC); agent = the source system (author) and
+  carebus (assembler); entity (role source) = the CloudEvent, identifier {system: source, value: event id}.
+* ``meta.security`` on the Bundle and the Provenance = the union of all resources' labels; the same tuple
+  is MappedEvent.security_labels.
+Same event and same context -> identical bundle (ids from fhir_ids, no clock, no randomness).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Final
+
+from services.common import security_labels
+from services.common.errors import FieldProblem, MappingError
+from services.common.events import (
+    AdmissionEnded,
+    AdmissionStarted,
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentNoShow,
+    AssessmentCompleted,
+    CareEvent,
+    CarePlanUpdated,
+    ConsentGranted,
+    ConsentRevoked,
+    DiagnosisRecorded,
+    DiagnosisResolved,
+    LabResulted,
+    MedicationChanged,
+    MedicationDiscontinued,
+    MedicationPrescribed,
+    NoteSigned,
+    PatientRegistered,
+    PatientUpdated,
+    ReferralClosed,
+    ReferralCreated,
+    RiskFlagged,
+    SessionCompleted,
+    check_policy,
+)
+from services.common.fhir_ids import resource_id
+from services.mapper.mapping import labels
+from services.mapper.mapping._fhir import Draft, Subject, concept, iso, profile
+from services.mapper.mapping.admission import map_admission
+from services.mapper.mapping.appointment import map_appointment
+from services.mapper.mapping.assessment import map_assessment
+from services.mapper.mapping.careplan import map_care_plan
+from services.mapper.mapping.consent import map_consent
+from services.mapper.mapping.diagnosis import map_diagnosis
+from services.mapper.mapping.lab import map_lab
+from services.mapper.mapping.medication import map_medication
+from services.mapper.mapping.note import map_note
+from services.mapper.mapping.patient import map_patient
+from services.mapper.mapping.referral import map_referral
+from services.mapper.mapping.risk import map_risk_flag
+from services.mapper.mapping.session import map_session
+from services.mapper.result import MappedEvent, MappingContext
+
+FamilyMapping = Callable[[Any, Draft], None]
+
+DISPATCH: Final[dict[type, FamilyMapping]] = {
+    PatientRegistered: map_patient,
+    PatientUpdated: map_patient,
+    ReferralCreated: map_referral,
+    ReferralClosed: map_referral,
+    AppointmentBooked: map_appointment,
+    AppointmentCancelled: map_appointment,
+    AppointmentNoShow: map_appointment,
+    SessionCompleted: map_session,
+    AssessmentCompleted: map_assessment,
+    DiagnosisRecorded: map_diagnosis,
+    DiagnosisResolved: map_diagnosis,
+    MedicationPrescribed: map_medication,
+    MedicationChanged: map_medication,
+    MedicationDiscontinued: map_medication,
+    AdmissionStarted: map_admission,
+    AdmissionEnded: map_admission,
+    NoteSigned: map_note,
+    CarePlanUpdated: map_care_plan,
+    ConsentGranted: map_consent,
+    ConsentRevoked: map_consent,
+    LabResulted: map_lab,
+    RiskFlagged: map_risk_flag,
+}
+"""Event class -> family mapping (one module per family under services/mapper/mapping/)."""
+
+PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+CAREBUS_SYSTEM: Final = "urn:carebus:system:mapper"
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _provenance(
+    event: CareEvent, context: MappingContext, targets: list[dict[str, Any]], bundle_labels: tuple[str, ...]
+) -> dict[str, Any]:
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": resource_id("Provenance", event.source, event.id),
+        "meta": {"profile": profile("us-core-provenance")},
+        "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
+        "occurredDateTime": iso(event.time),
+        "recorded": iso(_utc(context.received_at)),
+        "agent": [
+            {
+                "type": concept(PARTICIPANT_TYPE, "author", "Author"),
+                "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": event.source}},
+            },
+            {
+                "type": concept(PARTICIPANT_TYPE, "assembler", "Assembler"),
+                "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
+            },
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {"identifier": {"system": event.source, "value": event.id}, "display": event.type},
+            }
+        ],
+    }
+    if bundle_labels:
+        provenance["meta"]["security"] = security_labels.meta_security(bundle_labels)
+    return provenance
+
+
+def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
+    """One care event -> one FHIR R4 Bundle (collection) with labels, alerts and data-quality codes.
+
+    Raises RefusedContent (psychotherapy / SUD counseling notes) or MappingError (e.g. answers that cannot
+    be scored); both are InvalidInput: dead-letter the event and carry on."""
+    check_policy(event)
+    family = DISPATCH.get(type(event))
+    if family is None:
+        raise MappingError(
+            "no mapping for this event type",
+            [FieldProblem("type", "unmapped-event-type", "carebus has no mapping for this event type")],
+        )
+    draft = Draft(Subject(event.source, event.data.patient_id), event.id)
+    family(event, draft)
+
+    part2_source = event.source in context.part2_sources
+    entries: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    label_sets: list[tuple[str, ...]] = []
+    for resource, own_labels in draft.resources:
+        resource_labels = labels.combine(own_labels, labels.PART2) if part2_source else own_labels
+        if resource_labels:
+            resource.setdefault("meta", {})["security"] = security_labels.meta_security(resource_labels)
+        label_sets.append(resource_labels)
+        targets.append(resource)
+        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
+    bundle_labels = labels.combine(*label_sets)
+    provenance = _provenance(event, context, targets, bundle_labels)
+    entries.append({"fullUrl": f"urn:uuid:{provenance['id']}", "resource": provenance})
+
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": resource_id("Bundle", event.source, event.id),
+        "identifier": {"system": event.source, "value": event.id},
+        "type": "collection",
+        "timestamp": iso(event.time),
+        "entry": entries,
+    }
+    if bundle_labels:
+        bundle["meta"] = {"security": security_labels.meta_security(bundle_labels)}
+    counts = Counter(entry["resource"]["resourceType"] for entry in entries)
+    return MappedEvent(
+        bundle=bundle,
+        security_labels=bundle_labels,
+        alerts=tuple(draft.alerts),
+        data_quality=tuple(dict.fromkeys(draft.data_quality)),
+        resource_counts=dict(counts),
+    )

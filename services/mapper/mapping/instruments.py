@@ -1,0 +1,549 @@
+"""Standard behavioural-health instruments, scored from item answers. Pure and table-driven.
+
+Used by the JSON care-event mapping (``assessment.completed``) and by the HL7 v2 mapping (ORU OBX answers):
+
+    >>> score = score_instrument("phq-9", {"44250-9": 2, "44255-8": "LA6570-1", ...}, reported_total="12")
+    >>> score.total, score.band.code, score.positive, score.safety_alerts, score.data_quality
+
+``instrument`` is a key of :data:`INSTRUMENTS` (``phq-9``, ``phq-2``, ``gad-7``, ``cssrs-screener``,
+``audit-c``) or the instrument's LOINC panel code (``44249-1`` ...), so an OBR-4 code can be passed as is.
+
+``answers`` maps the LOINC item code (a questionnaire linkId such as ``/44250-9`` is accepted too) to:
+  * an int (the item weight, e.g. 0-3 for PHQ/GAD items, 0/1 for C-SSRS no/yes, 0-4 for AUDIT-C), or
+  * a str: a LOINC answer code (LA6568-5 ... LA6571-9, LA32-8 / LA33-6, AUDIT-C answer lists), the weight as
+    digits ("2"), or the answer's display text ("Several days", "Not-at-all", case and hyphens ignored).
+If ``answers`` carries the instrument's total code (e.g. 44261-6) it is taken as the *reported* total, exactly
+like ``reported_total`` (which may be an int, a numeric string, or a Quantity-like mapping {value, unit}).
+
+Rules (domain.md; (t) = third-party source, (?) = unverified, kept in these tables so they can be corrected):
+
+PHQ-9 (panel 44249-1, total 44261-6): 9 items 0-3; bands 0-4 minimal, 5-9 mild, 10-14 moderate,
+  15-19 moderately severe, 20-27 severe; positive >= 10. Difficulty item 69722-7 is recorded, not scored.
+PHQ-2 (t) (55757-9, 55758-7): items 1-2 of PHQ-9; 0-2 negative, 3-6 positive (give the PHQ-9).
+GAD-7 (t) (69737-5, 70274-6): 7 items 0-3; 0-4 minimal, 5-9 mild, 10-14 moderate, 15-21 severe;
+  positive >= 10.
+C-SSRS screener (t panel) (93373-9, risk level 93374-7): yes/no items. Risk level: none; Q1/Q2 yes -> low;
+  Q3 (method) yes or lifetime behaviour (Q6) -> moderate; Q4 (intent) / Q5 (plan) yes or behaviour in the
+  past 3 months -> high. positive = any risk above none. A "reported total" is a risk level word.
+AUDIT-C (72109-2, 75626-2): 3 items 0-4; positive >= 4 (male), >= 3 (female); sex unknown or other -> the
+  lower cut-off 3 and data_quality ``audit-c-sex-unknown``.
+
+Safety: PHQ-9 item 9 (44260-8) answered above 0 ("Not at all") raises ``phq9-item9`` whatever the total;
+C-SSRS high risk raises ``cssrs-high-risk``. They are returned in ``InstrumentScore.safety_alerts``.
+
+Data quality (closed set, returned in ``InstrumentScore.data_quality``):
+  ``reported-total-mismatch``   the sender's total differs from the one computed from the items. The computed
+                                total is the score; the reported one is kept in ``reported_total`` (never
+                                silently overwritten; the FHIR mapping shows both).
+  ``reported-total-unparseable`` a reported total that is not a whole number (or, for C-SSRS, a risk level).
+  ``incomplete-answers``        a scored item is missing: no total, band or positivity is computed (safety
+                                alerts still are, from the items present).
+  ``audit-c-sex-unknown``       AUDIT-C scored without a male/female sex: the lower (female) cut-off was used.
+
+Errors: an unknown instrument, an item code that is not part of the instrument, or an answer outside the
+item's answer list raise :class:`InstrumentAnswerError` (a MappingError) naming the item code, never
+the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from services.common.errors import FieldProblem, MappingError
+
+LOINC: Final = "http://loinc.org"
+CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
+
+InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
+Sex = Literal["male", "female", "other", "unknown"]
+RiskLevel = Literal["none", "low", "moderate", "high"]
+
+
+class InstrumentAnswerError(MappingError):
+    """Answers that cannot be scored: unknown instrument or item, or an answer outside its list."""
+
+    reason = "instrument-answer-invalid"
+
+
+@dataclass(frozen=True)
+class AnswerOption:
+    code: str  # LOINC answer code (LA...)
+    display: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    loinc: str
+    display: str
+    options: tuple[AnswerOption, ...]
+    scored: bool = True
+
+
+@dataclass(frozen=True)
+class Band:
+    code: str  # machine code, e.g. "moderately-severe"
+    display: str  # e.g. "Moderately severe depression"
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    key: InstrumentKey
+    name: str
+    panel_loinc: str
+    panel_display: str
+    total_loinc: str
+    total_display: str
+    items: tuple[ItemSpec, ...]
+    bands: tuple[Band, ...] = ()
+    positive_at: int | None = None  # total >= positive_at is a positive screen (None: instrument-specific)
+    max_total: int | None = None
+
+    def item(self, loinc: str) -> ItemSpec | None:
+        return _ITEM_INDEX[self.key].get(loinc)
+
+    @property
+    def scored_items(self) -> tuple[ItemSpec, ...]:
+        return tuple(i for i in self.items if i.scored)
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    """One answered item: its weight and the LOINC answer coding (when the answer list has one)."""
+
+    loinc: str
+    display: str
+    value: int
+    answer_code: str | None
+    answer_display: str | None
+    scored: bool
+
+    def answer_coding(self) -> dict[str, Any] | None:
+        if self.answer_code is None:
+            return None
+        return {"system": LOINC, "code": self.answer_code, "display": self.answer_display}
+
+
+@dataclass(frozen=True)
+class InstrumentScore:
+    instrument: InstrumentSpec
+    items: tuple[ItemScore, ...]
+    total: int | None  # computed from the items; None for C-SSRS (see risk_level) or incomplete answers
+    band: Band | None
+    positive: bool | None
+    risk_level: RiskLevel | None = None  # C-SSRS only
+    reported_total: int | str | None = None  # as the sender reported it (normalised to int where numeric)
+    missing_items: tuple[str, ...] = ()
+    safety_alerts: tuple[str, ...] = ()  # closed set: "phq9-item9", "cssrs-high-risk"
+    data_quality: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # fixed phrases, safe to show (no input values)
+
+    @property
+    def total_mismatch(self) -> bool:
+        return "reported-total-mismatch" in self.data_quality
+
+
+# --- answer lists ---------------------------------------------------------------------------------------
+
+_FREQUENCY_0_3 = (
+    AnswerOption("LA6568-5", "Not at all", 0),
+    AnswerOption("LA6569-3", "Several days", 1),
+    AnswerOption("LA6570-1", "More than half the days", 2),
+    AnswerOption("LA6571-9", "Nearly every day", 3),
+)
+_DIFFICULTY = (  # (t) PHQ-9 difficulty item 69722-7; not scored
+    AnswerOption("LA6572-7", "Not difficult at all", 0),
+    AnswerOption("LA6573-5", "Somewhat difficult", 1),
+    AnswerOption("LA6575-0", "Very difficult", 2),
+    AnswerOption("LA6574-3", "Extremely difficult", 3),
+)
+_NO_YES = (AnswerOption("LA32-8", "No", 0), AnswerOption("LA33-6", "Yes", 1))
+_AUDIT_C_HOW_OFTEN = (  # (t) LOINC answer list LL2179-1
+    AnswerOption("LA6270-8", "Never", 0),
+    AnswerOption("LA18926-8", "Monthly or less", 1),
+    AnswerOption("LA18927-6", "2-4 times a month", 2),
+    AnswerOption("LA18928-4", "2-3 times a week", 3),
+    AnswerOption("LA18929-2", "4 or more times a week", 4),
+)
+_AUDIT_C_HOW_MANY = (  # (t) LL2180-9
+    AnswerOption("LA15694-5", "1 or 2", 0),
+    AnswerOption("LA15695-2", "3 or 4", 1),
+    AnswerOption("LA18930-0", "5 or 6", 2),
+    AnswerOption("LA18931-8", "7 to 9", 3),
+    AnswerOption("LA18932-6", "10 or more", 4),
+)
+_AUDIT_C_BINGE = (  # (t) LL2181-7
+    AnswerOption("LA6270-8", "Never", 0),
+    AnswerOption("LA18937-5", "Less than monthly", 1),
+    AnswerOption("LA18876-5", "Monthly", 2),
+    AnswerOption("LA18891-4", "Weekly", 3),
+    AnswerOption("LA18934-2", "Daily or almost daily", 4),
+)
+
+PHQ9_ITEM9: Final = "44260-8"
+
+_PHQ9_ITEMS = (
+    ItemSpec("44250-9", "Little interest or pleasure in doing things", _FREQUENCY_0_3),
+    ItemSpec("44255-8", "Feeling down, depressed, or hopeless", _FREQUENCY_0_3),
+    ItemSpec("44259-0", "Trouble falling or staying asleep, or sleeping too much", _FREQUENCY_0_3),
+    ItemSpec("44254-1", "Feeling tired or having little energy", _FREQUENCY_0_3),
+    ItemSpec("44251-7", "Poor appetite or overeating", _FREQUENCY_0_3),
+    ItemSpec(
+        "44258-2",
+        "Feeling bad about yourself-or that you are a failure or have let yourself or your family down",
+        _FREQUENCY_0_3,
+    ),
+    ItemSpec(
+        "44252-5",
+        "Trouble concentrating on things, such as reading the newspaper or watching television",
+        _FREQUENCY_0_3,
+    ),
+    ItemSpec(
+        "44253-3",
+        "Moving or speaking so slowly that other people could have noticed. Or the opposite-being so fidgety "
+        "or restless that you have been moving around a lot more than usual",
+        _FREQUENCY_0_3,
+    ),
+    ItemSpec(
+        PHQ9_ITEM9,
+        "Thoughts that you would be better off dead, or of hurting yourself in some way",
+        _FREQUENCY_0_3,
+    ),
+    ItemSpec(
+        "69722-7",
+        "How difficult have these problems made it for you to do your work, take care of things at home, "
+        "or get along with other people?",
+        _DIFFICULTY,
+        scored=False,
+    ),
+)
+
+_GAD7_ITEMS = (  # item codes as in the MII GAD-7 Questionnaire (tests/samples/fhir)
+    ItemSpec("69725-0", "Feeling nervous, anxious, or on edge", _FREQUENCY_0_3),
+    ItemSpec("68509-9", "Not being able to stop or control worrying", _FREQUENCY_0_3),
+    ItemSpec("69733-4", "Worrying too much about different things", _FREQUENCY_0_3),
+    ItemSpec("69734-2", "Trouble relaxing", _FREQUENCY_0_3),
+    ItemSpec("69735-9", "Being so restless that it is hard to sit still", _FREQUENCY_0_3),
+    ItemSpec("69689-8", "Becoming easily annoyed or irritable", _FREQUENCY_0_3),
+    ItemSpec("69736-7", "Feeling afraid, as if something awful might happen", _FREQUENCY_0_3),
+)
+
+CSSRS_WISH_DEAD: Final = "93246-7"
+CSSRS_THOUGHTS: Final = "93247-5"
+CSSRS_METHOD: Final = "93248-3"
+CSSRS_INTENT: Final = "93249-1"
+CSSRS_PLAN: Final = "93250-9"
+CSSRS_BEHAVIOUR_LIFETIME: Final = "93267-3"
+CSSRS_BEHAVIOUR_3_MONTHS: Final = "93269-9"
+
+_CSSRS_ITEMS = (
+    ItemSpec(CSSRS_WISH_DEAD, "Wish to be dead", _NO_YES),
+    ItemSpec(CSSRS_THOUGHTS, "Non-specific active suicidal thoughts", _NO_YES),
+    ItemSpec(
+        CSSRS_METHOD, "Active suicidal ideation with any methods (not plan) without intent to act", _NO_YES
+    ),
+    ItemSpec(
+        CSSRS_INTENT, "Active suicidal ideation with some intent to act, without specific plan", _NO_YES
+    ),
+    ItemSpec(CSSRS_PLAN, "Active suicidal ideation with specific plan and intent", _NO_YES),
+    ItemSpec(CSSRS_BEHAVIOUR_LIFETIME, "Suicidal behavior (lifetime)", _NO_YES),
+    ItemSpec(CSSRS_BEHAVIOUR_3_MONTHS, "Suicidal behavior in the past 3 months", _NO_YES, scored=False),
+)
+
+_AUDIT_C_ITEMS = (
+    ItemSpec("68518-0", "How often do you have a drink containing alcohol", _AUDIT_C_HOW_OFTEN),
+    ItemSpec(
+        "68519-8",
+        "How many standard drinks containing alcohol do you have on a typical day",
+        _AUDIT_C_HOW_MANY,
+    ),
+    ItemSpec("68520-6", "How often do you have six or more drinks on one occasion", _AUDIT_C_BINGE),
+)
+
+INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
+    spec.key: spec
+    for spec in (
+        InstrumentSpec(
+            key="phq-9",
+            name="PHQ-9",
+            panel_loinc="44249-1",
+            panel_display="PHQ-9 quick depression assessment panel [Reported.PHQ]",
+            total_loinc="44261-6",
+            total_display="Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]",
+            items=_PHQ9_ITEMS,
+            bands=(
+                Band("minimal", "Minimal depression", 0, 4),
+                Band("mild", "Mild depression", 5, 9),
+                Band("moderate", "Moderate depression", 10, 14),
+                Band("moderately-severe", "Moderately severe depression", 15, 19),
+                Band("severe", "Severe depression", 20, 27),
+            ),
+            positive_at=10,
+            max_total=27,
+        ),
+        InstrumentSpec(
+            key="phq-2",
+            name="PHQ-2",
+            panel_loinc="55757-9",
+            panel_display="Patient Health Questionnaire 2 item (PHQ-2) [Reported]",
+            total_loinc="55758-7",
+            total_display="Patient Health Questionnaire 2 item (PHQ-2) total score [Reported]",
+            items=_PHQ9_ITEMS[:2],
+            bands=(
+                Band("negative", "Negative depression screen", 0, 2),
+                Band("positive", "Positive depression screen: administer PHQ-9", 3, 6),
+            ),
+            positive_at=3,
+            max_total=6,
+        ),
+        InstrumentSpec(
+            key="gad-7",
+            name="GAD-7",
+            panel_loinc="69737-5",
+            panel_display="Generalized anxiety disorder 7 item (GAD-7)",
+            total_loinc="70274-6",
+            total_display="Generalized anxiety disorder 7 item (GAD-7) total score [Reported.PHQ]",
+            items=_GAD7_ITEMS,
+            bands=(
+                Band("minimal", "Minimal anxiety", 0, 4),
+                Band("mild", "Mild anxiety", 5, 9),
+                Band("moderate", "Moderate anxiety", 10, 14),
+                Band("severe", "Severe anxiety", 15, 21),
+            ),
+            positive_at=10,
+            max_total=21,
+        ),
+        InstrumentSpec(
+            key="cssrs-screener",
+            name="C-SSRS screener",
+            panel_loinc="93373-9",
+            panel_display="Columbia-Suicide Severity Rating Scale - Screener - Recent [C-SSRS]",
+            total_loinc="93374-7",
+            total_display="C-SSRS screener risk level",
+            items=_CSSRS_ITEMS,
+            bands=(
+                Band("none", "No suicide risk identified", 0, 0),
+                Band("low", "Low suicide risk", 1, 1),
+                Band("moderate", "Moderate suicide risk", 2, 2),
+                Band("high", "High suicide risk", 3, 3),
+            ),
+        ),
+        InstrumentSpec(
+            key="audit-c",
+            name="AUDIT-C",
+            panel_loinc="72109-2",
+            panel_display="Alcohol Use Disorder Identification Test - Consumption [AUDIT-C]",
+            total_loinc="75626-2",
+            total_display="Total score [AUDIT-C]",
+            items=_AUDIT_C_ITEMS,
+            bands=(
+                Band("negative", "Negative alcohol misuse screen", 0, 12),
+                Band("positive", "Positive alcohol misuse screen", 0, 12),
+            ),
+            max_total=12,
+        ),
+    )
+}
+
+_BY_PANEL: Final[Mapping[str, InstrumentSpec]] = {spec.panel_loinc: spec for spec in INSTRUMENTS.values()}
+_ITEM_INDEX: Final[dict[str, dict[str, ItemSpec]]] = {
+    spec.key: {item.loinc: item for item in spec.items} for spec in INSTRUMENTS.values()
+}
+AUDIT_C_POSITIVE_AT: Final[Mapping[str, int]] = {"male": 4, "female": 3}
+_RISK_RANK: Final[Mapping[RiskLevel, int]] = {"none": 0, "low": 1, "moderate": 2, "high": 3}
+
+
+def instrument_spec(instrument: str) -> InstrumentSpec:
+    """The instrument named by key (``phq-9``) or LOINC panel code (``44249-1``)."""
+    spec = INSTRUMENTS.get(instrument.lower()) or _BY_PANEL.get(instrument)
+    if spec is None:
+        raise InstrumentAnswerError(
+            "unknown instrument",
+            [FieldProblem("instrument", "unknown-instrument", "instrument is not one carebus scores")],
+        )
+    return spec
+
+
+def _normalise_text(text: str) -> str:
+    return re.sub(r"[\s\-_]+", " ", text.strip().lower())
+
+
+_OPTION_LOOKUP: Final[dict[tuple[str, str], dict[str, AnswerOption]]] = {}
+for _spec in INSTRUMENTS.values():
+    for _item in _spec.items:
+        _table: dict[str, AnswerOption] = {}
+        for _option in _item.options:
+            _table[_option.code.lower()] = _option
+            _table[_normalise_text(_option.display)] = _option
+        _OPTION_LOOKUP[(_spec.key, _item.loinc)] = _table
+
+
+def _item_problem(loinc: str, rule: str, message: str) -> InstrumentAnswerError:
+    return InstrumentAnswerError(message, [FieldProblem(f"answers[{loinc}]", rule, message)])
+
+
+def _resolve_answer(spec: InstrumentSpec, item: ItemSpec, answer: int | str) -> ItemScore:
+    options = item.options
+    option: AnswerOption | None = None
+    if isinstance(answer, bool):
+        raise _item_problem(item.loinc, "answer-type", f"answer to item {item.loinc} must be int or code")
+    if isinstance(answer, int):
+        option = next((o for o in options if o.weight == answer), None)
+    elif isinstance(answer, str):
+        text = answer.strip()
+        if text.isdigit():
+            weight = int(text)
+            option = next((o for o in options if o.weight == weight), None)
+        else:
+            option = _OPTION_LOOKUP[(spec.key, item.loinc)].get(text.lower()) or _OPTION_LOOKUP[
+                (spec.key, item.loinc)
+            ].get(_normalise_text(text))
+    else:
+        raise _item_problem(item.loinc, "answer-type", f"answer to item {item.loinc} must be int or code")
+    if option is None:
+        raise _item_problem(
+            item.loinc, "answer-not-in-list", f"answer to item {item.loinc} is not in the item's answer list"
+        )
+    return ItemScore(item.loinc, item.display, option.weight, option.code, option.display, item.scored)
+
+
+def _parse_reported(reported: object) -> int | str | None:
+    """Normalise a reported total: int / numeric string / Quantity-like {value, unit}. Returns the int, the
+    stripped string when not numeric (C-SSRS risk levels), or None when absent."""
+    if reported is None:
+        return None
+    if isinstance(reported, Mapping):
+        reported = reported.get("value")
+        if reported is None:
+            return None
+    if isinstance(reported, bool):
+        return str(reported)
+    if isinstance(reported, int):
+        return reported
+    if isinstance(reported, float):
+        return int(reported) if reported.is_integer() else str(reported)
+    if isinstance(reported, str):
+        text = reported.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() else text
+    return str(reported)
+
+
+def _item_code(key: str) -> str:
+    return key.strip().lstrip("/")
+
+
+def _cssrs_risk(values: Mapping[str, int]) -> RiskLevel:
+    def yes(code: str) -> bool:
+        return values.get(code, 0) > 0
+
+    if yes(CSSRS_INTENT) or yes(CSSRS_PLAN) or yes(CSSRS_BEHAVIOUR_3_MONTHS):
+        return "high"
+    if yes(CSSRS_METHOD) or yes(CSSRS_BEHAVIOUR_LIFETIME):
+        return "moderate"
+    if yes(CSSRS_WISH_DEAD) or yes(CSSRS_THOUGHTS):
+        return "low"
+    return "none"
+
+
+def score_instrument(
+    instrument: str,
+    answers: Mapping[str, int | str],
+    *,
+    reported_total: object = None,
+    sex: str | None = None,
+) -> InstrumentScore:
+    """Score one administration of ``instrument`` from its item answers (see the module docstring)."""
+    spec = instrument_spec(instrument)
+    items: list[ItemScore] = []
+    values: dict[str, int] = {}
+    for raw_code, answer in answers.items():
+        code = _item_code(raw_code)
+        if code == spec.total_loinc:
+            if reported_total is None:
+                reported_total = answer
+            continue
+        item = spec.item(code)
+        if item is None:
+            raise _item_problem(code, "item-not-in-instrument", f"item {code} is not part of {spec.name}")
+        if code in values:
+            raise _item_problem(code, "duplicate-item", f"item {code} is answered more than once")
+        scored = _resolve_answer(spec, item, answer)
+        values[code] = scored.value
+        items.append(scored)
+    order = {item.loinc: index for index, item in enumerate(spec.items)}
+    items.sort(key=lambda s: order[s.loinc])
+
+    data_quality: list[str] = []
+    safety: list[str] = []
+    notes: list[str] = []
+    missing = tuple(i.loinc for i in spec.scored_items if i.loinc not in values)
+    complete = not missing
+    if not complete:
+        data_quality.append("incomplete-answers")
+        notes.append("Not all scored items were answered: no total was computed.")
+
+    reported = _parse_reported(reported_total)
+    total: int | None = None
+    band: Band | None = None
+    positive: bool | None = None
+    risk: RiskLevel | None = None
+
+    if spec.key == "cssrs-screener":
+        # Risk is decided from the items present even when some are missing (a "yes" is never ignored).
+        risk = _cssrs_risk(values)
+        band = next(b for b in spec.bands if b.code == risk)
+        positive = risk != "none"
+        if risk == "high":
+            safety.append("cssrs-high-risk")
+        if reported is not None:
+            if isinstance(reported, str) and reported.lower() in _RISK_RANK:
+                if reported.lower() != risk:
+                    data_quality.append("reported-total-mismatch")
+            else:
+                data_quality.append("reported-total-unparseable")
+    else:
+        if complete:
+            total = sum(values[i.loinc] for i in spec.scored_items)
+            if spec.key == "audit-c":
+                cut_off = AUDIT_C_POSITIVE_AT.get((sex or "").lower())
+                if cut_off is None:
+                    cut_off = min(AUDIT_C_POSITIVE_AT.values())
+                    data_quality.append("audit-c-sex-unknown")
+                    notes.append("Sex not known: the lower AUDIT-C cut-off (3) was used.")
+                positive = total >= cut_off
+                band = spec.bands[1] if positive else spec.bands[0]
+            else:
+                band = next(b for b in spec.bands if b.low <= total <= b.high)
+                positive = spec.positive_at is not None and total >= spec.positive_at
+        if reported is not None:
+            if not isinstance(reported, int):
+                data_quality.append("reported-total-unparseable")
+            elif total is not None and reported != total:
+                data_quality.append("reported-total-mismatch")
+        if spec.key == "phq-9" and values.get(PHQ9_ITEM9, 0) > 0:
+            safety.append("phq9-item9")
+
+    if "reported-total-mismatch" in data_quality:
+        notes.append("The reported total differs from the total computed from the item answers.")
+    return InstrumentScore(
+        instrument=spec,
+        items=tuple(items),
+        total=total,
+        band=band,
+        positive=positive,
+        risk_level=risk,
+        reported_total=reported,
+        missing_items=missing,
+        safety_alerts=tuple(safety),
+        data_quality=tuple(data_quality),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,66 @@
+"""lab.resulted -> Observation (us-core-observation-lab, category laboratory).
+
+code LOINC (e.g. 14334-7 lithium [Moles/volume] in serum or plasma); valueQuantity (UCUM when a code is
+given) or valueString; referenceRange low / high / text; interpretation (v3-ObservationInterpretation N, A,
+H, L, HH, LL); effectiveDateTime; issued.
+Labels: psychiatric drug monitoring (lithium) -> PSY; other labs none (labels.lab_labels).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from services.common.events import LabResulted
+from services.mapper.mapping import labels
+from services.mapper.mapping._fhir import LOINC, Draft, coding, concept, iso, profile, quantity
+
+OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+INTERPRETATION_DISPLAY: Final = {
+    "N": "Normal",
+    "A": "Abnormal",
+    "H": "High",
+    "L": "Low",
+    "HH": "Critical high",
+    "LL": "Critical low",
+}
+
+
+def map_lab(event: LabResulted, draft: Draft) -> None:
+    data = event.data
+    subject = draft.subject
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": subject.id("Observation", "lab", data.result_id),
+        "meta": {"profile": profile("us-core-observation-lab")},
+        "identifier": [subject.identifier("lab-result", data.result_id)],
+        "status": data.status,
+        "category": [concept(OBSERVATION_CATEGORY, "laboratory", "Laboratory")],
+        "code": {"coding": [coding(LOINC, data.code.code, data.code.display)]},
+        "subject": subject.patient_ref,
+        "effectiveDateTime": iso(data.effective_at),
+    }
+    if data.code.display:
+        observation["code"]["text"] = data.code.display
+    if data.issued_at:
+        observation["issued"] = iso(data.issued_at)
+    if data.value is not None:
+        observation["valueQuantity"] = quantity(data.value.value, data.value.unit, data.value.code)
+    elif data.value_text is not None:
+        observation["valueString"] = data.value_text
+    if data.interpretation:
+        observation["interpretation"] = [
+            concept(INTERPRETATION, data.interpretation, INTERPRETATION_DISPLAY[data.interpretation])
+        ]
+    if data.reference_range is not None:
+        reference: dict[str, Any] = {}
+        rr = data.reference_range
+        if rr.low is not None:
+            reference["low"] = quantity(rr.low.value, rr.low.unit, rr.low.code)
+        if rr.high is not None:
+            reference["high"] = quantity(rr.high.value, rr.high.unit, rr.high.code)
+        if rr.text:
+            reference["text"] = rr.text
+        if reference:
+            observation["referenceRange"] = [reference]
+    draft.add(observation, labels.lab_labels(data.code.code))

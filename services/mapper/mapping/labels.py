@@ -1,0 +1,164 @@
+"""Security labels decided at conversion time: which ``meta.security`` each resource carries.
+
+Label sets (services/common/security_labels.py): PSY = R + PSY (psychiatric data); PART2 = R + SUD +
+42CFRPart2 + NORDSCLCD (substance-use-disorder data under 42 CFR Part 2); ETHUD = R + ETHUD (alcohol-use
+information that is not Part 2 data). Psychotherapy notes (V + PSYTHPN) are refused at intake, never labelled.
+
+Rules, per resource (the Bundle and the Provenance carry the union of all resources' labels):
+
+| data                                                     | labels                                         |
+|----------------------------------------------------------|------------------------------------------------|
+| any event whose ``source`` is in context.part2_sources   | PART2 added to every resource, Patient included |
+|   (a Part 2 program: being its patient is itself SUD information, 42 CFR 2.11)                            |
+| Patient (registered / updated) from any other source     | none: demographics are ordinary PHI            |
+| ICD-10-CM F10-F16, F18, F19 (alcohol / drug use disorders)| PART2                                          |
+| ICD-10-CM F17 (nicotine): Part 2 excludes tobacco         | none                                           |
+| other ICD-10-CM F01-F99, R45.851 (suicidal ideation),    | PSY                                            |
+|   Z91.5x (history of self-harm)                          |                                                |
+| SNOMED CT codes in the tables below; or the sender's     | PSY / PART2 as listed or hinted                |
+|   ``sensitivity`` hint (psychiatric / substance-use)      |                                                |
+| RxNorm buprenorphine 1819, methadone 6813, naltrexone    | PART2 (over-labelling is the safe direction:   |
+|   7243 (opioid-use-disorder treatment)                   |   methadone for pain is labelled too)          |
+| RxNorm psychiatric ingredients (antidepressants,         | PSY                                            |
+|   antipsychotics, mood stabilisers; table below)         |                                                |
+| medication reason codes                                  | as diagnoses                                   |
+| referral to therapy / psychiatry; appointment or session | PSY (+ the reason codes' labels)               |
+|   with therapy / psychiatry; psychiatric admissions      |                                                |
+| primary-care appointment / session                       | none                                           |
+| admission to inpatient detox                             | PART2; inpatient-medical: reason codes only    |
+| PHQ-9, PHQ-2, GAD-7, C-SSRS (QR, Observations, Flag)     | PSY                                            |
+| AUDIT-C                                                  | R + ETHUD (alcohol screening is sensitive but  |
+|                                                          |   not Part 2 unless from a Part 2 source)      |
+| note with mental_health true                             | PSY; other notes none                          |
+| care plan with therapy modalities or linked diagnoses    | PSY                                            |
+| consent                                                  | labels of the data it covers (SUD / 42CFRPart2 |
+|                                                          |   / ETHUD / OPIOIDUD -> PART2; PSY/MH/BH -> PSY)|
+| lab: lithium level 14334-7 (psychiatric drug monitoring)  | PSY; other labs none                           |
+| risk flag (any risk) and safety Flags                    | PSY                                            |
+
+Code tables carry their provenance: (v) HL7 / government artifact, (t) third-party, (?) unverified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from services.common import security_labels
+
+PSY: Final = security_labels.PSYCHIATRIC
+PART2: Final = security_labels.PART2
+ETHUD: Final = ("R", "ETHUD")
+NONE: Final[tuple[str, ...]] = ()
+
+ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED: Final = "http://snomed.info/sct"
+
+SNOMED_PSYCHIATRIC: Final[frozenset[str]] = frozenset(
+    {
+        "35489007",  # Depressive disorder (t)
+        "310495003",  # Mild depression (t)
+        "310496002",  # Moderate depression (v, US BHP example)
+        "310497006",  # Severe depression (t)
+        "370143000",  # Major depressive disorder (t)
+        "36923009",  # Major depression, recurrent (t)
+        "21897009",  # Generalized anxiety disorder (t)
+        "47505003",  # Posttraumatic stress disorder (t)
+        "13746004",  # Bipolar disorder (t)
+        "58214004",  # Schizophrenia (t)
+        "6471006",  # Suicidal thoughts (t)
+        "225444004",  # At risk for suicide (t)
+    }
+)
+SNOMED_SUBSTANCE_USE: Final[frozenset[str]] = frozenset(
+    {
+        "1297194009",  # History of substance use disorder (v, US BHP example)
+        "66590003",  # Alcohol dependence (?)
+        "7200002",  # Alcoholism (?)
+        "5602001",  # Opioid abuse (?)
+        "75544000",  # Opioid dependence (?)
+    }
+)
+RXNORM_OUD_TREATMENT: Final[frozenset[str]] = frozenset(
+    {
+        "1819",  # buprenorphine (? per domain.md)
+        "6813",  # methadone (v)
+        "7243",  # naltrexone (v)
+    }
+)
+RXNORM_PSYCHIATRIC: Final[frozenset[str]] = frozenset(
+    {
+        "36437",  # sertraline (v)
+        "321988",  # escitalopram (v)
+        "42347",  # bupropion (v)
+        "51272",  # quetiapine (t)
+        "42351",  # lithium carbonate (?)
+        "6448",  # lithium (?)
+        "4493",  # fluoxetine (?)
+        "2556",  # citalopram (?)
+        "32937",  # paroxetine (?)
+        "39786",  # venlafaxine (?)
+        "72625",  # duloxetine (?)
+        "15996",  # mirtazapine (?)
+        "10737",  # trazodone (?)
+        "89013",  # aripiprazole (?)
+        "61381",  # olanzapine (?)
+        "35636",  # risperidone (?)
+        "2626",  # clozapine (?)
+        "28439",  # lamotrigine (?)
+    }
+)
+LOINC_PSYCHIATRIC_LABS: Final[frozenset[str]] = frozenset({"14334-7"})  # lithium [Moles/volume] (v)
+
+_PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
+_PSY_COVERED: Final = frozenset({"PSY", "MH", "BH"})
+
+
+def combine(*label_sets: Iterable[str]) -> tuple[str, ...]:
+    return security_labels.combine(*label_sets)
+
+
+def icd10_labels(code: str) -> tuple[str, ...]:
+    normalised = code.replace(".", "").upper()
+    if normalised.startswith("R45851") or normalised.startswith("Z915"):
+        return PSY
+    if len(normalised) < 3 or normalised[0] != "F" or not normalised[1:3].isdigit():
+        return NONE
+    block = int(normalised[1:3])
+    if block == 17:
+        return NONE
+    if 10 <= block <= 19:
+        return PART2
+    return PSY
+
+
+def diagnosis_labels(system: str, code: str, sensitivity: str | None = None) -> tuple[str, ...]:
+    """Labels for one diagnosis code (ICD-10-CM or SNOMED CT) plus the sender's optional hint."""
+    found: tuple[str, ...] = NONE
+    if system == ICD10CM:
+        found = icd10_labels(code)
+    elif system == SNOMED:
+        if code in SNOMED_SUBSTANCE_USE:
+            found = PART2
+        elif code in SNOMED_PSYCHIATRIC:
+            found = PSY
+    hinted = PART2 if sensitivity == "substance-use" else PSY if sensitivity == "psychiatric" else NONE
+    return combine(found, hinted)
+
+
+def medication_labels(rxnorm_code: str, sensitivity: str | None = None) -> tuple[str, ...]:
+    found = (
+        PART2 if rxnorm_code in RXNORM_OUD_TREATMENT else PSY if rxnorm_code in RXNORM_PSYCHIATRIC else NONE
+    )
+    hinted = PART2 if sensitivity == "substance-use" else PSY if sensitivity == "psychiatric" else NONE
+    return combine(found, hinted)
+
+
+def covered_labels(covered: Iterable[str]) -> tuple[str, ...]:
+    """A consent reveals the kind of data it covers: label it like that data."""
+    wanted = set(covered)
+    return combine(PART2 if wanted & _PART2_COVERED else NONE, PSY if wanted & _PSY_COVERED else NONE)
+
+
+def lab_labels(loinc_code: str) -> tuple[str, ...]:
+    return PSY if loinc_code in LOINC_PSYCHIATRIC_LABS else NONE
