@@ -1,0 +1,61 @@
+"""HL7 v2 (ER7, versions 2.3 to 2.8) -> FHIR R4, pure; and the acknowledgements the MLLP listener sends.
+
+    map_hl7v2_message(er7, context) -> MappedEvent       the full mapping (mapper service)
+    inspect_message(er7) -> MessageSummary                cheap shape check: MSH, type/version, PID-3
+    ack_message(er7_or_parsed, code, error, now) -> str   the ACK (MSA, ERR) for a message
+    message_key(er7) / message_control_id(er7)            Kafka key '<source>|<PID-3 id>' / MSH-10
+    message_event_id(header)                              CloudEvent id from the sender + MSH-10
+
+What maps to what (HL7 v2-to-FHIR IG where it has a mapping):
+  every message   MSH -> MessageHeader, MSH + EVN -> Provenance (lists segments present but not mapped)
+  ADT A01-A04 A08 PID/PD1 -> Patient, PV1/PV2 -> Encounter, NK1 -> RelatedPerson, AL1 -> AllergyIntolerance,
+                  DG1 -> Condition (+ Encounter.diagnosis), OBX -> Observation
+  ADT A40         PID + MRG -> survivor Patient (link replaces) + retired Patient (active false, replaced-by)
+  SIU S12-15, S26 SCH/TQ1/RGS/AIS/AIG/AIL/AIP/NTE -> Appointment (+ Patient, Encounter, Condition)
+  ORU R01         OBR -> DiagnosticReport, OBX -> Observation; instruments (PHQ-9 ...) scored, Flag on risk
+  MDM T02         TXA + OBX body -> DocumentReference
+  RDE O11         ORC + RXE/RXR/TQ1 -> MedicationRequest
+  VXU V04         ORC + RXA/RXR -> Immunization (OBX -> Observation partOf it)
+
+Errors: see errors.py (AE for content errors, AR for unsupported messages).
+"""
+
+from services.mapper.hl7v2.ack import (
+    MessageSummary,
+    ack_message,
+    inspect_message,
+    message_control_id,
+    message_key,
+)
+from services.mapper.hl7v2.builder import message_event_id
+from services.mapper.hl7v2.errors import (
+    Hl7v2Error,
+    InvalidResource,
+    InvalidValue,
+    MalformedMessage,
+    MissingRequired,
+    PsychotherapyNoteRefused,
+    UnsupportedMessage,
+    UnsupportedMessageType,
+    UnsupportedVersion,
+)
+from services.mapper.hl7v2.mapper import map_hl7v2_message
+
+__all__ = [
+    "Hl7v2Error",
+    "InvalidResource",
+    "InvalidValue",
+    "MalformedMessage",
+    "MessageSummary",
+    "MissingRequired",
+    "PsychotherapyNoteRefused",
+    "UnsupportedMessage",
+    "UnsupportedMessageType",
+    "UnsupportedVersion",
+    "ack_message",
+    "inspect_message",
+    "map_hl7v2_message",
+    "message_control_id",
+    "message_event_id",
+    "message_key",
+]

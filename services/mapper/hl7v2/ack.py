@@ -1,0 +1,184 @@
+"""HL7 v2 acknowledgements (original mode ACK) and the message facts the listener needs (key, control id).
+
+``ack_message`` answers in the sender's version with the sending and receiving application/facility swapped:
+MSA-1 the code (AA accept, AE content error, AR reject), MSA-2 the sender's MSH-10, and for AE/AR an ERR
+segment naming the segment, occurrence and field (ERR-2, or ERR-1 before v2.5), the HL7 error code
+(table 0357, ERR-3), severity E and carebus' rule code (ERR-5) and fixed message (ERR-8). Nothing of the
+message content but its header identifiers is echoed: an ACK carries no PHI.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.common.errors import CarebusError, InfrastructureError, InvalidInput
+from services.common.fhir_ids import patient_key
+from services.mapper.hl7v2.builder import message_event_id
+from services.mapper.hl7v2.er7 import (
+    Hd,
+    Header,
+    Message,
+    check_header,
+    check_shape,
+    parse_message,
+    parse_version,
+)
+from services.mapper.hl7v2.errors import (
+    HL7_APPLICATION_INTERNAL_ERROR,
+    HL7_ERROR_TEXT,
+    AckCode,
+    Hl7v2Error,
+    MissingRequired,
+)
+
+CAREBUS_APPLICATION = "CAREBUS"
+DEFAULT_VERSION = "2.5.1"
+_ACK_NAMESPACE = uuid.UUID("0b1c0d0a-6c61-4b5e-8c8e-4143cb4d4c4c")
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """What the MLLP listener learns from a cheap look at a message (no FHIR mapping)."""
+
+    header: Header
+    patient_id: str
+    key: str  # Kafka record key: '<source>|<PID-3 id>'
+    event_id: str  # CloudEvent id: from the sender and MSH-10
+
+    @property
+    def source(self) -> str:
+        return self.header.source
+
+    @property
+    def control_id(self) -> str:
+        return self.header.control_id
+
+
+def inspect_message(er7: str | Message) -> MessageSummary:
+    """Parse MSH, check type/version and the segments the mapping needs; raises Hl7v2Error subclasses."""
+    message = er7 if isinstance(er7, Message) else parse_message(er7)
+    patient = check_shape(message)
+    header = message.header
+    return MessageSummary(header, patient.value, patient_key(header.source, patient.value),
+                          message_event_id(header))
+
+
+def message_key(er7: str) -> str:
+    """Kafka key of a message: its source (sending facility) and PID-3 patient id, as ``patient_key``."""
+    return inspect_message(er7).key
+
+
+def message_control_id(er7: str) -> str:
+    """MSH-10 of a message (raises MissingRequired when empty, MalformedMessage when there is no MSH)."""
+    header = parse_message(er7).header
+    if not header.control_id:
+        raise MissingRequired("MSH-10", "required", "MSH-10 message control id is empty")
+    return header.control_id
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """Escape a value for the standard encoding characters ``|^~\\&``; line breaks become ``\\.br\\``."""
+    out = (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
+           .replace("~", "\\R\\"))
+    return out.replace("\r\n", "\\.br\\").replace("\r", "\\.br\\").replace("\n", "\\.br\\")
+
+
+def _hd(hd: Hd | None) -> str:
+    if hd is None:
+        return ""
+    parts = [escape(hd.namespace), escape(hd.universal_id), escape(hd.universal_id_type)]
+    while parts and not parts[-1]:
+        parts.pop()
+    return "^".join(parts)
+
+
+def _timestamp(now: datetime) -> str:
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return now.strftime("%Y%m%d%H%M%S%z")
+
+
+def _error_fields(error: CarebusError | None) -> tuple[str, str, int, int | None, str, str]:
+    """(segment, hl7 code, occurrence, field, rule, message) for the ERR segment."""
+    if isinstance(error, Hl7v2Error):
+        return (error.segment, error.hl7_code, error.segment_occurrence, error.field_position, error.rule,
+                error.problems[0].message if error.problems else error.reason)
+    if isinstance(error, InvalidInput):
+        problem = error.problems[0] if error.problems else None
+        return ("", "207", 1, None, error.reason, problem.message if problem else "invalid input")
+    if isinstance(error, InfrastructureError):
+        return ("", HL7_APPLICATION_INTERNAL_ERROR, 1, None, "infrastructure-unavailable",
+                "the message could not be stored; retry later")
+    return ("", HL7_APPLICATION_INTERNAL_ERROR, 1, None, "internal-error",
+            "the message could not be processed")
+
+
+def ack_message(er7_or_parsed: str | Message, code: AckCode, error: CarebusError | None,
+                now: datetime) -> str:
+    """An ACK for the message (or for what can be read of it): segments separated by CR, no framing."""
+    message: Message | None
+    if isinstance(er7_or_parsed, Message):
+        message = er7_or_parsed
+    else:
+        try:
+            message = parse_message(er7_or_parsed)
+        except Hl7v2Error:
+            message = None
+    header = message.header if message is not None else None
+    version = header.version if header is not None and parse_version(header.version) else DEFAULT_VERSION
+    version_tuple = parse_version(version) or (2, 5, 1)
+    trigger = escape(header.trigger_event) if header is not None else ""
+    control_id = header.control_id if header is not None else ""
+    message_type = f"ACK^{trigger}^ACK" if version_tuple >= (2, 3, 1) else f"ACK^{trigger}"
+    ack_id = uuid.uuid5(_ACK_NAMESPACE, f"{header.source if header else ''}|{control_id}|{code}|"
+                                        f"{_timestamp(now)}").hex[:20].upper()
+    processing = header.processing_id if header is not None and header.processing_id else "P"
+    msh = [
+        "MSH", "^~\\&",
+        _hd(header.receiving_application) if header is not None and header.receiving_application.name
+        else CAREBUS_APPLICATION,
+        _hd(header.receiving_facility) if header is not None else "",
+        _hd(header.sending_application) if header is not None else "",
+        _hd(header.sending_facility) if header is not None else "",
+        _timestamp(now), "", message_type, ack_id, escape(processing), escape(version),
+    ]
+    segments = [_msh_line(msh)]
+    msa = ["MSA", code, escape(control_id)]
+    if code != "AA":
+        segment, hl7_code, occurrence, field, rule, text = _error_fields(error)
+        if version_tuple < (2, 4):
+            msa.append(escape(text))
+        segments.append("|".join(msa))
+        location = "^".join([segment, str(occurrence) if segment else "",
+                             str(field) if field else ""]).rstrip("^")
+        condition = f"{hl7_code}^{escape(HL7_ERROR_TEXT.get(hl7_code, 'Error'))}^HL70357"
+        if version_tuple < (2, 5):  # ERR-1 ELD: segment ^ sequence ^ field ^ code&text&table
+            eld = [segment, str(occurrence) if segment else "", str(field) if field else "",
+                   condition.replace("^", "&")]
+            segments.append("|".join(["ERR", "^".join(eld)]))
+        else:
+            segments.append("|".join(["ERR", "", location, condition, "E", f"{escape(rule)}^^99CAREBUS",
+                                      "", "", escape(text)]))
+    else:
+        segments.append("|".join(msa))
+    return "\r".join(segments) + "\r"
+
+
+def _msh_line(fields: list[str]) -> str:
+    # MSH-1 is the field separator itself: "MSH" + "|" + "^~\&" + "|" + MSH-3 ...
+    return "MSH|" + "|".join(fields[1:])
+
+
+__all__ = [
+    "MessageSummary",
+    "ack_message",
+    "check_header",
+    "inspect_message",
+    "message_control_id",
+    "message_key",
+]

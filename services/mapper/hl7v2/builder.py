@@ -1,0 +1,126 @@
+"""The state of one message's mapping: resources with their labels, the segments used, alerts, findings.
+
+Ids: ``resource_id(<type>, <source>, <keys>...)`` where ``source`` is ``urn:carebus:hl7v2:<sending facility>``
+(the CloudEvent source of the message) and the keys are the v2 identifiers of the record (PID-3, PV1-19,
+placer/filler numbers, SCH-1/2, TXA-12, MSH-10 ...), so a resent message gives the same ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.fhir_ids import resource_id
+from services.mapper.hl7v2.datatypes import Conversion, prune
+from services.mapper.hl7v2.er7 import Header, Message, Segment
+from services.mapper.result import MappingContext, SafetyAlert
+
+Json = dict[str, Any]
+Labels = tuple[str, ...]
+
+
+def message_event_id(header: Header) -> str:
+    """The CloudEvent id of a message: from its sender and MSH-10 (a resend has the same id)."""
+    return resource_id("HL7v2Message", header.source, header.control_id)
+
+
+@dataclass
+class Build:
+    message: Message
+    context: MappingContext
+    conv: Conversion
+    patient_key: str  # the selected PID-3 value
+    resources: list[tuple[Json, Labels]] = field(default_factory=list)
+    used: set[int] = field(default_factory=set)  # positions of segments that were mapped
+    alerts: list[SafetyAlert] = field(default_factory=list)
+    patient_ref: Json | None = None
+    encounter_ref: Json | None = None
+    encounter_key: str | None = None
+    focus: list[Json] = field(default_factory=list)  # MessageHeader.focus
+
+    @property
+    def header(self) -> Header:
+        return self.message.header
+
+    @property
+    def source(self) -> str:
+        return self.header.source
+
+    @property
+    def control_id(self) -> str:
+        return self.header.control_id
+
+    @property
+    def event_id(self) -> str:
+        return message_event_id(self.header)
+
+    def id(self, resource_type: str, *keys: str) -> str:
+        return resource_id(resource_type, self.source, *keys)
+
+    def source_identifier(self, kind: str, value: str) -> Json:
+        """The sender's own id of a record as an Identifier (system ``<source>/<kind>``), as the JSON path."""
+        return {"system": f"{self.source}/{kind}", "value": value}
+
+    def use(self, *segments: Segment | None) -> None:
+        for segment in segments:
+            if segment is not None:
+                self.used.add(segment.position)
+
+    def add(self, resource: Json, labels: Labels = (), *, focus: bool = False) -> Json:
+        """Add a resource (pruned). A second resource with the same type and id (a repeated key in the
+        message, e.g. two DG1 with one code) gets an id derived from the first and a data-quality note."""
+        resource = prune(resource)
+        taken = {(r["resourceType"], r["id"]) for r, _labels in self.resources}
+        duplicate = 0
+        original_id = resource["id"]
+        while (resource["resourceType"], resource["id"]) in taken:
+            duplicate += 1
+            resource["id"] = resource_id(resource["resourceType"], self.source, original_id, "repeat",
+                                         str(duplicate))
+        if duplicate:
+            self.issue(f"repeated-key@{resource['resourceType']}")
+        self.resources.append((resource, labels))
+        if focus:
+            self.focus.append(ref(resource))
+        return resource
+
+    def relabel(self, resource_id_: str, labels: Iterable[str]) -> None:
+        from services.common.security_labels import combine
+
+        for index, (resource, current) in enumerate(self.resources):
+            if resource.get("id") == resource_id_:
+                self.resources[index] = (resource, combine(current, labels))
+
+    def subject(self, resource: Json, *, encounter: bool = True, key: str = "subject") -> Json:
+        if self.patient_ref is not None:
+            resource[key] = self.patient_ref
+        if encounter and self.encounter_ref is not None:
+            resource["encounter"] = self.encounter_ref
+        return resource
+
+    def issue(self, code: str) -> None:
+        self.conv.issue(code)
+
+    def notes_after(self, segment: Segment) -> list[Segment]:
+        """The NTE segments that directly follow ``segment`` (marked as used by the caller)."""
+        notes: list[Segment] = []
+        for following in self.message.segments[segment.position + 1:]:
+            if following.name != "NTE":
+                break
+            notes.append(following)
+        return notes
+
+
+def ref(resource: Json) -> Json:
+    return {"reference": f"{resource['resourceType']}/{resource['id']}"}
+
+
+def note_texts(notes: Iterable[Segment]) -> list[str]:
+    """NTE-3 comments (all repetitions, joined by line breaks)."""
+    out: list[str] = []
+    for note in notes:
+        text = "\n".join(rep.text() for rep in note.reps(3))
+        if text:
+            out.append(text)
+    return out

@@ -1,0 +1,443 @@
+"""HL7 v2 data types (DTM/TS, CWE/CE, CX, XPN, XCN, XAD, XTN, EI, PL, NM, SN) -> FHIR R4 types as dicts.
+
+Every converter returns ``None`` (or leaves a key out) rather than emitting an empty or invalid element.
+Values that break their type are not guessed at: they are left out and reported as a data-quality code
+``invalid-<type>@<SEG-n>`` on the :class:`Conversion`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from services.mapper.hl7v2.er7 import Rep
+from services.mapper.hl7v2.terminology import (
+    ADDRESS_USE,
+    ID_TYPE_DISPLAY,
+    NAME_USE,
+    TELECOM_SYSTEM,
+    TELECOM_USE,
+    UCUM,
+    V2_0203,
+    code_system,
+)
+
+Json = dict[str, Any]
+
+_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_OID = re.compile(r"[0-2](?:\.(?:0|[1-9]\d*))+")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
+_SPACES = re.compile(r"\s+")
+_MAX_NUMBER_CHARS = 30
+
+
+@dataclass
+class Conversion:
+    """Per-message conversion state: the sender's time zone (from MSH-7) and data-quality findings."""
+
+    default_tz: str | None = None
+    issues: list[str] = field(default_factory=list)
+
+    def issue(self, code: str) -> None:
+        if code not in self.issues:
+            self.issues.append(code)
+
+
+def prune(value: Any) -> Any:
+    """Drop None, empty strings, lists and dicts, recursively (False and 0 stay)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = prune(item)
+            if item is None or item == "" or item == [] or item == {}:
+                continue
+            out[key] = item
+        return out
+    if isinstance(value, list):
+        items = [prune(item) for item in value]
+        return [item for item in items if not (item is None or item == "" or item == [] or item == {})]
+    return value
+
+
+def prune_dict(value: Json) -> Json:
+    """:func:`prune` for a dict (typed)."""
+    pruned: Json = prune(value)
+    return pruned
+
+
+def fhir_code(text: str) -> str:
+    """A FHIR ``code``: no leading/trailing whitespace, single inner spaces."""
+    return _SPACES.sub(" ", text).strip()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# date and time
+
+
+@dataclass(frozen=True)
+class Dtm:
+    year: int
+    month: int | None
+    day: int | None
+    hour: int | None
+    minute: int | None
+    second: int | None
+    fraction: str | None
+    tz: str | None  # "+hh:mm"
+
+    def date(self) -> str:
+        out = f"{self.year:04d}"
+        if self.month is not None:
+            out += f"-{self.month:02d}"
+            if self.day is not None:
+                out += f"-{self.day:02d}"
+        return out
+
+    def date_time(self, tz: str) -> str:
+        if self.hour is None or self.day is None or self.month is None:
+            return self.date()
+        frac = f".{self.fraction}" if self.fraction else ""
+        return (f"{self.date()}T{self.hour:02d}:{self.minute or 0:02d}:{self.second or 0:02d}{frac}"
+                f"{self.tz or tz}")
+
+    def aware(self, tz: str) -> datetime:
+        zone = self.tz or tz
+        sign = -1 if zone[0] == "-" else 1
+        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) * sign
+        return datetime(self.year, self.month or 1, self.day or 1, self.hour or 0, self.minute or 0,
+                        self.second or 0, tzinfo=timezone(offset))
+
+
+def parse_dtm(text: str) -> Dtm | None:
+    """Parse a v2 DTM/TS/DT value (YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]); None when it is not one."""
+    match = _DTM.fullmatch(text.strip().replace(" ", ""))
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    if hour is None and (fraction or zone) and day is None:
+        return None
+    tz = None
+    if zone:
+        zh, zm = int(zone[1:3]), int(zone[3:5])
+        if zh > 14 or zm > 59:
+            return None
+        tz = f"{zone[0]}{zone[1:3]}:{zone[3:5]}"
+    values = [int(v) if v is not None else None for v in (year, month, day, hour, minute, second)]
+    y, mo, d, h, mi, s = values
+    assert y is not None
+    try:
+        datetime(y, mo or 1, d or 1, h or 0, mi or 0, s or 0)
+    except ValueError:
+        return None
+    if y < 1:
+        return None
+    return Dtm(y, mo, d, h, mi, s, fraction, tz)
+
+
+def offset_of(text: str) -> str | None:
+    parsed = parse_dtm(text)
+    return parsed.tz if parsed is not None else None
+
+
+def _dtm(text: str, loc: str, conv: Conversion) -> Dtm | None:
+    if not text:
+        return None
+    parsed = parse_dtm(text)
+    if parsed is None:
+        conv.issue(f"invalid-datetime@{loc}")
+    return parsed
+
+
+def _zone(parsed: Dtm, conv: Conversion) -> str:
+    if parsed.tz:
+        return parsed.tz
+    if conv.default_tz:
+        return conv.default_tz
+    if parsed.hour is not None:
+        conv.issue("timezone-assumed-utc")
+    return "+00:00"
+
+
+def fhir_date(text: str, loc: str, conv: Conversion) -> str | None:
+    parsed = _dtm(text, loc, conv)
+    return parsed.date() if parsed is not None else None
+
+
+def fhir_datetime(text: str, loc: str, conv: Conversion) -> str | None:
+    parsed = _dtm(text, loc, conv)
+    return parsed.date_time(_zone(parsed, conv)) if parsed is not None else None
+
+
+def fhir_instant(text: str, loc: str, conv: Conversion) -> str | None:
+    """An instant needs a full date: a time of day missing from the value reads as midnight."""
+    parsed = _dtm(text, loc, conv)
+    if parsed is None:
+        return None
+    if parsed.day is None:
+        conv.issue(f"imprecise-instant@{loc}")
+        return None
+    full = Dtm(parsed.year, parsed.month, parsed.day, parsed.hour or 0, parsed.minute, parsed.second,
+               parsed.fraction, parsed.tz)
+    return full.date_time(_zone(full, conv))
+
+
+def aware_datetime(text: str, conv: Conversion) -> datetime | None:
+    parsed = parse_dtm(text) if text else None
+    if parsed is None or parsed.day is None:
+        return None
+    return parsed.aware(parsed.tz or conv.default_tz or "+00:00")
+
+
+def instant_from(moment: datetime) -> str:
+    """A FHIR instant from an aware datetime (naive ones are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# codes
+
+
+def coding(code: str, display: str = "", system_name: str = "", version: str = "") -> Json | None:
+    code = fhir_code(code)
+    if not code:
+        return None
+    return prune_dict({"system": code_system(system_name), "version": version, "code": code,
+                       "display": display})
+
+
+def codeable(rep: Rep | None, first: int = 1) -> Json | None:
+    """CWE/CE/CNE -> CodeableConcept: up to three codings; text from original text (CWE.9) or a display."""
+    if rep is None:
+        return None
+    triplets = [(first, first + 1, first + 2, first + 6)]
+    if first == 1:
+        triplets += [(4, 5, 6, 8), (10, 11, 12, 13)]
+    codings: list[Json] = []
+    displays: list[str] = []
+    for code_i, text_i, system_i, version_i in triplets:
+        display = rep.c(text_i)
+        made = coding(rep.c(code_i), display, rep.c(system_i), rep.c(version_i))
+        if made is not None and made not in codings:
+            codings.append(made)
+        if display:
+            displays.append(display)
+    original = rep.c(first + 8) if first == 1 else ""
+    text = original or (displays[0] if displays else "")
+    if not codings and not text:
+        return None
+    return prune_dict({"coding": codings, "text": text})
+
+
+def simple_code(code: str, system: str | None, display: str | None = None) -> Json | None:
+    """An ID/IS value from a known table as a CodeableConcept (unknown codes keep no system)."""
+    code = fhir_code(code)
+    if not code:
+        return None
+    return prune_dict({"coding": [{"system": system, "code": code, "display": display}]})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# identifiers, names, addresses, telecom
+
+
+def _authority_system(universal_id: str, universal_type: str) -> str | None:
+    if not universal_id:
+        return None
+    kind = universal_type.upper()
+    if _OID.fullmatch(universal_id) and kind in {"ISO", ""}:
+        return f"urn:oid:{universal_id}"
+    if kind == "UUID":
+        return f"urn:uuid:{universal_id.lower()}"
+    if kind in {"URI", "URL"} and _URI.fullmatch(universal_id):
+        return universal_id
+    return None
+
+
+def identifier_type(code: str) -> Json | None:
+    code = fhir_code(code)
+    if not code:
+        return None
+    display = ID_TYPE_DISPLAY.get(code.upper())
+    if display is not None:
+        return {"coding": [{"system": V2_0203, "code": code.upper(), "display": display}]}
+    return {"text": code}
+
+
+def identifier_cx(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
+    """CX -> Identifier: value, type (v2-0203), system from the assigning authority, assigner, period."""
+    if rep is None or not rep.c(1):
+        return None
+    namespace, universal_id, universal_type = rep.c(4, 1), rep.c(4, 2), rep.c(4, 3)
+    type_code = rep.c(5).upper()
+    system = _authority_system(universal_id, universal_type)
+    if type_code == "SS" or namespace.upper() == "USSSA":
+        system = "http://hl7.org/fhir/sid/us-ssn"
+    elif type_code == "NPI":
+        system = "http://hl7.org/fhir/sid/us-npi"
+    assigner = namespace or (universal_id if system is None else "")
+    return prune_dict({
+        "type": identifier_type(type_code),
+        "system": system,
+        "value": rep.c(1),
+        "period": {"start": fhir_date(rep.c(7), loc, conv), "end": fhir_date(rep.c(8), loc, conv)},
+        "assigner": {"display": assigner} if assigner else None,
+    })
+
+
+def identifier_ei(rep: Rep | None, type_code: str = "", first: int = 1) -> Json | None:
+    """EI -> Identifier (entity id ^ namespace ^ universal id ^ type)."""
+    if rep is None or not rep.c(first):
+        return None
+    system = _authority_system(rep.c(first + 2), rep.c(first + 3))
+    namespace = rep.c(first + 1)
+    return prune_dict({
+        "type": identifier_type(type_code) if type_code else None,
+        "system": system,
+        "value": rep.c(first),
+        "assigner": {"display": namespace} if namespace and system is None else None,
+    })
+
+
+def _date_range(rep: Rep, component: int, loc: str, conv: Conversion) -> Json:
+    return {"start": fhir_date(rep.c(component, 1), loc, conv),
+            "end": fhir_date(rep.c(component, 2), loc, conv)}
+
+
+def human_name(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
+    """XPN -> HumanName (family from FN.1; given, further given; suffix, degree, professional suffix)."""
+    if rep is None:
+        return None
+    family = rep.c(1, 1)
+    given = [g for g in (rep.c(2), *rep.c(3).split()) if g]
+    if not family and not given:
+        return None
+    period = _date_range(rep, 10, loc, conv)
+    effective, expires = fhir_date(rep.c(12), loc, conv), fhir_date(rep.c(13), loc, conv)
+    if effective or expires:
+        period = {"start": effective, "end": expires}
+    return prune_dict({
+        "use": NAME_USE.get(rep.c(7).upper()),
+        "family": family,
+        "given": given,
+        "prefix": [rep.c(5)],
+        "suffix": [rep.c(4), rep.c(6), rep.c(14)],
+        "period": period,
+    })
+
+
+def person_reference(rep: Rep | None) -> Json | None:
+    """XCN -> a logical Reference (identifier + display) to a clinician; no resource is created for them."""
+    if rep is None:
+        return None
+    ident = rep.c(1)
+    family, given = rep.c(2, 1), " ".join(p for p in (rep.c(3), rep.c(4)) if p)
+    prefix = rep.c(6)
+    display = " ".join(p for p in (prefix, given, family) if p)
+    if not ident and not display:
+        return None
+    system = _authority_system(rep.c(9, 2), rep.c(9, 3))
+    if rep.c(13).upper() == "NPI":
+        system = "http://hl7.org/fhir/sid/us-npi"
+    return prune_dict({"identifier": {"system": system, "value": ident} if ident else None,
+                       "display": display})
+
+
+def organization_reference(rep: Rep | None) -> Json | None:
+    """XON (or HD) -> a logical Reference to an organisation."""
+    if rep is None:
+        return None
+    name = rep.c(1)
+    ident = rep.c(10) or rep.c(3)
+    if not name and not ident:
+        return None
+    return prune_dict({"identifier": {"value": ident} if ident else None, "display": name})
+
+
+def address(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
+    """XAD -> Address."""
+    if rep is None:
+        return None
+    street, street_name, dwelling = rep.c(1, 1), rep.c(1, 2), rep.c(1, 3)
+    if street and street_name and street_name not in street:
+        street = f"{street} {street_name}"
+    street = street or " ".join(p for p in (dwelling, street_name) if p)
+    line = [p for p in (street, rep.c(2)) if p]
+    use, kind = ADDRESS_USE.get(rep.c(7).upper(), (None, None))
+    period = _date_range(rep, 12, loc, conv)
+    effective, expires = fhir_date(rep.c(13), loc, conv), fhir_date(rep.c(14), loc, conv)
+    if effective or expires:
+        period = {"start": effective, "end": expires}
+    made = prune({
+        "use": use, "type": kind, "line": line, "city": rep.c(3), "state": rep.c(4), "postalCode": rep.c(5),
+        "country": rep.c(6), "district": rep.c(9), "period": period,
+    })
+    return made if set(made) - {"use", "type", "period"} else None
+
+
+def contact_point(rep: Rep | None, default_use: str | None, loc: str, conv: Conversion) -> Json | None:
+    """XTN -> ContactPoint."""
+    if rep is None:
+        return None
+    use_code, equipment = rep.c(2).upper(), rep.c(3).upper()
+    email = rep.c(4)
+    composed = ""
+    if rep.c(7):
+        composed = " ".join(p for p in (
+            f"+{rep.c(5)}" if rep.c(5) else "", f"({rep.c(6)})" if rep.c(6) else "", rep.c(7),
+            f"x{rep.c(8)}" if rep.c(8) else "") if p)
+    system = TELECOM_SYSTEM.get(equipment)
+    if use_code == "NET" or (email and not rep.c(1) and not composed):
+        system = "email"
+    value = (email or rep.c(1)) if system == "email" else (rep.c(1) or composed or rep.c(12) or email)
+    if not value:
+        return None
+    rank = rep.c(18)
+    return prune_dict({
+        "system": system or "phone",
+        "value": value,
+        "use": "mobile" if equipment == "CP" else TELECOM_USE.get(use_code, default_use),
+        "rank": int(rank) if rank.isdigit() and 0 < int(rank) < 1_000_000 else None,
+        "period": {"start": fhir_datetime(rep.c(13), loc, conv), "end": fhir_datetime(rep.c(14), loc, conv)},
+    })
+
+
+def location_display(rep: Rep | None) -> str:
+    """PL -> a readable location (point of care, room, bed, facility, building, floor) or its description."""
+    if rep is None:
+        return ""
+    description = rep.c(9)
+    if description:
+        return description
+    parts = [rep.c(1, 1), rep.c(2), rep.c(3), rep.c(4, 1), rep.c(7), rep.c(8)]
+    return " ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# numbers and quantities
+
+
+def number(text: str) -> int | float | None:
+    text = text.strip()
+    if len(text) > _MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
+        return None
+    if "." in text:
+        return float(text)
+    return int(text)
+
+
+def quantity(value: int | float, units: Rep | None, comparator: str | None = None) -> Json:
+    out: Json = {"value": value}
+    if comparator:
+        out["comparator"] = comparator
+    if units is not None:
+        code, text, system = units.c(1), units.c(2), units.c(3).upper()
+        out["unit"] = text or code
+        if system == "UCUM" and code:
+            out["system"] = UCUM
+            out["code"] = fhir_code(code)
+    return prune_dict(out)

@@ -1,0 +1,483 @@
+"""HL7 v2 ER7 text -> an immutable, version-tolerant view of segments, fields, repetitions and components.
+
+What real feeds send is normalised before the ``hl7`` package splits the message: segments ending in
+``\\r``, ``\\n`` or ``\\r\\n`` (a line that does not start a segment continues the previous one), MLLP
+framing bytes and control characters, a doubled escape character in MSH-2 (``^~\\\\&``) and short or missing
+encoding characters. Values are unescaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\`` ...)
+only when read, and the HL7 null ``""`` reads as empty. Nothing here logs a value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import hl7
+from hl7.exceptions import ParseException
+
+from services.mapper.hl7v2.errors import (
+    HL7_UNSUPPORTED_EVENT_CODE,
+    MalformedMessage,
+    MissingRequired,
+    UnsupportedMessageType,
+    UnsupportedVersion,
+)
+
+Component = tuple[str, ...]  # sub-components, raw (escaped) text
+RawRep = tuple[Component, ...]
+RawField = tuple[RawRep, ...]
+
+_SEGMENT_START = re.compile(r"[A-Z][A-Z0-9]{2}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+_DEFAULT_ENCODING = ("^", "~", "\\", "&")  # component, repetition, escape, sub-component
+_FALLBACK_SEPARATORS = ("\x1c", "\x1d", "\x1e", "\x1f")  # never in the (control-stripped) text
+
+MIN_VERSION = (2, 3)
+MAX_VERSION = (2, 8)
+
+# Message type -> trigger events carebus maps.
+SUPPORTED_EVENTS: dict[str, frozenset[str]] = {
+    "ADT": frozenset({"A01", "A02", "A03", "A04", "A08", "A40"}),
+    "SIU": frozenset({"S12", "S13", "S14", "S15", "S26"}),
+    "ORU": frozenset({"R01"}),
+    "MDM": frozenset({"T02"}),
+    "RDE": frozenset({"O11"}),
+    "VXU": frozenset({"V04"}),
+}
+# Segments a supported message cannot be mapped without (beyond MSH).
+_REQUIRED_SEGMENTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("ADT", "A40"): ("PID", "MRG"),
+    ("SIU", "*"): ("PID", "SCH"),
+    ("MDM", "*"): ("PID", "TXA"),
+    ("RDE", "*"): ("PID", "RXE"),
+}
+
+
+@dataclass(frozen=True)
+class Separators:
+    field: str
+    component: str
+    repetition: str
+    escape: str
+    subcomponent: str
+
+
+def unescape(text: str, seps: Separators) -> str:
+    """Resolve HL7 escape sequences. Unknown, highlighting and character-set sequences are dropped; an
+    unterminated sequence is kept as literal text."""
+    esc = seps.escape
+    if esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = text.find(esc, i + 1)
+        if end == -1:
+            out.append(text[i:])
+            break
+        seq = text[i + 1:end]
+        i = end + 1
+        out.append(_escape_value(seq, seps))
+    return "".join(out)
+
+
+def _escape_value(seq: str, seps: Separators) -> str:
+    simple = {"F": seps.field, "S": seps.component, "T": seps.subcomponent, "R": seps.repetition,
+              "E": seps.escape}
+    if seq in simple:
+        return simple[seq]
+    if seq in {".br", ".sp", ".ce"}:
+        return "\n"
+    if seq.startswith(".sp") and seq[3:].strip().isdigit():
+        return "\n" * min(int(seq[3:].strip()), 100)
+    if seq.startswith(("X", "x")) and len(seq) > 1:
+        hexdigits = seq[1:]
+        if len(hexdigits) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in hexdigits):
+            raw = bytes.fromhex(hexdigits)
+            try:
+                decoded = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                decoded = raw.decode("latin-1")
+            return _CONTROL.sub("", decoded)
+        return ""
+    # \H\ \N\ (highlighting), \Cxxyy\ \Mxxyyzz\ (character sets), \Zxx\ (locally defined), .fi .nf .in .ti .sk
+    return ""
+
+
+class Rep:
+    """One repetition of a field: components of sub-components, read unescaped and stripped."""
+
+    __slots__ = ("_raw", "_seps")
+
+    def __init__(self, raw: RawRep, seps: Separators) -> None:
+        self._raw = raw
+        self._seps = seps
+
+    def c(self, component: int, sub: int = 1) -> str:
+        """Component ``component`` (1-based), sub-component ``sub``; empty string when absent or ``""``."""
+        if component < 1 or component > len(self._raw):
+            return ""
+        subs = self._raw[component - 1]
+        if sub < 1 or sub > len(subs):
+            return ""
+        return _clean(subs[sub - 1], self._seps)
+
+    def subs(self, component: int) -> list[str]:
+        if component < 1 or component > len(self._raw):
+            return []
+        return [_clean(s, self._seps) for s in self._raw[component - 1]]
+
+    def component_text(self, component: int) -> str:
+        """A component with its sub-components joined by a space (for display)."""
+        return " ".join(s for s in self.subs(component) if s)
+
+    def text(self) -> str:
+        """The whole repetition as text: components joined by a space (for ST-like reading of any type)."""
+        parts = [self.component_text(i) for i in range(1, len(self._raw) + 1)]
+        return " ".join(p for p in parts if p)
+
+    def joined(self) -> str:
+        """The whole repetition as text, components re-joined with the component separator (for ST/TX/FT
+        values whose sender did not escape a literal separator)."""
+        parts = [self._seps.subcomponent.join(self.subs(i)).strip(self._seps.subcomponent)
+                 for i in range(1, len(self._raw) + 1)]
+        while parts and not parts[-1]:
+            parts.pop()
+        return self._seps.component.join(parts)
+
+    def is_empty(self) -> bool:
+        return not any(_clean(s, self._seps) for comp in self._raw for s in comp)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _clean(raw: str, seps: Separators) -> str:
+    if raw == '""':
+        return ""
+    return unescape(raw, seps).strip()
+
+
+class Segment:
+    """One segment. ``field(n)`` follows HL7 numbering, MSH included (MSH-1 is the field separator)."""
+
+    __slots__ = ("_fields", "name", "occurrence", "position", "seps")
+
+    def __init__(self, name: str, fields: tuple[RawField, ...], position: int, occurrence: int,
+                 seps: Separators) -> None:
+        self.name = name
+        self._fields = fields
+        self.position = position  # 0-based index in the message
+        self.occurrence = occurrence  # 1-based count of this segment id so far
+        self.seps = seps
+
+    def reps(self, n: int) -> list[Rep]:
+        """The non-empty repetitions of field ``n``."""
+        if n < 1 or n >= len(self._fields):
+            return []
+        reps = [Rep(raw, self.seps) for raw in self._fields[n]]
+        return [rep for rep in reps if not rep.is_empty()]
+
+    def rep(self, n: int) -> Rep | None:
+        reps = self.reps(n)
+        return reps[0] if reps else None
+
+    def get(self, n: int, component: int = 1, sub: int = 1) -> str:
+        """Field ``n`` first repetition, component, sub-component: unescaped, stripped, '' if absent."""
+        rep = self.rep(n)
+        return rep.c(component, sub) if rep is not None else ""
+
+    def has(self, n: int) -> bool:
+        return bool(self.reps(n))
+
+    def loc(self, n: int) -> str:
+        return f"{self.name}-{n}"
+
+    @property
+    def field_count(self) -> int:
+        return len(self._fields) - 1
+
+
+@dataclass(frozen=True)
+class Hd:
+    """Hierarchic designator (HD): namespace ^ universal id ^ universal id type."""
+
+    namespace: str
+    universal_id: str
+    universal_id_type: str
+
+    @property
+    def name(self) -> str:
+        return self.namespace or self.universal_id
+
+    @classmethod
+    def from_rep(cls, rep: Rep | None, first: int = 1) -> Hd:
+        if rep is None:
+            return cls("", "", "")
+        return cls(rep.c(first), rep.c(first + 1), rep.c(first + 2))
+
+
+@dataclass(frozen=True)
+class Header:
+    """What MSH says about the message (no PHI)."""
+
+    sending_application: Hd
+    sending_facility: Hd
+    receiving_application: Hd
+    receiving_facility: Hd
+    timestamp: str
+    message_type: str
+    trigger_event: str
+    structure: str
+    control_id: str
+    processing_id: str
+    version: str
+
+    @property
+    def version_tuple(self) -> tuple[int, ...] | None:
+        return parse_version(self.version)
+
+    @property
+    def sender(self) -> str:
+        """The sending system's name: sending facility, else sending application."""
+        return self.sending_facility.name or self.sending_application.name
+
+    @property
+    def source(self) -> str:
+        """The source URI of this sender (also the CloudEvent source and the id namespace)."""
+        return source_uri(self.sender)
+
+
+def source_uri(sender: str) -> str:
+    from urllib.parse import quote
+
+    return f"urn:carebus:hl7v2:{quote(sender, safe='-._~')}"
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups() if part is not None)
+
+
+class Message:
+    """A parsed HL7 v2 message: segments in order, the separators and the header."""
+
+    def __init__(self, segments: list[Segment], seps: Separators) -> None:
+        self.segments = segments
+        self.seps = seps
+        self.msh = segments[0]
+        self.header = _header(self.msh)
+
+    def first(self, name: str) -> Segment | None:
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        return None
+
+    def all(self, name: str) -> list[Segment]:
+        return [segment for segment in self.segments if segment.name == name]
+
+    def __iter__(self) -> Iterator[Segment]:
+        return iter(self.segments)
+
+
+def _header(msh: Segment) -> Header:
+    return Header(
+        sending_application=Hd.from_rep(msh.rep(3)),
+        sending_facility=Hd.from_rep(msh.rep(4)),
+        receiving_application=Hd.from_rep(msh.rep(5)),
+        receiving_facility=Hd.from_rep(msh.rep(6)),
+        timestamp=msh.get(7),
+        message_type=msh.get(9, 1).upper(),
+        trigger_event=msh.get(9, 2).upper(),
+        structure=msh.get(9, 3).upper(),
+        control_id=msh.get(10),
+        processing_id=msh.get(11),
+        version=msh.get(12),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# normalisation and parsing
+
+
+def _split_segments(text: str) -> list[str]:
+    text = _CONTROL.sub("", text.replace("\ufeff", ""))
+    lines = _NEWLINES.split(text)
+    segments: list[str] = []
+    field_sep = ""
+    for raw_line in lines:
+        line = raw_line.strip()
+        if not line:
+            continue
+        if not segments:
+            if not line.startswith("MSH"):
+                if line[:3] in {"BHS", "FHS"}:
+                    raise UnsupportedMessageType("BHS", "batch-not-supported",
+                                                 "HL7 batches and files are not accepted")
+                raise MalformedMessage("MSH", "msh-missing", "the message does not start with an MSH segment")
+            if len(line) < 5:
+                raise MalformedMessage("MSH-2", "invalid-encoding-characters",
+                                       "MSH has no encoding characters")
+            field_sep = line[3]
+            segments.append(line)
+            continue
+        if _SEGMENT_START.match(line) and (len(line) == 3 or line[3] == field_sep):
+            segments.append(line)
+        else:
+            segments[-1] = f"{segments[-1]}\n{line}"  # a line break inside a value: keep it as one
+    if not segments:
+        raise MalformedMessage("MSH", "msh-missing", "the message is empty")
+    return segments
+
+
+def _encoding(msh_line: str) -> tuple[Separators, str]:
+    """The separators, and the MSH line rewritten with four clean encoding characters."""
+    field_sep = msh_line[3]
+    if field_sep.isalnum() or field_sep.isspace():
+        raise MalformedMessage("MSH-1", "invalid-field-separator", "MSH-1 is not a usable field separator")
+    end = msh_line.find(field_sep, 4)
+    raw = msh_line[4:] if end == -1 else msh_line[4:end]
+    chars: list[str] = []
+    for ch in raw:
+        if ch.isalnum() or ch.isspace() or ch == field_sep:
+            raise MalformedMessage("MSH-2", "invalid-encoding-characters",
+                                   "MSH-2 holds characters that cannot be separators")
+        if ch not in chars:
+            chars.append(ch)
+    if not chars:
+        raise MalformedMessage("MSH-2", "invalid-encoding-characters", "MSH-2 is empty")
+    chars = chars[:4]
+    for role in range(len(chars), 4):
+        for candidate in (_DEFAULT_ENCODING[role], *_FALLBACK_SEPARATORS):
+            if candidate not in chars and candidate != field_sep:
+                chars.append(candidate)
+                break
+    component, repetition, escape, subcomponent = chars
+    seps = Separators(field_sep, component, repetition, escape, subcomponent)
+    rest = field_sep if end == -1 else msh_line[end:]
+    return seps, f"MSH{field_sep}{''.join(chars)}{rest}"
+
+
+def _norm_field(node: Any) -> RawField:
+    if isinstance(node, str):
+        return (((node,),),)
+    return tuple(_norm_rep(rep) for rep in node)
+
+
+def _norm_rep(node: Any) -> RawRep:
+    if isinstance(node, str):
+        return ((node,),)
+    return tuple(_norm_component(component) for component in node)
+
+
+def _norm_component(node: Any) -> Component:
+    if isinstance(node, str):
+        return (node,)
+    return tuple(str(sub) for sub in node)
+
+
+def parse_message(er7: str) -> Message:
+    """Parse ER7 text. Raises :class:`MalformedMessage` (AE), or :class:`UnsupportedMessageType` (AR) for
+    batches."""
+    if not isinstance(er7, str):
+        raise MalformedMessage("MSH", "not-text", "the message is not text")
+    lines = _split_segments(er7)
+    seps, lines[0] = _encoding(lines[0])
+    for line in lines[1:]:
+        if line[:3] in {"MSH", "BHS", "BTS", "FHS", "FTS"}:
+            raise UnsupportedMessageType(line[:3], "batch-not-supported",
+                                         "one message per frame: batches are not accepted")
+    try:
+        parsed = hl7.parse("\r".join(lines))
+    except (ParseException, ValueError, IndexError, KeyError) as exc:
+        raise MalformedMessage("MSH", "unparseable", "the message could not be split into segments") from exc
+    segments: list[Segment] = []
+    counts: dict[str, int] = {}
+    for position, node in enumerate(parsed):
+        fields = tuple(_norm_field(field) for field in node)
+        name = fields[0][0][0][0] if fields and fields[0] and fields[0][0] and fields[0][0][0] else ""
+        counts[name] = counts.get(name, 0) + 1
+        segments.append(Segment(name, fields, position, counts[name], seps))
+    return Message(segments, seps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shape: what the listener checks cheaply and the mapper relies on
+
+
+@dataclass(frozen=True)
+class PatientId:
+    """The PID-3 identifier carebus keys a patient by (first MR-typed repetition, else the first)."""
+
+    value: str
+    location: str
+
+
+def select_patient_id(reps: Sequence[Rep]) -> Rep | None:
+    usable = [rep for rep in reps if rep.c(1)]
+    for wanted in ("MR", "PI", "PT", "MRT"):
+        for rep in usable:
+            if rep.c(5).upper() == wanted:
+                return rep
+    return usable[0] if usable else None
+
+
+def patient_id(pid: Segment) -> PatientId:
+    for n in (3, 2, 4):
+        rep = select_patient_id(pid.reps(n))
+        if rep is not None:
+            return PatientId(rep.c(1), pid.loc(n))
+    raise MissingRequired("PID-3", "required", "no patient identifier in PID-3")
+
+
+def check_header(header: Header) -> None:
+    """Raise when MSH lacks what every message needs, or names a type or version carebus does not take."""
+    if not header.message_type:
+        raise MissingRequired("MSH-9", "required", "MSH-9 message type is empty")
+    if not header.trigger_event:
+        raise MissingRequired("MSH-9", "required", "MSH-9 trigger event is empty")
+    events = SUPPORTED_EVENTS.get(header.message_type)
+    if events is None:
+        raise UnsupportedMessageType("MSH-9", "unsupported-message-type", "message type not supported")
+    if header.trigger_event not in events:
+        raise UnsupportedMessageType("MSH-9", "unsupported-event", "trigger event not supported",
+                                     hl7_code=HL7_UNSUPPORTED_EVENT_CODE)
+    if not header.control_id:
+        raise MissingRequired("MSH-10", "required", "MSH-10 message control id is empty")
+    if not header.version:
+        raise MissingRequired("MSH-12", "required", "MSH-12 version id is empty")
+    version = header.version_tuple
+    if version is None or not (MIN_VERSION <= version[:2] <= MAX_VERSION):
+        raise UnsupportedVersion("MSH-12", "unsupported-version", "HL7 version not supported (2.3 to 2.8)")
+    if not header.sender:
+        raise MissingRequired("MSH-4", "required", "neither MSH-4 nor MSH-3 names the sender")
+
+
+def check_shape(message: Message) -> PatientId:
+    """Header checks plus the segments the message type needs; returns the patient id used for keys."""
+    header = message.header
+    check_header(header)
+    required = _REQUIRED_SEGMENTS.get((header.message_type, header.trigger_event)) \
+        or _REQUIRED_SEGMENTS.get((header.message_type, "*")) or ("PID",)
+    for name in required:
+        if message.first(name) is None:
+            raise MissingRequired(name, "segment-required", f"{name} segment is required for this message")
+    pid = message.first("PID")
+    assert pid is not None  # PID is in every required list
+    if header.message_type == "ADT" and header.trigger_event == "A40":
+        mrg = message.first("MRG")
+        if mrg is None or select_patient_id(mrg.reps(1)) is None:
+            raise MissingRequired("MRG-1", "required", "MRG-1 prior patient identifier is empty")
+    return patient_id(pid)

@@ -1,0 +1,107 @@
+"""MSH -> MessageHeader (R4), MSH + EVN -> Provenance, for every message.
+
+MessageHeader: eventCoding v2-0003 trigger; source = sending application (MSH-3) with endpoint
+``urn:carebus:hl7v2:<sender>`` and software from SFT; sender = sending facility (MSH-4); destination =
+receiving application / facility (MSH-5/6); focus = the main resources.
+Provenance: target = every resource of the bundle; recorded = when carebus received the message;
+occurred = EVN-6 (event occurred), else EVN-2 (recorded), else MSH-7; reason EVN-4; agents: the sending
+application on behalf of the sending facility (author) and the EVN-5 operator (enterer); entities: the
+message itself (MSH-10) and one entity per segment id that was present but not mapped
+(system ``urn:carebus:hl7v2:unmapped-segment``), so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from services.mapper.hl7v2.builder import Build, Json
+from services.mapper.hl7v2.datatypes import codeable, fhir_datetime, instant_from, person_reference
+from services.mapper.hl7v2.er7 import Hd, source_uri
+from services.mapper.hl7v2.terminology import PROVENANCE_PARTICIPANT, V2_0003
+
+UNMAPPED_SEGMENT_SYSTEM = "urn:carebus:hl7v2:unmapped-segment"
+
+
+def _hd_reference(hd: Hd) -> Json | None:
+    if not hd.name:
+        return None
+    out: dict[str, Any] = {"display": hd.name}
+    if hd.universal_id and hd.universal_id_type.upper() == "ISO":
+        out["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{hd.universal_id}"}
+    return out
+
+
+def message_header(build: Build) -> Json:
+    header = build.header
+    sft = build.message.first("SFT")
+    build.use(sft)
+    receiver = header.receiving_facility.name or header.receiving_application.name
+    return {
+        "resourceType": "MessageHeader",
+        "id": build.id("MessageHeader", "message", header.control_id),
+        "eventCoding": {"system": V2_0003, "code": header.trigger_event},
+        "destination": [{
+            "name": header.receiving_application.name or None,
+            "endpoint": source_uri(receiver),
+            "receiver": _hd_reference(header.receiving_facility),
+        }] if receiver else None,
+        "sender": _hd_reference(header.sending_facility),
+        "source": {
+            "name": header.sending_application.name or None,
+            "software": sft.get(3) if sft is not None else None,
+            "version": sft.get(2) if sft is not None else None,
+            "endpoint": header.source,
+        },
+        "focus": build.focus,
+    }
+
+
+def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[str, int]]) -> Json:
+    header = build.header
+    conv = build.conv
+    evn = build.message.first("EVN")
+    occurred = None
+    reason = None
+    agents: list[Json] = [{
+        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "author", "display": "Author"}]},
+        "who": {"identifier": {"system": f"{header.source}/application",
+                               "value": header.sending_application.name or header.sender},
+                "display": header.sending_application.name or header.sender},
+        "onBehalfOf": _hd_reference(header.sending_facility),
+    }]
+    if evn is not None:
+        build.use(evn)
+        occurred = fhir_datetime(evn.get(6), evn.loc(6), conv) or fhir_datetime(evn.get(2), evn.loc(2), conv)
+        reason = codeable(evn.rep(4))
+        operator = person_reference(evn.rep(5))
+        if operator is not None:
+            agents.append({
+                "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "enterer",
+                                     "display": "Enterer"}]},
+                "who": operator,
+            })
+    occurred = occurred or fhir_datetime(header.timestamp, "MSH-7", conv)
+    entities: list[Json] = [{
+        "role": "source",
+        "what": {"identifier": {"system": f"{header.source}/message", "value": header.control_id},
+                 "display": f"HL7 v2 {header.message_type}^{header.trigger_event} message"},
+    }]
+    for name, count in unmapped:
+        entities.append({
+            "role": "source",
+            "what": {"identifier": {"system": UNMAPPED_SEGMENT_SYSTEM, "value": name},
+                     "display": f"HL7 v2 segment {name} present ({count}x) but not mapped"},
+        })
+    return {
+        "resourceType": "Provenance",
+        "id": build.id("Provenance", "message", header.control_id),
+        "target": [{"reference": f"{t['resourceType']}/{t['id']}"} for t in targets],
+        "occurredDateTime": occurred,
+        "recorded": instant_from(build.context.received_at),
+        "activity": {"coding": [{"system": V2_0003, "code": header.trigger_event}],
+                     "text": f"{header.message_type}^{header.trigger_event}"},
+        "reason": [reason] if reason else None,
+        "agent": agents,
+        "entity": entities,
+    }

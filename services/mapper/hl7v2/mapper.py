@@ -1,0 +1,184 @@
+"""One HL7 v2 message (ER7 text) -> one labelled, validated FHIR R4 Bundle (type collection). Pure.
+
+Order of the bundle: MessageHeader, Patient (and a retired Patient for A40), Encounter, RelatedPerson,
+AllergyIntolerance, Condition, the message's own resources (DiagnosticReport + Observations, Appointment,
+DocumentReference, MedicationRequest, Immunization, assessment resources and safety Flags), Provenance.
+Labels: each resource's own (see sensitivity.py); a sending facility listed in ``context.part2_sources``
+adds R+SUD+42CFRPart2+NORDSCLCD to every resource; MessageHeader, Provenance and Bundle carry the union.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from services.common.security_labels import PART2, combine, meta_security
+from services.mapper.hl7v2.builder import Build, Json, Labels
+from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
+from services.mapper.hl7v2.documents import map_document
+from services.mapper.hl7v2.er7 import Message, Segment, check_shape, parse_message
+from services.mapper.hl7v2.errors import InvalidResource
+from services.mapper.hl7v2.header import message_header, provenance
+from services.mapper.hl7v2.orders import group_orders as group_medication_orders
+from services.mapper.hl7v2.orders import map_immunization, map_medication_request
+from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_person
+from services.mapper.hl7v2.results import group_orders, map_report, map_standalone
+from services.mapper.hl7v2.scheduling import map_appointment
+from services.mapper.hl7v2.validation import resource_problems
+from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
+from services.mapper.result import MappedEvent, MappingContext
+
+# Where a resource type comes from, for the location of a validation error (never a value).
+_ORIGIN = {
+    "Patient": "PID", "Encounter": "PV1", "Condition": "DG1", "AllergyIntolerance": "AL1",
+    "RelatedPerson": "NK1", "Observation": "OBX", "DiagnosticReport": "OBR", "Appointment": "SCH",
+    "DocumentReference": "TXA", "MedicationRequest": "RXE", "Immunization": "RXA",
+    "QuestionnaireResponse": "OBX", "Flag": "OBX", "MessageHeader": "MSH", "Provenance": "EVN",
+}
+
+
+def _following(message: Message, anchor: Segment, name: str, stop: set[str]) -> Segment | None:
+    for segment in message.segments[anchor.position + 1:]:
+        if segment.name == name:
+            return segment
+        if segment.name in stop:
+            return None
+    return None
+
+
+def _is_part2(build: Build) -> bool:
+    sources = build.context.part2_sources
+    if not sources:
+        return False
+    header = build.header
+    names = {header.sending_facility.namespace, header.sending_facility.universal_id, header.sender,
+             header.source}
+    return bool(names & set(sources))
+
+
+def _map_body(build: Build, pid: Segment) -> None:
+    message = build.message
+    header = build.header
+    kind, trigger = header.message_type, header.trigger_event
+    after_patient = [s for s in message.segments if s.position > pid.position]
+    if kind == "ADT" and trigger == "A40":
+        mrg = _following(message, pid, "MRG", {"PID"})
+        survivor = build.resources[0][0]
+        if mrg is not None:
+            map_merge(build, pid, mrg, survivor)
+    pv1 = message.first("PV1")
+    encounter = None
+    if pv1 is not None:
+        pv2 = _following(message, pv1, "PV2", {"PID", "PV1", "ORC", "OBR", "SCH", "TXA", "RXE", "RXA"})
+        encounter = map_encounter(build, pv1, pv2)
+    for nk1 in message.all("NK1"):
+        map_related_person(build, nk1)
+    for al1 in message.all("AL1"):
+        map_allergy(build, al1)
+    conditions = [c for dg1 in message.all("DG1") if (c := map_condition(build, dg1, encounter)) is not None]
+
+    if kind == "ORU":
+        groups, standalone = group_orders(after_patient)
+        for group in groups:
+            map_report(build, group)
+        map_standalone(build, standalone)
+    elif kind == "SIU":
+        sch = message.first("SCH")
+        assert sch is not None
+        map_appointment(build, sch, conditions)
+        map_standalone(build, message.all("OBX"))
+    elif kind == "MDM":
+        txa = message.first("TXA")
+        assert txa is not None
+        map_document(build, txa)
+    elif kind in {"RDE", "VXU"}:
+        anchor = "RXE" if kind == "RDE" else "RXA"
+        orders = group_medication_orders(after_patient, anchor)
+        in_orders: set[int] = set()
+        for order in orders:
+            in_orders.update(s.position for s in order.members)
+            if kind == "RDE":
+                map_medication_request(build, order)
+            else:
+                map_immunization(build, order)
+        map_standalone(build, [s for s in message.all("OBX") if s.position not in in_orders])
+    else:  # ADT
+        map_standalone(build, message.all("OBX"))
+
+
+def _unmapped(build: Build) -> list[tuple[str, int]]:
+    counts: Counter[str] = Counter()
+    order: list[str] = []
+    for segment in build.message.segments:
+        if segment.position in build.used:
+            continue
+        if segment.name not in counts:
+            order.append(segment.name)
+        counts[segment.name] += 1
+    return [(name, counts[name]) for name in order]
+
+
+def _validate(resource: Json) -> None:
+    problems = resource_problems(resource)
+    if problems:
+        origin = _ORIGIN.get(str(resource.get("resourceType")), "MSH")
+        raise InvalidResource(origin, "fhir-r4-invalid",
+                              f"the mapped {resource.get('resourceType')} is not valid FHIR R4: "
+                              + "; ".join(problems[:5]))
+
+
+def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
+    """Map one HL7 v2 message to a FHIR R4 Bundle (see the package docstring for what maps to what).
+
+    Raises only :class:`~services.mapper.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
+    """
+    message = parse_message(er7)
+    patient_id = check_shape(message)
+    header = message.header
+    build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp)),
+                  patient_key=patient_id.value)
+    build.use(message.msh)
+    pid = message.first("PID")
+    assert pid is not None  # check_shape requires it
+    pd1 = _following(message, pid, "PD1", {"PID", "PV1", "MRG"})
+    map_patient(build, pid, pd1)
+    _map_body(build, pid)
+
+    mapped_header = message_header(build)  # marks SFT as used
+    part2 = _is_part2(build)
+    labelled: list[tuple[Json, Labels]] = [
+        (resource, combine(labels, PART2) if part2 else labels) for resource, labels in build.resources
+    ]
+    build.use(message.first("EVN"))  # EVN -> Provenance
+    unmapped = _unmapped(build)
+    union = combine(*(labels for _resource, labels in labelled), PART2 if part2 else ())
+    targets = [mapped_header] + [resource for resource, _labels in labelled]
+    made_provenance = provenance(build, targets, unmapped)
+    resources: list[tuple[Json, Labels]] = [(mapped_header, union), *labelled, (made_provenance, union)]
+
+    entries: list[dict[str, Any]] = []
+    for resource, labels in resources:
+        resource = prune(resource)
+        if labels:
+            resource["meta"] = {**resource.get("meta", {}), "security": meta_security(labels)}
+        _validate(resource)
+        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": build.id("Bundle", "message", header.control_id),
+        "identifier": build.source_identifier("message", header.control_id),
+        "type": "collection",
+        "timestamp": instant_from(context.received_at),
+        "entry": entries,
+    }
+    if union:
+        bundle["meta"] = {"security": meta_security(union)}
+    counts = Counter(str(entry["resource"]["resourceType"]) for entry in entries)
+    return MappedEvent(
+        bundle=bundle,
+        security_labels=union,
+        alerts=tuple(build.alerts),
+        data_quality=tuple(build.conv.issues),
+        unmapped_segments=tuple(name for name, _count in unmapped),
+        resource_counts=dict(counts),
+    )

@@ -1,0 +1,323 @@
+"""Value maps from HL7 v2 tables to FHIR R4 codes.
+
+Concept maps follow the HL7 v2-to-FHIR IG (http://hl7.org/fhir/uv/v2mappings) where it has one: v2-0001
+gender, v2-0004 encounter class, v2-0085 observation status, v2-0123 diagnostic report status, v2-0203
+identifier type.
+Where the IG leaves a code "unmatched" but FHIR needs a value, carebus picks the closest one and says so here.
+Local code systems (``L``, ``99zzz`` and any name not listed) are passed through as codings without a system.
+"""
+
+from __future__ import annotations
+
+import re
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+NDC = "http://hl7.org/fhir/sid/ndc"
+CVX = "http://hl7.org/fhir/sid/cvx"
+UCUM = "http://unitsofmeasure.org"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+V2_0003 = "http://terminology.hl7.org/CodeSystem/v2-0003"
+V2_0004 = "http://terminology.hl7.org/CodeSystem/v2-0004"
+DISCHARGE_DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
+DIAGNOSIS_ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+LINK_TYPE = "http://hl7.org/fhir/link-type"
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
+US_CORE_DOC_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
+MEDICATION_REQUEST_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
+
+# HL7 table 0396 coding system names -> FHIR system URIs.
+_CODE_SYSTEMS = {
+    "LN": LOINC, "LOINC": LOINC,
+    "SCT": SNOMED, "SNOMED": SNOMED, "SNOMEDCT": SNOMED, "SNOMED-CT": SNOMED, "SNOMED CT": SNOMED,
+    "I10C": ICD10CM, "ICD10CM": ICD10CM, "ICD-10-CM": ICD10CM, "I10CM": ICD10CM,
+    "I10": ICD10, "ICD10": ICD10, "ICD-10": ICD10,
+    "I9": ICD9CM, "I9C": ICD9CM, "I9CM": ICD9CM, "ICD9": ICD9CM, "ICD9CM": ICD9CM, "ICD-9-CM": ICD9CM,
+    "RXNORM": RXNORM, "RXN": RXNORM,
+    "NDC": NDC,
+    "CVX": CVX,
+    "MVX": "http://terminology.hl7.org/CodeSystem/MVX",
+    "C4": "http://www.ama-assn.org/go/cpt", "CPT": "http://www.ama-assn.org/go/cpt",
+    "UCUM": UCUM,
+    "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
+    "NUCC": "http://nucc.org/provider-taxonomy",
+    "ISO3166_1": "urn:iso:std:iso:3166",
+    "ISO639": "urn:ietf:bcp:47",
+    "I10P": "http://www.cms.gov/Medicare/Coding/ICD10",
+    "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+}
+_HL7_TABLE = re.compile(r"HL7(\d{3,4})")
+
+
+def code_system(name: str) -> str | None:
+    """The FHIR system URI of a v2 coding system name, or None for local and unknown systems."""
+    key = name.strip().upper()
+    if not key:
+        return None
+    known = _CODE_SYSTEMS.get(key)
+    if known is not None:
+        return known
+    table = _HL7_TABLE.fullmatch(key)
+    if table is not None:
+        return f"http://terminology.hl7.org/CodeSystem/v2-{int(table.group(1)):04d}"
+    if key.startswith("URN:OID:"):
+        return f"urn:oid:{name.strip()[8:]}"
+    return None
+
+
+# v2-0001 administrative sex -> AdministrativeGender
+GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+
+# v2-0004 patient class -> v3 ActCode encounter class (unmatched codes keep their v2-0004 coding)
+ENCOUNTER_CLASS = {
+    "E": ("EMER", "emergency"), "I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"),
+    "P": ("PRENC", "pre-admission"),
+}
+ENCOUNTER_CLASS_V2_DISPLAY = {
+    "R": "Recurring patient", "B": "Obstetrics", "C": "Commercial Account", "N": "Not Applicable",
+    "U": "Unknown",
+}
+
+# v2-0085 observation result status -> ObservationStatus. IG-unmatched codes: I/O -> registered,
+# R -> preliminary, V/U -> final, B -> amended, N/X -> cancelled (carebus choices; FHIR needs a status).
+OBSERVATION_STATUS = {
+    "A": "amended", "C": "corrected", "D": "entered-in-error", "F": "final", "P": "preliminary",
+    "S": "preliminary", "W": "entered-in-error", "I": "registered", "O": "registered", "R": "preliminary",
+    "V": "final", "U": "final", "B": "amended", "N": "cancelled", "X": "cancelled",
+}
+
+# v2-0123 result status -> DiagnosticReportStatus (Y, Z unmatched -> unknown)
+REPORT_STATUS = {
+    "O": "registered", "I": "registered", "S": "registered", "A": "partial", "P": "preliminary",
+    "C": "corrected", "R": "partial", "F": "final", "X": "cancelled",
+}
+
+# v2-0203 identifier type displays (the IG map is the identity)
+ID_TYPE_DISPLAY = {
+    "ACSN": "Accession ID",
+    "AM": "American Express",
+    "AMA": "American Medical Association Number",
+    "AN": "Account number",
+    "ANON": "Anonymous identifier",
+    "ANC": "Account number Creditor",
+    "AND": "Account number debitor",
+    "ANT": "Temporary Account Number",
+    "APRN": "Advanced Practice Registered Nurse number",
+    "ASID": "Ancestor Specimen ID",
+    "BA": "Bank Account Number",
+    "BC": "Bank Card Number",
+    "BCT": "Birth Certificate",
+    "BR": "Birth registry number",
+    "BRN": "Breed Registry Number",
+    "BSNR": "Primary physician office number",
+    "CC": "Cost Center number",
+    "CONM": "Change of Name Document",
+    "CZ": "Citizenship Card",
+    "CY": "County number",
+    "DDS": "Dentist license number",
+    "DEA": "Drug Enforcement Administration registration number",
+    "DI": "Diner's Club card",
+    "DFN": "Drug Furnishing or prescriptive authority Number",
+    "DL": "Driver's license number",
+    "DN": "Doctor number",
+    "DO": "Osteopathic License number",
+    "DP": "Diplomatic Passport",
+    "DPM": "Podiatrist license number",
+    "DR": "Donor Registration Number",
+    "DS": "Discover Card",
+    "EI": "Employee number",
+    "EN": "Employer number",
+    "ESN": "Staff Enterprise Number",
+    "FI": "Facility ID",
+    "GI": "Guarantor internal identifier",
+    "GL": "General ledger number",
+    "GN": "Guarantor external identifier",
+    "HC": "Health Card Number",
+    "JHN": "Jurisdictional health number (Canada)",
+    "IND": "Indigenous/Aboriginal",
+    "LACSN": "Laboratory Accession ID",
+    "LANR": "Lifelong physician number",
+    "LI": "Labor and industries number",
+    "LN": "License number",
+    "LR": "Local Registry ID",
+    "MA": "Patient Medicaid number",
+    "MB": "Member Number",
+    "MC": "Patient's Medicare number",
+    "MCD": "Practitioner Medicaid number",
+    "MCN": "Microchip Number",
+    "MCR": "Practitioner Medicare number",
+    "MCT": "Marriage Certificate",
+    "MD": "Medical License number",
+    "MI": "Military ID number",
+    "MR": "Medical record number",
+    "MRT": "Temporary Medical Record Number",
+    "MS": "MasterCard",
+    "NBSNR": "Secondary physician office number",
+    "NCT": "Naturalization Certificate",
+    "NE": "National employer identifier",
+    "NH": "National Health Plan Identifier",
+    "NI": "National unique individual identifier",
+    "NII": "National Insurance Organization Identifier",
+    "NIIP": "National Insurance Payor Identifier (Payor)",
+    "NNxxx": "National Person Identifier where the xxx is the ISO table 3166 3-character (alphabetic) "
+             "country code",
+    "NP": "Nurse practitioner number",
+    "NPI": "National provider identifier",
+    "OD": "Optometrist license number",
+    "PA": "Physician Assistant number",
+    "PC": "Parole Card",
+    "PCN": "Penitentiary/correctional institution Number",
+    "PE": "Living Subject Enterprise Number",
+    "PEN": "Pension Number",
+    "PI": "Patient internal identifier",
+    "PN": "Person number",
+    "PNT": "Temporary Living Subject Number",
+    "PPIN": "Medicare/CMS Performing Provider Identification Number",
+    "PPN": "Passport number",
+    "PRC": "Permanent Resident Card Number",
+    "PRN": "Provider number",
+    "PT": "Patient external identifier",
+    "QA": "QA number",
+    "RI": "Resource identifier",
+    "RPH": "Pharmacist license number",
+    "RN": "Registered Nurse Number",
+    "RR": "Railroad Retirement number",
+    "RRI": "Regional registry ID",
+    "RRP": "Railroad Retirement Provider",
+    "SID": "Specimen ID",
+    "SL": "State license",
+    "SN": "Subscriber Number",
+    "SP": "Study Permit",
+    "SR": "State registry ID",
+    "SS": "Social Security number",
+    "TAX": "Tax ID number",
+    "TN": "Treaty Number/ (Canada)",
+    "TPR": "Temporary Permanent Resident (Canada)",
+    "U": "Unspecified identifier",
+    "UPIN": "Medicare/CMS (formerly HCFA)'s Universal Physician Identification numbers",
+    "USID": "Unique Specimen ID",
+    "VN": "Visit number",
+    "VP": "Visitor Permit",
+    "VS": "VISA",
+    "WC": "WIC identifier",
+    "WCN": "Workers' Comp Number",
+    "WP": "Work Permit",
+    "XX": "Organization identifier",
+    "PLAC": "Placer Identifier",
+    "FILL": "Filler Identifier",
+}
+
+# v2-0200 name type -> HumanName.use
+NAME_USE = {
+    "L": "official", "D": "usual", "M": "maiden", "N": "nickname", "A": "usual", "S": "anonymous",
+    "B": "old", "BAD": "old", "C": "official", "TEMP": "temp", "K": "anonymous", "R": "official",
+    "U": "usual", "I": "official", "P": "usual",
+}
+
+# v2-0190 address type -> (Address.use, Address.type)
+ADDRESS_USE = {
+    "H": ("home", None), "B": ("work", None), "O": ("work", None), "C": ("temp", None), "BA": ("old", None),
+    "M": (None, "postal"), "BR": (None, "physical"), "P": ("home", None), "L": ("home", None),
+    "SH": (None, "postal"), "BDL": (None, "physical"), "RH": ("home", None), "V": ("temp", None),
+}
+
+# v2-0201 telecommunication use -> ContactPoint.use; v2-0202 equipment -> ContactPoint.system
+TELECOM_USE = {
+    "PRN": "home", "ORN": "home", "VHN": "home", "WPN": "work", "EMR": "temp", "ASN": "work", "BPN": "work",
+    "PRS": "mobile",
+}
+TELECOM_SYSTEM = {
+    "PH": "phone", "CP": "phone", "FX": "fax", "MD": "other", "BP": "pager", "INTERNET": "email",
+    "X.400": "email", "TDD": "other", "TTY": "other", "SAT": "phone",
+}
+
+# v2-0078 abnormal flags -> v3 ObservationInterpretation (same codes for these)
+INTERPRETATION = {
+    "L": "Low", "H": "High", "LL": "Critical low", "HH": "Critical high", "N": "Normal", "A": "Abnormal",
+    "AA": "Critical abnormal", "U": "Significantly high", "D": "Significantly low", "B": "Better",
+    "W": "Worse", "S": "Susceptible", "R": "Resistant", "I": "Intermediate", "NEG": "Negative",
+    "POS": "Positive", "IND": "Indeterminate", "DET": "Detected", "ND": "Not detected", "<": "Off scale low",
+    ">": "Off scale high", "MS": "moderately susceptible", "VS": "very susceptible", "E": "Equivocal",
+    "EX": "outside threshold", "HU": "Significantly high", "LU": "Significantly low",
+}
+
+# v2-0112 / UB-04 discharge disposition -> discharge-disposition (65 = psychiatric hospital -> psy)
+DISCHARGE = {
+    "01": "home", "1": "home", "02": "other-hcf", "2": "other-hcf", "03": "snf", "3": "snf", "04": "long",
+    "4": "long", "05": "other-hcf", "5": "other-hcf", "06": "alt-home", "6": "alt-home", "07": "aadvice",
+    "7": "aadvice", "20": "exp", "40": "exp", "41": "exp", "42": "exp", "43": "hosp", "50": "oth",
+    "51": "oth",
+    "61": "snf", "62": "rehab", "63": "long", "64": "snf", "65": "psy", "66": "hosp", "70": "other-hcf",
+    "HOME": "home", "PSY": "psy", "SNF": "snf", "REHAB": "rehab", "EXP": "exp", "AADVICE": "aadvice",
+    "AMA": "aadvice", "HOSP": "hosp", "LONG": "long", "OTH": "oth", "ALT-HOME": "alt-home",
+    "OTHER-HCF": "other-hcf",
+}
+DISCHARGE_DISPLAY = {
+    "home": "Home", "alt-home": "Alternative home", "other-hcf": "Other healthcare facility",
+    "hosp": "Hospice", "long": "Long-term care", "aadvice": "Left against advice", "exp": "Expired",
+    "psy": "Psychiatric hospital", "rehab": "Rehabilitation", "snf": "Skilled nursing facility",
+    "oth": "Other",
+}
+
+# v2-0052 diagnosis type -> (Encounter.diagnosis.use diagnosis-role, Condition.verificationStatus)
+DIAGNOSIS_TYPE = {
+    "A": ("AD", "provisional"), "W": (None, "provisional"), "F": ("DD", "confirmed"),
+}
+
+# v2-0127 allergen type -> AllergyIntolerance.category
+ALLERGY_CATEGORY = {
+    "DA": "medication", "DRUG": "medication", "MA": None, "FA": "food", "FOOD": "food", "EA": "environment",
+    "AA": "environment", "PA": "environment", "LA": "environment", "MC": "medication",
+}
+# v2-0128 allergy severity -> AllergyIntolerance.criticality
+ALLERGY_CRITICALITY = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
+
+# v2-0270 document type -> LOINC note type (code, display)
+DOCUMENT_TYPE = {
+    "PN": ("11506-3", "Progress note"), "CN": ("11488-4", "Consult note"),
+    "DS": ("18842-5", "Discharge summary"), "HP": ("34117-2", "History and physical note"),
+    "OP": ("11504-8", "Surgical operation note"), "PR": ("28570-0", "Procedure note"),
+    "TS": ("18761-7", "Transfer summary note"), "ED": ("34111-5", "Emergency department note"),
+}
+# Mental-health note types (US Behavioral Health Profiles IG) and psychology progress note.
+MENTAL_HEALTH_NOTE_TYPES = {
+    "34904-3": "Mental health Progress note", "34785-6": "Mental health Consult note",
+    "78263-1": "Mental health Discharge summary", "78306-8": "Mental health History and physical note",
+    "78472-8": "Mental health Procedure note", "11510-5": "Psychology Progress note",
+}
+# v2-0271 document completion status -> DocumentReference.docStatus
+DOCUMENT_COMPLETION = {
+    "DI": "preliminary", "DO": "preliminary", "IP": "preliminary", "IN": "preliminary", "PA": "final",
+    "AU": "final", "LA": "final", "CA": "entered-in-error",
+}
+
+# v2-0119 order control / v2-0038 order status -> MedicationRequest.status
+ORDER_CONTROL_STATUS = {
+    "NW": "active", "XO": "active", "RP": "active", "SC": "active", "OK": "active", "SN": "active",
+    "CA": "cancelled", "OC": "cancelled", "CR": "cancelled", "DC": "stopped", "OD": "stopped",
+    "DR": "stopped", "HD": "on-hold", "OH": "on-hold", "RL": "active", "OR": "active",
+}
+ORDER_STATUS = {
+    "A": "active", "CA": "cancelled", "CM": "completed", "DC": "stopped", "ER": "entered-in-error",
+    "HD": "on-hold", "IP": "active", "RP": "active", "SC": "active",
+}
+
+# v2-0322 completion status -> Immunization.status
+IMMUNIZATION_STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
+
+# SIU trigger -> Appointment.status
+APPOINTMENT_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S26": "noshow"}
