@@ -175,7 +175,7 @@ def bench_intake(settings: Settings, events: list[dict[str, Any]], rate: float) 
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CAREBUS_INTAKE_PORT": str(port),
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, "CAREBUS_LOG_LEVEL": "WARNING",
            "CAREBUS_MLLP_PORT": str(free_port())}
-    server = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,  # noqa: S603
+    server = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"

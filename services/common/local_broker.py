@@ -133,7 +133,7 @@ class LocalKafkaBroker:
     def _java(self, libs: Path, *args: str) -> list[str]:
         java = shutil.which("java")
         if java is None:
-            raise BrokerStartError("Java 17+ is needed to run the Kafka broker; install it (apt-get install default-jre)")
+            raise BrokerStartError("Java 17+ is needed for the Kafka broker (apt-get install default-jre-headless)")
         return [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
                 f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={self.workdir / 'logs'}",
                 "-cp", f"{libs}/*", *args]

@@ -55,7 +55,7 @@ class Stack:
         self.processes.append((name, process))
 
     def stop(self) -> None:
-        for name, process in reversed(self.processes):
+        for _name, process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in reversed(self.processes):
