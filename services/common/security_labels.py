@@ -54,3 +54,5 @@ def combine(*label_sets: Iterable[str]) -> tuple[str, ...]:
 
 def meta_security(codes: Iterable[str]) -> list[dict[str, Any]]:
     return [coding(code) for code in combine(codes)]
+
+KNOWN: frozenset[str] = frozenset(_LABELS)

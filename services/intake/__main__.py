@@ -1,6 +1,7 @@
-"""Composition root of the intake service: `python -m services.intake`.
+"""Composition root of the intake service: `python -m services.intake` — the HTTP API and the MLLP listener.
 
-SIGTERM/SIGINT: stop accepting, drain in-flight requests (each already waits for its acks), flush, exit 0.
+SIGTERM/SIGINT: stop accepting (HTTP and MLLP), drain in-flight work (each answer already waited for its acks),
+flush, exit 0.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import INBOUND_EVENTS
 from services.intake.app import create_app
+from services.intake.mllp import KafkaHl7Acceptor, MllpServer, server_ssl_context
 
 log = logging.getLogger("services.intake")
 
 
 async def serve(settings: Settings, producer: RecordProducer, metrics: Metrics,
                 readiness: KafkaReadiness) -> None:
-    app = create_app(settings, producer, metrics, lambda: (readiness.ready, readiness.reason))
+    acceptor = KafkaHl7Acceptor(producer, INBOUND_EVENTS.name(settings.topic_prefix), metrics=metrics,
+                                recent_per_sender=settings.mllp_recent_control_ids)
+    mllp = MllpServer(acceptor, host=settings.mllp_host, port=settings.mllp_port,
+                      ssl_context=server_ssl_context(settings), max_frame_bytes=settings.mllp_max_frame_bytes,
+                      idle_timeout_s=settings.mllp_idle_timeout_s, metrics=metrics)
+    app = create_app(settings, producer, metrics, lambda: (readiness.ready, readiness.reason), acceptor)
     http = ManagedServer(uvicorn.Config(
         app, host=settings.http_host, port=settings.intake_port, log_config=None, access_log=False,
         timeout_graceful_shutdown=10))
@@ -38,8 +45,12 @@ async def serve(settings: Settings, producer: RecordProducer, metrics: Metrics,
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    log.info("intake listening", extra={"http_port": settings.intake_port})
-    await http.serve()
+    await mllp.start()
+    log.info("intake listening", extra={"http_port": settings.intake_port, "mllp_port": mllp.port})
+    try:
+        await http.serve()
+    finally:
+        await mllp.stop()
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 dead letter with the reason. No I/O here: the mapper service does the consuming, producing and committing.
 
 Dispatch by CloudEvent type: JSON care events (services/common/events) go through services/mapper/mapping;
-HL7 v2 messages through services/mapper/hl7v2. The clock is the inbound record's timestamp, so a replay maps
-every record exactly as the first time.
+HL7 v2 messages through services/mapper/hl7v2; FHIR resources and Bundles through services/mapper/fhir_in.py.
+The clock is the inbound record's timestamp, so a replay maps every record exactly as the first time.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from services.common.kafka import OutboundRecord
 from services.common.topics import (
     DEAD_LETTERS,
     FHIR_BUNDLES,
+    FHIR_RESOURCE_EVENT_TYPE,
     HEADER_CONTENT_TYPE,
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTER_REASON,
@@ -32,6 +33,7 @@ from services.common.topics import (
     HL7V2_MESSAGE_EVENT_TYPE,
     SAFETY_ALERTS,
 )
+from services.mapper.fhir_in import map_fhir_payload
 from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.mapping import map_event, serialize, validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
@@ -95,7 +97,10 @@ def _map_hl7v2(envelope: dict[str, Any], context: MappingContext) -> MappedEvent
     return map_hl7v2_message(data, context)
 
 
-MAPPERS_BY_TYPE: dict[str, Mapper] = {HL7V2_MESSAGE_EVENT_TYPE: _map_hl7v2}
+MAPPERS_BY_TYPE: dict[str, Mapper] = {
+    HL7V2_MESSAGE_EVENT_TYPE: _map_hl7v2,
+    FHIR_RESOURCE_EVENT_TYPE: map_fhir_payload,
+}
 
 
 class Pipeline:
@@ -126,7 +131,7 @@ class Pipeline:
             return self._dead_letter(record, key, event_id, event_type, correlation_id, reason, exc)
         except CarebusError as exc:  # pragma: no cover - defensive: every mapping error is InvalidInput
             return self._dead_letter(record, key, event_id, event_type, correlation_id, "mapping-failed", exc)
-        except Exception as exc:  # noqa: BLE001 - a mapping bug must dead-letter the record, not stop the stream
+        except Exception as exc:
             log.exception("unexpected mapping failure", extra={"event_id": event_id, "event_type": event_type})
             return self._dead_letter(record, key, event_id, event_type, correlation_id, "unexpected-error", exc)
 
