@@ -72,7 +72,7 @@ class RecordProducer:
             **client_config(settings, client_id),
             "acks": "all",
             "enable_idempotence": True,
-            "linger_ms": 2,
+            "linger_ms": 0,
             "max_block_ms": int(settings.kafka_request_timeout_s * 1000),
             "delivery_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 6000,
             **overrides,

@@ -18,7 +18,7 @@ from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS
 from services.mapper.pipeline import Pipeline, TopicNames
-from services.mapper.service import MapperService
+from services.mapper.service import PRODUCER_TUNING, MapperService
 
 log = logging.getLogger("services.mapper")
 
@@ -32,7 +32,7 @@ def main() -> None:
     readiness.start()
     consumer = build_consumer(settings, "carebus-mapper", settings.mapper_group_id,
                               [INBOUND_EVENTS.name(settings.topic_prefix)])
-    producer = RecordProducer(settings, "carebus-mapper")
+    producer = RecordProducer(settings, "carebus-mapper", **PRODUCER_TUNING)
     service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
                                                          frozenset(settings.part2_sources)), metrics)
 

@@ -25,6 +25,9 @@ from services.common.kafka import RecordProducer, end_offsets_lag
 from services.common.metrics import Metrics
 from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
+# The mapper writes whole polled batches and then waits for all acks: let the producer fill large batches.
+PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 256 * 1024}
+
 log = logging.getLogger(__name__)
 lineage_log = logging.getLogger("carebus.lineage")
 
