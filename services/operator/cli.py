@@ -19,6 +19,7 @@ import httpx
 import orjson
 import typer
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -108,7 +109,7 @@ def show_status(window: Annotated[float, typer.Option(help="seconds to sample th
         lags = status.group_lags(settings, status.default_groups(settings))
         replayed = len(deadletters.read_replayed(settings))
         depth = status.dead_letter_depth(settings, replayed)
-    except (BrokerUnavailable, OSError, Exception) as exc:  # noqa: BLE001 - report, do not crash the table
+    except (BrokerUnavailable, KafkaError, OSError) as exc:
         console.print(f"[red]Kafka unreachable at {settings.kafka_bootstrap}: {type(exc).__name__}[/red]")
         raise typer.Exit(2) from exc
     topic_table = Table("topic", "records", "records/s", title="topics")
