@@ -78,7 +78,7 @@ def topics_check() -> None:
     settings = _settings()
     admin = KafkaAdminClient(**client_config(settings, "carebus-operator"))
     try:
-        described = {t["topic"]: t for t in admin.describe_topics([s.name(settings.topic_prefix)
+        described = {t["name"]: t for t in admin.describe_topics([s.name(settings.topic_prefix)
                                                                     for s in CATALOGUE])}
     finally:
         admin.close()
