@@ -20,7 +20,8 @@ recently seen evicted first) for at most ``max_senders`` senders. After a restar
 written again; that is harmless downstream, because the CloudEvent id and every FHIR resource id are derived
 from the sender and the message's own identifiers (the record converges instead of duplicating).
 
-    python -m services.intake.mllp      # standalone listener (settings from CAREBUS_* variables)
+The intake composition root (services/intake/__main__.py) builds the acceptor and the server from settings
+(``mllp_*``, ``server_ssl_context``) and runs them beside the HTTP API.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -49,7 +49,6 @@ from services.common.topics import (
     HEADER_EVENT_TIME,
     HEADER_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
-    INBOUND_EVENTS,
 )
 from services.mapper.hl7v2 import MessageSummary, ack_message, inspect_message
 from services.mapper.hl7v2.er7 import Message, parse_message
@@ -264,6 +263,8 @@ class MllpServer:
             log.debug("mllp connection dropped")
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # a bug must cost this connection only; the type alone is logged (no PHI)
+            log.error("mllp connection failed", extra={"error": type(exc).__name__})
         finally:
             self._connections.discard(task)
             if self._metrics is not None:
@@ -305,8 +306,8 @@ class MllpServer:
         text = decode_text(item.payload)
         try:
             return await self._accept(text)
-        except Exception:  # an acceptor bug must not kill the connection: reject, the sender retries
-            log.exception("mllp acceptor failed")
+        except Exception as exc:  # an acceptor bug must not kill the connection: reject, the sender retries
+            log.error("mllp acceptor failed", extra={"error": type(exc).__name__})  # no traceback: no PHI
             return AckOutcome(ack_message(text, "AR", None, now), "AR")
 
 
@@ -449,46 +450,3 @@ def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
         context.load_verify_locations(str(settings.mllp_tls_client_cafile))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-def build_server(settings: Settings, producer: RecordProducer, metrics: Metrics) -> MllpServer:
-    """The listener wired to Kafka, from settings (the intake composition root starts it)."""
-    acceptor = KafkaHl7Acceptor(producer, INBOUND_EVENTS.name(settings.topic_prefix), metrics=metrics,
-                                recent_per_sender=settings.mllp_recent_control_ids)
-    return MllpServer(acceptor, host=settings.mllp_host, port=settings.mllp_port,
-                      ssl_context=server_ssl_context(settings), max_frame_bytes=settings.mllp_max_frame_bytes,
-                      idle_timeout_s=settings.mllp_idle_timeout_s, metrics=metrics)
-
-
-async def serve(settings: Settings, producer: RecordProducer, metrics: Metrics, stop: asyncio.Event) -> None:
-    """Run the listener until ``stop`` is set."""
-    server = build_server(settings, producer, metrics)
-    async with server:
-        await stop.wait()
-
-
-def main() -> None:  # pragma: no cover - exercised as a process
-    from services.common.log import configure_logging
-    from services.common.runtime import prepare_topics
-
-    settings = Settings()
-    configure_logging("mllp", settings.log_level)
-    prepare_topics(settings)
-    producer = RecordProducer(settings, "carebus-mllp")
-    metrics = Metrics()
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, producer, metrics, stop)
-
-    try:
-        asyncio.run(run())
-    finally:
-        producer.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -150,7 +150,7 @@ class MapperService:
             for alert in mapped.alerts:
                 self._metrics.safety_alerts.labels(kind=alert.kind).inc()
             for issue in mapped.data_quality:
-                self._metrics.data_quality_issues.labels(kind=issue).inc()
+                self._metrics.data_quality_issues.labels(kind=issue.split("@", 1)[0]).inc()  # no field position
         for records in polled.values():
             for record in records:
                 timestamp = getattr(record, "timestamp", None)

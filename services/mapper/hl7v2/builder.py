@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.fhir_ids import resource_id
+from services.common.security_labels import combine
 from services.mapper.hl7v2.datatypes import Conversion, prune
 from services.mapper.hl7v2.er7 import Header, Message, Segment
 from services.mapper.result import MappingContext, SafetyAlert
@@ -86,8 +87,6 @@ class Build:
         return resource
 
     def relabel(self, resource_id_: str, labels: Iterable[str]) -> None:
-        from services.common.security_labels import combine
-
         for index, (resource, current) in enumerate(self.resources):
             if resource.get("id") == resource_id_:
                 self.resources[index] = (resource, combine(current, labels))

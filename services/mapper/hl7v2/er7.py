@@ -31,6 +31,7 @@ RawField = tuple[RawRep, ...]
 
 _SEGMENT_START = re.compile(r"[A-Z][A-Z0-9]{2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # not encodable: only reachable through str inputs
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _DEFAULT_ENCODING = ("^", "~", "\\", "&")  # component, repetition, escape, sub-component
 _FALLBACK_SEPARATORS = ("\x1c", "\x1d", "\x1e", "\x1f")  # never in the (control-stripped) text
@@ -168,23 +169,49 @@ def _clean(raw: str, seps: Separators) -> str:
 
 
 class Segment:
-    """One segment. ``field(n)`` follows HL7 numbering, MSH included (MSH-1 is the field separator)."""
+    """One segment. Fields follow HL7 numbering, MSH included (MSH-1 is the field separator).
 
-    __slots__ = ("_fields", "name", "occurrence", "position", "seps")
+    Lazy: the ``hl7`` package splits the segment the first time one of its fields is read, and a field is
+    normalised the first time it is read (segments carebus does not map are never split).
+    """
 
-    def __init__(self, name: str, fields: tuple[RawField, ...], position: int, occurrence: int,
-                 seps: Separators) -> None:
+    __slots__ = ("_cache", "_line", "_node", "_prefix", "name", "occurrence", "position", "seps")
+
+    def __init__(self, name: str, line: str, prefix: str, position: int, occurrence: int,
+                 seps: Separators, node: Sequence[Any] | None = None) -> None:
         self.name = name
-        self._fields = fields
+        self._line = line
+        self._prefix = prefix  # "MSH|^~\&|": lets hl7.parse split one segment with the message's separators
+        self._node = node
+        self._cache: dict[int, RawField] = {}
         self.position = position  # 0-based index in the message
         self.occurrence = occurrence  # 1-based count of this segment id so far
         self.seps = seps
 
+    def _tree(self) -> Sequence[Any]:
+        if self._node is None:
+            try:
+                parsed = hl7.parse(f"{self._prefix}\r{self._line}")
+            except (ParseException, ValueError, IndexError, KeyError) as exc:
+                raise MalformedMessage(self.name, "unparseable", "a segment could not be split into fields",
+                                       segment_occurrence=self.occurrence) from exc
+            if len(parsed) != 2:
+                raise MalformedMessage(self.name, "unparseable", "a segment could not be split into fields",
+                                       segment_occurrence=self.occurrence)
+            self._node = parsed[1]
+        return self._node
+
+    def _raw(self, n: int) -> RawField:
+        cached = self._cache.get(n)
+        if cached is None:
+            cached = self._cache[n] = _norm_field(self._tree()[n])
+        return cached
+
     def reps(self, n: int) -> list[Rep]:
         """The non-empty repetitions of field ``n``."""
-        if n < 1 or n >= len(self._fields):
+        if n < 1 or n >= len(self._tree()):
             return []
-        reps = [Rep(raw, self.seps) for raw in self._fields[n]]
+        reps = [Rep(raw, self.seps) for raw in self._raw(n)]
         return [rep for rep in reps if not rep.is_empty()]
 
     def rep(self, n: int) -> Rep | None:
@@ -204,7 +231,7 @@ class Segment:
 
     @property
     def field_count(self) -> int:
-        return len(self._fields) - 1
+        return len(self._tree()) - 1
 
 
 @dataclass(frozen=True)
@@ -273,11 +300,15 @@ def parse_version(text: str) -> tuple[int, ...] | None:
 class Message:
     """A parsed HL7 v2 message: segments in order, the separators and the header."""
 
-    def __init__(self, segments: list[Segment], seps: Separators) -> None:
+    def __init__(self, segments: list[Segment], seps: Separators, names: Sequence[str]) -> None:
         self.segments = segments
         self.seps = seps
+        self.names = tuple(names)  # every segment id in order (also those not parsed, see parse_message)
         self.msh = segments[0]
         self.header = _header(self.msh)
+
+    def has(self, name: str) -> bool:
+        return name in self.names
 
     def first(self, name: str) -> Segment | None:
         for segment in self.segments:
@@ -313,7 +344,7 @@ def _header(msh: Segment) -> Header:
 
 
 def _split_segments(text: str) -> list[str]:
-    text = _CONTROL.sub("", text.replace("\ufeff", ""))
+    text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text.replace("\ufeff", "")))
     lines = _NEWLINES.split(text)
     segments: list[str] = []
     field_sep = ""
@@ -390,27 +421,30 @@ def _norm_component(node: Any) -> Component:
 
 def parse_message(er7: str) -> Message:
     """Parse ER7 text. Raises :class:`MalformedMessage` (AE), or :class:`UnsupportedMessageType` (AR) for
-    batches."""
+    batches. Cheap: segments other than MSH are split when first read (see :class:`Segment`)."""
     if not isinstance(er7, str):
         raise MalformedMessage("MSH", "not-text", "the message is not text")
     lines = _split_segments(er7)
     seps, lines[0] = _encoding(lines[0])
-    for line in lines[1:]:
-        if line[:3] in {"MSH", "BHS", "BTS", "FHS", "FTS"}:
-            raise UnsupportedMessageType(line[:3], "batch-not-supported",
+    names = [line[:3] for line in lines]
+    for name in names[1:]:
+        if name in {"MSH", "BHS", "BTS", "FHS", "FTS"}:
+            raise UnsupportedMessageType(name, "batch-not-supported",
                                          "one message per frame: batches are not accepted")
     try:
-        parsed = hl7.parse("\r".join(lines))
+        parsed = hl7.parse(lines[0])
     except (ParseException, ValueError, IndexError, KeyError) as exc:
-        raise MalformedMessage("MSH", "unparseable", "the message could not be split into segments") from exc
-    segments: list[Segment] = []
-    counts: dict[str, int] = {}
-    for position, node in enumerate(parsed):
-        fields = tuple(_norm_field(field) for field in node)
-        name = fields[0][0][0][0] if fields and fields[0] and fields[0][0] and fields[0][0][0] else ""
+        raise MalformedMessage("MSH", "unparseable", "the MSH segment could not be split") from exc
+    if len(parsed) != 1:
+        raise MalformedMessage("MSH", "unparseable", "the MSH segment could not be split")
+    prefix = f"MSH{seps.field}{seps.component}{seps.repetition}{seps.escape}{seps.subcomponent}{seps.field}"
+    counts: dict[str, int] = {"MSH": 1}
+    segments = [Segment("MSH", lines[0], prefix, 0, 1, seps, node=parsed[0])]
+    for position in range(1, len(lines)):
+        name = names[position]
         counts[name] = counts.get(name, 0) + 1
-        segments.append(Segment(name, fields, position, counts[name], seps))
-    return Message(segments, seps)
+        segments.append(Segment(name, lines[position], prefix, position, counts[name], seps))
+    return Message(segments, seps, names)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -472,7 +506,7 @@ def check_shape(message: Message) -> PatientId:
     required = _REQUIRED_SEGMENTS.get((header.message_type, header.trigger_event)) \
         or _REQUIRED_SEGMENTS.get((header.message_type, "*")) or ("PID",)
     for name in required:
-        if message.first(name) is None:
+        if not message.has(name):
             raise MissingRequired(name, "segment-required", f"{name} segment is required for this message")
     pid = message.first("PID")
     assert pid is not None  # PID is in every required list

@@ -5,9 +5,10 @@ MessageHeader: eventCoding v2-0003 trigger; source = sending application (MSH-3)
 receiving application / facility (MSH-5/6); focus = the main resources.
 Provenance: target = every resource of the bundle; recorded = when carebus received the message;
 occurred = EVN-6 (event occurred), else EVN-2 (recorded), else MSH-7; reason EVN-4; agents: the sending
-application on behalf of the sending facility (author) and the EVN-5 operator (enterer); entities: the
-message itself (MSH-10) and one entity per segment id that was present but not mapped
-(system ``urn:carebus:hl7v2:unmapped-segment``), so nothing is dropped silently.
+application on behalf of the sending facility (author), the EVN-5 operator (enterer) and carebus
+(assembler, as the JSON path); entities: the CloudEvent (id from sender + MSH-10), the message's MSH-10,
+and one entity per segment id that was present but not mapped (system
+``urn:carebus:hl7v2:unmapped-segment``), so nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.mapper.hl7v2.er7 import Hd, source_uri
 from services.mapper.hl7v2.terminology import PROVENANCE_PARTICIPANT, V2_0003
 
 UNMAPPED_SEGMENT_SYSTEM = "urn:carebus:hl7v2:unmapped-segment"
+CAREBUS_SYSTEM = "urn:carebus:system:mapper"  # as services/mapper/mapping/dispatch.py
 
 
 def _hd_reference(hd: Hd) -> Json | None:
@@ -84,8 +86,12 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
     occurred = occurred or fhir_datetime(header.timestamp, "MSH-7", conv)
     entities: list[Json] = [{
         "role": "source",
-        "what": {"identifier": {"system": f"{header.source}/message", "value": header.control_id},
-                 "display": f"HL7 v2 {header.message_type}^{header.trigger_event} message"},
+        "what": {"identifier": {"system": header.source, "value": build.event_id},
+                 "display": "org.carebus.hl7v2.message.v1"},
+    }, {
+        "role": "source",
+        "what": {"identifier": {"system": f"{header.source}/message-control-id", "value": header.control_id},
+                 "display": f"HL7 v2 {header.message_type}^{header.trigger_event} message (MSH-10)"},
     }]
     for name, count in unmapped:
         entities.append({
@@ -93,9 +99,14 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
             "what": {"identifier": {"system": UNMAPPED_SEGMENT_SYSTEM, "value": name},
                      "display": f"HL7 v2 segment {name} present ({count}x) but not mapped"},
         })
+    agents.append({
+        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "assembler", "display": "Assembler"}]},
+        "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
+    })
     return {
         "resourceType": "Provenance",
-        "id": build.id("Provenance", "message", header.control_id),
+        "id": build.id("Provenance", build.event_id),
+        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"]},
         "target": [{"reference": f"{t['resourceType']}/{t['id']}"} for t in targets],
         "occurredDateTime": occurred,
         "recorded": instant_from(build.context.received_at),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from services.common.errors import MappingError
 from services.common.security_labels import PART2, combine, meta_security
 from services.mapper.hl7v2.builder import Build, Json, Labels
 from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
@@ -24,8 +25,8 @@ from services.mapper.hl7v2.orders import map_immunization, map_medication_reques
 from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_person
 from services.mapper.hl7v2.results import group_orders, map_report, map_standalone
 from services.mapper.hl7v2.scheduling import map_appointment
-from services.mapper.hl7v2.validation import resource_problems
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
+from services.mapper.mapping.validation import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 
 # Where a resource type comes from, for the location of a validation error (never a value).
@@ -118,13 +119,18 @@ def _unmapped(build: Build) -> list[tuple[str, int]]:
     return [(name, counts[name]) for name in order]
 
 
-def _validate(resource: Json) -> None:
-    problems = resource_problems(resource)
-    if problems:
-        origin = _ORIGIN.get(str(resource.get("resourceType")), "MSH")
-        raise InvalidResource(origin, "fhir-r4-invalid",
-                              f"the mapped {resource.get('resourceType')} is not valid FHIR R4: "
-                              + "; ".join(problems[:5]))
+def _validate(bundle: Json) -> None:
+    """Every resource against the R4B models (services/mapper/mapping/validation.py, shared with the JSON
+    path); a failure becomes InvalidResource at the segment the resource type comes from."""
+    try:
+        validate_bundle(bundle)
+    except MappingError as exc:
+        where = exc.problems[0].location if exc.problems else ""
+        resource_type = where.partition("(")[2].partition(")")[0]
+        origin = _ORIGIN.get(resource_type, "MSH")
+        paths = "; ".join(f"{p.location}: {p.rule}" for p in exc.problems[:5])
+        raise InvalidResource(origin, "fhir-r4-invalid", f"a mapped resource is not valid FHIR R4 ({paths})") \
+            from exc
 
 
 def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
@@ -154,25 +160,26 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     union = combine(*(labels for _resource, labels in labelled), PART2 if part2 else ())
     targets = [mapped_header] + [resource for resource, _labels in labelled]
     made_provenance = provenance(build, targets, unmapped)
-    resources: list[tuple[Json, Labels]] = [(mapped_header, union), *labelled, (made_provenance, union)]
+    # Build.add pruned the others already
+    resources: list[tuple[Json, Labels]] = [(prune(mapped_header), union), *labelled,
+                                            (prune(made_provenance), union)]
 
     entries: list[dict[str, Any]] = []
     for resource, labels in resources:
-        resource = prune(resource)
         if labels:
             resource["meta"] = {**resource.get("meta", {}), "security": meta_security(labels)}
-        _validate(resource)
         entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": build.id("Bundle", "message", header.control_id),
-        "identifier": build.source_identifier("message", header.control_id),
+        "id": build.id("Bundle", build.event_id),
+        "identifier": {"system": build.source, "value": build.event_id},
         "type": "collection",
         "timestamp": instant_from(context.received_at),
         "entry": entries,
     }
     if union:
         bundle["meta"] = {"security": meta_security(union)}
+    _validate(bundle)
     counts = Counter(str(entry["resource"]["resourceType"]) for entry in entries)
     return MappedEvent(
         bundle=bundle,
