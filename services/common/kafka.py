@@ -111,10 +111,12 @@ class RecordProducer:
     async def send_all_async(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
         """Asyncio form of :meth:`send_all_and_wait`: awaits the broker's acks without blocking the loop."""
         loop = asyncio.get_running_loop()
+        # kafka-python's send() blocks while it waits for topic metadata (after a broker outage, up to
+        # max_block_ms): hand it to a worker thread so one slow write never stalls the other connections.
+        futures = await loop.run_in_executor(None, lambda: [self.send(record) for record in records])
         waiters: list[asyncio.Future[RecordMetadata]] = []
-        for record in records:
+        for future in futures:
             waiter: asyncio.Future[RecordMetadata] = loop.create_future()
-            future = self.send(record)
             future.add_callback(_resolve, loop, waiter)
             future.add_errback(_reject, loop, waiter)
             waiters.append(waiter)
