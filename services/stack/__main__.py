@@ -31,7 +31,9 @@ from services.common.local_broker import LocalKafkaBroker
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
+from services.mapper.hl7v2 import inspect_message
 from services.mapper.journey import sample_care_journey
+from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
 
 
 def say(message: str) -> None:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     stack = Stack(settings, log_dir)
     env = dict(os.environ)
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
-    steps = 4 + len(services)
+    steps = 5 + len(services)
     step = 0
 
     def progress(message: str) -> None:
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, process in stack.processes:
             wait_ready(f"http://{settings.http_host}:{ports[name]}/readyz", name, process)
 
-        journey = sample_care_journey(datetime.now(UTC).replace(microsecond=0) - timedelta(days=120))
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=120)
+        journey = sample_care_journey(start)
         progress(f"replaying a sample care journey: {len(journey)} events from 3 practices")
         intake = f"http://{settings.http_host}:{settings.intake_port}/events"
         with httpx.Client(timeout=30) as client:
@@ -146,8 +149,23 @@ def main(argv: list[str] | None = None) -> None:
                 mark = "accepted" if response.status_code == 202 else f"REFUSED {response.status_code}"
                 say(f"    {index:>3}/{len(journey)}  {event['type']:<48} {mark}")
 
+        admitted, assessed = feed_times(start)
+        progress("a hospital interface engine sends ADT^A01 over MLLP; a therapy platform posts FHIR")
+        control_id = f"NGH{int(time.time())}"
+        adt = admission_adt_a01(admitted, control_id)
+        ack = send_mllp(settings.http_host, settings.mllp_port, adt)
+        msa = next((seg for seg in ack.split("\r") if seg.startswith("MSA")), "MSA|?")
+        say(f"    MLLP :{settings.mllp_port}  ADT^A01 {control_id:<20} ACK {msa}")
+        fhir_event_id = f"calmly-gad7-{assessed:%Y%m%d}"
+        with httpx.Client(timeout=30) as client:
+            response = client.post(
+                f"http://{settings.http_host}:{settings.intake_port}/fhir", content=orjson.dumps(gad7_bundle(assessed)),
+                headers={"content-type": "application/fhir+json", "x-carebus-source": "urn:carebus:source:calmly-app",
+                         "x-carebus-event-id": fhir_event_id})
+        say(f"    POST /fhir  Bundle(Patient, QuestionnaireResponse GAD-7)   {response.status_code}")
+
         progress("waiting for the mapper to publish FHIR bundles")
-        ids = {event["id"] for event in journey}
+        ids = {event["id"] for event in journey} | {inspect_message(adt).event_id, fhir_event_id}
         seen: set[str] = set()
         resources: Counter[str] = Counter()
         deadline = time.monotonic() + 60
@@ -167,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
         say("where to look:")
         say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
             f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
-        say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  (POST /events)")
+        say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  "
+            "(POST /events, /hl7v2, /fhir)")
+        say(f"  MLLP listener   {settings.http_host}:{settings.mllp_port}")
         if "record" in services:
             say(f"  FHIR record API http://{settings.http_host}:{settings.record_port}/metadata")
         for name in services:
