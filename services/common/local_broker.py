@@ -148,7 +148,8 @@ class LocalKafkaBroker:
         scram = [arg for user, password in self.scram_users.items()
                  for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
         fmt = subprocess.run(  # noqa: S603
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config), *scram),
+            self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config),
+                       *scram),
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
