@@ -1,0 +1,108 @@
+"""The record store's one interface (:class:`RecordStore`) and the plain types it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.record.identity import IdentityState, LinkAssertion, ReviewCandidate
+from services.record.ingest import PreparedBundle
+from services.record.search import SearchQuery
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One version of one resource as stored. ``body`` is the served JSON (None when deleted)."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: int
+    deleted: bool
+    patient_ref: str | None
+    restriction: int
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class View:
+    """What the caller may see: ``granted`` clearance bits and, for a patient-bound caller, the person's
+    Patient references (None = any patient, or no patient at all)."""
+
+    granted: int
+    compartment: frozenset[str] | None = None
+
+
+@dataclass
+class Page:
+    rows: list[StoredRow]
+    total: int
+    withheld: dict[int, int] = field(default_factory=dict)  # restriction bits -> matches not served
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    resource_type: str
+    resource_id: str | None  # None: history of the whole type
+    since: int | None
+    count: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class EverythingQuery:
+    patient_refs: frozenset[str]  # the whole person
+    types: frozenset[str] | None
+    since: int | None
+    count: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Person:
+    members: tuple[str, ...]  # "Patient/<id>", the person's Patient references, sorted
+    pairs: dict[tuple[str, str], LinkAssertion]  # effective assertions among them
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    bundles: int
+    skipped_bundles: int
+    versions: int
+    unchanged: int
+    identity_events: int
+    versions_by_type: dict[str, int] = field(default_factory=dict)
+    stale: int = 0  # resources older than their current version (late from another partition): not applied
+
+
+class RecordStore(Protocol):
+    """Current and past versions of every resource, their search index and the identity state.
+
+    ``ingest`` is one transaction: everything in the batch is stored, or nothing is (StoreUnavailable).
+    Implementations are safe to call from several threads.
+    """
+
+    def ingest(self, bundles: Sequence[PreparedBundle]) -> IngestReport: ...
+
+    def read(self, resource_type: str, resource_id: str) -> StoredRow | None: ...
+
+    def vread(self, resource_type: str, resource_id: str, version_id: int) -> StoredRow | None: ...
+
+    def history(self, query: HistoryQuery, view: View) -> Page: ...
+
+    def search(self, query: SearchQuery, view: View) -> Page: ...
+
+    def everything(self, query: EverythingQuery, view: View) -> Page: ...
+
+    def person(self, patient_ref: str) -> Person: ...
+
+    def review_candidates(self) -> list[ReviewCandidate]: ...
+
+    def identity_state(self) -> IdentityState: ...
+
+    def stored_types(self) -> list[str]: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,38 @@
+"""The record store on SQLite (stdlib sqlite3): one file, WAL mode so reads never wait for the writer."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from services.record.identity import IdentityPolicy
+from services.record.store.sql import ConnectionPool, Dialect, SqlStore
+
+SQLITE = Dialect(
+    name="sqlite",
+    placeholder="?",
+    text="TEXT",
+    bigint="INTEGER",
+    blob="BLOB",
+    begin="BEGIN IMMEDIATE",
+    errors=(sqlite3.Error,),
+    rowid=True,
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    return conn
+
+
+class SqliteStore(SqlStore):
+    def __init__(self, path: Path, policy: IdentityPolicy, pool_size: int = 8) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.dsn = f"sqlite:///{path}"
+        super().__init__(SQLITE, ConnectionPool(lambda: _connect(path), pool_size, SQLITE.errors), policy)
