@@ -92,7 +92,7 @@ def test_everything_under_services_is_in_the_wheel() -> None:
     )
     assert not unpackaged, f"modules outside any packaged package: {unpackaged}"
     package_data: dict[str, list[str]] = setuptools_config.get("package-data", {})
-    for data_file in (f for f in files if f.suffix not in (".py", ".pyc")):
+    for data_file in (f for f in files if f.suffix not in (".py", ".pyc", ".md")):  # docs stay in git
         package = ".".join(data_file.parent.parts)
         patterns = [*package_data.get(package, []), *package_data.get("*", [])]
         assert any(fnmatch(data_file.name, pattern) for pattern in patterns), (
