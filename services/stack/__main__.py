@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import os
 import signal
@@ -26,14 +27,18 @@ import httpx
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from services.common.fhir_ids import resource_id
 from services.common.kafka import client_config
 from services.common.local_broker import LocalKafkaBroker
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
 from services.mapper.hl7v2 import inspect_message
-from services.mapper.journey import sample_care_journey
+from services.mapper.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
+
+DEMO_TOKEN = "carebus-demo-token-not-for-production"  # noqa: S105 - a published demo credential
+DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo"}
 
 
 def say(message: str) -> None:
@@ -95,6 +100,31 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> Iterator[
     consumer.close()
 
 
+def psychiatry_patient_id() -> str:
+    return resource_id("Patient", PSYCHIATRY, PATIENT_IDS[PSYCHIATRY])
+
+
+def show_record(settings: Settings, start: datetime) -> None:
+    """Ask the record API for the person the journey created: one person across every source."""
+    base = f"http://{settings.http_host}:{settings.record_port}"
+    headers = {"Authorization": f"Bearer {DEMO_TOKEN}", "Accept": "application/fhir+json"}
+    deadline = time.monotonic() + 60
+    total, patients, previous = 0, 0, (-1, -1)
+    while time.monotonic() < deadline:  # until the record stops growing (the consumer has caught up)
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            everything = httpx.get(f"{base}/Patient/{psychiatry_patient_id()}/$everything", headers=headers,
+                                   params={"_count": 1}, timeout=10).json()
+            linked = httpx.get(f"{base}/Patient", headers=headers, timeout=10,
+                               params={"identifier": "urn:carebus:empi|EMPI-8842-1170"}).json()
+            total, patients = everything.get("total", 0), linked.get("total", 0)
+            if total > 0 and (total, patients) == previous:
+                break
+            previous = (total, patients)
+        time.sleep(2)
+    say(f"record: {patients} source Patient records share the enterprise id and form one person; "
+        f"Patient/$everything from psychiatry's record returns {total} resources across all sources")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -109,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(settings, log_dir)
     env = dict(os.environ)
+    env.setdefault("CAREBUS_RECORD_TOKENS",
+                   orjson.dumps({hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT}).decode())
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
     steps = 5 + len(services)
     step = 0
@@ -128,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
                                             workdir=settings.cache_dir / "kafka" / "demo")
             stack.broker.start()
             env["CAREBUS_KAFKA_BOOTSTRAP"] = stack.broker.bootstrap
+            # a fresh broker: start the record from an empty store too, so it is exactly the topic's record
+            record_db = settings.cache_dir / "demo" / "record.db"
+            for stale in record_db.parent.glob("record.db*"):
+                stale.unlink()
+            env.setdefault("CAREBUS_RECORD_STORE_DSN", f"sqlite:///{record_db}")
             settings = Settings(kafka_bootstrap=stack.broker.bootstrap)
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
@@ -181,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         dead = sum(1 for _ in read_topic(settings, DEAD_LETTERS.name(settings.topic_prefix), idle_s=1))
         say(f"{len(seen)}/{len(ids)} events became FHIR bundles; {alerts} safety alert(s); {dead} dead letter(s)")
         say("resources: " + ", ".join(f"{k} {v}" for k, v in sorted(resources.items())))
+        if "record" in services:
+            show_record(settings, start)
         prefix = settings.topic_prefix
         say("where to look:")
         say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
@@ -190,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         say(f"  MLLP listener   {settings.http_host}:{settings.mllp_port}")
         if "record" in services:
             say(f"  FHIR record API http://{settings.http_host}:{settings.record_port}/metadata")
+            say(f"    curl -H 'Authorization: Bearer {DEMO_TOKEN}' "
+                f"'http://{settings.http_host}:{settings.record_port}/Patient/{psychiatry_patient_id()}/$everything'")
         for name in services:
             say(f"  {name:<7} metrics http://{settings.http_host}:{ports[name]}/metrics")
         say(f"  service logs    {log_dir}")
