@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import RecordProducer, build_consumer
+from services.common.lag import GroupLagWatcher
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
-from services.common.topics import CATALOGUE, INBOUND_EVENTS
+from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 
@@ -30,6 +31,10 @@ def main() -> None:
     prepare_topics(settings)
     readiness = KafkaReadiness(settings, [spec.name(settings.topic_prefix) for spec in CATALOGUE], metrics)
     readiness.start()
+    # safety alerts waiting unread: the lag of whoever works them, for the CarebusSafetyAlertsNotConsumed rule
+    alerts_lag = GroupLagWatcher(settings, settings.alerts_group_id, SAFETY_ALERTS.name(settings.topic_prefix),
+                                 metrics)
+    alerts_lag.start()
     consumer = build_consumer(settings, "carebus-mapper", settings.mapper_group_id,
                               [INBOUND_EVENTS.name(settings.topic_prefix)])
     producer = RecordProducer(settings, "carebus-mapper", **PRODUCER_TUNING)
@@ -52,6 +57,7 @@ def main() -> None:
         service.close()
         http.should_exit = True
         readiness.stop()
+        alerts_lag.stop()
         log.info("mapper stopped", extra={"consumed": service.stats.consumed,
                                           "dead_letters": service.stats.dead_letters})
 

@@ -10,6 +10,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from services.common.kafka import client_config
+from services.common.lag import group_partition_lag
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, DEAD_LETTERS, FHIR_BUNDLES, INBOUND_EVENTS, SAFETY_ALERTS
 
@@ -73,16 +74,10 @@ def group_lags(settings: Settings, groups: dict[str, str]) -> list[GroupLag]:
     try:
         out = []
         for group, topic in groups.items():
-            ends = _end_offsets(consumer, topic)
             try:
-                committed = admin.list_group_offsets({group: list(ends)}).get(group, {})
+                lag = sum(group_partition_lag(admin, consumer, group, topic).values())
             except KafkaError:
-                committed = {}
-            lag = 0
-            for tp, end in ends.items():
-                meta = committed.get(tp)
-                position = meta.offset if meta is not None and meta.offset >= 0 else 0
-                lag += max(0, end - position)
+                lag = sum(_end_offsets(consumer, topic).values())
             out.append(GroupLag(group, topic, lag))
         return out
     finally:
