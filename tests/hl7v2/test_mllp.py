@@ -43,7 +43,7 @@ from services.mapper.hl7v2 import ack_message, inspect_message, map_hl7v2_messag
 from tests.hl7v2.helpers import PID, context, er7, msh, sample
 from tests.kafka_helpers import header, read_all
 
-BURST = int(os.environ.get("CAREBUS_MLLP_BURST", "2000"))  # CAREBUS_MLLP_BURST=10000 for the big burst
+BURST = int(os.environ.get("CAREBUS_MLLP_BURST", "10000"))  # the burst: 10,000 messages
 
 
 def adt(control_id: str, facility: str = "CLINIC", pid: str = PID) -> str:
