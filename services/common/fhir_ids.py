@@ -4,12 +4,15 @@ so a replayed event (or message) produces the same resources and the record conv
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 
 CAREBUS_NAMESPACE = uuid.UUID("6f1c1f2e-3b0a-4c55-9a57-0c4a1e5b2d10")
 
 
+@lru_cache(maxsize=65536)  # the same references (a patient, an encounter) recur across a batch's events
 def resource_id(resource_type: str, source_system: str, *source_identifiers: str) -> str:
-    """A FHIR id (a UUID string, valid under FHIR's id rule) from the source system and identifiers."""
+    """A FHIR id (a UUID string, valid under FHIR's id rule) from the source system and identifiers:
+    the RFC 4122 name-based UUID (version 5) of ``type|system|identifiers`` in the carebus namespace."""
     name = "|".join((resource_type, source_system, *source_identifiers))
     return str(uuid.uuid5(CAREBUS_NAMESPACE, name))
 
