@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from services.mapper.hl7v2 import map_hl7v2_message
+from services.mapper.mapping import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -38,7 +39,10 @@ PID = ("PID|1||MRN123^^^CLINIC^MR~999-11-2222^^^USSSA^SS||Doe^Jane^Q^^^^L||19800
 
 
 def mapped(text: str, *part2: str) -> MappedEvent:
-    return map_hl7v2_message(text, context(*part2))
+    """Map, then validate the bundle as the mapper pipeline does (the mapping itself does not validate)."""
+    event = map_hl7v2_message(text, context(*part2))
+    validate_bundle(event.bundle)
+    return event
 
 
 def resources(event: MappedEvent, resource_type: str | None = None) -> list[dict[str, Any]]:

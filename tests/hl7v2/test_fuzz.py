@@ -1,5 +1,5 @@
-"""Random and mutated HL7 v2 never raises anything but the declared Hl7v2Error types (and the ACK builder
-always answers)."""
+"""Random and mutated HL7 v2 never raises anything but the declared Hl7v2Error types, mapping and validating
+its bundle (an invalid resource is InvalidResource, AE), and the ACK builder always answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.mapper.hl7v2 import Hl7v2Error, ack_message, inspect_message, map_hl7v2_message
+from services.mapper.hl7v2 import (
+    Hl7v2Error,
+    ack_message,
+    inspect_message,
+    map_hl7v2_message,
+    validate_mapped,
+)
 from tests.hl7v2.helpers import HL7_SAMPLES, context
 
 SAMPLE_TEXTS = [path.read_text(encoding="utf-8") for path in HL7_SAMPLES]
@@ -22,7 +28,7 @@ ALPHABET = st.sampled_from(list("|^~\\&#ABCXYZ0129.-+: \r\n\x0b\x1c\"")) | st.ch
 
 def attempt(text: str) -> None:
     try:
-        map_hl7v2_message(text, context())
+        validate_mapped(map_hl7v2_message(text, context()).bundle)  # the pipeline validates every bundle
     except Hl7v2Error as exc:
         assert exc.ack_code in {"AE", "AR"}
         ack = ack_message(text, exc.ack_code, exc, NOW)

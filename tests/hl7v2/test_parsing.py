@@ -159,6 +159,16 @@ def test_invalid_values_are_left_out_and_reported() -> None:
     assert "invalid-datetime@PID-7" in event.data_quality
 
 
+@pytest.mark.parametrize("value", ["122200", "19800001", "1980010012"])
+def test_a_zero_month_or_day_is_an_invalid_datetime_not_an_invalid_resource(value: str) -> None:
+    # found by fuzzing: month 00 used to pass as January and gave "1222-00", which R4 rejects
+    text = er7(msh("ADT^A01"), "PID|1||MRN1^^^C^MR",
+               f"PV1|1|O|||||||||||||||||V1|||||||||||||||||||||||||20240501|{value}")
+    event = mapped(text)  # validates the bundle
+    assert "end" not in one(event, "Encounter")["period"]
+    assert "invalid-datetime@PV1-45" in event.data_quality
+
+
 def test_times_without_zone_take_the_msh7_zone() -> None:
     text = er7(msh("ADT^A01", timestamp="20240501101500+0130"), "PID|1||MRN1^^^C^MR",
                "PV1|1|O|||||||||||||||||V1|||||||||||||||||||||||||202405010930")
@@ -186,14 +196,13 @@ def test_mapping_is_pure_for_the_same_context() -> None:
 
 
 def test_a_resource_that_breaks_r4_is_an_invalid_resource_error() -> None:
-    from services.mapper.hl7v2 import InvalidResource
-    from services.mapper.hl7v2.mapper import _validate
+    from services.mapper.hl7v2 import InvalidResource, validate_mapped
 
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
         {"fullUrl": "urn:uuid:6f1c1f2e-3b0a-4c55-9a57-0c4a1e5b2d10",
          "resource": {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "t"},
                       "valueQuantity": {"value": "twelve"}}}]}
     with pytest.raises(InvalidResource) as caught:
-        _validate(bundle)
+        validate_mapped(bundle)
     assert caught.value.location == "OBX"
     assert "valueQuantity" in caught.value.message and "twelve" not in caught.value.message

@@ -1,6 +1,8 @@
 """HL7 v2 (ER7, versions 2.3 to 2.8) -> FHIR R4, pure; and the acknowledgements the MLLP listener sends.
 
-    map_hl7v2_message(er7, context) -> MappedEvent       the full mapping (mapper service)
+    map_hl7v2_message(er7, context) -> MappedEvent       the full mapping (mapper service; the pipeline
+                                                          validates the bundle once, with validate_bundle)
+    validate_mapped(bundle)                               that validation, failing as InvalidResource (AE)
     inspect_message(er7) -> MessageSummary                cheap shape check: MSH, type/version, PID-3
     ack_message(er7_or_parsed, code, error, now) -> str   the ACK (MSA, ERR) for a message
     message_key(er7) / message_control_id(er7)            Kafka key '<source>|<PID-3 id>' / MSH-10
@@ -39,7 +41,7 @@ from services.mapper.hl7v2.errors import (
     UnsupportedMessageType,
     UnsupportedVersion,
 )
-from services.mapper.hl7v2.mapper import map_hl7v2_message
+from services.mapper.hl7v2.mapper import map_hl7v2_message, validate_mapped
 
 __all__ = [
     "Hl7v2Error",
@@ -58,4 +60,5 @@ __all__ = [
     "message_control_id",
     "message_event_id",
     "message_key",
+    "validate_mapped",
 ]

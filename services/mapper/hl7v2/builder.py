@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from services.common.fhir_ids import resource_id
@@ -52,7 +53,7 @@ class Build:
     def control_id(self) -> str:
         return self.header.control_id
 
-    @property
+    @cached_property
     def event_id(self) -> str:
         return message_event_id(self.header)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from services.mapper.hl7v2.er7 import Rep
@@ -32,6 +33,7 @@ _OID = re.compile(r"[0-2](?:\.(?:0|[1-9]\d*))+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _SPACES = re.compile(r"\s+")
 _MAX_NUMBER_CHARS = 30
+_MEMO_CHARS = 64  # values up to this length are memoized (codes, timestamps); longer ones are not kept
 
 
 @dataclass
@@ -49,17 +51,72 @@ class Conversion:
 def prune(value: Any) -> Any:
     """Drop None, empty strings, lists and dicts, recursively (False and 0 stay)."""
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            item = prune(item)
-            if item is None or item == "" or item == [] or item == {}:
-                continue
-            out[key] = item
-        return out
+        return _prune_dict(value)
     if isinstance(value, list):
-        items = [prune(item) for item in value]
-        return [item for item in items if not (item is None or item == "" or item == [] or item == {})]
+        return _prune_list(value)
     return value
+
+
+# The hot path of every mapping (each resource is pruned once it is complete): the usual items (str, dict, list,
+# None) are judged in place, without a call per item. Same result as prune's rule applied item by item.
+_DROP: Any = object()
+
+
+def _prune_other(item: Any) -> Any:
+    """An item that is not a plain str, dict, list or None: pruned, or _DROP."""
+    if type(item) in (int, float, bool):
+        return item
+    if isinstance(item, dict):
+        item = _prune_dict(item)
+    elif isinstance(item, list):
+        item = _prune_list(item)
+    if item == "" or item == [] or item == {}:
+        return _DROP
+    return item
+
+
+def _prune_dict(value: dict[Any, Any]) -> dict[Any, Any]:
+    out = {}
+    for key, item in value.items():
+        kind = type(item)
+        if kind is str:
+            if item:
+                out[key] = item
+        elif kind is dict:
+            item = _prune_dict(item)
+            if item:
+                out[key] = item
+        elif kind is list:
+            item = _prune_list(item)
+            if item:
+                out[key] = item
+        elif item is not None:
+            item = _prune_other(item)
+            if item is not _DROP:
+                out[key] = item
+    return out
+
+
+def _prune_list(value: list[Any]) -> list[Any]:
+    out = []
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            if item:
+                out.append(item)
+        elif kind is dict:
+            item = _prune_dict(item)
+            if item:
+                out.append(item)
+        elif kind is list:
+            item = _prune_list(item)
+            if item:
+                out.append(item)
+        elif item is not None:
+            item = _prune_other(item)
+            if item is not _DROP:
+                out.append(item)
+    return out
 
 
 def prune_dict(value: Json) -> Json:
@@ -70,6 +127,11 @@ def prune_dict(value: Json) -> Json:
 
 def fhir_code(text: str) -> str:
     """A FHIR ``code``: no leading/trailing whitespace, single inner spaces."""
+    return _fhir_code(text) if len(text) <= _MEMO_CHARS else _SPACES.sub(" ", text).strip()
+
+
+@lru_cache(maxsize=4096)
+def _fhir_code(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
@@ -112,7 +174,17 @@ class Dtm:
 
 
 def parse_dtm(text: str) -> Dtm | None:
-    """Parse a v2 DTM/TS/DT value (YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]); None when it is not one."""
+    """Parse a v2 DTM/TS/DT value (YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]); None when it is not one.
+    Memoized for short values: the result is immutable and timestamps repeat within and across messages."""
+    return _memo_dtm(text) if len(text) <= _MEMO_CHARS else _parse_dtm(text)
+
+
+@lru_cache(maxsize=4096)
+def _memo_dtm(text: str) -> Dtm | None:
+    return _parse_dtm(text)
+
+
+def _parse_dtm(text: str) -> Dtm | None:
     match = _DTM.fullmatch(text.strip().replace(" ", ""))
     if match is None:
         return None
@@ -129,7 +201,7 @@ def parse_dtm(text: str) -> Dtm | None:
     y, mo, d, h, mi, s = values
     assert y is not None
     try:
-        datetime(y, mo or 1, d or 1, h or 0, mi or 0, s or 0)
+        datetime(y, 1 if mo is None else mo, 1 if d is None else d, h or 0, mi or 0, s or 0)
     except ValueError:
         return None
     if y < 1:
@@ -206,20 +278,28 @@ def coding(code: str, display: str = "", system_name: str = "", version: str = "
     code = fhir_code(code)
     if not code:
         return None
-    return prune_dict({"system": code_system(system_name), "version": version, "code": code,
-                       "display": display})
+    made: Json = {}
+    system = code_system(system_name) if system_name else None
+    if system:
+        made["system"] = system
+    if version:
+        made["version"] = version
+    made["code"] = code
+    if display:
+        made["display"] = display
+    return made
 
 
 def codeable(rep: Rep | None, first: int = 1) -> Json | None:
     """CWE/CE/CNE -> CodeableConcept: up to three codings; text from original text (CWE.9) or a display."""
     if rep is None:
         return None
-    triplets = [(first, first + 1, first + 2, first + 6)]
-    if first == 1:
-        triplets += [(4, 5, 6, 8), (10, 11, 12, 13)]
     codings: list[Json] = []
     displays: list[str] = []
-    for code_i, text_i, system_i, version_i in triplets:
+    present = len(rep)
+    for code_i, text_i, system_i, version_i in (_TRIPLETS if first == 1 else _triplets_from(first)):
+        if code_i > present and text_i > present:
+            break  # this triplet and the ones after it are absent
         display = rep.c(text_i)
         made = coding(rep.c(code_i), display, rep.c(system_i), rep.c(version_i))
         if made is not None and made not in codings:
@@ -230,7 +310,20 @@ def codeable(rep: Rep | None, first: int = 1) -> Json | None:
     text = original or (displays[0] if displays else "")
     if not codings and not text:
         return None
-    return prune_dict({"coding": codings, "text": text})
+    concept: Json = {}
+    if codings:
+        concept["coding"] = codings
+    if text:
+        concept["text"] = text
+    return concept
+
+
+# CWE/CE: (code, text, coding system, coding system version) of the primary, alternate and second alternate
+_TRIPLETS = ((1, 2, 3, 7), (4, 5, 6, 8), (10, 11, 12, 13))
+
+
+def _triplets_from(first: int) -> tuple[tuple[int, int, int, int], ...]:
+    return ((first, first + 1, first + 2, first + 6),)
 
 
 def simple_code(code: str, system: str | None, display: str | None = None) -> Json | None:
@@ -238,7 +331,11 @@ def simple_code(code: str, system: str | None, display: str | None = None) -> Js
     code = fhir_code(code)
     if not code:
         return None
-    return prune_dict({"coding": [{"system": system, "code": code, "display": display}]})
+    made: Json = {"system": system} if system else {}
+    made["code"] = code
+    if display:
+        made["display"] = display
+    return {"coding": [made]}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,13 +377,19 @@ def identifier_cx(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
     elif type_code == "NPI":
         system = "http://hl7.org/fhir/sid/us-npi"
     assigner = namespace or (universal_id if system is None else "")
-    return prune_dict({
-        "type": identifier_type(type_code),
-        "system": system,
-        "value": rep.c(1),
-        "period": {"start": fhir_date(rep.c(7), loc, conv), "end": fhir_date(rep.c(8), loc, conv)},
-        "assigner": {"display": assigner} if assigner else None,
-    })
+    made: Json = {}
+    kind = identifier_type(type_code)
+    if kind is not None:
+        made["type"] = kind
+    if system:
+        made["system"] = system
+    made["value"] = rep.c(1)
+    period = _period(fhir_date(rep.c(7), loc, conv), fhir_date(rep.c(8), loc, conv))
+    if period is not None:
+        made["period"] = period
+    if assigner:
+        made["assigner"] = {"display": assigner}
+    return made
 
 
 def identifier_ei(rep: Rep | None, type_code: str = "", first: int = 1) -> Json | None:
@@ -295,12 +398,23 @@ def identifier_ei(rep: Rep | None, type_code: str = "", first: int = 1) -> Json 
         return None
     system = _authority_system(rep.c(first + 2), rep.c(first + 3))
     namespace = rep.c(first + 1)
-    return prune_dict({
-        "type": identifier_type(type_code) if type_code else None,
-        "system": system,
-        "value": rep.c(first),
-        "assigner": {"display": namespace} if namespace and system is None else None,
-    })
+    made: Json = {}
+    kind = identifier_type(type_code) if type_code else None
+    if kind is not None:
+        made["type"] = kind
+    if system:
+        made["system"] = system
+    made["value"] = rep.c(first)
+    if namespace and system is None:
+        made["assigner"] = {"display": namespace}
+    return made
+
+
+def _period(start: str | None, end: str | None) -> Json | None:
+    """A Period of what is known, or None."""
+    if start:
+        return {"start": start, "end": end} if end else {"start": start}
+    return {"end": end} if end else None
 
 
 def _date_range(rep: Rep, component: int, loc: str, conv: Conversion) -> Json:
@@ -320,14 +434,24 @@ def human_name(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
     effective, expires = fhir_date(rep.c(12), loc, conv), fhir_date(rep.c(13), loc, conv)
     if effective or expires:
         period = {"start": effective, "end": expires}
-    return prune_dict({
-        "use": NAME_USE.get(rep.c(7).upper()),
-        "family": family,
-        "given": given,
-        "prefix": [rep.c(5)],
-        "suffix": [rep.c(4), rep.c(6), rep.c(14)],
-        "period": period,
-    })
+    made: Json = {}
+    use = NAME_USE.get(rep.c(7).upper())
+    if use:
+        made["use"] = use
+    if family:
+        made["family"] = family
+    if given:
+        made["given"] = given
+    prefix = rep.c(5)
+    if prefix:
+        made["prefix"] = [prefix]
+    suffix = [s for s in (rep.c(4), rep.c(6), rep.c(14)) if s]
+    if suffix:
+        made["suffix"] = suffix
+    known = _period(period["start"], period["end"])
+    if known is not None:
+        made["period"] = known
+    return made
 
 
 def person_reference(rep: Rep | None) -> Json | None:
@@ -343,8 +467,12 @@ def person_reference(rep: Rep | None) -> Json | None:
     system = _authority_system(rep.c(9, 2), rep.c(9, 3))
     if rep.c(13).upper() == "NPI":
         system = "http://hl7.org/fhir/sid/us-npi"
-    return prune_dict({"identifier": {"system": system, "value": ident} if ident else None,
-                       "display": display})
+    made: Json = {}
+    if ident:
+        made["identifier"] = {"system": system, "value": ident} if system else {"value": ident}
+    if display:
+        made["display"] = display
+    return made
 
 
 def organization_reference(rep: Rep | None) -> Json | None:
@@ -355,7 +483,10 @@ def organization_reference(rep: Rep | None) -> Json | None:
     ident = rep.c(10) or rep.c(3)
     if not name and not ident:
         return None
-    return prune_dict({"identifier": {"value": ident} if ident else None, "display": name})
+    made: Json = {"identifier": {"value": ident}} if ident else {}
+    if name:
+        made["display"] = name
+    return made
 
 
 def address(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
@@ -397,13 +528,16 @@ def contact_point(rep: Rep | None, default_use: str | None, loc: str, conv: Conv
     if not value:
         return None
     rank = rep.c(18)
-    return prune_dict({
-        "system": system or "phone",
-        "value": value,
-        "use": "mobile" if equipment == "CP" else TELECOM_USE.get(use_code, default_use),
-        "rank": int(rank) if rank.isdigit() and 0 < int(rank) < 1_000_000 else None,
-        "period": {"start": fhir_datetime(rep.c(13), loc, conv), "end": fhir_datetime(rep.c(14), loc, conv)},
-    })
+    made: Json = {"system": system or "phone", "value": value}
+    use = "mobile" if equipment == "CP" else TELECOM_USE.get(use_code, default_use)
+    if use:
+        made["use"] = use
+    if rank.isdigit() and 0 < int(rank) < 1_000_000:
+        made["rank"] = int(rank)
+    period = _period(fhir_datetime(rep.c(13), loc, conv), fhir_datetime(rep.c(14), loc, conv))
+    if period is not None:
+        made["period"] = period
+    return made
 
 
 def location_display(rep: Rep | None) -> str:

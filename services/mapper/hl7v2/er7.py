@@ -1,10 +1,22 @@
 """HL7 v2 ER7 text -> an immutable, version-tolerant view of segments, fields, repetitions and components.
 
-What real feeds send is normalised before the ``hl7`` package splits the message: segments ending in
-``\\r``, ``\\n`` or ``\\r\\n`` (a line that does not start a segment continues the previous one), MLLP
-framing bytes and control characters, a doubled escape character in MSH-2 (``^~\\\\&``) and short or missing
-encoding characters. Values are unescaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\`` ...)
-only when read, and the HL7 null ``""`` reads as empty. Nothing here logs a value.
+What real feeds send is normalised first: segments ending in ``\\r``, ``\\n`` or ``\\r\\n`` (a line that does
+not start a segment continues the previous one), MLLP framing bytes and control characters, a doubled escape
+character in MSH-2 (``^~\\\\&``) and short or missing encoding characters. Values are unescaped (``\\F\\ \\S\\
+\\T\\ \\R\\ \\E\\ \\Xhh..\\ \\.br\\`` ...) only when read, and the HL7 null ``""`` reads as empty. Nothing here
+logs a value.
+
+The tokenizer is our own, on purpose (carebus issue 4). It splits exactly as python-hl7 (``hl7.parse``) did:
+segments on CR/LF, fields on MSH-1 (MSH-1 and MSH-2 themselves being fields 1 and 2 of MSH), repetitions,
+components and sub-components on the MSH-2 characters, escape sequences resolved after splitting. But it is
+lazy: a segment is split into fields the first time one is read, and a field into repetitions, components
+and sub-components (unescaped and stripped once) the first time it is read; fields the mapping never reads
+are never split. A split field is immutable and memoized by its text (bounded), since codes, units, names
+and facilities recur from message to message. python-hl7 builds a container object for every field,
+repetition and component of the whole message up front: about 4 ms for a typical 6 kB ADT message, six times
+the whole per-message budget of the HL7 path (0.67 ms); hl7apy's tolerant parser was slower still (about
+100 ms). Neither has a lazy or plain-string mode. tests/hl7v2/test_tokenizer.py holds the tokenizer to
+python-hl7's splitting on the samples and on generated messages.
 """
 
 from __future__ import annotations
@@ -12,10 +24,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import hl7
-from hl7.exceptions import ParseException
+from functools import cached_property
+from urllib.parse import quote
 
 from services.mapper.hl7v2.errors import (
     HL7_UNSUPPORTED_EVENT_CODE,
@@ -25,16 +35,17 @@ from services.mapper.hl7v2.errors import (
     UnsupportedVersion,
 )
 
-Component = tuple[str, ...]  # sub-components, raw (escaped) text
-RawRep = tuple[Component, ...]
-RawField = tuple[RawRep, ...]
+Component = tuple[str, ...]  # sub-components, unescaped and stripped
+Components = tuple[Component, ...]  # one repetition
 
 _SEGMENT_START = re.compile(r"[A-Z][A-Z0-9]{2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # not encodable: only reachable through str inputs
-_NEWLINES = re.compile(r"\r\n|\r|\n")
+_CONTROL_DELETE = dict.fromkeys([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # _CONTROL, for translate
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 _DEFAULT_ENCODING = ("^", "~", "\\", "&")  # component, repetition, escape, sub-component
 _FALLBACK_SEPARATORS = ("\x1c", "\x1d", "\x1e", "\x1f")  # never in the (control-stripped) text
+_BATCH_SEGMENTS = frozenset({"MSH", "BHS", "BTS", "FHS", "FTS"})
 
 MIN_VERSION = (2, 3)
 MAX_VERSION = (2, 8)
@@ -76,26 +87,32 @@ def unescape(text: str, seps: Separators) -> str:
     i = 0
     n = len(text)
     while i < n:
-        ch = text[i]
-        if ch != esc:
-            out.append(ch)
-            i += 1
-            continue
-        end = text.find(esc, i + 1)
-        if end == -1:
+        start = text.find(esc, i)
+        if start == -1:
             out.append(text[i:])
             break
-        seq = text[i + 1:end]
+        if start > i:
+            out.append(text[i:start])
+        end = text.find(esc, start + 1)
+        if end == -1:
+            out.append(text[start:])
+            break
+        out.append(_escape_value(text[start + 1:end], seps))
         i = end + 1
-        out.append(_escape_value(seq, seps))
     return "".join(out)
 
 
 def _escape_value(seq: str, seps: Separators) -> str:
-    simple = {"F": seps.field, "S": seps.component, "T": seps.subcomponent, "R": seps.repetition,
-              "E": seps.escape}
-    if seq in simple:
-        return simple[seq]
+    if seq == "F":
+        return seps.field
+    if seq == "S":
+        return seps.component
+    if seq == "T":
+        return seps.subcomponent
+    if seq == "R":
+        return seps.repetition
+    if seq == "E":
+        return seps.escape
     if seq in {".br", ".sp", ".ce"}:
         return "\n"
     if seq.startswith(".sp") and seq[3:].strip().isdigit():
@@ -114,28 +131,34 @@ def _escape_value(seq: str, seps: Separators) -> str:
     return ""
 
 
+def _clean(raw: str, seps: Separators) -> str:
+    if raw == '""':
+        return ""
+    return unescape(raw, seps).strip()
+
+
 class Rep:
-    """One repetition of a field: components of sub-components, read unescaped and stripped."""
+    """One repetition of a field: components of sub-components, already unescaped and stripped."""
 
-    __slots__ = ("_raw", "_seps")
+    __slots__ = ("_comps", "_seps")
 
-    def __init__(self, raw: RawRep, seps: Separators) -> None:
-        self._raw = raw
+    def __init__(self, comps: Components, seps: Separators) -> None:
+        self._comps = comps
         self._seps = seps
 
     def c(self, component: int, sub: int = 1) -> str:
         """Component ``component`` (1-based), sub-component ``sub``; empty string when absent or ``""``."""
-        if component < 1 or component > len(self._raw):
-            return ""
-        subs = self._raw[component - 1]
-        if sub < 1 or sub > len(subs):
-            return ""
-        return _clean(subs[sub - 1], self._seps)
+        comps = self._comps
+        if 0 < component <= len(comps):
+            subs = comps[component - 1]
+            if 0 < sub <= len(subs):
+                return subs[sub - 1]
+        return ""
 
     def subs(self, component: int) -> list[str]:
-        if component < 1 or component > len(self._raw):
+        if component < 1 or component > len(self._comps):
             return []
-        return [_clean(s, self._seps) for s in self._raw[component - 1]]
+        return list(self._comps[component - 1])
 
     def component_text(self, component: int) -> str:
         """A component with its sub-components joined by a space (for display)."""
@@ -143,95 +166,153 @@ class Rep:
 
     def text(self) -> str:
         """The whole repetition as text: components joined by a space (for ST-like reading of any type)."""
-        parts = [self.component_text(i) for i in range(1, len(self._raw) + 1)]
+        parts = [" ".join(s for s in subs if s) for subs in self._comps]
         return " ".join(p for p in parts if p)
 
     def joined(self) -> str:
         """The whole repetition as text, components re-joined with the component separator (for ST/TX/FT
         values whose sender did not escape a literal separator)."""
-        parts = [self._seps.subcomponent.join(self.subs(i)).strip(self._seps.subcomponent)
-                 for i in range(1, len(self._raw) + 1)]
+        sub = self._seps.subcomponent
+        parts = [sub.join(subs).strip(sub) for subs in self._comps]
         while parts and not parts[-1]:
             parts.pop()
         return self._seps.component.join(parts)
 
     def is_empty(self) -> bool:
-        return not any(_clean(s, self._seps) for comp in self._raw for s in comp)
+        return not any(s for comp in self._comps for s in comp)
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return len(self._comps)
 
 
-def _clean(raw: str, seps: Separators) -> str:
-    if raw == '""':
-        return ""
-    return unescape(raw, seps).strip()
+def _split_field(raw: str, seps: Separators) -> tuple[Rep, ...]:
+    """A field's text -> its non-empty repetitions (split, then unescaped and stripped)."""
+    component, subcomponent, repetition = seps.component, seps.subcomponent, seps.repetition
+    plain = seps.escape not in raw and '""' not in raw  # nothing to unescape: stripping is all
+    if plain and component not in raw and repetition not in raw and subcomponent not in raw:
+        value = raw.strip()  # one value (the usual field)
+        return (Rep(((value,),), seps),) if value else _NO_REPS
+    reps: list[Rep] = []
+    for rep_text in raw.split(repetition) if repetition in raw else (raw,):
+        if plain and subcomponent not in rep_text:
+            comps: Components = tuple([(part.strip(),) for part in rep_text.split(component)])
+            if any(value for (value,) in comps):
+                reps.append(Rep(comps, seps))
+            continue
+        parts: list[Component] = []
+        filled = False
+        for comp_text in rep_text.split(component):
+            if subcomponent in comp_text:
+                subs = tuple([s.strip() if plain else _clean(s, seps) for s in comp_text.split(subcomponent)])
+                filled = filled or any(subs)
+            else:
+                value = comp_text.strip() if plain else _clean(comp_text, seps)
+                subs = (value,)
+                filled = filled or bool(value)
+            parts.append(subs)
+        if filled:
+            reps.append(Rep(tuple(parts), seps))
+    return tuple(reps)
+
+
+_NO_REPS: tuple[Rep, ...] = ()
+
+# Split fields by their text, per set of separators: codes, units, names, facilities ... recur from message to
+# message, and a split field is immutable. Bounded: short fields only, cleared when full.
+_FieldMemo = dict[str, tuple[Rep, ...]]
+_FIELD_MEMOS: dict[Separators, _FieldMemo] = {}
+_FIELD_MEMO_SIZE = 4096
+_FIELD_MEMO_CHARS = 256
+
+
+def _field_memo(seps: Separators) -> _FieldMemo:
+    memo = _FIELD_MEMOS.get(seps)
+    if memo is None:
+        if len(_FIELD_MEMOS) >= 4:
+            _FIELD_MEMOS.clear()
+        memo = _FIELD_MEMOS[seps] = {}
+    return memo
 
 
 class Segment:
     """One segment. Fields follow HL7 numbering, MSH included (MSH-1 is the field separator).
 
-    Lazy: the ``hl7`` package splits the segment the first time one of its fields is read, and a field is
-    normalised the first time it is read (segments carebus does not map are never split).
+    Lazy: the segment is split into fields the first time one is read, and a field into repetitions,
+    components and sub-components (unescaped) the first time it is read; segments carebus does not map are
+    never split.
     """
 
-    __slots__ = ("_cache", "_line", "_node", "_prefix", "name", "occurrence", "position", "seps")
+    __slots__ = ("_fields", "_line", "_memo", "_reps", "name", "occurrence", "position", "seps")
 
-    def __init__(self, name: str, line: str, prefix: str, position: int, occurrence: int,
-                 seps: Separators, node: Sequence[Any] | None = None) -> None:
+    def __init__(self, name: str, line: str, position: int, occurrence: int, seps: Separators,
+                 memo: _FieldMemo | None = None) -> None:
         self.name = name
         self._line = line
-        self._prefix = prefix  # "MSH|^~\&|": lets hl7.parse split one segment with the message's separators
-        self._node = node
-        self._cache: dict[int, RawField] = {}
+        self._fields: list[str] | None = None
+        self._reps: dict[int, tuple[Rep, ...]] = {}
+        self._memo = _field_memo(seps) if memo is None else memo
         self.position = position  # 0-based index in the message
         self.occurrence = occurrence  # 1-based count of this segment id so far
         self.seps = seps
 
-    def _tree(self) -> Sequence[Any]:
-        if self._node is None:
-            try:
-                parsed = hl7.parse(f"{self._prefix}\r{self._line}")
-            except (ParseException, ValueError, IndexError, KeyError) as exc:
-                raise MalformedMessage(self.name, "unparseable", "a segment could not be split into fields",
-                                       segment_occurrence=self.occurrence) from exc
-            if len(parsed) != 2:
-                raise MalformedMessage(self.name, "unparseable", "a segment could not be split into fields",
-                                       segment_occurrence=self.occurrence)
-            self._node = parsed[1]
-        return self._node
+    def _split(self) -> list[str]:
+        fields = self._fields
+        if fields is None:
+            line, separator = self._line, self.seps.field
+            if self.name == "MSH":  # MSH-1 is the separator itself, MSH-2 the encoding characters
+                end = line.find(separator, 4)
+                rest = line[end + 1:]
+                fields = ["MSH", separator, line[4:end], *(rest.split(separator) if rest else ())]
+            else:
+                fields = line.split(separator)
+            self._fields = fields
+        return fields
 
-    def _raw(self, n: int) -> RawField:
-        cached = self._cache.get(n)
-        if cached is None:
-            cached = self._cache[n] = _norm_field(self._tree()[n])
-        return cached
+    def _field_reps(self, n: int) -> tuple[Rep, ...]:
+        reps = self._reps.get(n)
+        if reps is None:
+            fields = self._split()
+            if not 0 < n < len(fields) or not fields[n]:
+                reps = _NO_REPS
+            elif n <= 2 and self.name == "MSH":  # the separators themselves: one value, not split
+                value = _clean(fields[n], self.seps)
+                reps = (Rep(((value,),), self.seps),) if value else _NO_REPS
+            else:
+                raw = fields[n]
+                memo = self._memo
+                found = memo.get(raw)
+                if found is None:
+                    found = _split_field(raw, self.seps)
+                    if len(raw) <= _FIELD_MEMO_CHARS:
+                        if len(memo) >= _FIELD_MEMO_SIZE:
+                            memo.clear()
+                        memo[raw] = found
+                reps = found
+            self._reps[n] = reps
+        return reps
 
     def reps(self, n: int) -> list[Rep]:
         """The non-empty repetitions of field ``n``."""
-        if n < 1 or n >= len(self._tree()):
-            return []
-        reps = [Rep(raw, self.seps) for raw in self._raw(n)]
-        return [rep for rep in reps if not rep.is_empty()]
+        return list(self._field_reps(n))
 
     def rep(self, n: int) -> Rep | None:
-        reps = self.reps(n)
+        reps = self._field_reps(n)
         return reps[0] if reps else None
 
     def get(self, n: int, component: int = 1, sub: int = 1) -> str:
         """Field ``n`` first repetition, component, sub-component: unescaped, stripped, '' if absent."""
-        rep = self.rep(n)
-        return rep.c(component, sub) if rep is not None else ""
+        reps = self._field_reps(n)
+        return reps[0].c(component, sub) if reps else ""
 
     def has(self, n: int) -> bool:
-        return bool(self.reps(n))
+        return bool(self._field_reps(n))
 
     def loc(self, n: int) -> str:
         return f"{self.name}-{n}"
 
     @property
     def field_count(self) -> int:
-        return len(self._tree()) - 1
+        return len(self._split()) - 1
 
 
 @dataclass(frozen=True)
@@ -273,25 +354,23 @@ class Header:
     def version_tuple(self) -> tuple[int, ...] | None:
         return parse_version(self.version)
 
-    @property
+    @cached_property
     def sender(self) -> str:
         """The sending system's name: sending facility, else sending application."""
         return self.sending_facility.name or self.sending_application.name
 
-    @property
+    @cached_property
     def source(self) -> str:
         """The source URI of this sender (also the CloudEvent source and the id namespace)."""
         return source_uri(self.sender)
 
 
 def source_uri(sender: str) -> str:
-    from urllib.parse import quote
-
     return f"urn:carebus:hl7v2:{quote(sender, safe='-._~')}"
 
 
 def parse_version(text: str) -> tuple[int, ...] | None:
-    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    match = _VERSION.fullmatch(text.strip())
     if match is None:
         return None
     return tuple(int(part) for part in match.groups() if part is not None)
@@ -303,21 +382,22 @@ class Message:
     def __init__(self, segments: list[Segment], seps: Separators, names: Sequence[str]) -> None:
         self.segments = segments
         self.seps = seps
-        self.names = tuple(names)  # every segment id in order (also those not parsed, see parse_message)
+        self.names = tuple(names)  # every segment id in order
         self.msh = segments[0]
+        self._by_name: dict[str, list[Segment]] = {}
+        for segment in segments:
+            self._by_name.setdefault(segment.name, []).append(segment)
         self.header = _header(self.msh)
 
     def has(self, name: str) -> bool:
-        return name in self.names
+        return name in self._by_name
 
     def first(self, name: str) -> Segment | None:
-        for segment in self.segments:
-            if segment.name == name:
-                return segment
-        return None
+        found = self._by_name.get(name)
+        return found[0] if found else None
 
     def all(self, name: str) -> list[Segment]:
-        return [segment for segment in self.segments if segment.name == name]
+        return list(self._by_name.get(name, ()))
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
@@ -344,8 +424,10 @@ def _header(msh: Segment) -> Header:
 
 
 def _split_segments(text: str) -> list[str]:
-    text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text.replace("\ufeff", "")))
-    lines = _NEWLINES.split(text)
+    text = text.translate(_CONTROL_DELETE)  # as _CONTROL.sub("", ...), several times faster
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text.replace("\ufeff", ""))
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # split on \r\n, \r or \n
     segments: list[str] = []
     field_sep = ""
     for raw_line in lines:
@@ -401,49 +483,24 @@ def _encoding(msh_line: str) -> tuple[Separators, str]:
     return seps, f"MSH{field_sep}{''.join(chars)}{rest}"
 
 
-def _norm_field(node: Any) -> RawField:
-    if isinstance(node, str):
-        return (((node,),),)
-    return tuple(_norm_rep(rep) for rep in node)
-
-
-def _norm_rep(node: Any) -> RawRep:
-    if isinstance(node, str):
-        return ((node,),)
-    return tuple(_norm_component(component) for component in node)
-
-
-def _norm_component(node: Any) -> Component:
-    if isinstance(node, str):
-        return (node,)
-    return tuple(str(sub) for sub in node)
-
-
 def parse_message(er7: str) -> Message:
     """Parse ER7 text. Raises :class:`MalformedMessage` (AE), or :class:`UnsupportedMessageType` (AR) for
-    batches. Cheap: segments other than MSH are split when first read (see :class:`Segment`)."""
+    batches. Cheap: segments are split into fields when first read (see :class:`Segment`)."""
     if not isinstance(er7, str):
         raise MalformedMessage("MSH", "not-text", "the message is not text")
     lines = _split_segments(er7)
     seps, lines[0] = _encoding(lines[0])
     names = [line[:3] for line in lines]
     for name in names[1:]:
-        if name in {"MSH", "BHS", "BTS", "FHS", "FTS"}:
+        if name in _BATCH_SEGMENTS:
             raise UnsupportedMessageType(name, "batch-not-supported",
                                          "one message per frame: batches are not accepted")
-    try:
-        parsed = hl7.parse(lines[0])
-    except (ParseException, ValueError, IndexError, KeyError) as exc:
-        raise MalformedMessage("MSH", "unparseable", "the MSH segment could not be split") from exc
-    if len(parsed) != 1:
-        raise MalformedMessage("MSH", "unparseable", "the MSH segment could not be split")
-    prefix = f"MSH{seps.field}{seps.component}{seps.repetition}{seps.escape}{seps.subcomponent}{seps.field}"
-    counts: dict[str, int] = {"MSH": 1}
-    segments = [Segment("MSH", lines[0], prefix, 0, 1, seps, node=parsed[0])]
-    for position in range(1, len(lines)):
-        name = names[position]
-        counts[name] = counts.get(name, 0) + 1
-        segments.append(Segment(name, lines[position], prefix, position, counts[name], seps))
+    counts: dict[str, int] = {}
+    segments: list[Segment] = []
+    memo = _field_memo(seps)
+    for position, (name, line) in enumerate(zip(names, lines, strict=True)):
+        occurrence = counts[name] = counts.get(name, 0) + 1
+        segments.append(Segment(name, line, position, occurrence, seps, memo))
     return Message(segments, seps, names)
 
 

@@ -1,4 +1,9 @@
-"""One HL7 v2 message (ER7 text) -> one labelled, validated FHIR R4 Bundle (type collection). Pure.
+"""One HL7 v2 message (ER7 text) -> one labelled FHIR R4 Bundle (type collection). Pure.
+
+Validation happens once, after the mapping, where every mapping is validated: the mapper pipeline
+(services/mapper/pipeline.py) runs ``validate_bundle`` (services/mapper/mapping/validation.py, R4B models) on
+this bundle as on every other. ``validate_mapped`` is the same check for callers that want the failure as an
+HL7 v2 error (InvalidResource, AE, located at the segment the resource comes from).
 
 Order of the bundle: MessageHeader, Patient (and a retired Patient for A40), Encounter, RelatedPerson,
 AllergyIntolerance, Condition, the message's own resources (DiagnosticReport + Observations, Appointment,
@@ -119,8 +124,8 @@ def _unmapped(build: Build) -> list[tuple[str, int]]:
     return [(name, counts[name]) for name in order]
 
 
-def _validate(bundle: Json) -> None:
-    """Every resource against the R4B models (services/mapper/mapping/validation.py, shared with the JSON
+def validate_mapped(bundle: Json) -> None:
+    """Every resource of a mapped bundle against the R4B models (``validate_bundle``, shared with the JSON
     path); a failure becomes InvalidResource at the segment the resource type comes from."""
     try:
         validate_bundle(bundle)
@@ -137,6 +142,8 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     """Map one HL7 v2 message to a FHIR R4 Bundle (see the package docstring for what maps to what).
 
     Raises only :class:`~services.mapper.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
+    The bundle is not validated here: the caller validates it once (the pipeline's ``validate_bundle``, or
+    :func:`validate_mapped`).
     """
     message = parse_message(er7)
     patient_id = check_shape(message)
@@ -179,7 +186,6 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     }
     if union:
         bundle["meta"] = {"security": meta_security(union)}
-    _validate(bundle)
     counts = Counter(str(entry["resource"]["resourceType"]) for entry in entries)
     return MappedEvent(
         bundle=bundle,

@@ -1,0 +1,75 @@
+"""HL7 v2 bundles are validated exactly once on their way through the mapper: by the pipeline's validate_bundle
+(the mapping itself does not validate), every resource with its R4B model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from services.common.errors import MappingError
+from services.common.topics import HL7V2_MESSAGE_EVENT_TYPE
+from services.mapper import pipeline as pipeline_module
+from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
+from services.mapper.mapping import validation
+from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
+from tests.hl7v2.helpers import HL7_SAMPLES, context, sample
+
+SAMPLE_NAMES = [path.name for path in HL7_SAMPLES]
+
+
+def inbound(text: str) -> InboundRecord:
+    summary = inspect_message(text)
+    event = {"specversion": "1.0", "id": summary.event_id, "source": summary.source,
+             "type": HL7V2_MESSAGE_EVENT_TYPE, "time": "2024-05-01T12:00:00+00:00",
+             "datacontenttype": "application/hl7-v2+er7", "data": text}
+    return InboundRecord(topic="carebus.inbound", partition=0, offset=7, timestamp_ms=1_714_564_800_000,
+                         key=summary.key.encode(), value=orjson.dumps(event))
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every resource validate_bundle validates (the Bundle shell included)."""
+    seen: list[str] = []
+    real = validation.validate_resource
+
+    def validate_resource(resource: dict[str, Any], *args: Any) -> None:
+        seen.append(str(resource.get("resourceType")))
+        real(resource, *args)
+
+    monkeypatch.setattr(validation, "validate_resource", validate_resource)
+    return seen
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_the_pipeline_validates_each_resource_of_an_hl7_message_once(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = counting(monkeypatch)
+    outcome = Pipeline(TopicNames.for_prefix("t")).process(inbound(sample(name)))
+    assert outcome.dead_letter_reason is None and outcome.mapped is not None
+    kinds = [entry["resource"]["resourceType"] for entry in outcome.mapped.bundle["entry"]]
+    assert sorted(seen) == sorted(["Bundle", *kinds])
+
+
+def test_the_mapping_alone_validates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = counting(monkeypatch)
+    assert map_hl7v2_message(sample("ADT-A01-01.hl7"), context()).bundle["entry"]
+    assert seen == []
+
+
+def test_an_invalid_mapped_resource_is_dead_lettered_by_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no message is known to map to an invalid resource (fuzzing looks for one): break one after mapping
+    real = pipeline_module.MAPPERS_BY_TYPE[HL7V2_MESSAGE_EVENT_TYPE]
+
+    def breaking(envelope: dict[str, Any], context: Any) -> Any:
+        mapped = real(envelope, context)
+        patient = next(e["resource"] for e in mapped.bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+        patient["birthDate"] = "1980-13-45"
+        return mapped
+
+    monkeypatch.setitem(pipeline_module.MAPPERS_BY_TYPE, HL7V2_MESSAGE_EVENT_TYPE, breaking)
+    outcome = Pipeline(TopicNames.for_prefix("t")).process(inbound(sample("ADT-A08-01.hl7")))
+    assert outcome.dead_letter_reason == MappingError.reason
+    letter = orjson.loads(outcome.records[0].value)
+    assert letter["problems"][0]["location"].endswith("resource(Patient).birthDate")
+    assert "1980-13-45" not in outcome.records[0].value.decode()
