@@ -35,6 +35,7 @@ from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
 from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
+from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, TopicSpec
 from services.mapper.journey import sample_care_journey
@@ -211,6 +212,7 @@ def main() -> None:
 
     # log as the services do (JSON, INFO: one lineage line per event), to /dev/null
     configure_logging("bench", "INFO", open(os.devnull, "w"))
+    tune_gc()  # as the services do at start-up
     print(f"carebus pipeline benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cores={os.cpu_count()}  "
           f"python={sys.version.split()[0]}", flush=True)
     events = event_mix(args.events)

@@ -17,7 +17,7 @@ from services.common.http import ManagedServer
 from services.common.kafka import RecordProducer
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
-from services.common.runtime import prepare_topics
+from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import INBOUND_EVENTS
 from services.intake.app import create_app
@@ -61,6 +61,7 @@ def main() -> None:
     producer = RecordProducer(settings, "carebus-intake")
     readiness = KafkaReadiness(settings, [INBOUND_EVENTS.name(settings.topic_prefix)], metrics)
     readiness.start()
+    tune_gc()
     try:
         asyncio.run(serve(settings, producer, metrics, readiness))
     finally:

@@ -15,7 +15,7 @@ from services.common.kafka import RecordProducer, build_consumer
 from services.common.lag import GroupLagWatcher
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
-from services.common.runtime import prepare_topics
+from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
 from services.mapper.pipeline import Pipeline, TopicNames
@@ -50,6 +50,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tune_gc()
     log.info("mapper consuming", extra={"group": settings.mapper_group_id})
     try:
         service.run(stop)  # returns after the batch in hand is written and committed
