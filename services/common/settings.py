@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
+    hl7_assigning_authorities: dict[str, str] = Field(
+        default_factory=lambda: {"EMPI": "urn:carebus:empi"},
+        description="HL7 v2 assigning authority (CX-4 namespace id) -> FHIR Identifier.system, so a hospital's "
+        "enterprise id links like the JSON events' (JSON object).",
+    )
+
     # --- observability -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "carebus"

@@ -39,7 +39,8 @@ def main() -> None:
                               [INBOUND_EVENTS.name(settings.topic_prefix)])
     producer = RecordProducer(settings, "carebus-mapper", **PRODUCER_TUNING)
     service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
-                                                         frozenset(settings.part2_sources)), metrics)
+                                                         frozenset(settings.part2_sources),
+                                                         settings.hl7_assigning_authorities), metrics)
 
     app = FastAPI(title="carebus mapper", docs_url=None, redoc_url=None)
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))

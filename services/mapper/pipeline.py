@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,9 +104,11 @@ MAPPERS_BY_TYPE: dict[str, Mapper] = {
 
 
 class Pipeline:
-    def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset()) -> None:
+    def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset(),
+                 assigning_authorities: Mapping[str, str] | None = None) -> None:
         self.topics = topics
         self.part2_sources = part2_sources
+        self.assigning_authorities = dict(assigning_authorities or {})
 
     def process(self, record: InboundRecord) -> Outcome:
         key = (record.key or b"").decode(errors="replace")
@@ -116,6 +118,7 @@ class Pipeline:
         context = MappingContext(
             received_at=datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC),
             part2_sources=self.part2_sources,
+            assigning_authorities=self.assigning_authorities,
         )
         try:
             envelope = orjson.loads(record.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,8 @@ class MappingContext:
 
     received_at: datetime
     part2_sources: frozenset[str] = frozenset()
+    # HL7 v2 assigning authority (CX-4.1 namespace id) -> Identifier.system, e.g. {"EMPI": "urn:carebus:empi"}
+    assigning_authorities: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Values that break their type are not guessed at: they are left out and reported 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
@@ -42,6 +43,7 @@ class Conversion:
 
     default_tz: str | None = None
     issues: list[str] = field(default_factory=list)
+    authority_systems: Mapping[str, str] = field(default_factory=dict)  # CX-4 namespace -> Identifier.system
 
     def issue(self, code: str) -> None:
         if code not in self.issues:
@@ -371,7 +373,7 @@ def identifier_cx(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
         return None
     namespace, universal_id, universal_type = rep.c(4, 1), rep.c(4, 2), rep.c(4, 3)
     type_code = rep.c(5).upper()
-    system = _authority_system(universal_id, universal_type)
+    system = _authority_system(universal_id, universal_type) or conv.authority_systems.get(namespace)
     if type_code == "SS" or namespace.upper() == "USSSA":
         system = "http://hl7.org/fhir/sid/us-ssn"
     elif type_code == "NPI":

@@ -148,7 +148,8 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     message = parse_message(er7)
     patient_id = check_shape(message)
     header = message.header
-    build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp)),
+    build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp),
+                                                                  authority_systems=context.assigning_authorities),
                   patient_key=patient_id.value)
     build.use(message.msh)
     pid = message.first("PID")
