@@ -84,3 +84,17 @@ def test_dead_letters_replay_once_with_dry_run(cli_env: Settings) -> None:
     assert {r.key for r in replayed} == {b"src|p1"}
     assert len(deadletters.read_replayed(settings)) == 2
     assert orjson.loads(letters[0].value)["source"]["offset"] == 0
+
+
+@pytest.mark.parametrize("command", [["deadletters", "list"], ["topics", "check"], ["status", "--window", "0"]])
+def test_unreachable_kafka_is_one_line_and_exit_2(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAREBUS_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("CAREBUS_KAFKA_REQUEST_TIMEOUT_S", "1")
+    monkeypatch.setenv("CAREBUS_INTAKE_PORT", "1")
+    monkeypatch.setenv("CAREBUS_MAPPER_PORT", "1")
+    monkeypatch.setenv("CAREBUS_RECORD_PORT", "1")
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2
+    assert "Kafka unreachable" in result.output
+    assert "Traceback" not in result.output

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import functools
 import runpy
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import httpx
 import orjson
@@ -44,6 +46,25 @@ def _settings() -> Settings:
     return Settings()
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """An unreachable or failing Kafka is a one-line answer and exit code 2, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (BrokerUnavailable, KafkaError, OSError) as exc:
+            console.print(f"[red]Kafka unreachable or failing at {_settings().kafka_bootstrap}: "
+                          f"{type(exc).__name__}[/red] (set CAREBUS_KAFKA_BOOTSTRAP)")
+            raise typer.Exit(2) from exc
+
+    return wrapper
+
+
 @app.command()
 def run(service: Annotated[str, typer.Argument(help="intake, mapper or record")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
@@ -61,6 +82,7 @@ def stack(no_wait: Annotated[bool, typer.Option(help="stop after the journey")] 
 
 
 @topics_app.command("create")
+@kafka_errors
 def topics_create() -> None:
     """Create the catalogue's topics that are missing."""
     settings = _settings()
@@ -73,6 +95,7 @@ def topics_create() -> None:
 
 
 @topics_app.command("check")
+@kafka_errors
 def topics_check() -> None:
     """Compare the cluster's topics with the catalogue; exit 1 when one is missing."""
     settings = _settings()
@@ -125,6 +148,7 @@ def show_status(window: Annotated[float, typer.Option(help="seconds to sample th
 
 
 @dlq_app.command("list")
+@kafka_errors
 def dlq_list(reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
              limit: Annotated[int, typer.Option(help="rows at most")] = 50) -> None:
     """List dead letters: position, reason, event type and id, and the problem (no PHI)."""
@@ -140,6 +164,7 @@ def dlq_list(reason: Annotated[str | None, typer.Option(help="only this reason")
 
 
 @dlq_app.command("replay")
+@kafka_errors
 def dlq_replay(reason: Annotated[str | None, typer.Option(help="only this reason")] = None,
                event_type: Annotated[str | None, typer.Option(help="only this event type")] = None,
                dry_run: Annotated[bool, typer.Option("--dry-run", help="show, write nothing")] = False) -> None:
