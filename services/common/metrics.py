@@ -6,19 +6,28 @@ come from closed sets (event types, reasons, resource types, ACK codes, routes):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+OTHER_SOURCE = "other"
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, known_sources: Iterable[str] = ()) -> None:
         self.registry = registry or CollectorRegistry()
+        # Sending systems the operator listed (CAREBUS_KNOWN_SOURCES) get their own series, so "no events from a
+        # source for N minutes" can alert; any other source is counted as "other" (label values stay bounded).
+        self.known_sources = frozenset(known_sources)
         r = self.registry
         self.events_accepted = Counter(
-            "carebus_events_accepted_total", "Inbound events durable in Kafka, by event type and channel.",
-            ["event_type", "channel"], registry=r)
+            "carebus_events_accepted_total",
+            "Inbound events durable in Kafka, by event type, channel and (listed) sending system.",
+            ["event_type", "channel", "source"], registry=r)
         self.events_rejected = Counter(
             "carebus_events_rejected_total", "Inbound events refused, by reason and channel.",
             ["reason", "channel"], registry=r)
@@ -60,3 +69,8 @@ class Metrics:
             ["route", "status"], registry=r)
         self.kafka_ready = Gauge(
             "carebus_kafka_ready", "1 when this service last reached Kafka, else 0.", registry=r)
+
+    def accepted(self, event_type: str, channel: str, source: str, count: int = 1) -> None:
+        """Count accepted events; ``source`` is labelled only when the operator listed it."""
+        label = source if source in self.known_sources else OTHER_SOURCE
+        self.events_accepted.labels(event_type=event_type, channel=channel, source=label).inc(count)

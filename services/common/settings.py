@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "enterprise id links like the JSON events' (JSON object).",
     )
 
+    known_sources: list[str] = Field(
+        default_factory=list,
+        description="Sending systems (CloudEvent sources, urn:carebus:hl7v2:<facility>, X-Carebus-Source) that get "
+        "their own metrics series, for the 'no events from a source' alert (JSON list).",
+    )
+
     # --- observability -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     service_name: str = "carebus"

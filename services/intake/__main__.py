@@ -56,7 +56,7 @@ async def serve(settings: Settings, producer: RecordProducer, metrics: Metrics,
 def main() -> None:
     settings = Settings()
     configure_logging("intake", settings.log_level)
-    metrics = Metrics()
+    metrics = Metrics(known_sources=settings.known_sources)
     prepare_topics(settings)
     producer = RecordProducer(settings, "carebus-intake")
     readiness = KafkaReadiness(settings, [INBOUND_EVENTS.name(settings.topic_prefix)], metrics)

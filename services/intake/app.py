@@ -180,7 +180,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
             metrics.events_rejected.labels(reason="kafka-unavailable", channel="fhir").inc()
             return operation_outcome(503, "error", "transient", headers={"Retry-After": RETRY_AFTER_S},
                                      diagnostics="not durably written; retry later")
-        metrics.events_accepted.labels(event_type=FHIR_RESOURCE_EVENT_TYPE, channel="fhir").inc()
+        metrics.accepted(FHIR_RESOURCE_EVENT_TYPE, "fhir", source)
         log.info("fhir accepted", extra={"event_id": event_id, "resources": len(resources),
                                          "offset": f"{meta.topic}/{meta.partition}/{meta.offset}"})
         return operation_outcome(
@@ -252,7 +252,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
                 503, "kafka-unavailable", "Event store unavailable",
                 "the events were not durably written; retry later", headers={"Retry-After": RETRY_AFTER_S}))
         for event in events:
-            metrics.events_accepted.labels(event_type=event.type, channel="http").inc()
+            metrics.accepted(event.type, "http", event.source)
         accepted = [
             {"id": event.id, "type": event.type, "topic": meta.topic, "partition": meta.partition,
              "offset": meta.offset}

@@ -418,8 +418,8 @@ class KafkaHl7Acceptor:
             self.recent.add(*key)
             if self._metrics is not None:
                 header = summary.header
-                self._metrics.events_accepted.labels(
-                    event_type=f"hl7v2.{header.message_type}.{header.trigger_event}", channel="mllp").inc()
+                self._metrics.accepted(f"hl7v2.{header.message_type}.{header.trigger_event}", "mllp",
+                                       summary.source)
             meta = metas[0]
             log.info("hl7v2 message accepted", extra={"event_id": summary.event_id, "topic": meta.topic,
                                                       "partition": meta.partition, "offset": meta.offset})

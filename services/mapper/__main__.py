@@ -27,7 +27,7 @@ log = logging.getLogger("services.mapper")
 def main() -> None:
     settings = Settings()
     configure_logging("mapper", settings.log_level)
-    metrics = Metrics()
+    metrics = Metrics(known_sources=settings.known_sources)
     prepare_topics(settings)
     readiness = KafkaReadiness(settings, [spec.name(settings.topic_prefix) for spec in CATALOGUE], metrics)
     readiness.start()

@@ -64,7 +64,7 @@ class RecordService:
 def build_service(settings: Settings, store: SqlStore | None = None, group_id: str | None = None) -> RecordService:
     """Build every part (nothing is started). ``store`` defaults to the one ``record_store_dsn`` names."""
     tokens = TokenRegistry(settings.record_tokens)  # validates the grants: a bad one stops the start
-    metrics = Metrics()
+    metrics = Metrics(known_sources=settings.known_sources)
     store = store or open_store(store_dsn(settings), identity_policy(settings))
     producer = RecordProducer(settings, "carebus-record")
     ingestor = BundleIngestor(settings, store, metrics, producer, group_id=group_id)
