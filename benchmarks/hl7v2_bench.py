@@ -51,6 +51,7 @@ from services.common.errors import MappingError
 from services.common.kafka import build_consumer, ensure_topics
 from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.log import configure_logging
+from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS
 from services.mapper.hl7v2 import map_hl7v2_message
@@ -581,6 +582,7 @@ def main() -> None:
     args = parse_args()
     # log as the services do (JSON, INFO), to /dev/null: the in-process mapping pays what a service would
     configure_logging("bench", "INFO", open(os.devnull, "w"))
+    tune_gc()  # the mapper service does this at start-up (services/mapper/__main__.py)
     run_tag = uuid.uuid4().hex[:6].upper()
     cpu = args.pin_cpu
     pin_note = f"pinned to CPU {cpu}" if cpu is not None else "not pinned"
