@@ -218,6 +218,8 @@ class MllpServer:
         self._clock = clock
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[None]] = set()  # connections with an accepted frame not yet ACKed
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -232,11 +234,17 @@ class MllpServer:
         log.info("mllp listening", extra={"port": self.port, "tls": self._ssl is not None})
         return self
 
-    async def stop(self) -> None:
-        """Stop accepting, then close every open connection (a frame being answered is finished first only
-        if it completes before the cancellation reaches it)."""
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting; close idle connections at once; let a connection that is answering a frame send
+        its ACK first (up to ``grace_s``: the Kafka write in flight), then close it."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
+        for task in list(self._connections - self._answering):
+            task.cancel()
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self._answering and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -267,6 +275,7 @@ class MllpServer:
             log.error("mllp connection failed", extra={"error": type(exc).__name__})
         finally:
             self._connections.discard(task)
+            self._answering.discard(task)
             if self._metrics is not None:
                 self._metrics.mllp_connections.dec()
             writer.close()
@@ -285,12 +294,20 @@ class MllpServer:
                 if decoder.in_frame:
                     log.info("mllp connection closed inside a frame")
                 return
+            task = asyncio.current_task()
+            assert task is not None
             for item in decoder.feed(data):
-                outcome = await self._answer(item)
-                writer.write(frame(outcome.ack))
-                if self._metrics is not None:
-                    self._metrics.mllp_acks.labels(code=outcome.code).inc()
-                await asyncio.wait_for(writer.drain(), timeout=self.idle_timeout_s)
+                self._answering.add(task)
+                try:
+                    outcome = await self._answer(item)
+                    writer.write(frame(outcome.ack))
+                    if self._metrics is not None:
+                        self._metrics.mllp_acks.labels(code=outcome.code).inc()
+                    await asyncio.wait_for(writer.drain(), timeout=self.idle_timeout_s)
+                finally:
+                    self._answering.discard(task)
+                if self._stopping:  # the ACK is out: take no further frame from this connection
+                    return
             if decoder.abandoned_frames or decoder.discarded_bytes:
                 log.info("mllp framing errors", extra={"abandoned_frames": decoder.abandoned_frames,
                                                         "discarded_bytes": decoder.discarded_bytes})

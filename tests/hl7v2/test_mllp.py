@@ -431,3 +431,26 @@ async def test_stopped_broker_is_never_answered_aa(tmp_path: Path) -> None:
         await asyncio.to_thread(producer.close, 2.0)
         await asyncio.to_thread(broker.stop)
 
+
+
+async def test_stop_lets_a_frame_being_answered_send_its_ack_and_closes_idle_connections() -> None:
+    gate = asyncio.Event()
+    acceptor = EchoAcceptor(gate)
+    server = await MllpServer(acceptor, port=0, idle_timeout_s=30.0).start()
+    busy, idle = await Client.open(server.port), await Client.open(server.port)
+    await busy.send(frame(adt("DRAIN-1")))
+    for _ in range(100):  # until the frame is in the acceptor (the Kafka write, in the real one)
+        if server._answering:
+            break
+        await asyncio.sleep(0.01)
+    assert server._answering
+    stopping = asyncio.create_task(server.stop(grace_s=5.0))
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # waiting for the in-flight answer
+    assert await idle.reader.read(1) == b""  # the idle connection was closed at once
+    gate.set()
+    assert msa(await busy.ack())[1:3] == ["AA", "DRAIN-1"]  # the ACK still went out
+    await stopping
+    assert await busy.reader.read(1) == b""  # then that connection closed too
+    await busy.close()
+    await idle.close()
