@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from typing import TextIO
@@ -10,6 +11,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
+    faulthandler.enable()  # a crash in native code prints the Python stacks (no values) instead of nothing
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         JsonFormatter(

@@ -46,7 +46,8 @@ def main() -> None:
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.mapper_port,
                                          log_config=None, access_log=False))
-    threading.Thread(target=http.run, name="mapper-http", daemon=True).start()
+    http_thread = threading.Thread(target=http.run, name="mapper-http", daemon=True)
+    http_thread.start()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -60,6 +61,9 @@ def main() -> None:
         http.should_exit = True
         readiness.stop()
         alerts_lag.stop()
+        # let the HTTP thread's event loop finish before the interpreter finalizes (a loop still running in a
+        # daemon thread at exit can crash the process)
+        http_thread.join(timeout=10)
         log.info("mapper stopped", extra={"consumed": service.stats.consumed,
                                           "dead_letters": service.stats.dead_letters})
 
