@@ -4,7 +4,6 @@ gracefully (in-flight requests finish), then the consumer finishes its batch, co
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from services.common.health import KafkaReadiness
 from services.common.kafka import RecordProducer
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
-from services.common.runtime import prepare_topics
+from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
 from services.record.access import TokenRegistry
@@ -99,8 +98,7 @@ def main() -> None:
     configure_logging("record", settings.log_level)
     prepare_topics(settings)
     service = build_service(settings)
-    gc.collect()
-    gc.freeze()  # start-up objects live forever: keep them out of the collector's full passes
+    tune_gc()  # start-up objects live forever: keep them out of the collector's passes
     service.start()
     server = uvicorn.Server(
         uvicorn.Config(
