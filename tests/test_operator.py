@@ -6,7 +6,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from services.common.kafka import OutboundRecord, RecordProducer
+from services.common.kafka import RecordProducer
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import INBOUND_EVENTS

@@ -2,7 +2,7 @@
 
     map_event(event, context) -> MappedEvent     dispatch.py: the table from event type to family module
     validate_bundle(bundle)                      validation.py: every resource through the R4B models
-    validate_resource(resource)                  validation.py: one resource (memoized element validation)
+    validate_resource(resource)                  validation.py: one resource (R4B models; known shapes fast)
     serialize(bundle) -> bytes                   validation.py: orjson
     score_instrument(instrument, answers, ...)   instruments.py: PHQ-9, PHQ-2, GAD-7, C-SSRS, AUDIT-C
 

@@ -1,53 +1,49 @@
 """validate_bundle (fhir.resources R4B models) and serialize (orjson): the checks and bytes at the end of
 the hot path.
 
-Every entry's resource is validated by its R4B model, and the Bundle shell by the Bundle model (without the
-resources, so nothing is validated twice). A failure raises MappingError whose problems name
+Every entry's resource is validated against its R4B model, and the Bundle shell against the Bundle model
+(without the resources, so nothing is validated twice). A failure raises MappingError whose problems name
 ``entry[<index>].resource(<ResourceType>).<path>`` and the rule (pydantic / FHIR error type), never a value.
 
-Speed: building fhir.resources models costs far more than building the dicts, because every complex element
-is a model with Python-level hooks. Most complex elements repeat from resource to resource and event to event
-(meta with profile and labels, categories, the practitioner, LOINC codes, answer codings, identifier types
-...), while others embed an id and are new every time (the subject reference, Provenance.target, the
-sender's identifiers). So every complex element, at every depth, is validated by its own R4B element model
-once and memoized by (model, JSON bytes of the element); the validated instance is handed to the parent
-model, which accepts instances of its element types as they are. An element seen for the first time is thus
-validated as a shell around its already validated children: an Identifier with a new value but the usual
-type and assigner costs one small model, not four. Validating an element does not depend on where it sits,
-so the result is the same as validating the whole resource from scratch, and the resource-level rules
-(required elements, choice types [x], extra elements, primitive formats) run on every resource.
+Speed: building fhir.resources model objects costs far more than building the dicts (every complex element is
+a model with Python-level hooks), yet carebus emits a few dozen resource *shapes* over and over with new
+values in them. So the R4B models are applied in two ways that always give the same verdict:
 
-Within one validate_bundle (or validate_resource) call every validated element is reused (the subject
-reference of each resource, say). Across calls, the memo admits an element on its second sighting in a later
-call: the first time only a hash of its key is remembered (no model instance is kept), so elements embedding
-ids (new every event, never seen again) neither flush the recurring ones nor pile up as long-lived objects
-for the garbage collector; a recurring element is validated twice, then served from the memo. Both the memo
-and the hashes are bounded and cleared when full.
+* **Full**: ``Model.model_validate(resource)``. Used for a shape not seen yet, and to word every failure.
+* **Known shape**: what an R4B model checks splits into rules on the *set of keys* of an element (no unknown
+  elements, required elements present, at most one ``value[x]`` of a choice, no null in a list of complex
+  elements) and rules on each *value* (its field's type: a primitive's pattern, a nested element's model).
+  fhir_core's model-level hooks (``reject_null_complex_elements``, ``_validate_required_primitive_elements``,
+  ``_validate_one_of_many``, the resourceType check) read only which keys are present and not null. So once the
+  full validation has passed an element with a given key set, every element of that model with the same key
+  set passes too, provided each value passes its field's own type. The known-shape path therefore checks, for
+  every element at every depth: its key set is one the model has passed before, each primitive value passes
+  the model field's own annotation (``TypeAdapter(Annotated[annotation, *metadata])``, the pydantic-core
+  validator the model itself runs; values already passed are remembered), and each nested element, again,
+  recursively. Anything else (a new key set, a null, an empty list, a ``_primitive`` extension sibling, a model
+  with validators of its own, a value that fails) answers "not known" and the full validation decides.
+
+After every full validation that passes, the resource's key sets and string values are remembered ("learned").
+Both memories are bounded and cleared when full. tests/mapping/test_validation_paths.py checks that the two
+paths agree on valid resources and on thousands of mutated ones.
 The R4B models are FHIR 4.3; carebus emits only elements that exist in R4 4.0.1.
 """
 
 from __future__ import annotations
 
-import threading
 import typing
-from functools import cache
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from services.common.errors import FieldProblem, MappingError
 
-ELEMENT_CACHE_SIZE: Final = 8192  # validated elements kept (seen at least twice)
-SEEN_SIZE: Final = 65536  # hashes of elements seen once
-
-_Key = tuple[type[FHIRAbstractModel], bytes]
-_Local = dict[_Key, FHIRAbstractModel]  # what one call validated
-_cache: dict[_Key, FHIRAbstractModel] = {}
-_seen: set[int] = set()
-_cache_lock = threading.Lock()
+KEY_SETS_PER_MODEL: Final = 4096  # key sets remembered per model (an element of the model passed with them)
+VALUES_PER_TYPE: Final = 50_000  # primitive values remembered per field type
+LONGEST_REMEMBERED_VALUE: Final = 512  # longer strings are checked every time, never kept
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -67,6 +63,136 @@ def _problems(where: str, error: ValidationError) -> list[FieldProblem]:
     return problems
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the known-shape path: rules read off the R4B models, and what full validation has passed
+
+
+class _PrimitiveType:
+    """One primitive field type (annotation + field metadata), with the values it has passed."""
+
+    __slots__ = ("adapter", "passed")
+
+    def __init__(self, annotation: Any, config: ConfigDict) -> None:
+        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=config)
+        self.passed: set[str | tuple[str, ...]] = set()
+
+    def _memo_key(self, value: Any) -> str | tuple[str, ...] | None:
+        if value.__class__ is str:
+            return value if len(value) <= LONGEST_REMEMBERED_VALUE else None
+        if value.__class__ is list and value and all(item.__class__ is str for item in value):
+            return tuple(value)  # a repeating primitive (Meta.profile, HumanName.given)
+        return None
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` passes this field type (None never does here: it is the full path's business)."""
+        if value is None:
+            return False
+        key = self._memo_key(value)
+        if key is not None and key in self.passed:
+            return True
+        try:
+            self.adapter.validate_python(value)
+        except Exception:
+            return False
+        if key is not None:
+            self.remember(key)
+        return True
+
+    def learn(self, value: Any) -> None:
+        key = self._memo_key(value)
+        if key is not None:
+            self.remember(key)
+
+    def remember(self, key: str | tuple[str, ...]) -> None:
+        if len(self.passed) >= VALUES_PER_TYPE:
+            self.passed.clear()
+        self.passed.add(key)
+
+
+# the kinds of a model's fields
+_PRIMITIVE: Final = 0
+_ELEMENT: Final = 1
+_ELEMENT_LIST: Final = 2
+_RESOURCE: Final = 3  # Bundle.entry.resource: any resource, its model chosen by its resourceType
+_RESOURCE_LIST: Final = 4  # DomainResource.contained
+_RESOURCE_TYPE: Final = 5  # the "resourceType" key: must name the model itself
+
+_Field = tuple[int, Any]
+_BASE_VALIDATORS: Final = (
+    frozenset(FHIRAbstractModel.__pydantic_decorators__.model_validators),
+    frozenset(FHIRAbstractModel.__pydantic_decorators__.field_validators),
+)
+
+
+class _ModelRules:
+    """One R4B model: its fields by JSON name (read lazily) and the key sets its full validation has passed."""
+
+    __slots__ = ("fields", "key_sets", "model")
+
+    def __init__(self, model: type[FHIRAbstractModel]) -> None:
+        self.model = model
+        self.fields: dict[str, _Field] | None = None
+        self.key_sets: set[tuple[str, ...]] = set()
+
+    def read_fields(self) -> dict[str, _Field]:
+        model = self.model
+        decorators = model.__pydantic_decorators__
+        if (frozenset(decorators.model_validators), frozenset(decorators.field_validators)) != _BASE_VALIDATORS:
+            self.fields = {}  # validators of its own (FHIRPrimitiveExtension): always the full path
+            return self.fields
+        fields: dict[str, _Field] = {"resourceType": (_RESOURCE_TYPE, model.__resource_type__)}
+        for name, field in model.model_fields.items():
+            element = _element_class(field.annotation)
+            is_list = _is_list(field.annotation)
+            if element is None:
+                fields[field.alias or name] = (_PRIMITIVE, _primitive_type(field.annotation, field.metadata,
+                                                                           model.model_config))
+            elif element.__resource_type__ == "Resource":
+                fields[field.alias or name] = (_RESOURCE_LIST if is_list else _RESOURCE, None)
+            else:
+                fields[field.alias or name] = (_ELEMENT_LIST if is_list else _ELEMENT, _rules_of(element))
+        self.fields = fields
+        return fields
+
+
+_rules: dict[type[FHIRAbstractModel], _ModelRules] = {}
+_rules_by_resource_type: dict[str, _ModelRules | None] = {}
+_primitive_types: dict[Any, _PrimitiveType] = {}
+
+
+def _rules_of(model: type[FHIRAbstractModel]) -> _ModelRules:
+    rules = _rules.get(model)
+    if rules is None:
+        rules = _rules[model] = _ModelRules(model)
+    return rules
+
+
+def _resource_rules(resource_type: Any) -> _ModelRules | None:
+    """The rules of the R4B resource model named ``resource_type``; None for anything else."""
+    if resource_type.__class__ is not str:
+        return None
+    try:
+        return _rules_by_resource_type[resource_type]
+    except KeyError:
+        try:
+            rules: _ModelRules | None = _rules_of(get_fhir_model_class(resource_type))
+        except (ValueError, KeyError, AttributeError):
+            rules = None
+        _rules_by_resource_type[resource_type] = rules
+        return rules
+
+
+def _primitive_type(annotation: Any, metadata: list[Any], config: ConfigDict) -> _PrimitiveType:
+    annotated = Annotated[(annotation, *metadata)] if metadata else annotation
+    try:
+        found = _primitive_types.get(annotated)
+    except TypeError:  # unhashable metadata: a type of its own
+        return _PrimitiveType(annotated, config)
+    if found is None:
+        found = _primitive_types[annotated] = _PrimitiveType(annotated, config)
+    return found
+
+
 def _element_class(annotation: Any) -> type[FHIRAbstractModel] | None:
     """The R4B element model behind a field annotation such as ``list[CodeableConceptType] | None``."""
     get_model = getattr(annotation, "get_model_klass", None)
@@ -80,94 +206,118 @@ def _element_class(annotation: Any) -> type[FHIRAbstractModel] | None:
     return None
 
 
-@cache
-def _complex_fields(model: type[FHIRAbstractModel]) -> dict[str, type[FHIRAbstractModel]]:
-    """JSON name -> element model, for the fields of ``model`` whose values are complex elements."""
-    out: dict[str, type[FHIRAbstractModel]] = {}
-    for name, field in model.model_fields.items():
-        element = _element_class(field.annotation)
-        if element is not None and element.__resource_type__ != "Resource":
-            out[field.alias or name] = element
-    return out
+def _is_list(annotation: Any) -> bool:
+    if annotation is list or typing.get_origin(annotation) is list:
+        return True
+    return any(_is_list(arg) for arg in typing.get_args(annotation))
 
 
-def _element(klass: type[FHIRAbstractModel], value: dict[str, Any], parent: str, name: str,
-             index: int | None, local: _Local) -> FHIRAbstractModel:
-    """``value`` (at ``parent.name[index]``) validated by ``klass``, memoized by content (module docstring)."""
-    key = (klass, orjson.dumps(value))
-    found = _cache.get(key)
-    if found is None:
-        found = local.get(key)
-    if found is not None:
-        return found
-    where = f"{parent}.{name}" if index is None else f"{parent}.{name}[{index}]"
-    try:
-        instance = klass.model_validate(_prepared(klass, value, where, local))
-    except ValidationError as exc:
-        raise MappingError("an element breaks FHIR R4", _problems(where, exc)) from None
-    local[key] = instance
-    sighting = hash(key)
-    with _cache_lock:
-        if sighting in _seen:  # seen in an earlier call: worth keeping
-            if len(_cache) >= ELEMENT_CACHE_SIZE:
-                _cache.clear()
-            _cache[key] = instance
-        else:
-            if len(_seen) >= SEEN_SIZE:
-                _seen.clear()
-            _seen.add(sighting)
-    return instance
+def _known_valid(rules: _ModelRules, node: dict[str, Any]) -> bool:
+    """True when ``node`` certainly passes ``rules.model`` (module docstring); False means "not known"."""
+    if tuple(node) not in rules.key_sets:
+        return False
+    fields = rules.fields
+    if fields is None:
+        return False
+    for key, value in node.items():
+        kind, target = fields[key]  # every key of a passed key set is a field
+        if kind == _PRIMITIVE:
+            if value.__class__ is str and value in target.passed:
+                continue
+            if not target.holds(value):
+                return False
+        elif kind == _ELEMENT:
+            if value.__class__ is not dict or not _known_valid(target, value):
+                return False
+        elif kind == _ELEMENT_LIST:
+            if value.__class__ is not list or not value:
+                return False
+            for item in value:
+                if item.__class__ is not dict or not _known_valid(target, item):
+                    return False
+        elif kind == _RESOURCE_TYPE:
+            if value != target:
+                return False
+        elif kind == _RESOURCE:
+            if value.__class__ is not dict or not _known_resource(value):
+                return False
+        else:  # _RESOURCE_LIST
+            if value.__class__ is not list or not value:
+                return False
+            for item in value:
+                if item.__class__ is not dict or not _known_resource(item):
+                    return False
+    return True
 
 
-def _prepared(model: type[FHIRAbstractModel], data: dict[str, Any], where: str, local: _Local) -> dict[str, Any]:
-    """``data`` with each complex element replaced by its validated (memoized) instance."""
-    fields = _complex_fields(model)
-    if fields.keys().isdisjoint(data):
-        return data
-    prepared: dict[str, Any] = {}
-    for name, value in data.items():
-        klass = fields.get(name)
-        if klass is None:
-            prepared[name] = value
-        elif type(value) is dict:
-            prepared[name] = _element(klass, value, where, name, None, local)
-        elif type(value) is list:
-            prepared[name] = _elements(klass, value, where, name, local)
-        else:
-            prepared[name] = value  # the model validates it as it is (and reports a wrong shape)
-    return prepared
+def _known_resource(resource: dict[str, Any]) -> bool:
+    rules = _resource_rules(resource.get("resourceType"))
+    return rules is not None and _known_valid(rules, resource)
 
 
-def _elements(klass: type[FHIRAbstractModel], value: list[Any], where: str, name: str, local: _Local) -> list[Any]:
-    """A list of complex elements, each validated (memoized); a list holding anything but dicts is left to the
-    model as it is (it reports the wrong shape)."""
-    out: list[Any] = []
-    for index, item in enumerate(value):
-        if type(item) is not dict:
-            return value
-        out.append(_element(klass, item, where, name, index, local))
-    return out
+def _learn(rules: _ModelRules, node: dict[str, Any]) -> None:
+    """Remember what a full validation has just passed: ``node``'s key set (when the known-shape path could
+    use it) and, below it, every element's key set and every string value."""
+    fields = rules.fields if rules.fields is not None else rules.read_fields()
+    usable = bool(fields)
+    for key, value in node.items():
+        field = fields.get(key)
+        if field is None or value is None or key[:1] == "_":
+            usable = False
+            continue
+        kind, target = field
+        if kind == _PRIMITIVE:
+            target.learn(value)
+        elif kind == _ELEMENT and value.__class__ is dict:
+            _learn(target, value)
+        elif kind == _ELEMENT_LIST and value.__class__ is list:
+            for item in value:
+                if item.__class__ is dict:
+                    _learn(target, item)
+        elif kind == _RESOURCE and value.__class__ is dict:
+            _learn_resource(value)
+        elif kind == _RESOURCE_LIST and value.__class__ is list:
+            for item in value:
+                if item.__class__ is dict:
+                    _learn_resource(item)
+    if usable:
+        if len(rules.key_sets) >= KEY_SETS_PER_MODEL:
+            rules.key_sets.clear()
+        rules.key_sets.add(tuple(node))
 
 
-def validate_resource(resource: dict[str, Any], where: str = "resource", local: _Local | None = None) -> None:
-    """Validate one resource (a plain dict) with its R4B model; MappingError names what broke. ``local``: the
-    elements validated so far in the same call (validate_bundle's), for reuse."""
+def _learn_resource(resource: dict[str, Any]) -> None:
+    rules = _resource_rules(resource.get("resourceType"))
+    if rules is not None:
+        _learn(rules, resource)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the API
+
+
+def validate_resource(resource: dict[str, Any], where: str = "resource") -> None:
+    """Validate one resource (a plain dict) against its R4B model; MappingError names what broke."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
         raise MappingError(
             "no resourceType", [FieldProblem(where, "missing-resource-type", "no resourceType")]
         )
-    try:
-        model = get_fhir_model_class(resource_type)
-    except ValueError:
+    rules = _resource_rules(resource_type)
+    if rules is None:
         raise MappingError(
             "unknown resource type", [FieldProblem(where, "unknown-resource-type", "not an R4 resource")]
-        ) from None
-    prepared = _prepared(model, resource, where, {} if local is None else local)
+        )
+    if _known_valid(rules, resource):
+        return
     try:
-        model.model_validate(prepared)
+        rules.model.model_validate(resource)
     except ValidationError as exc:
         raise MappingError(f"{resource_type} breaks FHIR R4", _problems(where, exc)) from None
+    except Exception as exc:
+        raise MappingError(f"{resource_type} breaks FHIR R4", [FieldProblem(
+            where, "fhir-validator-error", f"the R4B model could not check it ({type(exc).__name__})")]) from None
+    _learn(rules, resource)
 
 
 def validate_bundle(bundle: dict[str, Any]) -> None:
@@ -178,8 +328,7 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         )
     entries = bundle.get("entry") or []
     shell = {**bundle, "entry": [{"fullUrl": entry.get("fullUrl")} for entry in entries]}
-    local: _Local = {}
-    validate_resource(shell, "Bundle", local)
+    validate_resource(shell, "Bundle")
     for index, entry in enumerate(entries):
         resource = entry.get("resource")
         resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
@@ -188,7 +337,7 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
             raise MappingError(
                 "an entry has no resource", [FieldProblem(where, "missing-resource", "entry has no resource")]
             )
-        validate_resource(resource, where, local)
+        validate_resource(resource, where)
 
 
 def serialize(bundle: dict[str, Any]) -> bytes:
