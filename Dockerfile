@@ -9,13 +9,16 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# a C compiler for mypyc, which compiles the mapping modules (setup.py); only this stage has it
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv /opt/carebus
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml setup.py README.md* ./
 COPY services ./services
-# A regular (not editable) install: the package and its dependencies land in the virtualenv's site-packages.
+# A regular (not editable) install: the package, its compiled modules and its dependencies land in the
+# virtualenv's site-packages.
 RUN /opt/carebus/bin/pip install . \
-    && /opt/carebus/bin/python -c "import services.common.settings"
+    && /opt/carebus/bin/python -c "from services.common.native import compiled_modules as c; assert c(), 'not compiled'"
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 carebus \

@@ -5,15 +5,27 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
+# The mapping hot path is compiled with mypyc (setup.py): rebuilt whenever one of its sources changes.
+COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
+	services/common/fhir_ids.py services/common/security_labels.py setup.py
+
 .PHONY: setup demo test bench lint schemas clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.compiled
 
 $(VENV)/.installed: pyproject.toml deploy/local/bootstrap.sh
 	bash deploy/local/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --upgrade pip 'setuptools>=77'
+	@echo "installing carebus and compiling its mapping modules with mypyc (a minute or two)"
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.compiled
+
+$(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
+	@$(PY) -c "from services.common.native import compiled_modules as c, stale_compiled_modules as s; \
+	raise SystemExit(0 if c() and not s() else 1)" || { \
+	echo "recompiling the mapping modules with mypyc (their sources changed)"; \
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .; }
 	touch $@
 
 demo: setup
@@ -33,4 +45,5 @@ schemas: setup
 	$(PY) -m services.common.events.export
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache build carebus_native__mypyc*
+	find services -name '*.so' -delete

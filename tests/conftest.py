@@ -11,9 +11,17 @@ from pathlib import Path
 import pytest
 
 from services.common.local_broker import LocalKafkaBroker
+from services.common.native import stale_compiled_modules
 from services.common.settings import REPO_ROOT, Settings
 
 SAMPLES = Path(__file__).parent / "samples"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = stale_compiled_modules()
+    if stale:  # the old build, not the edited source, would be tested
+        pytest.exit(f"compiled modules are older than their source: {', '.join(stale)}; rebuild them with "
+                    "`make test` (or `make setup`)", returncode=4)
 
 
 @pytest.fixture(scope="session")

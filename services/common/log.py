@@ -7,14 +7,14 @@ import logging
 import sys
 from typing import TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     faulthandler.enable()  # a crash in native code prints the Python stacks (no values) instead of nothing
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
-        JsonFormatter(
+        OrjsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             static_fields={"service": service},

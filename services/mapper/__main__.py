@@ -18,6 +18,7 @@ from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
+from services.mapper.mapping.validation import ValidationCollector
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 
@@ -28,6 +29,7 @@ def main() -> None:
     settings = Settings()
     configure_logging("mapper", settings.log_level)
     metrics = Metrics(known_sources=settings.known_sources)
+    metrics.registry.register(ValidationCollector())
     prepare_topics(settings)
     readiness = KafkaReadiness(settings, [spec.name(settings.topic_prefix) for spec in CATALOGUE], metrics)
     readiness.start()

@@ -158,11 +158,15 @@ def test_a_bad_value_in_a_known_shape_is_reported_with_its_path(value: Any) -> N
     assert caught.value.problems[0].location.startswith("resource.period")
 
 
-def test_memories_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validation, "VALUES_PER_TYPE", 10)
-    monkeypatch.setattr(validation, "KEY_SETS_PER_MODEL", 3)
+def test_memories_are_bounded() -> None:
+    validation.validate_resource(copy.deepcopy(CORPUS[0]))  # every rule below exists
+    flag_rules = validation._resource_rules("Flag")
+    assert flag_rules is not None
+    saved = flag_rules.key_set_limit, {kind: kind.limit for kind in validation._primitive_types.values()}
+    flag_rules.key_set_limit = 3
     for kind in validation._primitive_types.values():
         kind.passed.clear()
+        kind.limit = 10
     for number in range(50):
         flag = {"resourceType": "Flag", "id": f"f{number}", "status": "active", "code": {"text": f"t{number}"},
                 "subject": {"reference": f"Patient/p{number}"}}
@@ -172,6 +176,10 @@ def test_memories_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             {"reference": "Encounter/e"} if number % 4 in (1, 2) else [{"text": "c"}] if number % 4 == 0
             else [{"value": "v"}])
         validation.validate_resource(flag)
-    rules = validation._resource_rules("Flag")
-    assert rules is not None and len(rules.key_sets) <= 3
-    assert all(len(kind.passed) <= 10 for kind in validation._primitive_types.values())
+    try:
+        assert len(flag_rules.key_sets) <= 3
+        assert all(len(kind.passed) <= 10 for kind in validation._primitive_types.values())
+    finally:
+        flag_rules.key_set_limit = saved[0]
+        for kind, limit in saved[1].items():
+            kind.limit = limit

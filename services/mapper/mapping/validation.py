@@ -32,11 +32,14 @@ The R4B models are FHIR 4.3; carebus emits only elements that exist in R4 4.0.1.
 from __future__ import annotations
 
 import typing
+from collections.abc import Hashable, Iterator
 from typing import Annotated, Any, Final
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from services.common.errors import FieldProblem, MappingError
@@ -70,16 +73,22 @@ def _problems(where: str, error: ValidationError) -> list[FieldProblem]:
 class _PrimitiveType:
     """One primitive field type (annotation + field metadata), with the values it has passed."""
 
-    __slots__ = ("adapter", "passed")
+    __slots__ = ("limit", "passed", "validator")
 
     def __init__(self, annotation: Any, config: ConfigDict) -> None:
-        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation, config=config)
-        self.passed: set[str | tuple[str, ...]] = set()
+        # the pydantic-core validator of the field's annotation: what the model runs for this field
+        self.validator = TypeAdapter(annotation, config=config).validator
+        self.passed: set[Hashable] = set()
+        self.limit = VALUES_PER_TYPE
 
-    def _memo_key(self, value: Any) -> str | tuple[str, ...] | None:
-        if value.__class__ is str:
+    @staticmethod
+    def _memo_key(value: Any) -> Hashable | None:
+        kind = value.__class__
+        if kind is str:
             return value if len(value) <= LONGEST_REMEMBERED_VALUE else None
-        if value.__class__ is list and value and all(item.__class__ is str for item in value):
+        if kind is int or kind is bool or kind is float:
+            return (kind, value)  # typed: True, 1 and 1.0 are equal in a set but not to a validator
+        if kind is list and value and all(item.__class__ is str for item in value):
             return tuple(value)  # a repeating primitive (Meta.profile, HumanName.given)
         return None
 
@@ -91,7 +100,7 @@ class _PrimitiveType:
         if key is not None and key in self.passed:
             return True
         try:
-            self.adapter.validate_python(value)
+            self.validator.validate_python(value)
         except Exception:
             return False
         if key is not None:
@@ -103,8 +112,8 @@ class _PrimitiveType:
         if key is not None:
             self.remember(key)
 
-    def remember(self, key: str | tuple[str, ...]) -> None:
-        if len(self.passed) >= VALUES_PER_TYPE:
+    def remember(self, key: Hashable) -> None:
+        if len(self.passed) >= self.limit:
             self.passed.clear()
         self.passed.add(key)
 
@@ -127,12 +136,13 @@ _BASE_VALIDATORS: Final = (
 class _ModelRules:
     """One R4B model: its fields by JSON name (read lazily) and the key sets its full validation has passed."""
 
-    __slots__ = ("fields", "key_sets", "model")
+    __slots__ = ("fields", "key_set_limit", "key_sets", "model")
 
     def __init__(self, model: type[FHIRAbstractModel]) -> None:
         self.model = model
         self.fields: dict[str, _Field] | None = None
         self.key_sets: set[tuple[str, ...]] = set()
+        self.key_set_limit = KEY_SETS_PER_MODEL
 
     def read_fields(self) -> dict[str, _Field]:
         model = self.model
@@ -281,7 +291,7 @@ def _learn(rules: _ModelRules, node: dict[str, Any]) -> None:
                 if item.__class__ is dict:
                     _learn_resource(item)
     if usable:
-        if len(rules.key_sets) >= KEY_SETS_PER_MODEL:
+        if len(rules.key_sets) >= rules.key_set_limit:
             rules.key_sets.clear()
         rules.key_sets.add(tuple(node))
 
@@ -294,6 +304,31 @@ def _learn_resource(resource: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # the API
+
+
+class ValidationCounts:
+    """Resources validated so far in this process, by path (the mapper exports them as a metric: a falling
+    share of known shapes means new shapes are arriving, each validated in full)."""
+
+    __slots__ = ("full", "known_shape")
+
+    def __init__(self) -> None:
+        self.known_shape = 0
+        self.full = 0
+
+
+COUNTS: Final = ValidationCounts()
+
+
+class ValidationCollector(Collector):
+    """``carebus_resources_validated_total{path="known-shape"|"full"}`` for the mapper's /metrics."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("carebus_resources_validated",
+                                     "Resources validated against the FHIR R4 (R4B) models, by path", labels=["path"])
+        family.add_metric(["known-shape"], COUNTS.known_shape)
+        family.add_metric(["full"], COUNTS.full)
+        yield family
 
 
 def validate_resource(resource: dict[str, Any], where: str = "resource") -> None:
@@ -309,7 +344,9 @@ def validate_resource(resource: dict[str, Any], where: str = "resource") -> None
             "unknown resource type", [FieldProblem(where, "unknown-resource-type", "not an R4 resource")]
         )
     if _known_valid(rules, resource):
+        COUNTS.known_shape += 1
         return
+    COUNTS.full += 1
     try:
         rules.model.model_validate(resource)
     except ValidationError as exc:
