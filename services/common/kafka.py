@@ -108,6 +108,11 @@ class RecordProducer:
                 raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
         return self._producer
 
+    @property
+    def request_timeout_s(self) -> float:
+        """How long a write may wait for its acknowledgement."""
+        return self._settings.kafka_request_timeout_s
+
     def send(self, record: OutboundRecord) -> FutureRecordMetadata:
         """Start a write; the future resolves once every in-sync replica has it."""
         try:

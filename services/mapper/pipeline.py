@@ -36,7 +36,7 @@ from services.common.topics import (
 from services.mapper.fhir_in import map_fhir_payload
 from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.mapping import map_event, serialize, validate_bundle
-from services.mapper.result import MappedEvent, MappingContext
+from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,23 @@ class InboundRecord:
 
 
 @dataclass(frozen=True)
+class MappedSummary:
+    """What the mapper keeps of a mapped event once its Bundle is serialized (the Bundle itself is let go at
+    once: a batch of them alive at the same time is a lot of work for the garbage collector)."""
+
+    resources: tuple[str, ...]  # "<resourceType>/<id>" in Bundle order, for the lineage log
+    alerts: tuple[SafetyAlert, ...]
+    data_quality: tuple[str, ...]
+    resource_counts: Mapping[str, int]
+
+    @classmethod
+    def of(cls, mapped: MappedEvent) -> MappedSummary:
+        resources = tuple(f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                          for e in mapped.bundle.get("entry", ()))
+        return cls(resources, mapped.alerts, mapped.data_quality, mapped.resource_counts)
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one inbound record became. ``records`` are written together, before the offset is committed."""
 
@@ -68,7 +85,7 @@ class Outcome:
     event_type: str
     event_id: str
     correlation_id: str
-    mapped: MappedEvent | None = None
+    mapped: MappedSummary | None = None
     dead_letter_reason: str | None = None
 
 
@@ -157,7 +174,7 @@ class Pipeline:
                          HEADER_SECURITY: security, HEADER_CONTENT_TYPE: "application/json"},
             ))
         return Outcome(records=records, event_type=event_type, event_id=event_id,
-                       correlation_id=correlation_id, mapped=mapped)
+                       correlation_id=correlation_id, mapped=MappedSummary.of(mapped))
 
     def _dead_letter(self, record: InboundRecord, key: str, event_id: str, event_type: str,
                      correlation_id: str, reason: str, exc: BaseException) -> Outcome:

@@ -2,8 +2,12 @@
 
 Offsets are committed only after every output of the polled batch (bundles, alerts, dead letters) is
 acknowledged by the broker (acks=all): a crash can repeat work, never lose it, and repeated work produces the
-same resource ids. If Kafka does not acknowledge, nothing is committed: the consumer rewinds to the batch's
-first offsets and retries with back-off.
+same resource ids. If Kafka does not acknowledge, nothing more is committed: the consumer rewinds to the first
+offsets not yet committed and the batches are retried with back-off.
+
+Batches overlap: while the broker acknowledges one batch's outputs, the next batch is mapped (at most
+MAX_BATCHES_IN_FLIGHT batches are written and not yet acknowledged). Batches are settled (committed, counted,
+logged) strictly in order, and each commit covers only batches whose outputs are all acknowledged.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
-from kafka.producer.future import RecordMetadata
+from kafka.producer.future import FutureRecordMetadata, RecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import BrokerUnavailable
@@ -25,8 +29,9 @@ from services.common.kafka import RecordProducer, end_offsets_lag
 from services.common.metrics import Metrics
 from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
-# The mapper writes whole polled batches and then waits for all acks: let the producer fill large batches.
+# The mapper writes whole polled batches and settles them when acknowledged: let the producer fill large batches.
 PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 256 * 1024}
+MAX_BATCHES_IN_FLIGHT = 2
 
 log = logging.getLogger(__name__)
 lineage_log = logging.getLogger("carebus.lineage")
@@ -34,12 +39,26 @@ lineage_log = logging.getLogger("carebus.lineage")
 
 @dataclass
 class MapperStats:
-    consumed: int = 0
+    consumed: int = 0  # inbound records settled: outputs acknowledged, offsets committed
     bundles: int = 0
     dead_letters: int = 0
     alerts: int = 0
     batches: int = 0
     by_event_type: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Batch:
+    """One polled batch between its write and its commit."""
+
+    inbound: list[Any]  # kafka-python ConsumerRecords, in the order of ``outcomes``
+    outcomes: list[Outcome]
+    first_offsets: dict[TopicPartition, int]
+    next_offsets: dict[TopicPartition, OffsetAndMetadata]
+    futures: list[FutureRecordMetadata] = field(default_factory=list)
+
+    def acknowledged(self) -> bool:
+        return all(future.is_done for future in self.futures)
 
 
 class MapperService:
@@ -50,6 +69,8 @@ class MapperService:
         self._pipeline = pipeline
         self._metrics = metrics
         self._max_records = max_records
+        self._in_flight: deque[_Batch] = deque()
+        self._committed: dict[TopicPartition, OffsetAndMetadata] = {}
         self.stats = MapperStats()
         self._last_lag_update = 0.0
 
@@ -60,7 +81,7 @@ class MapperService:
                 handled = self.run_once()
                 backoff_s = 0.5
             except BrokerUnavailable as exc:
-                log.warning("outputs not acknowledged; retrying the batch", extra={"error": str(exc)})
+                log.warning("outputs not acknowledged; retrying from the last commit", extra={"error": str(exc)})
                 stop.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 10.0)
                 continue
@@ -73,67 +94,104 @@ class MapperService:
                 self._update_lag(force=False)
 
     def run_once(self, timeout_ms: int = 500) -> int:
-        """Poll one batch, write all its outputs, then commit. Returns the number of records handled."""
-        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        """Settle what the broker has acknowledged, then poll, map and write one batch (without waiting for
+        its acks unless MAX_BATCHES_IN_FLIGHT are already waiting). With nothing new to map, wait for every
+        batch in flight. Returns the number of records polled."""
+        self._settle(wait=False)
+        polled = self._consumer.poll(timeout_ms=0 if self._in_flight else timeout_ms,
+                                     max_records=self._max_records)
         if not polled:
+            self._settle(wait=True)
             return 0
+        batch = self._map(polled)
+        self._in_flight.append(batch)
+        outputs = [out for outcome in batch.outcomes for out in outcome.records]
+        try:
+            batch.futures = [self._producer.send(record) for record in outputs]
+        except BrokerUnavailable:
+            self._rewind()
+            raise
+        while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+            self._settle(wait=True, batches=1)
+        return len(batch.outcomes)
+
+    def _map(self, polled: dict[TopicPartition, list[Any]]) -> _Batch:
         started = time.perf_counter()
-        outcomes: list[Outcome] = []
-        next_offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        first_offsets: dict[TopicPartition, int] = {}
+        batch = _Batch([], [], {}, {})
         for tp, records in polled.items():
-            first_offsets[tp] = records[0].offset
+            batch.first_offsets[tp] = records[0].offset
             for record in records:
-                outcomes.append(self._pipeline.process(InboundRecord(
+                batch.inbound.append(record)
+                batch.outcomes.append(self._pipeline.process(InboundRecord(
                     topic=record.topic, partition=record.partition, offset=record.offset,
                     timestamp_ms=record.timestamp, key=record.key, value=record.value,
                     headers=tuple(record.headers or ()),
                 )))
-            next_offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
-        mapped_at = time.perf_counter()
-        self._metrics.processing_seconds.labels(stage="map").observe((mapped_at - started) / len(outcomes))
+            batch.next_offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self._metrics.processing_seconds.labels(stage="map").observe(
+            (time.perf_counter() - started) / len(batch.outcomes))
+        return batch
 
-        outputs = [out for outcome in outcomes for out in outcome.records]
-        try:
-            written = self._producer.send_all_and_wait(outputs)
-        except BrokerUnavailable:
-            for tp, offset in first_offsets.items():
-                self._consumer.seek(tp, offset)
-            for tp in first_offsets:
-                self._metrics.produce_errors.labels(topic=tp.topic).inc()
-            raise
-        try:
-            self._consumer.commit(next_offsets)
-        except CommitFailedError:
-            # The group rebalanced: the partitions' new owner repeats this batch (same ids), nothing is lost.
-            log.warning("commit failed after rebalance; batch will be repeated", extra={"records": len(outcomes)})
-        self._account(outcomes, polled)
-        self._log_lineage(polled, outcomes, written)
-        return len(outcomes)
+    def _settle(self, wait: bool, batches: int | None = None) -> None:
+        """Commit, count and log the oldest batches whose outputs are all acknowledged (waiting for them when
+        ``wait``), in order; at most ``batches`` of them."""
+        settled = 0
+        while self._in_flight and (batches is None or settled < batches):
+            batch = self._in_flight[0]
+            if not wait and not batch.acknowledged():
+                return
+            timeout = self._producer.request_timeout_s
+            try:
+                written = [future.get(timeout=timeout) for future in batch.futures]
+            except KafkaError as exc:
+                self._rewind()
+                raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
+            self._in_flight.popleft()
+            self._commit(batch.next_offsets)
+            self._account(batch)
+            self._log_lineage(batch, written)
+            settled += 1
 
-    def _log_lineage(self, polled: dict[TopicPartition, list[Any]], outcomes: list[Outcome],
-                     written: list[RecordMetadata]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        self._committed.update(offsets)
+        self._consumer.commit_async(dict(offsets), callback=self._on_commit)
+
+    def _on_commit(self, offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            # e.g. a rebalance: the partitions' new owner repeats the batch (same ids), nothing is lost
+            log.warning("offset commit failed; the batch will be repeated", extra={"error": type(response).__name__})
+
+    def _rewind(self) -> None:
+        """Forget every batch in flight and seek back to its first offsets: all of it is mapped again."""
+        first: dict[TopicPartition, int] = {}
+        for batch in self._in_flight:
+            for tp, offset in batch.first_offsets.items():
+                first[tp] = min(offset, first.get(tp, offset))
+        self._in_flight.clear()
+        for tp, offset in first.items():
+            self._consumer.seek(tp, offset)
+            self._metrics.produce_errors.labels(topic=tp.topic).inc()
+
+    def _log_lineage(self, batch: _Batch, written: list[RecordMetadata]) -> None:
         """One line per event: inbound position -> resource ids and output positions (the auditor's lineage)."""
         if not lineage_log.isEnabledFor(logging.INFO):
             return
-        inbound = [record for records in polled.values() for record in records]
         cursor = 0
-        for record, outcome in zip(inbound, outcomes, strict=True):
+        for record, outcome in zip(batch.inbound, batch.outcomes, strict=True):
             metas = written[cursor:cursor + len(outcome.records)]
             cursor += len(outcome.records)
-            resource_ids = ([f"{e['resource']['resourceType']}/{e['resource']['id']}"
-                             for e in outcome.mapped.bundle.get("entry", [])] if outcome.mapped else [])
             lineage_log.info("event mapped" if outcome.mapped else "event dead-lettered", extra={
                 "event_id": outcome.event_id, "event_type": outcome.event_type,
                 "correlation_id": outcome.correlation_id,
                 "inbound": f"{record.topic}/{record.partition}/{record.offset}",
                 "outputs": [f"{m.topic}/{m.partition}/{m.offset}" for m in metas],
-                "resources": resource_ids, "dead_letter_reason": outcome.dead_letter_reason,
+                "resources": list(outcome.mapped.resources) if outcome.mapped else [],
+                "dead_letter_reason": outcome.dead_letter_reason,
             })
 
-    def _account(self, outcomes: list[Outcome], polled: dict[TopicPartition, list[Any]]) -> None:
+    def _account(self, batch: _Batch) -> None:
         now_ms = time.time() * 1000
-        for outcome in outcomes:
+        for outcome in batch.outcomes:
             self.stats.consumed += 1
             self.stats.by_event_type[outcome.event_type] += 1
             if outcome.dead_letter_reason is not None:
@@ -151,11 +209,10 @@ class MapperService:
                 self._metrics.safety_alerts.labels(kind=alert.kind).inc()
             for issue in mapped.data_quality:
                 self._metrics.data_quality_issues.labels(kind=issue.split("@", 1)[0]).inc()  # no field position
-        for records in polled.values():
-            for record in records:
-                timestamp = getattr(record, "timestamp", None)
-                if isinstance(timestamp, int):
-                    self._metrics.end_to_end_seconds.observe(max(0.0, (now_ms - timestamp) / 1000))
+        for record in batch.inbound:
+            timestamp = getattr(record, "timestamp", None)
+            if isinstance(timestamp, int):
+                self._metrics.end_to_end_seconds.observe(max(0.0, (now_ms - timestamp) / 1000))
         self.stats.batches += 1
         self._update_lag(force=False)
 
@@ -171,5 +228,13 @@ class MapperService:
             log.debug("lag update failed")
 
     def close(self) -> None:
-        self._producer.close()
-        self._consumer.close(autocommit=False)
+        """Settle every batch in flight, make the last commit synchronously, and close both clients."""
+        try:
+            self._settle(wait=True)
+            if self._committed:
+                self._consumer.commit(dict(self._committed))
+        except (BrokerUnavailable, KafkaError, CommitFailedError) as exc:
+            log.warning("closing with batches not settled; they will be repeated", extra={"error": type(exc).__name__})
+        finally:
+            self._producer.close()
+            self._consumer.close(autocommit=False)

@@ -38,7 +38,7 @@ def test_the_pipeline_validates_each_resource_of_an_hl7_message_once(name: str) 
     before = validated_so_far()
     outcome = Pipeline(TopicNames.for_prefix("t")).process(inbound(sample(name)))
     assert outcome.dead_letter_reason is None and outcome.mapped is not None
-    assert validated_so_far() - before == 1 + len(outcome.mapped.bundle["entry"])  # the shell + each resource
+    assert validated_so_far() - before == 1 + len(outcome.mapped.resources)  # the shell + each resource
 
 
 def test_the_mapping_alone_validates_nothing() -> None:

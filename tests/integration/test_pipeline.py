@@ -180,16 +180,17 @@ async def test_mapper_crash_between_produce_and_commit_loses_nothing(
 
     first = mapper(settings, max_records=7)
     run_until(first, 20)
-    # crash: the next batch's outputs are written, but the process dies before committing
-    original_commit = first._consumer.commit
+    # crash: a batch's outputs are written and acknowledged, but the process dies before committing
+    original_commit = first._consumer.commit_async
 
     def die(*_: object, **__: object) -> None:
         raise SystemExit("simulated crash")
 
-    first._consumer.commit = die  # type: ignore[method-assign]
+    first._consumer.commit_async = die  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
-        first.run_once(timeout_ms=2000)
-    first._consumer.commit = original_commit  # type: ignore[method-assign]
+        for _ in range(100):  # batches overlap: the crash comes when the next one is settled
+            first.run_once(timeout_ms=2000)
+    first._consumer.commit_async = original_commit  # type: ignore[method-assign]
     first._consumer.close(autocommit=False)
 
     second = mapper(settings)
