@@ -31,7 +31,7 @@ from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
 # The mapper writes whole polled batches and settles them when acknowledged: let the producer fill large batches.
 PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 256 * 1024}
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)
 lineage_log = logging.getLogger("carebus.lineage")
