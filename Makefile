@@ -14,7 +14,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 setup: $(VENV)/.compiled
 
 $(VENV)/.installed: pyproject.toml deploy/local/bootstrap.sh
-	bash deploy/local/bootstrap.sh
+	PYTHON=$(PYTHON) bash deploy/local/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip 'setuptools>=77'
 	@echo "installing carebus and compiling its mapping modules with mypyc (a minute or two)"

@@ -29,4 +29,8 @@ COMPILED = [
 # pip asks for the metadata first (egg_info / dist_info): no need to compile for that
 METADATA_ONLY = bool({"egg_info", "dist_info"} & set(sys.argv[1:]))
 
-setup(ext_modules=[] if METADATA_ONLY else mypycify(COMPILED, opt_level="3", group_name="carebus_native"))
+# Strict typing is `make lint`'s job (with every dependency installed); here, a library missing from the build
+# environment only makes its values Any, and must not stop the build.
+LENIENT = ["--allow-subclassing-any", "--no-warn-return-any", "--allow-untyped-calls", "--allow-untyped-decorators"]
+
+setup(ext_modules=[] if METADATA_ONLY else mypycify([*LENIENT, *COMPILED], opt_level="3", group_name="carebus_native"))

@@ -18,6 +18,7 @@ from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
+from services.common.native import compiled_modules
 from services.mapper.mapping.validation import ValidationCollector
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
@@ -55,7 +56,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     tune_gc()
-    log.info("mapper consuming", extra={"group": settings.mapper_group_id})
+    log.info("mapper consuming", extra={"group": settings.mapper_group_id,
+                                        "compiled_modules": len(compiled_modules())})
     try:
         service.run(stop)  # returns after the batch in hand is written and committed
     finally:
