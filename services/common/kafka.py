@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -197,6 +198,36 @@ def build_consumer(settings: Settings, client_id: str, group_id: str, topics: It
         )
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot connect consumer: {type(exc).__name__}") from exc
+
+
+def read_recent_headers(settings: Settings, client_id: str, topic: str, per_partition: int,
+                        timeout_s: float = 15.0) -> Iterator[dict[str, bytes]]:
+    """The headers of the last ``per_partition`` records of each partition of ``topic`` (oldest first within a
+    partition), read without a consumer group and without committing anything. Stops at ``timeout_s``."""
+    try:
+        consumer = KafkaConsumer(**client_config(settings, client_id), group_id=None, enable_auto_commit=False)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot connect consumer: {type(exc).__name__}") from exc
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return
+        consumer.assign(partitions)
+        ends = consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        remaining = {tp for tp in partitions if ends[tp] > starts[tp]}
+        for tp in partitions:
+            consumer.seek(tp, max(starts[tp], ends[tp] - per_partition))
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500, max_records=2000).items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield {name: value for name, value in record.headers or ()}
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        consumer.close(autocommit=False)
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:

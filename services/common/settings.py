@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     mllp_idle_timeout_s: float = Field(300.0, gt=0, description="Close a connection idle this long.")
     mllp_recent_control_ids: int = Field(
         10_000, ge=0, description="Per sender, how many accepted MSH-10 ids are kept to answer resends.")
+    mllp_recall_per_partition: int = Field(
+        2_000, ge=0, description="At start-up, the resend memory is filled from this many of the newest records "
+                                 "of each inbound partition (0: start empty).")
 
     # --- mapper ------------------------------------------------------------------------------------------
     mapper_group_id: str = "carebus-mapper"

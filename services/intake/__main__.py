@@ -11,10 +11,12 @@ import logging
 import signal
 
 import uvicorn
+from kafka.errors import KafkaError
 
+from services.common.errors import BrokerUnavailable
 from services.common.health import KafkaReadiness
 from services.common.http import ManagedServer
-from services.common.kafka import RecordProducer
+from services.common.kafka import RecordProducer, read_recent_headers
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
@@ -28,8 +30,16 @@ log = logging.getLogger("services.intake")
 
 async def serve(settings: Settings, producer: RecordProducer, metrics: Metrics,
                 readiness: KafkaReadiness) -> None:
-    acceptor = KafkaHl7Acceptor(producer, INBOUND_EVENTS.name(settings.topic_prefix), metrics=metrics,
+    inbound = INBOUND_EVENTS.name(settings.topic_prefix)
+    acceptor = KafkaHl7Acceptor(producer, inbound, metrics=metrics,
                                 recent_per_sender=settings.mllp_recent_control_ids)
+    if settings.mllp_recall_per_partition:  # what was accepted just before a restart is still a resend
+        try:
+            recalled = await asyncio.to_thread(lambda: acceptor.recall(read_recent_headers(
+                settings, "carebus-intake-recall", inbound, settings.mllp_recall_per_partition)))
+            log.info("hl7v2 resend memory filled from the inbound topic", extra={"messages": recalled})
+        except (BrokerUnavailable, KafkaError) as exc:
+            log.warning("hl7v2 resend memory starts empty", extra={"error": type(exc).__name__})
     mllp = MllpServer(acceptor, host=settings.mllp_host, port=settings.mllp_port,
                       ssl_context=server_ssl_context(settings), max_frame_bytes=settings.mllp_max_frame_bytes,
                       idle_timeout_s=settings.mllp_idle_timeout_s, metrics=metrics)

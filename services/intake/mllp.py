@@ -15,10 +15,13 @@ wraps it as a CloudEvent (type ``org.carebus.hl7v2.message.v1``, id from sending
 types or versions, and Kafka not acknowledging -> AR (the sender should retry later).
 
 Resends: a message whose MSH-10 the same sender already had accepted is answered AA again without a second
-record. The memory of accepted ids is in-process and bounded: ``recent_per_sender`` ids per sender (least
-recently seen evicted first) for at most ``max_senders`` senders. After a restart or an eviction a resend is
-written again; that is harmless downstream, because the CloudEvent id and every FHIR resource id are derived
-from the sender and the message's own identifiers (the record converges instead of duplicating).
+record. The memory of accepted messages (sender + event id, the id being derived from sender + MSH-10) is
+bounded: ``recent_per_sender`` per sender (least recently seen evicted first) for at most ``max_senders``
+senders. At start-up it is filled from the tail of the inbound topic (:meth:`KafkaHl7Acceptor.recall`), so a
+restart does not forget what was accepted just before it. Two intake replicas do not share it: a resend that
+reaches the other replica, or one older than the memory, is written again. That is harmless downstream,
+because the CloudEvent id and every FHIR resource id are derived from the sender and the message's own
+identifiers (the record converges instead of duplicating).
 
 The intake composition root (services/intake/__main__.py) builds the acceptor and the server from settings
 (``mllp_*``, ``server_ssl_context``) and runs them beside the HTTP API.
@@ -31,7 +34,7 @@ import contextlib
 import logging
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -332,8 +335,9 @@ class MllpServer:
 # the real acceptor: Kafka
 
 
-class RecentControlIds:
-    """Per sender, the MSH-10 ids accepted recently (bounded LRU of senders, each a bounded LRU of ids)."""
+class RecentMessages:
+    """Per sender, the ids of the messages accepted recently (bounded LRU of senders, each a bounded LRU of
+    event ids; an event id is derived from the sender and MSH-10)."""
 
     def __init__(self, per_sender: int = 10_000, max_senders: int = 1_000) -> None:
         self.per_sender = per_sender
@@ -341,15 +345,18 @@ class RecentControlIds:
         self._senders: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
     def __contains__(self, item: tuple[str, str]) -> bool:
-        sender, control_id = item
+        sender, event_id = item
         ids = self._senders.get(sender)
-        if ids is None or control_id not in ids:
+        if ids is None or event_id not in ids:
             return False
-        ids.move_to_end(control_id)
+        ids.move_to_end(event_id)
         self._senders.move_to_end(sender)
         return True
 
-    def add(self, sender: str, control_id: str) -> None:
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._senders.values())
+
+    def add(self, sender: str, event_id: str) -> None:
         if self.per_sender <= 0:
             return
         ids = self._senders.get(sender)
@@ -358,8 +365,8 @@ class RecentControlIds:
             while len(self._senders) > self.max_senders:
                 self._senders.popitem(last=False)
         self._senders.move_to_end(sender)
-        ids[control_id] = None
-        ids.move_to_end(control_id)
+        ids[event_id] = None
+        ids.move_to_end(event_id)
         while len(ids) > self.per_sender:
             ids.popitem(last=False)
 
@@ -386,8 +393,21 @@ class KafkaHl7Acceptor:
         self._topic = topic
         self._metrics = metrics
         self._clock = clock
-        self.recent = RecentControlIds(recent_per_sender, max_senders)
+        self.recent = RecentMessages(recent_per_sender, max_senders)
         self._in_flight: dict[tuple[str, str], asyncio.Future[bool]] = {}
+
+    def recall(self, headers: Iterable[Mapping[str, bytes]]) -> int:
+        """Remember the HL7 v2 messages among ``headers`` (the inbound topic's recent records, oldest first) as
+        accepted. Returns how many were remembered."""
+        remembered = 0
+        for record_headers in headers:
+            if record_headers.get(HEADER_EVENT_TYPE) != HL7V2_MESSAGE_EVENT_TYPE.encode():
+                continue
+            source, event_id = record_headers.get(HEADER_EVENT_SOURCE), record_headers.get(HEADER_EVENT_ID)
+            if source and event_id:
+                self.recent.add(source.decode(errors="replace"), event_id.decode(errors="replace"))
+                remembered += 1
+        return remembered
 
     async def __call__(self, er7: str) -> AckOutcome:
         now = self._clock()
@@ -400,7 +420,7 @@ class KafkaHl7Acceptor:
             log.info("hl7v2 message refused", extra={"reason": exc.reason, "location": exc.location,
                                                      "rule": exc.rule, "ack": exc.ack_code})
             return AckOutcome(ack_message(message, exc.ack_code, exc, now), exc.ack_code)
-        key = (summary.source, summary.control_id)
+        key = (summary.source, summary.event_id)
         while key in self._in_flight:  # the same message arriving twice at once: wait for the first
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._in_flight[key])

@@ -15,10 +15,10 @@ from services.common.kafka import RecordProducer, build_consumer
 from services.common.lag import GroupLagWatcher
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
+from services.common.native import compiled_modules
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
-from services.common.native import compiled_modules
 from services.mapper.mapping.validation import ValidationCollector
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService

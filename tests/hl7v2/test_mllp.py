@@ -17,12 +17,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.common.kafka import RecordProducer, ensure_topics
+from services.common.kafka import RecordProducer, ensure_topics, read_recent_headers
 from services.common.local_broker import LocalKafkaBroker
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import (
     HEADER_EVENT_ID,
+    HEADER_EVENT_SOURCE,
     HEADER_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
@@ -36,7 +37,7 @@ from services.intake.mllp import (
     KafkaHl7Acceptor,
     MllpServer,
     OversizedFrame,
-    RecentControlIds,
+    RecentMessages,
     frame,
 )
 from services.mapper.hl7v2 import ack_message, inspect_message, map_hl7v2_message
@@ -152,7 +153,7 @@ def test_decoder_never_buffers_an_oversized_frame() -> None:
 
 
 def test_recent_control_ids_are_bounded_per_sender_and_by_senders() -> None:
-    recent = RecentControlIds(per_sender=3, max_senders=2)
+    recent = RecentMessages(per_sender=3, max_senders=2)
     for control in ("1", "2", "3", "4"):
         recent.add("a", control)
     assert ("a", "1") not in recent and ("a", "4") in recent
@@ -380,6 +381,49 @@ async def test_concurrent_senders_and_resends(settings: Settings) -> None:
     finally:
         await server.stop()
         producer.close()
+
+
+@pytest.mark.integration
+async def test_a_restarted_listener_still_knows_the_messages_accepted_before(settings: Settings) -> None:
+    server, producer, topic = await kafka_server(settings)
+    try:
+        client = await Client.open(server.port)
+        assert [msa(await client.call(adt(f"R-{n}")))[1] for n in range(5)] == ["AA"] * 5
+        await client.close()
+    finally:
+        await server.stop()
+        producer.close()
+    await records(settings, topic, 5)
+    # a new process: its memory filled from the topic's tail, as services/intake/__main__.py does at start-up
+    producer = RecordProducer(settings, "test-mllp-restarted")
+    acceptor = KafkaHl7Acceptor(producer, topic)
+    headers = await asyncio.to_thread(lambda: list(read_recent_headers(settings, "test-recall", topic, 100)))
+    assert acceptor.recall(headers) == 5
+    server = await MllpServer(acceptor, port=0).start()
+    try:
+        client = await Client.open(server.port)
+        assert msa(await client.call(adt("R-3")))[1:] == ["AA", "R-3"]  # a resend: answered, not written
+        assert msa(await client.call(adt("R-new")))[1:] == ["AA", "R-new"]
+        await client.close()
+        found = await records(settings, topic, 6)
+        assert sorted(orjson.loads(r.value)["data"] for r in found) == sorted(
+            adt(c) for c in ["R-0", "R-1", "R-2", "R-3", "R-4", "R-new"])
+    finally:
+        await server.stop()
+        producer.close()
+
+
+def test_recall_takes_only_hl7_messages_with_a_sender_and_an_id() -> None:
+    acceptor = KafkaHl7Acceptor(None, "t")  # type: ignore[arg-type]  # recall never writes
+    hl7 = HL7V2_MESSAGE_EVENT_TYPE.encode()
+    remembered = acceptor.recall([
+        {HEADER_EVENT_TYPE: hl7, HEADER_EVENT_SOURCE: b"urn:carebus:hl7v2:A", HEADER_EVENT_ID: b"e1"},
+        {HEADER_EVENT_TYPE: b"org.carebus.patient.registered.v1", HEADER_EVENT_SOURCE: b"s", HEADER_EVENT_ID: b"e2"},
+        {HEADER_EVENT_TYPE: hl7, HEADER_EVENT_ID: b"e3"},
+        {},
+    ])
+    assert remembered == 1
+    assert ("urn:carebus:hl7v2:A", "e1") in acceptor.recent and len(acceptor.recent) == 1
 
 
 @pytest.mark.integration
