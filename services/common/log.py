@@ -20,6 +20,12 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
             static_fields={"service": service},
         )
     )
+    # The logging HOWTO's "Optimization": no log line shows the caller's file and line, a thread or a process,
+    # so do not compute them for every record (the mapper writes a lineage line per event).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -21,7 +21,7 @@ from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, INBOUND_EVENTS, SAFETY_ALERTS
 from services.intake.app import create_app
 from services.mapper.pipeline import Pipeline, TopicNames
-from services.mapper.service import MapperService
+from services.mapper.service import PRODUCER_TUNING, MapperService
 from tests.kafka_helpers import header, read_all
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def intake(settings: Settings) -> Iterator[tuple[httpx.AsyncClient, RecordProduc
 def mapper(settings: Settings, max_records: int = 500) -> MapperService:
     consumer = build_consumer(settings, "test-mapper", f"{settings.topic_prefix}-mapper",
                               [INBOUND_EVENTS.name(settings.topic_prefix)])
-    return MapperService(consumer, RecordProducer(settings, "test-mapper"),
+    return MapperService(consumer, RecordProducer(settings, "test-mapper", **PRODUCER_TUNING),
                          Pipeline(TopicNames.for_prefix(settings.topic_prefix)), Metrics(), max_records)
 
 
