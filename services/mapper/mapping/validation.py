@@ -126,7 +126,19 @@ _RESOURCE: Final = 3  # Bundle.entry.resource: any resource, its model chosen by
 _RESOURCE_LIST: Final = 4  # DomainResource.contained
 _RESOURCE_TYPE: Final = 5  # the "resourceType" key: must name the model itself
 
-_Field = tuple[int, Any]
+class _FieldRule:
+    """How one field of a model is checked on the known-shape path."""
+
+    __slots__ = ("element", "kind", "primitive", "resource_type")
+
+    def __init__(self, kind: int, *, primitive: _PrimitiveType | None = None, element: _ModelRules | None = None,
+                 resource_type: str = "") -> None:
+        self.kind = kind
+        self.primitive = primitive  # _PRIMITIVE
+        self.element = element  # _ELEMENT, _ELEMENT_LIST
+        self.resource_type = resource_type  # _RESOURCE_TYPE
+
+
 _BASE_VALIDATORS: Final = (
     frozenset(FHIRAbstractModel.__pydantic_decorators__.model_validators),
     frozenset(FHIRAbstractModel.__pydantic_decorators__.field_validators),
@@ -140,27 +152,30 @@ class _ModelRules:
 
     def __init__(self, model: type[FHIRAbstractModel]) -> None:
         self.model = model
-        self.fields: dict[str, _Field] | None = None
+        self.fields: dict[str, _FieldRule] | None = None
         self.key_sets: set[tuple[str, ...]] = set()
         self.key_set_limit = KEY_SETS_PER_MODEL
 
-    def read_fields(self) -> dict[str, _Field]:
+    def read_fields(self) -> dict[str, _FieldRule]:
         model = self.model
         decorators = model.__pydantic_decorators__
         if (frozenset(decorators.model_validators), frozenset(decorators.field_validators)) != _BASE_VALIDATORS:
             self.fields = {}  # validators of its own (FHIRPrimitiveExtension): always the full path
             return self.fields
-        fields: dict[str, _Field] = {"resourceType": (_RESOURCE_TYPE, model.__resource_type__)}
+        fields: dict[str, _FieldRule] = {
+            "resourceType": _FieldRule(_RESOURCE_TYPE, resource_type=model.__resource_type__)
+        }
         for name, field in model.model_fields.items():
             element = _element_class(field.annotation)
             is_list = _is_list(field.annotation)
             if element is None:
-                fields[field.alias or name] = (_PRIMITIVE, _primitive_type(field.annotation, field.metadata,
-                                                                           model.model_config))
+                primitive = _primitive_type(field.annotation, field.metadata, model.model_config)
+                fields[field.alias or name] = _FieldRule(_PRIMITIVE, primitive=primitive)
             elif element.__resource_type__ == "Resource":
-                fields[field.alias or name] = (_RESOURCE_LIST if is_list else _RESOURCE, None)
+                fields[field.alias or name] = _FieldRule(_RESOURCE_LIST if is_list else _RESOURCE)
             else:
-                fields[field.alias or name] = (_ELEMENT_LIST if is_list else _ELEMENT, _rules_of(element))
+                fields[field.alias or name] = _FieldRule(_ELEMENT_LIST if is_list else _ELEMENT,
+                                                         element=_rules_of(element))
         self.fields = fields
         return fields
 
@@ -230,32 +245,38 @@ def _known_valid(rules: _ModelRules, node: dict[str, Any]) -> bool:
     if fields is None:
         return False
     for key, value in node.items():
-        kind, target = fields[key]  # every key of a passed key set is a field
+        rule = fields[key]  # every key of a passed key set is a field
+        kind = rule.kind
         if kind == _PRIMITIVE:
-            if value.__class__ is str and value in target.passed:
+            primitive = rule.primitive
+            if primitive is None:
+                return False
+            if type(value) is str and value in primitive.passed:
                 continue
-            if not target.holds(value):
+            if not primitive.holds(value):
                 return False
         elif kind == _ELEMENT:
-            if value.__class__ is not dict or not _known_valid(target, value):
+            element = rule.element
+            if element is None or type(value) is not dict or not _known_valid(element, value):
                 return False
         elif kind == _ELEMENT_LIST:
-            if value.__class__ is not list or not value:
+            element = rule.element
+            if element is None or type(value) is not list or not value:
                 return False
             for item in value:
-                if item.__class__ is not dict or not _known_valid(target, item):
+                if type(item) is not dict or not _known_valid(element, item):
                     return False
         elif kind == _RESOURCE_TYPE:
-            if value != target:
+            if value != rule.resource_type:
                 return False
         elif kind == _RESOURCE:
-            if value.__class__ is not dict or not _known_resource(value):
+            if type(value) is not dict or not _known_resource(value):
                 return False
         else:  # _RESOURCE_LIST
-            if value.__class__ is not list or not value:
+            if type(value) is not list or not value:
                 return False
             for item in value:
-                if item.__class__ is not dict or not _known_resource(item):
+                if type(item) is not dict or not _known_resource(item):
                     return False
     return True
 
@@ -275,15 +296,15 @@ def _learn(rules: _ModelRules, node: dict[str, Any]) -> None:
         if field is None or value is None or key[:1] == "_":
             usable = False
             continue
-        kind, target = field
-        if kind == _PRIMITIVE:
-            target.learn(value)
-        elif kind == _ELEMENT and value.__class__ is dict:
-            _learn(target, value)
-        elif kind == _ELEMENT_LIST and value.__class__ is list:
+        kind = field.kind
+        if kind == _PRIMITIVE and field.primitive is not None:
+            field.primitive.learn(value)
+        elif kind == _ELEMENT and field.element is not None and value.__class__ is dict:
+            _learn(field.element, value)
+        elif kind == _ELEMENT_LIST and field.element is not None and value.__class__ is list:
             for item in value:
                 if item.__class__ is dict:
-                    _learn(target, item)
+                    _learn(field.element, item)
         elif kind == _RESOURCE and value.__class__ is dict:
             _learn_resource(value)
         elif kind == _RESOURCE_LIST and value.__class__ is list:
