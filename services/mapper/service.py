@@ -193,29 +193,43 @@ class MapperService:
             })
 
     def _account(self, batch: _Batch) -> None:
+        """Stats and metrics of a settled batch: counted per batch, one increment per label value."""
         now_ms = time.time() * 1000
+        bundles: Counter[str] = Counter()
+        resources: Counter[str] = Counter()
+        dead_letters: Counter[str] = Counter()
+        alerts: Counter[str] = Counter()
+        issues: Counter[str] = Counter()
         for outcome in batch.outcomes:
-            self.stats.consumed += 1
             self.stats.by_event_type[outcome.event_type] += 1
             if outcome.dead_letter_reason is not None:
-                self.stats.dead_letters += 1
-                self._metrics.dead_letters.labels(reason=outcome.dead_letter_reason, stage="mapper").inc()
+                dead_letters[outcome.dead_letter_reason] += 1
                 continue
             mapped = outcome.mapped
             assert mapped is not None
-            self.stats.bundles += 1
-            self.stats.alerts += len(mapped.alerts)
-            self._metrics.bundles_emitted.labels(event_type=outcome.event_type).inc()
-            for resource_type, count in mapped.resource_counts.items():
-                self._metrics.resources_emitted.labels(resource_type=resource_type).inc(count)
-            for alert in mapped.alerts:
-                self._metrics.safety_alerts.labels(kind=alert.kind).inc()
-            for issue in mapped.data_quality:
-                self._metrics.data_quality_issues.labels(kind=issue.split("@", 1)[0]).inc()  # no field position
+            bundles[outcome.event_type] += 1
+            resources.update(mapped.resource_counts)
+            alerts.update(alert.kind for alert in mapped.alerts)
+            issues.update(issue.split("@", 1)[0] for issue in mapped.data_quality)  # no field position
+        self.stats.consumed += len(batch.outcomes)
+        self.stats.bundles += bundles.total()
+        self.stats.dead_letters += dead_letters.total()
+        self.stats.alerts += alerts.total()
+        metrics = self._metrics
+        for reason, count in dead_letters.items():
+            metrics.dead_letters.labels(reason=reason, stage="mapper").inc(count)
+        for event_type, count in bundles.items():
+            metrics.bundles_emitted.labels(event_type=event_type).inc(count)
+        for resource_type, count in resources.items():
+            metrics.resources_emitted.labels(resource_type=resource_type).inc(count)
+        for kind, count in alerts.items():
+            metrics.safety_alerts.labels(kind=kind).inc(count)
+        for kind, count in issues.items():
+            metrics.data_quality_issues.labels(kind=kind).inc(count)
         for record in batch.inbound:
             timestamp = getattr(record, "timestamp", None)
             if isinstance(timestamp, int):
-                self._metrics.end_to_end_seconds.observe(max(0.0, (now_ms - timestamp) / 1000))
+                metrics.end_to_end_seconds.observe(max(0.0, (now_ms - timestamp) / 1000))
         self.stats.batches += 1
         self._update_lag(force=False)
 
