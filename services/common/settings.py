@@ -118,7 +118,6 @@ class Settings(BaseSettings):
 
     # --- observability -----------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    service_name: str = "carebus"
 
     # --- local development broker -------------------------------------------------------------------------
     cache_dir: Path = Field(REPO_ROOT / ".cache", description="Git-ignored folder for the local broker.")
