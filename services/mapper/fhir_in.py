@@ -59,8 +59,9 @@ def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, An
     return out
 
 
-def check_resources(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Validate every resource (R4B) and refuse psychotherapy notes. Used by intake before accepting."""
+def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """Validate every resource (R4B) and refuse psychotherapy notes: intake before accepting, the mapper before
+    mapping. Returns the (fullUrl, resource) pairs of :func:`resources_of`."""
     found = resources_of(payload)
     for index, (_, resource) in enumerate(found):
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
@@ -72,7 +73,7 @@ def check_resources(payload: dict[str, Any]) -> list[dict[str, Any]]:
                 "psychotherapy notes (HIPAA 45 CFR 164.501) need the patient's specific authorization and are "
                 "kept out of the shared record")])
         validate_resource(resource, where)
-    return [resource for _, resource in found]
+    return found
 
 
 def _codings(value: Any) -> Iterator[tuple[str, str]]:
@@ -195,8 +196,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     if not source or not event_id or not isinstance(payload, dict):
         raise MappingError("FHIR event without source, id or data", [FieldProblem(
             "data", "required", "a FHIR event needs source, id and a resource in data")])
-    found = resources_of(payload)
-    check_resources(payload)
+    found = check_resources(payload)
 
     references: dict[str, str] = {}
     new_ids: list[str] = []
