@@ -36,14 +36,9 @@ from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_SOURCE,
-    HEADER_EVENT_TIME,
-    HEADER_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake.inbound import inbound_record
 from services.intake.mllp import Acceptor, KafkaHl7Acceptor
 from services.mapper.fhir_in import check_resources
 
@@ -84,22 +79,10 @@ def fhir_patient_key(source: str, resources: Sequence[dict[str, Any]]) -> str:
     return make_patient_key(source, "-")
 
 
-def inbound_record(topic: str, event: CareEvent, correlation_id: str) -> OutboundRecord:
-    """The Kafka record for one accepted event: its canonical JSON, keyed by source patient."""
+def event_record(topic: str, event: CareEvent, correlation_id: str) -> OutboundRecord:
+    """The Kafka record for one accepted JSON event: its canonical JSON, keyed by source patient."""
     body = event.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return OutboundRecord(
-        topic=topic,
-        key=patient_key(event),
-        value=orjson.dumps(body),
-        headers={
-            HEADER_EVENT_ID: event.id,
-            HEADER_EVENT_TYPE: event.type,
-            HEADER_EVENT_SOURCE: event.source,
-            HEADER_EVENT_TIME: event.time.isoformat(),
-            HEADER_CORRELATION_ID: correlation_id,
-            HEADER_CONTENT_TYPE: "application/cloudevents+json",
-        },
-    )
+    return inbound_record(topic, patient_key(event), body, event.time.isoformat(), correlation_id)
 
 
 def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[dict[str, Any]]:
@@ -155,7 +138,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
                                      diagnostics=f"body exceeds {settings.max_body_bytes} bytes")
         try:
             payload = orjson.loads(body)
-            resources = check_resources(payload)
+            resources = [resource for _, resource in check_resources(payload)]
         except orjson.JSONDecodeError as exc:
             metrics.events_rejected.labels(reason="malformed-json", channel="fhir").inc()
             return operation_outcome(400, "error", "structure", diagnostics=f"body is not JSON (byte {exc.pos})")
@@ -169,10 +152,8 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
         correlation_id = request.headers.get("x-correlation-id") or event_id
         envelope = {"specversion": "1.0", "id": event_id, "source": source, "type": FHIR_RESOURCE_EVENT_TYPE,
                     "time": now.isoformat(), "datacontenttype": "application/fhir+json", "data": payload}
-        record = OutboundRecord(topic, fhir_patient_key(source, resources), orjson.dumps(envelope), {
-            HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: FHIR_RESOURCE_EVENT_TYPE, HEADER_EVENT_SOURCE: source,
-            HEADER_EVENT_TIME: now.isoformat(), HEADER_CORRELATION_ID: correlation_id,
-            HEADER_CONTENT_TYPE: "application/cloudevents+json"})
+        record = inbound_record(topic, fhir_patient_key(source, resources), envelope, now.isoformat(),
+                                correlation_id)
         try:
             meta = (await producer.send_all_async([record]))[0]
         except BrokerUnavailable:
@@ -242,7 +223,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
             return problem(422, slug, title, detail, errors=errors)
 
         correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
-        records = [inbound_record(topic, event, correlation_id) for event in events]
+        records = [event_record(topic, event, correlation_id) for event in events]
         try:
             metas = await producer.send_all_async(records)
         except BrokerUnavailable as exc:

@@ -38,21 +38,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
-
 from services.common.errors import BrokerUnavailable
-from services.common.kafka import OutboundRecord, RecordProducer
+from services.common.kafka import RecordProducer
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
     HEADER_EVENT_ID,
     HEADER_EVENT_SOURCE,
-    HEADER_EVENT_TIME,
     HEADER_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
 )
+from services.intake.inbound import inbound_record
 from services.mapper.hl7v2 import MessageSummary, ack_message, inspect_message
 from services.mapper.hl7v2.er7 import Message, parse_message
 from services.mapper.hl7v2.errors import (
@@ -430,19 +426,8 @@ class KafkaHl7Acceptor:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = done
         try:
-            record = OutboundRecord(
-                topic=self._topic,
-                key=summary.key,
-                value=orjson.dumps(cloud_event(summary, er7, now)),
-                headers={
-                    HEADER_EVENT_ID: summary.event_id,
-                    HEADER_EVENT_TYPE: HL7V2_MESSAGE_EVENT_TYPE,
-                    HEADER_EVENT_SOURCE: summary.source,
-                    HEADER_EVENT_TIME: now.isoformat(),
-                    HEADER_CORRELATION_ID: summary.event_id,
-                    HEADER_CONTENT_TYPE: "application/cloudevents+json",
-                },
-            )
+            record = inbound_record(self._topic, summary.key, cloud_event(summary, er7, now), now.isoformat(),
+                                    summary.event_id)
             try:
                 metas = await self._producer.send_all_async([record])
             except BrokerUnavailable as exc:
