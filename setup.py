@@ -24,6 +24,7 @@ COMPILED = [
             if str(path.relative_to(ROOT)) not in NOT_COMPILED),
     "services/common/fhir_ids.py",
     "services/common/security_labels.py",
+    "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)
 ]
 
 # pip asks for the metadata first (egg_info / dist_info): no need to compile for that

@@ -9,17 +9,57 @@ from typing import TextIO
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+LINEAGE_LOGGER = "carebus.lineage"
+"""The mapper's audit lineage: one JSON line per inbound event (inbound position -> resource ids and output
+positions). Its lines are written a settled batch at a time: see :class:`BatchedLineHandler`."""
+
+
+class BatchedLineHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler that formats each record when it is logged but writes the waiting lines only on
+    ``flush()`` (or once ``capacity`` lines wait), in one write.
+
+    The mapper logs a settled batch's lineage, one line per event, and then flushes: a write (and a release of
+    the GIL to the Kafka client's threads) per batch instead of one per event. logging.shutdown() flushes
+    what is left at exit."""
+
+    def __init__(self, stream: TextIO, capacity: int = 10_000) -> None:
+        super().__init__(stream)
+        self.capacity = capacity
+        self._lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._lines) >= self.capacity:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # an RLock, created by Handler.__init__
+            if self._lines:
+                text = "\n".join(self._lines) + "\n"
+                self._lines.clear()
+                self.stream.write(text)
+            super().flush()
+
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     faulthandler.enable()  # a crash in native code prints the Python stacks (no values) instead of nothing
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(
-        OrjsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            static_fields={"service": service},
-        )
+    stream = stream or sys.stderr
+    formatter = OrjsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        static_fields={"service": service},
     )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    lineage_handler = BatchedLineHandler(stream)
+    lineage_handler.setFormatter(formatter)
+    lineage = logging.getLogger(LINEAGE_LOGGER)
+    lineage.handlers[:] = [lineage_handler]
+    lineage.propagate = False
     # The logging HOWTO's "Optimization": no log line shows the caller's file and line, a thread or a process,
     # so do not compute them for every record (the mapper writes a lineage line per event).
     logging._srcfile = None

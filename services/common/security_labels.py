@@ -7,7 +7,7 @@ R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN (refused at intake: ne
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -41,18 +41,30 @@ def coding(code: str) -> dict[str, Any]:
 
 def combine(*label_sets: Iterable[str]) -> tuple[str, ...]:
     """Union of label sets, keeping one confidentiality code (the most restrictive) first."""
+    cacheable = all(type(labels) is tuple for labels in label_sets)
+    if cacheable:
+        found = _combined.get(label_sets)
+        if found is not None:
+            return found
     codes: set[str] = set()
     for labels in label_sets:
         codes.update(labels)
     confidentiality = [c for c in codes if c in _CONFIDENTIALITY_RANK]
     others = sorted(c for c in codes if c not in _CONFIDENTIALITY_RANK)
-    if not confidentiality:
-        return tuple(others)
-    top = max(confidentiality, key=_CONFIDENTIALITY_RANK.__getitem__)
-    return (top, *others)
+    combined = tuple(others)
+    if confidentiality:
+        combined = (max(confidentiality, key=_CONFIDENTIALITY_RANK.__getitem__), *others)
+    if cacheable and len(_combined) < _COMBINATIONS_KEPT:
+        _combined[label_sets] = combined
+    return combined
 
 
 def meta_security(codes: Iterable[str]) -> list[dict[str, Any]]:
-    return [coding(code) for code in combine(codes)]
+    return [coding(code) for code in combine(tuple(codes))]
+
+
+# A mapping combines the same few label sets again and again (five or so per event): remember the answers.
+_COMBINATIONS_KEPT: Final = 1024
+_combined: dict[tuple[Iterable[str], ...], tuple[str, ...]] = {}  # keys: tuples of tuples only
 
 KNOWN: frozenset[str] = frozenset(_LABELS)

@@ -26,6 +26,7 @@ from kafka.structs import OffsetAndMetadata
 
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import RecordProducer, end_offsets_lag
+from services.common.log import LINEAGE_LOGGER
 from services.common.metrics import Metrics
 from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
@@ -37,7 +38,7 @@ PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 1_000_000, "max
 MAX_BATCHES_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)
-lineage_log = logging.getLogger("carebus.lineage")
+lineage_log = logging.getLogger(LINEAGE_LOGGER)
 
 
 @dataclass
@@ -150,9 +151,9 @@ class MapperService:
                 self._rewind()
                 raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
             self._in_flight.popleft()
+            self._log_lineage(batch, written)  # before the commit: a crash repeats lineage, never loses it
             self._commit(batch.next_offsets)
             self._account(batch)
-            self._log_lineage(batch, written)
             settled += 1
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -176,21 +177,24 @@ class MapperService:
             self._metrics.produce_errors.labels(topic=tp.topic).inc()
 
     def _log_lineage(self, batch: _Batch, written: list[RecordMetadata]) -> None:
-        """One line per event: inbound position -> resource ids and output positions (the auditor's lineage)."""
+        """One line per event: inbound position -> resource ids and output positions (the auditor's lineage),
+        written (flushed) once per batch."""
         if not lineage_log.isEnabledFor(logging.INFO):
             return
         cursor = 0
         for record, outcome in zip(batch.inbound, batch.outcomes, strict=True):
-            metas = written[cursor:cursor + len(outcome.records)]
-            cursor += len(outcome.records)
+            end = cursor + len(outcome.records)
             lineage_log.info("event mapped" if outcome.mapped else "event dead-lettered", extra={
                 "event_id": outcome.event_id, "event_type": outcome.event_type,
                 "correlation_id": outcome.correlation_id,
                 "inbound": f"{record.topic}/{record.partition}/{record.offset}",
-                "outputs": [f"{m.topic}/{m.partition}/{m.offset}" for m in metas],
-                "resources": list(outcome.mapped.resources) if outcome.mapped else [],
+                "outputs": [f"{m.topic}/{m.partition}/{m.offset}" for m in written[cursor:end]],
+                "resources": outcome.mapped.resources if outcome.mapped else (),
                 "dead_letter_reason": outcome.dead_letter_reason,
             })
+            cursor = end
+        for handler in lineage_log.handlers:
+            handler.flush()
 
     def _account(self, batch: _Batch) -> None:
         """Stats and metrics of a settled batch: counted per batch, one increment per label value."""

@@ -38,7 +38,22 @@ def profile(name: str) -> list[str]:
 
 
 def iso(value: dt.datetime | dt.date) -> str:
-    return value.isoformat()
+    """ISO 8601 text of a date or datetime. An event's few datetimes are written into most of its resources,
+    and formatting an aware datetime is slow (its offset is asked of the tzinfo and formatted each time): the
+    text of recently formatted objects is remembered by identity (each entry holds its object, so the id is
+    not reused while it is kept)."""
+    found = _iso_texts.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
+    text = value.isoformat()
+    if len(_iso_texts) >= _ISO_TEXTS_KEPT:
+        _iso_texts.clear()
+    _iso_texts[id(value)] = (value, text)
+    return text
+
+
+_ISO_TEXTS_KEPT: Final = 256
+_iso_texts: dict[int, tuple[dt.datetime | dt.date, str]] = {}
 
 
 def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ Same event and same context -> identical bundle (ids from fhir_ids, no clock, no
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -173,11 +172,14 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
     }
     if bundle_labels:
         bundle["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    counts = Counter(entry["resource"]["resourceType"] for entry in entries)
+    counts: dict[str, int] = {}
+    for entry in entries:
+        resource_type = entry["resource"]["resourceType"]
+        counts[resource_type] = counts.get(resource_type, 0) + 1
     return MappedEvent(
         bundle=bundle,
         security_labels=bundle_labels,
         alerts=tuple(draft.alerts),
         data_quality=tuple(dict.fromkeys(draft.data_quality)),
-        resource_counts=dict(counts),
+        resource_counts=counts,
     )
