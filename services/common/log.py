@@ -45,14 +45,19 @@ class BatchedLineHandler(logging.StreamHandler[TextIO]):
             super().flush()
 
 
-def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    faulthandler.enable()  # a crash in native code prints the Python stacks (no values) instead of nothing
-    stream = stream or sys.stderr
-    formatter = OrjsonFormatter(
+def json_formatter(service: str) -> logging.Formatter:
+    """One JSON object per line: time, level, logger, message, service and the record's extra fields."""
+    return OrjsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         static_fields={"service": service},
     )
+
+
+def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
+    faulthandler.enable()  # a crash in native code prints the Python stacks (no values) instead of nothing
+    stream = stream or sys.stderr
+    formatter = json_formatter(service)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     lineage_handler = BatchedLineHandler(stream)

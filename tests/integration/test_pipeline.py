@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
+from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, json_formatter
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
@@ -45,6 +48,20 @@ def intake(settings: Settings) -> Iterator[tuple[httpx.AsyncClient, RecordProduc
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake")
     yield client, producer
     producer.close()
+
+
+@pytest.fixture
+def lineage() -> Iterator[io.StringIO]:
+    """What the mapper writes to the lineage log (as configure_logging sets it up, into a buffer)."""
+    logger = logging.getLogger(LINEAGE_LOGGER)
+    saved = logger.handlers[:], logger.propagate, logger.level
+    stream = io.StringIO()
+    handler = BatchedLineHandler(stream)
+    handler.setFormatter(json_formatter("mapper"))
+    logger.handlers[:] = [handler]
+    logger.propagate, logger.level = False, logging.INFO
+    yield stream
+    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 def mapper(settings: Settings, max_records: int = 500) -> MapperService:
@@ -107,7 +124,7 @@ async def test_every_event_type_becomes_a_valid_labelled_bundle(
 
 
 async def test_bad_input_is_answered_or_dead_lettered_and_counts_balance(
-        settings: Settings, intake: tuple[httpx.AsyncClient, RecordProducer]) -> None:
+        settings: Settings, intake: tuple[httpx.AsyncClient, RecordProducer], lineage: io.StringIO) -> None:
     client, producer = intake
     examples = schema_examples()
     good = examples[:6]
@@ -162,6 +179,31 @@ async def test_bad_input_is_answered_or_dead_lettered_and_counts_balance(
         assert letter["source"]["topic"] == inbound
         assert isinstance(letter["source"]["offset"], int)
         assert letter["original"]["value"]
+
+    # the lineage: one JSON line per inbound record, naming where it came from and every output it became
+    lines = [orjson.loads(line) for line in lineage.getvalue().splitlines()]
+    assert len(lines) == sent
+    assert len({line["inbound"] for line in lines}) == sent
+    assert all(line["inbound"].startswith(f"{inbound}/") for line in lines)
+    position = {f"{r.topic}/{r.partition}/{r.offset}": r for r in bundles + letters}
+    for line in lines:
+        assert line["logger"] == LINEAGE_LOGGER
+        assert len(line["outputs"]) == 1
+        output = position[line["outputs"][0]]
+        if line["message"] == "event mapped":
+            assert line["event_id"] == header(output, "ce_id")
+            entries = orjson.loads(output.value)["entry"]
+            assert line["resources"] == [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries]
+            assert line["dead_letter_reason"] is None
+        else:
+            assert line["message"] == "event dead-lettered"
+            assert line["dead_letter_reason"] == orjson.loads(output.value)["reason"]
+            assert line["resources"] == []
+    assert {line["event_id"] for line in lines if line["message"] == "event mapped"} == {e["id"] for e in good}
+    # ids, types and positions only (no names, birth dates or note text): exactly these fields
+    assert {frozenset(line) for line in lines} == {frozenset({
+        "time", "level", "logger", "message", "service", "event_id", "event_type", "correlation_id", "inbound",
+        "outputs", "resources", "dead_letter_reason"})}
 
 
 async def test_mapper_crash_between_produce_and_commit_loses_nothing(

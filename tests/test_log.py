@@ -1,0 +1,63 @@
+"""The JSON log set-up: the lineage logger's lines are written a batch at a time, in one write."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+
+from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, json_formatter
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def handler_on(stream: io.StringIO, capacity: int = 10_000) -> tuple[logging.Logger, BatchedLineHandler]:
+    logger = logging.getLogger(f"{LINEAGE_LOGGER}.test-{id(stream)}")
+    handler = BatchedLineHandler(stream, capacity=capacity)
+    handler.setFormatter(json_formatter("mapper"))
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_lines_wait_for_flush_and_go_out_in_one_write() -> None:
+    stream = CountingStream()
+    logger, handler = handler_on(stream)
+    for offset in range(5):
+        logger.info("event mapped", extra={"event_id": f"e{offset}", "inbound": f"t/0/{offset}"})
+    assert stream.getvalue() == ""
+    handler.flush()
+    assert stream.writes == 1
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event_id"] for line in lines] == ["e0", "e1", "e2", "e3", "e4"]
+    assert lines[0]["service"] == "mapper" and lines[0]["message"] == "event mapped"
+    handler.flush()  # nothing waiting: nothing written
+    assert stream.writes == 1
+
+
+def test_a_full_buffer_is_written_without_waiting_for_flush() -> None:
+    stream = CountingStream()
+    logger, _ = handler_on(stream, capacity=3)
+    for offset in range(7):
+        logger.info("event mapped", extra={"event_id": f"e{offset}"})
+    assert [orjson.loads(line)["event_id"] for line in stream.getvalue().splitlines()] == [
+        "e0", "e1", "e2", "e3", "e4", "e5"]
+    assert stream.writes == 2
+
+
+def test_what_is_left_is_written_when_the_handler_closes() -> None:
+    stream = CountingStream()
+    logger, handler = handler_on(stream)
+    logger.info("event mapped", extra={"event_id": "last"})
+    logging.shutdown([lambda: handler])  # what logging does at interpreter exit, for this handler
+    assert orjson.loads(stream.getvalue())["event_id"] == "last"
