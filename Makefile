@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 
 # The mapping hot path is compiled with mypyc (setup.py): rebuilt whenever one of its sources changes.
 COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
-	services/common/fhir_ids.py services/common/security_labels.py setup.py
+	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
+	services/mapper/pipeline.py setup.py
 
 .PHONY: setup demo test bench lint schemas clean
 
@@ -22,9 +23,9 @@ $(VENV)/.installed: pyproject.toml deploy/local/bootstrap.sh
 	touch $@ $(VENV)/.compiled
 
 $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
-	@$(PY) -c "from services.common.native import compiled_modules as c, stale_compiled_modules as s; \
-	raise SystemExit(0 if c() and not s() else 1)" || { \
-	echo "recompiling the mapping modules with mypyc (their sources changed)"; \
+	@[ ! setup.py -nt $@ ] && $(PY) -c "from services.common.native import compiled_modules as c, \
+	stale_compiled_modules as s; raise SystemExit(0 if c() and not s() else 1)" || { \
+	echo "recompiling the mapping modules with mypyc (their sources or the list of them changed)"; \
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .; }
 	touch $@
 

@@ -59,9 +59,11 @@ def lineage() -> Iterator[io.StringIO]:
     handler = BatchedLineHandler(stream)
     handler.setFormatter(json_formatter("mapper"))
     logger.handlers[:] = [handler]
-    logger.propagate, logger.level = False, logging.INFO
+    logger.propagate = False
+    logger.setLevel(logging.INFO)  # (setLevel, not .level: it clears logging's isEnabledFor cache)
     yield stream
-    logger.handlers[:], logger.propagate, logger.level = saved
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
 
 
 def mapper(settings: Settings, max_records: int = 500) -> MapperService:
