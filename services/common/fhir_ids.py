@@ -11,7 +11,7 @@ CAREBUS_NAMESPACE = uuid.UUID("6f1c1f2e-3b0a-4c55-9a57-0c4a1e5b2d10")
 _NAMESPACE_BYTES = CAREBUS_NAMESPACE.bytes
 
 
-@lru_cache(maxsize=65536)  # the same references (a patient, an encounter) recur across a batch's events
+@lru_cache(maxsize=4096)  # the same references (a patient, an encounter) recur across a batch's events
 def resource_id(resource_type: str, source_system: str, *source_identifiers: str) -> str:
     """A FHIR id (a UUID string, valid under FHIR's id rule) from the source system and identifiers:
     the RFC 4122 name-based UUID (version 5) of ``type|system|identifiers`` in the carebus namespace."""

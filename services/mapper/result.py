@@ -31,7 +31,8 @@ class SafetyAlert:
 
 @dataclass(frozen=True)
 class MappedEvent:
-    """One inbound event or message as FHIR: a Bundle (type collection) as a plain JSON-ready dict."""
+    """One inbound event or message as FHIR: a Bundle (type collection) as a plain JSON-ready dict, read-only
+    (its resources may share sub-objects; copy it before changing it)."""
 
     bundle: dict[str, Any]
     security_labels: tuple[str, ...]

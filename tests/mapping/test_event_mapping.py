@@ -548,9 +548,11 @@ def test_naive_received_at_is_taken_as_utc() -> None:
 
 
 def _bundle() -> dict[str, Any]:
-    return copy.deepcopy(
+    """A mapped Bundle to break on purpose. Mapped Bundles share sub-objects between resources (read-only):
+    a JSON round trip gives each resource its own, so one breakage stays in one place."""
+    return orjson.loads(orjson.dumps(
         map_event(parse_event(EXAMPLES["org.carebus.assessment.completed.v1"]), CONTEXT).bundle
-    )
+    ))
 
 
 @pytest.mark.parametrize(

@@ -72,34 +72,44 @@ def _questionnaire_response(
     return response
 
 
-def _observation(
-    event: AssessmentCompleted, draft: Draft, qr_id: str, code: str, display: str, *, key: str
-) -> dict[str, Any]:
+def _shared_observation_elements(event: AssessmentCompleted, draft: Draft, qr_id: str) -> dict[str, Any]:
+    """The elements every Observation of one assessment has in common (subject, time, source response,
+    encounter, performer). Built once and shared by the assessment's Observations: the Bundle is written out
+    as JSON, so sharing is invisible in the output and saves building the same dicts a dozen times."""
     data = event.data
     subject = draft.subject
-    observation: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": subject.id("Observation", "assessment", data.assessment_id, key),
-        "meta": {"profile": profile("us-core-observation-screening-assessment")},
-        "status": "final",
-        "category": _SURVEY,
-        "code": {"coding": [coding(LOINC, code, display)], "text": display},
+    shared: dict[str, Any] = {
         "subject": subject.patient_ref,
         "effectiveDateTime": iso(data.authored),
         "derivedFrom": [{"reference": f"QuestionnaireResponse/{qr_id}"}],
     }
     if data.encounter_id:
-        observation["encounter"] = subject.ref("Encounter", data.encounter_id)
+        shared["encounter"] = subject.ref("Encounter", data.encounter_id)
     if data.performer is not None:
-        observation["performer"] = [subject.practitioner(data.performer)]
+        shared["performer"] = [subject.practitioner(data.performer)]
+    return shared
+
+
+def _observation(
+    event: AssessmentCompleted, draft: Draft, shared: dict[str, Any], code: str, display: str, *, key: str
+) -> dict[str, Any]:
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": draft.subject.id("Observation", "assessment", event.data.assessment_id, key),
+        "meta": {"profile": profile("us-core-observation-screening-assessment")},
+        "status": "final",
+        "category": _SURVEY,
+        "code": {"coding": [coding(LOINC, code, display)], "text": display},
+    }
+    observation.update(shared)
     return observation
 
 
 def _total_observation(
-    event: AssessmentCompleted, score: InstrumentScore, draft: Draft, qr_id: str
+    event: AssessmentCompleted, score: InstrumentScore, draft: Draft, shared: dict[str, Any]
 ) -> dict[str, Any]:
     spec = score.instrument
-    total = _observation(event, draft, qr_id, spec.total_loinc, spec.total_display, key=spec.total_loinc)
+    total = _observation(event, draft, shared, spec.total_loinc, spec.total_display, key=spec.total_loinc)
     if spec.key == "cssrs-screener" and score.risk_level is not None and score.band is not None:
         total["valueCodeableConcept"] = {
             "coding": [coding(CSSRS_RISK_SYSTEM, score.risk_level, score.band.display)],
@@ -150,19 +160,20 @@ def map_assessment(event: AssessmentCompleted, draft: Draft) -> None:
     response = _questionnaire_response(event, score, draft)
     qr_id = response["id"]
     draft.add(response, these_labels)
+    shared = _shared_observation_elements(event, draft, qr_id)
     members: list[dict[str, Any]] = []
     item_observations: list[dict[str, Any]] = []
     for item in score.items:
-        observation = _observation(event, draft, qr_id, item.loinc, item.display, key=item.loinc)
+        observation = _observation(event, draft, shared, item.loinc, item.display, key=item.loinc)
         observation["valueCodeableConcept"] = {
             "coding": [item.answer_coding()],
             "text": item.answer_display,
         }
         item_observations.append(observation)
-    total = _total_observation(event, score, draft, qr_id)
+    total = _total_observation(event, score, draft, shared)
     for observation in (*item_observations, total):
         members.append({"reference": f"Observation/{observation['id']}"})
-    panel = _observation(event, draft, qr_id, spec.panel_loinc, spec.panel_display, key=spec.panel_loinc)
+    panel = _observation(event, draft, shared, spec.panel_loinc, spec.panel_display, key=spec.panel_loinc)
     panel["hasMember"] = members
     draft.add(panel, these_labels)
     for observation in (*item_observations, total):

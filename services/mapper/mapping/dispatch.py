@@ -135,6 +135,10 @@ def _provenance(
 def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
     """One care event -> one FHIR R4 Bundle (collection) with labels, alerts and data-quality codes.
 
+    The Bundle is read-only: its resources share sub-objects where they are equal by construction (one
+    meta.security list per label set; an assessment's Observations share subject, time, encounter and
+    performer). It is meant to be validated and serialized; copy it (a JSON round trip) before changing it.
+
     Raises RefusedContent (psychotherapy / SUD counseling notes) or MappingError (e.g. answers that cannot
     be scored); both are InvalidInput: dead-letter the event and carry on."""
     check_policy(event)
@@ -151,10 +155,14 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
     entries: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
     label_sets: list[tuple[str, ...]] = []
+    security_lists: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one list per label set, shared
     for resource, own_labels in draft.resources:
         resource_labels = labels.combine(own_labels, labels.PART2) if part2_source else own_labels
         if resource_labels:
-            resource.setdefault("meta", {})["security"] = security_labels.meta_security(resource_labels)
+            security = security_lists.get(resource_labels)
+            if security is None:
+                security = security_lists[resource_labels] = security_labels.meta_security(resource_labels)
+            resource.setdefault("meta", {})["security"] = security
         label_sets.append(resource_labels)
         targets.append(resource)
         entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
