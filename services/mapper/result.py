@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class MappingContext:
     """Everything a pure mapping needs from outside: the clock and configuration are passed in."""
 
@@ -18,7 +18,7 @@ class MappingContext:
     assigning_authorities: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class SafetyAlert:
     """A suicide/self-harm risk that needs urgent follow-up. ``detail`` is a fixed phrase, never free text."""
 
@@ -29,7 +29,7 @@ class SafetyAlert:
     detail: str
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class MappedEvent:
     """One inbound event or message as FHIR: a Bundle (type collection) as a plain JSON-ready dict, read-only
     (its resources may share sub-objects; copy it before changing it)."""

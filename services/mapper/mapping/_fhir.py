@@ -88,7 +88,7 @@ def quantity(value: float, unit: str, code: str | None = None) -> dict[str, Any]
     return out
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class Subject:
     """The event's source and patient: ids and references that every family needs."""
 

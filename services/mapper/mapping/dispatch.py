@@ -94,6 +94,12 @@ DISPATCH: Final[dict[type, FamilyMapping]] = {
 
 PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 CAREBUS_SYSTEM: Final = "urn:carebus:system:mapper"
+# Parts of every Provenance that never vary, built once and shared (Bundles are read-only, see map_event)
+_AUTHOR_TYPE: Final = concept(PARTICIPANT_TYPE, "author", "Author")
+_ASSEMBLER: Final = {
+    "type": concept(PARTICIPANT_TYPE, "assembler", "Assembler"),
+    "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
+}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -111,14 +117,8 @@ def _provenance(
         "occurredDateTime": iso(event.time),
         "recorded": iso(_utc(context.received_at)),
         "agent": [
-            {
-                "type": concept(PARTICIPANT_TYPE, "author", "Author"),
-                "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": event.source}},
-            },
-            {
-                "type": concept(PARTICIPANT_TYPE, "assembler", "Assembler"),
-                "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
-            },
+            {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": event.source}}},
+            _ASSEMBLER,
         ],
         "entity": [
             {

@@ -112,7 +112,7 @@ class InstrumentSpec:
         return tuple(i for i in self.items if i.scored)
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class ItemScore:
     """One answered item: its weight and the LOINC answer coding (when the answer list has one)."""
 
@@ -129,7 +129,7 @@ class ItemScore:
         return {"system": LOINC, "code": self.answer_code, "display": self.answer_display}
 
 
-@dataclass(frozen=True)
+@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
 class InstrumentScore:
     instrument: InstrumentSpec
     items: tuple[ItemScore, ...]
