@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import CarebusError, InvalidInput, MappingError
-from services.common.events import parse_event
+from services.common.events import EVENT_TYPES, parse_event
 from services.common.kafka import OutboundRecord
 from services.common.topics import (
     DEAD_LETTERS,
@@ -138,16 +138,26 @@ class Pipeline:
             assigning_authorities=self.assigning_authorities,
         )
         try:
-            envelope = orjson.loads(record.value)
-            if not isinstance(envelope, dict):
-                raise MappingError("inbound record is not a CloudEvent object")
-            event_type = str(envelope.get("type", event_type))
-            event_id = str(envelope.get("id", event_id))
-            mapped = MAPPERS_BY_TYPE.get(event_type, _map_care_event)(envelope, context)
+            if event_type in EVENT_TYPES:
+                # the usual case (intake's ce_type header names a care event): the JSON bytes are parsed and
+                # checked against the event's schema in one pass, without building a dict first
+                event = parse_event(record.value)
+                event_type, event_id = event.type, event.id
+                mapped = map_event(event, context)
+            else:
+                envelope = orjson.loads(record.value)
+                if not isinstance(envelope, dict):
+                    raise MappingError("inbound record is not a CloudEvent object")
+                event_type = str(envelope.get("type", event_type))
+                event_id = str(envelope.get("id", event_id))
+                mapped = MAPPERS_BY_TYPE.get(event_type, _map_care_event)(envelope, context)
             validate_bundle(mapped.bundle)
             payload = serialize(mapped.bundle)
         except (InvalidInput, orjson.JSONDecodeError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidInput) else "malformed-json"
+            if isinstance(exc, orjson.JSONDecodeError) or any(p.rule == "json_invalid" for p in exc.problems):
+                reason = "malformed-json"
+            else:
+                reason = exc.reason
             return self._dead_letter(record, key, event_id, event_type, correlation_id, reason, exc)
         except CarebusError as exc:  # pragma: no cover - defensive: every mapping error is InvalidInput
             return self._dead_letter(record, key, event_id, event_type, correlation_id, "mapping-failed", exc)
