@@ -7,7 +7,7 @@ import logging
 
 import orjson
 
-from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, json_formatter
+from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, json_formatter, lineage_formatter
 
 
 class CountingStream(io.StringIO):
@@ -61,3 +61,14 @@ def test_what_is_left_is_written_when_the_handler_closes() -> None:
     logger.info("event mapped", extra={"event_id": "last"})
     logging.shutdown([lambda: handler])  # what logging does at interpreter exit, for this handler
     assert orjson.loads(stream.getvalue())["event_id"] == "last"
+
+
+def test_the_lineage_formatter_writes_the_line_the_general_one_does_for_a_dict_message() -> None:
+    fields = {"message": "event mapped", "event_id": "e1", "inbound": "t/0/7", "outputs": ["b/0/9"],
+              "resources": ("Patient/p1", "Provenance/v1"), "dead_letter_reason": None}
+    record = logging.LogRecord(LINEAGE_LOGGER, logging.INFO, "", 0, fields, None, None)
+    general, lineage = json_formatter("mapper"), lineage_formatter("mapper")
+    assert orjson.loads(lineage.format(record)) == orjson.loads(general.format(record))
+    line = orjson.loads(lineage.format(record))
+    assert line["logger"] == LINEAGE_LOGGER and line["level"] == "INFO" and line["service"] == "mapper"
+    assert line["resources"] == ["Patient/p1", "Provenance/v1"] and "time" in line

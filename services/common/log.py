@@ -5,7 +5,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -45,13 +45,30 @@ class BatchedLineHandler(logging.StreamHandler[TextIO]):
             super().flush()
 
 
+_JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+
 def json_formatter(service: str) -> logging.Formatter:
     """One JSON object per line: time, level, logger, message, service and the record's extra fields."""
-    return OrjsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        static_fields={"service": service},
-    )
+    return OrjsonFormatter(_JSON_FORMAT, rename_fields=_RENAMED, static_fields={"service": service})
+
+
+class LineageFormatter(OrjsonFormatter):
+    """The same JSON line for lineage records, which are logged as a dict message holding every field: the
+    record's own attributes are not searched for extra fields (python-json-logger's add_fields hook), so
+    ``extra=`` is not written: log a dict to the lineage logger."""
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        for name in self._required_fields:
+            log_data[self._get_rename(name)] = record.__dict__.get(name)
+        log_data.update(self.static_fields)
+        log_data.update(message_dict)
+
+
+def lineage_formatter(service: str) -> logging.Formatter:
+    return LineageFormatter(_JSON_FORMAT, rename_fields=_RENAMED, static_fields={"service": service})
 
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -61,7 +78,7 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     lineage_handler = BatchedLineHandler(stream)
-    lineage_handler.setFormatter(formatter)
+    lineage_handler.setFormatter(lineage_formatter(service))
     lineage = logging.getLogger(LINEAGE_LOGGER)
     lineage.handlers[:] = [lineage_handler]
     lineage.propagate = False

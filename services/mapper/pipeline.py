@@ -126,17 +126,30 @@ class Pipeline:
         self.topics = topics
         self.part2_sources = part2_sources
         self.assigning_authorities = dict(assigning_authorities or {})
+        self._context_ms = 0
+        self._context = self._context_at(0)
+
+    def _context_at(self, timestamp_ms: int) -> MappingContext:
+        return MappingContext(
+            received_at=datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC),
+            part2_sources=self.part2_sources,
+            assigning_authorities=self.assigning_authorities,
+        )
+
+    def context_for(self, record: InboundRecord) -> MappingContext:
+        """The mapping context of a record: its clock is the record's timestamp. Records of a batch often share
+        one millisecond: they share one context (and one received_at, formatted once)."""
+        if record.timestamp_ms != self._context_ms:
+            self._context_ms = record.timestamp_ms
+            self._context = self._context_at(record.timestamp_ms)
+        return self._context
 
     def process(self, record: InboundRecord) -> Outcome:
         key = (record.key or b"").decode(errors="replace")
         event_id = record.header(HEADER_EVENT_ID) or ""
         event_type = record.header(HEADER_EVENT_TYPE) or "unknown"
         correlation_id = record.header(HEADER_CORRELATION_ID) or event_id
-        context = MappingContext(
-            received_at=datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC),
-            part2_sources=self.part2_sources,
-            assigning_authorities=self.assigning_authorities,
-        )
+        context = self.context_for(record)
         try:
             if event_type in EVENT_TYPES:
                 # the usual case (intake's ce_type header names a care event): the JSON bytes are parsed and

@@ -17,7 +17,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
-from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, json_formatter
+from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, lineage_formatter
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
@@ -57,7 +57,7 @@ def lineage() -> Iterator[io.StringIO]:
     saved = logger.handlers[:], logger.propagate, logger.level
     stream = io.StringIO()
     handler = BatchedLineHandler(stream)
-    handler.setFormatter(json_formatter("mapper"))
+    handler.setFormatter(lineage_formatter("mapper"))
     logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)  # (setLevel, not .level: it clears logging's isEnabledFor cache)

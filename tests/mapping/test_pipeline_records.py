@@ -52,3 +52,21 @@ def test_a_body_that_is_not_the_care_event_its_header_names_is_a_schema_violatio
            "time": "2024-05-01T12:00:00+00:00", "data": "MSH|^~\\&|..."}
     outcome = process(orjson.dumps(hl7), "org.carebus.session.completed.v1")
     assert outcome.dead_letter_reason == "schema-violation"
+
+
+def recorded(outcome: Outcome) -> str:
+    bundle = orjson.loads(outcome.records[0].value)
+    return next(e["resource"]["recorded"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance")
+
+
+def test_the_clock_is_each_record_s_own_timestamp() -> None:
+    value = orjson.dumps(EXAMPLES["org.carebus.session.completed.v1"])
+    pipeline = Pipeline(TopicNames.for_prefix("t"))
+
+    def at(timestamp_ms: int) -> str:
+        return recorded(pipeline.process(InboundRecord("t", 0, 1, timestamp_ms, b"k", value, ())))
+
+    assert at(1_767_600_000_000) == "2026-01-05T08:00:00+00:00"
+    assert at(1_767_600_000_000) == "2026-01-05T08:00:00+00:00"
+    assert at(1_767_600_000_250) == "2026-01-05T08:00:00.250000+00:00"
+    assert at(1_767_600_000_000) == "2026-01-05T08:00:00+00:00"
