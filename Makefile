@@ -44,6 +44,7 @@ lint: setup
 
 schemas: setup
 	$(PY) -m services.common.events.export
+	$(PY) -m services.common.asyncapi
 
 clean:
 	rm -rf $(VENV) .cache build carebus_native__mypyc*

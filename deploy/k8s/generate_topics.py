@@ -63,6 +63,7 @@ def topic_manifest(
             "config": {
                 "cleanup.policy": spec.cleanup_policy,
                 "retention.ms": spec.retention_ms,
+                "max.message.bytes": spec.max_message_bytes,
                 "min.insync.replicas": MIN_INSYNC_REPLICAS,
             },
         },

@@ -99,7 +99,8 @@ def _channel(spec: TopicSpec, prefix: str) -> dict[str, Any]:
         "messages": {"record": {"$ref": f"#/components/messages/{_message_name(spec)}"}},
         "bindings": {"kafka": {
             "topic": spec.name(prefix),
-            "topicConfiguration": {"cleanup.policy": [spec.cleanup_policy], "retention.ms": spec.retention_ms},
+            "topicConfiguration": {"cleanup.policy": [spec.cleanup_policy], "retention.ms": spec.retention_ms,
+                                   "max.message.bytes": spec.max_message_bytes},
             "bindingVersion": "0.5.0",
         }},
     }

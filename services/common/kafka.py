@@ -237,7 +237,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
             name=spec.name(settings.topic_prefix),
             num_partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_topic_replication,
-            topic_configs={"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms)},
+            topic_configs={"cleanup.policy": spec.cleanup_policy, "retention.ms": str(spec.retention_ms),
+                           "max.message.bytes": str(spec.max_message_bytes)},
         )
         for spec in specs
     ]

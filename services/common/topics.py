@@ -22,6 +22,11 @@ HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
+# Largest record batch a topic accepts (Kafka's default is 1 MiB). FHIR Bundles are ~10x the size of the event
+# they come from, so one Bundle may pass 1 MiB; and the mapper writes batches of up to 4 MiB
+# (services/mapper/service.py PRODUCER_TUNING). Consumers need nothing special: a fetch always returns at least
+# one whole batch, whatever its max.partition.fetch.bytes.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class TopicSpec:
     headers: tuple[str, ...]
     cleanup_policy: CleanupPolicy = "delete"
     retention_ms: int = SEVEN_DAYS_MS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
     def name(self, prefix: str) -> str:
         return f"{prefix}.{self.suffix}"

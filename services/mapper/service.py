@@ -28,13 +28,16 @@ from services.common.errors import BrokerUnavailable
 from services.common.kafka import RecordProducer, end_offsets_lag
 from services.common.log import LINEAGE_LOGGER
 from services.common.metrics import Metrics
+from services.common.topics import MAX_MESSAGE_BYTES
 from services.mapper.pipeline import InboundRecord, Outcome, Pipeline
 
 # The mapper writes whole polled batches (~3.5 MB of Bundles for 500 events) and settles them when acknowledged:
-# let the producer fill large batches (under the broker's default 1 MB message.max.bytes) and send several per
-# request. With smaller batches a partition's queue holds several of them, every append wakes the sender thread,
-# and the acks come back slowly: about 30% less throughput (benchmarks/pipeline_bench.py).
-PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 1_000_000, "max_request_size": 4 * 1024 * 1024}
+# let the producer fill large batches and send several per request. Batches of up to 4 MiB (the catalogue's
+# topics accept 8 MiB, topics.MAX_MESSAGE_BYTES): with 1 MB batches a partition's queue held several of them
+# while the sender thread waited for the GIL, and every further append woke it again (a syscall and a thread
+# switch for two records in three); 4 MiB batches made the mapper 6-11% faster (benchmarks/pipeline_bench.py).
+PRODUCER_TUNING: dict[str, Any] = {"linger_ms": 5, "batch_size": 4 * 1024 * 1024,
+                                   "max_request_size": MAX_MESSAGE_BYTES}
 MAX_BATCHES_IN_FLIGHT = 4
 
 log = logging.getLogger(__name__)

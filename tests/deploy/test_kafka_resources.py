@@ -50,6 +50,7 @@ def test_kafka_topics_equal_the_catalogue(name: str) -> None:
         assert topic["spec"]["config"] == {
             "cleanup.policy": spec.cleanup_policy,
             "retention.ms": spec.retention_ms,
+            "max.message.bytes": spec.max_message_bytes,
             "min.insync.replicas": 2,
         }
 
