@@ -209,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000, help="events through the broker stages")
     parser.add_argument("--intake-seconds", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of stages 2 and 4 (medians)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs of stages 2 and 4 (medians)")
     args = parser.parse_args()
 
     # log as the services do (JSON, INFO: one lineage line per event), to /dev/null
@@ -248,7 +248,7 @@ def main() -> None:
               f"{', '.join(f'{t:.0f}' for t in throughs)})")
         print(f"4. kafka-python passthrough (ceiling)      {ceiling:10.0f} events/s   (median of "
               f"{', '.join(f'{c:.0f}' for c in ceilings)})")
-        print(f"   ratio 2/4 = {through / ceiling:.2f}  (per round: "
+        print(f"   ratio 2/4 = {through / ceiling:.3f}  (per round: "
               f"{', '.join(f'{t / c:.2f}' for t, c in zip(throughs, ceilings, strict=True))})")
         rate = 200.0
         intake_events = event_mix(int(rate * args.intake_seconds) + 100)
@@ -257,6 +257,8 @@ def main() -> None:
         accepted, p50, p99 = bench_intake(settings, intake_events, rate)
         print(f"5. intake at a steady {rate:.0f} req/s: {accepted:.0f} accepted events/s, "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        one, five, fifteen = os.getloadavg()  # the machine may be shared: how busy it was
+        print(f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) at the end")
     finally:
         if broker is not None:
             broker.stop()
