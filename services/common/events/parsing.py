@@ -178,35 +178,24 @@ def _assessment_problems(event: AssessmentCompleted) -> list[FieldProblem]:
     problems: list[FieldProblem] = []
     seen: set[str] = set()
     for index, item in enumerate(event.data.items):
-        where = f"data.items[{index}]"
-        name_field = "code" if item.code is not None else "link_id"
         code = item.item_code
-        if code not in codes:
-            problems.append(
-                FieldProblem(
-                    f"{where}.{name_field}", "item-not-in-instrument", "not an item of this instrument"
-                )
-            )
-            continue
-        if code in seen:
-            problems.append(FieldProblem(f"{where}.{name_field}", "duplicate-item", "item is answered twice"))
+        if code not in codes or code in seen:
+            name_field = "code" if item.code is not None else "link_id"
+            if code not in codes:
+                problems.append(FieldProblem(f"data.items[{index}].{name_field}", "item-not-in-instrument",
+                                             "not an item of this instrument"))
+                continue
+            problems.append(FieldProblem(f"data.items[{index}].{name_field}", "duplicate-item",
+                                         "item is answered twice"))
         seen.add(code)
         answer = item.answer
         if isinstance(answer, int):
             if answer > max_weight:
-                problems.append(
-                    FieldProblem(
-                        f"{where}.answer",
-                        "answer-out-of-range",
-                        f"answer weight above {max_weight} for this item",
-                    )
-                )
+                problems.append(FieldProblem(f"data.items[{index}].answer", "answer-out-of-range",
+                                             f"answer weight above {max_weight} for this item"))
         elif answer not in answer_codes:
-            problems.append(
-                FieldProblem(
-                    f"{where}.answer", "answer-not-in-list", "answer code not in the instrument's lists"
-                )
-            )
+            problems.append(FieldProblem(f"data.items[{index}].answer", "answer-not-in-list",
+                                         "answer code not in the instrument's lists"))
     return problems
 
 
