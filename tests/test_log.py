@@ -72,3 +72,11 @@ def test_the_lineage_formatter_writes_the_line_the_general_one_does_for_a_dict_m
     line = orjson.loads(lineage.format(record))
     assert line["logger"] == LINEAGE_LOGGER and line["level"] == "INFO" and line["service"] == "mapper"
     assert line["resources"] == ["Patient/p1", "Provenance/v1"] and "time" in line
+
+
+def test_the_lineage_formatter_writes_logging_s_own_time() -> None:
+    general, lineage = json_formatter("mapper"), lineage_formatter("mapper")
+    for created in (1_767_600_000.0, 1_767_600_000.25, 1_767_600_000.999, 1_767_600_001.5, 1_767_600_000.5):
+        record = logging.LogRecord(LINEAGE_LOGGER, logging.INFO, "", 0, {"message": "m"}, None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert orjson.loads(lineage.format(record))["time"] == orjson.loads(general.format(record))["time"]

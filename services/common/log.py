@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 from pythonjsonlogger.orjson import OrjsonFormatter
@@ -58,6 +59,20 @@ class LineageFormatter(OrjsonFormatter):
     """The same JSON line for lineage records, which are logged as a dict message holding every field: the
     record's own attributes are not searched for extra fields (python-json-logger's add_fields hook), so
     ``extra=`` is not written: log a dict to the lineage logger."""
+
+    _second: int = -1
+    _second_text: str = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own format (``2026-11-26 01:02:03,456``); the text of the second is kept, since a settled
+        batch's lines are written within a few milliseconds of each other."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._second_text, record.msecs)
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
