@@ -66,7 +66,7 @@ class LineageFormatter(OrjsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """logging's own format (``2026-11-26 01:02:03,456``); the text of the second is kept, since a settled
         batch's lines are written within a few milliseconds of each other."""
-        if datefmt is not None:
+        if datefmt is not None or self.default_msec_format is None:
             return super().formatTime(record, datefmt)
         second = int(record.created)
         if second != self._second:
