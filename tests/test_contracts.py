@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from services.common.asyncapi import ASYNCAPI_PATH, render
 from services.common.kafka import OutboundRecord, RecordProducer, client_config, ensure_topics
 from services.common.settings import Settings
-from services.common.topics import CATALOGUE, FHIR_BUNDLES, MAX_MESSAGE_BYTES
+from services.common.topics import CATALOGUE, FHIR_BUNDLES, MAX_MESSAGE_BYTES, SAFETY_ALERTS
 from services.mapper.service import PRODUCER_TUNING
 from tests.kafka_helpers import read_all
 
@@ -68,3 +68,22 @@ def test_a_bundle_over_kafka_s_default_1_mib_is_written_and_read_back(settings: 
         producer.close()
     records = read_all(settings, topic, until=lambda rs: len(rs) >= 2)  # a reader with default fetch sizes
     assert [len(r.value) for r in records] == [len(big), len(big)]
+
+
+def test_an_existing_topic_that_accepts_less_than_the_catalogue_is_raised_and_a_larger_one_kept(
+        settings: Settings) -> None:
+    bundles, alerts = FHIR_BUNDLES.name(settings.topic_prefix), SAFETY_ALERTS.name(settings.topic_prefix)
+    admin = KafkaAdminClient(**client_config(settings, "test-admin"))
+    try:
+        admin.create_topics([  # as an older carebus (or someone else) made them
+            NewTopic(bundles, 1, 1),  # Kafka's default: 1 MiB
+            NewTopic(alerts, 1, 1, topic_configs={"max.message.bytes": str(4 * MAX_MESSAGE_BYTES)}),
+        ])
+        created = ensure_topics(settings, CATALOGUE)
+        assert bundles not in created and alerts not in created
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in (bundles, alerts)])
+    finally:
+        admin.close()
+    assert described["topic"][bundles]["max.message.bytes"]["value"] == str(MAX_MESSAGE_BYTES)
+    assert described["topic"][alerts]["max.message.bytes"]["value"] == str(4 * MAX_MESSAGE_BYTES)

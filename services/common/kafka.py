@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.producer.future import FutureRecordMetadata, RecordMetadata
@@ -231,7 +231,11 @@ def read_recent_headers(settings: Settings, client_id: str, topic: str, per_part
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the catalogue's topics that do not exist yet. Returns the names created."""
+    """Create the catalogue's topics that do not exist yet, and raise max.message.bytes on existing ones that
+    accept less than the catalogue (e.g. created by an older carebus with Kafka's 1 MiB default: the mapper's
+    4 MiB batches would be refused). Other settings of existing topics are the operators' and left alone.
+    Returns the names created."""
+    specs = list(specs)
     new_topics = [
         NewTopic(
             name=spec.name(settings.topic_prefix),
@@ -259,11 +263,31 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
         if created:
             admin.wait_for_topics(created, timeout_ms=30000)  # leaders elected, visible in metadata
             log.info("created topics", extra={"topics": created})
+        _raise_max_message_bytes(admin, {spec.name(settings.topic_prefix): spec.max_message_bytes
+                                         for spec in specs if spec.name(settings.topic_prefix) in existing})
         return created
     except KafkaError as exc:
         raise BrokerUnavailable(f"topic set-up failed: {type(exc).__name__}") from exc
     finally:
         admin.close()
+
+
+def _raise_max_message_bytes(admin: KafkaAdminClient, wanted: dict[str, int]) -> None:
+    if not wanted:
+        return
+    described = admin.describe_configs(  # the value in force, whether set on the topic or the broker
+        [ConfigResource(ConfigResourceType.TOPIC, name, configs={"max.message.bytes": None}) for name in wanted],
+        config_filter="all")
+    too_small: dict[str, int] = {}
+    for name, least in wanted.items():
+        value = described.get("topic", {}).get(name, {}).get("max.message.bytes", {}).get("value")
+        if value is None or int(value) < least:
+            too_small[name] = least
+    if too_small:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={"max.message.bytes": str(least)})
+                             for name, least in too_small.items()])
+        log.warning("raised max.message.bytes of existing topics to the catalogue's",
+                    extra={"topics": sorted(too_small)})
 
 
 def end_offsets_lag(consumer: KafkaConsumer) -> dict[TopicPartition, int]:
