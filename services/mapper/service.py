@@ -149,7 +149,9 @@ class MapperService:
                 return
             timeout = self._producer.request_timeout_s
             try:
-                written = [future.get(timeout=timeout) for future in batch.futures]
+                # an acknowledged write's metadata is read as is; get() waits for the others, or raises
+                written = [future.value if future.succeeded() else future.get(timeout=timeout)
+                           for future in batch.futures]
             except KafkaError as exc:
                 self._rewind()
                 raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
