@@ -42,6 +42,12 @@ class EventValidationError(InvalidInput):
     reason = "schema-violation"
 
 
+class MalformedJson(EventValidationError):
+    """Bytes that are not JSON at all (rather than JSON that breaks the schema)."""
+
+    reason = "malformed-json"
+
+
 class RefusedContent(InvalidInput):
     reason = "refused-content"
 

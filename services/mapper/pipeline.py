@@ -167,10 +167,7 @@ class Pipeline:
             validate_bundle(mapped.bundle)
             payload = serialize(mapped.bundle)
         except (InvalidInput, orjson.JSONDecodeError) as exc:
-            if isinstance(exc, orjson.JSONDecodeError) or any(p.rule == "json_invalid" for p in exc.problems):
-                reason = "malformed-json"
-            else:
-                reason = exc.reason
+            reason = exc.reason if isinstance(exc, InvalidInput) else "malformed-json"
             return self._dead_letter(record, key, event_id, event_type, correlation_id, reason, exc)
         except CarebusError as exc:  # pragma: no cover - defensive: every mapping error is InvalidInput
             return self._dead_letter(record, key, event_id, event_type, correlation_id, "mapping-failed", exc)

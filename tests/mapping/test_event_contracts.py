@@ -108,6 +108,15 @@ def test_malformed_json_is_an_event_validation_error(raw: bytes | str) -> None:
     assert found and all(rule == "json_invalid" for _, rule in found)
 
 
+def test_malformed_json_says_so_in_its_reason() -> None:
+    with pytest.raises(EventValidationError) as caught:
+        parse_event(b"{not json")
+    assert caught.value.reason == "malformed-json"
+    with pytest.raises(EventValidationError) as caught:
+        parse_event(b"[1, 2, 3]")  # JSON, but not an event
+    assert caught.value.reason == "schema-violation"
+
+
 def test_not_an_object() -> None:
     assert problems_of(b"[1, 2, 3]")[0][0] == "$"
 

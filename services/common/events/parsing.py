@@ -4,7 +4,9 @@
 location (``data.items[2].answer``), the rule and a fixed message — never the offending value (it may be PHI):
 
 1. JSON and schema (pydantic):     EventValidationError, rule = pydantic error type (``missing``,
-                                   ``literal_error``, ``answer_out_of_range`` ...), or ``json_invalid``.
+                                   ``literal_error``, ``answer_out_of_range`` ...); bytes that are not JSON
+                                   raise its subclass MalformedJson (reason ``malformed-json``, rule
+                                   ``json_invalid``).
 2. Instrument items (assessments): EventValidationError, rules ``item-not-in-instrument``,
                                    ``duplicate-item``, ``answer-out-of-range``, ``answer-not-in-list`` — so a
                                    sender learns at intake, not from a dead letter, that an item is wrong.
@@ -27,7 +29,7 @@ from typing import Any, Final
 from pydantic import TypeAdapter, ValidationError
 
 from services.common import fhir_ids
-from services.common.errors import EventValidationError, FieldProblem, RefusedContent
+from services.common.errors import EventValidationError, FieldProblem, MalformedJson, RefusedContent
 from services.common.events.envelope import EVENT_TYPES, AssessmentCompleted, CareEvent, NoteSigned
 
 _ADAPTER: Final[TypeAdapter[CareEvent]] = TypeAdapter(CareEvent)
@@ -218,6 +220,8 @@ def parse_event(raw: bytes | str | Mapping[str, Any]) -> CareEvent:
     except ValidationError as exc:
         problems = problems_from(exc)
         # ``from None``: pydantic's own error text carries input values, which must not reach any log.
+        if any(problem.rule == "json_invalid" for problem in problems):
+            raise MalformedJson("event is not JSON", problems) from None
         message = f"event breaks its schema ({len(problems)} problem(s))"
         raise EventValidationError(message, problems) from None
     if isinstance(event, AssessmentCompleted):
