@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from services.common.fhir_text import forbidden_character
 from services.common.topics import HEADER_EVENT_ID
 from services.record.errors import BadBundle, ForbiddenCharacter
 from services.record.fhirdates import format_instant
@@ -45,11 +46,6 @@ from services.record.indexing import ResourceIndex, index_resource
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
-# FHIR R4 strings: no code points below U+0020 but tab, CR, LF; and no Unicode non-characters
-_NONCHARACTERS = "\ufdd0-\ufdef\ufffe\uffff" + "".join(
-    f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(1, 17)
-)
-_FORBIDDEN = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{_NONCHARACTERS}]")
 # JSON can carry those only as \u escapes (raw controls are not JSON) or as the UTF-8 of a non-character:
 # the bytes are searched first, and the parsed strings only when one of these occurs
 _MAYBE_FORBIDDEN = re.compile(rb"\\u|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
@@ -247,9 +243,9 @@ def _forbidden_in(value: Any) -> str | None:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            found = _FORBIDDEN.search(item)
-            if found:
-                return f"U+{ord(found.group()):04X}"
+            code_point = forbidden_character(item)
+            if code_point:
+                return code_point
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
