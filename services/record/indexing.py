@@ -230,7 +230,8 @@ def security_codes(resource: dict[str, Any]) -> tuple[str, ...]:
     meta = resource.get("meta")
     if not isinstance(meta, dict):
         return ()
-    codes = [c["code"] for c in items_of(meta.get("security")) if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    security = items_of(meta.get("security"))
+    codes = [c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)]
     return tuple(codes)
 
 

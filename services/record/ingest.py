@@ -48,7 +48,9 @@ _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
 # JSON can carry those only as \u escapes (raw controls are not JSON) or as the UTF-8 of a non-character:
 # the bytes are searched first, and the parsed strings only when one of these occurs
-_MAYBE_FORBIDDEN = re.compile(rb"\\u|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]")
+_MAYBE_FORBIDDEN = re.compile(
+    rb"\\u|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]"
+)
 
 
 @dataclass(frozen=True)

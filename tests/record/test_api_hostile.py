@@ -1,3 +1,4 @@
+# ruff: noqa: S106, S107 -- token= names a test fixture's token label, not a secret
 """Hostile and careless requests to the record API: every one gets a 4xx OperationOutcome naming the rule (never a
 500 or an OverflowError), the keep-alive connection survives, and U+0000 never reaches a query."""
 

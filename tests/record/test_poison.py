@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from services.common.topics import DEAD_LETTERS, HEADER_DEAD_LETTER_REASON
-from services.record.errors import BadBundle, ForbiddenCharacter, StoreUnavailable
+from services.record.errors import ForbiddenCharacter, StoreUnavailable
 from services.record.ingest import InboundBundle, PreparedBundle, prepare_bundle
 from services.record.store import SqlStore
 from services.record.store.postgres import refusal as postgres_refusal
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.postgres
 
 CANARY_FAMILY = "Zqxcanaryfamily"
 # larger than a PostgreSQL index row may be (~2.7 kB, after compression): random, so it does not compress
-INCOMPRESSIBLE = random.Random(11).randbytes(6000).hex()
+INCOMPRESSIBLE = random.Random(11).randbytes(6000).hex()  # noqa: S311 - test data, not a secret
 
 
 def event_for(mrn: str, **patient_fields: Any) -> Event:

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.record.identity import IdentityPolicy
 from services.record.store.sql import ConnectionPool, Dialect, SqlStore
 
+
 def refusal(exc: BaseException) -> str | None:
     """The code of an error that refuses the data itself (a constraint, a value SQLite cannot hold), None for an
     outage (locked, I/O error, disk full, ...)."""
