@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import os
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ from services.common.metrics import Metrics
 from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, TopicSpec
-from services.mapper.journey import sample_care_journey
+from services.mapper.journey import distinct_people_events
 from services.mapper.mapping import map_event, serialize, validate_bundle
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.mapper.result import MappingContext
@@ -47,20 +46,9 @@ from services.mapper.service import PRODUCER_TUNING, MapperService
 
 
 def event_mix(count: int) -> list[dict[str, Any]]:
-    """A realistic mix: the sample journey's events, replayed for many patients with distinct ids."""
-    journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
-    events: list[dict[str, Any]] = []
-    patient_no = 0
-    while len(events) < count:
-        patient_no += 1
-        for template in journey:
-            event = copy.deepcopy(template)
-            event["id"] = f"{template['id']}-b{patient_no}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-b{patient_no}"
-            events.append(event)
-            if len(events) == count:
-                break
-    return events
+    """A realistic mix: the sample journey lived by distinct people (own ids, enterprise ids, names, birth dates;
+    deterministic from a seed), 15 event types."""
+    return distinct_people_events(count, datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
 
 
 def bench_in_process(events: list[dict[str, Any]]) -> tuple[float, float]:
