@@ -10,7 +10,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
-.PHONY: setup demo test bench lint schemas clean
+.PHONY: setup demo test bench soak faults lint schemas clean
 
 setup: $(VENV)/.compiled
 
@@ -37,6 +37,17 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.run_all
+
+# the fault suite alone (make test runs it too): real processes killed and restarted mid-stream
+faults: setup
+	$(PY) -m pytest tests/faults
+
+# not in CI: SOAK_ARGS="--minutes 3 --rate 50 --store postgres"; vegeta (the load) from the Go module proxy
+VEGETA := $(shell command -v vegeta || echo $(HOME)/go/bin/vegeta)
+soak: setup
+	@[ -x "$(VEGETA)" ] || { command -v go >/dev/null || apt-get install -y -q golang-go; \
+	  go install github.com/tsenart/vegeta/v12@v12.12.0; }
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check services tests benchmarks

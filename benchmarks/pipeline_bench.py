@@ -207,7 +207,9 @@ def main() -> None:
           f"python={sys.version.split()[0]}", flush=True)
     events = event_mix(args.events)
     types = {e["type"] for e in events}
-    print(f"event mix: {len(events)} events of {len(types)} types (the sample care journey, replayed)", flush=True)
+    people = len({(e["source"], e["data"]["patient_id"]) for e in events})
+    print(f"event mix: {len(events)} events of {len(types)} types (the sample care journey lived by distinct people: "
+          f"{people} source patients)", flush=True)
 
     ours, naive = bench_in_process(events[:5000])
     print(f"1. map+validate+serialize, in process      {ours:10.0f} events/s", flush=True)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -41,27 +43,41 @@ def free_port() -> int:
 
 
 def provision(cache_dir: Path) -> Path:
-    """Resolve the broker's jars into ``cache_dir/kafka/libs`` (once). Returns the libs folder."""
-    libs = cache_dir.resolve() / "kafka" / "libs"
-    marker = libs / ".complete"
+    """Resolve the broker's jars into ``cache_dir/kafka/libs`` (once). Returns the libs folder.
+
+    Safe when several processes share the cache (test sessions of several checkouts): one resolves at a time
+    (a file lock), into a folder of its own that then replaces ``libs`` by a rename, so a broker starting
+    elsewhere never sees a half-filled folder."""
+    kafka_dir = cache_dir.resolve() / "kafka"
+    libs = kafka_dir / "libs"
     pom_stamp = POM.read_bytes()
-    if marker.exists() and marker.read_bytes() == pom_stamp:
+    if (libs / ".complete").exists() and (libs / ".complete").read_bytes() == pom_stamp:
         return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerStartError("Maven ('mvn') is needed to fetch the Kafka broker; install it (apt-get install maven)")
-    if libs.exists():
-        shutil.rmtree(libs)
-    libs.mkdir(parents=True)
-    print("carebus: resolving Apache Kafka from Maven Central into", libs, file=sys.stderr, flush=True)
-    result = subprocess.run(  # noqa: S603 - fixed argument list
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
-    )
-    if result.returncode != 0:
-        raise BrokerStartError(f"Maven could not resolve Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    marker.write_bytes(pom_stamp)
+    kafka_dir.mkdir(parents=True, exist_ok=True)
+    with (kafka_dir / ".provision.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (libs / ".complete").exists() and (libs / ".complete").read_bytes() == pom_stamp:
+            return libs  # another process resolved it while this one waited
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerStartError("Maven ('mvn') is needed to fetch the Kafka broker; install it "
+                                   "(apt-get install maven)")
+        fresh = Path(tempfile.mkdtemp(prefix="libs-", dir=kafka_dir))
+        print("carebus: resolving Apache Kafka from Maven Central into", libs, file=sys.stderr, flush=True)
+        result = subprocess.run(  # noqa: S603 - fixed argument list
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={fresh}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise BrokerStartError(f"Maven could not resolve Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        (fresh / ".complete").write_bytes(pom_stamp)
+        old = kafka_dir / f"libs-old-{uuid.uuid4().hex[:8]}"
+        if libs.exists():
+            libs.rename(old)  # a running broker keeps its open jars; new starts see the new folder
+        fresh.rename(libs)
+        shutil.rmtree(old, ignore_errors=True)
     return libs
 
 
