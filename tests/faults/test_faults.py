@@ -62,7 +62,7 @@ MAPPER_GROUP = "faults-mapper"
 RECORD_GROUP = "faults-record"
 CANARY = "Qzvcanaryfamilyname"
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=120)
-RATE_EVENTS_PER_S = 120
+RATE_EVENTS_PER_S = 40
 BATCH = 20
 
 
@@ -232,7 +232,8 @@ def reference_record(events: list[dict[str, Any]], path: Path) -> dict[tuple[str
             bundles.append(prepare_bundle(InboundBundle(FHIR_BUNDLES.name(PREFIX), 0, offset,
                                                         1_767_000_000_000 + offset, out.key, out.value,
                                                         dict(out.headers))))
-        store.ingest(bundles)
+        for first in range(0, len(bundles), 500):  # batches as the record's consumer takes them
+            store.ingest(bundles[first : first + 500])
         return versions_of(store)
     finally:
         store.close()
@@ -245,6 +246,7 @@ def versions_of(store: Any) -> dict[tuple[str, str], tuple[int, str]]:
     return found
 
 
+@pytest.mark.timeout(600)
 def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dead_letter_the_poison(
         stack: Stack, tmp_path: Path) -> None:
     crowd = people(200, seed=11)
@@ -258,7 +260,7 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
         base = max(provenances(stack.dsn), 0)
         return lambda: provenances(stack.dsn) >= base + by
 
-    wait_for(progressed(150), "the first events in the record")
+    wait_for(progressed(100), "the first events in the record")
     stack.kill("mapper")  # 1. mid-stream: batches mapped and in flight are not committed
     stack.restart("mapper")
 
@@ -267,28 +269,28 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
     producer.send_all_and_wait([record for record, _ in poison.values()])
     producer.close()
 
-    wait_for(progressed(150), "progress after the mapper restart")
+    wait_for(progressed(100), "progress after the mapper restart")
     stack.kill("record")  # 3. mid-batch: the store transaction is rolled back, no offset committed
     stack.restart("record")
 
-    wait_for(progressed(150), "progress after the record restart")
+    wait_for(progressed(100), "progress after the record restart")
     stack.broker.kill()  # 4. the broker crashes and comes back on its data
     time.sleep(1)
     stack.broker.start()
     assert stack.broker.reused
 
-    wait_for(progressed(150), "progress after the broker restart")
+    wait_for(progressed(100), "progress after the broker restart")
     stack.postgres.halt("immediate")  # 5. the database crashes mid-ingest and comes back on its data
     time.sleep(3)
     stack.postgres.resume()
 
-    wait_for(progressed(150), "progress after the PostgreSQL restart")
+    wait_for(progressed(100), "progress after the PostgreSQL restart")
     sender.stop_after_current.set()
     sender.join(timeout=120)
     assert sender.error is None and not sender.is_alive(), (sender.error, sender.resent_batches,
                                                             stack.broker.pid, len(sender.accepted))
     accepted = sender.accepted
-    assert len(accepted) > 700, "the faults should have happened while events flowed"
+    assert len(accepted) > 500, "the faults should have happened while events flowed"
 
     groups = {MAPPER_GROUP: INBOUND_EVENTS.name(PREFIX), RECORD_GROUP: FHIR_BUNDLES.name(PREFIX)}
     wait_for(lambda: all(g.lag == 0 for g in group_lags(stack.settings, groups)), "consumer lag 0", 180)
