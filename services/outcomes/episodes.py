@@ -67,6 +67,7 @@ class Score:
     total: int
     instrument: Instrument
     patient: str = ""  # "Patient/<id>" of the source record it came from
+    labels: tuple[str, ...] = field(default=(), compare=False)  # meta.security codes of the score
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def score_of(observation: dict[str, Any]) -> Score | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         return None
     subject = (observation.get("subject") or {}).get("reference", "")
-    return Score(when, f"Observation/{observation['id']}", int(value), instrument, subject)
+    labels = tuple(c["code"] for c in (observation.get("meta") or {}).get("security", ()) if "code" in c)
+    return Score(when, f"Observation/{observation['id']}", int(value), instrument, subject, labels)
 
 
 def scores_of(resources: Iterable[dict[str, Any]]) -> list[Score]:
