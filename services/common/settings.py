@@ -104,6 +104,25 @@ class Settings(BaseSettings):
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
+    # --- notify (subscriptions; services/notify/README.md) -----------------------------------------------
+    notify_port: int = 8083
+    notify_group_id: str = "carebus-notify"
+    notify_store_dsn: str | None = Field(
+        None, description="Subscriptions and their events, shared by notify and the record API's /Subscription: "
+                          "'sqlite:///<path>' or 'postgresql://...'; unset: <cache_dir>/notify/notify.db.")
+    notify_endpoint_allowlist: list[str] = Field(
+        default_factory=list, description="URL prefixes a subscription endpoint must start with (JSON list); "
+                                          "https only, unless an http:// prefix is listed explicitly.")
+    notify_retry_window_s: float = Field(86_400.0, gt=0, description="How long a notification is retried.")
+    notify_retry_initial_s: float = Field(1.0, gt=0, description="First retry delay (doubles, with jitter).")
+    notify_retry_max_s: float = Field(600.0, gt=0, description="Longest delay between two retries.")
+    notify_retry_time_scale: float = Field(
+        1.0, gt=0, description="Retry-clock seconds per real second (tests drive 24 hours through it).")
+    notify_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of a delivery without its own.")
+    notify_not_found_limit: int = Field(3, ge=1, description="Consecutive 404s that turn a subscription off.")
+    notify_client_certfile: Path | None = Field(None, description="Client certificate (PEM) for mTLS endpoints.")
+    notify_client_keyfile: Path | None = Field(None, description="Key of notify_client_certfile (PEM).")
+
     hl7_assigning_authorities: dict[str, str] = Field(
         default_factory=lambda: {"EMPI": "urn:carebus:empi"},
         description="HL7 v2 assigning authority (CX-4 namespace id) -> FHIR Identifier.system, so a hospital's "
