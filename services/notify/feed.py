@@ -60,6 +60,10 @@ class ChangeFeedConsumer:
                 if consumer is None:
                     consumer = build_consumer(self._settings, "carebus-notify", self._settings.notify_group_id,
                                               [self.topic])
+                    # join the group only once the topic's partitions are known (else the first assignment
+                    # may be empty and stay so)
+                    while consumer.partitions_for_topic(self.topic) is None and not self._stop.wait(0.2):
+                        pass
                 self._poll_once(consumer)
             except (KafkaError, BrokerUnavailable) as exc:
                 self.healthy, self.reason = False, f"kafka: {type(exc).__name__}"

@@ -79,7 +79,7 @@ class SubscriptionDef:
 
 def endpoint_refusal(url: str, allowlist: Sequence[str]) -> str | None:
     """Why ``url`` may not be a channel endpoint, or None. https only, unless an ``http://`` prefix is listed;
-    the URL must start with a listed prefix at a path boundary (``https://ehr.example`` does not admit
+    the URL must start with a listed prefix at a boundary (``/``, ``?`` or a port's ``:``; ``https://ehr.example`` does not admit
     ``https://ehr.example.evil``)."""
     try:
         parts = urlsplit(url)
@@ -97,7 +97,7 @@ def endpoint_refusal(url: str, allowlist: Sequence[str]) -> str | None:
         if parts.scheme == "http" and not prefix.startswith("http://"):
             continue
         rest = url[len(prefix):]
-        if prefix.endswith("/") or not rest or rest[0] in "/?":
+        if prefix.endswith("/") or not rest or rest[0] in "/?:":
             return None
     if parts.scheme == "http":
         return "must use https (plain http only where the operator lists an http:// prefix)"

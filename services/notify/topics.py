@@ -203,9 +203,11 @@ def _diagnosis(change: Change, previous: str | None) -> bool:
     return change.kind != "deleted" and previous is None
 
 
+_SIGNED = ("current/final", "current/amended", "current/")  # no docStatus: the sender did not say otherwise
+
+
 def _note_signed(change: Change, previous: str | None) -> bool:
-    state = state_of(change)
-    return state in ("current/final", "current/amended") and previous not in ("current/final", "current/amended")
+    return state_of(change) in _SIGNED and previous not in _SIGNED
 
 
 def _care_plan(change: Change, previous: str | None) -> bool:
@@ -268,7 +270,7 @@ TOPICS: tuple[Topic, ...] = (
            _category("Condition.category (problem-list-item, encounter-diagnosis)", "category"))),
     Topic("note-signed", "Note signed", "A clinical note was signed (DocumentReference current and final).",
           "DocumentReference",
-          "DocumentReference becomes status current with docStatus final or amended",
+          "DocumentReference becomes status current with docStatus final, amended or absent (not preliminary)",
           _note_signed,
           (PATIENT, _code("DocumentReference.type (LOINC)", "type"),
            _category("DocumentReference.category", "category"))),
