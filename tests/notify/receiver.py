@@ -31,8 +31,10 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, secrets: dict[str, str] | None = None, slow_s: float = 3.0) -> None:
+    def __init__(self, secrets: dict[str, str] | None = None, slow_s: float = 3.0,
+                 slow_within_timeout: bool = False) -> None:
         self.port = free_port()
+        self.slow_within_timeout = slow_within_timeout  # slow, but the sender still waits for the answer
         self.mode = "ok"
         self.slow_s = slow_s
         self.secrets = secrets if secrets is not None else {}
@@ -58,7 +60,8 @@ class Receiver:
                 if mode == "slow":
                     time.sleep(receiver.slow_s)
                 status = {"ok": 200, "empty": 200, "fail": 500, "slow": 200, "gone": 410, "missing": 404}[mode]
-                receiver._record(dict(self.headers.items()), body, 200 <= status < 300 and mode != "slow")
+                acknowledged = 200 <= status < 300 and (mode != "slow" or receiver.slow_within_timeout)
+                receiver._record(dict(self.headers.items()), body, acknowledged)
                 payload = b"" if mode == "empty" else b'{"status":"ok"}'
                 try:
                     self.send_response(status)
