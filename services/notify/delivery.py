@@ -61,7 +61,7 @@ def signature(secret: str, body: bytes) -> str:
 
 def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:
     """Retry-clock seconds before attempt ``attempt + 1`` (attempt >= 1): exponential, full jitter."""
-    ceiling = min(max_s, initial_s * 2 ** min(attempt - 1, 40))
+    ceiling: float = min(max_s, initial_s * 2.0 ** min(attempt - 1, 40))
     return ceiling * (0.5 + 0.5 * rng())
 
 

@@ -26,7 +26,7 @@ EXT_PAYLOAD_CONTENT = BACKPORT + "backport-payload-content"
 PROFILE = BACKPORT + "backport-subscription"
 # carebus's own: the HMAC-SHA256 signing secret (the client may choose it; else carebus makes one and returns it
 # once, in the answer to the create)
-EXT_SECRET = "https://carebus.dev/fhir/StructureDefinition/subscription-signing-secret"
+EXT_SECRET = "https://carebus.dev/fhir/StructureDefinition/subscription-signing-secret"  # noqa: S105 - a URL
 
 Status = Literal["requested", "active", "error", "off"]
 Content = Literal["empty", "id-only", "full-resource"]
@@ -79,8 +79,8 @@ class SubscriptionDef:
 
 def endpoint_refusal(url: str, allowlist: Sequence[str]) -> str | None:
     """Why ``url`` may not be a channel endpoint, or None. https only, unless an ``http://`` prefix is listed;
-    the URL must start with a listed prefix at a boundary (``/``, ``?`` or a port's ``:``; ``https://ehr.example`` does not admit
-    ``https://ehr.example.evil``)."""
+    the URL must start with a listed prefix at a boundary (``/``, ``?`` or a port's ``:``;
+    ``https://ehr.example`` does not admit ``https://ehr.example.evil``)."""
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -60,8 +60,8 @@ from services.record.fhirdates import instant_ms
 from services.record.identity import overlay_links
 from services.record.indexing import SEARCH_PARAMETERS
 from services.record.search import PatientCriterion, parse_paging, parse_search
-from services.record.subscription_api import subscription_router
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
+from services.record.subscription_api import subscription_router
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ class NotifyProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "services.notify"], env=self.env(),  # noqa: S603
+        self.process = subprocess.Popen([sys.executable, "-m", "services.notify"], env=self.env(),
                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

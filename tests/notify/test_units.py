@@ -29,9 +29,10 @@ SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 
 
-def change(resource: dict[str, Any], version: int = 1, kind: str = "created", members: tuple[str, ...] = ("Patient/p1",),
-           restriction: int = 0) -> Change:
-    return Change(resource["resourceType"], resource["id"], version, "2024-03-01T10:00:00.000Z", kind,  # type: ignore[arg-type]
+def change(resource: dict[str, Any], version: int = 1, kind: str = "created",
+           members: tuple[str, ...] = ("Patient/p1",), restriction: int = 0) -> Change:
+    return Change(resource["resourceType"], resource["id"], version, "2024-03-01T10:00:00.000Z",
+                  kind,  # type: ignore[arg-type]
                   members[0] if members else None, "person-1", members, (), restriction, resource)
 
 
@@ -160,7 +161,8 @@ def subscription_resource(**channel: Any) -> dict[str, Any]:
         "resourceType": "Subscription", "status": "requested", "reason": "therapy EHR",
         "criteria": TOPIC_BASE + "safety-alert-raised",
         "_criteria": {"extension": [{"url": EXT_FILTER, "valueString": "Flag?patient=Patient/p1"}]},
-        "channel": {"type": "rest-hook", "endpoint": "https://ehr.example.org/hooks", "payload": "application/fhir+json",
+        "channel": {"type": "rest-hook", "endpoint": "https://ehr.example.org/hooks",
+                    "payload": "application/fhir+json",
                     "_payload": {"extension": [{"url": EXT_PAYLOAD_CONTENT, "valueCode": "full-resource"}]},
                     "extension": [{"url": EXT_MAX_COUNT, "valuePositiveInt": 5}], **channel},
     }
