@@ -35,7 +35,6 @@ from typing import Any, Literal
 
 import httpx
 import orjson
-from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.metrics import Metrics
 from services.common.settings import Settings
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Carebus-Signature"
 Outcome = Literal["delivered", "retry", "gone", "not-found"]
-DELIVERY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -70,32 +68,16 @@ def iso_now() -> str:
 
 
 class NotifyMetrics:
+    """notify's metrics (defined with every carebus metric in services/common/metrics.py)."""
+
     def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
-        self.deliveries = Counter(
-            "carebus_notify_deliveries_total",
-            "Notification requests, by kind and outcome (delivered, retry, gone, not-found, dead-lettered).",
-            ["kind", "outcome"], registry=r)
-        self.events_numbered = Counter(
-            "carebus_notify_events_total", "Events numbered for subscriptions (after topic, filter and consent).",
-            registry=r)
-        self.pending = Gauge(
-            "carebus_notify_pending_events", "Events not yet delivered, per subscription.",
-            ["subscription"], registry=r)
-        self.retry_backlog = Gauge(
-            "carebus_notify_retry_backlog_events",
-            "Events waiting behind a failing delivery (subscription retrying), per subscription.",
-            ["subscription"], registry=r)
-        self.dead = Gauge(
-            "carebus_notify_dead_letter_events", "Events dead-lettered after the retry window, per subscription.",
-            ["subscription"], registry=r)
-        self.oldest_age = Gauge(
-            "carebus_notify_oldest_undelivered_age_seconds",
-            "Age of the oldest undelivered event, per subscription (0 when nothing waits).",
-            ["subscription"], registry=r)
-        self.latency = Histogram(
-            "carebus_notify_delivery_latency_seconds", "Event numbered to acknowledged by the endpoint.",
-            buckets=DELIVERY_BUCKETS, registry=r)
+        self.deliveries = metrics.notify_deliveries
+        self.events_numbered = metrics.notify_events
+        self.pending = metrics.notify_pending
+        self.retry_backlog = metrics.notify_retry_backlog
+        self.dead = metrics.notify_dead
+        self.oldest_age = metrics.notify_oldest_age
+        self.latency = metrics.notify_latency
 
 
 @dataclass

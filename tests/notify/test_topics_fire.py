@@ -93,8 +93,12 @@ def test_each_topic_fires_for_its_changes_only(stack: NotifyStack) -> None:
         # the handshake came first, with the status 'requested' and no events
         handshake = receiver.of(subs["assessment-completed"], "handshake")[0]
         assert handshake.numbers == [] and handshake.headers["x-subscriber-key"] == "k-123"
+        # after the merge, the survivor's new assessment reaches the subscription on the retired Patient id
+        later = phq9_total(CLINIC, other, f"{other_mrn}-phq-2", "2024-03-09", 7)
+        stack.record.publish(Event(CLINIC, other_mrn, [later]))
+        assert receiver.wait_for(lambda: receiver.acknowledged_numbers(subs["assessment-completed"]) == [1, 2])
+        assert receiver.of(subs["assessment-completed"])[-1].foci[0].endswith(f"/Observation/{later['id']}")
         assert stack.store.events(gad7_only) == []  # a PHQ-9 is not a GAD-7
-        assert [e.resource_type for e in stack.store.events(subs["assessment-completed"])] == ["Observation"]
     finally:
         receiver.stop()
 
