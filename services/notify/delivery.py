@@ -337,9 +337,10 @@ class Deliverer:
         except httpx.HTTPError as exc:
             outcome, detail = "retry", type(exc).__name__
         self.metrics.deliveries.labels(kind=kind, outcome=outcome).inc()
-        log.info("notification sent" if outcome == "delivered" else "notification not accepted",
-                 extra={"subscription": sub.id, "kind": kind, "outcome": outcome, "detail": detail,
-                        "events": [e.number for e in events]})
+        log.log(logging.DEBUG if outcome == "delivered" else logging.INFO,
+                "notification sent" if outcome == "delivered" else "notification not accepted",
+                extra={"subscription": sub.id, "kind": kind, "outcome": outcome, "detail": detail,
+                       "events": [e.number for e in events]})
         return outcome
 
 
