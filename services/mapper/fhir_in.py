@@ -76,17 +76,38 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
     return found
 
 
-def _codings(value: Any) -> Iterator[tuple[str, str]]:
+def _codings(value: Any) -> Iterator[tuple[str, str, str | None]]:
+    """(system, code, display) of every Coding in a resource (meta and narrative left out)."""
     if isinstance(value, dict):
         system, code = value.get("system"), value.get("code")
         if isinstance(system, str) and isinstance(code, str):
-            yield system, code
+            display = value.get("display")
+            yield system, code, display if isinstance(display, str) else None
         for key, item in value.items():
             if key not in ("meta", "text"):
                 yield from _codings(item)
     elif isinstance(value, list):
         for item in value:
             yield from _codings(item)
+
+
+_MEDICATION_CONCEPTS = {"MedicationRequest": "medicationCodeableConcept",
+                        "MedicationStatement": "medicationCodeableConcept",
+                        "MedicationAdministration": "medicationCodeableConcept",
+                        "MedicationDispense": "medicationCodeableConcept", "Medication": "code"}
+
+
+def _medication_names(resource: dict[str, Any]) -> Iterator[str]:
+    """The names of the medication a medication resource is about: its codings' displays and its text (any
+    code system: NDC, local codes)."""
+    concept = resource.get(_MEDICATION_CONCEPTS.get(str(resource.get("resourceType")), ""))
+    if not isinstance(concept, dict):
+        return
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            yield coding["display"]
+    if isinstance(concept.get("text"), str):
+        yield concept["text"]
 
 
 def sent_labels(resource: dict[str, Any]) -> tuple[str, ...]:
@@ -98,11 +119,12 @@ def sent_labels(resource: dict[str, Any]) -> tuple[str, ...]:
 def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     """Labels implied by the codes a resource carries (same tables as the JSON events), plus those sent."""
     found: list[tuple[str, ...]] = [sent_labels(resource)]
-    for system, code in _codings(resource):
+    found.extend(labels.medication_name_labels(name) for name in _medication_names(resource))
+    for system, code, display in _codings(resource):
         if system in (ICD10CM, SNOMED):
             found.append(labels.diagnosis_labels(system, code))
         elif system == RXNORM:
-            found.append(labels.medication_labels(code))
+            found.append(labels.medication_labels(code, None, display))
         elif system == LOINC:
             found.append(labels.lab_labels(code))
             spec = _INSTRUMENT_PANELS.get(code)

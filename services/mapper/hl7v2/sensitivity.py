@@ -1,13 +1,13 @@
 """Security labels of HL7 v2-derived resources: the JSON pipeline's rules (services/mapper/mapping/labels.py)
 applied to v2 codings, plus what only v2 feeds send.
 
-From labels.py, unchanged: ICD-10-CM F-codes (F10-F16, F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5
--> PSY), the SNOMED CT and RxNorm tables, lithium level, AUDIT-C -> R+ETHUD, other instruments -> PSY,
+From labels.py, unchanged: the medication rule (RxNorm by ingredient whatever the term type; the ingredient
+or brand named in any coding's display or the text: NDC products, local codes), ICD-10-CM F-codes (F10-F16,
+F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5 -> PSY), the SNOMED CT tables, lithium level, AUDIT-C -> R+ETHUD, other instruments -> PSY,
 Part 2 sources -> PART2 on every resource, Patient none of its own.
 
 Added for v2: ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM;
-ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); medications named in the coding
-display or text (NDC products, local codes) matched by ingredient name; mental-health note types (LOINC, US
+ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); mental-health note types (LOINC, US
 Behavioral Health Profiles IG) -> PSY. When in doubt carebus over-labels.
 """
 
@@ -28,21 +28,6 @@ NONE: Labels = ()
 
 _ICD10_SHAPE = re.compile(r"[A-TV-Z]\d{2}(?:\.?[0-9A-Z]{0,4})")
 _ICD9 = re.compile(r"(\d{3})(?:\.(\d{1,2}))?")
-
-OUD_AUD_NAMES = (
-    "buprenorphine", "methadone", "naltrexone", "disulfiram", "acamprosate", "suboxone", "subutex",
-    "sublocade", "vivitrol", "zubsolv",
-)
-PSYCHOTROPIC_NAMES = (
-    "sertraline", "escitalopram", "citalopram", "fluoxetine", "paroxetine", "fluvoxamine", "venlafaxine",
-    "desvenlafaxine", "duloxetine", "bupropion", "mirtazapine", "trazodone", "vortioxetine", "vilazodone",
-    "amitriptyline", "nortriptyline", "imipramine", "clomipramine", "quetiapine", "olanzapine", "risperidone",
-    "aripiprazole", "ziprasidone", "lurasidone", "haloperidol", "clozapine", "paliperidone", "chlorpromazine",
-    "lithium", "buspirone", "lamotrigine", "lorazepam", "clonazepam", "alprazolam", "methylphenidate",
-    "atomoxetine", "lisdexamfetamine",
-)
-_OUD_NAMES = re.compile(r"\b(" + "|".join(OUD_AUD_NAMES) + r")\b", re.IGNORECASE)
-_PSY_NAMES = re.compile(r"\b(" + "|".join(PSYCHOTROPIC_NAMES) + r")\b", re.IGNORECASE)
 
 # LOINC codes of behavioural-health instruments (panels, totals, items) scored in instruments.py, plus PCL-5
 # and EPDS which are labelled though not scored.
@@ -102,14 +87,11 @@ def diagnosis(concept: dict[str, Any] | None) -> Labels:
 
 
 def medication(concept: dict[str, Any] | None) -> Labels:
+    """labels.medication_labels for each coding (an RxNorm code by its ingredients, whatever its term type; the
+    ingredient named in the display of any coding: NDC, local codes) and for the text."""
     found: list[Labels] = []
     for system, code, display in _codings(concept):
-        if system == RXNORM and code:
-            found.append(labels.medication_labels(code))
-        if _OUD_NAMES.search(display):
-            found.append(PART2)
-        elif _PSY_NAMES.search(display):
-            found.append(PSY)
+        found.append(labels.medication_labels(code if system == RXNORM else None, None, display))
     return combine(*found)
 
 
