@@ -3,8 +3,8 @@ applied to v2 codings, plus what only v2 feeds send.
 
 From labels.py, unchanged: the medication rule (RxNorm by ingredient whatever the term type; the ingredient
 or brand named in any coding's display or the text: NDC products, local codes), ICD-10-CM F-codes (F10-F16,
-F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5 -> PSY), the SNOMED CT tables, lithium level, AUDIT-C -> R+ETHUD, other instruments -> PSY,
-Part 2 sources -> PART2 on every resource, Patient none of its own.
+F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5 -> PSY), the SNOMED CT tables, lithium level,
+AUDIT-C -> R+ETHUD, other instruments -> PSY, Part 2 sources -> PART2 on every resource, Patient none of its own.
 
 Added for v2: ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM;
 ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); mental-health note types (LOINC, US
