@@ -37,7 +37,6 @@ from services.common.events import parse_event
 from services.common.fhir_ids import resource_id
 from services.mapper.mapping import labels, map_event, validate_resource
 from services.mapper.mapping.instruments import (
-    INSTRUMENTS,
     InstrumentSpec,
     UnscoreableResponse,
     answer_for,
@@ -53,7 +52,6 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
-_INSTRUMENT_PANELS = {spec.panel_loinc: spec for spec in INSTRUMENTS.values()}
 
 
 def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
@@ -145,9 +143,6 @@ def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
             found.append(labels.medication_labels(code, None, display))
         elif system == LOINC:
             found.append(labels.lab_labels(code))
-            spec = _INSTRUMENT_PANELS.get(code)
-            if spec is not None:
-                found.append(labels.ETHUD if spec.key == "audit-c" else labels.PSY)
     return labels.combine(*found)
 
 
@@ -440,7 +435,6 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     label_sets: list[tuple[str, ...]] = []
     alerts: list[SafetyAlert] = []
     quality: list[str] = []
-    part2 = labels.PART2 if source in context.part2_sources else ()
     fallback_time = str(envelope.get("time") or context.received_at.isoformat())
     computed: list[dict[str, Any]] = []
     for (_, original), source_id in zip(found, rekeying.source_ids, strict=True):
@@ -462,7 +456,8 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
                     computed.append(entry)
-        own = labels.combine(implied, part2)
+        own = labels.combine(implied, labels.source_labels((source,), resource_type, context.part2_sources,
+                                                           context.psychiatric_sources))
         if own:
             meta = dict(resource.get("meta") or {})
             meta["security"] = _merged_security(meta.get("security"), own)

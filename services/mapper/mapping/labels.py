@@ -9,6 +9,7 @@ Rules, per resource (the Bundle and the Provenance carry the union of all resour
 | data                                                     | labels                                         |
 |----------------------------------------------------------|------------------------------------------------|
 | any event whose ``source`` is in context.part2_sources   | PART2 added to every resource, Patient included |
+|   (source_labels, every path)                              |                                                |
 |   (a Part 2 program: being its patient is itself SUD information, 42 CFR 2.11)                            |
 | Patient (registered / updated) from any other source     | none: demographics are ordinary PHI            |
 | ICD-10-CM F10-F16, F18, F19 (alcohol / drug use disorders)| PART2                                          |
@@ -38,6 +39,10 @@ Rules, per resource (the Bundle and the Provenance carry the union of all resour
 | consent                                                  | labels of the data it covers (SUD / 42CFRPart2 |
 |                                                          |   / ETHUD / OPIOIDUD -> PART2; PSY/MH/BH -> PSY)|
 | lab: lithium level 14334-7 (psychiatric drug monitoring)  | PSY; other labs none                           |
+| LOINC behavioural-health surveys (instrument codes, PCL-5,| PSY (AUDIT-C codes R + ETHUD)                  |
+|   EPDS) in any result, on every path                      |                                                |
+| any resource but the Patient from a source listed in     | PSY (e.g. a routine-outcome-monitoring system's |
+|   CAREBUS_PSYCHIATRIC_SOURCES (source_labels)             |   ORU results with local codes)                |
 | risk flag (any risk) and safety Flags                    | PSY                                            |
 
 Code tables carry their provenance: (v) HL7 / government artifact, (t) third-party, (?) unverified.
@@ -46,10 +51,11 @@ Code tables carry their provenance: (v) HL7 / government artifact, (t) third-par
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Final
 
 from services.common import security_labels
+from services.mapper.mapping.instruments import INSTRUMENTS
 from services.mapper.mapping.rxnorm_products import PRODUCTS_BY_INGREDIENT
 
 PSY: Final = security_labels.PSYCHIATRIC
@@ -164,6 +170,15 @@ def _product_ingredients() -> dict[str, tuple[str, ...]]:
 
 RXNORM_PRODUCT_INGREDIENTS: Final[dict[str, tuple[str, ...]]] = _product_ingredients()
 LOINC_PSYCHIATRIC_LABS: Final[frozenset[str]] = frozenset({"14334-7"})  # lithium [Moles/volume] (v)
+# Behavioural-health surveys (the LOINC classes of psychiatric instruments): every code (panel, total, items) of
+# the instruments carebus scores (instruments.py), plus PCL-5 101697-1 / 101698-9 and EPDS 71354-5 / 99046-5
+# (?), labelled though not scored. AUDIT-C's codes are alcohol screening: R + ETHUD, not PSY.
+AUDIT_C_LOINC: Final[frozenset[str]] = frozenset({"72109-2", "75626-2", "68518-0", "68517-2", "68519-8", "68520-6"})
+LOINC_PSYCHIATRIC_SURVEYS: Final[frozenset[str]] = frozenset(
+    {"101697-1", "101698-9", "71354-5", "99046-5"}
+    | {code for spec in INSTRUMENTS.values() if spec.key != "audit-c"
+       for code in (spec.panel_loinc, spec.total_loinc, *(item.loinc for item in spec.items))}
+)
 
 _PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
 _PSY_COVERED: Final = frozenset({"PSY", "MH", "BH"})
@@ -237,4 +252,27 @@ def covered_labels(covered: Iterable[str]) -> tuple[str, ...]:
 
 
 def lab_labels(loinc_code: str) -> tuple[str, ...]:
-    return PSY if loinc_code in LOINC_PSYCHIATRIC_LABS else NONE
+    """THE rule for a LOINC-coded result on every path (lab events, HL7 v2 OBX/OBR, FHIR Observations):
+    psychiatric drug monitoring and behavioural-health surveys -> PSY; AUDIT-C -> R + ETHUD; others none."""
+    if loinc_code in AUDIT_C_LOINC:
+        return ETHUD
+    if loinc_code in LOINC_PSYCHIATRIC_LABS or loinc_code in LOINC_PSYCHIATRIC_SURVEYS:
+        return PSY
+    return NONE
+
+
+def source_labels(names: Iterable[str], resource_type: str, part2_sources: Collection[str],
+                  psychiatric_sources: Collection[str]) -> tuple[str, ...]:
+    """THE rule for what a source's configured kind adds to each resource it sends, on every path (``names``:
+    the CloudEvent / X-Carebus-Source source, or an HL7 sender's URI and facility names):
+    a 42 CFR Part 2 program (CAREBUS_PART2_SOURCES) -> PART2 on every resource, the Patient included (being its
+    patient is itself SUD information, 42 CFR 2.11); a psychiatric source (CAREBUS_PSYCHIATRIC_SOURCES: a
+    psychiatric practice, a routine-outcome-monitoring system sending questionnaire results) -> PSY on every
+    resource but the Patient (demographics are ordinary PHI)."""
+    if not part2_sources and not psychiatric_sources:
+        return NONE
+    part2 = any(name in part2_sources for name in names)
+    psychiatric = resource_type != "Patient" and any(name in psychiatric_sources for name in names)
+    if part2 and psychiatric:
+        return combine(PART2, PSY)
+    return PART2 if part2 else PSY if psychiatric else NONE
