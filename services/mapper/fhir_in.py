@@ -116,6 +116,9 @@ _MEDICATION_CONCEPTS = {"MedicationRequest": "medicationCodeableConcept",
 def _medication_names(resource: dict[str, Any]) -> Iterator[str]:
     """The names of the medication a medication resource is about: its codings' displays and its text (any
     code system: NDC, local codes)."""
+    for contained in resource.get("contained") or []:  # a contained Medication named by medicationReference
+        if isinstance(contained, dict):
+            yield from _medication_names(contained)
     concept = resource.get(_MEDICATION_CONCEPTS.get(str(resource.get("resourceType")), ""))
     if not isinstance(concept, dict):
         return

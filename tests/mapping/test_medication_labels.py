@@ -111,3 +111,15 @@ def test_the_lorazepam_discharge_sample_is_labelled_psychiatric() -> None:
     request = next(e["resource"] for e in map_fhir_payload(envelope(discharge), FHIR_CONTEXT).bundle["entry"]
                    if e["resource"]["resourceType"] == "MedicationRequest")
     assert labels_of(request) == tuple(sorted(PSY))
+
+
+def test_a_contained_medication_named_by_its_ndc_display_is_labelled() -> None:
+    request = {"resourceType": "MedicationRequest", "id": "mr-2", "status": "active", "intent": "order",
+               "contained": [{"resourceType": "Medication", "id": "med",
+                              "code": {"coding": [{"system": "http://hl7.org/fhir/sid/ndc", "code": "12496-1208-1",
+                                                   "display": "SUBOXONE 8 mg / 2 mg sublingual film"}]}}],
+               "medicationReference": {"reference": "#med"}, "subject": {"reference": "Patient/p-1"}}
+    out = next(e["resource"] for e in map_fhir_payload(envelope(request), FHIR_CONTEXT).bundle["entry"]
+               if e["resource"]["resourceType"] == "MedicationRequest")
+    assert labels_of(out) == tuple(sorted(PART2))
+    assert out["medicationReference"] == {"reference": "#med"}  # contained references kept as sent
