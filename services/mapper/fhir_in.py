@@ -32,13 +32,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from services.common import security_labels
-from services.common.errors import FieldProblem, MappingError, RefusedContent
+from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
 from services.common.events import parse_event
 from services.common.fhir_ids import resource_id
 from services.mapper.mapping import labels, map_event, validate_resource
 from services.mapper.mapping.instruments import (
     InstrumentSpec,
-    UnscoreableResponse,
     answer_for,
     instrument_codes,
     instrument_for_codes,

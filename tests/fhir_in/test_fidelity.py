@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from services.common.errors import UnscoreableResponse
 from services.common.fhir_ids import resource_id
 from services.mapper.fhir_in import Rekeying, map_fhir_payload
 from services.mapper.mapping import validate_bundle
-from services.mapper.mapping.instruments import UnscoreableResponse
 from services.mapper.result import MappedEvent
 from tests.fhir_in.test_fhir_in import CONTEXT, SOURCE, by_type, envelope, sample
 

@@ -52,7 +52,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from services.common.errors import FieldProblem, MappingError
+from services.common.errors import FieldProblem
+from services.common.errors import InstrumentAnswerError as InstrumentAnswerError  # re-exported
 
 LOINC: Final = "http://loinc.org"
 CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
@@ -60,20 +61,6 @@ CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
 Sex = Literal["male", "female", "other", "unknown"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
-
-
-class InstrumentAnswerError(MappingError):
-    """Answers that cannot be scored: unknown instrument or item, or an answer outside its list."""
-
-    reason = "instrument-answer-invalid"
-
-
-class UnscoreableResponse(MappingError):
-    """A questionnaire response recognised as an instrument carebus scores whose answers cannot be tied to the
-    instrument's items (or that names no patient): dead-lettered with the rule, never passed through unscored
-    (it may hold a suicide-item answer)."""
-
-    reason = "instrument-response-unscoreable"
 
 
 @dataclass(frozen=True)
