@@ -61,17 +61,31 @@ def vegeta_binary() -> Path:
     return binary
 
 
+def _own(value: Any, suffix: str) -> Any:
+    """Every source id (``*_id``) and identifier value made one person's own."""
+    if isinstance(value, dict):
+        if set(value) == {"system", "value"}:  # an identifier
+            return {"system": value["system"], "value": f"{value['value']}{suffix}"}
+        return {k: (f"{v}{suffix}" if k.endswith("_id") and isinstance(v, str) else _own(v, suffix))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_own(v, suffix) for v in value]
+    return value
+
+
 def distinct_events(count: int, tag: str) -> list[dict[str, Any]]:
-    """The sample journey's events for many distinct people (own ids, own patient ids)."""
+    """The sample journey's events for many distinct people: each has its own event ids, source ids and
+    identifiers (enterprise id included), so no two replays are one person."""
     journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
     events: list[dict[str, Any]] = []
     person = 0
     while len(events) < count:
         person += 1
+        suffix = f"-{tag}{person}"
         for template in journey:
             event = copy.deepcopy(template)
-            event["id"] = f"{template['id']}-{tag}{person}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-{tag}{person}"
+            event["id"] = f"{template['id']}{suffix}"
+            event["data"] = _own(event["data"], suffix)
             events.append(event)
     return events[:count]
 
