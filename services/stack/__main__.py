@@ -39,6 +39,8 @@ from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bun
 
 DEMO_TOKEN = "carebus-demo-token-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo"}
+DEMO_SENDER_TOKEN = "carebus-demo-sender-not-for-production"  # noqa: S105 - a published demo credential
+DEMO_SENDER = {"sources": ["*"], "label": "make demo"}
 
 
 def say(message: str) -> None:
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("CAREBUS_RECORD_TOKENS",
                    orjson.dumps({hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT}).decode())
+    env.setdefault("CAREBUS_INTAKE_TOKENS",
+                   orjson.dumps({hashlib.sha256(DEMO_SENDER_TOKEN.encode()).hexdigest(): DEMO_SENDER}).decode())
+    env.setdefault("CAREBUS_INTAKE_TOKEN", DEMO_SENDER_TOKEN)
+    sender_headers = {"authorization": f"Bearer {env['CAREBUS_INTAKE_TOKEN']}"}
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
     steps = 5 + len(services)
     step = 0
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         with httpx.Client(timeout=30) as client:
             for index, event in enumerate(journey, start=1):
                 response = client.post(intake, content=orjson.dumps(event),
-                                       headers={"content-type": "application/cloudevents+json"})
+                                       headers={"content-type": "application/cloudevents+json", **sender_headers})
                 mark = "accepted" if response.status_code == 202 else f"REFUSED {response.status_code}"
                 say(f"    {index:>3}/{len(journey)}  {event['type']:<48} {mark}")
 
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             response = client.post(
                 f"http://{settings.http_host}:{settings.intake_port}/fhir", content=orjson.dumps(gad7_bundle(assessed)),
                 headers={"content-type": "application/fhir+json", "x-carebus-source": "urn:carebus:source:calmly-app",
+                         **sender_headers,
                          "x-carebus-event-id": fhir_event_id})
         say(f"    POST /fhir  Bundle(Patient, QuestionnaireResponse GAD-7)   {response.status_code}")
 

@@ -619,7 +619,7 @@ def test_validation_of_a_repeated_element_is_still_checked_in_each_place() -> No
     with pytest.raises(MappingError) as caught:
         validate_resource(bad)
     problem = caught.value.problems[0]
-    assert (problem.location, problem.rule) == ("resource.subject", "extra_forbidden")  # the name is not echoed
+    assert (problem.location, problem.rule) == ("resource.subject", "extra_forbidden")  # "bogus": not a FHIR word
     validate_resource(good)
 
 

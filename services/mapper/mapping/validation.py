@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 
 from services.common.errors import FieldProblem, MappingError
+from services.mapper.element_names import r4_element_names
 
 KEY_SETS_PER_MODEL: Final = 4096  # key sets remembered per model (an element of the model passed with them)
 RECENT_KEY_SETS: Final = 4  # of which compared first, key by key
@@ -66,12 +67,12 @@ def _problems(where: str, error: ValidationError) -> list[FieldProblem]:
     for item in error.errors(include_url=False, include_input=False, include_context=False):
         rule = str(item["type"])
         loc = tuple(item["loc"])
-        if rule == "extra_forbidden":  # an unknown element's name is the sender's text (it may be PHI): name its parent
-            loc = loc[:-1]
+        if rule == "extra_forbidden" and loc and str(loc[-1]) not in r4_element_names():
+            loc = loc[:-1]  # not a FHIR word: the sender's own text (it may be PHI), so only its parent is named
         path = _path(loc)
         location = f"{where}.{path}" if path else where
-        message = ("holds an element FHIR R4 does not define here (its name is not repeated)"
-                   if rule == "extra_forbidden" else f"breaks the FHIR R4 rule '{rule}'")
+        message = ("an element FHIR R4 does not define here" if rule == "extra_forbidden"
+                   else f"breaks the FHIR R4 rule '{rule}'")
         problems.append(FieldProblem(location, rule, message))
     return problems
 
