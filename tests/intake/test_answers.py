@@ -303,3 +303,16 @@ async def test_fhir_422_does_not_echo_an_unknown_element_name(intake: Intake) ->
     assert response.status_code == 422
     assert "JaneQDoe" not in response.text
     assert response.json()["issue"][1]["expression"] == ["resource"]
+
+
+async def test_hl7v2_pid7_must_be_an_hl7_datetime(intake: Intake) -> None:
+    segments = hl7_sample().split("\r")
+    index = next(i for i, s in enumerate(segments) if s.startswith("PID|"))
+    fields = segments[index].split("|")
+    fields[7] = "1911111Zyxqvortle"
+    segments[index] = "|".join(fields)
+    response = await intake.hl7("\r".join(segments))
+    assert response.status_code == 400 and msa(response)[1] == "AE"
+    err = next(s for s in response.text.replace("\r\n", "\r").split("\r") if s.startswith("ERR"))
+    assert "PID^1^7" in err and "invalid-datetime" in err and "Zyxqvortle" not in response.text
+    assert intake.producer.sent == []
