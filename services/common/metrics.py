@@ -64,9 +64,21 @@ class Metrics:
             "carebus_mllp_connections", "Open MLLP connections.", registry=r)
         self.mllp_acks = Counter(
             "carebus_mllp_acks_total", "HL7 v2 acknowledgements sent, by MSA-1 code.", ["code"], registry=r)
+        self.hl7v2_repeated_control_ids = Counter(
+            "carebus_hl7v2_repeated_control_ids_total",
+            "HL7 v2 messages whose sender + MSH-3 + MSH-10 was accepted before: outcome=resend (same content: "
+            "acknowledged, not written again) or conflict (other content: written as a new message).",
+            ["outcome"], registry=r)
         self.record_requests = Counter(
             "carebus_record_api_requests_total", "Record API requests, by route and status.",
             ["route", "status"], registry=r)
+        self.intake_shed = Counter(
+            "carebus_intake_shed_total",
+            "Write requests answered 503 at once because too many were waiting for Kafka's acks, by route.",
+            ["route"], registry=r)
+        self.intake_pending = Gauge(
+            "carebus_intake_pending_requests", "Write requests of this intake process waiting for Kafka's acks.",
+            registry=r)
         self.kafka_ready = Gauge(
             "carebus_kafka_ready", "1 when this service last reached Kafka, else 0.", registry=r)
 

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         False, description="Development only: accept writes without a token, for any source.")
     intake_token: SecretStr | None = Field(
         None, description="The token `carebus send-sample` sends to intake (a client setting).")
+    intake_workers: int = Field(
+        1, ge=1, le=64, description="Intake worker processes sharing the HTTP port (SO_REUSEPORT), each with its own "
+                                    "producer; HL7 v2 stays in worker 0 (services/intake/workers.py).")
+    intake_max_pending: int = Field(
+        64, ge=1, description="Write requests one intake process lets wait for Kafka's acks; one more is answered "
+                              "503 + Retry-After at once (services/intake/admission.py).")
 
     # --- MLLP (HL7 v2) listener ----------------------------------------------------------------------------
     mllp_host: str = Field("127.0.0.1", description="Address the MLLP listener binds.")
@@ -104,6 +110,11 @@ class Settings(BaseSettings):
     part2_sources: list[str] = Field(
         default_factory=list,
         description="CloudEvent sources (or HL7 sending facilities) that are 42 CFR Part 2 programs.",
+    )
+    psychiatric_sources: list[str] = Field(
+        default_factory=list,
+        description="Sources (CloudEvent / X-Carebus-Source, or HL7 sending facilities) whose data is all "
+        "psychiatric, e.g. a routine-outcome-monitoring system: every resource but the Patient labelled R+PSY.",
     )
 
     alerts_group_id: str = Field(

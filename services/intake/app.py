@@ -54,6 +54,7 @@ from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake.admission import AdmissionLimit
 from services.intake.auth import Sender, SenderRegistry
 from services.intake.errors import (
     BadRequest,
@@ -226,6 +227,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
     topic = INBOUND_EVENTS.name(settings.topic_prefix)
     add_operational_routes(app, metrics, readiness)
     senders = SenderRegistry(settings.intake_tokens, allow_anonymous=settings.intake_allow_anonymous)
+    app.add_middleware(AdmissionLimit, max_pending=settings.intake_max_pending, metrics=metrics)
     accept_hl7 = hl7_acceptor or KafkaHl7Acceptor(producer, topic, metrics=metrics,
                                                   recent_per_sender=settings.mllp_recent_control_ids)
 
