@@ -77,8 +77,8 @@ class Intake:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
 
-    async def events(self, body: Any, token: str | None = RELAY_TOKEN, content_type: str = "application/cloudevents+json",
-                     raw: bytes | None = None) -> httpx.Response:
+    async def events(self, body: Any, token: str | None = RELAY_TOKEN,
+                     content_type: str = "application/cloudevents+json", raw: bytes | None = None) -> httpx.Response:
         headers = {"content-type": content_type, **(bearer(token) if token else {})}
         return await self.client.post("/events", content=raw if raw is not None else json.dumps(body).encode(),
                                       headers=headers)

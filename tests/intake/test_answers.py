@@ -41,7 +41,7 @@ def note(note_type: str) -> dict[str, Any]:
 
 
 def rejected(intake: Intake, reason: str, channel: str = "http") -> float:
-    return intake.metrics.events_rejected.labels(reason=reason, channel=channel)._value.get()
+    return float(intake.metrics.events_rejected.labels(reason=reason, channel=channel)._value.get())
 
 
 # ------------------------------------------------------------------------------------------------- /events

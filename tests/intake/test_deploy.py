@@ -3,13 +3,15 @@ a Secret (never in git)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.common.settings import Settings
 from tests.deploy.helpers import ALL_KUSTOMIZATIONS, container_env, deployment_of, of_kind, one, render
 
 
-def intake_environment(name: str) -> tuple[dict[str, str], dict[str, dict[str, object]]]:
+def intake_environment(name: str) -> tuple[dict[str, str], dict[str, Any]]:
     objects = render(name)
     container = deployment_of(objects, "intake")["spec"]["template"]["spec"]["containers"][0]
     plain: dict[str, str] = {}

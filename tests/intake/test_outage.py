@@ -23,8 +23,8 @@ from services.common.kafka import OutboundRecord, RecordProducer
 from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.intake.mllp import frame
-from tests.integration.test_processes import stop, wait_ready
 from tests.intake.helpers import example, hl7_sample
+from tests.integration.test_processes import stop, wait_ready
 from tests.senders import TEST_INTAKE_ENV, TEST_INTAKE_HEADERS
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def start_intake(settings: Settings, port: int, mllp_port: int) -> subprocess.Po
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, "CAREBUS_INTAKE_PORT": str(port),
            "CAREBUS_MLLP_PORT": str(mllp_port), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3",
            "CAREBUS_KAFKA_REQUEST_TIMEOUT_S": "10", **TEST_INTAKE_ENV}
-    return subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,  # noqa: S603
+    return subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from services.common.errors import CarebusError, InfrastructureError, InvalidInput
 from services.common.fhir_ids import patient_key
 from services.mapper.hl7v2.builder import message_digest, message_event_id, sender_control_id
+from services.mapper.hl7v2.datatypes import parse_dtm
 from services.mapper.hl7v2.er7 import (
     Hd,
     Header,
@@ -33,7 +34,6 @@ from services.mapper.hl7v2.errors import (
     InvalidValue,
     MissingRequired,
 )
-from services.mapper.hl7v2.datatypes import parse_dtm
 
 CAREBUS_APPLICATION = "CAREBUS"
 DEFAULT_VERSION = "2.5.1"
