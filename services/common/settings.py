@@ -33,6 +33,20 @@ class RecordTokenGrant(BaseModel):
     label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
 
 
+class IntakeSenderGrant(BaseModel):
+    """Who one intake bearer token is (``intake_tokens`` maps sha256(token) hex to this).
+
+    ``sources``: the sending systems it may write for: CloudEvent ``source`` URIs, FHIR ``X-Carebus-Source``
+    URIs and, for HL7 v2 over HTTP, ``urn:carebus:hl7v2:<sending facility>``; ``["*"]`` for any source (an
+    interface engine that relays many systems).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: list[str] = Field(min_length=1)
+    label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
+
+
 class Settings(BaseSettings):
     """Configuration shared by all services; each service reads the fields it needs."""
 
@@ -62,6 +76,13 @@ class Settings(BaseSettings):
     record_port: int = 8082
     max_batch_events: int = Field(500, ge=1, description="Largest batch one intake POST may carry.")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest intake request body.")
+    intake_tokens: dict[str, IntakeSenderGrant] = Field(
+        default_factory=dict, description="Intake bearer tokens: sha256(token) hex -> sources it may write for "
+        "(JSON). None configured: intake refuses every write.")
+    intake_allow_anonymous: bool = Field(
+        False, description="Development only: accept writes without a token, for any source.")
+    intake_token: SecretStr | None = Field(
+        None, description="The token `carebus send-sample` sends to intake (a client setting).")
     intake_workers: int = Field(
         1, ge=1, le=64, description="Intake worker processes sharing the HTTP port (SO_REUSEPORT), each with its own "
                                     "producer; HL7 v2 stays in worker 0 (services/intake/workers.py).")

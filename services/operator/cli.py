@@ -187,10 +187,14 @@ def send_sample(url: Annotated[str | None, typer.Option(help="intake base URL")]
     settings = _settings()
     base = url or f"http://{settings.http_host}:{settings.intake_port}"
     journey = sample_care_journey(datetime.now(UTC).replace(microsecond=0) - timedelta(days=120))
+    headers = {"content-type": "application/cloudevents+json"}
+    if settings.intake_token is not None:  # CAREBUS_INTAKE_TOKEN: a sender token of intake
+        headers["authorization"] = f"Bearer {settings.intake_token.get_secret_value()}"
+    else:
+        console.print("CAREBUS_INTAKE_TOKEN is not set: intake will answer 401 unless it allows anonymous writes")
     with httpx.Client(timeout=30) as client:
         for index, event in enumerate(journey, start=1):
-            response = client.post(f"{base}/events", content=orjson.dumps(event),
-                                   headers={"content-type": "application/cloudevents+json"})
+            response = client.post(f"{base}/events", content=orjson.dumps(event), headers=headers)
             console.print(f"{index:>3}/{len(journey)} {event['type']:<48} {response.status_code}")
 
 

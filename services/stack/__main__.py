@@ -49,6 +49,8 @@ DEMO_SUBSCRIBER_GRANT = {"scopes": ["system/Subscription.write"], "clearances": 
                          "label": "therapy practice EHR (demo)"}
 WEBHOOK_PORT = 8090
 DEMO_TOPICS = ("assessment-completed", "safety-alert-raised")
+DEMO_SENDER_TOKEN = "carebus-demo-sender-not-for-production"  # noqa: S105 - a published demo credential
+DEMO_SENDER = {"sources": ["*"], "label": "make demo"}
 
 
 def say(message: str) -> None:
@@ -179,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT,
         hashlib.sha256(DEMO_SUBSCRIBER_TOKEN.encode()).hexdigest(): DEMO_SUBSCRIBER_GRANT}).decode())
     env.setdefault("CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST", f'["http://127.0.0.1:{WEBHOOK_PORT}/"]')
+    env.setdefault("CAREBUS_INTAKE_TOKENS",
+                   orjson.dumps({hashlib.sha256(DEMO_SENDER_TOKEN.encode()).hexdigest(): DEMO_SENDER}).decode())
+    env.setdefault("CAREBUS_INTAKE_TOKEN", DEMO_SENDER_TOKEN)
+    sender_headers = {"authorization": f"Bearer {env['CAREBUS_INTAKE_TOKEN']}"}
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
     if "record" in services and importlib.util.find_spec("services.notify"):
         services.append("notify")
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         with httpx.Client(timeout=30) as client:
             for index, event in enumerate(journey, start=1):
                 response = client.post(intake, content=orjson.dumps(event),
-                                       headers={"content-type": "application/cloudevents+json"})
+                                       headers={"content-type": "application/cloudevents+json", **sender_headers})
                 mark = "accepted" if response.status_code == 202 else f"REFUSED {response.status_code}"
                 say(f"    {index:>3}/{len(journey)}  {event['type']:<48} {mark}")
 
@@ -246,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             response = client.post(
                 f"http://{settings.http_host}:{settings.intake_port}/fhir", content=orjson.dumps(gad7_bundle(assessed)),
                 headers={"content-type": "application/fhir+json", "x-carebus-source": "urn:carebus:source:calmly-app",
+                         **sender_headers,
                          "x-carebus-event-id": fhir_event_id})
         say(f"    POST /fhir  Bundle(Patient, QuestionnaireResponse GAD-7)   {response.status_code}")
 
