@@ -62,6 +62,7 @@ from services.record.outcomes_api import build_router as outcomes_router
 from services.record.indexing import SEARCH_PARAMETERS
 from services.record.search import PatientCriterion, parse_paging, parse_search
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
+from services.record.subscription_api import subscription_router
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ def create_app(api: RecordApi) -> FastAPI:
         return fhir_response(orjson.dumps(statement))
 
     app.include_router(outcomes_router(api))  # Measure, $evaluate-measure, Task updates (before generic routes)
+    app.include_router(subscription_router(api))  # /Subscription (notify), before the generic routes
 
     # --- identity administration -----------------------------------------------------------------------
 
