@@ -21,6 +21,7 @@ from services.mapper.hl7v2.datatypes import (
     fhir_datetime,
     human_name,
     identifier_cx,
+    language,
     organization_reference,
     person_reference,
 )
@@ -63,8 +64,10 @@ def map_patient(build: Build, pid: Segment, pd1: Segment | None) -> Json:
         "birthDate": fhir_date(pid.get(7), pid.loc(7), conv),
         "address": [address(rep, pid.loc(11), conv) for rep in pid.reps(11)],
         "maritalStatus": codeable(pid.rep(16)),
-        "communication": [{"language": codeable(pid.rep(15))}] if pid.rep(15) else None,
+        "communication": [{"language": spoken}] if (spoken := language(pid.rep(15))) else None,
     }
+    if pid.get(15) and not any("coding" in c["language"] for c in patient["communication"] or ()):
+        build.issue("not-a-language-tag@PID-15")  # kept as text: the binding to BCP-47 is required
     if pid.get(8) and pid.get(8).upper() not in GENDER:
         build.issue("unknown-code@PID-8")
     death = fhir_datetime(pid.get(29), pid.loc(29), conv)
