@@ -7,6 +7,7 @@ from typing import Any
 
 from services.mapper.hl7v2.terminology import is_local_system
 from tests.hl7v2.helpers import PID, er7, mapped, msh, one, sample
+from tests.hl7v2.helpers import resources as resources_of
 
 SOURCE = "urn:carebus:hl7v2:CLINIC"
 
@@ -78,3 +79,25 @@ def test_is_local_system() -> None:
     assert is_local_system(f"{SOURCE}/codes/OBX-3")
     assert not is_local_system("http://loinc.org")
     assert not is_local_system(None)
+
+
+def test_local_codes_get_a_system_of_the_sender_scoped_by_name_or_field() -> None:
+    event = mapped(er7(msh("ORU^R01^ORU_R01"), PID, "OBR|1|P1|F1|MOOD^Mood check^L",
+                       "OBX|1|CE|WB1^Wellbeing^L||GOOD^Good^99MOOD||||||F",
+                       "OBX|2|NM|STEPS^Steps today||4200|||||F"))
+    report = one(event, "DiagnosticReport")
+    assert report["code"]["coding"][0]["system"] == f"{SOURCE}/codes/OBR-4"
+    observations = {o["code"]["coding"][0]["code"]: o for o in resources_of(event, "Observation")}
+    assert observations["WB1"]["code"]["coding"][0]["system"] == f"{SOURCE}/codes/OBX-3"
+    assert observations["WB1"]["valueCodeableConcept"]["coding"][0]["system"] == f"{SOURCE}/codes/99MOOD"
+    assert observations["STEPS"]["code"]["coding"][0]["system"] == f"{SOURCE}/codes/OBX-3"  # no system named
+
+
+def test_a_local_code_shaped_like_an_icd10_f_code_is_still_labelled() -> None:
+    event = mapped(er7(*_ADT, "DG1|1||F32.1^Depression^L"))
+    condition = one(event, "Condition")
+    assert condition["code"]["coding"][0]["system"] == f"{SOURCE}/codes/DG1-3"
+    assert "PSY" in {c["code"] for c in condition["meta"]["security"]}
+
+
+_ADT = (msh("ADT^A01^ADT_A01"), "EVN|A01|20240501101500", PID, "PV1|1|O")

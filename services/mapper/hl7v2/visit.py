@@ -92,18 +92,18 @@ def _coded(build: Build, rep: Rep | None, table: str, loc: str) -> Json | None:
     return table_code(rep.c(1), table, build.source)
 
 
-def _discharge(rep: Rep | None) -> tuple[Json | None, Labels]:
+def _discharge(build: Build, rep: Rep | None) -> tuple[Json | None, Labels]:
     if rep is None:
         return None, ()
     code = rep.c(1).upper()
     mapped = DISCHARGE.get(code)
     if mapped is None:
-        concept = codeable(rep)
+        concept = codeable(rep, local=build.local("PV1-36"))
         text = " ".join((rep.c(1), rep.c(2))).lower()
         return concept, sensitivity.PSY if "psych" in text else ()
     concept = {"coding": [{"system": DISCHARGE_DISPOSITION, "code": mapped,
                            "display": DISCHARGE_DISPLAY[mapped]}]}
-    original = codeable(rep)
+    original = codeable(rep, local=build.local("PV1-36"))
     if original is not None and original.get("text"):
         concept["text"] = original["text"]
     return concept, sensitivity.PSY if mapped == "psy" else ()
@@ -159,7 +159,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
                     "individual": who,
                 })
     _locations(build, pv1, encounter, status)
-    disposition, disposition_labels = _discharge(pv1.rep(36))
+    disposition, disposition_labels = _discharge(build, pv1.rep(36))
     encounter["hospitalization"] = {
         "preAdmissionIdentifier": identifier_cx(pv1.rep(5), pv1.loc(5), conv),
         "admitSource": _coded(build, pv1.rep(14), "0023", pv1.loc(14)),
@@ -170,7 +170,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
     }
     if pv2 is not None:
         build.use(pv2)
-        encounter["reasonCode"] = [codeable(pv2.rep(3))]
+        encounter["reasonCode"] = [codeable(pv2.rep(3), local=build.local(pv2.loc(3)))]
     service = pv1.get(10).upper()
     service_text = " ".join((pv1.get(10, 1), pv1.get(10, 2))).lower()
     service_labels: Labels = sensitivity.PSY if (
@@ -204,7 +204,7 @@ def _locations(build: Build, pv1: Segment, encounter: Json, status: str) -> None
 def map_condition(build: Build, dg1: Segment, encounter: Json | None) -> Json | None:
     conv = build.conv
     rep = dg1.rep(3)
-    code = codeable(rep)
+    code = codeable(rep, local=build.local(dg1.loc(3)))
     if code is not None and rep is not None and not rep.c(3) and dg1.get(2):
         # v2.3: DG1-2 names the coding method when DG1-3 does not
         from services.mapper.hl7v2.datatypes import coding
@@ -255,7 +255,7 @@ def map_condition(build: Build, dg1: Segment, encounter: Json | None) -> Json | 
 
 
 def map_allergy(build: Build, al1: Segment) -> Json | None:
-    code = codeable(al1.rep(3))
+    code = codeable(al1.rep(3), local=build.local(al1.loc(3)))
     if code is None:
         build.issue("allergy-without-code@AL1-3")
         build.use(al1)
@@ -264,8 +264,8 @@ def map_allergy(build: Build, al1: Segment) -> Json | None:
     key = "|".join(f"{c.get('system', '')}|{c.get('code', '')}" for c in code.get("coding", [])) \
         or code.get("text", "")
     # AL1-5 is ST up to v2.5 (free text), CWE from v2.6
-    reactions = [(codeable(rep) if rep.c(2) or rep.c(3) else None) or {"text": rep.text()}
-                 for rep in al1.reps(5)]
+    reactions = [(codeable(rep, local=build.local(al1.loc(5))) if rep.c(2) or rep.c(3) else None)
+                 or {"text": rep.text()} for rep in al1.reps(5)]
     allergy = {
         "resourceType": "AllergyIntolerance",
         "id": build.id("AllergyIntolerance", "patient", build.patient_key, key),
