@@ -64,6 +64,11 @@ class Metrics:
             "carebus_mllp_connections", "Open MLLP connections.", registry=r)
         self.mllp_acks = Counter(
             "carebus_mllp_acks_total", "HL7 v2 acknowledgements sent, by MSA-1 code.", ["code"], registry=r)
+        self.hl7v2_repeated_control_ids = Counter(
+            "carebus_hl7v2_repeated_control_ids_total",
+            "HL7 v2 messages whose sender + MSH-3 + MSH-10 was accepted before: outcome=resend (same content: "
+            "acknowledged, not written again) or conflict (other content: written as a new message).",
+            ["outcome"], registry=r)
         self.record_requests = Counter(
             "carebus_record_api_requests_total", "Record API requests, by route and status.",
             ["route", "status"], registry=r)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="CloudEvent sources (or HL7 sending facilities) that are 42 CFR Part 2 programs.",
     )
+    psychiatric_sources: list[str] = Field(
+        default_factory=list,
+        description="Sources (CloudEvent / X-Carebus-Source, or HL7 sending facilities) whose data is all "
+        "psychiatric, e.g. a routine-outcome-monitoring system: every resource but the Patient labelled R+PSY.",
+    )
 
     alerts_group_id: str = Field(
         "carebus-safety-alerts", description="Consumer group of whoever works the safety alerts (for lag)."
