@@ -42,6 +42,7 @@ from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bun
 from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
 from tests.validation.hapi import Result, validate_folder
 
 SAMPLES = REPO_ROOT / "tests" / "samples"
@@ -126,8 +127,8 @@ async def _send(settings: Settings, inputs: list[_Input]) -> tuple[list[_Input],
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
             for item in inputs:
-                response = await client.post(item.path, content=item.body,
-                                             headers={"content-type": item.content_type, **item.headers})
+                response = await client.post(item.path, content=item.body, headers={
+                    "content-type": item.content_type, **TEST_INTAKE_HEADERS, **item.headers})
                 ok = response.status_code == 202 or (item.path == "/hl7v2" and "MSA|AA" in response.text)
                 if ok:
                     accepted.append(item)
@@ -205,5 +206,5 @@ def _gather(settings: Settings, workdir: Path) -> Gathered:
 @pytest.fixture(scope="session")
 def gathered(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gathered]:
     settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"validation{uuid.uuid4().hex[:8]}",
-                        kafka_topic_partitions=3, kafka_request_timeout_s=10.0)
+                        kafka_topic_partitions=3, kafka_request_timeout_s=10.0, intake_tokens=TEST_INTAKE_GRANTS)
     yield _gather(settings, tmp_path_factory.mktemp("validation"))
