@@ -18,6 +18,7 @@ from services.common.settings import Settings
 from services.common.topics import FHIR_BUNDLES
 from tests.integration.test_pipeline import schema_examples
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_ENV, TEST_INTAKE_HEADERS
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,8 @@ def start(module: str, settings: Settings, port_var: str, port: int, log: Path |
     """A service as a process. Its output is piped (read at stop), or appended to ``log`` for a long run."""
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, port_var: str(port),
-           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3", **env_vars}
+           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3", **TEST_INTAKE_ENV,
+           **env_vars}
     output = log.open("ab") if log is not None else subprocess.PIPE
     try:
         return subprocess.Popen([sys.executable, "-m", module], env=env,  # noqa: S603
@@ -66,7 +68,8 @@ def test_intake_and_mapper_processes_serve_then_stop_gracefully(settings: Settin
         wait_ready(mapper_port, mapper)
         examples = schema_examples()[:5]
         response = httpx.post(f"http://127.0.0.1:{intake_port}/events", content=orjson.dumps(examples),
-                              headers={"content-type": "application/cloudevents-batch+json"}, timeout=30)
+                              headers={"content-type": "application/cloudevents-batch+json", **TEST_INTAKE_HEADERS},
+                              timeout=30)
         assert response.status_code == 202
         ids = {e["id"] for e in examples}
         bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),

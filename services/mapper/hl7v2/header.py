@@ -42,7 +42,7 @@ def message_header(build: Build) -> Json:
     receiver = header.receiving_facility.name or header.receiving_application.name
     return {
         "resourceType": "MessageHeader",
-        "id": build.id("MessageHeader", "message", header.control_id),
+        "id": build.id("MessageHeader", build.event_id),
         "eventCoding": {"system": V2_0003, "code": header.trigger_event},
         "destination": [{
             "name": header.receiving_application.name or None,
@@ -76,7 +76,7 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
     if evn is not None:
         build.use(evn)
         occurred = fhir_datetime(evn.get(6), evn.loc(6), conv) or fhir_datetime(evn.get(2), evn.loc(2), conv)
-        reason = codeable(evn.rep(4))
+        reason = codeable(evn.rep(4), local=build.local(evn.loc(4)))
         operator = person_reference(evn.rep(5))
         if operator is not None:
             agents.append({

@@ -37,6 +37,7 @@ POSTGRES = Dialect(
     errors=(psycopg.Error,),
     refusal=refusal,
     copy=True,
+    schema_lock="SELECT pg_advisory_xact_lock(7262730)",  # an arbitrary constant: carebus's schema lock
 )
 
 
