@@ -264,3 +264,14 @@ def test_the_rule_in_one_place() -> None:
         assert rekeying.reference(reference) == same
     assert rekeying.reference("urn:uuid:1") == f"Patient/{resource_id('Patient', SOURCE, 'urn:uuid:1')}"
     assert rekeying.reference("#contained-1") == "#contained-1"
+
+
+def test_intake_keys_both_posts_by_the_same_source_patient() -> None:
+    from services.intake.app import fhir_patient_key
+    from services.mapper.fhir_in import check_resources
+
+    later = {"resourceType": "MedicationRequest", "id": "mr-9", "status": "active", "intent": "order",
+             "medicationCodeableConcept": {"text": "sertraline"},
+             "subject": {"reference": "https://ehr.example.org/fhir/Patient/p1"}}
+    keys = {fhir_patient_key(SOURCE, check_resources(payload)) for payload in (mixed_post(), later)}
+    assert keys == {f"{SOURCE}|p1"}  # one partition: the later post stays behind the earlier one
