@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.common.errors import BrokerUnavailable
-from services.common.kafka import RecordProducer
+from services.common.kafka import RecordWriter
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
@@ -87,6 +87,7 @@ class AckOutcome:
 
     ack: str
     code: AckCode
+    retry: bool = False  # an AR that a later resend may cure (Kafka did not take it), not a permanent refusal
 
 
 Acceptor = Callable[[str], Awaitable[AckOutcome]]
@@ -331,7 +332,7 @@ class MllpServer:
             return await self._accept(text)
         except Exception as exc:  # an acceptor bug must not kill the connection: reject, the sender retries
             log.error("mllp acceptor failed", extra={"error": type(exc).__name__})  # no traceback: no PHI
-            return AckOutcome(ack_message(text, "AR", None, now), "AR")
+            return AckOutcome(ack_message(text, "AR", None, now), "AR", retry=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ def cloud_event(summary: MessageSummary, er7: str, received_at: datetime) -> dic
 class KafkaHl7Acceptor:
     """Check, write to the inbound topic (acks=all), then acknowledge. See the module docstring."""
 
-    def __init__(self, producer: RecordProducer, topic: str, *, metrics: Metrics | None = None,
+    def __init__(self, producer: RecordWriter, topic: str, *, metrics: Metrics | None = None,
                  recent_per_sender: int = 10_000, max_senders: int = 1_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._producer = producer
@@ -461,7 +462,7 @@ class KafkaHl7Acceptor:
                 self._rejected("kafka-unavailable")
                 log.warning("hl7v2 message not stored", extra={"event_id": summary.event_id,
                                                                "error": type(exc).__name__})
-                return AckOutcome(ack_message(message, "AR", exc, now), "AR")
+                return AckOutcome(ack_message(message, "AR", exc, now), "AR", retry=True)
             self.recent.add(summary.source, summary.event_id, summary.sender_control_id)
             if self._metrics is not None:
                 header = summary.header

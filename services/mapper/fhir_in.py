@@ -59,16 +59,25 @@ def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, An
         raise MappingError("not a FHIR resource", [FieldProblem("resourceType", "required", "no resourceType")])
     if payload["resourceType"] != "Bundle":
         return [(None, payload)]
-    if payload.get("type") not in ACCEPTED_BUNDLE_TYPES:
+    bundle_type = payload.get("type")
+    if not isinstance(bundle_type, str) or bundle_type not in ACCEPTED_BUNDLE_TYPES:
         raise MappingError("unsupported Bundle type", [FieldProblem(
             "Bundle.type", "unsupported-bundle-type", "send a transaction, batch or collection Bundle")])
+    entries = payload.get("entry") or []
+    if not isinstance(entries, list):
+        raise MappingError("Bundle.entry is not a list", [FieldProblem(
+            "Bundle.entry", "list_type", "Bundle.entry is a list of entries")])
     out: list[tuple[str | None, dict[str, Any]]] = []
-    for index, entry in enumerate(payload.get("entry") or []):
+    for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise MappingError("entry without resource", [FieldProblem(
                 f"Bundle.entry[{index}].resource", "required", "every entry needs a resource")])
-        out.append((entry.get("fullUrl"), resource))
+        full_url = entry.get("fullUrl")
+        if full_url is not None and not isinstance(full_url, str):
+            raise MappingError("Bundle.entry.fullUrl is not a string", [FieldProblem(
+                f"Bundle.entry[{index}].fullUrl", "string_type", "fullUrl is a uri (a string)")])
+        out.append((full_url, resource))
     if not out:
         raise MappingError("empty Bundle", [FieldProblem("Bundle.entry", "required", "the Bundle has no entries")])
     return out
@@ -80,8 +89,9 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
     found = resources_of(payload)
     for index, (_, resource) in enumerate(found):
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
-        labels_sent = {c.get("code") for c in (resource.get("meta") or {}).get("security") or []
-                       if isinstance(c, dict)}
+        meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
+        security = meta.get("security") if isinstance(meta, dict) else None
+        labels_sent = {c.get("code") for c in security if isinstance(c, dict)} if isinstance(security, list) else set()
         if "PSYTHPN" in labels_sent:
             raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
                 f"{where}.meta.security", "psychotherapy-note-refused",
