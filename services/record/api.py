@@ -58,8 +58,8 @@ from services.record.errors import (
 )
 from services.record.fhirdates import instant_ms
 from services.record.identity import overlay_links
-from services.record.outcomes_api import build_router as outcomes_router
 from services.record.indexing import SEARCH_PARAMETERS
+from services.record.outcomes_api import build_router as outcomes_router
 from services.record.search import PatientCriterion, parse_paging, parse_search
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
 from services.record.subscription_api import subscription_router
