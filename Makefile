@@ -10,7 +10,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
-.PHONY: setup demo test bench lint schemas clean
+.PHONY: setup tools demo test bench lint schemas clean
 
 setup: $(VENV)/.compiled
 
@@ -32,7 +32,11 @@ $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
 demo: setup
 	$(PY) -m services.stack
 
-test: setup
+# kustomize, promtool, the Strimzi CRDs and the AsyncAPI parser the suite checks the contracts with
+tools:
+	@bash deploy/local/tools.sh
+
+test: setup tools
 	$(PY) -m pytest
 
 bench: setup
