@@ -1,5 +1,5 @@
-"""Shared helpers of the deploy tests: rendering the kustomizations (the real kustomize, tests/tools.py), the service routes, the exported metrics
-and the PromQL selectors of the dashboard and the alerting rules."""
+"""Shared helpers of the deploy tests: rendering the kustomizations (the real kustomize), the service routes,
+the exported metrics and the PromQL selectors of the dashboard and the alerting rules."""
 
 from __future__ import annotations
 

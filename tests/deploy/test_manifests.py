@@ -15,7 +15,6 @@ from services.common.settings import Settings
 from tests.deploy.helpers import (
     ALL_KUSTOMIZATIONS,
     KUBERNETES_VERSION,
-    KUSTOMIZATIONS,
     SERVICES,
     by_identity,
     container_env,
