@@ -201,10 +201,21 @@ class ExportedMetrics:
 
 @cache
 def exported_metrics() -> ExportedMetrics:
-    """Every sample name a carebus service can expose on /metrics (from a real Metrics()), with its labels;
-    plus ``up``, which Prometheus writes for each target."""
+    """Every sample name a carebus service can expose on /metrics (from a real Metrics(), with the mapper's
+    validation collector and the record ingestor's counters registered on it), with its labels; plus ``up``,
+    which Prometheus writes for each target."""
+    from services.mapper.mapping.validation import ValidationCollector
+    from services.record.consumer import BundleIngestor
+
     metrics = Metrics()
-    wrappers = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
+    metrics.registry.register(ValidationCollector())
+    ingestor = BundleIngestor(Settings(kafka_create_topics=False), None, metrics, None)  # type: ignore[arg-type]
+    wrappers = [
+        value
+        for owner in (metrics, ingestor)
+        for value in vars(owner).values()
+        if isinstance(value, MetricWrapperBase)
+    ]
     # prometheus_client keeps a metric's label names in _labelnames; collect() shows none before first use
     label_names = {wrapper._name: frozenset(wrapper._labelnames) for wrapper in wrappers}
     labels: dict[str, frozenset[str]] = {"up": frozenset()}
@@ -215,7 +226,11 @@ def exported_metrics() -> ExportedMetrics:
         "summary": ("", "_count", "_sum", "_created"),
     }
     for family in metrics.registry.collect():
-        own = label_names.get(family.name) or label_names.get(family.name + "_total") or frozenset()
+        own = (
+            label_names.get(family.name)
+            or label_names.get(family.name + "_total")
+            or frozenset(label for sample in family.samples for label in sample.labels)  # a custom collector
+        )
         for suffix in suffixes.get(family.type, ("",)):
             extra = (
                 {"le"}
