@@ -47,13 +47,14 @@ if ! cmp -s "$pom" "$crds/.pom" 2>/dev/null; then
   fi
   say "generating the Strimzi CRDs from io.strimzi:api (Maven Central)"
   rm -rf "$crds" && mkdir -p "$crds/libs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$crds/libs" -DincludeScope=runtime >&2
-  "$java21" -cp "$crds/libs/*" io.strimzi.crdgenerator.CrdGenerator --yaml --crd-api-version v1 \
-    --api-versions v1 --storage-version v1 \
-    io.strimzi.api.kafka.model.kafka.Kafka="$crds/kafka.yaml" \
-    io.strimzi.api.kafka.model.nodepool.KafkaNodePool="$crds/kafkanodepool.yaml" \
-    io.strimzi.api.kafka.model.topic.KafkaTopic="$crds/kafkatopic.yaml" \
-    io.strimzi.api.kafka.model.user.KafkaUser="$crds/kafkauser.yaml" >&2
+  log="$crds/generate.log"
+  { mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$crds/libs" -DincludeScope=runtime &&
+    "$java21" -cp "$crds/libs/*" io.strimzi.crdgenerator.CrdGenerator --yaml --crd-api-version v1 \
+      --api-versions v1 --storage-version v1 \
+      io.strimzi.api.kafka.model.kafka.Kafka="$crds/kafka.yaml" \
+      io.strimzi.api.kafka.model.nodepool.KafkaNodePool="$crds/kafkanodepool.yaml" \
+      io.strimzi.api.kafka.model.topic.KafkaTopic="$crds/kafkatopic.yaml" \
+      io.strimzi.api.kafka.model.user.KafkaUser="$crds/kafkauser.yaml"; } >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   rm -rf "$crds/libs"
   cp "$pom" "$crds/.pom"
 fi

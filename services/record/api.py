@@ -31,18 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import BrokerUnavailable, InvalidInput
+from services.common.event_headers import RECORD_SOURCE, bundle_headers
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
-from services.common.topics import (
-    FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_SECURITY,
-)
+from services.common.topics import FHIR_BUNDLES
 from services.record import render
 from services.record.access import Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
@@ -329,18 +323,16 @@ def create_app(api: RecordApi) -> FastAPI:
             if row is None:
                 raise ResourceNotFound(f"{ref} is not in the record")
         event_id = str(uuid.uuid4())
-        bundle = linkage_bundle(command, event_id, api.clock())
+        now = api.clock()
+        bundle = linkage_bundle(command, event_id, now)
         record = OutboundRecord(
             topic=topic,
             key=f"{ADMIN_SOURCE}|{command.patients[0].removeprefix('Patient/')}",
             value=orjson.dumps(bundle),
-            headers={
-                HEADER_EVENT_ID: event_id,
-                HEADER_EVENT_TYPE: LINKAGE_EVENT_TYPE,
-                HEADER_CORRELATION_ID: request.headers.get("x-correlation-id", event_id),
-                HEADER_SECURITY: "",
-                HEADER_CONTENT_TYPE: "application/fhir+json",
-            },
+            headers=bundle_headers(
+                str(bundle["id"]), event_id, LINKAGE_EVENT_TYPE, request.headers.get("x-correlation-id", event_id),
+                (), source=RECORD_SOURCE, time=now,
+            ),
         )
         await api.publish([record])
         log.info(

@@ -32,7 +32,7 @@ from services.common.kafka import client_config
 from services.common.local_broker import LocalKafkaBroker
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
-from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
+from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, SAFETY_ALERTS
 from services.mapper.hl7v2 import inspect_message
 from services.mapper.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         deadline = time.monotonic() + 60
         while seen != ids and time.monotonic() < deadline:
             for record in read_topic(settings, FHIR_BUNDLES.name(settings.topic_prefix)):
-                event_id = dict(record.headers).get("ce_id", b"").decode()
+                event_id = dict(record.headers).get(HEADER_INBOUND_EVENT_ID, b"").decode()
                 if event_id in ids and event_id not in seen:
                     seen.add(event_id)
                     for entry in orjson.loads(record.value).get("entry", []):
