@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -152,6 +152,23 @@ def outcome_response(status: int, code: str, diagnostics: str, headers: dict[str
 def _version_headers(row: StoredRow) -> dict[str, str]:
     modified = datetime.fromtimestamp(row.last_updated / 1000, tz=UTC)
     return {"ETag": f'W/"{row.version_id}"', "Last-Modified": format_datetime(modified, usegmt=True)}
+
+
+def _not_modified(request: Request, row: StoredRow) -> bool:
+    """Conditional read (FHIR R4 3.1.0.8.3; RFC 9110 13.1.2): If-None-Match names the version the caller has
+    (weak comparison, so W/"3" and "3" are the same version), or "*"; without it, If-Modified-Since."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or f'"{row.version_id}"' in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and row.last_updated // 1000 <= int(since.timestamp())
+    return False
 
 
 def _lenient(request: Request) -> bool:
@@ -480,6 +497,8 @@ def create_app(api: RecordApi) -> FastAPI:
         api.check_row(access, row, api.compartment(access))
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} is deleted")
+        if _not_modified(request, row):
+            return Response(status_code=304, headers=_version_headers(row))
         return fhir_response(api.served_body(row), headers=_version_headers(row))
 
     def _search(request: Request, resource_type: str, params: Sequence[tuple[str, str]]) -> Response:
