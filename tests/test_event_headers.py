@@ -57,6 +57,8 @@ def test_security_header_is_a_json_array_of_fhir_tokens() -> None:
     assert parse_security_header(value) == [(CONFIDENTIALITY, "R"), (ACT_CODE, "PSY")]
     assert security_header(()) == "[]"
     assert parse_security_header("[]") == []
-    for bad in ("R,PSY", "", '["R"]', "{}"):
+    # a sender's own label keeps its code; carebus does not invent its system
+    assert parse_security_header(security_header(("R", "HIV"))) == [(CONFIDENTIALITY, "R"), (None, "HIV")]
+    for bad in ("R,PSY", "", '["R|"]', "{}", "[1]"):
         with pytest.raises(ValueError):
             parse_security_header(bad)

@@ -20,6 +20,7 @@ from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
+    RECORD_CHANGES,
     REPLAYED_DEAD_LETTERS,
     SAFETY_ALERTS,
     TopicSpec,
@@ -45,7 +46,8 @@ HEADER_DOCS = {
                            "came from",
     "carebus_correlation_id": "correlation id that follows one request through every service",
     "carebus_security": "security labels of the whole bundle (its meta.security): a JSON array of FHIR tokens "
-                        "'<system>|<code>', most restrictive confidentiality first; '[]' when there are none. "
+                        "'<system>|<code>' (a bare code for a sender's label of a system carebus does not know), most "
+                        "restrictive confidentiality first; '[]' when there are none. "
                         'E.g. ["http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",'
                         '"http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY"]',
     "content-type": "media type of the value (the CloudEvent's datacontenttype on the bundle and alert topics)",
@@ -54,7 +56,7 @@ HEADER_DOCS = {
 
 _FHIR_TOKENS = {
     "type": "array",
-    "items": {"type": "string", "pattern": "^[^|]+\\|[^|]+$"},
+    "items": {"type": "string", "pattern": "^[^|]+(\\|[^|]+)?$"},
 }
 HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
     "ce_specversion": {"const": "1.0"},
@@ -123,6 +125,25 @@ PAYLOADS: dict[str, dict[str, Any]] = {
             "source": {"type": "object", "description": "topic, partition, offset, key, timestamp_ms of the original"},
             "headers": {"type": "object"},
             "original": {"type": "object", "description": "{encoding: utf-8|base64, value}: the original record"},
+        },
+    },
+    RECORD_CHANGES.suffix: {
+        "type": "object",
+        "required": ["resourceType", "id", "versionId", "lastUpdated", "change", "security", "restriction"],
+        "properties": {
+            "resourceType": {"type": "string"},
+            "id": {"type": "string"},
+            "versionId": {"type": "integer", "description": "meta.versionId of the new version (from 1)"},
+            "lastUpdated": {"type": "string", "format": "date-time", "description": "meta.lastUpdated"},
+            "change": {"enum": ["created", "updated", "deleted"]},
+            "patient": {"type": ["string", "null"], "description": "Patient/<id> the resource belongs to"},
+            "person": {"type": ["string", "null"], "description": "the person (linked Patients) at commit time"},
+            "members": {"type": "array", "items": {"type": "string"},
+                        "description": "every Patient/<id> of that person (identity links, merges)"},
+            "security": {"type": "array", "items": {"type": "string"}, "description": "meta.security codes"},
+            "restriction": {"type": "integer", "description": "clearance bits the labels need (record access)"},
+            "resource": {"type": ["object", "null"], "description": "the version as the record API serves it "
+                         "(null for a deletion)"},
         },
     },
     REPLAYED_DEAD_LETTERS.suffix: {

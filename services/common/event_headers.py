@@ -9,7 +9,7 @@ in the Kafka protocol binding's binary mode (the value is the event's data, its 
 The inbound event a record came from is named by two extension attributes, ``carebuseventid`` (the inbound
 CloudEvent id, also the lineage id) and ``carebuseventtype`` (its type). ``carebus_security`` is not a
 CloudEvent attribute: it is the record's security labels, a JSON array of FHIR tokens ``"<system>|<code>"``
-(``[]`` when the bundle carries none), e.g.
+(a bare code for a label of a system carebus does not know; ``[]`` when the record carries none), e.g.
 ``["http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R","http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY"]``.
 """
 
@@ -44,23 +44,27 @@ _security_headers: dict[tuple[str, ...], str] = {}
 
 
 def security_header(codes: Iterable[str]) -> str:
-    """The ``carebus_security`` value of a set of label codes: a JSON array of ``system|code`` tokens."""
+    """The ``carebus_security`` value of a set of label codes: a JSON array of FHIR tokens, ``system|code`` for
+    carebus's label codes (most restrictive confidentiality first), the bare code for any other a sender used."""
     key = tuple(codes)
     found = _security_headers.get(key)
     if found is None:
-        tokens = [f"{c['system']}|{c['code']}" for c in security_labels.meta_security(key)]
+        tokens = [f"{security_labels.system_of(code)}|{code}" if code in security_labels.KNOWN else code
+                  for code in security_labels.combine(key)]
         found = orjson.dumps(tokens).decode()
         if len(_security_headers) < 256:
             _security_headers[key] = found
     return found
 
 
-def parse_security_header(value: str) -> list[tuple[str, str]]:
-    """(system, code) of each label of a ``carebus_security`` value. Raises ValueError on anything else."""
+def parse_security_header(value: str) -> list[tuple[str | None, str]]:
+    """(system, code) of each label of a ``carebus_security`` value (system None for a bare code). Raises
+    ValueError on anything else."""
     tokens = orjson.loads(value)
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and "|" in t for t in tokens):
-        raise ValueError("carebus_security is a JSON array of 'system|code' strings")
-    return [(system, code) for system, _, code in (t.partition("|") for t in tokens)]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t and not t.endswith("|") for t in tokens):
+        raise ValueError("carebus_security is a JSON array of FHIR tokens ('system|code' or 'code')")
+    return [(system, code) if sep else (None, system)
+            for system, sep, code in (t.partition("|") for t in tokens)]
 
 
 def _common(event_id: str, event_type: str, source: str, time: datetime | None, inbound_id: str,

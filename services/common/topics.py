@@ -20,7 +20,7 @@ HEADER_EVENT_TIME = "ce_time"
 HEADER_INBOUND_EVENT_ID = "ce_carebuseventid"  # extension: the inbound event a bundle or alert came from
 HEADER_INBOUND_EVENT_TYPE = "ce_carebuseventtype"  # extension: that inbound event's type
 HEADER_CORRELATION_ID = "carebus_correlation_id"
-HEADER_SECURITY = "carebus_security"  # JSON array of the bundle's meta.security as "system|code" tokens; [] for none
+HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
 
@@ -96,8 +96,20 @@ REPLAYED_DEAD_LETTERS = TopicSpec(
     retention_ms=-1,
 )
 
+RECORD_CHANGES = TopicSpec(
+    suffix="record.changes.v1",
+    summary="What the record committed: one record per new resource version (type, id, version, person, labels, "
+    "change kind, the version as served), published after the store commit and before the bundle offsets are "
+    "committed (at least once; consumers de-duplicate on type/id/version).",
+    key="person id of the resource's patient at commit time (else '<type>/<id>'): one person's changes in order",
+    content_type="application/json",
+    headers=(HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
 
-CATALOGUE: tuple[TopicSpec, ...] = (INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS)
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS, RECORD_CHANGES)
 
 # CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
 HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)

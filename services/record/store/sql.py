@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import orjson
 
 from services.record.access import ALL_CLEARANCES
+from services.record.changes import OutboxRow
 from services.record.errors import StoreUnavailable
 from services.record.identity import (
     IdentityPolicy,
@@ -52,6 +53,7 @@ from services.record.search import (
     StringCriterion,
     TokenCriterion,
 )
+from services.record.store import outbox
 from services.record.store.base import (
     EverythingQuery,
     HistoryQuery,
@@ -96,6 +98,9 @@ class Dialect:
     errors: tuple[type[BaseException], ...]
     rowid: bool = False  # tables have a rowid (SQLite)
     copy: bool = False  # COPY FROM STDIN and multi-row statements (PostgreSQL)
+    # run first in the schema transaction, so instances starting together on one database create it one at a
+    # time (concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL's catalogue)
+    schema_lock: str | None = None
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -151,6 +156,7 @@ def schema(d: Dialect) -> list[str]:
         "CREATE INDEX IF NOT EXISTS identity_member_person ON identity_member (person_id)",
         f"CREATE TABLE IF NOT EXISTS store_meta (key {t} PRIMARY KEY, value {t} NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS resource_type_stored (resource_type {t} PRIMARY KEY)",
+        *outbox.schema(d),
     ]
 
 
@@ -364,6 +370,8 @@ class SqlStore:
     def initialize(self) -> None:
         """Create the schema (idempotent) and rebuild persons when the identity policy changed."""
         with self._transaction() as conn:
+            if self.dialect.schema_lock:
+                conn.execute(self.dialect.schema_lock)
             for statement in schema(self.dialect):
                 conn.execute(statement)
             version = self._all(conn, "SELECT value FROM store_meta WHERE key = ?", ("schema_version",))
@@ -424,6 +432,7 @@ class SqlStore:
             )
             if plan.identity:
                 self._apply_identity(conn, plan)
+            outbox.write(self, conn, plan)  # the change feed, committed with the versions it announces
         by_type: dict[str, int] = defaultdict(int)
         for version in plan.versions:
             by_type[version.resource_type] += 1
@@ -436,6 +445,13 @@ class SqlStore:
             dict(by_type),
             plan.stale,
         )
+
+    def pending_changes(self, limit: int = 1000) -> list[OutboxRow]:
+        """Change-feed messages committed but not yet acknowledged by Kafka, oldest first."""
+        return outbox.pending(self, limit)
+
+    def forget_changes(self, up_to_seq: int) -> None:
+        outbox.forget(self, up_to_seq)
 
     def _load_current(self, conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], CurrentVersion]:
         by_type: dict[str, list[str]] = defaultdict(list)
