@@ -19,8 +19,8 @@ from typing import Literal
 
 import orjson
 
-from services.common.kafka import OutboundRecord
 from services.common.event_headers import security_header
+from services.common.kafka import OutboundRecord
 from services.common.topics import HEADER_CONTENT_TYPE, HEADER_SECURITY
 from services.record.fhirdates import format_instant
 from services.record.ingest import NewVersion
