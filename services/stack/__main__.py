@@ -283,9 +283,13 @@ def main(argv: list[str] | None = None) -> None:
             say(f"webhook: the therapy EHR received {sum(len(v) for v in received.values())} notification "
                 f"event(s) on {len(received)} subscription(s), signatures verified")
         prefix = settings.topic_prefix
+        bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
-        say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
+        say(f"  Kafka {bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
             f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+        say(f"  operator CLI    export CAREBUS_KAFKA_BOOTSTRAP={bootstrap}; then .venv/bin/carebus status")
+        say(f"  Kafka's tools   .venv/bin/carebus kafka console-consumer --topic {prefix}.fhir.bundles.v1 "
+            "--from-beginning --property print.headers=true")
         say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  "
             "(POST /events, /hl7v2, /fhir)")
         say(f"  MLLP listener   {settings.http_host}:{settings.mllp_port}")
