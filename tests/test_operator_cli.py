@@ -1,6 +1,6 @@
 """The CLI as an operator meets it, in its own process: it follows the local broker (CAREBUS_LOCAL_KAFKA_PORT)
 when CAREBUS_KAFKA_BOOTSTRAP is not set, says that it waits on an unreachable Kafka and gives up after
---kafka-timeout, and answers a missing intake with one line and exit code 2."""
+--kafka-timeout, and answers a missing intake with one line and exit code 2; Kafka's own tools run beside it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from services.common.kafka import OutboundRecord, RecordProducer, ensure_topics
 from services.common.local_broker import free_port
-from services.common.settings import REPO_ROOT
-from services.common.topics import CATALOGUE
+from services.common.settings import REPO_ROOT, Settings
+from services.common.topics import CATALOGUE, FHIR_BUNDLES
 
 
 def carebus(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -53,3 +54,26 @@ def test_send_sample_with_intake_down_is_one_line_and_exit_2() -> None:
     assert result.stdout.strip().count("\n") == 0, result.stdout
     assert result.stdout.startswith("intake unreachable at http://127.0.0.1:")
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_kafka_s_own_tools_run_against_carebus_s_kafka(settings: Settings) -> None:
+    ensure_topics(settings, CATALOGUE)
+    topic = FHIR_BUNDLES.name(settings.topic_prefix)
+    producer = RecordProducer(settings, "test-tools")
+    try:
+        producer.send_all_and_wait([OutboundRecord(topic, "k|1", b'{"resourceType": "Bundle"}',
+                                                   {"ce_type": "org.carebus.fhir.bundle.v1"})])
+    finally:
+        producer.close()
+    group = f"{settings.topic_prefix}-tools-group"
+    env = {"CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap}
+    consumed = carebus("kafka", "console-consumer", "--topic", topic, "--from-beginning", "--max-messages", "1",
+                       "--timeout-ms", "30000", "--group", group, "--property", "print.headers=true", env=env)
+    assert consumed.returncode == 0, consumed.stderr
+    assert 'ce_type:org.carebus.fhir.bundle.v1\t{"resourceType": "Bundle"}' in consumed.stdout
+    groups = carebus("kafka", "consumer-groups", "--describe", "--group", group, env=env)
+    assert groups.returncode == 0, groups.stderr
+    assert topic in groups.stdout
+    unknown = carebus("kafka", "no-such-tool", env=env)
+    assert unknown.returncode == 2 and "unknown tool no-such-tool" in unknown.stdout

@@ -7,6 +7,9 @@
     carebus deadletters list             what is on the dead-letter topic (ids, reasons; no PHI)
     carebus deadletters replay           re-publish dead letters after a fix (--dry-run; never twice)
     carebus send-sample                  POST the sample care journey to a running intake
+    carebus broker [--port] [--workdir]  the local Kafka broker in the foreground (keeps its data)
+    carebus kafka TOOL ARGS...           Kafka's own tools: console-consumer, console-producer, consumer-groups,
+                                         topics (--bootstrap-server added: carebus's Kafka)
     carebus subscriptions list|status ID|replay ID   notify's subscriptions; replay re-sends dead letters
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import runpy
+import subprocess
 import sys
 import threading
 import time
@@ -35,7 +39,7 @@ from services.common.errors import BrokerUnavailable
 from services.common.kafka import client_config, ensure_topics
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE
-from services.operator import deadletters, status, subscriptions
+from services.operator import deadletters, kafka_tools, status, subscriptions
 
 app = typer.Typer(help="carebus operator tools: services, local stack, topics, status, dead letters.",
                   no_args_is_help=True)
@@ -143,6 +147,46 @@ def stack(no_wait: Annotated[bool, typer.Option(help="stop after the journey")] 
     from services.stack.__main__ import main as stack_main
 
     stack_main(["--no-wait"] if no_wait else [])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def kafka(
+    ctx: typer.Context,
+    tool: Annotated[str, typer.Argument(help=", ".join(kafka_tools.TOOLS))],
+) -> None:
+    """Run one of Apache Kafka's own tools (kafka-console-consumer, kafka-consumer-groups, ...) against carebus's
+    Kafka; arguments after the tool's name are the tool's own (e.g. --topic T --from-beginning). The tools are
+    resolved from Maven Central on first use."""
+    settings = _settings()
+    try:
+        argv = kafka_tools.command(tool, ctx.args, settings.kafka_bootstrap, settings.cache_dir)
+    except kafka_tools.KafkaToolsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        code = subprocess.run(argv, check=False).returncode  # noqa: S603 - java and the tool's own arguments
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="port (default CAREBUS_LOCAL_KAFKA_PORT, 9092)")] = None,
+    workdir: Annotated[str | None, typer.Option(
+        help="where it keeps its data (default .cache/kafka/run-<port>); kept across restarts")] = None,
+) -> None:
+    """Run the local Kafka broker (KRaft) in the foreground until Ctrl-C or SIGTERM, as `make demo` does."""
+    from services.common import local_broker
+
+    argv = ["start", "--port", str(port or _settings().local_kafka_port)]
+    if workdir is not None:
+        argv += ["--workdir", workdir]
+    try:
+        local_broker.main(argv)
+    except local_broker.BrokerStartError as exc:
+        console.print(f"[red]the local broker did not start: {exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @topics_app.command("create")
