@@ -41,6 +41,7 @@ from services.record import render
 from services.record.access import Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
+from services.record.contract_routes import contract_router
 from services.record.errors import (
     BadRequest,
     Forbidden,
@@ -302,6 +303,7 @@ def create_app(api: RecordApi) -> FastAPI:
         return fhir_response(orjson.dumps(statement))
 
     app.include_router(subscription_router(api))  # /Subscription (notify), before the generic routes
+    app.include_router(contract_router())  # /docs, /openapi.json: not FHIR paths
 
     # --- identity administration -----------------------------------------------------------------------
 

@@ -67,3 +67,15 @@ def test_conditional_read_answers_304_for_the_version_the_client_has(record: Rec
         "If-None-Match": 'W/"1"', "If-Modified-Since": format_datetime(modified, usegmt=True)}).status_code == 200
     # an unknown resource is still 404, whatever the client has
     assert record.get(f"/Patient/{pid}x", headers={"If-None-Match": "*"}).status_code == 404
+
+
+def test_api_description_paths_point_at_the_capability_statement(record: RecordHarness) -> None:
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        response = record.get(path, token=None)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"].endswith("CapabilityStatement at GET /metadata")
+        assert response.headers["link"] == '</metadata>; rel="describedby"'
+    # a FHIR path that is not a resource type still answers as FHIR
+    unknown = record.get("/Docs")
+    assert unknown.json()["resourceType"] == "OperationOutcome"
