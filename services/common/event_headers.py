@@ -39,6 +39,7 @@ BUNDLE_EVENT_TYPE = "org.carebus.fhir.bundle.v1"
 SAFETY_ALERT_EVENT_TYPE = "org.carebus.safety.alert.v1"
 MAPPER_SOURCE = "urn:carebus:mapper"
 RECORD_SOURCE = "urn:carebus:record"
+OUTCOMES_SOURCE = "urn:carebus:outcomes"
 
 _security_headers: dict[tuple[str, ...], str] = {}
 
@@ -67,6 +68,14 @@ def parse_security_header(value: str) -> list[tuple[str | None, str]]:
             for system, sep, code in (t.partition("|") for t in tokens)]
 
 
+def security_codes(value: str) -> list[str]:
+    """The label codes of a ``carebus_security`` value; an older record's comma-separated codes are read too."""
+    try:
+        return [code for _, code in parse_security_header(value)]
+    except ValueError:
+        return [code for code in value.split(",") if code]
+
+
 def _common(event_id: str, event_type: str, source: str, time: datetime | None, inbound_id: str,
             inbound_type: str, correlation_id: str, labels: Iterable[str], content_type: str) -> dict[str, str]:
     headers = {
@@ -93,8 +102,8 @@ def bundle_headers(bundle_id: str, inbound_id: str, inbound_type: str, correlati
                    "application/fhir+json")
 
 
-def alert_headers(flag_id: str, inbound_id: str, inbound_type: str, correlation_id: str,
-                  labels: Iterable[str], time: datetime | None = None) -> dict[str, str]:
-    """Headers of one safety alert record on the alert topic."""
-    return _common(flag_id, SAFETY_ALERT_EVENT_TYPE, MAPPER_SOURCE, time, inbound_id, inbound_type,
+def alert_headers(alert_id: str, inbound_id: str, inbound_type: str, correlation_id: str,
+                  labels: Iterable[str], source: str = MAPPER_SOURCE, time: datetime | None = None) -> dict[str, str]:
+    """Headers of one safety alert record on the alert topic (the mapper's: ``alert_id`` is its Flag's id)."""
+    return _common(alert_id, SAFETY_ALERT_EVENT_TYPE, source, time, inbound_id, inbound_type,
                    correlation_id, labels, "application/json")
