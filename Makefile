@@ -54,11 +54,12 @@ bench: setup  # every benchmark in turn; each prints its figures (README: "Figur
 faults: setup
 	$(PY) -m pytest tests/faults
 
-# not in CI: SOAK_ARGS="--minutes 3 --rate 50 --store postgres"; vegeta (the load) from the Go module proxy
-VEGETA := $(shell command -v vegeta || echo $(HOME)/go/bin/vegeta)
+# not in CI: SOAK_ARGS="--minutes 3 --rate 50 --store postgres"; the load generator, vegeta, is built from the Go
+# module proxy into .cache/tools/bin (as deploy/local/tools.sh builds kustomize)
 soak: setup
-	@[ -x "$(VEGETA)" ] || { command -v go >/dev/null || apt-get install -y -q golang-go; \
-	  go install github.com/tsenart/vegeta/v12@v12.12.0; }
+	@[ -x .cache/tools/bin/vegeta ] || { command -v go >/dev/null || apt-get install -y -q golang-go; \
+	  echo "building vegeta v12.12.0 from the Go module proxy"; \
+	  GOTOOLCHAIN=local GOBIN=$(CURDIR)/.cache/tools/bin go install github.com/tsenart/vegeta/v12@v12.12.0; }
 	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 lint: setup

@@ -53,10 +53,10 @@ SERVICES = {"intake": "CAREBUS_INTAKE_PORT", "mapper": "CAREBUS_MAPPER_PORT", "r
 
 
 def vegeta() -> str:
-    found = shutil.which("vegeta") or next(
-        (str(p) for p in (Path.home() / "go" / "bin" / "vegeta", Path("/root/go/bin/vegeta")) if p.exists()), None)
+    built = Settings().cache_dir.resolve() / "tools" / "bin" / "vegeta"  # where `make soak` builds it
+    found = str(built) if built.exists() else shutil.which("vegeta")
     if found is None:
-        raise SystemExit("vegeta is needed: `make soak` installs it (go install github.com/tsenart/vegeta/v12)")
+        raise SystemExit("vegeta is needed: `make soak` builds it (go install github.com/tsenart/vegeta/v12)")
     return found
 
 
