@@ -26,7 +26,15 @@ from datetime import date
 from typing import Any, Final, Literal
 
 from services.common.security_labels import PSYCHIATRIC, combine, meta_security
-from services.outcomes.episodes import Episode, PersonOutcomes, WindowResult, outcome_id
+from services.outcomes.episodes import (
+    Episode,
+    InstrumentRules,
+    PersonOutcomes,
+    Score,
+    WindowResult,
+    index_window,
+    outcome_id,
+)
 
 OUTCOMES_SYSTEM: Final = "urn:carebus:codesystem:outcomes"
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -238,15 +246,16 @@ def index_episode(spec: MeasureSpec, outcomes: PersonOutcomes, start: date, end:
     return next((e for e in outcomes.of("phq-9") if start <= e.index.when <= end), None)
 
 
-def population_counts(spec: MeasureSpec, persons: Iterable[PersonOutcomes], start: date, end: date
-                      ) -> PopulationCounts:
+def population_counts(spec: MeasureSpec, histories: Iterable[Sequence[Score]], start: date, end: date,
+                      as_of: date, rules: InstrumentRules) -> PopulationCounts:
+    """Population counts of one measure over many persons' PHQ-9 histories (each person counted once: their
+    first index episode in the measurement period)."""
     initial = numerator = pending = 0
-    for outcomes in persons:
-        episode = index_episode(spec, outcomes, start, end)
-        if episode is None:
+    for history in histories:
+        result = index_window(rules, history, spec.window, start, end, as_of)
+        if result is None:
             continue
         initial += 1
-        result = episode.window(spec.window)
         numerator += spec.met(result)
         pending += not result.closed
     return PopulationCounts(initial, numerator, pending)

@@ -35,7 +35,7 @@ from starlette.types import Scope
 from services.common.kafka import OutboundRecord
 from services.common.topics import FHIR_BUNDLES
 from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
-from services.outcomes.episodes import PersonOutcomes, evaluate_person
+from services.outcomes.episodes import evaluate_person
 from services.outcomes.fhir import (
     MEASURES,
     MEASURES_BY_ID,
@@ -146,22 +146,22 @@ def build_router(api: Any) -> APIRouter:
             if score is not None:
                 histories.setdefault(person, []).append(score)
         as_of = api.clock().date()
-        persons: list[PersonOutcomes] = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
         organization = api.settings.outcomes_reporter
         generated = api.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
         if report_type == "subject":
+            persons = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
             episode = next((e for p in persons if (e := index_episode(spec, p, start, end)) is not None), None)
             if episode is not None:
                 report = individual_report(spec, episode, organization)
                 report["id"] = str(uuid.uuid4())
                 report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
                 return _fhir(report)
-            counts = population_counts(spec, [], start, end)
+            counts = population_counts(spec, [], start, end, as_of, rules.phq9)
             report = summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4()))
             report.update(type="individual", subject={"reference": subject}, status="complete")
             report["group"][0]["measureScore"] = {"value": 0.0}
             return _fhir(report)
-        counts = population_counts(spec, persons, start, end)
+        counts = population_counts(spec, histories.values(), start, end, as_of, rules.phq9)
         return _fhir(summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4())))
 
     @router.get("/Measure/{measure_id}/$evaluate-measure")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.common.settings import REPO_ROOT
-from services.outcomes.episodes import Score, evaluate_person
+from services.outcomes.episodes import Score, evaluate_person, phq9_rules
 from services.outcomes.fhir import MEASURES, measure_resource, outcome_resources, population_counts, summary_report
 from services.outcomes.tasks import Alert, audit_records, change_status, escalate, new_task
 from tests.validation.hapi import ValidatorError, validate_folder
@@ -28,7 +28,8 @@ def resources() -> list[dict[str, Any]]:
     outcomes = evaluate_person(scores, date(2026, 1, 1))
     found = outcome_resources(outcomes, "Riverside") + [measure_resource(m) for m in MEASURES]
     period = (date(2025, 1, 1), date(2025, 6, 30))
-    found.append(summary_report(MEASURES[0], population_counts(MEASURES[0], [outcomes], *period), *period,
+    counts = population_counts(MEASURES[0], [scores], *period, date(2026, 1, 1), phq9_rules())
+    found.append(summary_report(MEASURES[0], counts, *period,
                                 "2026-01-01T00:00:00Z", "Riverside", "summary-1"))
     alert = Alert("phq9-item9", "Patient/p1", "Flag/f1", "e1", datetime(2025, 6, 1, 10, tzinfo=UTC), "urn:x", labels)
     task = new_task(alert, CHAIN, {"phq9-item9": 30})
