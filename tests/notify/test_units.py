@@ -46,7 +46,7 @@ def names(c: Change, previous: str | None) -> list[str]:
 
 
 def test_every_topic_has_a_canonical_under_one_base_and_a_patient_filter() -> None:
-    assert len(TOPICS) == 13
+    assert len(TOPICS) == 15
     assert all(t.canonical.startswith(TOPIC_BASE) for t in TOPICS)
     assert all(t.filter("patient") is not None for t in TOPICS)
 
