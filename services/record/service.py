@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.disclosure import policy_from_settings
 from services.common.health import KafkaReadiness
 from services.common.kafka import RecordProducer
 from services.common.log import configure_logging
@@ -22,6 +23,7 @@ from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.consumer import BundleIngestor
+from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
 
@@ -80,6 +82,12 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         tokens,
         readiness=lambda: holder[0].readiness(),
         publish=producer.send_all_async,
+        audit_sink=producer.send_all_and_wait,
+    )
+    api.gate = DisclosureGate(
+        store,
+        policy_from_settings(settings.disclosure_policy, settings.disclosure_treatment_purposes),
+        api.now_ms,
     )
     service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api))
     holder.append(service)
