@@ -163,7 +163,7 @@ DEFAULT_RULES: Final[Mapping[int, Rule]] = {
 DEFAULT_POLICY: Final = Policy(DEFAULT_RULES)
 
 
-def policy_from_settings(rules: Mapping[str, str], treatment_purposes: Iterable[str] | None = None) -> Policy:
+def policy_from_settings(rules: Mapping[Any, str], treatment_purposes: Iterable[str] | None = None) -> Policy:
     """``rules``: class name -> rule, overriding the default ones (raises ValueError on unknown names)."""
     merged: dict[int, Rule] = dict(DEFAULT_RULES)
     for name, rule in rules.items():

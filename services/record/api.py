@@ -50,6 +50,7 @@ from services.record import disclosures, render
 from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
+from services.record.disclosure_routes import disclosure_router
 from services.record.disclosures import AuditSink, CallerGrants, DisclosureGate
 from services.record.errors import (
     BadRequest,
@@ -426,6 +427,8 @@ def create_app(api: RecordApi) -> FastAPI:
     @app.post("/admin/identity/unlink")
     async def unlink(request: Request) -> Response:
         return await _publish_link(request, unlink=True)
+
+    app.include_router(disclosure_router(api))  # Patient/$disclosures (specific routes before the generic ones)
 
     # --- Patient/$everything ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
+from services.record.audit_ingest import AuditIngestor
 from services.record.consumer import BundleIngestor
 from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
@@ -39,6 +40,7 @@ class RecordService:
     ingestor: BundleIngestor
     kafka: KafkaReadiness
     app: FastAPI
+    audit: AuditIngestor
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -54,9 +56,11 @@ class RecordService:
     def start(self) -> None:
         self.kafka.start()
         self.ingestor.start()
+        self.audit.start()
 
     def stop(self) -> None:
         self.ingestor.stop()
+        self.audit.stop()
         self.kafka.stop()
         self.producer.close()
         self.store.close()
@@ -89,7 +93,8 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         policy_from_settings(settings.disclosure_policy, settings.disclosure_treatment_purposes),
         api.now_ms,
     )
-    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api))
+    audit = AuditIngestor(settings, store, group_id=group_id)
+    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit)
     holder.append(service)
     return service
 

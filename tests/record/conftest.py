@@ -245,12 +245,12 @@ PROGRAM_POLICY: dict[str, Any] = {"part2": "clearance"}
 
 def harness_settings(kafka_bootstrap: str, **overrides: Any) -> Settings:
     overrides.setdefault("disclosure_policy", PROGRAM_POLICY)
+    overrides.setdefault("record_tokens", token_config())
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         topic_prefix=f"rec{uuid.uuid4().hex[:10]}",
         kafka_topic_partitions=3,
         kafka_request_timeout_s=10.0,
-        record_tokens=token_config(),
         record_group_id=f"record-{uuid.uuid4().hex[:8]}",
         **overrides,
     )
