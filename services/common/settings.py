@@ -118,6 +118,8 @@ class Settings(BaseSettings):
         Literal["ordinary", "behavioral-health", "part2", "psychotherapy-notes", "substance-use"],
         Literal["treatment", "clearance", "consent", "never"],
     ] = Field(default_factory=dict, description="Overrides of the baseline rule per label class (JSON object).")
+    general_group_id: str = Field("carebus-general", description="Consumer group of the general-topic service.")
+    general_port: int = Field(8085, description="HTTP port (health, metrics) of the general-topic service.")
     disclosure_treatment_purposes: list[str] = Field(
         default_factory=lambda: ["TREAT", "ETREAT", "HPAYMT", "HOPERAT", "CAREMGT", "PATRQT"],
         description="Purposes of use (v3-ActReason) that count as treatment, payment or operations.")

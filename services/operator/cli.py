@@ -1,6 +1,6 @@
 """The `carebus` operator command line.
 
-    carebus run intake|mapper|record     run one service in the foreground
+    carebus run intake|mapper|record|general   run one service in the foreground
     carebus stack                        the main job: local broker + every service + sample journey
     carebus topics create|check          create the catalogue's topics / compare the cluster with it
     carebus status                       services, topic throughput, consumer lag, dead letters, alerts waiting
@@ -39,7 +39,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="deadletters")
 console = Console()
 
-ServiceName = Literal["intake", "mapper", "record"]
+ServiceName = Literal["intake", "mapper", "record", "general"]
 
 
 def _settings() -> Settings:
@@ -66,10 +66,10 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @app.command()
-def run(service: Annotated[str, typer.Argument(help="intake, mapper or record")]) -> None:
+def run(service: Annotated[str, typer.Argument(help="intake, mapper, record or general")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
-    if service not in ("intake", "mapper", "record"):
-        raise typer.BadParameter("choose intake, mapper or record")
+    if service not in ("intake", "mapper", "record", "general"):
+        raise typer.BadParameter("choose intake, mapper, record or general")
     runpy.run_module(f"services.{service}", run_name="__main__")
 
 

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("CAREBUS_RECORD_TOKENS",
                    orjson.dumps({hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT}).decode())
-    services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
+    services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else []) + ["general"]
     steps = 5 + len(services)
     step = 0
 
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             settings = Settings(kafka_bootstrap=stack.broker.bootstrap)
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
-        ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port}
+        ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port,
+                 "general": settings.general_port}
         for name in services:
             progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
             stack.start_service(name, env)
