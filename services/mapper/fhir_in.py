@@ -111,6 +111,17 @@ def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     return labels.combine(*found)
 
 
+def _covered_codes(provision: Any) -> list[str]:
+    """The securityLabel codes of a Consent's provisions, nested ones included."""
+    if not isinstance(provision, dict):
+        return []
+    codes = [c["code"] for c in provision.get("securityLabel") or () if isinstance(c, dict)
+             and isinstance(c.get("code"), str)]
+    for child in provision.get("provision") or ():
+        codes.extend(_covered_codes(child))
+    return codes
+
+
 def _item_code(link_id: str) -> str:
     return link_id.rsplit("/", 1)[-1]
 
@@ -230,6 +241,8 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         resource = _rewrite({**original, "id": new_id}, references)
         # demographics are ordinary PHI: a Patient keeps only what was sent (or Part 2, from a Part 2 program)
         implied = sent_labels(original) if original["resourceType"] == "Patient" else content_labels(original)
+        if original["resourceType"] == "Consent":  # a consent reveals the kind of data it covers
+            implied = labels.combine(implied, labels.covered_labels(_covered_codes(original.get("provision"))))
         own = labels.combine(implied, labels.PART2 if part2 else ())
         if own:
             resource.setdefault("meta", {})["security"] = security_labels.meta_security(own)
