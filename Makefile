@@ -35,8 +35,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-bench: setup
-	$(PY) -m benchmarks.run_all
+bench: setup  # every benchmark in turn; each prints its figures (README: "Figures")
+	$(PY) -m benchmarks.pipeline_bench
+	$(PY) -m benchmarks.intake_bench
+	$(PY) -m benchmarks.e2e_bench
+	$(PY) -m benchmarks.scaleout_bench
+	$(PY) -m benchmarks.hl7v2_bench
+	$(PY) -m benchmarks.record_bench
 
 lint: setup
 	$(VENV)/bin/ruff check services tests benchmarks

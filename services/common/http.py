@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import uvicorn
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.common.metrics import Metrics
 
@@ -37,6 +39,10 @@ def add_operational_routes(app: FastAPI, metrics: Metrics, readiness: Callable[[
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes of one service (intake workers)
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -67,6 +67,13 @@ class Metrics:
         self.record_requests = Counter(
             "carebus_record_api_requests_total", "Record API requests, by route and status.",
             ["route", "status"], registry=r)
+        self.intake_shed = Counter(
+            "carebus_intake_shed_total",
+            "Write requests answered 503 at once because too many were waiting for Kafka's acks, by route.",
+            ["route"], registry=r)
+        self.intake_pending = Gauge(
+            "carebus_intake_pending_requests", "Write requests of this intake process waiting for Kafka's acks.",
+            registry=r)
         self.kafka_ready = Gauge(
             "carebus_kafka_ready", "1 when this service last reached Kafka, else 0.", registry=r)
 

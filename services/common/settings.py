@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     record_port: int = 8082
     max_batch_events: int = Field(500, ge=1, description="Largest batch one intake POST may carry.")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest intake request body.")
+    intake_workers: int = Field(
+        1, ge=1, le=64, description="Intake worker processes sharing the HTTP port (SO_REUSEPORT), each with its own "
+                                    "producer; HL7 v2 stays in worker 0 (services/intake/workers.py).")
+    intake_max_pending: int = Field(
+        64, ge=1, description="Write requests one intake process lets wait for Kafka's acks; one more is answered "
+                              "503 + Retry-After at once (services/intake/admission.py).")
 
     # --- MLLP (HL7 v2) listener ----------------------------------------------------------------------------
     mllp_host: str = Field("127.0.0.1", description="Address the MLLP listener binds.")

@@ -38,6 +38,7 @@ from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake.admission import AdmissionLimit
 from services.intake.inbound import inbound_record
 from services.intake.mllp import Acceptor, KafkaHl7Acceptor
 from services.mapper.fhir_in import check_resources
@@ -100,6 +101,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
     app = FastAPI(title="carebus intake", version="1", docs_url="/docs", redoc_url=None)
     topic = INBOUND_EVENTS.name(settings.topic_prefix)
     add_operational_routes(app, metrics, readiness)
+    app.add_middleware(AdmissionLimit, max_pending=settings.intake_max_pending, metrics=metrics)
     accept_hl7 = hl7_acceptor or KafkaHl7Acceptor(producer, topic, metrics=metrics,
                                                   recent_per_sender=settings.mllp_recent_control_ids)
 

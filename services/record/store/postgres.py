@@ -17,6 +17,7 @@ POSTGRES = Dialect(
     begin="BEGIN",
     errors=(psycopg.Error,),
     copy=True,
+    schema_lock="SELECT pg_advisory_xact_lock(7262730)",  # an arbitrary constant: carebus's schema lock
 )
 
 

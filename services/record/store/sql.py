@@ -96,6 +96,9 @@ class Dialect:
     errors: tuple[type[BaseException], ...]
     rowid: bool = False  # tables have a rowid (SQLite)
     copy: bool = False  # COPY FROM STDIN and multi-row statements (PostgreSQL)
+    # run first in the schema transaction, so instances starting together on one database create it one at a
+    # time (concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL's catalogue)
+    schema_lock: str | None = None
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -364,6 +367,8 @@ class SqlStore:
     def initialize(self) -> None:
         """Create the schema (idempotent) and rebuild persons when the identity policy changed."""
         with self._transaction() as conn:
+            if self.dialect.schema_lock:
+                conn.execute(self.dialect.schema_lock)
             for statement in schema(self.dialect):
                 conn.execute(statement)
             version = self._all(conn, "SELECT value FROM store_meta WHERE key = ?", ("schema_version",))
