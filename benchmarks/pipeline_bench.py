@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
 import os
 import statistics
 import subprocess
@@ -44,6 +45,8 @@ from services.mapper.mapping import map_event, serialize, validate_bundle
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.mapper.result import MappingContext
 from services.mapper.service import PRODUCER_TUNING, MapperService
+
+BENCH_TOKEN = "carebus-bench-sender"  # noqa: S105 - a local benchmark credential
 
 
 def event_mix(count: int) -> list[dict[str, Any]]:
@@ -163,7 +166,8 @@ async def _paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> t
             nonlocal accepted
             t0 = time.perf_counter()
             response = await client.post(url, content=orjson.dumps(event),
-                                         headers={"content-type": "application/cloudevents+json"})
+                                         headers={"content-type": "application/cloudevents+json",
+                                                  "authorization": f"Bearer {BENCH_TOKEN}"})
             latencies.append(time.perf_counter() - t0)
             accepted += response.status_code == 202
         tasks = []
@@ -182,7 +186,8 @@ def bench_intake(settings: Settings, events: list[dict[str, Any]], rate: float) 
     port = free_port()
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CAREBUS_INTAKE_PORT": str(port),
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, "CAREBUS_LOG_LEVEL": "WARNING",
-           "CAREBUS_MLLP_PORT": str(free_port())}
+           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_INTAKE_TOKENS": orjson.dumps(
+               {hashlib.sha256(BENCH_TOKEN.encode()).hexdigest(): {"sources": ["*"], "label": "bench"}}).decode()}
     server = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

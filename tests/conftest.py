@@ -13,6 +13,7 @@ import pytest
 from services.common.local_broker import LocalKafkaBroker
 from services.common.native import stale_compiled_modules
 from services.common.settings import REPO_ROOT, Settings
+from tests.senders import TEST_INTAKE_GRANTS
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -46,4 +47,5 @@ def settings(kafka_bootstrap: str) -> Settings:
         topic_prefix=f"test{uuid.uuid4().hex[:10]}",
         kafka_topic_partitions=3,
         kafka_request_timeout_s=10.0,
+        intake_tokens=TEST_INTAKE_GRANTS,  # clients send tests.senders.TEST_INTAKE_HEADERS
     )

@@ -21,6 +21,7 @@ from services.common.topics import (
     GENERAL_BUNDLES,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
+    RECORD_CHANGES,
     REPLAYED_DEAD_LETTERS,
     SAFETY_ALERTS,
     TopicSpec,
@@ -89,6 +90,25 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "never appears here: its disclosures (record API, notifications) carry a Provenance with the "
         "42 CFR 2.32 notice (README: Part 2 disclosure package).",
         "$ref": "https://hl7.org/fhir/R4/bundle.schema.json",
+    },
+    RECORD_CHANGES.suffix: {
+        "type": "object",
+        "required": ["resourceType", "id", "versionId", "lastUpdated", "change", "security", "restriction"],
+        "properties": {
+            "resourceType": {"type": "string"},
+            "id": {"type": "string"},
+            "versionId": {"type": "integer", "description": "meta.versionId of the new version (from 1)"},
+            "lastUpdated": {"type": "string", "format": "date-time", "description": "meta.lastUpdated"},
+            "change": {"enum": ["created", "updated", "deleted"]},
+            "patient": {"type": ["string", "null"], "description": "Patient/<id> the resource belongs to"},
+            "person": {"type": ["string", "null"], "description": "the person (linked Patients) at commit time"},
+            "members": {"type": "array", "items": {"type": "string"},
+                        "description": "every Patient/<id> of that person (identity links, merges)"},
+            "security": {"type": "array", "items": {"type": "string"}, "description": "meta.security codes"},
+            "restriction": {"type": "integer", "description": "clearance bits the labels need (record access)"},
+            "resource": {"type": ["object", "null"], "description": "the version as the record API serves it "
+                         "(null for a deletion)"},
+        },
     },
     REPLAYED_DEAD_LETTERS.suffix: {
         "type": "object",

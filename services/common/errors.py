@@ -5,6 +5,8 @@
     │   ├── EventValidationError  an inbound event breaks its schema (names each field and rule)
     │   ├── RefusedContent        content carebus must not carry (e.g. HIPAA psychotherapy notes)
     │   └── MappingError          a valid event that cannot become valid FHIR
+    │       ├── InstrumentAnswerError   instrument answers outside the item's answer list, unknown items
+    │       └── UnscoreableResponse     a recognised instrument's response that cannot be scored
     └── InfrastructureError       broken infrastructure: retried, nothing committed or acknowledged
         └── BrokerUnavailable     Kafka did not acknowledge in time
 """
@@ -54,6 +56,22 @@ class RefusedContent(InvalidInput):
 
 class MappingError(InvalidInput):
     reason = "mapping-failed"
+
+
+# Raised by services/mapper/mapping/instruments.py; defined here because that module is compiled with mypyc,
+# where a subclass's class-level ``reason`` would not override the base class's (it read "mapping-failed").
+class InstrumentAnswerError(MappingError):
+    """Answers that cannot be scored: unknown instrument or item, or an answer outside its list."""
+
+    reason = "instrument-answer-invalid"
+
+
+class UnscoreableResponse(MappingError):
+    """A questionnaire response recognised as an instrument carebus scores whose answers cannot be tied to the
+    instrument's items (or that names no patient): dead-lettered with the rule, never passed through unscored
+    (it may hold a suicide-item answer)."""
+
+    reason = "instrument-response-unscoreable"
 
 
 class InfrastructureError(CarebusError):

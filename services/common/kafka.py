@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -36,6 +36,9 @@ def client_config(settings: Settings, client_id: str) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
         "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 5000,
         "bootstrap_timeout_ms": int(settings.kafka_request_timeout_s * 1000),
+        # kafka-python backs off reconnects exponentially up to 30 s by default: after an outage a client then
+        # waits up to that long after the broker is back. At most 1 s between attempts.
+        "reconnect_backoff_max_ms": 1000,
     }
     if settings.kafka_sasl_mechanism:
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
@@ -84,11 +87,22 @@ def _encode_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
     return [(name, value.encode()) for name, value in headers.items()]
 
 
-class RecordProducer:
-    """Idempotent acks=all producer. Thread-safe (kafka-python's producer is)."""
+class RecordWriter(Protocol):
+    """What a service that answers senders needs of a producer (RecordProducer; tests/fakes.py in tests)."""
 
-    def __init__(self, settings: Settings, client_id: str, **overrides: Any) -> None:
+    async def send_all_async(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]: ...
+
+
+class RecordProducer:
+    """Idempotent acks=all producer. Thread-safe (kafka-python's producer is).
+
+    ``broker_down``, when given, says the broker is known to be unreachable (a readiness probe's last answer):
+    writes then fail at once with BrokerUnavailable instead of each waiting out the request timeout."""
+
+    def __init__(self, settings: Settings, client_id: str, *, broker_down: Callable[[], bool] | None = None,
+                 **overrides: Any) -> None:
         self._settings = settings
+        self._broker_down = broker_down
         self._config = {
             **client_config(settings, client_id),
             "acks": "all",
@@ -126,8 +140,13 @@ class RecordProducer:
         except KafkaError as exc:
             raise BrokerUnavailable(f"produce to {record.topic} failed: {type(exc).__name__}") from exc
 
+    def _check_broker(self) -> None:
+        if self._broker_down is not None and self._broker_down():
+            raise BrokerUnavailable("kafka is known to be unreachable")
+
     def send_all_and_wait(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
         """Write every record and block until all are acknowledged (acks=all), or raise BrokerUnavailable."""
+        self._check_broker()
         futures = [self.send(record) for record in records]
         timeout = self._settings.kafka_request_timeout_s
         try:
@@ -137,6 +156,7 @@ class RecordProducer:
 
     async def send_all_async(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
         """Asyncio form of :meth:`send_all_and_wait`: awaits the broker's acks without blocking the loop."""
+        self._check_broker()
         loop = asyncio.get_running_loop()
         # kafka-python's send() blocks while it waits for topic metadata (after a broker outage, up to
         # max_block_ms): hand it to a worker thread so one slow write never stalls the other connections.

@@ -42,6 +42,20 @@ class RecordTokenGrant(BaseModel):
         "(PATRQT for a patient/ token).")
 
 
+class IntakeSenderGrant(BaseModel):
+    """Who one intake bearer token is (``intake_tokens`` maps sha256(token) hex to this).
+
+    ``sources``: the sending systems it may write for: CloudEvent ``source`` URIs, FHIR ``X-Carebus-Source``
+    URIs and, for HL7 v2 over HTTP, ``urn:carebus:hl7v2:<sending facility>``; ``["*"]`` for any source (an
+    interface engine that relays many systems).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: list[str] = Field(min_length=1)
+    label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
+
+
 class Settings(BaseSettings):
     """Configuration shared by all services; each service reads the fields it needs."""
 
@@ -71,6 +85,13 @@ class Settings(BaseSettings):
     record_port: int = 8082
     max_batch_events: int = Field(500, ge=1, description="Largest batch one intake POST may carry.")
     max_body_bytes: int = Field(5_000_000, ge=1024, description="Largest intake request body.")
+    intake_tokens: dict[str, IntakeSenderGrant] = Field(
+        default_factory=dict, description="Intake bearer tokens: sha256(token) hex -> sources it may write for "
+        "(JSON). None configured: intake refuses every write.")
+    intake_allow_anonymous: bool = Field(
+        False, description="Development only: accept writes without a token, for any source.")
+    intake_token: SecretStr | None = Field(
+        None, description="The token `carebus send-sample` sends to intake (a client setting).")
     intake_workers: int = Field(
         1, ge=1, le=64, description="Intake worker processes sharing the HTTP port (SO_REUSEPORT), each with its own "
                                     "producer; HL7 v2 stays in worker 0 (services/intake/workers.py).")
@@ -98,6 +119,11 @@ class Settings(BaseSettings):
     part2_sources: list[str] = Field(
         default_factory=list,
         description="CloudEvent sources (or HL7 sending facilities) that are 42 CFR Part 2 programs.",
+    )
+    psychiatric_sources: list[str] = Field(
+        default_factory=list,
+        description="Sources (CloudEvent / X-Carebus-Source, or HL7 sending facilities) whose data is all "
+        "psychiatric, e.g. a routine-outcome-monitoring system: every resource but the Patient labelled R+PSY.",
     )
 
     alerts_group_id: str = Field(
@@ -129,6 +155,24 @@ class Settings(BaseSettings):
     disclosure_treatment_purposes: list[str] = Field(
         default_factory=lambda: ["TREAT", "ETREAT", "HPAYMT", "HOPERAT", "CAREMGT", "PATRQT"],
         description="Purposes of use (v3-ActReason) that count as treatment, payment or operations.")
+    # --- notify (subscriptions; services/notify/README.md) -----------------------------------------------
+    notify_port: int = 8083
+    notify_group_id: str = "carebus-notify"
+    notify_store_dsn: str | None = Field(
+        None, description="Subscriptions and their events, shared by notify and the record API's /Subscription: "
+                          "'sqlite:///<path>' or 'postgresql://...'; unset: <cache_dir>/notify/notify.db.")
+    notify_endpoint_allowlist: list[str] = Field(
+        default_factory=list, description="URL prefixes a subscription endpoint must start with (JSON list); "
+                                          "https only, unless an http:// prefix is listed explicitly.")
+    notify_retry_window_s: float = Field(86_400.0, gt=0, description="How long a notification is retried.")
+    notify_retry_initial_s: float = Field(1.0, gt=0, description="First retry delay (doubles, with jitter).")
+    notify_retry_max_s: float = Field(600.0, gt=0, description="Longest delay between two retries.")
+    notify_retry_time_scale: float = Field(
+        1.0, gt=0, description="Retry-clock seconds per real second (tests drive 24 hours through it).")
+    notify_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of a delivery without its own.")
+    notify_not_found_limit: int = Field(3, ge=1, description="Consecutive 404s that turn a subscription off.")
+    notify_client_certfile: Path | None = Field(None, description="Client certificate (PEM) for mTLS endpoints.")
+    notify_client_keyfile: Path | None = Field(None, description="Key of notify_client_certfile (PEM).")
 
     hl7_assigning_authorities: dict[str, str] = Field(
         default_factory=lambda: {"EMPI": "urn:carebus:empi"},

@@ -106,12 +106,25 @@ GENERAL_BUNDLES = TopicSpec(
     retention_ms=THIRTY_DAYS_MS,
 )
 
+RECORD_CHANGES = TopicSpec(
+    suffix="record.changes.v1",
+    summary="What the record committed: one record per new resource version (type, id, version, person, labels, "
+    "change kind, the version as served), published after the store commit and before the bundle offsets are "
+    "committed (at least once; consumers de-duplicate on type/id/version).",
+    key="person id of the resource's patient at commit time (else '<type>/<id>'): one person's changes in order",
+    content_type="application/json",
+    headers=(HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
+
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     INBOUND_EVENTS,
     FHIR_BUNDLES,
     SAFETY_ALERTS,
     DEAD_LETTERS,
     REPLAYED_DEAD_LETTERS,
+    RECORD_CHANGES,
     AUDIT_EVENTS,
     GENERAL_BUNDLES,
 )

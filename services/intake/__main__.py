@@ -88,6 +88,17 @@ def _stop_on_signals(http: ManagedServer) -> None:
         loop.add_signal_handler(sig, stop)
 
 
+def announce_sender_check(settings: Settings) -> None:
+    """Say at start-up how writes are authenticated (services/intake/auth.py)."""
+    if settings.intake_allow_anonymous:
+        log.warning("intake accepts writes WITHOUT authentication (CAREBUS_INTAKE_ALLOW_ANONYMOUS): "
+                    "development only")
+    elif not settings.intake_tokens:
+        log.error("intake has no sender tokens (CAREBUS_INTAKE_TOKENS): every write over HTTP is refused with 401")
+    else:
+        log.info("intake sender tokens loaded", extra={"senders": len(settings.intake_tokens)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services.intake")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
@@ -106,9 +117,11 @@ def main() -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics = Metrics(known_sources=settings.known_sources)
     if args.worker is None:
+        announce_sender_check(settings)
         prepare_topics(settings)
-    producer = RecordProducer(settings, "carebus-intake")
-    readiness = KafkaReadiness(settings, [INBOUND_EVENTS.name(settings.topic_prefix)], metrics)
+    # readiness probes every second: while it knows the broker is away, writes answer 503 at once
+    readiness = KafkaReadiness(settings, [INBOUND_EVENTS.name(settings.topic_prefix)], metrics, interval_s=1.0)
+    producer = RecordProducer(settings, "carebus-intake", broker_down=lambda: not readiness.ready)
     readiness.start()
     tune_gc()
     try:

@@ -1,5 +1,8 @@
 """The intake HTTP API: care events, HL7 v2 messages and FHIR resources in, durable on Kafka before the answer.
 
+Every write carries ``Authorization: Bearer <token>`` of a registered sender (services/intake/auth.py) and may
+only name the sources that sender is registered for.
+
 POST /events accepts one CloudEvent (application/cloudevents+json or application/json) or a batch
 (application/cloudevents-batch+json, or a JSON array). A batch is validated whole: if any event breaks its
 contract, nothing is written and the problem detail names every broken event, field and rule. Otherwise every
@@ -7,11 +10,16 @@ event is written with acks=all and the 202 is sent only after the broker acknowl
 unreachable -> 503 with Retry-After (retrying the same batch is safe: ids are deterministic downstream).
 
 POST /hl7v2 takes one HL7 v2 message (text/plain or x-application/hl7-v2+er7) for senders that use HTTP instead
-of MLLP, and answers with the same ACK the MLLP listener gives (AA 200, AE 400, AR 503 + Retry-After).
+of MLLP, and answers with the same ACK the MLLP listener gives: AA 200, AE 400, AR for an unsupported message
+422 (permanent), AR 503 + Retry-After when Kafka did not take it; refusals of the request itself (401, 403,
+413, 415) are AR ACKs with that status.
 
 POST /fhir takes a FHIR R4 resource or a transaction/batch/collection Bundle (application/fhir+json) from a
 system named by the X-Carebus-Source header (a URI). Every resource is validated first (422 OperationOutcome
 naming the resource and element); psychotherapy notes are refused. 202 with an OperationOutcome once durable.
+
+Routes raise; the exception handlers below answer, each in its channel's form (problem detail, OperationOutcome
+or HL7 ACK). Bodies are read at most ``max_body_bytes`` (``mllp_max_frame_bytes`` for HL7) into memory.
 """
 
 from __future__ import annotations
@@ -22,16 +30,24 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import BrokerUnavailable, EventValidationError, FieldProblem, InvalidInput
+from services.common.errors import (
+    BrokerUnavailable,
+    EventValidationError,
+    FieldProblem,
+    InvalidInput,
+    MalformedJson,
+    RefusedContent,
+)
 from services.common.events import CareEvent, parse_event, patient_key
 from services.common.fhir_ids import patient_key as make_patient_key
 from services.common.http import add_operational_routes, problem
-from services.common.kafka import OutboundRecord, RecordProducer
+from services.common.kafka import OutboundRecord, RecordWriter
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
@@ -39,9 +55,20 @@ from services.common.topics import (
     INBOUND_EVENTS,
 )
 from services.intake.admission import AdmissionLimit
+from services.intake.auth import Sender, SenderRegistry
+from services.intake.errors import (
+    BadRequest,
+    BatchRejected,
+    BodyTooLarge,
+    RequestRefused,
+    UnsupportedMediaType,
+)
 from services.intake.inbound import inbound_record
-from services.intake.mllp import Acceptor, KafkaHl7Acceptor
+from services.intake.mllp import Acceptor, KafkaHl7Acceptor, decode_text
 from services.mapper.fhir_in import check_resources
+from services.mapper.hl7v2 import ack_message
+from services.mapper.hl7v2.er7 import parse_message
+from services.mapper.hl7v2.errors import Hl7v2Error
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +76,12 @@ JSON_TYPES = ("application/json", "application/cloudevents+json", "application/c
 HL7_TYPES = ("text/plain", "x-application/hl7-v2+er7", "application/hl7-v2", "application/hl7-v2+er7")
 FHIR_TYPES = ("application/fhir+json", "application/json")
 RETRY_AFTER_S = "5"
-HL7_HTTP_STATUS = {"AA": 200, "AE": 400, "AR": 503}
+HL7_HTTP_STATUS = {"AA": 200, "AE": 400, "AR": 422}  # an AR that a retry may cure is 503 (AckOutcome.retry)
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024  # an oversized body is read and dropped up to this, then the connection closes
+
+Channel = Literal["events", "hl7v2", "fhir"]
+_CHANNELS: dict[str, Channel] = {"/events": "events", "/hl7v2": "hl7v2", "/fhir": "fhir"}
+_METRIC_CHANNEL = {"events": "http", "hl7v2": "http", "fhir": "fhir"}
 
 
 def operation_outcome(status: int, severity: str, code: str, problems: Sequence[FieldProblem] = (),
@@ -96,58 +128,211 @@ def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[
     return out
 
 
-def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
+def parse_events(items: Sequence[Any], is_batch: bool) -> list[CareEvent]:
+    """Every event of a request, or BatchRejected naming each broken event, field and rule."""
+    events: list[CareEvent] = []
+    errors: list[dict[str, Any]] = []
+    broken: set[int] = set()
+    refused = False
+    for index, item in enumerate(items):
+        try:
+            events.append(parse_event(item))
+        except (EventValidationError, RefusedContent) as exc:
+            refused = refused or isinstance(exc, RefusedContent)
+            broken.add(index)
+            errors.extend(_problems_json(index if is_batch else None, exc.problems))
+    if errors:
+        raise BatchRejected(errors, len(broken), len(items), refused)
+    return events
+
+
+def check_event_sources(sender: Sender, items: Sequence[Any], is_batch: bool) -> None:
+    """Every source a request names must be one the sender is registered for (a missing or non-string source is
+    the contract's to refuse)."""
+    for index, item in enumerate(items):
+        source = item.get("source") if isinstance(item, dict) else None
+        if isinstance(source, str):
+            sender.require(source, f"[{index}].source" if is_batch else "source")
+
+
+def media_type_of(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, never holding more than ``limit`` bytes: BodyTooLarge beyond it. An oversized body is
+    read on and dropped (up to DRAIN_LIMIT_BYTES) so the sender gets the 413 rather than a reset connection."""
+    declared = request.headers.get("content-length", "")
+    too_large = BodyTooLarge(f"the body exceeds {limit} bytes")
+    body = bytearray()
+    dropped = 0
+    oversized = declared.isdigit() and int(declared) > limit
+    async for chunk in request.stream():
+        if oversized:
+            dropped += len(chunk)
+            if dropped > DRAIN_LIMIT_BYTES:
+                break
+            continue
+        if len(body) + len(chunk) > limit:
+            oversized = True
+            dropped = len(body) + len(chunk)
+            body = bytearray()
+            continue
+        body += chunk
+    if oversized:
+        raise too_large
+    return bytes(body)
+
+
+def load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not JSON (at byte {exc.pos})", [FieldProblem(
+            "body", "malformed-json", f"not JSON (at byte {exc.pos})")]) from None
+
+
+class RequestTimer:
+    """Observes ``carebus_request_seconds`` for every write route, by route and status (never by value)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope.get("path", "") if scope["type"] == "http" else ""
+        if route not in _CHANNELS:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            self.metrics.request_seconds.labels(route=route, status=str(status)).observe(
+                time.perf_counter() - started)
+
+
+def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                readiness: Callable[[], tuple[bool, str]], hl7_acceptor: Acceptor | None = None) -> FastAPI:
     app = FastAPI(title="carebus intake", version="1", docs_url="/docs", redoc_url=None)
+    app.add_middleware(RequestTimer, metrics=metrics)
     topic = INBOUND_EVENTS.name(settings.topic_prefix)
     add_operational_routes(app, metrics, readiness)
+    senders = SenderRegistry(settings.intake_tokens, allow_anonymous=settings.intake_allow_anonymous)
     app.add_middleware(AdmissionLimit, max_pending=settings.intake_max_pending, metrics=metrics)
     accept_hl7 = hl7_acceptor or KafkaHl7Acceptor(producer, topic, metrics=metrics,
                                                   recent_per_sender=settings.mllp_recent_control_ids)
 
+    # --- answers: one place per error class, in the channel's own form -------------------------------
+
+    def channel_of(request: Request) -> Channel:
+        return _CHANNELS.get(request.url.path, "events")
+
+    def refuse(request: Request, status: int, reason: str, exc: InvalidInput, *, slug: str, title: str,
+               fhir_code: str, headers: dict[str, str] | None = None, count: int = 1,
+               **extensions: Any) -> Response:
+        channel = channel_of(request)
+        metrics.events_rejected.labels(reason=reason, channel=_METRIC_CHANNEL[channel]).inc(count)
+        if channel == "fhir":
+            return operation_outcome(status, "error", fhir_code, exc.problems, diagnostics=exc.message,
+                                     headers=headers)
+        if channel == "hl7v2":
+            text = getattr(request.state, "hl7_text", "")
+            metrics.mllp_acks.labels(code="AR").inc()
+            ack = ack_message(text, "AR", exc, datetime.now(UTC))
+            return Response(ack.replace("\r", "\r\n"), status_code=status, media_type="x-application/hl7-v2+er7",
+                            headers=headers)
+        return problem(status, slug, title, exc.message, headers=headers, **extensions)
+
+    @app.exception_handler(RequestRefused)
+    def _refused(request: Request, exc: RequestRefused) -> Response:
+        return refuse(request, exc.status, exc.reason, exc, slug=exc.slug, title=exc.title,
+                      fhir_code=exc.fhir_code, headers=exc.headers or None)
+
+    @app.exception_handler(MalformedJson)
+    def _malformed(request: Request, exc: MalformedJson) -> Response:
+        return refuse(request, 400, "malformed-json", exc, slug="malformed-json", title="Malformed JSON",
+                      fhir_code="structure")
+
+    @app.exception_handler(BatchRejected)
+    def _batch(request: Request, exc: BatchRejected) -> Response:
+        slug = "refused-content" if exc.refused else "invalid-event"
+        title = "Content refused" if exc.refused else "Invalid event"
+        return refuse(request, 422, slug, exc, slug=slug, title=title, fhir_code="invalid", count=exc.broken,
+                      errors=exc.errors)
+
+    @app.exception_handler(InvalidInput)
+    def _invalid(request: Request, exc: InvalidInput) -> Response:  # the FHIR checks (and any other refusal)
+        refused = isinstance(exc, RefusedContent)
+        return refuse(request, 422, exc.reason, exc, slug="refused-content" if refused else "invalid",
+                      title="Content refused" if refused else "Invalid input",
+                      fhir_code="security" if refused else "invalid",
+                      errors=_problems_json(None, exc.problems))
+
+    @app.exception_handler(BrokerUnavailable)
+    def _broker_down(request: Request, exc: BrokerUnavailable) -> Response:
+        channel = channel_of(request)
+        metrics.produce_errors.labels(topic=topic).inc()
+        metrics.events_rejected.labels(reason="kafka-unavailable", channel=_METRIC_CHANNEL[channel]).inc()
+        log.warning("intake write failed", extra={"channel": channel, "error": str(exc)})
+        headers = {"Retry-After": RETRY_AFTER_S}
+        if channel == "fhir":
+            return operation_outcome(503, "error", "transient", headers=headers,
+                                     diagnostics="not durably written; retry later")
+        return problem(503, "kafka-unavailable", "Event store unavailable",
+                       "the events were not durably written; retry later", headers=headers)
+
+    @app.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> Response:  # a bug: the type alone is logged (no PHI)
+        log.error("intake request failed", extra={"error": type(exc).__name__, "route": request.url.path})
+        return problem(500, "internal-error", "Internal error", "the request could not be processed")
+
+    # --- routes --------------------------------------------------------------------------------------
+
     @app.post("/hl7v2", response_model=None)
     async def post_hl7v2(request: Request) -> Response:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in HL7_TYPES:
-            return rejected("unsupported-media-type", problem(
-                415, "unsupported-media-type", "Unsupported media type", f"send one of {', '.join(HL7_TYPES)}"))
-        body = await request.body()
-        if len(body) > settings.mllp_max_frame_bytes:
-            return rejected("too-large", problem(
-                413, "too-large", "Message too large", f"message exceeds {settings.mllp_max_frame_bytes} bytes"))
-        outcome = await accept_hl7(body.decode("utf-8", errors="replace"))
+        sender = senders.authenticate(request.headers.get("authorization"))
+        if media_type_of(request) not in HL7_TYPES:
+            raise UnsupportedMediaType(f"send one of {', '.join(HL7_TYPES)}", [FieldProblem(
+                "Content-Type", "unsupported-media-type", f"send one of {', '.join(HL7_TYPES)}")])
+        body = await read_body(request, settings.mllp_max_frame_bytes)
+        text = request.state.hl7_text = decode_text(body)
+        try:
+            source: str | None = parse_message(text).header.source
+        except Hl7v2Error:
+            source = None  # not HL7: the acceptor answers AE, and nothing is written
+        if source is not None:
+            sender.require(source, "MSH-4")
+        outcome = await accept_hl7(text)
         metrics.mllp_acks.labels(code=outcome.code).inc()
-        headers = {"Retry-After": RETRY_AFTER_S} if outcome.code == "AR" else None
-        return Response(outcome.ack.replace("\r", "\r\n"), status_code=HL7_HTTP_STATUS[outcome.code],
+        status = 503 if outcome.retry else HL7_HTTP_STATUS[outcome.code]
+        headers = {"Retry-After": RETRY_AFTER_S} if outcome.retry else None
+        return Response(outcome.ack.replace("\r", "\r\n"), status_code=status,
                         media_type="x-application/hl7-v2+er7", headers=headers)
 
     @app.post("/fhir", response_model=None)
     async def post_fhir(request: Request) -> Response:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in FHIR_TYPES:
-            metrics.events_rejected.labels(reason="unsupported-media-type", channel="fhir").inc()
-            return operation_outcome(415, "error", "not-supported",
-                                     diagnostics=f"send one of {', '.join(FHIR_TYPES)}")
+        sender = senders.authenticate(request.headers.get("authorization"))
+        if media_type_of(request) not in FHIR_TYPES:
+            raise UnsupportedMediaType(f"send one of {', '.join(FHIR_TYPES)}")
         source = request.headers.get("x-carebus-source", "")
         if ":" not in source or len(source) > 256:
-            metrics.events_rejected.labels(reason="missing-source", channel="fhir").inc()
-            return operation_outcome(400, "error", "required", diagnostics=(
-                "name the sending system in the X-Carebus-Source header (a URI such as urn:carebus:source:x)"))
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            metrics.events_rejected.labels(reason="too-large", channel="fhir").inc()
-            return operation_outcome(413, "error", "too-costly",
-                                     diagnostics=f"body exceeds {settings.max_body_bytes} bytes")
-        try:
-            payload = orjson.loads(body)
-            resources = [resource for _, resource in check_resources(payload)]
-        except orjson.JSONDecodeError as exc:
-            metrics.events_rejected.labels(reason="malformed-json", channel="fhir").inc()
-            return operation_outcome(400, "error", "structure", diagnostics=f"body is not JSON (byte {exc.pos})")
-        except InvalidInput as exc:
-            metrics.events_rejected.labels(reason=exc.reason, channel="fhir").inc()
-            code = "security" if exc.reason == "refused-content" else "invalid"
-            return operation_outcome(422, "error", code, exc.problems, diagnostics=exc.message)
+            raise BadRequest(
+                "name the sending system in the X-Carebus-Source header (a URI such as urn:carebus:source:x)",
+                [FieldProblem("X-Carebus-Source", "required", "a URI of at most 256 characters")],
+                slug="missing-source")
+        sender.require(source, "X-Carebus-Source")
+        body = await read_body(request, settings.max_body_bytes)
+        payload = load_json(body)
+        resources = [resource for _, resource in check_resources(payload)]
         event_id = request.headers.get("x-carebus-event-id") or hashlib.sha256(
             source.encode() + b"\n" + body).hexdigest()[:32]
         now = datetime.now(UTC)
@@ -156,13 +341,7 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
                     "time": now.isoformat(), "datacontenttype": "application/fhir+json", "data": payload}
         record = inbound_record(topic, fhir_patient_key(source, resources), envelope, now.isoformat(),
                                 correlation_id)
-        try:
-            meta = (await producer.send_all_async([record]))[0]
-        except BrokerUnavailable:
-            metrics.produce_errors.labels(topic=topic).inc()
-            metrics.events_rejected.labels(reason="kafka-unavailable", channel="fhir").inc()
-            return operation_outcome(503, "error", "transient", headers={"Retry-After": RETRY_AFTER_S},
-                                     diagnostics="not durably written; retry later")
+        meta = (await producer.send_all_async([record]))[0]
         metrics.accepted(FHIR_RESOURCE_EVENT_TYPE, "fhir", source)
         log.info("fhir accepted", extra={"event_id": event_id, "resources": len(resources),
                                          "offset": f"{meta.topic}/{meta.partition}/{meta.offset}"})
@@ -171,69 +350,24 @@ def create_app(settings: Settings, producer: RecordProducer, metrics: Metrics,
             diagnostics=f"accepted {len(resources)} resource(s) as event {event_id}",
             headers={"X-Correlation-Id": correlation_id})
 
-    def rejected(reason: str, response: Response) -> Response:
-        metrics.events_rejected.labels(reason=reason, channel="http").inc()
-        return response
-
     @app.post("/events", status_code=202, response_model=None)
     async def post_events(request: Request) -> Response:
-        started = time.perf_counter()
-        response = await _accept_events(request)
-        metrics.request_seconds.labels(route="/events", status=str(response.status_code)).observe(
-            time.perf_counter() - started)
-        return response
-
-    async def _accept_events(request: Request) -> Response:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in JSON_TYPES:
-            return rejected("unsupported-media-type", problem(
-                415, "unsupported-media-type", "Unsupported media type",
-                f"send one of {', '.join(JSON_TYPES)}"))
-        body = await request.body()
-        if len(body) > settings.max_body_bytes:
-            return rejected("too-large", problem(
-                413, "too-large", "Request too large", f"body exceeds {settings.max_body_bytes} bytes"))
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return rejected("malformed-json", problem(
-                400, "malformed-json", "Malformed JSON", f"body is not JSON (at byte {exc.pos})"))
+        sender = senders.authenticate(request.headers.get("authorization"))
+        if media_type_of(request) not in JSON_TYPES:
+            raise UnsupportedMediaType(f"send one of {', '.join(JSON_TYPES)}")
+        payload = load_json(await read_body(request, settings.max_body_bytes))
         is_batch = isinstance(payload, list)
         items: list[Any] = payload if is_batch else [payload]
         if not items:
-            return rejected("empty-batch", problem(400, "empty-batch", "Empty batch", "the batch holds no events"))
+            raise BadRequest("the batch holds no events", slug="empty-batch")
         if len(items) > settings.max_batch_events:
-            return rejected("too-large", problem(
-                413, "batch-too-large", "Batch too large",
-                f"{len(items)} events; at most {settings.max_batch_events} per request"))
-
-        events: list[CareEvent] = []
-        errors: list[dict[str, Any]] = []
-        refused = False
-        for index, item in enumerate(items):
-            try:
-                events.append(parse_event(item))
-            except EventValidationError as exc:
-                refused = refused or any(p.rule == "psychotherapy-note-refused" for p in exc.problems)
-                errors.extend(_problems_json(index if is_batch else None, exc.problems))
-        if errors:
-            slug = "refused-content" if refused else "invalid-event"
-            title = "Content refused" if refused else "Invalid event"
-            broken = len({e.get("event_index", 0) for e in errors})
-            detail = f"{broken} of {len(items)} event(s) rejected; nothing was accepted"
-            metrics.events_rejected.labels(reason=slug, channel="http").inc(broken)
-            return problem(422, slug, title, detail, errors=errors)
-
+            raise BodyTooLarge(f"{len(items)} events; at most {settings.max_batch_events} per request",
+                               slug="batch-too-large")
+        check_event_sources(sender, items, is_batch)
+        events = parse_events(items, is_batch)
         correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
         records = [event_record(topic, event, correlation_id) for event in events]
-        try:
-            metas = await producer.send_all_async(records)
-        except BrokerUnavailable as exc:
-            metrics.produce_errors.labels(topic=topic).inc()
-            log.warning("intake write failed", extra={"events": len(records), "error": str(exc)})
-            return rejected("kafka-unavailable", problem(
-                503, "kafka-unavailable", "Event store unavailable",
-                "the events were not durably written; retry later", headers={"Retry-After": RETRY_AFTER_S}))
+        metas = await producer.send_all_async(records)
         for event in events:
             metrics.accepted(event.type, "http", event.source)
         accepted = [

@@ -9,19 +9,26 @@ malformed or hostile connection only ever costs its own task.
 
 The server knows nothing of Kafka: it calls an injected ``accept(er7) -> AckOutcome``. The real acceptor,
 :class:`KafkaHl7Acceptor`, checks the message cheaply (MSH, type and version, PID-3: no FHIR mapping here),
-wraps it as a CloudEvent (type ``org.carebus.hl7v2.message.v1``, id from sending facility + MSH-10, source
+wraps it as a CloudEvent (type ``org.carebus.hl7v2.message.v1``, id from the sender, MSH-3, MSH-10 and a digest
+of the content (builder.message_event_id), source
 ``urn:carebus:hl7v2:<facility>``, data = the ER7 text), writes it to the inbound topic keyed by
 ``<source>|<PID-3 id>`` with acks=all, and only then answers AA. Content errors -> AE with ERR; unsupported
 types or versions, and Kafka not acknowledging -> AR (the sender should retry later).
 
-Resends: a message whose MSH-10 the same sender already had accepted is answered AA again without a second
-record. The memory of accepted messages (sender + event id, the id being derived from sender + MSH-10) is
-bounded: ``recent_per_sender`` per sender (least recently seen evicted first) for at most ``max_senders``
-senders. At start-up it is filled from the tail of the inbound topic (:meth:`KafkaHl7Acceptor.recall`), so a
-restart does not forget what was accepted just before it. Two intake replicas do not share it: a resend that
-reaches the other replica, or one older than the memory, is written again. That is harmless downstream,
-because the CloudEvent id and every FHIR resource id are derived from the sender and the message's own
-identifiers (the record converges instead of duplicating).
+Resends: a message is named by its sender (MSH-4, else MSH-3), its sending application (MSH-3) and MSH-10, and
+compared by a digest of its content (every segment, MSH-7 left out). The same name and content again is a
+resend: answered AA again without a second record. The same name with other content (two applications of one
+facility numbering alike, or a sender reusing control ids) is another message: it has another event id and is
+written like any new message, never acknowledged and dropped. Both are counted
+(``carebus_hl7v2_repeated_control_ids_total{outcome="resend"|"conflict"}``) and logged with ids, type and digest
+only. The memory of accepted messages is bounded: ``recent_per_sender`` per sender (least recently seen evicted
+first) for at most ``max_senders`` senders. At start-up it is filled from the tail of the inbound topic
+(:meth:`KafkaHl7Acceptor.recall`: event ids, from the record headers), so a restart does not forget what was
+accepted just before it; a reused control id whose first message came before the restart is still written (its
+event id differs), but counted as new rather than as a conflict. Two intake replicas do not share the memory: a
+resend that reaches the other replica, or one older than the memory, is written again. That is harmless
+downstream, because the CloudEvent id and every FHIR resource id are derived from the sender and the message's
+own identifiers (the record converges instead of duplicating).
 
 The intake composition root (services/intake/__main__.py) builds the acceptor and the server from settings
 (``mllp_*``, ``server_ssl_context``) and runs them beside the HTTP API.
@@ -39,7 +46,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.common.errors import BrokerUnavailable
-from services.common.kafka import RecordProducer
+from services.common.kafka import RecordWriter
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
@@ -80,6 +87,7 @@ class AckOutcome:
 
     ack: str
     code: AckCode
+    retry: bool = False  # an AR that a later resend may cure (Kafka did not take it), not a permanent refusal
 
 
 Acceptor = Callable[[str], Awaitable[AckOutcome]]
@@ -324,7 +332,7 @@ class MllpServer:
             return await self._accept(text)
         except Exception as exc:  # an acceptor bug must not kill the connection: reject, the sender retries
             log.error("mllp acceptor failed", extra={"error": type(exc).__name__})  # no traceback: no PHI
-            return AckOutcome(ack_message(text, "AR", None, now), "AR")
+            return AckOutcome(ack_message(text, "AR", None, now), "AR", retry=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -332,13 +340,15 @@ class MllpServer:
 
 
 class RecentMessages:
-    """Per sender, the ids of the messages accepted recently (bounded LRU of senders, each a bounded LRU of
-    event ids; an event id is derived from the sender and MSH-10)."""
+    """Per sender, the messages accepted recently: their event ids (a resend has the same one) and, for those
+    accepted by this process, which event id each MSH-3 + MSH-10 was last accepted with (a reused control id
+    with other content has another). A bounded LRU of senders, each a bounded LRU of messages."""
 
     def __init__(self, per_sender: int = 10_000, max_senders: int = 1_000) -> None:
         self.per_sender = per_sender
         self.max_senders = max_senders
         self._senders: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._controls: dict[str, OrderedDict[str, str]] = {}
 
     def __contains__(self, item: tuple[str, str]) -> bool:
         sender, event_id = item
@@ -352,19 +362,31 @@ class RecentMessages:
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._senders.values())
 
-    def add(self, sender: str, event_id: str) -> None:
+    def accepted_as(self, sender: str, control_key: str) -> str | None:
+        """The event id under which ``control_key`` (MSH-3 + MSH-10) of ``sender`` was last accepted."""
+        controls = self._controls.get(sender)
+        return None if controls is None else controls.get(control_key)
+
+    def add(self, sender: str, event_id: str, control_key: str | None = None) -> None:
         if self.per_sender <= 0:
             return
         ids = self._senders.get(sender)
         if ids is None:
             ids = self._senders[sender] = OrderedDict()
             while len(self._senders) > self.max_senders:
-                self._senders.popitem(last=False)
+                evicted, _ = self._senders.popitem(last=False)
+                self._controls.pop(evicted, None)
         self._senders.move_to_end(sender)
         ids[event_id] = None
         ids.move_to_end(event_id)
         while len(ids) > self.per_sender:
             ids.popitem(last=False)
+        if control_key is not None:
+            controls = self._controls.setdefault(sender, OrderedDict())
+            controls[control_key] = event_id
+            controls.move_to_end(control_key)
+            while len(controls) > self.per_sender:
+                controls.popitem(last=False)
 
 
 def cloud_event(summary: MessageSummary, er7: str, received_at: datetime) -> dict[str, object]:
@@ -382,7 +404,7 @@ def cloud_event(summary: MessageSummary, er7: str, received_at: datetime) -> dic
 class KafkaHl7Acceptor:
     """Check, write to the inbound topic (acks=all), then acknowledge. See the module docstring."""
 
-    def __init__(self, producer: RecordProducer, topic: str, *, metrics: Metrics | None = None,
+    def __init__(self, producer: RecordWriter, topic: str, *, metrics: Metrics | None = None,
                  recent_per_sender: int = 10_000, max_senders: int = 1_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._producer = producer
@@ -421,8 +443,12 @@ class KafkaHl7Acceptor:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._in_flight[key])
         if key in self.recent:
-            log.info("hl7v2 resend acknowledged", extra={"event_id": summary.event_id})
+            self._repeated("resend", summary)
             return AckOutcome(ack_message(message, "AA", None, now), "AA")
+        earlier = self.recent.accepted_as(summary.source, summary.sender_control_id)
+        if earlier is not None and earlier != summary.event_id:
+            # the same MSH-3 + MSH-10 with other content: another message (it has another event id), written
+            self._repeated("conflict", summary)
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = done
         try:
@@ -436,8 +462,8 @@ class KafkaHl7Acceptor:
                 self._rejected("kafka-unavailable")
                 log.warning("hl7v2 message not stored", extra={"event_id": summary.event_id,
                                                                "error": type(exc).__name__})
-                return AckOutcome(ack_message(message, "AR", exc, now), "AR")
-            self.recent.add(*key)
+                return AckOutcome(ack_message(message, "AR", exc, now), "AR", retry=True)
+            self.recent.add(summary.source, summary.event_id, summary.sender_control_id)
             if self._metrics is not None:
                 header = summary.header
                 self._metrics.accepted(f"hl7v2.{header.message_type}.{header.trigger_event}", "mllp",
@@ -449,6 +475,18 @@ class KafkaHl7Acceptor:
         finally:
             del self._in_flight[key]
             done.set_result(True)
+
+    def _repeated(self, outcome: str, summary: MessageSummary) -> None:
+        """Count and log a repeated control id: ids, type and digest only (MSH-10 is a message number, no PHI)."""
+        if self._metrics is not None:
+            self._metrics.hl7v2_repeated_control_ids.labels(outcome=outcome).inc()
+        header = summary.header
+        text = ("hl7v2 resend acknowledged, not written again" if outcome == "resend"
+                else "hl7v2 control id reused with other content: written as a new message")
+        log.info(text, extra={"event_id": summary.event_id, "source": summary.source,
+                              "sending_application": header.sending_application.name,
+                              "control_id": header.control_id, "digest": summary.digest,
+                              "message_type": f"{header.message_type}^{header.trigger_event}"})
 
     def _rejected(self, reason: str) -> None:
         if self._metrics is not None:

@@ -43,7 +43,8 @@ def main() -> None:
     producer = RecordProducer(settings, "carebus-mapper", **PRODUCER_TUNING)
     service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
                                                          frozenset(settings.part2_sources),
-                                                         settings.hl7_assigning_authorities), metrics)
+                                                         settings.hl7_assigning_authorities,
+                                                         frozenset(settings.psychiatric_sources)), metrics)
 
     app = FastAPI(title="carebus mapper", docs_url=None, redoc_url=None)
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))

@@ -3,31 +3,47 @@
 Pure, like every mapping. Each resource is
 
 - validated with the R4B models (services/mapper/mapping/validation.py);
-- given a deterministic id keyed to the sending system: ``resource_id(type, source, original id or fullUrl)``,
-  with every reference inside the payload (``Type/id`` and ``urn:uuid:`` fullUrls) rewritten to match, so a
-  resend converges on the same resources and a Patient id agrees with the one the JSON events give the same
-  source patient;
+- kept as the sender sent it, with only its id and its references re-keyed to the sending system by one rule
+  (:class:`Rekeying`): ``resource_id(type, source, source id)`` for the resource, and for every reference
+  (an entry's fullUrl, ``Type/id``, an absolute ``.../Type/id``, a versioned one) the same id of what it
+  names, whether that is in this payload, came earlier from the same source or comes later. A resend converges
+  on the same resources, and a Patient id agrees with the one the JSON events give the same source patient;
 - labelled from its content, with the same rules as the JSON events (services/mapper/mapping/labels.py):
-  ICD-10-CM / SNOMED CT diagnoses, RxNorm medications, LOINC labs and instruments; labels the sender already
-  put in meta.security are kept; a Part 2 source labels everything Part 2.
+  ICD-10-CM / SNOMED CT diagnoses, medications (RxNorm by ingredient whatever the term type, or the drug named in
+  a medication's coding display or text), LOINC labs and instruments; labels the sender already put in
+  meta.security are kept; a Part 2 source labels everything Part 2.
 
-A QuestionnaireResponse of an instrument carebus scores (PHQ-9, PHQ-2, GAD-7, C-SSRS screener, AUDIT-C, known
-by its item linkIds / LOINC codes) goes through the assessment mapping instead: scored Observations, the
-safety Flag and alert, data-quality findings, exactly like an assessment.completed event.
-Psychotherapy notes (meta.security PSYTHPN) are refused (HIPAA 45 CFR 164.501).
+A QuestionnaireResponse of an instrument carebus scores (PHQ-9, PHQ-2, GAD-7, C-SSRS screener, AUDIT-C) is
+recognised from its items' LOINC codes (the item codes of its Questionnaire when the payload carries it, a
+LOINC ``definition``, LOINC linkIds), else from its ``questionnaire`` canonical (instruments.py names them);
+with the form's own linkIds, items are tied by the number ending the linkId (``Q9`` is item 9) and an answered
+number that is no item is the reported total. It is kept as sent and labelled (PSY; AUDIT-C R+ETHUD), and
+carebus adds its own results beside it, as for an assessment.completed event: scored Observations
+(derivedFrom the sender's response), the safety Flag and alert, data-quality findings. A recognised
+instrument whose answers cannot be tied to its items, or that names no patient, is refused with
+UnscoreableResponse (dead letter ``instrument-response-unscoreable`` naming the rule): a suicide-item answer is
+never passed through unscored. Psychotherapy notes (meta.security PSYTHPN) are refused (HIPAA 45 CFR 164.501).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from services.common import security_labels
-from services.common.errors import FieldProblem, MappingError, RefusedContent
+from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
 from services.common.events import parse_event
 from services.common.fhir_ids import resource_id
 from services.mapper.mapping import labels, map_event, validate_resource
-from services.mapper.mapping.instruments import INSTRUMENTS, InstrumentSpec
+from services.mapper.mapping.instruments import (
+    InstrumentSpec,
+    answer_for,
+    instrument_codes,
+    instrument_for_codes,
+    instrument_for_questionnaire,
+    risk_level_word,
+)
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
 ACCEPTED_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection"})
@@ -35,7 +51,6 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
-_INSTRUMENT_PANELS = {spec.panel_loinc: spec for spec in INSTRUMENTS.values()}
 
 
 def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
@@ -44,16 +59,25 @@ def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, An
         raise MappingError("not a FHIR resource", [FieldProblem("resourceType", "required", "no resourceType")])
     if payload["resourceType"] != "Bundle":
         return [(None, payload)]
-    if payload.get("type") not in ACCEPTED_BUNDLE_TYPES:
+    bundle_type = payload.get("type")
+    if not isinstance(bundle_type, str) or bundle_type not in ACCEPTED_BUNDLE_TYPES:
         raise MappingError("unsupported Bundle type", [FieldProblem(
             "Bundle.type", "unsupported-bundle-type", "send a transaction, batch or collection Bundle")])
+    entries = payload.get("entry") or []
+    if not isinstance(entries, list):
+        raise MappingError("Bundle.entry is not a list", [FieldProblem(
+            "Bundle.entry", "list_type", "Bundle.entry is a list of entries")])
     out: list[tuple[str | None, dict[str, Any]]] = []
-    for index, entry in enumerate(payload.get("entry") or []):
+    for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise MappingError("entry without resource", [FieldProblem(
                 f"Bundle.entry[{index}].resource", "required", "every entry needs a resource")])
-        out.append((entry.get("fullUrl"), resource))
+        full_url = entry.get("fullUrl")
+        if full_url is not None and not isinstance(full_url, str):
+            raise MappingError("Bundle.entry.fullUrl is not a string", [FieldProblem(
+                f"Bundle.entry[{index}].fullUrl", "string_type", "fullUrl is a uri (a string)")])
+        out.append((full_url, resource))
     if not out:
         raise MappingError("empty Bundle", [FieldProblem("Bundle.entry", "required", "the Bundle has no entries")])
     return out
@@ -65,8 +89,9 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
     found = resources_of(payload)
     for index, (_, resource) in enumerate(found):
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
-        labels_sent = {c.get("code") for c in (resource.get("meta") or {}).get("security") or []
-                       if isinstance(c, dict)}
+        meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
+        security = meta.get("security") if isinstance(meta, dict) else None
+        labels_sent = {c.get("code") for c in security if isinstance(c, dict)} if isinstance(security, list) else set()
         if "PSYTHPN" in labels_sent:
             raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
                 f"{where}.meta.security", "psychotherapy-note-refused",
@@ -76,11 +101,13 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
     return found
 
 
-def _codings(value: Any) -> Iterator[tuple[str, str]]:
+def _codings(value: Any) -> Iterator[tuple[str, str, str | None]]:
+    """(system, code, display) of every Coding in a resource (meta and narrative left out)."""
     if isinstance(value, dict):
         system, code = value.get("system"), value.get("code")
         if isinstance(system, str) and isinstance(code, str):
-            yield system, code
+            display = value.get("display")
+            yield system, code, display if isinstance(display, str) else None
         for key, item in value.items():
             if key not in ("meta", "text"):
                 yield from _codings(item)
@@ -89,26 +116,32 @@ def _codings(value: Any) -> Iterator[tuple[str, str]]:
             yield from _codings(item)
 
 
+_MEDICATION_CONCEPTS = {"MedicationRequest": "medicationCodeableConcept",
+                        "MedicationStatement": "medicationCodeableConcept",
+                        "MedicationAdministration": "medicationCodeableConcept",
+                        "MedicationDispense": "medicationCodeableConcept", "Medication": "code"}
+
+
+def _medication_names(resource: dict[str, Any]) -> Iterator[str]:
+    """The names of the medication a medication resource is about: its codings' displays and its text (any
+    code system: NDC, local codes)."""
+    for contained in resource.get("contained") or []:  # a contained Medication named by medicationReference
+        if isinstance(contained, dict):
+            yield from _medication_names(contained)
+    concept = resource.get(_MEDICATION_CONCEPTS.get(str(resource.get("resourceType")), ""))
+    if not isinstance(concept, dict):
+        return
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            yield coding["display"]
+    if isinstance(concept.get("text"), str):
+        yield concept["text"]
+
+
 def sent_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     """The carebus-known labels the sender already put in meta.security (kept: never downgraded)."""
     security = (resource.get("meta") or {}).get("security") or []
     return tuple(c["code"] for c in security if isinstance(c, dict) and c.get("code") in security_labels.KNOWN)
-
-
-def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
-    """Labels implied by the codes a resource carries (same tables as the JSON events), plus those sent."""
-    found: list[tuple[str, ...]] = [sent_labels(resource)]
-    for system, code in _codings(resource):
-        if system in (ICD10CM, SNOMED):
-            found.append(labels.diagnosis_labels(system, code))
-        elif system == RXNORM:
-            found.append(labels.medication_labels(code))
-        elif system == LOINC:
-            found.append(labels.lab_labels(code))
-            spec = _INSTRUMENT_PANELS.get(code)
-            if spec is not None:
-                found.append(labels.ETHUD if spec.key == "audit-c" else labels.PSY)
-    return labels.combine(*found)
 
 
 def _covered_codes(provision: Any) -> list[str]:
@@ -122,82 +155,292 @@ def _covered_codes(provision: Any) -> list[str]:
     return codes
 
 
-def _item_code(link_id: str) -> str:
-    return link_id.rsplit("/", 1)[-1]
+def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
+    """Labels implied by the codes a resource carries (same tables as the JSON events), plus those sent."""
+    found: list[tuple[str, ...]] = [sent_labels(resource)]
+    found.extend(labels.medication_name_labels(name) for name in _medication_names(resource))
+    for system, code, display in _codings(resource):
+        if system in (ICD10CM, SNOMED):
+            found.append(labels.diagnosis_labels(system, code))
+        elif system == RXNORM:
+            found.append(labels.medication_labels(code, None, display))
+        elif system == LOINC:
+            found.append(labels.lab_labels(code))
+    return labels.combine(*found)
 
 
-def _scored_instrument(response: dict[str, Any]) -> InstrumentSpec | None:
-    answered = {_item_code(str(item.get("linkId", ""))) for item in response.get("item") or []}
-    for spec in INSTRUMENTS.values():
-        scored = {item.loinc for item in spec.scored_items}
-        if answered and scored <= answered <= {item.loinc for item in spec.items} | {spec.total_loinc}:
-            return spec
-    return None
+# ---------------------------------------------------------------------------------------------------------
+# ids and references: one rule
 
 
-def _answer(item: dict[str, Any]) -> int | str | None:
-    answers = item.get("answer") or []
-    if not answers:
+_TYPED_REFERENCE = re.compile(
+    r"^(?:https?://\S+/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
+
+
+class Rekeying:
+    """The one rule for ids and references of a payload from ``source``.
+
+    A resource's source id is its ``id``; without one, the id in its ``fullUrl`` when that is a ``Type/id`` URL,
+    else the fullUrl itself (``urn:uuid:...``). Its carebus id is ``resource_id(type, source, source id)``. A
+    reference is rewritten to the carebus id of what it names: an entry's fullUrl -> that entry; ``Type/id``
+    (relative, absolute ``http(s)://.../Type/id``, a ``/_history/n`` version dropped) -> ``resource_id(Type,
+    source, id)``, whether the resource is in this payload, came earlier from the same source, or comes later.
+    Contained (``#x``) references and other URIs are kept as sent."""
+
+    def __init__(self, source: str, found: list[tuple[str | None, dict[str, Any]]]) -> None:
+        self.source = source
+        self.source_ids: list[str] = []
+        self._full_urls: dict[str, tuple[str, str]] = {}  # fullUrl -> (type, source id)
+        for index, (full_url, resource) in enumerate(found):
+            resource_type = str(resource["resourceType"])
+            source_id = self._own_id(resource_type, resource.get("id"), full_url) or f"entry-{index}"
+            self.source_ids.append(source_id)
+            if full_url:
+                self._full_urls[full_url] = (resource_type, source_id)
+
+    @staticmethod
+    def _own_id(resource_type: str, own: object, full_url: str | None) -> str | None:
+        if isinstance(own, str) and own:
+            return own
+        if full_url:
+            match = _TYPED_REFERENCE.fullmatch(full_url)
+            if match is not None and match.group(1) == resource_type:
+                return match.group(2)
+            return full_url
         return None
-    answer = answers[0]
-    coding, string = answer.get("valueCoding"), answer.get("valueString")
-    if isinstance(coding, dict) and coding.get("code"):
-        return str(coding["code"])
+
+    def target(self, reference: str) -> tuple[str, str] | None:
+        """(type, source id) that ``reference`` names, or None when it is not a reference carebus re-keys."""
+        named = self._full_urls.get(reference)
+        if named is not None:
+            return named
+        match = _TYPED_REFERENCE.fullmatch(reference)
+        if match is None:
+            return None
+        return match.group(1), match.group(2)
+
+    def new_id(self, resource_type: str, source_id: str) -> str:
+        return resource_id(resource_type, self.source, source_id)
+
+    def reference(self, reference: str) -> str:
+        named = self.target(reference)
+        if named is None:
+            return reference
+        return f"{named[0]}/{self.new_id(*named)}"
+
+    def rewrite(self, value: Any) -> Any:
+        """A copy of ``value`` with every ``reference`` rewritten (the sender's content otherwise as sent)."""
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if key == "reference" and isinstance(item, str):
+                    out[key] = self.reference(item)
+                else:
+                    out[key] = self.rewrite(item)
+            return out
+        if isinstance(value, list):
+            return [self.rewrite(item) for item in value]
+        return value
+
+    def source_id_of(self, reference: Any, resource_type: str) -> str | None:
+        """The sender's id of the ``resource_type`` a Reference names (None if it names something else)."""
+        ref = reference.get("reference") if isinstance(reference, dict) else None
+        named = self.target(ref) if isinstance(ref, str) else None
+        return named[1] if named is not None and named[0] == resource_type else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scored instruments sent as QuestionnaireResponse
+
+_LOINC_CODE = re.compile(r"^\d{1,8}-\d$")
+_ITEM_NUMBER = re.compile(r"(\d{1,2})$")
+_WEIGHT_EXTENSIONS = frozenset({"http://hl7.org/fhir/StructureDefinition/ordinalValue",
+                                "http://hl7.org/fhir/StructureDefinition/itemWeight",
+                                "http://hl7.org/fhir/StructureDefinition/iso21090-CO-value"})
+
+
+def _answered(items: Any) -> Iterator[dict[str, Any]]:
+    """Every item with an answer, nested groups and items under answers included, in order."""
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        answers = item.get("answer")
+        if isinstance(answers, list) and answers:
+            yield item
+            for answer in answers:
+                if isinstance(answer, dict):
+                    yield from _answered(answer.get("item"))
+        yield from _answered(item.get("item"))
+
+
+def _loinc_of(item: dict[str, Any], link_codes: dict[str, str]) -> str | None:
+    """An answered item's LOINC code: the code of its item in the Questionnaire (when the payload carries the
+    Questionnaire), else a LOINC ``definition`` (``http://loinc.org/...44250-9``), else a linkId that is (or
+    ends in ``/``) a LOINC code. (An R4 QuestionnaireResponse item has no ``code`` of its own.)"""
+    link_id = str(item.get("linkId", ""))
+    if link_id in link_codes:
+        return link_codes[link_id]
+    definition = item.get("definition")
+    if isinstance(definition, str) and "loinc.org" in definition:
+        tail = re.split(r"[/#]", definition)[-1]
+        if _LOINC_CODE.fullmatch(tail):
+            return tail
+    last = link_id.rsplit("/", 1)[-1]
+    return last if _LOINC_CODE.fullmatch(last) else None
+
+
+def _questionnaire_codes(found: list[tuple[str | None, dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """linkId -> LOINC code of the items of each Questionnaire in the payload, by its canonical url (without
+    version) and by ``Questionnaire/<id>``."""
+    out: dict[str, dict[str, str]] = {}
+    for _, resource in found:
+        if resource.get("resourceType") != "Questionnaire":
+            continue
+        codes: dict[str, str] = {}
+        pending = list(resource.get("item") or [])
+        while pending:
+            item = pending.pop()
+            if not isinstance(item, dict):
+                continue
+            pending.extend(item.get("item") or [])
+            for code in item.get("code") or []:
+                if isinstance(code, dict) and code.get("system") == LOINC and isinstance(code.get("code"), str):
+                    codes[str(item.get("linkId", ""))] = str(code["code"])
+                    break
+        for name in (resource.get("url"), f"Questionnaire/{resource.get('id')}" if resource.get("id") else None):
+            if isinstance(name, str):
+                out[name.split("|", 1)[0]] = codes
+    return out
+
+
+def _candidates(answer: dict[str, Any]) -> list[int | str]:
+    """What an answer may be read as, most specific first: coding code, display, weight; numbers; text."""
+    out: list[int | str] = []
+    coding = answer.get("valueCoding")
+    if isinstance(coding, dict):
+        for key in ("code", "display"):
+            if isinstance(coding.get(key), str) and coding[key]:
+                out.append(str(coding[key]))
+        for extension in coding.get("extension") or []:
+            if isinstance(extension, dict) and extension.get("url") in _WEIGHT_EXTENSIONS:
+                weight = extension.get("valueDecimal", extension.get("valueInteger"))
+                if isinstance(weight, int | float) and not isinstance(weight, bool) and float(weight).is_integer():
+                    out.append(int(weight))
     for key in ("valueInteger", "valueDecimal"):
         number = answer.get(key)
-        if isinstance(number, int | float):
-            return int(number)
-    return string if isinstance(string, str) else None
+        if isinstance(number, int | float) and not isinstance(number, bool) and float(number).is_integer():
+            out.append(int(number))
+    if isinstance(answer.get("valueBoolean"), bool):
+        out.append(1 if answer["valueBoolean"] else 0)
+    if isinstance(answer.get("valueString"), str):
+        out.append(str(answer["valueString"]))
+    return out
 
 
-def _reference_id(reference: Any, resource_type: str) -> str | None:
-    ref = reference.get("reference") if isinstance(reference, dict) else None
-    if isinstance(ref, str) and ref.startswith(f"{resource_type}/"):
-        return ref.split("/", 1)[1]
-    return None
+def _reported(answer: dict[str, Any]) -> object:
+    """A reported total as sent: a number, a Quantity's value, a coding's display or code, a string."""
+    for key in ("valueInteger", "valueDecimal"):
+        if isinstance(answer.get(key), int | float):
+            return answer[key]
+    quantity = answer.get("valueQuantity")
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+        return quantity["value"]
+    coding = answer.get("valueCoding")
+    if isinstance(coding, dict):
+        return coding.get("display") or coding.get("code")
+    return answer.get("valueString")
 
 
-def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, source: str, event_id: str,
-                      fallback_time: str) -> dict[str, Any]:
-    patient = _reference_id(response.get("subject"), "Patient")
+def _unscoreable(location: str, rule: str, message: str) -> UnscoreableResponse:
+    return UnscoreableResponse(message, [FieldProblem(location, rule, message)])
+
+
+def _link_codes(response: dict[str, Any], questionnaires: dict[str, dict[str, str]]) -> dict[str, str]:
+    canonical = response.get("questionnaire")
+    return questionnaires.get(canonical.split("|", 1)[0], {}) if isinstance(canonical, str) else {}
+
+
+def scored_instrument(response: dict[str, Any], link_codes: dict[str, str]) -> InstrumentSpec | None:
+    """The instrument a QuestionnaireResponse is, from its answered items' LOINC codes (see _loinc_of), else
+    its questionnaire canonical; None when it is no instrument carebus scores."""
+    codes = [code for item in _answered(response.get("item")) if (code := _loinc_of(item, link_codes)) is not None]
+    spec = instrument_for_codes(codes)
+    if spec is None and isinstance(response.get("questionnaire"), str):
+        spec = instrument_for_questionnaire(response["questionnaire"])
+    return spec
+
+
+def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes: dict[str, str],
+                      rekeying: Rekeying, response_id: str, event_id: str, fallback_time: str) -> dict[str, Any]:
+    """The assessment.completed event a recognised QuestionnaireResponse amounts to. Items are tied to the
+    instrument by LOINC code (item.code, linkId), else by the number that ends the linkId (``Q9`` is item 9)
+    when no item carries a code; an answered number that is no item is the reported total. Raises
+    UnscoreableResponse (or InstrumentAnswerError) when that cannot be done: never scored half-silently."""
+    where = "QuestionnaireResponse"
+    patient = rekeying.source_id_of(response.get("subject"), "Patient")
     if patient is None:
-        raise MappingError("questionnaire response without a Patient subject", [FieldProblem(
-            "QuestionnaireResponse.subject", "required", "a scored QuestionnaireResponse needs Patient/<id>")])
+        raise _unscoreable(f"{where}.subject", "required",
+                           f"a {spec.name} response needs a Patient subject to be scored")
+    answered = list(_answered(response.get("item")))
+    coded = any(_loinc_of(item, link_codes) is not None for item in answered)
     items: list[dict[str, Any]] = []
-    reported: int | str | None = None
-    for item in response.get("item") or []:
-        code, answer = _item_code(str(item.get("linkId", ""))), _answer(item)
-        if answer is None:
+    reported: object = None
+    seen: set[str] = set()
+    for item in answered:
+        location = f"{where}.item[linkId={item.get('linkId')}]"
+        answer = item["answer"][0] if isinstance(item["answer"][0], dict) else {}
+        loinc = _loinc_of(item, link_codes)
+        if loinc is None and not coded:  # the form's own linkIds: item numbers, and a numeric total
+            number = _ITEM_NUMBER.search(str(item.get("linkId", "")).rsplit("/", 1)[-1])
+            position = int(number.group(1)) if number is not None else 0
+            if 1 <= position <= len(spec.items):
+                loinc = spec.items[position - 1].loinc
+            elif reported is None and isinstance(_reported(answer), int | float):
+                reported = _reported(answer)
+                continue
+        if loinc == spec.total_loinc:
+            reported = _reported(answer)
             continue
-        if code == spec.total_loinc:
-            reported = answer
-        else:
-            items.append({"code": code, "answer": answer})
+        if loinc is None or loinc == spec.panel_loinc:
+            continue  # not an item of the instrument (a comment, a group answer): kept in the response
+        if spec.item(loinc) is None:
+            if loinc in instrument_codes(spec) or instrument_for_codes([loinc]) is None:
+                continue
+            raise _unscoreable(location, "item-of-another-instrument",
+                               f"an item of another instrument in a {spec.name} response")
+        if loinc in seen:
+            raise _unscoreable(location, "duplicate-item", f"item {loinc} of {spec.name} is answered twice")
+        value = answer_for(spec, loinc, _candidates(answer))
+        if value is None:
+            raise _unscoreable(location, "answer-not-in-list",
+                               f"the answer to {spec.name} item {loinc} is not in the item's answer list")
+        seen.add(loinc)
+        items.append({"code": loinc, "answer": value})
+    if not items:
+        raise _unscoreable(f"{where}.item", "no-scorable-items",
+                           f"a {spec.name} response whose answers cannot be tied to the instrument's items "
+                           "(no LOINC item codes, no numbered linkIds)")
+    authored = response.get("authored")
     data: dict[str, Any] = {
-        "patient_id": patient, "assessment_id": str(response.get("id") or event_id),
-        "instrument": spec.key, "authored": response.get("authored") or fallback_time, "items": items,
+        "patient_id": patient, "assessment_id": response_id, "instrument": spec.key,
+        "authored": authored if isinstance(authored, str) and "T" in authored else fallback_time,
+        "items": items,
     }
-    if reported is not None:
-        data["reported_total"] = reported
-    encounter = _reference_id(response.get("encounter"), "Encounter")
+    if spec.key == "cssrs-screener":
+        level = risk_level_word(str(reported)) if reported is not None else None
+        if level is not None:  # a level carebus cannot read is kept in the response, not compared
+            data["reported_total"] = level
+    elif reported is not None:
+        data["reported_total"] = reported if isinstance(reported, int | str) else (
+            int(reported) if isinstance(reported, float) and reported.is_integer() else str(reported))
+    encounter = rekeying.source_id_of(response.get("encounter"), "Encounter")
     if encounter is not None:
         data["encounter_id"] = encounter
-    return {"specversion": "1.0", "id": f"{event_id}.{data['assessment_id']}", "source": source,
+    return {"specversion": "1.0", "id": f"{event_id}.{response_id}", "source": rekeying.source,
             "type": "org.carebus.assessment.completed.v1", "time": data["authored"], "data": data}
 
 
-def _rewrite(value: Any, references: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item in references:
-                out[key] = references[item]
-            else:
-                out[key] = _rewrite(item, references)
-        return out
-    if isinstance(value, list):
-        return [_rewrite(item, references) for item in value]
-    return value
+# ---------------------------------------------------------------------------------------------------------
 
 
 def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> MappedEvent:
@@ -208,46 +451,47 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         raise MappingError("FHIR event without source, id or data", [FieldProblem(
             "data", "required", "a FHIR event needs source, id and a resource in data")])
     found = check_resources(payload)
-
-    references: dict[str, str] = {}
-    new_ids: list[str] = []
-    for index, (full_url, resource) in enumerate(found):
-        source_id = str(resource.get("id") or full_url or f"entry-{index}")
-        new_id = resource_id(resource["resourceType"], source, source_id)
-        if resource.get("id"):
-            references[f"{resource['resourceType']}/{resource['id']}"] = f"{resource['resourceType']}/{new_id}"
-        if full_url:
-            references[full_url] = f"{resource['resourceType']}/{new_id}"
-        new_ids.append(new_id)
+    rekeying = Rekeying(source, found)
+    questionnaires = _questionnaire_codes(found)
 
     entries: list[dict[str, Any]] = []
     label_sets: list[tuple[str, ...]] = []
     alerts: list[SafetyAlert] = []
     quality: list[str] = []
-    part2 = source in context.part2_sources
     fallback_time = str(envelope.get("time") or context.received_at.isoformat())
-    for (_, original), new_id in zip(found, new_ids, strict=True):
-        spec = _scored_instrument(original) if original["resourceType"] == "QuestionnaireResponse" else None
+    computed: list[dict[str, Any]] = []
+    for (_, original), source_id in zip(found, rekeying.source_ids, strict=True):
+        resource_type = str(original["resourceType"])
+        new_id = rekeying.new_id(resource_type, source_id)
+        # the sender's resource as sent: only its id and its references re-keyed
+        resource = rekeying.rewrite({**original, "id": new_id})
+        # demographics are ordinary PHI: a Patient keeps only what was sent (or Part 2, from a Part 2 program)
+        implied = sent_labels(original) if resource_type == "Patient" else content_labels(original)
+        if resource_type == "Consent":  # a consent reveals the kind of data it covers
+            implied = labels.combine(implied, labels.covered_labels(_covered_codes(original.get("provision"))))
+        link_codes = _link_codes(original, questionnaires) if resource_type == "QuestionnaireResponse" else {}
+        spec = scored_instrument(original, link_codes) if resource_type == "QuestionnaireResponse" else None
         if spec is not None:
-            scored = map_event(parse_event(_assessment_event(original, spec, source, event_id, fallback_time)),
-                               context)
+            # carebus's results in its own resources (Observations, Flag), derivedFrom the sender's response
+            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, fallback_time)
+            scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
+            implied = labels.combine(implied, labels.ETHUD if spec.key == "audit-c" else labels.PSY)
             for entry in scored.bundle["entry"]:
-                if entry["resource"]["resourceType"] != "Provenance":
-                    entries.append(entry)
-                    label_sets.append(sent_labels(entry["resource"]))
-            continue
-        resource = _rewrite({**original, "id": new_id}, references)
-        # demographics are ordinary PHI: a Patient keeps only what was sent (or Part 2, from a Part 2 program)
-        implied = sent_labels(original) if original["resourceType"] == "Patient" else content_labels(original)
-        if original["resourceType"] == "Consent":  # a consent reveals the kind of data it covers
-            implied = labels.combine(implied, labels.covered_labels(_covered_codes(original.get("provision"))))
-        own = labels.combine(implied, labels.PART2 if part2 else ())
+                if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
+                    computed.append(entry)
+        own = labels.combine(implied, labels.source_labels((source,), resource_type, context.part2_sources,
+                                                           context.psychiatric_sources))
         if own:
-            resource.setdefault("meta", {})["security"] = security_labels.meta_security(own)
+            meta = dict(resource.get("meta") or {})
+            meta["security"] = _merged_security(meta.get("security"), own)
+            resource["meta"] = meta
         entries.append({"fullUrl": f"urn:uuid:{new_id}", "resource": resource})
         label_sets.append(own)
+    for entry in computed:
+        entries.append(entry)
+        label_sets.append(sent_labels(entry["resource"]))
 
     bundle_labels = labels.combine(*label_sets)
     provenance_id = resource_id("Provenance", source, event_id)
@@ -274,3 +518,12 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
     return MappedEvent(bundle=bundle, security_labels=bundle_labels, alerts=tuple(alerts),
                        data_quality=tuple(quality), resource_counts=counts)
+
+
+def _merged_security(sent: Any, own: tuple[str, ...]) -> list[dict[str, Any]]:
+    """carebus's labels, plus any other security codings the sender put there (kept as sent)."""
+    ours = security_labels.meta_security(own)
+    known = {(c.get("system"), c.get("code")) for c in ours}
+    kept = [c for c in sent or [] if isinstance(c, dict) and (c.get("system"), c.get("code")) not in known
+            and c.get("code") not in security_labels.KNOWN]
+    return [*ours, *kept]

@@ -122,9 +122,11 @@ MAPPERS_BY_TYPE: dict[str, Mapper] = {
 
 class Pipeline:
     def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset(),
-                 assigning_authorities: Mapping[str, str] | None = None) -> None:
+                 assigning_authorities: Mapping[str, str] | None = None,
+                 psychiatric_sources: frozenset[str] = frozenset()) -> None:
         self.topics = topics
         self.part2_sources = part2_sources
+        self.psychiatric_sources = psychiatric_sources
         self.assigning_authorities = dict(assigning_authorities or {})
         self._context_ms = 0
         self._context = self._context_at(0)
@@ -133,6 +135,7 @@ class Pipeline:
         return MappingContext(
             received_at=datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC),
             part2_sources=self.part2_sources,
+            psychiatric_sources=self.psychiatric_sources,
             assigning_authorities=self.assigning_authorities,
         )
 

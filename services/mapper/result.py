@@ -14,6 +14,7 @@ class MappingContext:
 
     received_at: datetime
     part2_sources: frozenset[str] = frozenset()
+    psychiatric_sources: frozenset[str] = frozenset()  # sources whose data is all psychiatric (labels.source_labels)
     # HL7 v2 assigning authority (CX-4.1 namespace id) -> Identifier.system, e.g. {"EMPI": "urn:carebus:empi"}
     assigning_authorities: Mapping[str, str] = field(default_factory=dict)
 

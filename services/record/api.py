@@ -66,6 +66,7 @@ from services.record.identity import overlay_links
 from services.record.indexing import SEARCH_PARAMETERS
 from services.record.search import PatientCriterion, parse_paging, parse_search
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow
+from services.record.subscription_api import subscription_router
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,8 @@ def create_app(api: RecordApi) -> FastAPI:
         _negotiate(request)
         statement = capability_statement(api.base_url(request), api.known_types())
         return fhir_response(orjson.dumps(statement))
+
+    app.include_router(subscription_router(api))  # /Subscription (notify), before the generic routes
 
     # --- identity administration -----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from services.common.topics import (
     FHIR_BUNDLES,
     GENERAL_BUNDLES,
     INBOUND_EVENTS,
+    RECORD_CHANGES,
     SAFETY_ALERTS,
 )
 from tests.deploy.helpers import ALL_KUSTOMIZATIONS, K8S, of_kind, one, render
@@ -115,7 +116,7 @@ READS = {"intake": set(), "mapper": {INBOUND_EVENTS}, "record": {FHIR_BUNDLES, A
 WRITES = {
     "intake": {INBOUND_EVENTS},
     "mapper": {FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS},
-    "record": {FHIR_BUNDLES, DEAD_LETTERS, AUDIT_EVENTS},
+    "record": {FHIR_BUNDLES, DEAD_LETTERS, RECORD_CHANGES, AUDIT_EVENTS},
     "general": {GENERAL_BUNDLES},
 }
 

@@ -25,6 +25,7 @@ from services.mapper.mapping import validate_bundle
 from services.mapper.result import MappingContext
 from tests.integration.test_pipeline import mapper, run_until
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_HEADERS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "fhir"
 SOURCE = "urn:carebus:source:lakeside-therapy-fhir"
@@ -152,7 +153,8 @@ async def test_fhir_endpoint_through_the_broker(settings: Settings) -> None:
     prepare_topics(settings)
     producer = RecordProducer(settings, "test-fhir-intake")
     app = create_app(settings, producer, Metrics(), lambda: (True, "ok"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers=TEST_INTAKE_HEADERS) as client:
         body = orjson.dumps(substance_use_transaction())
         headers = {"content-type": "application/fhir+json", "x-carebus-source": SOURCE}
         accepted = await client.post("/fhir", content=body, headers=headers)

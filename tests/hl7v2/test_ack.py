@@ -112,7 +112,7 @@ def test_message_key_control_id_and_event_id() -> None:
     assert message_key(MESSAGE) == "urn:carebus:hl7v2:CLINIC|MRN123"
     assert message_control_id(MESSAGE) == "CTRL-42"
     summary = inspect_message(MESSAGE)
-    assert summary.event_id == message_event_id(summary.header)
+    assert summary.event_id == message_event_id(summary.header, summary.digest)
     resent = MESSAGE.replace("20240501101500-0500", "20240502101500-0500")
     assert inspect_message(resent).event_id == summary.event_id
     other = MESSAGE.replace("CTRL-42", "CTRL-43")

@@ -26,6 +26,7 @@ from services.intake.app import create_app
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ def intake(settings: Settings) -> Iterator[tuple[httpx.AsyncClient, RecordProduc
     prepare_topics(settings)
     producer = RecordProducer(settings, "test-intake")
     app = create_app(settings, producer, Metrics(), lambda: (True, "ok"))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                               headers=TEST_INTAKE_HEADERS)
     yield client, producer
     producer.close()
 
@@ -251,11 +253,13 @@ async def test_mapper_crash_between_produce_and_commit_loses_nothing(
 
 
 async def test_intake_answers_503_with_retry_after_when_kafka_is_unreachable() -> None:
-    settings = Settings(kafka_bootstrap="127.0.0.1:1", kafka_request_timeout_s=1.0, topic_prefix="nowhere")
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", kafka_request_timeout_s=1.0, topic_prefix="nowhere",
+                        intake_tokens=TEST_INTAKE_GRANTS)
     producer = RecordProducer(settings, "test-intake-down")
     app = create_app(settings, producer, Metrics(), lambda: (False, "down"))
     examples = schema_examples()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers=TEST_INTAKE_HEADERS) as client:
         response = await client.post("/events", content=orjson.dumps(examples[0]),
                                      headers={"content-type": "application/cloudevents+json"})
         assert response.status_code == 503

@@ -17,6 +17,7 @@ from services.common.settings import Settings
 from services.common.topics import FHIR_BUNDLES
 from tests.integration.test_pipeline import schema_examples
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_ENV, TEST_INTAKE_HEADERS
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 def start(module: str, settings: Settings, port_var: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, port_var: str(port),
-           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3"}
+           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3", **TEST_INTAKE_ENV}
     return subprocess.Popen([sys.executable, "-m", module], env=env,  # noqa: S603
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -58,7 +59,8 @@ def test_intake_and_mapper_processes_serve_then_stop_gracefully(settings: Settin
         wait_ready(mapper_port, mapper)
         examples = schema_examples()[:5]
         response = httpx.post(f"http://127.0.0.1:{intake_port}/events", content=orjson.dumps(examples),
-                              headers={"content-type": "application/cloudevents-batch+json"}, timeout=30)
+                              headers={"content-type": "application/cloudevents-batch+json", **TEST_INTAKE_HEADERS},
+                              timeout=30)
         assert response.status_code == 202
         ids = {e["id"] for e in examples}
         bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from services.common.errors import MappingError
@@ -48,10 +49,24 @@ def _corpus() -> list[dict[str, Any]]:
 
 
 def _model_passes(resource: dict[str, Any]) -> bool:
+    """The R4B model's verdict, plus the required bindings the models list (``enum_values``) but do not check."""
     try:
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        instance = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     except (ValidationError, TypeError, AttributeError):  # fhir_core trips over some wrong JSON types
         return False
+    return _codes_in_their_value_sets(instance)
+
+
+def _codes_in_their_value_sets(instance: FHIRAbstractModel) -> bool:
+    for name, field in type(instance).model_fields.items():
+        value = getattr(instance, name, None)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        codes = extra.get("enum_values")
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, FHIRAbstractModel) and not _codes_in_their_value_sets(item):
+                return False
+            if isinstance(item, str) and isinstance(codes, list) and "+" not in codes and item not in codes:
+                return False
     return True
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Final, Literal
 
+from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 LOINC: Final = "http://loinc.org"
@@ -69,7 +70,10 @@ def _finite(value: float) -> float:
     return value
 
 
-FiniteNumber = Annotated[float, AfterValidator(_finite)]
+# Larger magnitudes are no clinical quantity, and a whole float beyond 2^63 cannot be written as a JSON integer
+# (FHIR decimals of whole values are): refused by the contract rather than crashing the mapping.
+LARGEST_QUANTITY = 1e15
+FiniteNumber = Annotated[float, Ge(-LARGEST_QUANTITY), Le(LARGEST_QUANTITY), AfterValidator(_finite)]
 
 
 class Quantity(Contract):

@@ -257,7 +257,8 @@ class AssessmentData(Contract):
     authored: AwareDatetime
     items: list[AssessmentItem] = Field(min_length=1, max_length=40)
     reported_total: (
-        Annotated[str, StringConstraints(min_length=1, max_length=16)] | int | ScoreQuantity | None
+        Annotated[str, StringConstraints(min_length=1, max_length=16)] | Annotated[int, Field(ge=-1000, le=1000)]
+        | ScoreQuantity | None
     ) = Field(None, union_mode="left_to_right")
     patient_gender: Gender | None = Field(None, description="Needed for AUDIT-C's sex-specific cut-off.")
     performer: Practitioner | None = None

@@ -6,7 +6,7 @@
     inspect_message(er7) -> MessageSummary                cheap shape check: MSH, type/version, PID-3
     ack_message(er7_or_parsed, code, error, now) -> str   the ACK (MSA, ERR) for a message
     message_key(er7) / message_control_id(er7)            Kafka key '<source>|<PID-3 id>' / MSH-10
-    message_event_id(header)                              CloudEvent id from the sender + MSH-10
+    message_event_id(header, digest)                      CloudEvent id: sender, MSH-3, MSH-10, content digest
 
 What maps to what (HL7 v2-to-FHIR IG where it has a mapping):
   every message   MSH -> MessageHeader, MSH + EVN -> Provenance (lists segments present but not mapped)

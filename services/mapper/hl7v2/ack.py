@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 from services.common.errors import CarebusError, InfrastructureError, InvalidInput
 from services.common.fhir_ids import patient_key
-from services.mapper.hl7v2.builder import message_event_id
+from services.mapper.hl7v2.builder import message_digest, message_event_id, sender_control_id
+from services.mapper.hl7v2.datatypes import parse_dtm
 from services.mapper.hl7v2.er7 import (
     Hd,
     Header,
@@ -30,6 +31,7 @@ from services.mapper.hl7v2.errors import (
     HL7_ERROR_TEXT,
     AckCode,
     Hl7v2Error,
+    InvalidValue,
     MissingRequired,
 )
 
@@ -45,7 +47,8 @@ class MessageSummary:
     header: Header
     patient_id: str
     key: str  # Kafka record key: '<source>|<PID-3 id>'
-    event_id: str  # CloudEvent id: from the sender and MSH-10
+    event_id: str  # CloudEvent id: from the sender, MSH-3, MSH-10 and the content digest
+    digest: str  # of the content (builder.message_digest)
 
     @property
     def source(self) -> str:
@@ -55,14 +58,36 @@ class MessageSummary:
     def control_id(self) -> str:
         return self.header.control_id
 
+    @property
+    def sender_control_id(self) -> str:
+        """MSH-3 + MSH-10: what names one message of this sender (the resend memory's key)."""
+        return sender_control_id(self.header)
+
 
 def inspect_message(er7: str | Message) -> MessageSummary:
     """Parse MSH, check type/version and the segments the mapping needs; raises Hl7v2Error subclasses."""
     message = er7 if isinstance(er7, Message) else parse_message(er7)
     patient = check_shape(message)
+    check_patient_data_types(message)
     header = message.header
+    digest = message_digest(message)
     return MessageSummary(header, patient.value, patient_key(header.source, patient.value),
-                          message_event_id(header))
+                          message_event_id(header, digest), digest)
+
+
+# PID fields of data type DTM/TS that the mapping turns into FHIR dates: a value that is not one is a content
+# error (AE, HL7 error 102) at the door, not a birth date silently dropped later.
+_PATIENT_DATETIMES = ((7, "birth date"), (29, "death date/time"))
+
+
+def check_patient_data_types(message: Message) -> None:
+    """Raise InvalidValue for a PID date/time that is not an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])."""
+    for pid in message.all("PID"):
+        for position, what in _PATIENT_DATETIMES:
+            text = pid.get(position)
+            if text and parse_dtm(text) is None:
+                raise InvalidValue(f"PID-{position}", "invalid-datetime",
+                                   f"the {what} is not an HL7 date/time (YYYY[MM[DD[HHMM[SS]]]][+/-ZZZZ])")
 
 
 def message_key(er7: str) -> str:

@@ -2,11 +2,13 @@
 
 Ids: ``resource_id(<type>, <source>, <keys>...)`` where ``source`` is ``urn:carebus:hl7v2:<sending facility>``
 (the CloudEvent source of the message) and the keys are the v2 identifiers of the record (PID-3, PV1-19,
-placer/filler numbers, SCH-1/2, TXA-12, MSH-10 ...), so a resent message gives the same ids.
+placer/filler numbers, SCH-1/2, TXA-12, MSH-3 + MSH-10 ...), so a resent message gives the same ids; the
+message's own resources (MessageHeader, Provenance, the Bundle) are keyed by its event id.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,9 +24,33 @@ Json = dict[str, Any]
 Labels = tuple[str, ...]
 
 
-def message_event_id(header: Header) -> str:
-    """The CloudEvent id of a message: from its sender and MSH-10 (a resend has the same id)."""
-    return resource_id("HL7v2Message", header.source, header.control_id)
+def sender_control_id(header: Header) -> str:
+    """A message's control id qualified by its sending application (MSH-3 ^ MSH-10): one facility's
+    applications number their messages independently, so MSH-10 alone does not name a message."""
+    application = header.sending_application
+    return f"{application.namespace}^{application.universal_id}^{application.universal_id_type}|{header.control_id}"
+
+
+def message_digest(message: Message) -> str:
+    """A digest of a message's content: every segment as parsed (line ends and encoding characters
+    normalised), MSH-7 (the time the message was built, which some engines renew on a resend) left out."""
+    msh = message.msh.line
+    sep = msh[3]
+    fields = msh.split(sep)
+    if len(fields) > 6:
+        fields[6] = ""
+    digest = hashlib.blake2b(sep.join(fields).encode(), digest_size=16)
+    for segment in message.segments[1:]:
+        digest.update(b"\r")
+        digest.update(segment.line.encode())
+    return digest.hexdigest()
+
+
+def message_event_id(header: Header, digest: str) -> str:
+    """The CloudEvent id of a message: from its sender (MSH-4, else MSH-3), sending application, MSH-10 and
+    content digest. A resend (same content) has the same id; a reused control id with other content is
+    another message with another id."""
+    return resource_id("HL7v2Message", header.source, sender_control_id(header), digest)
 
 
 @dataclass
@@ -50,12 +76,13 @@ class Build:
         return self.header.source
 
     @property
-    def control_id(self) -> str:
-        return self.header.control_id
+    def message_key(self) -> str:
+        """The key of a record that has no identifier of its own: sending application + MSH-10."""
+        return sender_control_id(self.header)
 
     @cached_property
     def event_id(self) -> str:
-        return message_event_id(self.header)
+        return message_event_id(self.header, message_digest(self.message))
 
     def id(self, resource_type: str, *keys: str) -> str:
         return resource_id(resource_type, self.source, *keys)

@@ -98,7 +98,7 @@ def map_document(build: Build, txa: Segment) -> Json:
     if not attachments:
         raise MissingRequired("OBX-5", "document-body-required", "an MDM T02 needs the document body in OBX")
     doc_type = _type(txa, body_codes)
-    key = f"document|{txa.get(12)}" if txa.get(12) else f"message|{build.control_id}|txa"
+    key = f"document|{txa.get(12)}" if txa.get(12) else f"message|{build.message_key}|txa"
     authors = [person_reference(rep) for rep in (*txa.reps(5), *txa.reps(9))]
     date = next((made for raw, loc in ((txa.get(4), txa.loc(4)), (txa.get(6), txa.loc(6)),
                                         (txa.get(7), txa.loc(7)))

@@ -255,6 +255,11 @@ class Segment:
         self.occurrence = occurrence  # 1-based count of this segment id so far
         self.seps = seps
 
+    @property
+    def line(self) -> str:
+        """The segment's text as parsed (encoding characters normalised, line ends removed)."""
+        return self._line
+
     def _split(self) -> list[str]:
         fields = self._fields
         if fields is None:

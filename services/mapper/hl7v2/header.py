@@ -41,7 +41,7 @@ def message_header(build: Build) -> Json:
     receiver = header.receiving_facility.name or header.receiving_application.name
     return {
         "resourceType": "MessageHeader",
-        "id": build.id("MessageHeader", "message", header.control_id),
+        "id": build.id("MessageHeader", build.event_id),
         "eventCoding": {"system": V2_0003, "code": header.trigger_event},
         "destination": [{
             "name": header.receiving_application.name or None,

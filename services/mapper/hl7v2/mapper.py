@@ -8,8 +8,10 @@ HL7 v2 error (InvalidResource, AE, located at the segment the resource comes fro
 Order of the bundle: MessageHeader, Patient (and a retired Patient for A40), Encounter, RelatedPerson,
 AllergyIntolerance, Condition, the message's own resources (DiagnosticReport + Observations, Appointment,
 DocumentReference, MedicationRequest, Immunization, assessment resources and safety Flags), Provenance.
-Labels: each resource's own (see sensitivity.py); a sending facility listed in ``context.part2_sources``
-adds R+SUD+42CFRPart2+NORDSCLCD to every resource; MessageHeader, Provenance and Bundle carry the union.
+Labels: each resource's own (see sensitivity.py) and the sender's configured kind (labels.source_labels: a
+sending facility in ``context.part2_sources`` adds R+SUD+42CFRPart2+NORDSCLCD to every resource, one in
+``context.psychiatric_sources`` R+PSY to every resource but the Patient); MessageHeader, Provenance and Bundle
+carry the union.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 from services.common.errors import MappingError
-from services.common.security_labels import PART2, combine, meta_security
+from services.common.security_labels import combine, meta_security
 from services.mapper.hl7v2.builder import Build, Json, Labels
 from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
 from services.mapper.hl7v2.documents import map_document
@@ -31,6 +33,7 @@ from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_pe
 from services.mapper.hl7v2.results import group_orders, map_report, map_standalone
 from services.mapper.hl7v2.scheduling import map_appointment
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
+from services.mapper.mapping.labels import source_labels
 from services.mapper.mapping.validation import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 
@@ -52,14 +55,10 @@ def _following(message: Message, anchor: Segment, name: str, stop: set[str]) -> 
     return None
 
 
-def _is_part2(build: Build) -> bool:
-    sources = build.context.part2_sources
-    if not sources:
-        return False
+def _sender_names(build: Build) -> tuple[str, ...]:
+    """What CAREBUS_PART2_SOURCES / _PSYCHIATRIC_SOURCES may name an HL7 sender by: its source URI or facility."""
     header = build.header
-    names = {header.sending_facility.namespace, header.sending_facility.universal_id, header.sender,
-             header.source}
-    return bool(names & set(sources))
+    return (header.sending_facility.namespace, header.sending_facility.universal_id, header.sender, header.source)
 
 
 def _map_body(build: Build, pid: Segment) -> None:
@@ -159,13 +158,16 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     _map_body(build, pid)
 
     mapped_header = message_header(build)  # marks SFT as used
-    part2 = _is_part2(build)
-    labelled: list[tuple[Json, Labels]] = [
-        (resource, combine(labels, PART2) if part2 else labels) for resource, labels in build.resources
-    ]
+    names = _sender_names(build)
+    context = build.context
+    labelled: list[tuple[Json, Labels]] = []
+    for resource, own in build.resources:
+        kind = source_labels(names, resource["resourceType"], context.part2_sources, context.psychiatric_sources)
+        labelled.append((resource, combine(own, kind) if kind else own))
     build.use(message.first("EVN"))  # EVN -> Provenance
     unmapped = _unmapped(build)
-    union = combine(*(labels for _resource, labels in labelled), PART2 if part2 else ())
+    union = combine(*(labels for _resource, labels in labelled),
+                    source_labels(names, "Bundle", context.part2_sources, context.psychiatric_sources))
     targets = [mapped_header] + [resource for resource, _labels in labelled]
     made_provenance = provenance(build, targets, unmapped)
     # Build.add pruned the others already

@@ -82,8 +82,8 @@ def _order_key(build: Build, order: Order, prescription: str = "") -> str:
         return f"prescription|{prescription}"
     anchor = order.members[0] if order.members else orc
     if anchor is None:
-        return f"message|{build.control_id}|order"
-    return f"message|{build.control_id}|{anchor.name}|{anchor.occurrence}"
+        return f"message|{build.message_key}|order"
+    return f"message|{build.message_key}|{anchor.name}|{anchor.occurrence}"
 
 
 def _status(order: Order) -> str:

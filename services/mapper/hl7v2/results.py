@@ -321,7 +321,7 @@ def _report_key(build: Build, group: OrderGroup) -> str:
         if segment is not None and segment.get(n):
             return f"{kind}|{segment.get(n)}"
     occurrence = group.obr.occurrence if group.obr is not None else 0
-    return f"message|{build.control_id}|obr|{occurrence}"
+    return f"message|{build.message_key}|obr|{occurrence}"
 
 
 def map_report(build: Build, group: OrderGroup) -> Json:

@@ -56,7 +56,7 @@ def _appointment_key(build: Build, sch: Segment) -> str:
         return f"filler|{sch.get(2)}"
     if sch.get(1):
         return f"placer|{sch.get(1)}"
-    return f"message|{build.control_id}"
+    return f"message|{build.message_key}"
 
 
 def _times(build: Build, sch: Segment, resources: list[Segment]) -> tuple[str, str, str]:

@@ -1,13 +1,15 @@
 """Security labels of HL7 v2-derived resources: the JSON pipeline's rules (services/mapper/mapping/labels.py)
 applied to v2 codings, plus what only v2 feeds send.
 
-From labels.py, unchanged: ICD-10-CM F-codes (F10-F16, F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5
--> PSY), the SNOMED CT and RxNorm tables, lithium level, AUDIT-C -> R+ETHUD, other instruments -> PSY,
-Part 2 sources -> PART2 on every resource, Patient none of its own.
+From labels.py, unchanged: the medication rule (RxNorm by ingredient whatever the term type; the ingredient
+or brand named in any coding's display or the text: NDC products, local codes), ICD-10-CM F-codes (F10-F16,
+F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5 -> PSY), the SNOMED CT tables, the LOINC rule for results
+(behavioural-health surveys and lithium levels -> PSY, AUDIT-C -> R+ETHUD), the source's configured kind
+(labels.source_labels, applied in mapper.py: Part 2 programs -> PART2 on every resource; psychiatric sources
+such as a routine-outcome-monitoring system -> PSY on every resource but the Patient), Patient none of its own.
 
 Added for v2: ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM;
-ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); medications named in the coding
-display or text (NDC products, local codes) matched by ingredient name; mental-health note types (LOINC, US
+ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); mental-health note types (LOINC, US
 Behavioral Health Profiles IG) -> PSY. When in doubt carebus over-labels.
 """
 
@@ -29,42 +31,11 @@ NONE: Labels = ()
 _ICD10_SHAPE = re.compile(r"[A-TV-Z]\d{2}(?:\.?[0-9A-Z]{0,4})")
 _ICD9 = re.compile(r"(\d{3})(?:\.(\d{1,2}))?")
 
-OUD_AUD_NAMES = (
-    "buprenorphine", "methadone", "naltrexone", "disulfiram", "acamprosate", "suboxone", "subutex",
-    "sublocade", "vivitrol", "zubsolv",
-)
-PSYCHOTROPIC_NAMES = (
-    "sertraline", "escitalopram", "citalopram", "fluoxetine", "paroxetine", "fluvoxamine", "venlafaxine",
-    "desvenlafaxine", "duloxetine", "bupropion", "mirtazapine", "trazodone", "vortioxetine", "vilazodone",
-    "amitriptyline", "nortriptyline", "imipramine", "clomipramine", "quetiapine", "olanzapine", "risperidone",
-    "aripiprazole", "ziprasidone", "lurasidone", "haloperidol", "clozapine", "paliperidone", "chlorpromazine",
-    "lithium", "buspirone", "lamotrigine", "lorazepam", "clonazepam", "alprazolam", "methylphenidate",
-    "atomoxetine", "lisdexamfetamine",
-)
-_OUD_NAMES = re.compile(r"\b(" + "|".join(OUD_AUD_NAMES) + r")\b", re.IGNORECASE)
-_PSY_NAMES = re.compile(r"\b(" + "|".join(PSYCHOTROPIC_NAMES) + r")\b", re.IGNORECASE)
-
-# LOINC codes of behavioural-health instruments (panels, totals, items) scored in instruments.py, plus PCL-5
-# and EPDS which are labelled though not scored.
-_EXTRA_INSTRUMENT_LOINC = frozenset({"101697-1", "101698-9", "71354-5", "99046-5"})
-AUDIT_C_LOINC = frozenset({"72109-2", "75626-2", "68518-0", "68517-2", "68519-8", "68520-6"})
 MENTAL_HEALTH_NOTE_LOINC = frozenset({"34904-3", "34785-6", "78263-1", "78306-8", "78472-8", "11510-5"})
 
 
 def combine(*label_sets: Iterable[str]) -> Labels:
     return labels.combine(*label_sets)
-
-
-def _instrument_codes() -> frozenset[str]:
-    from services.mapper.mapping.instruments import INSTRUMENTS
-
-    codes: set[str] = set(_EXTRA_INSTRUMENT_LOINC)
-    for spec in INSTRUMENTS.values():
-        codes.update({spec.panel_loinc, spec.total_loinc, *(item.loinc for item in spec.items)})
-    return frozenset(codes)
-
-
-INSTRUMENT_LOINC = _instrument_codes()
 
 
 def _codings(concept: dict[str, Any] | None) -> list[tuple[str | None, str, str]]:
@@ -102,27 +73,20 @@ def diagnosis(concept: dict[str, Any] | None) -> Labels:
 
 
 def medication(concept: dict[str, Any] | None) -> Labels:
+    """labels.medication_labels for each coding (an RxNorm code by its ingredients, whatever its term type; the
+    ingredient named in the display of any coding: NDC, local codes) and for the text."""
     found: list[Labels] = []
     for system, code, display in _codings(concept):
-        if system == RXNORM and code:
-            found.append(labels.medication_labels(code))
-        if _OUD_NAMES.search(display):
-            found.append(PART2)
-        elif _PSY_NAMES.search(display):
-            found.append(PSY)
+        found.append(labels.medication_labels(code if system == RXNORM else None, None, display))
     return combine(*found)
 
 
 def observation(concept: dict[str, Any] | None) -> Labels:
+    """labels.lab_labels for each LOINC coding: behavioural-health surveys (the instruments' panels, totals and
+    items, PCL-5, EPDS) -> PSY, AUDIT-C -> R+ETHUD, lithium levels -> PSY."""
     found: list[Labels] = []
     for system, code, _display in _codings(concept):
-        if system != LOINC:
-            continue
-        if code in AUDIT_C_LOINC:
-            found.append(ETHUD)
-        elif code in INSTRUMENT_LOINC:
-            found.append(PSY)
-        else:
+        if system == LOINC:
             found.append(labels.lab_labels(code))
     return combine(*found)
 

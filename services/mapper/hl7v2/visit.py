@@ -108,7 +108,7 @@ def encounter_key(build: Build, pv1: Segment) -> str:
     admitted = pv1.get(44)
     if admitted:
         return f"patient|{build.patient_key}|admitted|{admitted}"
-    return f"message|{build.control_id}"
+    return f"message|{build.message_key}"
 
 
 def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:

@@ -133,7 +133,9 @@ def _total_observation(
             }
         )
     if "reported-total-unparseable" in score.data_quality:
-        notes.append({"text": "Data quality: the reported total could not be read as a score."})
+        notes.append({"text": "Data quality: the reported risk level is not one of none, low, moderate, high; "
+                              "it was not compared." if spec.key == "cssrs-screener"
+                      else "Data quality: the reported total could not be read as a score."})
     if "audit-c-sex-unknown" in score.data_quality:
         notes.append({"text": "Sex not known: the lower AUDIT-C cut-off (3) was used."})
     if notes:

@@ -151,13 +151,15 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
     draft = Draft(Subject(event.source, event.data.patient_id), event.id)
     family(event, draft)
 
-    part2_source = event.source in context.part2_sources
+    source_names = (event.source,)
     entries: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
     label_sets: list[tuple[str, ...]] = []
     security_lists: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one list per label set, shared
     for resource, own_labels in draft.resources:
-        resource_labels = labels.combine(own_labels, labels.PART2) if part2_source else own_labels
+        kind_labels = labels.source_labels(source_names, resource["resourceType"], context.part2_sources,
+                                           context.psychiatric_sources)
+        resource_labels = labels.combine(own_labels, kind_labels) if kind_labels else own_labels
         if resource_labels:
             security = security_lists.get(resource_labels)
             if security is None:

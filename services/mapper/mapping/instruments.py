@@ -48,11 +48,12 @@ the value.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from services.common.errors import FieldProblem, MappingError
+from services.common.errors import FieldProblem
+from services.common.errors import InstrumentAnswerError as InstrumentAnswerError  # re-exported
 
 LOINC: Final = "http://loinc.org"
 CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
@@ -60,12 +61,6 @@ CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
 Sex = Literal["male", "female", "other", "unknown"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
-
-
-class InstrumentAnswerError(MappingError):
-    """Answers that cannot be scored: unknown instrument or item, or an answer outside its list."""
-
-    reason = "instrument-answer-invalid"
 
 
 @dataclass(frozen=True)
@@ -103,6 +98,9 @@ class InstrumentSpec:
     bands: tuple[Band, ...] = ()
     positive_at: int | None = None  # total >= positive_at is a positive screen (None: instrument-specific)
     max_total: int | None = None
+    # how a Questionnaire canonical names it: its last path segment, lower case, letters and digits only,
+    # contains one of these (e.g. .../Questionnaire/phq-9-example, .../sdc-profile-example-PHQ9)
+    questionnaire_names: tuple[str, ...] = ()
 
     def item(self, loinc: str) -> ItemSpec | None:
         return _ITEM_INDEX[self.key].get(loinc)
@@ -285,6 +283,7 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
             ),
             positive_at=10,
             max_total=27,
+            questionnaire_names=("phq9",),
         ),
         InstrumentSpec(
             key="phq-2",
@@ -300,6 +299,7 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
             ),
             positive_at=3,
             max_total=6,
+            questionnaire_names=("phq2",),
         ),
         InstrumentSpec(
             key="gad-7",
@@ -317,6 +317,7 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
             ),
             positive_at=10,
             max_total=21,
+            questionnaire_names=("gad7",),
         ),
         InstrumentSpec(
             key="cssrs-screener",
@@ -332,6 +333,7 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
                 Band("moderate", "Moderate suicide risk", 2, 2),
                 Band("high", "High suicide risk", 3, 3),
             ),
+            questionnaire_names=("cssrs", "columbiasuicide"),
         ),
         InstrumentSpec(
             key="audit-c",
@@ -346,6 +348,7 @@ INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
                 Band("positive", "Positive alcohol misuse screen", 0, 12),
             ),
             max_total=12,
+            questionnaire_names=("auditc",),
         ),
     )
 }
@@ -356,6 +359,10 @@ _ITEM_INDEX: Final[dict[str, dict[str, ItemSpec]]] = {
 }
 AUDIT_C_POSITIVE_AT: Final[Mapping[str, int]] = {"male": 4, "female": 3}
 _RISK_RANK: Final[Mapping[RiskLevel, int]] = {"none": 0, "low": 1, "moderate": 2, "high": 3}
+_CODES: Final[dict[str, frozenset[str]]] = {
+    spec.key: frozenset({spec.panel_loinc, spec.total_loinc, *(item.loinc for item in spec.items)})
+    for spec in INSTRUMENTS.values()
+}
 
 
 def instrument_spec(instrument: str) -> InstrumentSpec:
@@ -367,6 +374,64 @@ def instrument_spec(instrument: str) -> InstrumentSpec:
             [FieldProblem("instrument", "unknown-instrument", "instrument is not one carebus scores")],
         )
     return spec
+
+
+def instrument_for_questionnaire(canonical: str) -> InstrumentSpec | None:
+    """The instrument a Questionnaire canonical names: ``http://loinc.org/q/<panel>`` (or any canonical
+    ending in a panel code), else a name in its last path segment (InstrumentSpec.questionnaire_names)."""
+    path = canonical.split("|", 1)[0].rstrip("/")
+    last = path.rsplit("/", 1)[-1]
+    spec = _BY_PANEL.get(last)
+    if spec is not None:
+        return spec
+    name = re.sub(r"[^a-z0-9]", "", last.lower())
+    for candidate in INSTRUMENTS.values():
+        if any(token in name for token in candidate.questionnaire_names):
+            return candidate
+    return None
+
+
+def instrument_for_codes(codes: Iterable[str]) -> InstrumentSpec | None:
+    """The instrument whose item / total codes cover most of ``codes`` (LOINC codes of answered items; other
+    codes are ignored), the smaller instrument on a tie (two PHQ items are a PHQ-2); None if no code is one of
+    an instrument's."""
+    found = set(codes)
+    best: InstrumentSpec | None = None
+    best_overlap = 0
+    for spec in INSTRUMENTS.values():
+        overlap = len(found & _CODES[spec.key])
+        if overlap > best_overlap or (overlap == best_overlap and overlap and best is not None
+                                      and len(spec.items) < len(best.items)):
+            best, best_overlap = spec, overlap
+    return best
+
+
+def instrument_codes(spec: InstrumentSpec) -> frozenset[str]:
+    """Every LOINC code of an instrument: panel, total and items."""
+    return _CODES[spec.key]
+
+
+def answer_for(spec: InstrumentSpec, loinc: str, candidates: Iterable[int | str]) -> int | None:
+    """The weight of the first of ``candidates`` (an answer's code, display, weight ...) that is in the item's
+    answer list; None if none is."""
+    item = spec.item(loinc)
+    if item is None:
+        return None
+    for candidate in candidates:
+        try:
+            return _resolve_answer(spec, item, candidate).value
+        except InstrumentAnswerError:
+            continue
+    return None
+
+
+def risk_level_word(reported: str) -> RiskLevel | None:
+    """A C-SSRS risk level as a sender may write it ("High", "high risk", "Moderate Risk") -> the word."""
+    word = _normalise_text(reported).removesuffix(" risk").removesuffix(" suicide").strip()
+    for level in _RISK_RANK:
+        if word == level:
+            return level
+    return None
 
 
 def _normalise_text(text: str) -> str:
@@ -505,8 +570,9 @@ def score_instrument(
         if risk == "high":
             safety.append("cssrs-high-risk")
         if reported is not None:
-            if isinstance(reported, str) and reported.lower() in _RISK_RANK:
-                if reported.lower() != risk:
+            level = risk_level_word(reported) if isinstance(reported, str) else None
+            if level is not None:
+                if level != risk:
                     data_quality.append("reported-total-mismatch")
             else:
                 data_quality.append("reported-total-unparseable")

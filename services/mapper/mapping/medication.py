@@ -66,5 +66,8 @@ def map_medication(
     reason_labels = [labels.diagnosis_labels(r.system, r.code) for r in data.reason_codes]
     draft.add(
         request,
-        labels.combine(labels.medication_labels(data.medication.code, data.sensitivity), *reason_labels),
+        labels.combine(
+            labels.medication_labels(data.medication.code, data.sensitivity, data.medication.display),
+            *reason_labels,
+        ),
     )

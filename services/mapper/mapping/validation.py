@@ -40,9 +40,10 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 
 from services.common.errors import FieldProblem, MappingError
+from services.mapper.element_names import r4_element_names
 
 KEY_SETS_PER_MODEL: Final = 4096  # key sets remembered per model (an element of the model passed with them)
 RECENT_KEY_SETS: Final = 4  # of which compared first, key by key
@@ -64,10 +65,15 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def _problems(where: str, error: ValidationError) -> list[FieldProblem]:
     problems = []
     for item in error.errors(include_url=False, include_input=False, include_context=False):
-        path = _path(tuple(item["loc"]))
-        location = f"{where}.{path}" if path else where
         rule = str(item["type"])
-        problems.append(FieldProblem(location, rule, f"breaks the FHIR R4 rule '{rule}'"))
+        loc = tuple(item["loc"])
+        if rule == "extra_forbidden" and loc and str(loc[-1]) not in r4_element_names():
+            loc = loc[:-1]  # not a FHIR word: the sender's own text (it may be PHI), so only its parent is named
+        path = _path(loc)
+        location = f"{where}.{path}" if path else where
+        message = ("an element FHIR R4 does not define here" if rule == "extra_forbidden"
+                   else f"breaks the FHIR R4 rule '{rule}'")
+        problems.append(FieldProblem(location, rule, message))
     return problems
 
 
@@ -134,12 +140,13 @@ _RESOURCE_TYPE: Final = 5  # the "resourceType" key: must name the model itself
 class _FieldRule:
     """How one field of a model is checked on the known-shape path."""
 
-    __slots__ = ("element", "kind", "primitive", "resource_type")
+    __slots__ = ("codes", "element", "kind", "primitive", "resource_type")
 
     def __init__(self, kind: int, *, primitive: _PrimitiveType | None = None, element: _ModelRules | None = None,
-                 resource_type: str = "") -> None:
+                 resource_type: str = "", codes: frozenset[str] | None = None) -> None:
         self.kind = kind
         self.primitive = primitive  # _PRIMITIVE
+        self.codes = codes  # _PRIMITIVE of a code with a required binding: the value set's codes
         self.element = element  # _ELEMENT, _ELEMENT_LIST
         self.resource_type = resource_type  # _RESOURCE_TYPE
 
@@ -176,8 +183,9 @@ class _ModelRules:
             element = _element_class(field.annotation)
             is_list = _is_list(field.annotation)
             if element is None:
-                primitive = _primitive_type(field.annotation, field.metadata, model.model_config)
-                fields[field.alias or name] = _FieldRule(_PRIMITIVE, primitive=primitive)
+                codes = _required_codes(field.json_schema_extra)
+                primitive = _primitive_type(field.annotation, field.metadata, model.model_config, codes)
+                fields[field.alias or name] = _FieldRule(_PRIMITIVE, primitive=primitive, codes=codes)
             elif element.__resource_type__ == "Resource":
                 fields[field.alias or name] = _FieldRule(_RESOURCE_LIST if is_list else _RESOURCE)
             else:
@@ -214,15 +222,69 @@ def _resource_rules(resource_type: Any) -> _ModelRules | None:
         return rules
 
 
-def _primitive_type(annotation: Any, metadata: list[Any], config: ConfigDict) -> _PrimitiveType:
+def _required_codes(extra: Any) -> frozenset[str] | None:
+    """The codes of a required binding, read off the R4B model's field (``enum_values``); None when the field
+    has none, or its value set is not fully listed there (a trailing ``+``)."""
+    values = extra.get("enum_values") if isinstance(extra, dict) else None
+    if not isinstance(values, list) or not values or "+" in values:
+        return None
+    return frozenset(str(value) for value in values)
+
+
+def _in_codes(codes: frozenset[str]) -> Any:
+    def check(value: Any) -> Any:
+        for item in value if isinstance(value, list) else (value,):
+            if item is not None and item not in codes:
+                raise ValueError("not a code of the required value set")
+        return value
+    return AfterValidator(check)
+
+
+def _primitive_type(annotation: Any, metadata: list[Any], config: ConfigDict,
+                    codes: frozenset[str] | None = None) -> _PrimitiveType:
+    """The shared field type of an annotation. A code with a required binding gets a type of its own per value
+    set that passes only its codes, so the known-shape path never remembers another value for it."""
     annotated = Annotated[(annotation, *metadata)] if metadata else annotation
+    key: Any = annotated if codes is None else (annotated, codes)
+    if codes is not None:
+        annotated = Annotated[annotated, _in_codes(codes)]
     try:
-        found = _primitive_types.get(annotated)
+        found = _primitive_types.get(key)
     except TypeError:  # unhashable metadata: a type of its own
         return _PrimitiveType(annotated, config)
     if found is None:
-        found = _primitive_types[annotated] = _PrimitiveType(annotated, config)
+        found = _primitive_types[key] = _PrimitiveType(annotated, config)
     return found
+
+
+def _binding_problems(rules: _ModelRules, node: dict[str, Any], where: str, out: list[FieldProblem]) -> None:
+    """Codes outside their required value set (the R4B models check a code's form only), found below ``node``.
+    Run after a full validation passed, so the shapes are known to be right."""
+    fields = rules.fields if rules.fields is not None else rules.read_fields()
+    for key, value in node.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        kind = field.kind
+        if kind == _PRIMITIVE and field.codes is not None:
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, str) and item not in field.codes:
+                    out.append(FieldProblem(f"{where}.{key}", "required-binding",
+                                            "not a code of the element's required value set"))
+                    break
+        elif kind == _ELEMENT and field.element is not None and isinstance(value, dict):
+            _binding_problems(field.element, value, f"{where}.{key}", out)
+        elif kind == _ELEMENT_LIST and field.element is not None and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    _binding_problems(field.element, item, f"{where}.{key}[{index}]", out)
+        elif kind in (_RESOURCE, _RESOURCE_LIST):
+            items = value if isinstance(value, list) else [value]
+            for index, item in enumerate(items):
+                resource_rules = _resource_rules(item.get("resourceType")) if isinstance(item, dict) else None
+                if resource_rules is not None:
+                    suffix = f"[{index}]" if kind == _RESOURCE_LIST else ""
+                    _binding_problems(resource_rules, item, f"{where}.{key}{suffix}", out)
 
 
 def _element_class(annotation: Any) -> type[FHIRAbstractModel] | None:
@@ -415,6 +477,10 @@ def validate_resource(resource: dict[str, Any], where: str = "resource") -> None
     except Exception as exc:
         raise MappingError(f"{resource_type} breaks FHIR R4", [FieldProblem(
             where, "fhir-validator-error", f"the R4B model could not check it ({type(exc).__name__})")]) from None
+    bindings: list[FieldProblem] = []
+    _binding_problems(rules, resource, where, bindings)
+    if bindings:
+        raise MappingError(f"{resource_type} breaks a required binding", bindings)
     _learn(rules, resource)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import orjson
 
 from services.common.disclosure import ALL_CLASSES, CLASS_CODES, ORDINARY, restriction_of
+from services.record.changes import OutboxRow
 from services.record.errors import StoreUnavailable
 from services.record.identity import (
     IdentityPolicy,
@@ -52,6 +53,7 @@ from services.record.search import (
     StringCriterion,
     TokenCriterion,
 )
+from services.record.store import outbox
 from services.record.store.base import (
     EverythingQuery,
     HistoryQuery,
@@ -154,6 +156,7 @@ def schema(d: Dialect) -> list[str]:
         "CREATE INDEX IF NOT EXISTS identity_member_person ON identity_member (person_id)",
         f"CREATE TABLE IF NOT EXISTS store_meta (key {t} PRIMARY KEY, value {t} NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS resource_type_stored (resource_type {t} PRIMARY KEY)",
+        *outbox.schema(d),
     ]
 
 
@@ -460,6 +463,7 @@ class SqlStore:
             )
             if plan.identity:
                 self._apply_identity(conn, plan)
+            outbox.write(self, conn, plan)  # the change feed, committed with the versions it announces
         by_type: dict[str, int] = defaultdict(int)
         for version in plan.versions:
             by_type[version.resource_type] += 1
@@ -472,6 +476,13 @@ class SqlStore:
             dict(by_type),
             plan.stale,
         )
+
+    def pending_changes(self, limit: int = 1000) -> list[OutboxRow]:
+        """Change-feed messages committed but not yet acknowledged by Kafka, oldest first."""
+        return outbox.pending(self, limit)
+
+    def forget_changes(self, up_to_seq: int) -> None:
+        outbox.forget(self, up_to_seq)
 
     def _load_current(self, conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], CurrentVersion]:
         by_type: dict[str, list[str]] = defaultdict(list)
