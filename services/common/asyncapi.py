@@ -21,6 +21,7 @@ from services.common.topics import (
     GENERAL_BUNDLES,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
+    OUTCOMES,
     RECORD_CHANGES,
     REPLAYED_DEAD_LETTERS,
     SAFETY_ALERTS,
@@ -51,9 +52,12 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["kind", "patient", "flag", "event_id", "raised_at"],
         "properties": {
-            "kind": {"enum": ["phq9-item9", "cssrs-high-risk", "epds-item10", "risk-flag"]},
+            "kind": {"enum": ["phq9-item9", "cssrs-high-risk", "epds-item10", "risk-flag", "escalation"]},
             "patient": {"type": "string", "description": "Patient/<id>"},
             "flag": {"type": "string", "description": "Flag/<id> in the bundle of the same event"},
+            "task": {"type": "string", "description": "escalation only: Task/<id> of the safety Task"},
+            "level": {"type": "integer", "description": "escalation only: how many times it was escalated"},
+            "owner": {"type": "string", "description": "escalation only: the Task's new owner (reference)"},
             "event_id": {"type": "string"},
             "detail": {"type": "string", "description": "fixed phrase, never free text"},
             "raised_at": {"type": "string", "format": "date-time"},
@@ -90,6 +94,21 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "never appears here: its disclosures (record API, notifications) carry a Provenance with the "
         "42 CFR 2.32 notice (README: Part 2 disclosure package).",
         "$ref": "https://hl7.org/fhir/R4/bundle.schema.json",
+    },
+    OUTCOMES.suffix: {
+        "type": "object",
+        "required": ["id", "kind", "instrument", "patient", "episode", "date"],
+        "properties": {
+            "id": {"type": "string", "description": "deterministic id of the change (a replay repeats it)"},
+            "kind": {"enum": ["episode-started", "response-reached", "partial-response-reached",
+                              "remission-reached", "deterioration", "follow-up-overdue"]},
+            "instrument": {"enum": ["phq-9", "gad-7"]},
+            "patient": {"type": "string", "description": "Patient/<id> of the episode's index score"},
+            "episode": {"type": "string", "description": "Observation/<id>: the derived episode Observation"},
+            "state": {"type": "string", "description": "the episode's state after the change"},
+            "date": {"type": "string", "format": "date", "description": "clinical date of the change"},
+            "score": {"type": ["string", "null"], "description": "Observation/<id> of the score behind it"},
+        },
     },
     RECORD_CHANGES.suffix: {
         "type": "object",

@@ -105,6 +105,15 @@ GENERAL_BUNDLES = TopicSpec(
     headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
+OUTCOMES = TopicSpec(
+    suffix="outcomes.v1",
+    summary="Outcome changes (episode started, response / remission reached, deterioration, follow-up overdue), "
+            "recomputed deterministically from the record by the outcomes service.",
+    key="'Patient/<id>': the patient of the episode's index score",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
 
 RECORD_CHANGES = TopicSpec(
     suffix="record.changes.v1",
@@ -125,6 +134,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     DEAD_LETTERS,
     REPLAYED_DEAD_LETTERS,
     RECORD_CHANGES,
+    OUTCOMES,
     AUDIT_EVENTS,
     GENERAL_BUNDLES,
 )

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import random
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -116,6 +117,12 @@ def event_record(topic: str, event: CareEvent, correlation_id: str) -> OutboundR
     """The Kafka record for one accepted JSON event: its canonical JSON, keyed by source patient."""
     body = event.model_dump(mode="json", by_alias=True, exclude_none=True)
     return inbound_record(topic, patient_key(event), body, event.time.isoformat(), correlation_id)
+
+
+def new_correlation_id() -> str:
+    """A random version-4 UUID for a request without X-Correlation-Id. It only has to be unique, not secret:
+    drawn from the process's seeded PRNG rather than os.urandom (uuid4 makes a system call per request)."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[dict[str, Any]]:
@@ -365,7 +372,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                                slug="batch-too-large")
         check_event_sources(sender, items, is_batch)
         events = parse_events(items, is_batch)
-        correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        correlation_id = request.headers.get("x-correlation-id") or new_correlation_id()
         records = [event_record(topic, event, correlation_id) for event in events]
         metas = await producer.send_all_async(records)
         for event in events:

@@ -67,6 +67,12 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
         _p("outcome", "token", "AuditEvent-outcome", "0 success; 4 refused by the disclosure policy."),
         _p("type", "token", "AuditEvent-type", "rest (API access) or DICOM 110106 (a pushed disclosure)."),
     ),
+    # outcomes and safety work (services/outcomes): derived resources the outcomes service publishes
+    "Task": (
+        _p("patient", "reference", "Task-patient", _PATIENT_DOC),
+        _p("status", "token", "Task-status", "Status of the task (requested, accepted, completed, ...)."),
+    ),
+    "MeasureReport": (_p("patient", "reference", "MeasureReport-patient", _PATIENT_DOC),),
 }
 
 COMMON_PARAMETERS: tuple[SearchParam, ...] = (
@@ -75,6 +81,7 @@ COMMON_PARAMETERS: tuple[SearchParam, ...] = (
 )
 
 MEDICATION_REQUEST_STATUS = "http://hl7.org/fhir/CodeSystem/medicationrequest-status"
+TASK_STATUS = "http://hl7.org/fhir/task-status"
 
 # Where a resource names its patient (FHIR R4 patient compartment, the paths carebus resources use).
 PATIENT_PATHS: dict[str, tuple[str, ...]] = {
@@ -87,6 +94,7 @@ PATIENT_PATHS: dict[str, tuple[str, ...]] = {
     "RelatedPerson": ("patient",),
     "Provenance": ("target",),
     "AuditEvent": ("entity.what",),
+    "Task": ("for",),
 }
 _DEFAULT_PATIENT_PATHS = ("subject", "patient")
 _SPLIT_PATHS = {rtype: tuple(tuple(p.split(".")) for p in paths) for rtype, paths in PATIENT_PATHS.items()}
@@ -225,6 +233,10 @@ def clinical_range(resource: dict[str, Any]) -> tuple[int, int] | None:
             return _str_range(r.get("dateTime"))
         case "Provenance" | "AuditEvent":
             return _str_range(r.get("recorded"))
+        case "Task":
+            return _str_range(r.get("authoredOn"))
+        case "MeasureReport":
+            return _period(r.get("period"))
         case _:
             return None
 
@@ -279,6 +291,8 @@ def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "type", str(kind.get("system") or ""), kind["code"]
     elif rtype == "MedicationRequest" and isinstance(resource.get("status"), str):
         yield "status", MEDICATION_REQUEST_STATUS, resource["status"]
+    elif rtype == "Task" and isinstance(resource.get("status"), str):
+        yield "status", TASK_STATUS, resource["status"]
 
 
 def index_resource(resource: dict[str, Any]) -> ResourceIndex:
