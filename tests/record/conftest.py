@@ -62,7 +62,8 @@ TOKENS: dict[str, RecordTokenGrant] = {
                                 organization=PARTNER_ORG, label="partner clinic"),
     "therapy": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"],
                                 organization=THERAPY_ORG, label="therapy practice"),
-    "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"], label="privacy officer"),
+    "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"],
+                                clearances=["behavioral-health", "part2"], label="privacy officer"),
 }
 
 
