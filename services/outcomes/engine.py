@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
+from services.common.event_headers import OUTCOMES_SOURCE as OUTCOMES_CE_SOURCE
+from services.common.event_headers import alert_headers, bundle_headers, security_header
 from services.common.kafka import OutboundRecord
 from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
     HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
     HEADER_SECURITY,
@@ -104,8 +105,7 @@ def bundle_record(prefix: str, key: str, event_id: str, event_type: str, entries
               "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "entry": list(entries)}
     return OutboundRecord(
         topic=FHIR_BUNDLES.name(prefix), key=key, value=orjson.dumps(bundle),
-        headers={HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: event_type, HEADER_CORRELATION_ID: event_id,
-                 HEADER_SECURITY: ",".join(labels), HEADER_CONTENT_TYPE: "application/fhir+json"})
+        headers=bundle_headers(event_id, event_id, event_type, event_id, labels, source=OUTCOMES_CE_SOURCE, time=now))
 
 
 def entry(resource: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +250,7 @@ class OutcomesEngine:
             before = stored_obs.get(derived["id"])
             known = {(c["code"]["coding"][0]["code"], c.get("valueDateTime")) for c in (before or {}).get(
                 "component", ())}
-            labels = ",".join(c["code"] for c in derived["meta"]["security"])
+            labels = security_header(c["code"] for c in derived["meta"]["security"])
             for fact in episode.facts:
                 if (fact.kind, fact.when.isoformat()) in known or not self._emitted.add(fact.id):
                     continue
@@ -320,12 +320,13 @@ class OutcomesEngine:
             event = escalation_event(escalated, now)
             records.append(bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", str(event["event_id"]),
                                          TASK_EVENT_TYPE, [entry(escalated)], now))
-            labels = ",".join(c["code"] for c in escalated["meta"]["security"])
+            event_id = str(event["event_id"])
             records.append(OutboundRecord(
                 topic=SAFETY_ALERTS.name(self.prefix), key=f"{OUTCOMES_SOURCE}|Task/{tid}",
                 value=orjson.dumps(event),
-                headers={HEADER_EVENT_ID: str(event["event_id"]), HEADER_CORRELATION_ID: str(event["event_id"]),
-                         HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+                headers=alert_headers(event_id, event_id, TASK_EVENT_TYPE, event_id,
+                                      [c["code"] for c in escalated["meta"]["security"]],
+                                      source=OUTCOMES_CE_SOURCE, time=now)))
             kinds.append(next((c["code"] for c in task["code"]["coding"]), "risk-flag"))
         if metrics_gauge is not None:
             metrics_gauge.labels(due="overdue").set(overdue)

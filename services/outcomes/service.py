@@ -30,6 +30,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from services.common.errors import BrokerUnavailable
+from services.common.event_headers import security_codes
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
@@ -169,7 +170,7 @@ class OutcomesService:
             try:
                 value = orjson.loads(record.value or b"{}")
                 key = (record.key or b"").decode(errors="replace")
-                labels = [c for c in _headers(record).get(HEADER_SECURITY, "").split(",") if c]
+                labels = security_codes(_headers(record).get(HEADER_SECURITY, "[]"))
                 outputs.extend(self.engine.task_for_alert(value, key, labels))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning("unreadable safety alert skipped", extra={"offset": record.offset,
