@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         prefix = settings.topic_prefix
         say("where to look:")
         say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
-            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1, {prefix}.record.changes.v1")
         say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  "
             "(POST /events, /hl7v2, /fhir)")
         say(f"  MLLP listener   {settings.http_host}:{settings.mllp_port}")
