@@ -127,9 +127,13 @@ async def paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> tu
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=128)) as client:
         async def one(event: dict[str, Any]) -> None:
             nonlocal refused
-            response = await client.post(url, content=orjson.dumps(event),
-                                         headers={"content-type": "application/cloudevents+json",
-                                                  "authorization": f"Bearer {SENDER_TOKEN}"})
+            try:
+                response = await client.post(url, content=orjson.dumps(event),
+                                             headers={"content-type": "application/cloudevents+json",
+                                                      "authorization": f"Bearer {SENDER_TOKEN}"})
+            except httpx.HTTPError:
+                refused += 1
+                return
             if response.status_code == 202:
                 accepted_at[event["id"]] = time.time()
             else:
@@ -260,7 +264,7 @@ def main() -> None:
               f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
         expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
         last_size, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 5:  # until nothing more arrives for 5 s
+        while time.monotonic() - stable_since < 15:  # until nothing more arrives for 15 s
             size = arrivals.stat().st_size
             if size != last_size:
                 last_size, stable_since = size, time.monotonic()
