@@ -1,6 +1,6 @@
 """The `carebus` operator command line.
 
-    carebus run intake|mapper|record     run one service in the foreground
+    carebus run intake|mapper|record|outcomes  run one service in the foreground
     carebus stack                        the main job: local broker + every service + sample journey
     carebus topics create|check          create the catalogue's topics / compare the cluster with it
     carebus status                       services, topic throughput, consumer lag, dead letters, alerts waiting
@@ -42,7 +42,7 @@ subs_app = typer.Typer(help="Subscriptions (notify): list, status, replay dead l
 app.add_typer(subs_app, name="subscriptions")
 console = Console()
 
-ServiceName = Literal["intake", "mapper", "record", "notify"]
+ServiceName = Literal["intake", "mapper", "record", "notify", "outcomes"]
 
 
 def _settings() -> Settings:
@@ -69,10 +69,10 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @app.command()
-def run(service: Annotated[str, typer.Argument(help="intake, mapper, record or notify")]) -> None:
+def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, notify or outcomes")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
-    if service not in ("intake", "mapper", "record", "notify"):
-        raise typer.BadParameter("choose intake, mapper, record or notify")
+    if service not in ("intake", "mapper", "record", "notify", "outcomes"):
+        raise typer.BadParameter("choose intake, mapper, record, notify or outcomes")
     runpy.run_module(f"services.{service}", run_name="__main__")
 
 
