@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
         say(f"  Kafka {bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
-            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1, {prefix}.record.changes.v1")
         say(f"  operator CLI    export CAREBUS_KAFKA_BOOTSTRAP={bootstrap}; then .venv/bin/carebus status")
         say(f"  Kafka's tools   .venv/bin/carebus kafka console-consumer --topic {prefix}.fhir.bundles.v1 "
             "--from-beginning --property print.headers=true")
