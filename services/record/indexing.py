@@ -60,6 +60,13 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
     "Appointment": (_p("patient", "reference", "Appointment-patient", _PATIENT_DOC),),
     "CarePlan": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
     "Flag": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
+    "Consent": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
+    "AuditEvent": (  # privacy officer only (an AuditEvent scope; "*" does not cover it)
+        _p("patient", "reference", "AuditEvent-patient", _PATIENT_DOC),
+        _p("date", "date", "AuditEvent-date", "When the event was recorded."),
+        _p("outcome", "token", "AuditEvent-outcome", "0 success; 4 refused by the disclosure policy."),
+        _p("type", "token", "AuditEvent-type", "rest (API access) or DICOM 110106 (a pushed disclosure)."),
+    ),
     # outcomes and safety work (services/outcomes): derived resources the outcomes service publishes
     "Task": (
         _p("patient", "reference", "Task-patient", _PATIENT_DOC),
@@ -86,6 +93,7 @@ PATIENT_PATHS: dict[str, tuple[str, ...]] = {
     "Immunization": ("patient",),
     "RelatedPerson": ("patient",),
     "Provenance": ("target",),
+    "AuditEvent": ("entity.what",),
     "Task": ("for",),
 }
 _DEFAULT_PATIENT_PATHS = ("subject", "patient")
@@ -107,6 +115,11 @@ class ResourceIndex:
     restriction: int
 
 
+def items_of(value: Any) -> list[Any]:
+    """A repeating element's items: a list as is, anything else (absent, or malformed) as none."""
+    return value if isinstance(value, list) else []
+
+
 def normalize_text(value: str) -> str:
     """Case- and accent-insensitive form used by string search."""
     decomposed = unicodedata.normalize("NFKD", value)
@@ -114,9 +127,9 @@ def normalize_text(value: str) -> str:
     return " ".join(stripped.casefold().split())
 
 
-def patient_id_of(reference: str | None) -> str | None:
+def patient_id_of(reference: object) -> str | None:
     """The Patient id a reference points at (``Patient/x``, ``.../Patient/x``, ``Patient/x/_history/2``)."""
-    if not reference:
+    if not isinstance(reference, str) or not reference:
         return None
     parts = reference.split("/")
     for i in range(len(parts) - 1):
@@ -161,7 +174,7 @@ def _codings(concept: Any) -> Iterator[tuple[str, str]]:
     concepts = concept if isinstance(concept, list) else [concept]
     for c in concepts:
         if isinstance(c, dict):
-            for coding in c.get("coding") or ():
+            for coding in items_of(c.get("coding")):
                 if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                     system = coding.get("system")
                     yield (system if isinstance(system, str) else ""), coding["code"]
@@ -223,7 +236,7 @@ def clinical_range(resource: dict[str, Any]) -> tuple[int, int] | None:
             return _str_range(r.get("recordedDate"))
         case "Consent":
             return _str_range(r.get("dateTime"))
-        case "Provenance":
+        case "Provenance" | "AuditEvent":
             return _str_range(r.get("recorded"))
         case "Task":
             return _str_range(r.get("authoredOn"))
@@ -237,13 +250,14 @@ def security_codes(resource: dict[str, Any]) -> tuple[str, ...]:
     meta = resource.get("meta")
     if not isinstance(meta, dict):
         return ()
-    codes = [c["code"] for c in meta.get("security") or () if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    security = items_of(meta.get("security"))
+    codes = [c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)]
     return tuple(codes)
 
 
 def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
     seen: set[str] = set()
-    for name in resource.get("name") or ():
+    for name in items_of(resource.get("name")):
         if not isinstance(name, dict):
             continue
         parts: list[str] = []
@@ -251,7 +265,7 @@ def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
             if isinstance(name.get(key), str):
                 parts.append(name[key])
         for key in ("given", "prefix", "suffix"):
-            parts.extend(p for p in name.get(key) or () if isinstance(p, str))
+            parts.extend(p for p in items_of(name.get(key)) if isinstance(p, str))
         for part in parts:
             norm = normalize_text(part)
             if norm and norm not in seen:
@@ -266,7 +280,7 @@ def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
 def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     rtype = resource.get("resourceType")
     if rtype == "Patient":
-        for ident in resource.get("identifier") or ():
+        for ident in items_of(resource.get("identifier")):
             if isinstance(ident, dict) and isinstance(ident.get("value"), str):
                 system = ident.get("system")
                 yield "identifier", system if isinstance(system, str) else "", ident["value"]
@@ -275,6 +289,12 @@ def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "code", system, code
         for system, code in _codings(resource.get("category")):
             yield "category", system, code
+    elif rtype == "AuditEvent":
+        if isinstance(resource.get("outcome"), str):
+            yield "outcome", "http://hl7.org/fhir/audit-event-outcome", resource["outcome"]
+        kind = resource.get("type")
+        if isinstance(kind, dict) and isinstance(kind.get("code"), str):
+            yield "type", str(kind.get("system") or ""), kind["code"]
     elif rtype == "MedicationRequest" and isinstance(resource.get("status"), str):
         yield "status", MEDICATION_REQUEST_STATUS, resource["status"]
     elif rtype == "Task" and isinstance(resource.get("status"), str):

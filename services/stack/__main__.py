@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     if "record" in services and importlib.util.find_spec("services.outcomes"):
         services.append("outcomes")
     webhook: WebhookReceiver | None = None
+    services.append("general")
     steps = 5 + len(services)
     step = 0
 
@@ -209,10 +210,10 @@ def main(argv: list[str] | None = None) -> None:
                                             workdir=settings.cache_dir / "kafka" / "demo")
             stack.broker.start()
             env["CAREBUS_KAFKA_BOOTSTRAP"] = stack.broker.bootstrap
-            # a fresh broker: start the record from an empty store too, so it is exactly the topic's record
             record_db = settings.cache_dir / "demo" / "record.db"
-            for stale in record_db.parent.glob("record.db*"):
-                stale.unlink()
+            if not stack.broker.reused:  # a new, empty broker: an empty store too, so it is exactly the topic's record
+                for stale in record_db.parent.glob("record.db*"):
+                    stale.unlink()
             env.setdefault("CAREBUS_RECORD_STORE_DSN", f"sqlite:///{record_db}")
             notify_db = settings.cache_dir / "demo" / "notify.db"  # and notify without old subscriptions
             for stale in notify_db.parent.glob("notify.db*"):
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
         ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port,
-                 "notify": settings.notify_port, "outcomes": settings.outcomes_port}
+                 "notify": settings.notify_port, "outcomes": settings.outcomes_port,
+                 "general": settings.general_port}
         for name in services:
             progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
             stack.start_service(name, env)
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
         say(f"  Kafka {bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
-            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1, {prefix}.record.changes.v1")
         say(f"  operator CLI    export CAREBUS_KAFKA_BOOTSTRAP={bootstrap}; then .venv/bin/carebus status")
         say(f"  Kafka's tools   .venv/bin/carebus kafka console-consumer --topic {prefix}.fhir.bundles.v1 "
             "--from-beginning --property print.headers=true")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,11 +28,19 @@ class StoredRow:
 
 @dataclass(frozen=True)
 class View:
-    """What the caller may see: ``granted`` clearance bits and, for a patient-bound caller, the person's
-    Patient references (None = any patient, or no patient at all)."""
+    """What the caller may see: ``granted`` label-class bits (services/common/disclosure.py; its ORDINARY bit
+    when unlabelled data may go) for every resource whose patient is not in ``by_patient``, which overrides them
+    per Patient reference (what the patient's consents decide for this caller); and, for a patient-bound
+    caller, the person's Patient references (None = any patient, or no patient at all)."""
 
     granted: int
     compartment: frozenset[str] | None = None
+    by_patient: Mapping[str, int] = field(default_factory=dict)
+
+    def mask_of(self, patient_ref: str | None) -> int:
+        if patient_ref is None:
+            return self.granted
+        return self.by_patient.get(patient_ref, self.granted)
 
 
 @dataclass
@@ -67,6 +75,17 @@ class Person:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A bundle the store can never hold as sent (dead-lettered by the consumer). ``code`` names the database's
+    rule (an SQLSTATE such as ``22021``, or an error class): never the value or the database's message."""
+
+    partition: int
+    offset: int
+    event_key: str
+    code: str
+
+
+@dataclass(frozen=True)
 class IngestReport:
     bundles: int
     skipped_bundles: int
@@ -75,12 +94,31 @@ class IngestReport:
     identity_events: int
     versions_by_type: dict[str, int] = field(default_factory=dict)
     stale: int = 0  # resources older than their current version (late from another partition): not applied
+    refused: tuple[Refusal, ...] = ()  # bundles the store refused (nothing of them stored)
+
+
+def merge_reports(first: IngestReport, second: IngestReport) -> IngestReport:
+    by_type = dict(first.versions_by_type)
+    for rtype, count in second.versions_by_type.items():
+        by_type[rtype] = by_type.get(rtype, 0) + count
+    return IngestReport(
+        first.bundles + second.bundles,
+        first.skipped_bundles + second.skipped_bundles,
+        first.versions + second.versions,
+        first.unchanged + second.unchanged,
+        first.identity_events + second.identity_events,
+        by_type,
+        first.stale + second.stale,
+        first.refused + second.refused,
+    )
 
 
 class RecordStore(Protocol):
     """Current and past versions of every resource, their search index and the identity state.
 
-    ``ingest`` is one transaction: everything in the batch is stored, or nothing is (StoreUnavailable).
+    ``ingest`` is one transaction. An outage stores nothing (StoreUnavailable: the caller retries the batch);
+    bundles the database refuses as data (a value it cannot hold) are left out and listed in
+    ``IngestReport.refused``, and the rest of the batch is stored.
     Implementations are safe to call from several threads.
     """
 
@@ -101,6 +139,10 @@ class RecordStore(Protocol):
     def everything(self, query: EverythingQuery, view: View) -> Page: ...
 
     def person(self, patient_ref: str) -> Person: ...
+
+    def consents(self, patient_refs: Sequence[str] | None) -> list[StoredRow]:
+        """Current Consent resources of these patients (None: of every patient), whatever their labels."""
+        ...
 
     def review_candidates(self) -> list[ReviewCandidate]: ...
 
