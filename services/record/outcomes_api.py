@@ -52,7 +52,7 @@ from services.record import render
 from services.record.clinician_page import clinic_page, patient_page
 from services.record.errors import BadRequest, Forbidden, ResourceNotFound, StoreUnavailable
 from services.record.search import parse_search
-from services.record.store.base import EverythingQuery, View
+from services.record.store.base import EverythingQuery
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +266,13 @@ def _page_routes(router: APIRouter, api: Any, rules: Any) -> None:
         if row is None or row.body is None:
             raise ResourceNotFound(f"Patient/{patient_id} is not known")
         compartment = api.compartment(access)
-        api.check_row(access, row, compartment)
+        api.check_row(access, row, compartment, "read", request, f"Patient/{patient_id} is not known")
         members = frozenset(api.store.person(f"Patient/{patient_id}").members)
         if compartment is not None:
             members &= compartment
-        page = api.store.everything(EverythingQuery(members, None, None, 10_000, 0),
-                                    View(access.clearances, compartment))
+        grants = api.gate.grants(access, members)  # consent and labels, as $everything decides them
+        page = api.store.everything(EverythingQuery(members, None, None, 10_000, 0), grants.view(compartment))
+        api.audit_page(access, grants, "read", page.rows, request, query=False)
         resources = [orjson.loads(r.body) for r in page.rows
                      if r.body is not None and access.may_read(r.resource_type)]
         today = api.clock().date()
@@ -287,11 +288,13 @@ def _page_routes(router: APIRouter, api: Any, rules: Any) -> None:
         compartment = api.compartment(access)
         query = parse_search("Task", [("status", "requested,received,accepted,in-progress,on-hold"),
                                       ("_count", "1000")], 1000, 1000)
-        tasks = [orjson.loads(r.body) for r in api.store.search(query, View(access.clearances, compartment)).rows
-                 if r.body is not None]
+        grants = api.gate.grants(access, compartment)
+        found = api.store.search(query, grants.view(compartment)).rows
+        api.audit_page(access, grants, "search-type", found, request, query=False)
+        tasks = [orjson.loads(r.body) for r in found if r.body is not None]
         histories: dict[str, list[Any]] = {}
         for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL, GAD7_TOTAL)):
-            if row.body is None or not access.allows(row.restriction):
+            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
                 continue
             if compartment is not None and row.patient_ref not in compartment:
                 continue
