@@ -50,7 +50,7 @@ def add_operational_routes(app: FastAPI, metrics: Metrics, readiness: Callable[[
     def prometheus_metrics() -> Response:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes of one service (intake workers)
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
