@@ -46,6 +46,7 @@ from services.notify.subscriptions import EXT_FILTER, EXT_MAX_COUNT, EXT_PAYLOAD
 from services.notify.topics import TOPICS
 
 TOKEN = "bench-subscriber-token"  # noqa: S105 - a local benchmark's token
+SENDER_TOKEN = "bench-sender-token"  # noqa: S105 - a local benchmark's intake token
 SECRET = secrets.token_hex(32)
 
 
@@ -126,8 +127,13 @@ async def paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> tu
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=128)) as client:
         async def one(event: dict[str, Any]) -> None:
             nonlocal refused
-            response = await client.post(url, content=orjson.dumps(event),
-                                         headers={"content-type": "application/cloudevents+json"})
+            try:
+                response = await client.post(url, content=orjson.dumps(event),
+                                             headers={"content-type": "application/cloudevents+json",
+                                                      "authorization": f"Bearer {SENDER_TOKEN}"})
+            except httpx.HTTPError:
+                refused += 1
+                return
             if response.status_code == 202:
                 accepted_at[event["id"]] = time.time()
             else:
@@ -222,6 +228,8 @@ def main() -> None:
         "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps([f"http://127.0.0.1:{ports['receiver']}/"]).decode(),
         "CAREBUS_RECORD_TOKENS": orjson.dumps({hashlib.sha256(TOKEN.encode()).hexdigest(): grant}).decode(),
         "CAREBUS_MLLP_RECALL_PER_PARTITION": "0",
+        "CAREBUS_INTAKE_TOKENS": orjson.dumps({hashlib.sha256(SENDER_TOKEN.encode()).hexdigest():
+                                               {"sources": ["*"], "label": "bench"}}).decode(),
     })
     arrivals = folder / "arrivals.jsonl"
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -256,7 +264,7 @@ def main() -> None:
               f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
         expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
         last_size, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 5:  # until nothing more arrives for 5 s
+        while time.monotonic() - stable_since < 15:  # until nothing more arrives for 15 s
             size = arrivals.stat().st_size
             if size != last_size:
                 last_size, stable_since = size, time.monotonic()
