@@ -91,7 +91,7 @@ def run_receiver(port: int, out_path: str) -> None:
 
 
 def journey_mix(count: int) -> list[dict[str, Any]]:
-    """The sample journey replayed for distinct people (patient ids and the enterprise id made unique)."""
+    """The sample journey replayed for distinct people (every source id and the enterprise id made unique)."""
     journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
     events: list[dict[str, Any]] = []
     n = 0
@@ -100,7 +100,9 @@ def journey_mix(count: int) -> list[dict[str, Any]]:
         for template in journey:
             event = copy.deepcopy(template)
             event["id"] = f"{template['id']}-n{n}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-n{n}"
+            for key, value in list(event["data"].items()):  # every source id: distinct resources per person
+                if key.endswith("_id") and isinstance(value, str):
+                    event["data"][key] = f"{value}-n{n}"
             for ident in event["data"].get("identifiers") or ():
                 if ident.get("system") == "urn:carebus:empi":
                     ident["value"] = f"{ident['value']}-n{n}"
