@@ -14,10 +14,12 @@ import yaml
 from services.common.event_headers import BUNDLE_EVENT_TYPE, MAPPER_SOURCE, RECORD_SOURCE, SAFETY_ALERT_EVENT_TYPE
 from services.common.settings import REPO_ROOT
 from services.common.topics import (
+    AUDIT_EVENTS,
     CATALOGUE,
     DEAD_LETTERS,
     FHIR_BUNDLES,
     FHIR_RESOURCE_EVENT_TYPE,
+    GENERAL_BUNDLES,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
     OUTCOMES,
@@ -130,6 +132,22 @@ PAYLOADS: dict[str, dict[str, Any]] = {
             "headers": {"type": "object"},
             "original": {"type": "object", "description": "{encoding: utf-8|base64, value}: the original record"},
         },
+    },
+    AUDIT_EVENTS.suffix: {
+        "description": "A FHIR R4 AuditEvent after IHE BALP (services/common/audit.py): rest read/search/operation "
+        "(PatientRead / PatientQuery; outcome 4 = refused by the disclosure policy) or DICOM 110106 Export with "
+        "ISO 21089 disclose (a pushed notification). Names the client, the recipient organization (IRCP, the "
+        "permitting consents in agent.policy), the patient, the disclosed resources and consents by reference; "
+        "never content.",
+        "$ref": "https://hl7.org/fhir/R4/auditevent.schema.json",
+    },
+    GENERAL_BUNDLES.suffix: {
+        "description": "The Bundle of fhir.bundles.v1 with every resource labelled PSY/MH/BH, SUD/42CFRPart2, "
+        "ETHUD/OPIOIDUD/ETH or PSYTHPN removed (and references to them kept as they are); a Bundle with nothing "
+        "left is still written (empty collection) so keys and order stay those of the full topic. Part 2 data "
+        "never appears here: its disclosures (record API, notifications) carry a Provenance with the "
+        "42 CFR 2.32 notice (README: Part 2 disclosure package).",
+        "$ref": "https://hl7.org/fhir/R4/bundle.schema.json",
     },
     OUTCOMES.suffix: {
         "type": "object",

@@ -125,8 +125,10 @@ def build_router(api: Any) -> APIRouter:
             if compartment is not None and not members & compartment:
                 raise Forbidden("the subject is outside the token's patient compartment")
         histories: dict[str, list[Any]] = {}
+        assert api.gate is not None
+        grants = api.gate.grants(access, members)  # the disclosure decision (consent and labels) per person
         for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL,)):
-            if row.body is None or not access.allows(row.restriction):
+            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
                 continue
             if compartment is not None and row.patient_ref not in compartment:
                 continue
@@ -188,7 +190,7 @@ def build_router(api: Any) -> APIRouter:
         row = api.store.read("Task", task_id)
         if row is None or row.body is None:
             raise ResourceNotFound(f"Task/{task_id} is not known")
-        api.check_row(access, row, api.compartment(access))
+        api.check_row(access, row, api.compartment(access), "read", request, f"Task/{task_id} is not known")
         if_match = request.headers.get("if-match")
         if if_match and if_match.strip().removeprefix("W/").strip('"') != str(row.version_id):
             return _outcome(412, "conflict", "the Task has changed since that version (If-Match)")

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if "record" in services and importlib.util.find_spec("services.notify"):
         services.append("notify")
     webhook: WebhookReceiver | None = None
+    services.append("general")
     steps = 5 + len(services)
     step = 0
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
         ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port,
-                 "notify": settings.notify_port}
+                 "notify": settings.notify_port, "general": settings.general_port}
         for name in services:
             progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
             stack.start_service(name, env)
