@@ -74,7 +74,7 @@ FHIR_BUNDLE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A FHIR R4 (4.0.1) Bundle of type collection; every resource carries meta.security. "
                    "Resources follow the FHIR R4 JSON schema (https://hl7.org/fhir/R4/fhir.schema.json).",
-    "required": ["resourceType", "id", "type", "entry"],
+    "required": ["resourceType", "id", "type"],
     "properties": {
         "resourceType": {"const": "Bundle"},
         "id": {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"},
@@ -93,6 +93,18 @@ FHIR_BUNDLE_SCHEMA: dict[str, Any] = {
                 }},
             },
         }},
+    },
+}
+AUDIT_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A FHIR R4 AuditEvent (https://hl7.org/fhir/R4/auditevent.html), passing the HL7 validator.",
+    "required": ["resourceType", "id", "type", "recorded", "agent", "source"],
+    "properties": {
+        "resourceType": {"const": "AuditEvent"}, "id": {"type": "string"},
+        "type": {"$ref": "#/components/schemas/Coding"}, "recorded": {"type": "string", "format": "date-time"},
+        "outcome": {"enum": ["0", "4", "8", "12"]},
+        "agent": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "source": {"type": "object"}, "entity": {"type": "array", "items": {"type": "object"}},
     },
 }
 CODING_SCHEMA: dict[str, Any] = {
@@ -139,7 +151,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "ISO 21089 disclose (a pushed notification). Names the client, the recipient organization (IRCP, the "
         "permitting consents in agent.policy), the patient, the disclosed resources and consents by reference; "
         "never content.",
-        "$ref": "https://hl7.org/fhir/R4/auditevent.schema.json",
+        "allOf": [{"$ref": "#/components/schemas/AuditEvent"}],
     },
     GENERAL_BUNDLES.suffix: {
         "description": "The Bundle of fhir.bundles.v1 with every resource labelled PSY/MH/BH, SUD/42CFRPart2, "
@@ -147,7 +159,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "left is still written (empty collection) so keys and order stay those of the full topic. Part 2 data "
         "never appears here: its disclosures (record API, notifications) carry a Provenance with the "
         "42 CFR 2.32 notice (README: Part 2 disclosure package).",
-        "$ref": "https://hl7.org/fhir/R4/bundle.schema.json",
+        "allOf": [{"$ref": "#/components/schemas/FhirBundle"}],
     },
     OUTCOMES.suffix: {
         "type": "object",
@@ -283,7 +295,8 @@ def build(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
         },
         "components": {
             "messages": messages,
-            "schemas": {"FhirBundle": FHIR_BUNDLE_SCHEMA, "Coding": CODING_SCHEMA, **INBOUND_SCHEMAS},
+            "schemas": {"FhirBundle": FHIR_BUNDLE_SCHEMA, "AuditEvent": AUDIT_EVENT_SCHEMA, "Coding": CODING_SCHEMA,
+                        **INBOUND_SCHEMAS},
         },
     }
 

@@ -28,6 +28,7 @@ import orjson
 
 from services.common import security_labels
 from services.common.disclosure import restriction_of
+from services.common.event_headers import security_header
 
 
 def _codes(resource: dict[str, Any]) -> list[str]:
@@ -92,4 +93,4 @@ def general_bundle(value: bytes) -> tuple[bytes, str]:
         out["meta"] = meta
     if kept:
         out["entry"] = kept
-    return orjson.dumps(out), ",".join(security_labels.combine(tuple(labels)))
+    return orjson.dumps(out), security_header(labels)

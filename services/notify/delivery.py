@@ -358,9 +358,12 @@ def focus_lookup(store: NotifyStore, sub: SubscriptionDef) -> Callable[[EventRow
         row = store.focus(event.resource_type, event.resource_id)
         if row is None or row.body is None:
             return None
+        security = tuple(c["code"] for c in (orjson.loads(row.body).get("meta") or {}).get("security") or ()
+                         if isinstance(c, dict) and isinstance(c.get("code"), str))
         change = Change(event.resource_type, event.resource_id, row.version_id, event.focus_time, "updated",
-                        None, None, row.members, (), row.restriction)
-        if decide(recipient, change).outcome == "withhold":
+                        None, None, row.members, security, row.restriction)
+        # decided again at send time: a revocation since the event was queued withholds the content
+        if decide(recipient, change, store.consents(row.members)).outcome == "withhold":
             return None
         resource: Mapping[str, Any] = orjson.loads(row.body)
         return resource

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from services.common.disclosure import ConsentDirective, parse_consent
 from services.common.settings import Settings
 from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
@@ -271,7 +272,7 @@ class NotifyStore:
                 else:
                     previous = rows[0][1] if rows else None
                     self._upsert_resource(conn, change, previous, bool(rows))
-                for routed in route(change, previous, subs, at):
+                for routed in route(change, previous, subs, at, self._consents(conn, change.members)):
                     exists = self._all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
@@ -303,6 +304,23 @@ class NotifyStore:
         else:
             self._exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
                              "members, body, resource_type, resource_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+
+    def _consents(self, conn: Connection, members: Sequence[str]) -> list[ConsentDirective]:
+        """The Consents notify has seen for this person (any of its Patient records), as the disclosure engine
+        reads them."""
+        if not members:
+            return []
+        wanted = set(members)
+        found = []
+        for row in self._all(conn, "SELECT members, body FROM notify_resource WHERE resource_type = 'Consent' "
+                                   "AND body IS NOT NULL"):
+            if wanted & set(orjson.loads(row[0])):
+                found.append(parse_consent(orjson.loads(bytes(row[1]))))
+        return found
+
+    def consents(self, members: Sequence[str]) -> list[ConsentDirective]:
+        with self._connection() as conn:
+            return self._consents(conn, members)
 
     def focus(self, resource_type: str, resource_id: str) -> FocusRow | None:
         with self._connection() as conn:
