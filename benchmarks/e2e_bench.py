@@ -104,10 +104,20 @@ class RecordReader(threading.Thread):
                         del self._waiting[event_id]
                         continue
                     self._waiting[event_id] = path
-                    if client.get(f"/{path}").status_code == 200:
+                    try:
+                        readable = client.get(f"/{path}").status_code == 200
+                    except httpx.HTTPError:  # the record API is busy or restarting: ask again
+                        readable = False
+                    if readable:
                         self.readable_at[event_id] = time.time()
                         del self._waiting[event_id]
                 time.sleep(0.005)
+
+
+def vegeta_time(stamp: str) -> float:
+    """vegeta's RFC 3339 timestamps carry up to nine fractional digits (Python reads at most six)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp() + float(f"0.{fraction or 0}")
 
 
 def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -205,7 +215,7 @@ def main() -> None:
                 other[result["code"]] = other.get(result["code"], 0) + 1
                 continue
             body = orjson.loads(base64.b64decode(result["body"]))
-            start_s = datetime.fromisoformat(result["timestamp"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+            start_s = vegeta_time(result["timestamp"])
             accepted_at[body["events"][0]["id"]] = start_s + result["latency"] / 1e9
         print(f"accepted {len(accepted_at)} of {count} offered; other answers by status (0: no answer): {other}",
               flush=True)

@@ -116,3 +116,30 @@ def test_correlation_ids_are_distinct_version_4_uuids() -> None:
     ids = [new_correlation_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(value).version == 4 for value in ids[:100])
+
+
+async def test_connections_on_the_worker_socket_send_without_nagle_delay() -> None:
+    """Intake binds its HTTP socket itself (services/intake/workers.py); asyncio must still set TCP_NODELAY on
+    the connections it accepts, or a response written in two parts waits for the client's delayed ACK."""
+    import socket as socket_module
+
+    from services.intake.workers import reuse_port_socket
+
+    nodelay: list[int] = []
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        nodelay.append(sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY))
+        writer.close()
+
+    for shared in (False, True):
+        listening = reuse_port_socket("127.0.0.1", 0, shared=shared)
+        server = await asyncio.start_server(on_connection, sock=listening)
+        port = listening.getsockname()[1]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while len(nodelay) < (2 if shared else 1):
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    assert nodelay == [1, 1]
