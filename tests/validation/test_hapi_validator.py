@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 # The number of validator warnings over all distinct emitted resources. It may only go down: lower it when a
 # change removes warnings; a change that adds warnings must remove them instead (or justify raising it here).
-WARNING_CEILING = 1468
+# History: 1466 with the oracle; 1468 when local codes got a system (a "no system" warning became an "unknown
+# system" one, two more places); 1495 when the HL7 v2 path claimed US Core (the profiles' own bindings checked).
+WARNING_CEILING = 1495
 
 
 @dataclass(frozen=True)
