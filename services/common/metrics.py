@@ -72,6 +72,16 @@ class Metrics:
         self.record_requests = Counter(
             "carebus_record_api_requests_total", "Record API requests, by route and status.",
             ["route", "status"], registry=r)
+        self.safety_alerts_unacknowledged = Gauge(
+            "carebus_safety_alerts_unacknowledged",
+            "Safety Tasks nobody has acknowledged yet, by whether they are past their due time.",
+            ["due"], registry=r)
+        self.safety_task_escalations = Counter(
+            "carebus_safety_task_escalations_total", "Safety Tasks escalated to the next owner, by alert kind.",
+            ["kind"], registry=r)
+        self.outcome_changes = Counter(
+            "carebus_outcome_changes_total", "Outcome changes published on the outcomes topic, by kind.",
+            ["kind"], registry=r)
         # notify (services/notify/delivery.py); label values are subscription ids, never URLs
         self.notify_deliveries = Counter(
             "carebus_notify_deliveries_total",

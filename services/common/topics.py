@@ -10,13 +10,17 @@ from typing import Literal
 
 CleanupPolicy = Literal["delete", "compact"]
 
-# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI.
+# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI. The ce_ headers of the bundle
+# and alert topics make each record a binary-mode CloudEvent (services/common/event_headers.py builds them).
+HEADER_SPEC_VERSION = "ce_specversion"
 HEADER_EVENT_ID = "ce_id"
 HEADER_EVENT_TYPE = "ce_type"
 HEADER_EVENT_SOURCE = "ce_source"
 HEADER_EVENT_TIME = "ce_time"
+HEADER_INBOUND_EVENT_ID = "ce_carebuseventid"  # extension: the inbound event a bundle or alert came from
+HEADER_INBOUND_EVENT_TYPE = "ce_carebuseventtype"  # extension: that inbound event's type
 HEADER_CORRELATION_ID = "carebus_correlation_id"
-HEADER_SECURITY = "carebus_security"  # comma-separated meta.security codes of the whole bundle, e.g. "R,PSY"
+HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
 
@@ -59,7 +63,9 @@ FHIR_BUNDLES = TopicSpec(
     summary="One FHIR R4 Bundle (type collection) per inbound event, validated and security-labelled.",
     key="patient key of the inbound event",
     content_type="application/fhir+json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
+             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+             HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 SAFETY_ALERTS = TopicSpec(
@@ -67,7 +73,9 @@ SAFETY_ALERTS = TopicSpec(
     summary="Safety alerts (PHQ-9 item 9 > 0, C-SSRS high risk, risk flags) raised within seconds.",
     key="patient key of the inbound event",
     content_type="application/json",
-    headers=(HEADER_EVENT_ID, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
+             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+             HEADER_CONTENT_TYPE),
 )
 DEAD_LETTERS = TopicSpec(
     suffix="deadletter.v1",
@@ -87,6 +95,15 @@ REPLAYED_DEAD_LETTERS = TopicSpec(
     cleanup_policy="compact",
     retention_ms=-1,
 )
+OUTCOMES = TopicSpec(
+    suffix="outcomes.v1",
+    summary="Outcome changes (episode started, response / remission reached, deterioration, follow-up overdue), "
+            "recomputed deterministically from the record by the outcomes service.",
+    key="'Patient/<id>': the patient of the episode's index score",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
 
 RECORD_CHANGES = TopicSpec(
     suffix="record.changes.v1",
@@ -101,7 +118,7 @@ RECORD_CHANGES = TopicSpec(
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
-    INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS, RECORD_CHANGES)
+    INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS, RECORD_CHANGES, OUTCOMES)
 
 # CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
 HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -31,22 +31,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import BrokerUnavailable, InvalidInput
+from services.common.event_headers import RECORD_SOURCE, bundle_headers
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
-from services.common.topics import (
-    FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_SECURITY,
-)
+from services.common.topics import FHIR_BUNDLES
 from services.record import render
 from services.record.access import Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
+from services.record.contract_routes import contract_router
 from services.record.errors import (
     BadRequest,
     Forbidden,
@@ -58,6 +53,7 @@ from services.record.errors import (
 )
 from services.record.fhirdates import instant_ms
 from services.record.identity import overlay_links
+from services.record.outcomes_api import build_router as outcomes_router
 from services.record.indexing import SEARCH_PARAMETERS
 from services.record.search import PatientCriterion, parse_paging, parse_search
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
@@ -159,6 +155,23 @@ def outcome_response(status: int, code: str, diagnostics: str, headers: dict[str
 def _version_headers(row: StoredRow) -> dict[str, str]:
     modified = datetime.fromtimestamp(row.last_updated / 1000, tz=UTC)
     return {"ETag": f'W/"{row.version_id}"', "Last-Modified": format_datetime(modified, usegmt=True)}
+
+
+def _not_modified(request: Request, row: StoredRow) -> bool:
+    """Conditional read (FHIR R4 3.1.0.8.3; RFC 9110 13.1.2): If-None-Match names the version the caller has
+    (weak comparison, so W/"3" and "3" are the same version), or "*"; without it, If-Modified-Since."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or f'"{row.version_id}"' in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and row.last_updated // 1000 <= int(since.timestamp())
+    return False
 
 
 def _lenient(request: Request) -> bool:
@@ -290,7 +303,9 @@ def create_app(api: RecordApi) -> FastAPI:
         statement = capability_statement(api.base_url(request), api.known_types())
         return fhir_response(orjson.dumps(statement))
 
+    app.include_router(outcomes_router(api))  # Measure, $evaluate-measure, Task updates (before generic routes)
     app.include_router(subscription_router(api))  # /Subscription (notify), before the generic routes
+    app.include_router(contract_router())  # /docs, /openapi.json: not FHIR paths
 
     # --- identity administration -----------------------------------------------------------------------
 
@@ -332,18 +347,16 @@ def create_app(api: RecordApi) -> FastAPI:
             if row is None:
                 raise ResourceNotFound(f"{ref} is not in the record")
         event_id = str(uuid.uuid4())
-        bundle = linkage_bundle(command, event_id, api.clock())
+        now = api.clock()
+        bundle = linkage_bundle(command, event_id, now)
         record = OutboundRecord(
             topic=topic,
             key=f"{ADMIN_SOURCE}|{command.patients[0].removeprefix('Patient/')}",
             value=orjson.dumps(bundle),
-            headers={
-                HEADER_EVENT_ID: event_id,
-                HEADER_EVENT_TYPE: LINKAGE_EVENT_TYPE,
-                HEADER_CORRELATION_ID: request.headers.get("x-correlation-id", event_id),
-                HEADER_SECURITY: "",
-                HEADER_CONTENT_TYPE: "application/fhir+json",
-            },
+            headers=bundle_headers(
+                str(bundle["id"]), event_id, LINKAGE_EVENT_TYPE, request.headers.get("x-correlation-id", event_id),
+                (), source=RECORD_SOURCE, time=now,
+            ),
         )
         await api.publish([record])
         log.info(
@@ -491,6 +504,8 @@ def create_app(api: RecordApi) -> FastAPI:
         api.check_row(access, row, api.compartment(access))
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} is deleted")
+        if _not_modified(request, row):
+            return Response(status_code=304, headers=_version_headers(row))
         return fhir_response(api.served_body(row), headers=_version_headers(row))
 
     def _search(request: Request, resource_type: str, params: Sequence[tuple[str, str]]) -> Response:

@@ -34,6 +34,7 @@ from services.common.topics import (
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
+    HEADER_INBOUND_EVENT_ID,
     RECORD_CHANGES,
 )
 from services.record.changes import change_records
@@ -59,7 +60,7 @@ def dead_letter(topic: str, record: InboundBundle, exc: BadBundle) -> OutboundRe
         original: dict[str, str] = {"encoding": "utf-8", "value": record.value.decode()}
     except UnicodeDecodeError:
         original = {"encoding": "base64", "value": base64.b64encode(record.value).decode()}
-    event_id = record.headers.get(HEADER_EVENT_ID, "")
+    event_id = record.headers.get(HEADER_INBOUND_EVENT_ID) or record.headers.get(HEADER_EVENT_ID, "")
     letter = {
         "reason": exc.reason,
         "message": exc.message,

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from services.common.topics import HEADER_EVENT_ID
+from services.common.topics import HEADER_EVENT_ID, HEADER_INBOUND_EVENT_ID
 from services.record.errors import BadBundle
 from services.record.fhirdates import format_instant
 from services.record.identity import (
@@ -158,7 +158,8 @@ def _content_of(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_key_of(record: InboundBundle, bundle: Mapping[str, Any]) -> str:
-    event_id = record.headers.get(HEADER_EVENT_ID)
+    # the inbound event a bundle came from (older bundles carried it in ce_id)
+    event_id = record.headers.get(HEADER_INBOUND_EVENT_ID) or record.headers.get(HEADER_EVENT_ID)
     if event_id:
         return f"event:{event_id}"
     bundle_id = bundle.get("id")

@@ -76,10 +76,10 @@ def test_a_broker_outage_rewinds_the_batches_in_flight_and_loses_nothing(tmp_pat
 
         ids = {str(e["id"]) for e in events}
         bundles = read_all(settings, FHIR_BUNDLES.name("outage"),
-                           until=lambda rs: {header(r, "ce_id") for r in rs} >= ids, timeout_s=60)
+                           until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids, timeout_s=60)
         seen: dict[str, set[bytes]] = {}
         for record in bundles:
-            seen.setdefault(header(record, "ce_id") or "", set()).add(record.value)
+            seen.setdefault(header(record, "ce_carebuseventid") or "", set()).add(record.value)
         assert set(seen) == ids  # nothing lost
         assert all(len(values) == 1 for values in seen.values())  # a repeat is the same bundle
     finally:

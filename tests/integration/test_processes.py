@@ -64,8 +64,8 @@ def test_intake_and_mapper_processes_serve_then_stop_gracefully(settings: Settin
         assert response.status_code == 202
         ids = {e["id"] for e in examples}
         bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),
-                           until=lambda rs: {header(r, "ce_id") for r in rs} >= ids)
-        assert {header(r, "ce_id") for r in bundles} >= ids
+                           until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids)
+        assert {header(r, "ce_carebuseventid") for r in bundles} >= ids
         metrics = httpx.get(f"http://127.0.0.1:{mapper_port}/metrics", timeout=5).text
         assert "carebus_bundles_emitted_total" in metrics
         assert 'carebus_events_accepted_total{channel="http"' in httpx.get(

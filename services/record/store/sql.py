@@ -939,6 +939,25 @@ class SqlStore:
                 query.offset,
             )
 
+    def current_with_token(self, resource_type: str, param: str, codes: Sequence[str]
+                           ) -> list[tuple[str, StoredRow]]:
+        """Bulk read for whole-population work (outcomes, measures): every current, undeleted ``resource_type``
+        with one of ``codes`` under token ``param``, each with the person it belongs to (the person id of its
+        patient, or the patient reference itself when it is linked to nobody). No paging, no view: callers apply
+        their own access rules."""
+        if not codes:
+            return []
+        sql = (
+            f"SELECT COALESCE(m.person_id, c.patient_ref, ''), {_C_ROW} FROM resource_current c "
+            "LEFT JOIN identity_member m ON m.patient_ref = c.patient_ref "
+            "WHERE c.resource_type = ? AND c.deleted = 0 AND EXISTS (SELECT 1 FROM search_token t "
+            "WHERE t.resource_type = c.resource_type AND t.id = c.id AND t.param = ? "
+            f"AND t.code IN ({_marks(len(codes))}))"
+        )
+        with self._connection() as conn:
+            rows = self._all(conn, sql, (resource_type, param, *codes))
+        return [(r[0], _row(r[1:])) for r in rows]
+
     def search(self, query: SearchQuery, view: View) -> Page:
         where = _Where()
         where.add("c.resource_type = ?", query.resource_type)
