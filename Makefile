@@ -13,7 +13,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
-.PHONY: setup tools demo test bench lint schemas clean
+.PHONY: setup tools demo test bench soak faults lint schemas clean
 
 setup: $(VENV)/.compiled
 
@@ -49,6 +49,18 @@ bench: setup  # every benchmark in turn; each prints its figures (README: "Figur
 	$(PY) -m benchmarks.scaleout_bench
 	$(PY) -m benchmarks.hl7v2_bench
 	$(PY) -m benchmarks.record_bench
+
+# the fault suite alone (make test runs it too): real processes killed and restarted mid-stream
+faults: setup
+	$(PY) -m pytest tests/faults
+
+# not in CI: SOAK_ARGS="--minutes 3 --rate 50 --store postgres"; the load generator, vegeta, is built from the Go
+# module proxy into .cache/tools/bin (as deploy/local/tools.sh builds kustomize)
+soak: setup
+	@[ -x .cache/tools/bin/vegeta ] || { command -v go >/dev/null || apt-get install -y -q golang-go; \
+	  echo "building vegeta v12.12.0 from the Go module proxy"; \
+	  GOTOOLCHAIN=local GOBIN=$(CURDIR)/.cache/tools/bin go install github.com/tsenart/vegeta/v12@v12.12.0; }
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check services tests benchmarks

@@ -2,8 +2,9 @@
 decides the records to write. No consumer, no producer here: callers hand records in and write what comes out.
 
 Design (how outcome resources reach the record API): the outcomes service is a process of its own. It consumes
-the bundle topic (as a trigger: which persons changed) and reads each changed person's whole history from the
-record store (so identity links - shared identifiers, A40 merges, operator links - are the record's own). It
+the record's change feed (``carebus.record.changes.v1``, published after each store commit: which persons
+changed) and reads each changed person's whole history from the record store (so identity links - shared
+identifiers, A40 merges, operator links - are the record's own, and never ahead of or behind it). It
 publishes its derived resources (Observations, MeasureReports, Tasks, with Provenance/AuditEvent for Task
 changes) as Bundles on the bundle topic under the source ``urn:carebus:outcomes``; the record ingests them like
 any other bundle (versioned, labelled, searchable, in $everything, replayable). Ids are deterministic, so a
@@ -14,7 +15,6 @@ changes go to ``carebus.outcomes.v1``, keyed by patient, with deterministic ids.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -174,41 +174,26 @@ class OutcomesEngine:
     # --- bundles in ---------------------------------------------------------------------------------
 
     @staticmethod
-    def affected_patients(bundle: dict[str, Any]) -> tuple[set[str], list[tuple[str, str]]]:
-        """The patients whose outcomes a bundle may change, and the resources the store must have first."""
+    def affected_by_change(change: dict[str, Any]) -> set[str]:
+        """The patients whose outcomes one record change (``carebus.record.changes.v1``) may change: a score's
+        person, a Patient's person (identity links may have changed), a Linkage's patients."""
+        rtype = change.get("resourceType")
+        resource = change.get("resource")
         patients: set[str] = set()
-        needed: list[tuple[str, str]] = []
-        for item in bundle.get("entry") or ():
-            resource = item.get("resource") if isinstance(item, dict) else None
-            if not isinstance(resource, dict):
-                continue
-            rtype, rid = resource.get("resourceType"), resource.get("id")
-            if rtype == "Observation" and score_of(resource) is not None:
-                patients.add(str(resource["subject"]["reference"]))
-                needed.append(("Observation", str(rid)))
-            elif rtype == "Patient" and isinstance(rid, str):
-                patients.add(f"Patient/{rid}")
-                needed.append(("Patient", rid))
-            elif rtype == "Linkage" and isinstance(rid, str):
-                for link in resource.get("item") or ():
-                    ref = (link.get("resource") or {}).get("reference", "")
-                    if ref.startswith("Patient/"):
-                        patients.add(ref)
-                needed.append(("Linkage", rid))
-        return patients, needed
-
-    def wait_for_record(self, needed: Iterable[tuple[str, str]], timeout_s: float) -> bool:
-        """Wait until the record has ingested these resources (it consumes the same topic in parallel)."""
-        pending = list(needed)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            pending = [(t, i) for t, i in pending if self.store.read(t, i) is None]
-            if not pending:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        if rtype == "Observation":
+            if resource is None or score_of(resource) is not None:  # a score, or a deletion (maybe of one)
+                patients.update(str(m) for m in change.get("members") or ())
+                if change.get("patient"):
+                    patients.add(str(change["patient"]))
+        elif rtype == "Patient":
+            patients.update(str(m) for m in change.get("members") or ())
+            patients.add(f"Patient/{change.get('id')}")
+        elif rtype == "Linkage" and isinstance(resource, dict):
+            for link in resource.get("item") or ():
+                ref = (link.get("resource") or {}).get("reference", "")
+                if ref.startswith("Patient/"):
+                    patients.add(ref)
+        return patients
 
     def recompute(self, patient_refs: Iterable[str]) -> Output:
         """Recompute the persons of ``patient_refs``; the bundle and outcome-change records to write."""

@@ -53,9 +53,9 @@ from services.record.errors import (
 )
 from services.record.fhirdates import instant_ms
 from services.record.identity import overlay_links
-from services.record.outcomes_api import build_router as outcomes_router
 from services.record.indexing import SEARCH_PARAMETERS
-from services.record.search import PatientCriterion, parse_paging, parse_search
+from services.record.outcomes_api import build_router as outcomes_router
+from services.record.search import PatientCriterion, parse_paging, parse_search, refuse_forbidden_characters
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
 from services.record.subscription_api import subscription_router
 
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_VERSION = re.compile(r"^[0-9]{1,9}$")  # versionIds are counted from 1; more digits than any store holds
 _EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_type", "_since", "_format", "_pretty"})
 _HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_format", "_pretty"})
 _TYPES_TTL_S = 5.0
@@ -193,6 +194,7 @@ class _NotAcceptable(Exception):
 
 
 def _check_params(params: Sequence[tuple[str, str]], allowed: frozenset[str], lenient: bool) -> None:
+    refuse_forbidden_characters(params)
     for name, _ in params:
         if name not in allowed and not lenient:
             raise UnknownParameter(f"unsupported parameter '{name}'")
@@ -209,7 +211,9 @@ def _since(params: Sequence[tuple[str, str]]) -> int | None:
 
 
 class MetricsMiddleware:
-    """Counts every request by route template and status (never by concrete path: ids stay out of labels)."""
+    """Counts every request by route template and status (never by concrete path: ids stay out of labels), and
+    answers an unexpected error itself with a 500 OperationOutcome: below Starlette's ServerErrorMiddleware, which
+    re-raises to the server, so the client's keep-alive connection survives."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -228,8 +232,20 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        started = False
+
+        async def capture_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await capture(message)
+
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, capture_started)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("unexpected error", extra={"error": type(exc).__name__})  # never the message: may quote data
+            await outcome_response(500, "exception", "internal error")(scope, receive, capture)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -311,12 +327,28 @@ def create_app(api: RecordApi) -> FastAPI:
 
     @app.get("/admin/identity/candidates")
     def review_candidates(request: Request) -> Response:
+        """Demographic near-matches: identity administration (the Linkage write scope), paged by _count/_offset."""
         access = api.authenticate(request)
-        access.require_read("Patient")
         if access.patient is not None:
             raise Forbidden("patient-bound tokens cannot review identity candidates")
-        candidates = [{"patients": list(c.patients), "basis": c.basis} for c in api.store.review_candidates()]
-        return Response(orjson.dumps({"candidates": candidates}), media_type="application/json")
+        access.require_write("Linkage")
+        params = request.query_params.multi_items()
+        _check_params(params, frozenset({"_count", "_offset"}), lenient=False)
+        paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
+        found = api.store.review_candidates()
+        page = found[paging.offset : paging.offset + paging.count]
+        body: dict[str, Any] = {
+            "total": len(found),
+            "offset": paging.offset,
+            "count": paging.count,
+            "candidates": [{"patients": list(c.patients), "basis": c.basis} for c in page],
+        }
+        if paging.offset + paging.count < len(found) and paging.count > 0:
+            body["next"] = (
+                f"{api.base_url(request)}/admin/identity/candidates"
+                f"?_count={paging.count}&_offset={paging.offset + paging.count}"
+            )
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get("/admin/identity/persons/{patient_id}")
     def person(patient_id: str, request: Request) -> Response:
@@ -440,6 +472,8 @@ def create_app(api: RecordApi) -> FastAPI:
         paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
         compartment = api.compartment(access)
         if resource_id is not None:
+            if not _ID.match(resource_id):
+                raise ResourceNotFound("not a resource id")
             current = api.store.read(resource_type, resource_id)
             if current is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
@@ -477,7 +511,7 @@ def create_app(api: RecordApi) -> FastAPI:
         access = api.authenticate(request)
         api.check_type(resource_type)
         access.require_read(resource_type)
-        if not version_id.isdigit():
+        if not _VERSION.match(version_id) or not _ID.match(resource_id):
             raise ResourceNotFound("unknown version")
         row = api.store.vread(resource_type, resource_id, int(version_id))
         if row is None:

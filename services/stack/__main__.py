@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> None:
                                             workdir=settings.cache_dir / "kafka" / "demo")
             stack.broker.start()
             env["CAREBUS_KAFKA_BOOTSTRAP"] = stack.broker.bootstrap
-            # a fresh broker: start the record from an empty store too, so it is exactly the topic's record
             record_db = settings.cache_dir / "demo" / "record.db"
-            for stale in record_db.parent.glob("record.db*"):
-                stale.unlink()
+            if not stack.broker.reused:  # a new, empty broker: an empty store too, so it is exactly the topic's record
+                for stale in record_db.parent.glob("record.db*"):
+                    stale.unlink()
             env.setdefault("CAREBUS_RECORD_STORE_DSN", f"sqlite:///{record_db}")
             notify_db = settings.cache_dir / "demo" / "notify.db"  # and notify without old subscriptions
             for stale in notify_db.parent.glob("notify.db*"):
