@@ -41,7 +41,7 @@ from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, SAFETY_ALERTS
 
-READ_TOKEN = "e2e-bench-reader"
+READ_TOKEN = "e2e-bench-reader"  # noqa: S105
 
 
 def event_id_of(record: Any) -> str | None:
@@ -112,7 +112,7 @@ class RecordReader(threading.Thread):
 
 def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
 
 
 def wait_ready(port: int, what: str) -> None:
@@ -193,9 +193,9 @@ def main() -> None:
         reader = RecordReader(f"http://127.0.0.1:{ports['record']}", sampled, bundles)
         reader.start()
         results = workdir / "results.bin"
-        subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(args.rate)}/s",
+        subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(args.rate)}/s",  # noqa: S603
                         f"-duration={args.seconds}s", "-timeout=10s", f"-output={results}"], check=True)
-        encoded = subprocess.run([str(vegeta), "encode", "-to=json", str(results)], check=True,
+        encoded = subprocess.run([str(vegeta), "encode", "-to=json", str(results)], check=True,  # noqa: S603
                                  capture_output=True).stdout
         accepted_at: dict[str, float] = {}
         other: dict[int, int] = {}

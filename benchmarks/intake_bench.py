@@ -45,7 +45,7 @@ from services.common.topics import CATALOGUE
 from services.mapper.journey import sample_care_journey
 
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
-BENCH_TOKEN = "intake-bench-token"  # a local, throw-away credential of this script's own intake
+BENCH_TOKEN = "intake-bench-token"  # a local, throw-away credential of this script's own intake  # noqa: S105
 
 
 def vegeta_binary() -> Path:
@@ -56,7 +56,7 @@ def vegeta_binary() -> Path:
         if go is None:
             raise SystemExit("the load generator vegeta is built with Go: install Go (apt-get install golang)")
         print(f"building the load generator ({VEGETA_MODULE}) into .cache/bin", flush=True)
-        subprocess.run([go, "install", VEGETA_MODULE], check=True,
+        subprocess.run([go, "install", VEGETA_MODULE], check=True,  # noqa: S603
                        env={**os.environ, "GOBIN": str(binary.parent)})
     return binary
 
@@ -118,10 +118,10 @@ class Step:
 
 def attack(vegeta: Path, targets: Path, rate: float, seconds: float, workdir: Path) -> Step:
     results = workdir / f"results-{int(rate)}.bin"
-    subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(rate)}/s",
+    subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(rate)}/s",  # noqa: S603
                     f"-duration={seconds}s", "-timeout=10s", "-keepalive=true", f"-output={results}"],
                    check=True)
-    encoded = subprocess.run([str(vegeta), "encode", "-to=json", str(results)], check=True,
+    encoded = subprocess.run([str(vegeta), "encode", "-to=json", str(results)], check=True,  # noqa: S603
                              capture_output=True).stdout
     accepted_ms: list[float] = []
     shed_ms: list[float] = []

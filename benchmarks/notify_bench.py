@@ -5,9 +5,9 @@
 Runs the real services as processes (intake, mapper, record, notify; SQLite stores in a temp folder) on a local
 broker (or CAREBUS_KAFKA_BOOTSTRAP), subscribes ``--subscriptions`` subscriptions (a mix: unfiltered system-level
 ones on every topic, and patient-filtered ones on assessments, safety alerts and encounters), and posts the sample
-care journey, replayed for distinct patients, one event per request at a steady rate (an open-loop asyncio
-generator: requests are started on schedule whether or not earlier ones have answered). The receiver is its own
-process (uvicorn, a raw ASGI app that appends one line per notification).
+care journey, replayed for distinct patients, one event per request at a steady rate with vegeta (open loop; built
+from the Go module proxy by benchmarks/intake_bench.py). The 202's time is vegeta's request start plus its latency.
+The receiver is its own process (uvicorn, a raw ASGI app that appends one line per notification).
 
 Prints: notifications delivered per second; p50 / p99 latency from intake's 202 to the receiver's arrival, for the
 assessment-completed notifications (their focus id is computable from the event, so each is matched to its 202);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
 import hashlib
 import os
@@ -36,6 +37,7 @@ from typing import Any
 import httpx
 import orjson
 
+from benchmarks.intake_bench import BENCH_TOKEN, vegeta_binary, write_targets
 from services.common.fhir_ids import resource_id
 from services.common.kafka import ensure_topics
 from services.common.local_broker import LocalKafkaBroker, free_port
@@ -46,6 +48,7 @@ from services.notify.subscriptions import EXT_FILTER, EXT_MAX_COUNT, EXT_PAYLOAD
 from services.notify.topics import TOPICS
 
 TOKEN = "bench-subscriber-token"  # noqa: S105 - a local benchmark's token
+SENDER_TOKEN = BENCH_TOKEN  # intake_bench's targets carry it
 SECRET = secrets.token_hex(32)
 
 
@@ -90,7 +93,7 @@ def run_receiver(port: int, out_path: str) -> None:
 
 
 def journey_mix(count: int) -> list[dict[str, Any]]:
-    """The sample journey replayed for distinct people (patient ids and the enterprise id made unique)."""
+    """The sample journey replayed for distinct people (every source id and the enterprise id made unique)."""
     journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
     events: list[dict[str, Any]] = []
     n = 0
@@ -99,7 +102,9 @@ def journey_mix(count: int) -> list[dict[str, Any]]:
         for template in journey:
             event = copy.deepcopy(template)
             event["id"] = f"{template['id']}-n{n}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-n{n}"
+            for key, value in list(event["data"].items()):  # every source id: distinct resources per person
+                if key.endswith("_id") and isinstance(value, str):
+                    event["data"][key] = f"{value}-n{n}"
             for ident in event["data"].get("identifiers") or ():
                 if ident.get("system") == "urn:carebus:empi":
                     ident["value"] = f"{ident['value']}-n{n}"
@@ -126,8 +131,13 @@ async def paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> tu
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=128)) as client:
         async def one(event: dict[str, Any]) -> None:
             nonlocal refused
-            response = await client.post(url, content=orjson.dumps(event),
-                                         headers={"content-type": "application/cloudevents+json"})
+            try:
+                response = await client.post(url, content=orjson.dumps(event),
+                                             headers={"content-type": "application/cloudevents+json",
+                                                      "authorization": f"Bearer {SENDER_TOKEN}"})
+            except httpx.HTTPError:
+                refused += 1
+                return
             if response.status_code == 202:
                 accepted_at[event["id"]] = time.time()
             else:
@@ -141,6 +151,34 @@ async def paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> tu
             tasks.append(asyncio.create_task(one(event)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+    return accepted_at, refused, elapsed
+
+
+def vegeta_posts(url: str, events: list[dict[str, Any]], rate: float,
+                 folder: Path) -> tuple[dict[str, float], int, float]:
+    """The load, offered by vegeta (open loop, benchmarks/intake_bench.py builds it): when each event's 202 came
+    (vegeta's request start + its latency), how many were not accepted, and the attack's duration."""
+    vegeta = vegeta_binary()
+    targets = folder / "targets.jsonl"
+    write_targets(targets, url, [orjson.dumps(e) for e in events], "application/cloudevents+json")
+    results = folder / "results.bin"
+    seconds = len(events) / rate
+    started = time.perf_counter()
+    subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(rate)}/s",  # noqa: S603
+                    f"-duration={seconds:.2f}s", "-timeout=10s", f"-output={results}"], check=True)
+    elapsed = time.perf_counter() - started
+    encoded = subprocess.run([str(vegeta), "encode", "-to=json", str(results)], check=True,  # noqa: S603
+                             capture_output=True).stdout
+    accepted_at: dict[str, float] = {}
+    refused = 0
+    for line in encoded.splitlines():
+        result = orjson.loads(line)
+        if result["code"] != 202:
+            refused += 1
+            continue
+        body = orjson.loads(base64.b64decode(result["body"]))
+        start_s = datetime.fromisoformat(result["timestamp"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+        accepted_at[body["events"][0]["id"]] = start_s + result["latency"] / 1e9
     return accepted_at, refused, elapsed
 
 
@@ -222,6 +260,8 @@ def main() -> None:
         "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps([f"http://127.0.0.1:{ports['receiver']}/"]).decode(),
         "CAREBUS_RECORD_TOKENS": orjson.dumps({hashlib.sha256(TOKEN.encode()).hexdigest(): grant}).decode(),
         "CAREBUS_MLLP_RECALL_PER_PARTITION": "0",
+        "CAREBUS_INTAKE_TOKENS": orjson.dumps({hashlib.sha256(SENDER_TOKEN.encode()).hexdigest():
+                                               {"sources": ["*"], "label": "bench"}}).decode(),
     })
     arrivals = folder / "arrivals.jsonl"
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -251,12 +291,12 @@ def main() -> None:
         arrivals.write_bytes(b"")
         cpu_before = cpu_seconds(processes["notify"].pid)
         started = time.time()
-        accepted_at, refused, elapsed = asyncio.run(paced_posts(intake, load, args.rate))
+        accepted_at, refused, elapsed = vegeta_posts(intake, load, args.rate, folder)
         print(f"load: {len(accepted_at)} events accepted in {elapsed:.1f} s ({len(accepted_at) / elapsed:.0f}/s), "
               f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
         expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
         last_size, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 5:  # until nothing more arrives for 5 s
+        while time.monotonic() - stable_since < 15:  # until nothing more arrives for 15 s
             size = arrivals.stat().st_size
             if size != last_size:
                 last_size, stable_since = size, time.monotonic()

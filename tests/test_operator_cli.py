@@ -5,9 +5,11 @@ when CAREBUS_KAFKA_BOOTSTRAP is not set, says that it waits on an unreachable Ka
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,40 @@ def test_kafka_s_own_tools_run_against_carebus_s_kafka(settings: Settings) -> No
     assert topic in groups.stdout
     unknown = carebus("kafka", "no-such-tool", env=env)
     assert unknown.returncode == 2 and "unknown tool no-such-tool" in unknown.stdout
+
+
+def _serve(port: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
+    process = subprocess.Popen(  # noqa: S603  # this interpreter, the project's own CLI
+        [sys.executable, "-m", "services.operator.cli", "broker", "--port", port, "--workdir", str(workdir)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**clean, "PYTHONPATH": str(REPO_ROOT)})
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "serving on" in line:
+            return process, line
+    process.wait(timeout=30)
+    pytest.fail(f"carebus broker exited with {process.returncode} before serving")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+
+
+@pytest.mark.integration
+def test_carebus_broker_keeps_its_topics_across_restarts(tmp_path: Path) -> None:
+    port = str(free_port())
+    first, line = _serve(port, tmp_path / "broker")
+    try:
+        assert f"127.0.0.1:{port} on new storage" in line
+        settings = Settings(kafka_bootstrap=f"127.0.0.1:{port}", topic_prefix="kept", kafka_topic_partitions=1)
+        assert len(ensure_topics(settings, CATALOGUE)) == len(CATALOGUE)
+    finally:
+        _stop(first)
+    second, line = _serve(port, tmp_path / "broker")
+    try:
+        assert "on the data kept in" in line
+        assert ensure_topics(settings, CATALOGUE) == []  # every topic is still there: nothing to create
+    finally:
+        _stop(second)

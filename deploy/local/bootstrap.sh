@@ -11,6 +11,8 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the clinician page's browser test (headless)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 python_h="$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h"
 [ -f "$python_h" ] || need+=(python3-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -14,10 +14,12 @@ import yaml
 from services.common.event_headers import BUNDLE_EVENT_TYPE, MAPPER_SOURCE, RECORD_SOURCE, SAFETY_ALERT_EVENT_TYPE
 from services.common.settings import REPO_ROOT
 from services.common.topics import (
+    AUDIT_EVENTS,
     CATALOGUE,
     DEAD_LETTERS,
     FHIR_BUNDLES,
     FHIR_RESOURCE_EVENT_TYPE,
+    GENERAL_BUNDLES,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
     OUTCOMES,
@@ -72,7 +74,7 @@ FHIR_BUNDLE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "A FHIR R4 (4.0.1) Bundle of type collection; every resource carries meta.security. "
                    "Resources follow the FHIR R4 JSON schema (https://hl7.org/fhir/R4/fhir.schema.json).",
-    "required": ["resourceType", "id", "type", "entry"],
+    "required": ["resourceType", "id", "type"],
     "properties": {
         "resourceType": {"const": "Bundle"},
         "id": {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"},
@@ -91,6 +93,18 @@ FHIR_BUNDLE_SCHEMA: dict[str, Any] = {
                 }},
             },
         }},
+    },
+}
+AUDIT_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A FHIR R4 AuditEvent (https://hl7.org/fhir/R4/auditevent.html), passing the HL7 validator.",
+    "required": ["resourceType", "id", "type", "recorded", "agent", "source"],
+    "properties": {
+        "resourceType": {"const": "AuditEvent"}, "id": {"type": "string"},
+        "type": {"$ref": "#/components/schemas/Coding"}, "recorded": {"type": "string", "format": "date-time"},
+        "outcome": {"enum": ["0", "4", "8", "12"]},
+        "agent": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "source": {"type": "object"}, "entity": {"type": "array", "items": {"type": "object"}},
     },
 }
 CODING_SCHEMA: dict[str, Any] = {
@@ -130,6 +144,22 @@ PAYLOADS: dict[str, dict[str, Any]] = {
             "headers": {"type": "object"},
             "original": {"type": "object", "description": "{encoding: utf-8|base64, value}: the original record"},
         },
+    },
+    AUDIT_EVENTS.suffix: {
+        "description": "A FHIR R4 AuditEvent after IHE BALP (services/common/audit.py): rest read/search/operation "
+        "(PatientRead / PatientQuery; outcome 4 = refused by the disclosure policy) or DICOM 110106 Export with "
+        "ISO 21089 disclose (a pushed notification). Names the client, the recipient organization (IRCP, the "
+        "permitting consents in agent.policy), the patient, the disclosed resources and consents by reference; "
+        "never content.",
+        "allOf": [{"$ref": "#/components/schemas/AuditEvent"}],
+    },
+    GENERAL_BUNDLES.suffix: {
+        "description": "The Bundle of fhir.bundles.v1 with every resource labelled PSY/MH/BH, SUD/42CFRPart2, "
+        "ETHUD/OPIOIDUD/ETH or PSYTHPN removed (and references to them kept as they are); a Bundle with nothing "
+        "left is still written (empty collection) so keys and order stay those of the full topic. Part 2 data "
+        "never appears here: its disclosures (record API, notifications) carry a Provenance with the "
+        "42 CFR 2.32 notice (README: Part 2 disclosure package).",
+        "allOf": [{"$ref": "#/components/schemas/FhirBundle"}],
     },
     OUTCOMES.suffix: {
         "type": "object",
@@ -265,7 +295,8 @@ def build(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
         },
         "components": {
             "messages": messages,
-            "schemas": {"FhirBundle": FHIR_BUNDLE_SCHEMA, "Coding": CODING_SCHEMA, **INBOUND_SCHEMAS},
+            "schemas": {"FhirBundle": FHIR_BUNDLE_SCHEMA, "AuditEvent": AUDIT_EVENT_SCHEMA, "Coding": CODING_SCHEMA,
+                        **INBOUND_SCHEMAS},
         },
     }
 

@@ -27,21 +27,30 @@ def problem(status: int, slug: str, title: str, detail: str, headers: dict[str, 
 
 
 def add_operational_routes(app: FastAPI, metrics: Metrics, readiness: Callable[[], tuple[bool, str]]) -> None:
-    @app.get("/healthz", include_in_schema=False)
+    status_schema = {"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["alive", "ready", "not-ready"]}, "reason": {"type": "string"}}}
+    as_json = {"application/json": {"schema": status_schema}}
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers",
+             responses={200: {"description": "alive", "content": as_json}})
     def healthz() -> Response:
         return Response(b'{"status":"alive"}', media_type="application/json")
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get("/readyz", tags=["operations"], summary="Readiness: Kafka reachable and the topics present",
+             responses={200: {"description": "ready", "content": as_json},
+                        503: {"description": "not ready; reason says why (no PHI)", "content": as_json}})
     def readyz() -> Response:
         ready, reason = readiness()
         body = orjson.dumps({"status": "ready" if ready else "not-ready", "reason": reason})
         return Response(body, status_code=200 if ready else 503, media_type="application/json")
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (carebus_*)",
+             responses={200: {"description": "Prometheus text exposition format",
+                              "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
     def prometheus_metrics() -> Response:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # worker processes of one service (intake workers)
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -21,7 +21,8 @@ class RecordTokenGrant(BaseModel):
     ``scopes``: SMART-style, e.g. ``system/*.read``, ``user/Observation.read``, ``patient/*.read``,
     ``system/Linkage.write`` (identity admin). ``patient``: the Patient id a ``patient/`` token is bound to.
     ``clearances``: which labelled data it may receive: ``behavioral-health`` (PSY/MH/BH), ``part2``
-    (SUD/42CFRPart2), ``psychotherapy-notes`` (PSYTHPN).
+    (SUD/42CFRPart2), ``psychotherapy-notes`` (PSYTHPN). ``organization`` / ``care_teams`` / ``purpose_of_use``:
+    the recipient the disclosure decision is made for (services/common/disclosure.py).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -31,6 +32,14 @@ class RecordTokenGrant(BaseModel):
     clearances: list[Literal["behavioral-health", "part2", "psychotherapy-notes"]] = Field(
         default_factory=list)
     label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
+    organization: str | None = Field(
+        None, description="The organization the token acts for, the recipient consent reasons about: "
+        "'Organization/<id>' or '<identifier system>|<value>'. Unset: no consent names it (baseline policy only).")
+    care_teams: list[str] = Field(
+        default_factory=list, description="Care teams it acts for ('CareTeam/<id>' or '<system>|<value>').")
+    purpose_of_use: str | None = Field(
+        None, pattern=r"^[A-Z]{3,12}$", description="v3-ActReason purpose of its requests; unset: TREAT "
+        "(PATRQT for a patient/ token).")
 
 
 class IntakeSenderGrant(BaseModel):
@@ -136,6 +145,16 @@ class Settings(BaseSettings):
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
+    # --- disclosure (consent, Part 2, audit: services/common/disclosure.py) ----------------------------------
+    disclosure_policy: dict[
+        Literal["ordinary", "behavioral-health", "part2", "psychotherapy-notes", "substance-use"],
+        Literal["treatment", "clearance", "consent", "never"],
+    ] = Field(default_factory=dict, description="Overrides of the baseline rule per label class (JSON object).")
+    general_group_id: str = Field("carebus-general", description="Consumer group of the general-topic service.")
+    general_port: int = Field(8085, description="HTTP port (health, metrics) of the general-topic service.")
+    disclosure_treatment_purposes: list[str] = Field(
+        default_factory=lambda: ["TREAT", "ETREAT", "HPAYMT", "HOPERAT", "CAREMGT", "PATRQT"],
+        description="Purposes of use (v3-ActReason) that count as treatment, payment or operations.")
     # --- outcomes service (services/outcomes) ------------------------------------------------------------
     outcomes_group_id: str = Field("carebus-outcomes", description="Consumer group of the outcomes service.")
     outcomes_port: int = 8084

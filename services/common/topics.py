@@ -95,6 +95,24 @@ REPLAYED_DEAD_LETTERS = TopicSpec(
     cleanup_policy="compact",
     retention_ms=-1,
 )
+AUDIT_EVENTS = TopicSpec(
+    suffix="audit.v1",
+    summary="One FHIR R4 AuditEvent (IHE BALP) per disclosure: API reads, searches, $everything, denied attempts, "
+    "delivered notifications. References only, never content. Kept indefinitely (accounting of disclosures).",
+    key="Patient id of the patient whose data was disclosed",
+    content_type="application/fhir+json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CONTENT_TYPE),
+    retention_ms=-1,
+)
+GENERAL_BUNDLES = TopicSpec(
+    suffix="fhir.bundles.general.v1",
+    summary="The bundle topic without behavioural-health, substance-use / 42 CFR Part 2 or note content: for "
+    "vendors without behavioural-health clearance. Same keys and order as fhir.bundles.v1.",
+    key="patient key of the inbound event (as fhir.bundles.v1)",
+    content_type="application/fhir+json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
 OUTCOMES = TopicSpec(
     suffix="outcomes.v1",
     summary="Outcome changes (episode started, response / remission reached, deterioration, follow-up overdue), "
@@ -118,7 +136,16 @@ RECORD_CHANGES = TopicSpec(
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
-    INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS, RECORD_CHANGES, OUTCOMES)
+    INBOUND_EVENTS,
+    FHIR_BUNDLES,
+    SAFETY_ALERTS,
+    DEAD_LETTERS,
+    REPLAYED_DEAD_LETTERS,
+    RECORD_CHANGES,
+    OUTCOMES,
+    AUDIT_EVENTS,
+    GENERAL_BUNDLES,
+)
 
 # CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
 HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)

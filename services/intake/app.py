@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -55,6 +55,7 @@ from services.common.topics import (
     FHIR_RESOURCE_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake import openapi
 from services.intake.admission import AdmissionLimit
 from services.intake.auth import Sender, SenderRegistry
 from services.intake.errors import (
@@ -232,6 +233,7 @@ class RequestTimer:
 def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                readiness: Callable[[], tuple[bool, str]], hl7_acceptor: Acceptor | None = None) -> FastAPI:
     app = FastAPI(title="carebus intake", version="1", docs_url="/docs", redoc_url=None)
+    openapi.describe(app)
     app.add_middleware(RequestTimer, metrics=metrics)
     topic = INBOUND_EVENTS.name(settings.topic_prefix)
     add_operational_routes(app, metrics, readiness)
@@ -306,7 +308,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
 
     # --- routes --------------------------------------------------------------------------------------
 
-    @app.post("/hl7v2", response_model=None)
+    @app.post("/hl7v2", response_model=None, **openapi.HL7V2)
     async def post_hl7v2(request: Request) -> Response:
         sender = senders.authenticate(request.headers.get("authorization"))
         if media_type_of(request) not in HL7_TYPES:
@@ -327,7 +329,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
         return Response(outcome.ack.replace("\r", "\r\n"), status_code=status,
                         media_type="x-application/hl7-v2+er7", headers=headers)
 
-    @app.post("/fhir", response_model=None)
+    @app.post("/fhir", response_model=None, **openapi.FHIR)
     async def post_fhir(request: Request) -> Response:
         sender = senders.authenticate(request.headers.get("authorization"))
         if media_type_of(request) not in FHIR_TYPES:
@@ -360,7 +362,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
             diagnostics=f"accepted {len(resources)} resource(s) as event {event_id}",
             headers={"X-Correlation-Id": correlation_id})
 
-    @app.post("/events", status_code=202, response_model=None)
+    @app.post("/events", response_model=None, **openapi.EVENTS)
     async def post_events(request: Request) -> Response:
         sender = senders.authenticate(request.headers.get("authorization"))
         if media_type_of(request) not in JSON_TYPES:

@@ -91,7 +91,7 @@ def supervise(workers: int) -> int:
     private = Path(tempfile.mkdtemp(prefix="carebus-intake-"))
     hl7_socket = private / "hl7v2.sock"
     command = [sys.executable, "-m", "services.intake", "--hl7-socket", str(hl7_socket), "--worker"]
-    children = [subprocess.Popen([*command, str(index)]) for index in range(workers)]
+    children = [subprocess.Popen([*command, str(index)]) for index in range(workers)]  # noqa: S603
     log.info("intake workers started", extra={"workers": workers})
     stopping = False
 

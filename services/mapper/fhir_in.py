@@ -145,6 +145,17 @@ def sent_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     return tuple(c["code"] for c in security if isinstance(c, dict) and c.get("code") in security_labels.KNOWN)
 
 
+def _covered_codes(provision: Any) -> list[str]:
+    """The securityLabel codes of a Consent's provisions, nested ones included."""
+    if not isinstance(provision, dict):
+        return []
+    codes = [c["code"] for c in provision.get("securityLabel") or () if isinstance(c, dict)
+             and isinstance(c.get("code"), str)]
+    for child in provision.get("provision") or ():
+        codes.extend(_covered_codes(child))
+    return codes
+
+
 def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
     """Labels implied by the codes a resource carries (same tables as the JSON events), plus those sent."""
     found: list[tuple[str, ...]] = [sent_labels(resource)]
@@ -486,6 +497,8 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         resource = rekeying.rewrite({**original, "id": new_id})
         # demographics are ordinary PHI: a Patient keeps only what was sent (or Part 2, from a Part 2 program)
         implied = sent_labels(original) if resource_type == "Patient" else content_labels(original)
+        if resource_type == "Consent":  # a consent reveals the kind of data it covers
+            implied = labels.combine(implied, labels.covered_labels(_covered_codes(original.get("provision"))))
         link_codes = _link_codes(original, questionnaires) if resource_type == "QuestionnaireResponse" else {}
         spec = scored_instrument(original, link_codes) if resource_type == "QuestionnaireResponse" else None
         if spec is not None:

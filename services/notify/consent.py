@@ -1,44 +1,42 @@
 """The consent seam of notify (pure): one function decides, per recipient and resource version, whether a
 notification is delivered, withheld, or delivered with a notice.
 
-:func:`decide` is the only place notify asks. Its first implementation is the record API's own rule
-(services/record/access.py): a resource is disclosed only when the recipient's token holds every clearance its
-security labels need, and a patient-bound token sees only its person's compartment. Part 2 data that is
-disclosed carries the 42 CFR 2.32 notice prohibiting re-disclosure. The consent engine (issue 14) replaces the
-body of :func:`decide`; nothing else changes.
+:func:`decide` is the only place notify asks, and it asks the disclosure engine (services/common/disclosure.py)
+that the record API uses: the resource's labels, the patient's consents (the Consent resources notify has seen
+on the change feed for that person), the recipient (the subscription's client, its clearances, for a
+patient-bound token its patient; ``organization`` when known) and the time. Part 2 data that is disclosed
+carries the 42 CFR 2.32 notice (services/common/part2.py, Statement 1) and the permitting consents.
 
 A withheld change gets no event number at all: the subscriber cannot tell from a gap that something exists.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from services.common import disclosure, part2
+from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy
 from services.notify.topics import Change
-from services.record.access import PART2
 
 Outcome = Literal["deliver", "withhold", "deliver-with-notice"]
 
-PART2_NOTICE = (
-    "42 CFR part 2 prohibits unauthorized disclosure of these records. This information has been disclosed to "
-    "you from records protected by federal confidentiality rules (42 CFR part 2). The federal rules prohibit "
-    "you from making any further disclosure of information in this record that identifies a patient as having "
-    "or having had a substance use disorder either directly, by reference to publicly available information, "
-    "or through verified or direct or indirect means, unless further disclosure is expressly permitted by the "
-    "written consent of the individual whose information is being disclosed or as otherwise permitted by 42 "
-    "CFR part 2."
-)
+PART2_NOTICE = part2.STATEMENT_1
 
 
 @dataclass(frozen=True)
 class Recipient:
-    """Who a subscription delivers to: the token's client (organization), its clearances and, for a
-    patient-bound token, the Patient it is bound to."""
+    """Who a subscription delivers to: the token's client, its clearances (label-class bits,
+    services/common/disclosure.py) and, for a patient-bound token, the Patient it is bound to; the organization
+    it acts for when known (consents name recipients by organization) and its purpose of use."""
 
     client: str
     clearances: int
     patient: str | None = None  # "Patient/<id>"
+    organization: str | None = None
+    purpose: str = "TREAT"
 
 
 @dataclass(frozen=True)
@@ -51,12 +49,43 @@ DELIVER = Decision("deliver")
 WITHHOLD = Decision("withhold")
 
 
-def decide(recipient: Recipient, change: Change) -> Decision:
-    """Deliver, withhold or deliver with a notice: the record API's label + clearance rule."""
+def decide(
+    recipient: Recipient,
+    change: Change,
+    consents: Sequence[ConsentDirective] = (),
+    at_ms: int | None = None,
+    policy: Policy = DEFAULT_POLICY,
+) -> Decision:
+    """Deliver, withhold or deliver with the Part 2 notice, as the disclosure engine decides now."""
     if recipient.patient is not None and recipient.patient not in (change.members or (change.patient,)):
         return WITHHOLD
-    if change.restriction & ~recipient.clearances:
+    engine_recipient = disclosure.Recipient(
+        organization=recipient.organization,
+        clearances=recipient.clearances,
+        patient_access=recipient.patient is not None,
+        label=recipient.client,
+    )
+    when = at_ms if at_ms is not None else _now_ms()
+    decision = disclosure.decide(_labels(change), consents, engine_recipient, recipient.purpose, when, policy)
+    if not decision.permit:
         return WITHHOLD
-    if change.restriction & PART2:
-        return Decision("deliver-with-notice", PART2_NOTICE)
+    if disclosure.PART2_NOTICE in decision.obligations:
+        cited = f" Disclosed under: {', '.join(decision.consents)}." if decision.consents else ""
+        return Decision("deliver-with-notice", PART2_NOTICE + cited)
     return DELIVER
+
+
+_CLASS_CODE = {disclosure.BEHAVIORAL_HEALTH: "PSY", disclosure.PART2: "42CFRPart2",
+               disclosure.PSYCHOTHERAPY_NOTES: "PSYTHPN", disclosure.SUBSTANCE_USE: "ETHUD"}
+
+
+def _labels(change: Change) -> tuple[str, ...]:
+    """The change's labels; a change that carries only its restriction bits stands for one code per class."""
+    codes = tuple(change.security)
+    if disclosure.restriction_of(codes) == change.restriction or not change.restriction:
+        return codes
+    return (*codes, *(_CLASS_CODE[bit] for bit in disclosure.classes_of(change.restriction)))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -48,6 +48,7 @@ from services.record.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Carebus-Signature"
+IDLE_WAKE_S = 30.0  # an idle task looks again this often; new events and definition changes wake it at once
 Outcome = Literal["delivered", "retry", "gone", "not-found"]
 
 
@@ -213,7 +214,7 @@ class Deliverer:
                     return
                 if sub.status in ("off", "error"):
                     self._failing.discard(sid)
-                    await self._pause(sid, 5.0)
+                    await self._pause(sid, IDLE_WAKE_S)
                     continue
                 if sub.status == "requested":
                     outcome = await self._send(sub, "handshake", [])
@@ -235,8 +236,8 @@ class Deliverer:
                         if outcome in ("gone", "not-found"):
                             await self._after_failure(sub, outcome, failure, now_ms(), [])
                         continue
-                    wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else 5.0
-                    await self._pause(sid, min(wait, 5.0))
+                    wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else IDLE_WAKE_S
+                    await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
                 outcome = await self._send(sub, "event-notification", events)
                 last_sent = time.monotonic()
@@ -357,9 +358,12 @@ def focus_lookup(store: NotifyStore, sub: SubscriptionDef) -> Callable[[EventRow
         row = store.focus(event.resource_type, event.resource_id)
         if row is None or row.body is None:
             return None
+        security = tuple(c["code"] for c in (orjson.loads(row.body).get("meta") or {}).get("security") or ()
+                         if isinstance(c, dict) and isinstance(c.get("code"), str))
         change = Change(event.resource_type, event.resource_id, row.version_id, event.focus_time, "updated",
-                        None, None, row.members, (), row.restriction)
-        if decide(recipient, change).outcome == "withhold":
+                        None, None, row.members, security, row.restriction)
+        # decided again at send time: a revocation since the event was queued withholds the content
+        if decide(recipient, change, store.consents(row.members)).outcome == "withhold":
             return None
         resource: Mapping[str, Any] = orjson.loads(row.body)
         return resource

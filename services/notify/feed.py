@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class ChangeFeedConsumer:
-    def __init__(self, settings: Settings, store: NotifyStore, metrics: Metrics, on_events: Callable[[], None],
+    def __init__(self, settings: Settings, store: NotifyStore, metrics: Metrics,
+                 on_events: Callable[[list[str]], None],
                  events_counter: Counter, retry_pause_s: float = 2.0) -> None:
         self.topic = RECORD_CHANGES.name(settings.topic_prefix)
         self._settings = settings
@@ -116,6 +117,6 @@ class ChangeFeedConsumer:
         except CommitFailedError:
             log.warning("offset commit failed after a rebalance; the batch will be read again (idempotent)")
         if created:
-            self._events.inc(created)
-            self._on_events()
-        log.debug("changes routed", extra={"changes": len(changes), "events": created})
+            self._events.inc(sum(created.values()))
+            self._on_events(sorted(created))  # wake only the subscriptions that have something new
+        log.debug("changes routed", extra={"changes": len(changes), "events": sum(created.values())})

@@ -3,9 +3,10 @@ then the consent seam. The notify store calls :func:`route` inside the transacti
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from services.common.disclosure import ConsentDirective
 from services.notify.consent import Recipient, decide
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, matches, triggered
@@ -22,7 +23,7 @@ class Routed:
 
 
 def route(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
-          now_ms: int) -> list[Routed]:
+          now_ms: int, consents: Sequence[ConsentDirective] = ()) -> list[Routed]:
     topics = {t.canonical: t for t in triggered(change, previous)}
     if not topics:
         return []
@@ -35,7 +36,7 @@ def route(change: Change, previous: str | None, subscriptions: Iterable[Subscrip
             continue
         if not matches(topic, sub.filters, change):
             continue
-        decision = decide(Recipient(sub.client, sub.clearances, sub.patient), change)
+        decision = decide(Recipient(sub.client, sub.clearances, sub.patient), change, consents, now_ms)
         if decision.outcome == "withhold":
             continue
         out.append(Routed(sub.id, sub.topic, decision.notice))

@@ -77,7 +77,7 @@ def build_service(settings: Settings, store: NotifyStore | None = None) -> Notif
     store = store or open_notify_store(notify_store_dsn(settings))
     notify_metrics = NotifyMetrics(metrics)
     deliverer = Deliverer(settings, store, notify_metrics, fhir_base_url(settings))
-    feed = ChangeFeedConsumer(settings, store, metrics, lambda: deliverer.wake(), notify_metrics.events_numbered)
+    feed = ChangeFeedConsumer(settings, store, metrics, deliverer.wake, notify_metrics.events_numbered)
     kafka = KafkaReadiness(settings, [RECORD_CHANGES.name(settings.topic_prefix)], metrics)
     app = FastAPI(title="carebus notify", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     holder: list[NotifyService] = []

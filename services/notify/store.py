@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from services.common.disclosure import ConsentDirective, parse_consent
 from services.common.settings import Settings
 from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
@@ -249,12 +250,12 @@ class NotifyStore:
 
     # --- the change feed -------------------------------------------------------------------------------
 
-    def record_changes(self, changes: Sequence[Change]) -> int:
+    def record_changes(self, changes: Sequence[Change]) -> dict[str, int]:
         """Number the events these changes trigger (one transaction). A change already seen (same or older
-        version) is not numbered again. Returns how many events were created."""
+        version) is not numbered again. Returns how many events each subscription got."""
         if not changes:
-            return 0
-        created = 0
+            return {}
+        created: dict[str, int] = {}
         at = now_ms()
         with self._transaction() as conn:
             subs = [_sub(r) for r in self._all(
@@ -271,7 +272,7 @@ class NotifyStore:
                 else:
                     previous = rows[0][1] if rows else None
                     self._upsert_resource(conn, change, previous, bool(rows))
-                for routed in route(change, previous, subs, at):
+                for routed in route(change, previous, subs, at, self._consents(conn, change.members)):
                     exists = self._all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
@@ -284,7 +285,7 @@ class NotifyStore:
                         (routed.subscription_id, counters[routed.subscription_id], change.resource_type,
                          change.id, change.version_id, change.kind, change.last_updated, "pending", 0, None, None,
                          routed.notice, at, None))
-                    created += 1
+                    created[routed.subscription_id] = created.get(routed.subscription_id, 0) + 1
             for sub in subs:
                 if counters[sub.id] != sub.events_since_start:
                     self._exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
@@ -303,6 +304,23 @@ class NotifyStore:
         else:
             self._exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
                              "members, body, resource_type, resource_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+
+    def _consents(self, conn: Connection, members: Sequence[str]) -> list[ConsentDirective]:
+        """The Consents notify has seen for this person (any of its Patient records), as the disclosure engine
+        reads them."""
+        if not members:
+            return []
+        wanted = set(members)
+        found = []
+        for row in self._all(conn, "SELECT members, body FROM notify_resource WHERE resource_type = 'Consent' "
+                                   "AND body IS NOT NULL"):
+            if wanted & set(orjson.loads(row[0])):
+                found.append(parse_consent(orjson.loads(bytes(row[1]))))
+        return found
+
+    def consents(self, members: Sequence[str]) -> list[ConsentDirective]:
+        with self._connection() as conn:
+            return self._consents(conn, members)
 
     def focus(self, resource_type: str, resource_id: str) -> FocusRow | None:
         with self._connection() as conn:
@@ -366,14 +384,21 @@ class NotifyStore:
         return count
 
     def backlog(self) -> list[Backlog]:
+        """Per subscription: pending and dead events, and when the oldest pending one was numbered (reads only
+        the pending and dead rows, through the state index)."""
         with self._connection() as conn:
-            rows = self._all(conn, "SELECT s.id, "
-                                   "SUM(CASE WHEN e.state = 'pending' THEN 1 ELSE 0 END), "
-                                   "SUM(CASE WHEN e.state = 'dead' THEN 1 ELSE 0 END), "
-                                   "MIN(CASE WHEN e.state = 'pending' THEN e.created_ms END) "
-                                   "FROM notify_subscription s LEFT JOIN notify_event e "
-                                   "ON e.subscription_id = s.id GROUP BY s.id")
-        return [Backlog(r[0], int(r[1] or 0), int(r[2] or 0), None if r[3] is None else int(r[3])) for r in rows]
+            ids = [r[0] for r in self._all(conn, "SELECT id FROM notify_subscription")]
+            rows = self._all(conn, "SELECT subscription_id, state, COUNT(*), MIN(created_ms) FROM notify_event "
+                                   "WHERE state IN ('pending', 'dead') GROUP BY subscription_id, state")
+        pending: dict[str, tuple[int, int]] = {}
+        dead: dict[str, int] = {}
+        for sid, state, count, oldest in rows:
+            if state == "pending":
+                pending[sid] = (int(count), int(oldest))
+            else:
+                dead[sid] = int(count)
+        return [Backlog(sid, pending.get(sid, (0, 0))[0], dead.get(sid, 0),
+                        pending[sid][1] if sid in pending else None) for sid in ids]
 
 
 def notify_store_dsn(settings: Settings) -> str:

@@ -214,6 +214,20 @@ def _care_plan(change: Change, previous: str | None) -> bool:
     return change.kind != "deleted"
 
 
+def _coded(change: Change, system: str) -> bool:
+    if change.kind == "deleted" or change.resource is None:
+        return False
+    return any(system == s for s, _ in _codings(change.resource.get("code")))
+
+
+def _outcome_changed(change: Change, previous: str | None) -> bool:
+    return _coded(change, "urn:carebus:codesystem:outcomes")
+
+
+def _safety_task(change: Change, previous: str | None) -> bool:
+    return _coded(change, "urn:carebus:codesystem:safety-task")
+
+
 TOPICS: tuple[Topic, ...] = (
     Topic("encounter-started", "Encounter started", "A visit, session or admission has begun.", "Encounter",
           "Encounter status becomes in-progress (created so, or changed to it)",
@@ -282,6 +296,19 @@ TOPICS: tuple[Topic, ...] = (
           "Two patient records were merged (HL7 A40): the retired record now points to the survivor.", "Patient",
           "Patient gets a link of type replaced-by",
           _became("merged"),
+          (PATIENT,)),
+    # outcomes (services/outcomes): derived episode Observations and safety Tasks
+    Topic("outcome-changed", "Outcome changed",
+          "A person's outcome for a PHQ-9 or GAD-7 episode changed (started, responding, remitted, deterioration, "
+          "follow-up overdue): the focus is the derived episode Observation (value = the state, derivedFrom = the "
+          "scores).", "Observation",
+          "Observation with a code of urn:carebus:codesystem:outcomes gets a new version",
+          _outcome_changed,
+          (PATIENT, _code("Observation.code (phq-9-episode, gad-7-episode)", "code"))),
+    Topic("safety-task-changed", "Safety task changed",
+          "A safety Task was created from an alert, escalated, acknowledged or closed.", "Task",
+          "Task with a code of urn:carebus:codesystem:safety-task gets a new version",
+          _safety_task,
           (PATIENT,)),
 )
 

@@ -1,6 +1,6 @@
 """The `carebus` operator command line.
 
-    carebus run intake|mapper|record|outcomes  run one service in the foreground
+    carebus run intake|mapper|record|notify|outcomes|general   run one service in the foreground
     carebus stack                        the main job: local broker + every service + sample journey
     carebus topics create|check          create the catalogue's topics / compare the cluster with it
     carebus status                       services, topic throughput, consumer lag, dead letters, alerts waiting
@@ -51,7 +51,7 @@ subs_app = typer.Typer(help="Subscriptions (notify): list, status, replay dead l
 app.add_typer(subs_app, name="subscriptions")
 console = Console(soft_wrap=True)  # one answer, one line: never wrapped at 80 columns
 
-ServiceName = Literal["intake", "mapper", "record", "notify", "outcomes"]
+ServiceName = Literal["intake", "mapper", "record", "notify", "outcomes", "general"]
 
 
 @dataclass
@@ -134,10 +134,10 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @app.command()
-def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, notify or outcomes")]) -> None:
+def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, notify, outcomes or general")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
-    if service not in ("intake", "mapper", "record", "notify", "outcomes"):
-        raise typer.BadParameter("choose intake, mapper, record, notify or outcomes")
+    if service not in ("intake", "mapper", "record", "notify", "outcomes", "general"):
+        raise typer.BadParameter("choose intake, mapper, record, notify, outcomes or general")
     runpy.run_module(f"services.{service}", run_name="__main__")
 
 

@@ -1,84 +1,51 @@
-"""Who may read what (pure): bearer tokens, SMART-style scopes, patient compartments and security labels.
+"""Who may read what (pure): bearer tokens, SMART-style scopes, patient compartments, and the recipient the
+disclosure decision is made for.
 
 Tokens are configured by the operator in ``Settings.record_tokens``: sha256(token) hex -> grant with
 ``scopes`` (``system|user|patient`` / ``<ResourceType>|*`` . ``read|write|*`` or SMART v2 ``rs``/``cruds``),
 an optional ``patient`` (a ``patient/`` token sees only that person's compartment, linked identities
-included) and ``clearances`` for labelled data.
+included), ``clearances`` for labelled data, and the recipient it acts for: ``organization``, ``care_teams``
+and ``purpose_of_use`` (default TREAT; PATRQT for a patient/ token).
 
-Labels (``meta.security`` codes, any system) decide which clearance a resource needs:
-
-=====================  =========================================  =====================
-clearance              codes                                      bit
-=====================  =========================================  =====================
-behavioral-health      PSY, MH, BH                                1
-part2                  SUD, ETHUD, OPIOIDUD, ETH, 42CFRPart2      2
-psychotherapy-notes    PSYTHPN                                    4
-=====================  =========================================  =====================
-
-A resource is served only when the token holds every clearance its labels need; what is withheld is stated in
-the response (OperationOutcome + REDACTED tag), never silently dropped.
+Which labelled data a token receives is decided by services/common/disclosure.py (label classes, the
+baseline policy and the patient's consents); this module only turns a grant into an :class:`Access`.
+AuditEvent is readable only with a scope naming it (``user/AuditEvent.read``, the privacy officer's), never
+through ``*``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
+from services.common import disclosure
+from services.common.disclosure import Recipient
 from services.common.settings import RecordTokenGrant
 from services.record.errors import Forbidden, NotAuthenticated
 
 Clearance = Literal["behavioral-health", "part2", "psychotherapy-notes"]
 
-BEHAVIORAL_HEALTH = 1
-PART2 = 2
-PSYCHOTHERAPY_NOTES = 4
-ALL_CLEARANCES = BEHAVIORAL_HEALTH | PART2 | PSYCHOTHERAPY_NOTES
-
-CLEARANCE_BITS: dict[str, int] = {
-    "behavioral-health": BEHAVIORAL_HEALTH,
-    "part2": PART2,
-    "psychotherapy-notes": PSYCHOTHERAPY_NOTES,
-}
-_CODE_BITS: dict[str, int] = {
-    "PSY": BEHAVIORAL_HEALTH,
-    "MH": BEHAVIORAL_HEALTH,
-    "BH": BEHAVIORAL_HEALTH,
-    "SUD": PART2,
-    "ETHUD": PART2,
-    "OPIOIDUD": PART2,
-    "ETH": PART2,
-    "42CFRPart2": PART2,
-    "PSYTHPN": PSYCHOTHERAPY_NOTES,
-}
-CLASS_NAMES: dict[int, str] = {
-    BEHAVIORAL_HEALTH: "behavioural-health (PSY/MH/BH)",
-    PART2: "42 CFR Part 2 substance-use (SUD)",
-    PSYCHOTHERAPY_NOTES: "psychotherapy notes (PSYTHPN)",
-}
+BEHAVIORAL_HEALTH = disclosure.BEHAVIORAL_HEALTH
+PART2 = disclosure.PART2
+PSYCHOTHERAPY_NOTES = disclosure.PSYCHOTHERAPY_NOTES
+SUBSTANCE_USE = disclosure.SUBSTANCE_USE
+ALL_CLEARANCES = disclosure.ALL_CLASSES | disclosure.ORDINARY  # a View that sees everything
+CLEARANCE_BITS: Mapping[str, int] = disclosure.CLEARANCE_CLASSES
+restriction_of = disclosure.restriction_of
+describe_restriction = disclosure.describe
+PRIVATE_TYPES = frozenset({"AuditEvent"})  # not covered by a "*" scope
 
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)$")
 
-# v3-ObservationValue REDACTED: put on a Bundle's meta.security when anything was withheld.
+# v3-ObservationValue REDACTED: put on a Bundle's meta.security when a cleared caller is told what was withheld.
 REDACTED_TAG = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
     "code": "REDACTED",
     "display": "redacted",
 }
-
-
-def restriction_of(security_codes: Iterable[str]) -> int:
-    """The clearance bits a resource with these ``meta.security`` codes needs."""
-    bits = 0
-    for code in security_codes:
-        bits |= _CODE_BITS.get(code, 0)
-    return bits
-
-
-def describe_restriction(bits: int) -> list[str]:
-    return [name for bit, name in CLASS_NAMES.items() if bits & bit]
 
 
 def token_digest(token: str) -> str:
@@ -105,14 +72,20 @@ def parse_scope(text: str) -> Scope:
 
 @dataclass(frozen=True)
 class Access:
-    """What the caller of one request may see. ``patient`` binds the caller to one person's compartment."""
+    """What the caller of one request may see. ``patient`` binds the caller to one person's compartment;
+    ``recipient`` and ``purpose`` are what the disclosure decision is made for."""
 
     scopes: tuple[Scope, ...]
     clearances: int
     patient: str | None  # Patient id of a patient-bound token
     label: str = ""
+    recipient: Recipient = field(default_factory=Recipient)
+    purpose: str = "TREAT"
+    client: str = ""  # a short, stable, non-secret id of the token (digest prefix), for audit
 
     def may_read(self, resource_type: str) -> bool:
+        if resource_type in PRIVATE_TYPES:
+            return any(s.read and s.resource_type == resource_type and s.context != "patient" for s in self.scopes)
         return any(s.read and s.resource_type in ("*", resource_type) for s in self.scopes)
 
     def may_write(self, resource_type: str) -> bool:
@@ -126,11 +99,13 @@ class Access:
         if self.patient is not None or not self.may_write(resource_type):
             raise Forbidden(f"the token has no system/user write scope for {resource_type}")
 
-    def allows(self, restriction: int) -> bool:
-        return restriction & ~self.clearances == 0
+    def cleared_for(self, classes: int) -> bool:
+        """True when the token holds the clearance of every class in ``classes`` (ORDINARY never is: a
+        withholding for a reason other than labels is not explained)."""
+        return classes & disclosure.ORDINARY == 0 and classes & ~self.clearances == 0
 
 
-def grant_access(grant: RecordTokenGrant) -> Access:
+def grant_access(grant: RecordTokenGrant, digest: str = "") -> Access:
     """Validate one configured grant. Raises ValueError (at start-up) for a grant that makes no sense."""
     scopes = tuple(parse_scope(s) for s in grant.scopes)
     if any(s.context == "patient" for s in scopes) and not grant.patient:
@@ -139,14 +114,22 @@ def grant_access(grant: RecordTokenGrant) -> Access:
     for clearance in grant.clearances:
         bits |= CLEARANCE_BITS[clearance]
     patient = grant.patient.removeprefix("Patient/") if grant.patient else None
-    return Access(scopes, bits, patient, grant.label)
+    recipient = Recipient(
+        organization=grant.organization,
+        care_teams=tuple(grant.care_teams),
+        clearances=bits,
+        patient_access=patient is not None,
+        label=grant.label,
+    )
+    purpose = grant.purpose_of_use or ("PATRQT" if patient is not None else "TREAT")
+    return Access(scopes, bits, patient, grant.label, recipient, purpose, digest[:12])
 
 
 class TokenRegistry:
     """Looks bearer tokens up by their sha256; built once from the settings."""
 
     def __init__(self, grants: Mapping[str, RecordTokenGrant]) -> None:
-        self._by_digest = {digest.lower(): grant_access(grant) for digest, grant in grants.items()}
+        self._by_digest = {digest.lower(): grant_access(grant, digest.lower()) for digest, grant in grants.items()}
 
     def authenticate(self, authorization: str | None) -> Access:
         if not authorization:

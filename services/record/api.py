@@ -30,18 +30,25 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common import part2
+from services.common.audit import Interaction
+from services.common.disclosure import DEFAULT_POLICY
 from services.common.errors import BrokerUnavailable, InvalidInput
 from services.common.event_headers import RECORD_SOURCE, bundle_headers
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
-from services.common.topics import FHIR_BUNDLES
-from services.record import render
-from services.record.access import Access, TokenRegistry, describe_restriction
+from services.common.topics import (
+    FHIR_BUNDLES,
+)
+from services.record import disclosures, render
+from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
 from services.record.contract_routes import contract_router
+from services.record.disclosure_routes import disclosure_router
+from services.record.disclosures import AuditSink, CallerGrants, DisclosureGate
 from services.record.errors import (
     BadRequest,
     Forbidden,
@@ -56,7 +63,7 @@ from services.record.identity import overlay_links
 from services.record.indexing import SEARCH_PARAMETERS
 from services.record.outcomes_api import build_router as outcomes_router
 from services.record.search import PatientCriterion, parse_paging, parse_search, refuse_forbidden_characters
-from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
+from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow
 from services.record.subscription_api import subscription_router
 
 log = logging.getLogger(__name__)
@@ -82,9 +89,15 @@ class RecordApi:
     readiness: Callable[[], tuple[bool, str]]
     publish: Publish | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    audit_sink: AuditSink | None = None  # blocking write of AuditEvent records (acks=all); None: not audited
+    gate: DisclosureGate | None = None
     _types: frozenset[str] = frozenset()
     _types_at: float = 0.0
     _types_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            self.gate = DisclosureGate(self.store, DEFAULT_POLICY, self.now_ms)
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -112,12 +125,53 @@ class RecordApi:
             return None
         return frozenset(self.store.person(f"Patient/{access.patient}").members)
 
-    def check_row(self, access: Access, row: StoredRow, compartment: frozenset[str] | None) -> None:
+    def check_row(
+        self,
+        access: Access,
+        row: StoredRow,
+        compartment: frozenset[str] | None,
+        interaction: Interaction,
+        request: Request,
+        not_found: str,
+    ) -> CallerGrants:
+        """The caller may see ``row``, or this raises: 403 outside the compartment; a withheld resource answers
+        404 with ``not_found`` (the text of a resource that does not exist) unless the caller is cleared for
+        every withheld class (then 403 stating them). A withheld attempt is audited."""
         if compartment is not None and row.patient_ref not in compartment:
             raise Forbidden("the resource is outside the token's patient compartment")
-        if not access.allows(row.restriction):
-            classes = " and ".join(describe_restriction(row.restriction & ~access.clearances))
-            raise Forbidden(f"withheld: the resource's security labels require the {classes} clearance")
+        assert self.gate is not None
+        grants = self.gate.person_grants(access, row.patient_ref)
+        grant = grants.grant_of(row.patient_ref)
+        if grant.permits(row.restriction):
+            return grants
+        self.audit(disclosures.denied_event(access, interaction, row, self.base_url(request), self.now_ms()))
+        missing = grant.withheld(row.restriction)
+        if access.cleared_for(missing):
+            classes = " and ".join(describe_restriction(missing))
+            raise Forbidden(f"withheld: {classes} data goes to this recipient only as its clearances, the "
+                            "patient's consent and the disclosure policy allow")
+        raise ResourceNotFound(not_found)
+
+    def audit(self, events: Sequence[dict[str, Any]]) -> None:
+        """Write AuditEvents before the answer leaves (BrokerUnavailable: the request fails with 503)."""
+        if events and self.audit_sink is not None:
+            self.audit_sink(disclosures.audit_records(events, self.settings.topic_prefix))
+
+    def audit_page(
+        self,
+        access: Access,
+        grants: CallerGrants,
+        interaction: Interaction,
+        rows: Sequence[StoredRow],
+        request: Request,
+        query: bool = True,
+    ) -> None:
+        text = request.url.query if query else None
+        self.audit(
+            disclosures.access_events(
+                access, grants, interaction, rows, self.base_url(request), self.now_ms(), text
+            )
+        )
 
     def served_body(self, row: StoredRow, persons: dict[str, Person] | None = None) -> bytes:
         """The current version as served; a Patient carries the links of its person. ``persons`` caches the
@@ -156,6 +210,14 @@ def outcome_response(status: int, code: str, diagnostics: str, headers: dict[str
 def _version_headers(row: StoredRow) -> dict[str, str]:
     modified = datetime.fromtimestamp(row.last_updated / 1000, tz=UTC)
     return {"ETag": f'W/"{row.version_id}"', "Last-Modified": format_datetime(modified, usegmt=True)}
+
+
+def _served_headers(row: StoredRow, grants: CallerGrants) -> dict[str, str]:
+    """Version headers, and the 42 CFR 2.32 notice headers when the resource is Part 2 data."""
+    headers = _version_headers(row)
+    if row.restriction & PART2:
+        headers.update(part2.notice_headers(disclosures.part2_consents_of(grants, row)))
+    return headers
 
 
 def _not_modified(request: Request, row: StoredRow) -> bool:
@@ -416,6 +478,8 @@ def create_app(api: RecordApi) -> FastAPI:
     async def unlink(request: Request) -> Response:
         return await _publish_link(request, unlink=True)
 
+    app.include_router(disclosure_router(api))  # Patient/$disclosures (specific routes before the generic ones)
+
     # --- Patient/$everything ---------------------------------------------------------------------------
 
     @app.get("/Patient/{patient_id}/$everything")
@@ -430,7 +494,7 @@ def create_app(api: RecordApi) -> FastAPI:
         if row is None:
             raise ResourceNotFound(f"Patient/{patient_id} is not known")
         compartment = api.compartment(access)
-        api.check_row(access, row, compartment)
+        api.check_row(access, row, compartment, "operation", request, f"Patient/{patient_id} is not known")
         if row.deleted:
             raise ResourceGone(f"Patient/{patient_id} is deleted")
         members = frozenset(api.store.person(f"Patient/{patient_id}").members)
@@ -441,14 +505,20 @@ def create_app(api: RecordApi) -> FastAPI:
             if name == "_type":
                 requested = (requested or set()) | {t for t in value.split(",") if t}
         readable = {t for t in (requested or api.known_types()) if access.may_read(t)}
-        types = frozenset(readable) if requested is not None or not access.may_read("*") else None
+        private = any(not access.may_read(t) for t in PRIVATE_TYPES)
+        types = frozenset(readable) if requested is not None or not access.may_read("*") or private else None
+        assert api.gate is not None
+        grants = api.gate.grants(access, members)
         page = api.store.everything(
             EverythingQuery(members, types, _since(params), paging.count, paging.offset),
-            View(access.clearances, compartment),
+            grants.view(compartment),
         )
+        base = api.base_url(request)
+        notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
+        api.audit_page(access, grants, "operation", page.rows, request)
         echo = [(n, v) for n, v in params if n in ("_type", "_since")]
         body = render.searchset(
-            api.base_url(request),
+            base,
             f"Patient/{patient_id}/$everything",
             echo,
             page,
@@ -457,6 +527,9 @@ def create_app(api: RecordApi) -> FastAPI:
             api.body_renderer(),
             str(uuid.uuid4()),
             api.now_ms(),
+            disclosures.told_withheld(access, page.withheld),
+            disclosures.generic_notice(access),
+            [notice] if notice else [],
         )
         return fhir_response(body)
 
@@ -471,22 +544,29 @@ def create_app(api: RecordApi) -> FastAPI:
         _check_params(params, _HISTORY_PARAMS, _lenient(request))
         paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
         compartment = api.compartment(access)
+        assert api.gate is not None
+        interaction: Interaction = "history-instance" if resource_id is not None else "history-type"
         if resource_id is not None:
             if not _ID.match(resource_id):
                 raise ResourceNotFound("not a resource id")
+            not_found = f"{resource_type}/{resource_id} is not known"
             current = api.store.read(resource_type, resource_id)
             if current is None:
-                raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-            if compartment is not None and current.patient_ref not in compartment:
-                raise Forbidden("the resource is outside the token's patient compartment")
+                raise ResourceNotFound(not_found)
+            grants = api.check_row(access, current, compartment, interaction, request, not_found)
+        else:
+            grants = api.gate.grants(access, compartment)
         page = api.store.history(
             HistoryQuery(resource_type, resource_id, _since(params), paging.count, paging.offset),
-            View(access.clearances, compartment),
+            grants.view(compartment),
         )
+        base = api.base_url(request)
+        notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
+        api.audit_page(access, grants, interaction, page.rows, request)
         path = f"{resource_type}/{resource_id}/_history" if resource_id else f"{resource_type}/_history"
         echo = [(n, v) for n, v in params if n == "_since"]
         body = render.history(
-            api.base_url(request),
+            base,
             path,
             echo,
             page,
@@ -494,6 +574,9 @@ def create_app(api: RecordApi) -> FastAPI:
             paging.offset,
             str(uuid.uuid4()),
             api.now_ms(),
+            disclosures.told_withheld(access, page.withheld),
+            disclosures.generic_notice(access),
+            [notice] if notice else [],
         )
         return fhir_response(body)
 
@@ -511,16 +594,18 @@ def create_app(api: RecordApi) -> FastAPI:
         access = api.authenticate(request)
         api.check_type(resource_type)
         access.require_read(resource_type)
+        not_found = f"{resource_type}/{resource_id} has no version {version_id}"
         if not _VERSION.match(version_id) or not _ID.match(resource_id):
             raise ResourceNotFound("unknown version")
         row = api.store.vread(resource_type, resource_id, int(version_id))
         if row is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id}")
-        api.check_row(access, row, api.compartment(access))
+            raise ResourceNotFound(not_found)
+        grants = api.check_row(access, row, api.compartment(access), "vread", request, not_found)
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} version {version_id} is a deletion")
         assert row.body is not None
-        return fhir_response(row.body, headers=_version_headers(row))
+        api.audit_page(access, grants, "vread", [row], request, query=False)
+        return fhir_response(row.body, headers=_served_headers(row, grants))
 
     # --- read and search ---------------------------------------------------------------------------------
 
@@ -530,17 +615,19 @@ def create_app(api: RecordApi) -> FastAPI:
         access = api.authenticate(request)
         api.check_type(resource_type)
         access.require_read(resource_type)
+        not_found = f"{resource_type}/{resource_id} is not known"
         if not _ID.match(resource_id):
             raise ResourceNotFound("not a resource id")
         row = api.store.read(resource_type, resource_id)
         if row is None:
-            raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
-        api.check_row(access, row, api.compartment(access))
+            raise ResourceNotFound(not_found)
+        grants = api.check_row(access, row, api.compartment(access), "read", request, not_found)
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} is deleted")
-        if _not_modified(request, row):
+        if _not_modified(request, row):  # the caller has this version already: nothing is disclosed
             return Response(status_code=304, headers=_version_headers(row))
-        return fhir_response(api.served_body(row), headers=_version_headers(row))
+        api.audit_page(access, grants, "read", [row], request, query=False)
+        return fhir_response(api.served_body(row), headers=_served_headers(row, grants))
 
     def _search(request: Request, resource_type: str, params: Sequence[tuple[str, str]]) -> Response:
         _negotiate(request)
@@ -555,13 +642,24 @@ def create_app(api: RecordApi) -> FastAPI:
             _lenient(request),
         )
         compartment = api.compartment(access)
-        if compartment is not None:
-            for criterion in query.criteria:
-                if isinstance(criterion, PatientCriterion) and not set(criterion.patient_refs) <= compartment:
+        patients: set[str] | None = None
+        for criterion in query.criteria:
+            if isinstance(criterion, PatientCriterion):
+                if compartment is not None and not set(criterion.patient_refs) <= compartment:
                     raise Forbidden("the search names a patient outside the token's patient compartment")
-        page = api.store.search(query, View(access.clearances, compartment))
+                refs = {m for ref in criterion.patient_refs for m in api.store.person(ref).members}
+                patients = refs if patients is None else patients & refs
+        if compartment is not None:
+            patients = set(compartment) if patients is None else patients & compartment
+        assert api.gate is not None
+        grants = api.gate.grants(access, patients)
+        page = api.store.search(query, grants.view(compartment))
+        base = api.base_url(request)
+        notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
+        if resource_type not in PRIVATE_TYPES:  # reading the audit trail is not itself a disclosure of care data
+            api.audit_page(access, grants, "search-type", page.rows, request)
         body = render.searchset(
-            api.base_url(request),
+            base,
             resource_type,
             query.echo,
             page,
@@ -570,6 +668,9 @@ def create_app(api: RecordApi) -> FastAPI:
             api.body_renderer(),
             str(uuid.uuid4()),
             api.now_ms(),
+            disclosures.told_withheld(access, page.withheld),
+            disclosures.generic_notice(access),
+            [notice] if notice else [],
         )
         return fhir_response(body)
 

@@ -60,6 +60,13 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
     "Appointment": (_p("patient", "reference", "Appointment-patient", _PATIENT_DOC),),
     "CarePlan": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
     "Flag": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
+    "Consent": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
+    "AuditEvent": (  # privacy officer only (an AuditEvent scope; "*" does not cover it)
+        _p("patient", "reference", "AuditEvent-patient", _PATIENT_DOC),
+        _p("date", "date", "AuditEvent-date", "When the event was recorded."),
+        _p("outcome", "token", "AuditEvent-outcome", "0 success; 4 refused by the disclosure policy."),
+        _p("type", "token", "AuditEvent-type", "rest (API access) or DICOM 110106 (a pushed disclosure)."),
+    ),
     # outcomes and safety work (services/outcomes): derived resources the outcomes service publishes
     "Task": (
         _p("patient", "reference", "Task-patient", _PATIENT_DOC),
@@ -86,6 +93,7 @@ PATIENT_PATHS: dict[str, tuple[str, ...]] = {
     "Immunization": ("patient",),
     "RelatedPerson": ("patient",),
     "Provenance": ("target",),
+    "AuditEvent": ("entity.what",),
     "Task": ("for",),
 }
 _DEFAULT_PATIENT_PATHS = ("subject", "patient")
@@ -228,7 +236,7 @@ def clinical_range(resource: dict[str, Any]) -> tuple[int, int] | None:
             return _str_range(r.get("recordedDate"))
         case "Consent":
             return _str_range(r.get("dateTime"))
-        case "Provenance":
+        case "Provenance" | "AuditEvent":
             return _str_range(r.get("recorded"))
         case "Task":
             return _str_range(r.get("authoredOn"))
@@ -281,6 +289,12 @@ def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "code", system, code
         for system, code in _codings(resource.get("category")):
             yield "category", system, code
+    elif rtype == "AuditEvent":
+        if isinstance(resource.get("outcome"), str):
+            yield "outcome", "http://hl7.org/fhir/audit-event-outcome", resource["outcome"]
+        kind = resource.get("type")
+        if isinstance(kind, dict) and isinstance(kind.get("code"), str):
+            yield "type", str(kind.get("system") or ""), kind["code"]
     elif rtype == "MedicationRequest" and isinstance(resource.get("status"), str):
         yield "status", MEDICATION_REQUEST_STATUS, resource["status"]
     elif rtype == "Task" and isinstance(resource.get("status"), str):

@@ -10,6 +10,9 @@
   ``status`` and ``owner`` = the acting Practitioner (note optional; nothing else may change). Needs a
   ``system/`` or ``user/`` Task write scope and the clearance of the Task's labels. The new version is written to
   the bundle topic with a Provenance and an AuditEvent (who, what, when), and answered once the record has it.
+* ``GET /Patient/{id}`` with ``Accept: text/html`` (a browser): the clinician's page (services/record/
+  clinician_page.py), from exactly what the token may see; ``GET /clinic`` (HTML): open safety Tasks and
+  overdue follow-ups. Other clients of ``/Patient/{id}`` get FHIR JSON from the generic routes.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+from starlette.types import Scope
 
 from services.common.kafka import OutboundRecord
 from services.common.topics import FHIR_BUNDLES
 from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
-from services.outcomes.episodes import PersonOutcomes, evaluate_person
+from services.outcomes.episodes import evaluate_person
 from services.outcomes.fhir import (
     MEASURES,
     MEASURES_BY_ID,
@@ -39,10 +46,13 @@ from services.outcomes.fhir import (
     population_counts,
     summary_report,
 )
-from services.outcomes.history import OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of, scores_of
 from services.outcomes.tasks import TaskChangeRefused, audit_records, change_status
 from services.record import render
+from services.record.clinician_page import clinic_page, patient_page
 from services.record.errors import BadRequest, Forbidden, ResourceNotFound, StoreUnavailable
+from services.record.search import parse_search
+from services.record.store.base import EverythingQuery
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +135,10 @@ def build_router(api: Any) -> APIRouter:
             if compartment is not None and not members & compartment:
                 raise Forbidden("the subject is outside the token's patient compartment")
         histories: dict[str, list[Any]] = {}
+        assert api.gate is not None
+        grants = api.gate.grants(access, members)  # the disclosure decision (consent and labels) per person
         for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL,)):
-            if row.body is None or not access.allows(row.restriction):
+            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
                 continue
             if compartment is not None and row.patient_ref not in compartment:
                 continue
@@ -136,24 +148,22 @@ def build_router(api: Any) -> APIRouter:
             if score is not None:
                 histories.setdefault(person, []).append(score)
         as_of = api.clock().date()
-        persons: list[PersonOutcomes] = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
         organization = api.settings.outcomes_reporter
         generated = api.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
         if report_type == "subject":
+            persons = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
             episode = next((e for p in persons if (e := index_episode(spec, p, start, end)) is not None), None)
             if episode is not None:
                 report = individual_report(spec, episode, organization)
                 report["id"] = str(uuid.uuid4())
                 report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
                 return _fhir(report)
-            counts = population_counts(spec, [], start, end)
+            counts = population_counts(spec, [], start, end, as_of, rules.phq9)
             report = summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4()))
             report.update(type="individual", subject={"reference": subject}, status="complete")
-            report["meta"]["profile"] = ["http://hl7.org/fhir/us/davinci-deqm/StructureDefinition/"
-                                         "indv-measurereport-deqm"]
             report["group"][0]["measureScore"] = {"value": 0.0}
             return _fhir(report)
-        counts = population_counts(spec, persons, start, end)
+        counts = population_counts(spec, histories.values(), start, end, as_of, rules.phq9)
         return _fhir(summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4())))
 
     @router.get("/Measure/{measure_id}/$evaluate-measure")
@@ -188,7 +198,7 @@ def build_router(api: Any) -> APIRouter:
         row = api.store.read("Task", task_id)
         if row is None or row.body is None:
             raise ResourceNotFound(f"Task/{task_id} is not known")
-        api.check_row(access, row, api.compartment(access))
+        api.check_row(access, row, api.compartment(access), "read", request, f"Task/{task_id} is not known")
         if_match = request.headers.get("if-match")
         if if_match and if_match.strip().removeprefix("W/").strip('"') != str(row.version_id):
             return _outcome(412, "conflict", "the Task has changed since that version (If-Match)")
@@ -227,7 +237,79 @@ def build_router(api: Any) -> APIRouter:
             await _sleep(0.02)
         return _fhir(updated, 202)  # durable in Kafka; the record has not ingested it yet
 
+    _page_routes(router, api, rules)
     return router
+
+
+class HtmlRoute(APIRoute):
+    """Matches only requests that ask for HTML (a browser's Accept), so the same path still answers FHIR JSON
+    through the generic routes for every other client."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match == Match.NONE:
+            return match, child
+        accept = dict(scope.get("headers") or ()).get(b"accept", b"").decode(errors="replace")
+        if "text/html" not in accept:
+            return Match.NONE, {}
+        return match, child
+
+
+def _page_routes(router: APIRouter, api: Any, rules: Any) -> None:
+    html_router = APIRouter(route_class=HtmlRoute)
+
+    @html_router.get("/Patient/{patient_id}")
+    def patient_html(patient_id: str, request: Request) -> Response:
+        access = api.authenticate(request)
+        access.require_read("Patient")
+        row = api.store.read("Patient", patient_id)
+        if row is None or row.body is None:
+            raise ResourceNotFound(f"Patient/{patient_id} is not known")
+        compartment = api.compartment(access)
+        api.check_row(access, row, compartment, "read", request, f"Patient/{patient_id} is not known")
+        members = frozenset(api.store.person(f"Patient/{patient_id}").members)
+        if compartment is not None:
+            members &= compartment
+        grants = api.gate.grants(access, members)  # consent and labels, as $everything decides them
+        page = api.store.everything(EverythingQuery(members, None, None, 10_000, 0), grants.view(compartment))
+        api.audit_page(access, grants, "read", page.rows, request, query=False)
+        resources = [orjson.loads(r.body) for r in page.rows
+                     if r.body is not None and access.may_read(r.resource_type)]
+        today = api.clock().date()
+        outcomes = evaluate_person(scores_of(resources), today, rules)
+        html = patient_page(orjson.loads(row.body), resources, outcomes, today)
+        return HTMLResponse(html)
+
+    @html_router.get("/clinic")
+    def clinic_html(request: Request) -> Response:
+        access = api.authenticate(request)
+        access.require_read("Task")
+        access.require_read("Observation")
+        compartment = api.compartment(access)
+        query = parse_search("Task", [("status", "requested,received,accepted,in-progress,on-hold"),
+                                      ("_count", "1000")], 1000, 1000)
+        grants = api.gate.grants(access, compartment)
+        found = api.store.search(query, grants.view(compartment)).rows
+        api.audit_page(access, grants, "search-type", found, request, query=False)
+        tasks = [orjson.loads(r.body) for r in found if r.body is not None]
+        histories: dict[str, list[Any]] = {}
+        for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL, GAD7_TOTAL)):
+            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
+                continue
+            if compartment is not None and row.patient_ref not in compartment:
+                continue
+            score = score_of(orjson.loads(row.body))
+            if score is not None:
+                histories.setdefault(person, []).append(score)
+        today = api.clock().date()
+        overdue: list[tuple[str, str, str]] = []
+        for history in histories.values():
+            for episode in evaluate_person(history, today, rules).episodes:
+                if episode.follow_up_overdue:
+                    overdue.append((episode.index.patient, episode.instrument, str(episode.follow_up_due)))
+        return HTMLResponse(clinic_page(tasks, sorted(overdue, key=lambda o: o[2]), today))
+
+    router.include_router(html_router)
 
 
 async def _sleep(seconds: float) -> None:

@@ -27,9 +27,13 @@ def operation_outcome(severity: str, code: str, diagnostics: str) -> dict[str, A
     }
 
 
-def withheld_outcome(withheld: Mapping[int, int]) -> dict[str, Any] | None:
-    """States what was withheld and why (counts and label classes only: never ids or content)."""
-    issues = []
+GENERIC_NOTICE = "Results may be limited by the disclosure policy (consent and security labels)."
+
+
+def withheld_outcome(withheld: Mapping[int, int], generic: bool = False) -> dict[str, Any] | None:
+    """States what was withheld and why, to a caller cleared for it (counts and label classes only: never ids
+    or content); ``generic``: the data-independent notice for a caller who may not be told."""
+    issues: list[dict[str, Any]] = []
     for missing, count in sorted(withheld.items()):
         classes = " and ".join(describe_restriction(missing)) or "restricted"
         noun = "resource was" if count == 1 else "resources were"
@@ -38,11 +42,13 @@ def withheld_outcome(withheld: Mapping[int, int]) -> dict[str, Any] | None:
                 "severity": "warning",
                 "code": "suppressed",
                 "details": {
-                    "text": f"{count} matching {noun} withheld: security labels require the {classes} "
-                    "clearance, which this token does not have."
+                    "text": f"{count} matching {noun} withheld: {classes} data goes to this recipient only as its "
+                    "clearances, the patient's consent and the disclosure policy allow."
                 },
             }
         )
+    if generic:
+        issues.append({"severity": "information", "code": "informational", "details": {"text": GENERIC_NOTICE}})
     if not issues:
         return None
     return {"resourceType": "OperationOutcome", "issue": issues}
@@ -90,9 +96,14 @@ def searchset(
     body_of: BodyOf,
     bundle_id: str,
     now_ms: int,
+    told: Mapping[int, int] | None = None,
+    generic: bool = False,
+    included: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    """A searchset Bundle. Withheld matches are stated by an OperationOutcome entry (search.mode outcome)
-    and a REDACTED tag on the Bundle's meta.security."""
+    """A searchset Bundle. ``told``: the withheld counts the caller may be told (default: ``page.withheld``),
+    stated by an OperationOutcome entry (search.mode outcome) and a REDACTED tag on the Bundle's meta.security;
+    ``generic``: the data-independent policy notice; ``included``: resources added with search.mode include
+    (the Part 2 notice)."""
     # the entries are joined as bytes: stored bodies are served JSON already, and ids and types are
     # [A-Za-z0-9.-] (checked at ingest), so only the base URL needs JSON escaping
     prefix = b'{"fullUrl":' + orjson.dumps(base)[:-1] + b"/"
@@ -104,8 +115,13 @@ def searchset(
         + b',"search":{"mode":"match"}}'
         for row in page.rows
     ]
+    for resource in included:
+        parts.append(
+            orjson.dumps({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource, "search": {"mode": "include"}})
+        )
     meta: dict[str, Any] = {"lastUpdated": format_instant(now_ms)}
-    outcome = withheld_outcome(page.withheld)
+    stated = page.withheld if told is None else told
+    outcome = withheld_outcome(stated, generic)
     if outcome is not None:
         parts.append(
             orjson.dumps(
@@ -116,6 +132,7 @@ def searchset(
                 }
             )
         )
+    if stated:
         meta["security"] = [REDACTED_TAG]
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
@@ -140,8 +157,12 @@ def history(
     offset: int,
     bundle_id: str,
     now_ms: int,
+    told: Mapping[int, int] | None = None,
+    generic: bool = False,
+    included: Sequence[Mapping[str, Any]] = (),
 ) -> bytes:
-    """A history Bundle: newest first, each entry with the request that made the version and its response."""
+    """A history Bundle: newest first, each entry with the request that made the version and its response;
+    ``told`` / ``generic`` / ``included`` as for :func:`searchset`."""
     entries: list[dict[str, Any]] = []
     for row in page.rows:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{row.resource_type}/{row.id}"}
@@ -163,10 +184,21 @@ def history(
             "lastModified": format_instant(row.last_updated),
         }
         entries.append(entry)
+    for resource in included:
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{resource['id']}",
+                "resource": resource,
+                "request": {"method": "GET", "url": f"{resource['resourceType']}/{resource['id']}"},
+                "response": {"status": "200 OK"},
+            }
+        )
     meta: dict[str, Any] = {"lastUpdated": format_instant(now_ms)}
-    outcome = withheld_outcome(page.withheld)
-    if outcome is not None:
+    stated = page.withheld if told is None else told
+    if stated:
         meta["security"] = [REDACTED_TAG]
+    outcome = withheld_outcome(stated, generic)
+    if outcome is not None:
         entries.append(
             {
                 "fullUrl": f"urn:uuid:{_outcome_id(bundle_id)}",

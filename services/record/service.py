@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.disclosure import policy_from_settings
 from services.common.health import KafkaReadiness
 from services.common.kafka import RecordProducer
 from services.common.log import configure_logging
@@ -21,7 +22,9 @@ from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, RECORD_CHANGES
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
+from services.record.audit_ingest import AuditIngestor
 from services.record.consumer import BundleIngestor
+from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
 
@@ -37,6 +40,7 @@ class RecordService:
     ingestor: BundleIngestor
     kafka: KafkaReadiness
     app: FastAPI
+    audit: AuditIngestor
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -52,9 +56,11 @@ class RecordService:
     def start(self) -> None:
         self.kafka.start()
         self.ingestor.start()
+        self.audit.start()
 
     def stop(self) -> None:
         self.ingestor.stop()
+        self.audit.stop()
         self.kafka.stop()
         self.producer.close()
         self.store.close()
@@ -81,8 +87,15 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         tokens,
         readiness=lambda: holder[0].readiness(),
         publish=producer.send_all_async,
+        audit_sink=producer.send_all_and_wait,
     )
-    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api))
+    api.gate = DisclosureGate(
+        store,
+        policy_from_settings(settings.disclosure_policy, settings.disclosure_treatment_purposes),
+        api.now_ms,
+    )
+    audit = AuditIngestor(settings, store, group_id=group_id)
+    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit)
     holder.append(service)
     return service
 

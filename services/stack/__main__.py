@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
     if "record" in services and importlib.util.find_spec("services.notify"):
         services.append("notify")
+    if "record" in services and importlib.util.find_spec("services.outcomes"):
+        services.append("outcomes")
     webhook: WebhookReceiver | None = None
+    services.append("general")
     steps = 5 + len(services)
     step = 0
 
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
         ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port,
-                 "notify": settings.notify_port}
+                 "notify": settings.notify_port, "outcomes": settings.outcomes_port,
+                 "general": settings.general_port}
         for name in services:
             progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
             stack.start_service(name, env)
@@ -286,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
         say(f"  Kafka {bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
-            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+            f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1, {prefix}.record.changes.v1")
         say(f"  operator CLI    export CAREBUS_KAFKA_BOOTSTRAP={bootstrap}; then .venv/bin/carebus status")
         say(f"  Kafka's tools   .venv/bin/carebus kafka console-consumer --topic {prefix}.fhir.bundles.v1 "
             "--from-beginning --property print.headers=true")
@@ -297,6 +301,13 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  FHIR record API http://{settings.http_host}:{settings.record_port}/metadata")
             say(f"    curl -H 'Authorization: Bearer {DEMO_TOKEN}' "
                 f"'http://{settings.http_host}:{settings.record_port}/Patient/{psychiatry_patient_id()}/$everything'")
+        if "outcomes" in services:
+            page = f"http://{settings.http_host}:{settings.record_port}/Patient/{psychiatry_patient_id()}"
+            say(f"  clinician page  {page}  (a browser's Accept: text/html, with the bearer token, e.g. "
+                f"curl -H 'Accept: text/html' -H 'Authorization: Bearer {DEMO_TOKEN}' {page}); clinic view: "
+                f"http://{settings.http_host}:{settings.record_port}/clinic")
+            say(f"  outcomes        {settings.topic_prefix}.outcomes.v1; Task?status=requested; "
+                f"Measure/carebus-phq9-remission-12-months/$evaluate-measure?periodStart=...&periodEnd=...")
         if webhook is not None:
             say(f"  subscriptions   curl -H 'Authorization: Bearer {DEMO_SUBSCRIBER_TOKEN}' "
                 f"http://{settings.http_host}:{settings.record_port}/Subscription ; .venv/bin/carebus subscriptions "

@@ -11,9 +11,11 @@ import pytest
 
 from services.common.settings import Settings
 from services.common.topics import (
+    AUDIT_EVENTS,
     CATALOGUE,
     DEAD_LETTERS,
     FHIR_BUNDLES,
+    GENERAL_BUNDLES,
     INBOUND_EVENTS,
     RECORD_CHANGES,
     SAFETY_ALERTS,
@@ -109,16 +111,18 @@ def _group_ids(objects: list[Obj]) -> dict[str, str]:
 
 # What each service does on Kafka: the topics it reads and writes. record also writes identity link/unlink
 # commands to the bundle topic (services/record/api.py) and bundles it cannot store to the dead letters.
-READS = {"intake": set(), "mapper": {INBOUND_EVENTS}, "record": {FHIR_BUNDLES}}
+READS = {"intake": set(), "mapper": {INBOUND_EVENTS}, "record": {FHIR_BUNDLES, AUDIT_EVENTS},
+         "general": {FHIR_BUNDLES}}
 WRITES = {
     "intake": {INBOUND_EVENTS},
     "mapper": {FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS},
-    "record": {FHIR_BUNDLES, DEAD_LETTERS, RECORD_CHANGES},
+    "record": {FHIR_BUNDLES, DEAD_LETTERS, RECORD_CHANGES, AUDIT_EVENTS},
+    "general": {GENERAL_BUNDLES},
 }
 
 
 @pytest.mark.parametrize("name", ALL_KUSTOMIZATIONS)
-@pytest.mark.parametrize("service", ["intake", "mapper", "record"])
+@pytest.mark.parametrize("service", ["intake", "mapper", "record", "general"])
 def test_kafka_user_acls_grant_exactly_what_the_service_does(name: str, service: str) -> None:
     objects = render(name)
     user = one(objects, "KafkaUser", f"carebus-{service}")
@@ -138,6 +142,18 @@ def test_kafka_user_acls_grant_exactly_what_the_service_does(name: str, service:
         acl["resource"]["type"] in ("cluster", "transactionalId")
         for acl in user["spec"]["authorization"]["acls"]
     )
+
+
+@pytest.mark.parametrize("name", ALL_KUSTOMIZATIONS)
+def test_vendors_read_the_general_topic_only(name: str) -> None:
+    vendors = [u for u in of_kind(render(name), "KafkaUser")
+               if u["metadata"]["labels"].get("carebus.dev/role") == "vendor"]
+    assert vendors
+    for user in vendors:
+        for spec in CATALOGUE:
+            topic = spec.name(PREFIX)
+            assert _allowed(user, "topic", topic, "Read") == (spec is GENERAL_BUNDLES), topic
+            assert not _allowed(user, "topic", topic, "Write"), topic
 
 
 @pytest.mark.parametrize("name", ALL_KUSTOMIZATIONS)

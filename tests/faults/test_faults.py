@@ -252,7 +252,7 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
     crowd = people(200, seed=11)
     events = [e for person in crowd[:-1] for e in person_journey(person, START)]
     poison_event = nul_event(crowd[-1])
-    events.insert(len(events) // 3, poison_event)
+    events.insert(150, poison_event)  # early: the sender stops once the faults are over
     sender = Sender(stack.settings, events)
     sender.start()
 
@@ -291,6 +291,7 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
                                                             stack.broker.pid, len(sender.accepted))
     accepted = sender.accepted
     assert len(accepted) > 500, "the faults should have happened while events flowed"
+    assert any(e is poison_event for e in accepted)
 
     groups = {MAPPER_GROUP: INBOUND_EVENTS.name(PREFIX), RECORD_GROUP: FHIR_BUNDLES.name(PREFIX)}
     wait_for(lambda: all(g.lag == 0 for g in group_lags(stack.settings, groups)), "consumer lag 0", 180)

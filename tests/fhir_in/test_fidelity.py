@@ -27,10 +27,13 @@ PHQ9_ITEMS = ["44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", 
 
 
 def sdc_phq9() -> dict[str, Any]:
-    """The SDC IG's PHQ-9 response made R4 (it carries QuestionnaireResponse.url, an R5 element; nothing else
-    changed): the form's own linkIds (H1/T1/Q1..Q9, total H1/TS), answers coded by their text, no LOINC."""
+    """The SDC IG's PHQ-9 response made R4: it carries QuestionnaireResponse.url (an R5 element), and its
+    questionnaire canonical is relative (``Questionnaire/sdc-profile-example-PHQ9``; R4 canonicals are
+    absolute): dropped / made absolute under the SDC IG's base, nothing else changed. The form's own linkIds
+    (H1/T1/Q1..Q9, total H1/TS), answers coded by their text, no LOINC."""
     response = sample("questionnaireresponse-sdc-example-PHQ9.json")
     del response["url"]
+    response["questionnaire"] = "http://hl7.org/fhir/uv/sdc/" + response["questionnaire"]
     return response
 
 

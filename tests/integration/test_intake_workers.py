@@ -26,7 +26,7 @@ from tests.kafka_helpers import read_all
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "workers-test-token"
+TOKEN = "workers-test-token"  # noqa: S105
 HL7_SAMPLE = Path(__file__).parents[1] / "samples" / "hl7v2" / "ADT-A01-01.hl7"
 
 
@@ -37,7 +37,7 @@ def test_workers_share_the_port_and_hl7_resends_meet_one_memory(settings: Settin
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, "CAREBUS_INTAKE_PORT": str(port),
            "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3",
            "CAREBUS_INTAKE_WORKERS": "2", "CAREBUS_INTAKE_TOKENS": json.dumps(tokens)}
-    intake = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,  # noqa: S603
+    intake = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     auth = {"authorization": f"Bearer {TOKEN}"}
     try:

@@ -46,10 +46,16 @@ def auth(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer notify-token-{name}", "Content-Type": "application/fhir+json"}
 
 
-class NotifyProcess:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+class ServiceProcess:
+    """A carebus service as its own process (``python -m services.<name>``), so a test can SIGKILL it."""
+
+    def __init__(self, name: str, settings: Settings, port: int, log_path: Path,
+                 extra: dict[str, str] | None = None) -> None:
+        self.name = name
         self.settings = settings
+        self.port = port
         self.log_path = log_path
+        self.extra = extra or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -67,25 +73,27 @@ class NotifyProcess:
             "CAREBUS_NOTIFY_RETRY_INITIAL_S": str(s.notify_retry_initial_s),
             "CAREBUS_NOTIFY_RETRY_MAX_S": str(s.notify_retry_max_s),
             "CAREBUS_NOTIFY_RETRY_WINDOW_S": str(s.notify_retry_window_s),
+            "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps(s.notify_endpoint_allowlist).decode(),
             "CAREBUS_RECORD_BASE_URL": str(s.record_base_url),
             "CAREBUS_LOG_LEVEL": "INFO",
+            **self.extra,
         })
         return env
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "services.notify"], env=self.env(),
-                                        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        deadline = time.monotonic() + 60
+        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}"],  # noqa: S603
+                                        env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log_path.read_text()[-3000:]
             try:
-                if httpx.get(f"http://127.0.0.1:{self.settings.notify_port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise AssertionError("notify did not become ready: " + self.log_path.read_text()[-3000:])
+        raise AssertionError(f"{self.name} did not become ready: " + self.log_path.read_text()[-3000:])
 
     def kill9(self) -> None:
         assert self.process is not None
@@ -118,7 +126,7 @@ class NotifyStack:
         })
         self.record = RecordHarness(settings, f"sqlite:///{folder}/record.db", "sqlite")
         self.settings = settings.model_copy(update={"record_base_url": self.record.base_url})
-        self.notify = NotifyProcess(self.settings, folder / "notify.log")
+        self.notify = ServiceProcess("notify", self.settings, self.settings.notify_port, folder / "notify.log")
         self.notify.start()
         self.store: NotifyStore = open_notify_store(str(self.settings.notify_store_dsn))
 

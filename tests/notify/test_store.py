@@ -54,16 +54,16 @@ def test_events_are_numbered_per_subscription_once_and_in_order(store: NotifySto
     store.create(_sub("b", "Patient/p1", clearances=0))  # not cleared for behavioural health
     store.create(_sub("c", "Patient/p2"))
     batch = [_phq9("o1", "Patient/p1"), _phq9("o2", "Patient/p1"), _phq9("o3", "Patient/p2")]
-    assert store.record_changes(batch) == 3
-    assert store.record_changes(batch) == 0  # the same changes again (a replayed feed): nothing new
-    assert store.record_changes([_phq9("o1", "Patient/p1", version=2)]) == 0  # a correction, still final
+    assert store.record_changes(batch) == {"a": 2, "c": 1}
+    assert store.record_changes(batch) == {}  # the same changes again (a replayed feed): nothing new
+    assert store.record_changes([_phq9("o1", "Patient/p1", version=2)]) == {}  # a correction, still final
     assert [(e.number, e.resource_id) for e in store.events("a")] == [(1, "o1"), (2, "o2")]
     assert store.events("b") == []  # withheld: no number at all
     assert [(e.number, e.resource_id) for e in store.events("c")] == [(1, "o3")]
     sub = store.get("a")
     assert sub is not None and sub.events_since_start == 2
-    assert store.record_changes([_phq9("o4", "Patient/p1", status="preliminary")]) == 0
-    assert store.record_changes([_phq9("o4", "Patient/p1", version=2)]) == 1  # became final
+    assert store.record_changes([_phq9("o4", "Patient/p1", status="preliminary")]) == {}
+    assert store.record_changes([_phq9("o4", "Patient/p1", version=2)]) == {"a": 1}  # became final
     assert [e.number for e in store.pending("a", 10)] == [1, 2, 3]
 
 

@@ -190,6 +190,6 @@ def test_the_subscription_api_refuses_what_it_must(stack: NotifyStack) -> None:
         metadata = stack.record.client.get("/metadata").json()
         subscription = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "Subscription")
         canonicals = [e["valueCanonical"] for e in subscription["extension"]]
-        assert topic in canonicals and len(canonicals) == 13
+        assert topic in canonicals and len(canonicals) == 15
     finally:
         receiver.stop()

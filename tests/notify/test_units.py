@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from services.common.disclosure import parse_consent
 from services.notify.bundles import notification_bundle
 from services.notify.consent import PART2_NOTICE, Recipient, decide
 from services.notify.delivery import backoff_s, signature
@@ -24,6 +25,7 @@ from services.notify.subscriptions import (
     status_update,
 )
 from services.notify.topics import BY_CANONICAL, TOPIC_BASE, TOPICS, Change, parse_filter, state_of, triggered
+from tests.consent.consents import consent
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -46,7 +48,7 @@ def names(c: Change, previous: str | None) -> list[str]:
 
 
 def test_every_topic_has_a_canonical_under_one_base_and_a_patient_filter() -> None:
-    assert len(TOPICS) == 13
+    assert len(TOPICS) == 15
     assert all(t.canonical.startswith(TOPIC_BASE) for t in TOPICS)
     assert all(t.filter("patient") is not None for t in TOPICS)
 
@@ -130,8 +132,18 @@ def test_consent_seam_withholds_uncleared_labels_and_other_compartments_and_noti
     assert decide(Recipient("clinic", 0), psy).outcome == "withhold"
     assert decide(Recipient("clinic", 1), psy).outcome == "deliver"
     assert decide(Recipient("clinic", 1), sud).outcome == "withhold"
-    with_notice = decide(Recipient("clinic", 3), sud)
-    assert with_notice.outcome == "deliver-with-notice" and with_notice.notice == PART2_NOTICE
+    # Part 2 data needs a consent naming the recipient (the disclosure engine), a clearance is not enough
+    assert decide(Recipient("clinic", 3), sud).outcome == "withhold"
+    partner = "http://hl7.org/fhir/sid/us-npi|1999999984"
+    granted = parse_consent(consent("c1", "Patient/p1", org=partner, covered=("SUD", "42CFRPart2")))
+    with_notice = decide(Recipient("clinic", 3, organization=partner), sud, [granted])
+    assert with_notice.outcome == "deliver-with-notice" and with_notice.notice is not None
+    assert with_notice.notice.startswith(PART2_NOTICE) and "Consent/c1" in with_notice.notice
+    revoked = parse_consent(consent("c1", "Patient/p1", org=partner, covered=("SUD", "42CFRPart2"),
+                                    status="inactive", end="2026-04-01T00:00:00Z"))
+    assert decide(Recipient("clinic", 3, organization=partner), sud, [revoked]).outcome == "withhold"
+    denied = parse_consent(consent("c2", "Patient/p1", "deny", org=None, covered=("PSY",), purposes=()))
+    assert decide(Recipient("clinic", 1), psy, [denied]).outcome == "withhold"  # a deny consent wins
     assert decide(Recipient("app", 1, "Patient/p2"), psy).outcome == "withhold"
     assert decide(Recipient("app", 1, "Patient/p1"), psy).outcome == "deliver"
 

@@ -146,7 +146,7 @@ def test_safety_task_lifecycle(stack: OutcomesStack) -> None:
     accepted = response.json()
     assert accepted["status"] == "accepted" and accepted["owner"]["reference"] == "Practitioner/dr-okafor"
     version = accepted["meta"]["versionId"]
-    audit = stack.record.fhir(f"/AuditEvent/{_audit_id(task['id'], version)}")
+    audit = stack.record.fhir(f"/AuditEvent/{_audit_id(task['id'], version)}", token="privacy")  # AuditEvent scope
     assert audit["agent"][0]["who"]["reference"] == "Practitioner/dr-okafor" and audit["action"] == "U"
     assert audit["entity"][0]["what"]["reference"] == f"Task/{task['id']}/_history/{version}"
     assert _task(stack, ref, "accepted")

@@ -43,6 +43,8 @@ from tests.record.fhir_data import CLINIC, Event, patient_id
 BACKENDS = ["sqlite", "postgres"]
 
 PORTAL_MRN = "portal-owner-0001"
+PARTNER_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999984"  # NPI-style identifier of the partner clinic
+THERAPY_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999992"
 PORTAL_PATIENT = patient_id(CLINIC, PORTAL_MRN)
 
 TOKENS: dict[str, RecordTokenGrant] = {
@@ -55,6 +57,13 @@ TOKENS: dict[str, RecordTokenGrant] = {
                               clearances=["behavioral-health", "part2", "psychotherapy-notes"]),
     "portal": RecordTokenGrant(scopes=["patient/*.read"], patient=PORTAL_PATIENT,
                                clearances=["behavioral-health"]),
+    # the SUD program's partner clinic: named by the Part 2 consents the tests publish (tests/consent)
+    "partner": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"],
+                                organization=PARTNER_ORG, label="partner clinic"),
+    "therapy": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"],
+                                organization=THERAPY_ORG, label="therapy practice"),
+    "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"],
+                                clearances=["behavioral-health", "part2"], label="privacy officer"),
 }
 
 
@@ -230,13 +239,19 @@ class RecordHarness:
         self.service.stop()
 
 
+# The REST, search and identity tests predate consent: they run carebus as a Part 2 program's own record would
+# (the part2 clearance suffices). tests/consent runs the shipped policy (Part 2 only with a consent).
+PROGRAM_POLICY: dict[str, Any] = {"part2": "clearance"}
+
+
 def harness_settings(kafka_bootstrap: str, **overrides: Any) -> Settings:
+    overrides.setdefault("disclosure_policy", PROGRAM_POLICY)
+    overrides.setdefault("record_tokens", token_config())
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         topic_prefix=f"rec{uuid.uuid4().hex[:10]}",
         kafka_topic_partitions=3,
         kafka_request_timeout_s=10.0,
-        record_tokens=token_config(),
         record_group_id=f"record-{uuid.uuid4().hex[:8]}",
         **overrides,
     )

@@ -8,9 +8,9 @@ source patient, so they land on different partitions and are ingested by differe
 from __future__ import annotations
 
 import copy
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -172,11 +172,11 @@ def test_two_record_instances_build_the_record_one_instance_builds(
                for name, (dsn, group, instances) in runs.items()}
     processes = [process for run in started.values() for process, _port in run]
     try:
-        for name, (_dsn, group, instances) in runs.items():  # both instances hold partitions before data flows
+        for _name, (_dsn, group, instances) in runs.items():  # both instances hold partitions before data flows
             wait_members(settings, group, instances)
         written = mapped_bundles(settings, journey_events(people=24, shared_person=8))
         assert written > 300
-        for name, (_dsn, group, _instances) in runs.items():
+        for _name, (_dsn, group, _instances) in runs.items():
             wait_consumed(settings, group, processes, log)
         per_instance = {name: [versions_written(port) for _process, port in run] for name, run in started.items()}
     finally:

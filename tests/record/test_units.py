@@ -9,12 +9,14 @@ import uuid
 import orjson
 import pytest
 
+from services.common.disclosure import ORDINARY
 from services.common.settings import RecordTokenGrant
 from services.record.access import (
     ALL_CLEARANCES,
     BEHAVIORAL_HEALTH,
     PART2,
     PSYCHOTHERAPY_NOTES,
+    SUBSTANCE_USE,
     TokenRegistry,
     grant_access,
     parse_scope,
@@ -101,7 +103,8 @@ def test_scopes_and_grants() -> None:
         grant_access(RecordTokenGrant(scopes=["patient/*.read"]))
     access = grant_access(RecordTokenGrant(scopes=["user/Observation.read"], clearances=["part2"]))
     assert access.may_read("Observation") and not access.may_read("Condition")
-    assert access.allows(PART2) and not access.allows(PART2 | BEHAVIORAL_HEALTH)
+    assert access.cleared_for(PART2) and not access.cleared_for(PART2 | BEHAVIORAL_HEALTH)
+    assert access.purpose == "TREAT" and access.recipient.organization is None
     with pytest.raises(Forbidden):
         access.require_write("Linkage")
 
@@ -117,7 +120,7 @@ def test_labels_map_to_clearances() -> None:
     assert restriction_of(["R", "SUD", "42CFRPart2", "NORDSCLCD"]) == PART2
     assert restriction_of(["V", "PSYTHPN"]) == PSYCHOTHERAPY_NOTES
     assert restriction_of(["N"]) == 0
-    assert restriction_of(["MH", "ETHUD"]) == BEHAVIORAL_HEALTH | PART2
+    assert restriction_of(["MH", "ETHUD"]) == BEHAVIORAL_HEALTH | SUBSTANCE_USE
 
 
 def test_indexing_of_patients_and_clinical_time() -> None:
@@ -163,7 +166,7 @@ def test_capability_statement_is_valid_and_lists_stored_types() -> None:
     validate_fhir(statement)
     types = {r["type"] for r in statement["rest"][0]["resource"]}
     assert {"Patient", "Observation", "Flag", "Linkage", "Provenance"} <= types
-    assert ALL_CLEARANCES == 7
+    assert ALL_CLEARANCES == BEHAVIORAL_HEALTH | PART2 | PSYCHOTHERAPY_NOTES | SUBSTANCE_USE | ORDINARY
 
 
 def test_partition_merge_releases_by_timestamp_and_waits_for_busy_partitions() -> None:

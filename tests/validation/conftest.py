@@ -39,6 +39,7 @@ from services.mapper.hl7v2 import inspect_message
 from services.mapper.journey import sample_care_journey
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle
+from tests.fhir_in.test_fidelity import mixed_post, sdc_phq9
 from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples
 from tests.kafka_helpers import header, read_all
@@ -115,6 +116,12 @@ def _inputs() -> list[_Input]:
     for path in sorted((SAMPLES / "fhir").glob("*.json")):
         event_id = f"fhir-sample-{path.stem}"
         out.append(_Input(f"fhir/{path.name}", "/fhir", path.read_bytes(), "application/fhir+json", [event_id],
+                          {"x-carebus-source": FHIR_SOURCE, "x-carebus-event-id": event_id}))
+    # FHIR-in as issue 10 items 3-5 need it: the SDC PHQ-9 made R4 (the form's own linkIds, item 9 positive:
+    # scored, Flag), and a post naming its patient by fullUrl, Type/id, absolute and versioned references
+    for name, payload in (("fhir-in/sdc-phq9-r4", sdc_phq9()), ("fhir-in/mixed-references", mixed_post())):
+        event_id = name.replace("/", "-")
+        out.append(_Input(name, "/fhir", orjson.dumps(payload), "application/fhir+json", [event_id],
                           {"x-carebus-source": FHIR_SOURCE, "x-carebus-event-id": event_id}))
     return out
 

@@ -461,9 +461,22 @@ CoveredLabel = Literal["PSY", "MH", "BH", "SUD", "ETHUD", "OPIOIDUD", "42CFRPart
 
 
 class ConsentRecipient(Contract):
-    kind: Literal["organization", "practitioner"]
+    """Who may (or may not) receive. Give an ``identifier`` (e.g. the NPI): a record API token or a
+    subscription acts for an organization or care team by identifier, and only a named recipient matches."""
+
+    kind: Literal["organization", "practitioner", "care-team"]
     name: NonEmptyText
     identifier: Identifier | None = None
+
+
+class ConsentException(Contract):
+    """An exception to the consent's decision (a nested provision of the opposite type): e.g. "permit my
+    record to the clinic, except substance-use data" or "deny, except to this program"."""
+
+    labels_covered: list[CoveredLabel] = Field(default_factory=list, max_length=7,
+                                               description="Empty: every class of data.")
+    recipient: ConsentRecipient | None = Field(None, description="Unset: whoever the consent names.")
+    purposes: list[PurposeOfUse] = Field(default_factory=list, max_length=8, description="Empty: any purpose.")
 
 
 class ConsentData(Contract):
@@ -481,6 +494,7 @@ class ConsentData(Contract):
     form: Literal["59284-0", "64292-6"] = Field(
         "59284-0", description="LOINC document type: 59284-0 patient consent, 64292-6 release of information."
     )
+    exceptions: list[ConsentException] = Field(default_factory=list, max_length=10)
 
 
 class ConsentRevokedData(ConsentData):

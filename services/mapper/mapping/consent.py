@@ -5,8 +5,10 @@ information); patient; dateTime = granted_at; performer = the patient; policyRul
 when the consent covers SUD data, otherwise OPTIN (permit) / OPTOUT (deny) (?); provision: type permit|deny,
 period granted_at .. valid_until (or revoked_at), actor = the recipient in role IRCP (information recipient,
 v3-ParticipationType), purpose = v3-ActReason codes, securityLabel = the labels the consent covers.
-revoked: status inactive and provision.period.end = revoked_at.
-Labels: the labels of the data it covers (labels.covered_labels).
+exceptions: nested provisions of the opposite type (actor / purpose / securityLabel as given) - the most
+specific provision wins (services/common/disclosure.py).
+revoked: status inactive and provision.period.end = revoked_at (the disclosure engine applies it before
+that time only). Labels: the labels of the data it covers, exceptions included (labels.covered_labels).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Final
 
 from services.common import security_labels
 from services.common.events import ConsentGranted, ConsentRevoked
+from services.common.events.payloads import ConsentException, ConsentRecipient
 from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import ACT_CODE, ACT_REASON, LOINC, Draft, coding, concept, iso
 
@@ -34,6 +37,33 @@ PURPOSE_DISPLAY: Final = {
 _PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
 
 
+_RECIPIENT_TYPES: Final = {"organization": "Organization", "practitioner": "Practitioner", "care-team": "CareTeam"}
+
+
+def _recipient(recipient: ConsentRecipient) -> dict[str, Any]:
+    found: dict[str, Any] = {"type": _RECIPIENT_TYPES[recipient.kind], "display": recipient.name}
+    if recipient.identifier is not None:
+        found["identifier"] = {"system": recipient.identifier.system, "value": recipient.identifier.value}
+    return found
+
+
+def _exception(exception: ConsentException, kind: str) -> dict[str, Any]:
+    """A nested provision: the opposite decision for what the exception names."""
+    provision: dict[str, Any] = {"type": kind}
+    if exception.recipient is not None:
+        provision["actor"] = [
+            {
+                "role": concept(PARTICIPATION_TYPE, "IRCP", "information recipient"),
+                "reference": _recipient(exception.recipient),
+            }
+        ]
+    if exception.purposes:
+        provision["purpose"] = [coding(ACT_REASON, p, PURPOSE_DISPLAY[p]) for p in exception.purposes]
+    if exception.labels_covered:
+        provision["securityLabel"] = [security_labels.coding(label) for label in exception.labels_covered]
+    return provision
+
+
 def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
     data = event.data
     subject = draft.subject
@@ -43,15 +73,7 @@ def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
         policy = concept(ACT_CODE, "OPTIN", "opt-in")
     else:
         policy = concept(ACT_CODE, "OPTOUT", "opt-out")
-    recipient: dict[str, Any] = {
-        "type": "Organization" if data.recipient.kind == "organization" else "Practitioner",
-        "display": data.recipient.name,
-    }
-    if data.recipient.identifier is not None:
-        recipient["identifier"] = {
-            "system": data.recipient.identifier.system,
-            "value": data.recipient.identifier.value,
-        }
+    recipient = _recipient(data.recipient)
     period: dict[str, str] = {"start": iso(data.granted_at)}
     if data.valid_until:
         period["end"] = iso(data.valid_until)
@@ -76,7 +98,11 @@ def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
             "securityLabel": [security_labels.coding(label) for label in data.labels_covered],
         },
     }
+    if data.exceptions:
+        opposite = "deny" if data.decision == "permit" else "permit"
+        consent["provision"]["provision"] = [_exception(e, opposite) for e in data.exceptions]
     if isinstance(event, ConsentRevoked):
         consent["status"] = "inactive"
         period["end"] = iso(event.data.revoked_at)
-    draft.add(consent, labels.covered_labels(data.labels_covered))
+    covered = [*data.labels_covered, *(label for e in data.exceptions for label in e.labels_covered)]
+    draft.add(consent, labels.covered_labels(covered))

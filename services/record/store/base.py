@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,11 +28,19 @@ class StoredRow:
 
 @dataclass(frozen=True)
 class View:
-    """What the caller may see: ``granted`` clearance bits and, for a patient-bound caller, the person's
-    Patient references (None = any patient, or no patient at all)."""
+    """What the caller may see: ``granted`` label-class bits (services/common/disclosure.py; its ORDINARY bit
+    when unlabelled data may go) for every resource whose patient is not in ``by_patient``, which overrides them
+    per Patient reference (what the patient's consents decide for this caller); and, for a patient-bound
+    caller, the person's Patient references (None = any patient, or no patient at all)."""
 
     granted: int
     compartment: frozenset[str] | None = None
+    by_patient: Mapping[str, int] = field(default_factory=dict)
+
+    def mask_of(self, patient_ref: str | None) -> int:
+        if patient_ref is None:
+            return self.granted
+        return self.by_patient.get(patient_ref, self.granted)
 
 
 @dataclass
@@ -131,6 +139,10 @@ class RecordStore(Protocol):
     def everything(self, query: EverythingQuery, view: View) -> Page: ...
 
     def person(self, patient_ref: str) -> Person: ...
+
+    def consents(self, patient_refs: Sequence[str] | None) -> list[StoredRow]:
+        """Current Consent resources of these patients (None: of every patient), whatever their labels."""
+        ...
 
     def review_candidates(self) -> list[ReviewCandidate]: ...
 

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from services.record.access import ALL_CLEARANCES
+from services.common.disclosure import ALL_CLASSES, CLASS_CODES, ORDINARY, restriction_of
 from services.record.changes import OutboxRow
 from services.record.errors import StoreUnavailable
 from services.record.identity import (
@@ -394,6 +394,15 @@ class SqlStore:
                 raise StoreUnavailable(
                     f"record store schema {version[0][0]} is not {SCHEMA_VERSION}: replay the topic into a new store"
                 )
+            rules = self._all(conn, "SELECT value FROM store_meta WHERE key = ?", ("restriction_rules",))
+            if not rules or rules[0][0] != restriction_rules_fingerprint():
+                self._recompute_restrictions(conn)
+                self._many(
+                    conn,
+                    "INSERT INTO store_meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [("restriction_rules", restriction_rules_fingerprint())],
+                )
             rows = self._all(conn, "SELECT value FROM store_meta WHERE key = ?", ("identity_policy",))
             fingerprint = self.policy.fingerprint()
             if not rows or rows[0][0] != fingerprint:
@@ -408,6 +417,28 @@ class SqlStore:
                 self._many(
                     conn, "INSERT INTO store_meta (key, value) VALUES (?, ?)", [("schema_version", SCHEMA_VERSION)]
                 )
+
+    def _recompute_restrictions(self, conn: Connection) -> None:
+        """Re-derive every row's ``restriction`` from its labels (the label classes changed since it was
+        stored). A deletion keeps the classes of the newest stored body before it."""
+        for table, keys in (("resource_version", "resource_type, id, version_id"), ("resource_current", None)):
+            if keys is None:
+                rows = self._all(conn, "SELECT c.resource_type, c.id, v.body FROM resource_current c JOIN "
+                                 "resource_version v ON v.resource_type = c.resource_type AND v.id = c.id "
+                                 "WHERE v.body IS NOT NULL ORDER BY v.version_id")
+                latest = {(r[0], r[1]): r[2] for r in rows}
+                updates = [(_restriction_of_body(body), rtype, rid) for (rtype, rid), body in latest.items()]
+                self._many(conn, "UPDATE resource_current SET restriction = ? WHERE resource_type = ? AND id = ?",
+                           updates)
+            else:
+                rows = self._all(conn, f"SELECT {keys}, body FROM {table} WHERE body IS NOT NULL")
+                self._many(
+                    conn,
+                    f"UPDATE {table} SET restriction = ? WHERE resource_type = ? AND id = ? AND version_id = ?",
+                    [(_restriction_of_body(r[3]), r[0], r[1], r[2]) for r in rows],
+                )
+        if rows:
+            log.info("stored restrictions recomputed for new label classes")
 
     def ping(self) -> None:
         with self._connection() as conn:
@@ -877,6 +908,19 @@ class SqlStore:
             )
         return [(_row(r), r[8]) for r in rows]
 
+    def consents(self, patient_refs: Sequence[str] | None) -> list[StoredRow]:
+        sql = f"SELECT {_ROW} FROM resource_current WHERE resource_type = 'Consent' AND deleted = 0"
+        with self._connection() as conn:
+            if patient_refs is None:
+                return [_row(r) for r in self._all(conn, sql)]
+            found: list[StoredRow] = []
+            refs = sorted(set(patient_refs))
+            for chunk in _chunks(refs):
+                found.extend(
+                    _row(r) for r in self._all(conn, f"{sql} AND patient_ref IN ({_marks(len(chunk))})", chunk)
+                )
+            return found
+
     def stored_types(self) -> list[str]:
         with self._connection() as conn:
             return sorted(r[0] for r in self._all(conn, "SELECT resource_type FROM resource_type_stored"))
@@ -894,11 +938,12 @@ class SqlStore:
         self, conn: Connection, table: str, where: _Where, view: View, order: str, count: int, offset: int
     ) -> Page:
         """One page of visible matches, the visible total and what was withheld, in as few queries as the
-        case allows: a complete first page is its own total, and a caller holding every clearance has nothing
+        case allows: a complete first page is its own total, and a caller who may see everything has nothing
         withheld; otherwise one grouped count gives both."""
         rows: list[StoredRow] = []
-        visible = f"({where.sql()}) AND (c.restriction | ?) = ?"
-        params = (*where.params, view.granted, view.granted, count, offset)
+        condition, visible_params = _visibility(view)
+        visible = f"({where.sql()}) AND {condition}"
+        params = (*where.params, *visible_params, count, offset)
         if count > TWO_PHASE_PAGE and self.dialect.rowid:
             # SQLite sorts whole rows (bodies included) in its temp B-tree: sort the rowids, then fetch the rows
             ids = [
@@ -916,16 +961,28 @@ class SqlStore:
                 )
             ]
         complete = count > 0 and offset == 0 and len(rows) < count
-        if complete and view.granted == ALL_CLEARANCES:
+        if complete and view.granted == EVERYTHING and not view.by_patient:
             return Page(rows, len(rows))
         total = 0
         withheld: dict[int, int] = {}
-        for restriction, n in self._all(
-            conn,
-            f"SELECT c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} GROUP BY c.restriction",
-            where.params,
-        ):
-            missing = int(restriction) & ~view.granted
+        if view.by_patient:
+            groups = self._all(
+                conn,
+                f"SELECT c.patient_ref, c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} "
+                "GROUP BY c.patient_ref, c.restriction",
+                where.params,
+            )
+        else:
+            groups = [
+                (None, *g)
+                for g in self._all(
+                    conn,
+                    f"SELECT c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} GROUP BY c.restriction",
+                    where.params,
+                )
+            ]
+        for patient_ref, restriction, n in groups:
+            missing = _missing(int(restriction), view.mask_of(patient_ref))
             if missing:
                 withheld[missing] = withheld.get(missing, 0) + int(n)
             else:
@@ -1089,6 +1146,54 @@ class SqlStore:
                 ors.append(_DATE_SQL[prefix].format(s=start_col, e=end_col))
                 params.extend(_date_params(prefix, start, end))
             where.add(f"({' OR '.join(ors)})", *params)
+
+
+EVERYTHING = ALL_CLASSES | ORDINARY
+
+
+def _missing(restriction: int, mask: int) -> int:
+    """The classes of a row the mask does not permit (ORDINARY: an unlabelled row that may not go)."""
+    if restriction == 0:
+        return 0 if mask & ORDINARY else ORDINARY
+    return restriction & ~mask
+
+
+def _mask_sql(mask: int) -> tuple[str, tuple[int, ...]]:
+    if mask & ORDINARY:
+        return "(c.restriction | ?) = ?", (mask, mask)
+    return "((c.restriction | ?) = ? AND c.restriction <> 0)", (mask, mask)
+
+
+def _visibility(view: View) -> tuple[str, tuple[Any, ...]]:
+    """The SQL condition (and its parameters) for the rows ``view`` may see: one clause per distinct per-patient
+    mask, and one for every other row."""
+    if not view.by_patient:
+        return _mask_sql(view.granted)
+    clauses: list[str] = []
+    params: list[Any] = []
+    by_mask: dict[int, list[str]] = defaultdict(list)
+    for ref, mask in sorted(view.by_patient.items()):
+        by_mask[mask].append(ref)
+    for mask, refs in sorted(by_mask.items()):
+        sql, mask_params = _mask_sql(mask)
+        clauses.append(f"(c.patient_ref IN ({_marks(len(refs))}) AND {sql})")
+        params.extend((*refs, *mask_params))
+    listed = sorted(view.by_patient)
+    sql, mask_params = _mask_sql(view.granted)
+    clauses.append(f"((c.patient_ref IS NULL OR c.patient_ref NOT IN ({_marks(len(listed))})) AND {sql})")
+    params.extend((*listed, *mask_params))
+    return "(" + " OR ".join(clauses) + ")", tuple(params)
+
+
+def _restriction_of_body(body: Any) -> int:
+    resource = orjson.loads(bytes(body))
+    meta = resource.get("meta") or {}
+    return restriction_of(c.get("code", "") for c in meta.get("security") or () if isinstance(c, dict))
+
+
+def restriction_rules_fingerprint() -> str:
+    """Changes when the label -> class table changes: stored restrictions are then recomputed at start."""
+    return ",".join(f"{code}={bit}" for code, bit in sorted(CLASS_CODES.items()))
 
 
 def existing_before(plan: WritePlan) -> set[tuple[str, str]]:

@@ -1,0 +1,150 @@
+"""Benchmark of outcome evaluation and $evaluate-measure over a large record.
+
+    .venv/bin/python benchmarks/outcomes_bench.py [--patients 10000] [--assessments 12] [--runs 5]
+
+Builds a SQLite record store (in a temporary folder) with --patients patients, each with --assessments scores
+(PHQ-9 and GAD-7 alternating, monthly from an elevated index), ingested through the record's own prepare +
+store path. Then prints:
+  * full recompute, pure: every person's scores read in one query, episodes + derived resources computed
+    (services/outcomes/episodes.py + fhir.py): patients/s;
+  * full recompute through the outcomes engine (per person: store person, search, evaluate, compare with the
+    stored derived resources - what the service's sweep does) on a sample of --sample patients: patients/s;
+  * ``GET Measure/{id}/$evaluate-measure`` over the whole population through the record API served by uvicorn
+    on 127.0.0.1 (one request at a time, httpx): median and max of --runs requests. Target < 2 s.
+The 202 -> outcome-change latency is not measured here (see the README). Nothing here asserts; it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.common.local_broker import free_port
+from services.common.metrics import Metrics
+from services.common.security_labels import PSYCHIATRIC, meta_security
+from services.common.settings import RecordTokenGrant, Settings
+from services.outcomes.engine import OutcomesEngine, rules_of
+from services.outcomes.episodes import evaluate_person
+from services.outcomes.fhir import DRR_E_STYLE, outcome_resources
+from services.outcomes.history import score_of
+from services.record.access import TokenRegistry
+from services.record.api import RecordApi, create_app
+from services.record.ingest import InboundBundle, prepare_bundle
+from services.record.store import identity_policy, open_store
+
+SOURCE = "urn:carebus:bench:outcomes"
+TOKEN = "bench-token"  # noqa: S105 - a local benchmark token
+
+
+def _bundle(n: int, assessments: int) -> bytes:
+    pid = f"bench-{n:06d}"
+    patient = {"resourceType": "Patient", "id": pid, "identifier": [{"system": SOURCE, "value": pid}]}
+    entries = [{"fullUrl": f"urn:uuid:{pid}", "resource": patient}]
+    index = date(2025, 1, 1) + timedelta(days=n % 180)
+    start = 12 + n % 15
+    for k in range(assessments):
+        phq = k % 2 == 0
+        total = max(0, start - k * (1 + n % 3)) if phq else max(0, 14 - k)
+        observation = {
+            "resourceType": "Observation", "id": f"{pid}-{k}", "meta": {"security": meta_security(PSYCHIATRIC)},
+            "status": "final", "code": {"coding": [{"system": "http://loinc.org",
+                                                    "code": "44261-6" if phq else "70274-6"}]},
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": f"{(index + timedelta(days=30 * k)).isoformat()}T10:00:00Z",
+            "valueQuantity": {"value": min(total, 27 if phq else 21), "unit": "{score}"}}
+        entries.append({"fullUrl": f"urn:uuid:{pid}-{k}", "resource": observation})
+    return orjson.dumps({"resourceType": "Bundle", "id": f"b-{pid}", "type": "collection", "entry": entries})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=10_000)
+    parser.add_argument("--assessments", type=int, default=12)
+    parser.add_argument("--sample", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        token_digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+        settings = Settings(record_store_dsn=f"sqlite:///{tmp}/record.db", record_tokens={
+            token_digest: RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health"])})
+        store = open_store(settings.record_store_dsn or "", identity_policy(settings))
+        started = time.perf_counter()
+        batch = []
+        for n in range(args.patients):
+            batch.append(prepare_bundle(InboundBundle("bench", 0, n, 1_700_000_000_000 + n, SOURCE, _bundle(
+                n, args.assessments), {"ce_id": f"bench-{n}"})))
+            if len(batch) == 500:
+                store.ingest(batch)
+                batch = []
+        if batch:
+            store.ingest(batch)
+        print(f"store: {args.patients:,} patients x {args.assessments} scores ingested in "
+              f"{time.perf_counter() - started:.1f} s (SQLite, {tmp})", flush=True)
+
+        rules, as_of = rules_of(settings), date(2026, 12, 1)
+        started = time.perf_counter()
+        histories: dict[str, list] = {}  # type: ignore[type-arg]
+        for person, row in store.current_with_token("Observation", "code", ("44261-6", "70274-6")):
+            score = score_of(orjson.loads(row.body or b"{}"))
+            if score is not None:
+                histories.setdefault(person, []).append(score)
+        resources = 0
+        for history in histories.values():
+            resources += len(outcome_resources(evaluate_person(history, as_of, rules), "bench"))
+        elapsed = time.perf_counter() - started
+        print(f"full recompute (pure, one bulk read): {len(histories):,} patients in {elapsed:.2f} s = "
+              f"{len(histories) / elapsed:,.0f} patients/s ({resources:,} derived resources)", flush=True)
+
+        engine = OutcomesEngine(settings, store)
+        sample = [f"Patient/bench-{n:06d}" for n in range(0, args.patients, max(1, args.patients // args.sample))]
+        started = time.perf_counter()
+        out = engine.recompute(sample)
+        elapsed = time.perf_counter() - started
+        print(f"full recompute (outcomes engine, per person from the store): {len(sample):,} patients in "
+              f"{elapsed:.2f} s = {len(sample) / elapsed:,.0f} patients/s ({len(out.records):,} records to write)",
+              flush=True)
+
+        api = RecordApi(settings, store, Metrics(), TokenRegistry(settings.record_tokens),
+                        readiness=lambda: (True, "ok"))
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(api), host="127.0.0.1", port=port, log_config=None,
+                                               access_log=False, lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        timings = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                response = client.get(f"/Measure/{DRR_E_STYLE.id}/$evaluate-measure",
+                                      params={"periodStart": "2025-01-01", "periodEnd": "2025-12-31"},
+                                      headers={"Authorization": f"Bearer {TOKEN}"})
+                timings.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+        counts = {p["id"]: p["count"] for p in response.json()["group"][0]["population"]}
+        print(f"$evaluate-measure over {args.patients:,} patients ({counts}): median "
+              f"{statistics.median(timings):.2f} s, max {max(timings):.2f} s over {args.runs} requests "
+              f"(target < 2 s)")
+        server.should_exit = True
+        thread.join(timeout=10)
+        store.close()
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

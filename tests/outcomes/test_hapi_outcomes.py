@@ -1,0 +1,59 @@
+"""Every kind of resource the outcomes work emits passes the HL7 reference validator (HAPI, R4 core + US Core
+6.1.0; tests/validation/hapi.py) with 0 errors: derived Observations, Individual and Summary MeasureReports,
+both Measures, safety Tasks (new, escalated, acknowledged), their Provenance and AuditEvent."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.common.settings import REPO_ROOT
+from services.outcomes.episodes import Score, evaluate_person, phq9_rules
+from services.outcomes.fhir import MEASURES, measure_resource, outcome_resources, population_counts, summary_report
+from services.outcomes.tasks import Alert, audit_records, change_status, escalate, new_task
+from tests.validation.hapi import ValidatorError, validate_folder
+
+CHAIN = ["CareTeam/on-call", "Organization/crisis-line"]
+
+
+def resources() -> list[dict[str, Any]]:
+    labels = ("R", "PSY")
+    scores = [Score(date(2025, 1, 5), "Observation/a1", 20, "phq-9", "Patient/p1", labels),
+              Score(date(2025, 6, 1), "Observation/a2", 4, "phq-9", "Patient/p1", labels),
+              Score(date(2025, 1, 5), "Observation/g1", 12, "gad-7", "Patient/p1", labels)]
+    outcomes = evaluate_person(scores, date(2026, 1, 1))
+    found = outcome_resources(outcomes, "Riverside") + [measure_resource(m) for m in MEASURES]
+    period = (date(2025, 1, 1), date(2025, 6, 30))
+    counts = population_counts(MEASURES[0], [scores], *period, date(2026, 1, 1), phq9_rules())
+    found.append(summary_report(MEASURES[0], counts, *period,
+                                "2026-01-01T00:00:00Z", "Riverside", "summary-1"))
+    alert = Alert("phq9-item9", "Patient/p1", "Flag/f1", "e1", datetime(2025, 6, 1, 10, tzinfo=UTC), "urn:x", labels)
+    task = new_task(alert, CHAIN, {"phq9-item9": 30})
+    escalated = escalate(task, CHAIN, datetime(2025, 6, 1, 11, tzinfo=UTC), {"phq9-item9": 30})
+    assert escalated is not None
+    accepted = change_status(task, {**task, "status": "accepted", "owner": {"reference": "Practitioner/dr1"}},
+                             datetime(2025, 6, 1, 10, 5, tzinfo=UTC))
+    found += [task, {**escalated, "id": "escalated-1"}, {**accepted, "id": "accepted-1"},
+              *audit_records(accepted, 2, "Practitioner/dr1", datetime(2025, 6, 1, 10, 5, tzinfo=UTC), "desk")]
+    return found
+
+
+def test_outcome_resources_pass_the_reference_validator(tmp_path: Path) -> None:
+    folder = tmp_path / "resources"
+    folder.mkdir()
+    emitted = resources()
+    for n, resource in enumerate(emitted):
+        (folder / f"{n:03d}-{resource['resourceType']}.json").write_text(json.dumps(resource), encoding="utf-8")
+    try:
+        results = validate_folder(folder, REPO_ROOT / ".cache")
+    except ValidatorError as exc:  # pragma: no cover - provisioning needs Maven and a JDK (bootstrap.sh)
+        pytest.fail(f"validator unavailable: {exc}")
+    assert len(results) == len(emitted)
+    errors = [f"{r.file} {f.location}: {f.message}" for r in results for f in r.errors]
+    assert errors == []
+    assert {r["resourceType"] for r in emitted} == {"Observation", "MeasureReport", "Measure", "Task",
+                                                     "Provenance", "AuditEvent"}
