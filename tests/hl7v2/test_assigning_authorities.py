@@ -27,8 +27,9 @@ def test_configured_authority_becomes_the_identifier_system() -> None:
                      "assigner": {"display": "EMPI"}}]
 
 
-def test_unconfigured_authority_stays_without_a_system() -> None:
+def test_unconfigured_authority_is_a_namespace_of_the_sender_only() -> None:
+    # not configured: the id is the sender's own namespace's (it links only that sender's records)
     identifiers = patient_identifiers(MappingContext(received_at=NOW, assigning_authorities={}))
     empi = [i for i in identifiers if i.get("value") == "EMPI-8842-1170"]
-    assert len(empi) == 1 and "system" not in empi[0]
+    assert len(empi) == 1 and empi[0]["system"] == "urn:carebus:hl7v2:NORTHGATE_HOSP/id/EMPI"
     assert empi[0]["assigner"] == {"display": "EMPI"}

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.integration
 
 # The number of validator warnings over all distinct emitted resources. It may only go down: lower it when a
 # change removes warnings; a change that adds warnings must remove them instead (or justify raising it here).
-# Raised by 122 (1468 -> 1590) when the two FHIR-in inputs of issue 10 items 3-5 were added (31 more distinct
-# resources: the SDC PHQ-9 with its scored Observations and Flag, the mixed-references post): dom-6 narrative,
-# LOINC answer codes the validator cannot look up, and the SDC sample's system-less answer codings (kept as sent).
-WARNING_CEILING = 1590
+# History: 1466 with the oracle; 1468 when local codes got a system (a "no system" warning became an "unknown
+# system" one, two more places); +27 when the HL7 v2 path claimed US Core (the profiles' own bindings checked);
+# +122 when the two FHIR-in inputs of issue 10 items 3-5 were added (31 more distinct resources: the SDC PHQ-9
+# with its scored Observations and Flag, the mixed-references post): dom-6 narrative, LOINC answer codes the
+# validator cannot look up, and the SDC sample's system-less answer codings (kept as sent).
+WARNING_CEILING = 1617
 
 
 @dataclass(frozen=True)

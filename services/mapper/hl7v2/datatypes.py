@@ -53,6 +53,7 @@ class Conversion:
     default_tz: str | None = None
     issues: list[str] = field(default_factory=list)
     authority_systems: Mapping[str, str] = field(default_factory=dict)  # CX-4 namespace -> Identifier.system
+    source: str = ""  # the sender (urn:carebus:hl7v2:<facility>): scope of its own identifier namespaces
 
     def issue(self, code: str) -> None:
         if code not in self.issues:
@@ -450,6 +451,9 @@ def identifier_cx(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
         system = "http://hl7.org/fhir/sid/us-ssn"
     elif type_code == "NPI":
         system = "http://hl7.org/fhir/sid/us-npi"
+    elif system is None and conv.source:
+        # no OID/URI and no configured system: an id of the sender's own namespace (CX-4.1), or of the field
+        system = f"{conv.source}/id/{_URI_UNSAFE.sub('_', namespace or universal_id or loc)}"
     assigner = namespace or (universal_id if system is None else "")
     made: Json = {}
     kind = identifier_type(type_code)

@@ -32,6 +32,7 @@ from services.mapper.hl7v2.orders import map_immunization, map_medication_reques
 from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_person
 from services.mapper.hl7v2.results import group_orders, map_report, map_standalone
 from services.mapper.hl7v2.scheduling import map_appointment
+from services.mapper.hl7v2.us_core import claim_profile
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
 from services.mapper.mapping.labels import source_labels
 from services.mapper.mapping.validation import validate_bundle
@@ -148,7 +149,8 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     patient_id = check_shape(message)
     header = message.header
     build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp),
-                                                                  authority_systems=context.assigning_authorities),
+                                                                  authority_systems=context.assigning_authorities,
+                                                                  source=header.source),
                   patient_key=patient_id.value)
     build.use(message.msh)
     pid = message.first("PID")
@@ -157,6 +159,8 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     map_patient(build, pid, pd1)
     _map_body(build, pid)
 
+    for resource, _labels in build.resources:
+        claim_profile(resource)
     mapped_header = message_header(build)  # marks SFT as used
     names = _sender_names(build)
     context = build.context

@@ -29,6 +29,7 @@ from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
     codeable,
+    fhir_code,
     fhir_datetime,
     fhir_instant,
     identifier_ei,
@@ -73,6 +74,11 @@ _BOUND = re.compile(r"\s*(<=|>=|<|>)\s*([+-]?\d+(?:\.\d+)?)\s*")
 _TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 SURVEY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
+LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# v2-0074 diagnostic service sections that are laboratory work
+LAB_SECTIONS = frozenset({"LAB", "BG", "BLB", "CG", "CH", "CP", "HM", "IMM", "MB", "MCB", "MYC", "OSL", "PAR",
+                          "PAT", "SP", "SR", "TX", "URN", "VR"})
 
 
 @dataclass
@@ -369,14 +375,22 @@ def map_report(build: Build, group: OrderGroup) -> Json:
     if code is None:
         build.issue("missing-code@OBR-4")
         code = {"text": "Unspecified report (OBR-4 empty)"}
+    section = fhir_code(obr.get(24)).upper()
+    category = [codeable(obr.rep(24), local=build.local(obr.loc(24))) if obr.get(24, 2) or obr.get(24, 3)
+                else simple_code(section, V2_0074)]
+    if section in LAB_SECTIONS:  # a laboratory section: the report is LAB, its results laboratory results
+        if section != "LAB":
+            category.append({"coding": [{"system": V2_0074, "code": "LAB", "display": "Laboratory"}]})
+        for obs, _labels in results:
+            if obs["resourceType"] == "Observation" and not obs.get("category"):
+                obs["category"] = LABORATORY
     added = [build.add(obs, labels) for obs, labels in results]
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": build.id("DiagnosticReport", key),
         "identifier": [identifier_ei(placer, "PLAC"), identifier_ei(filler, "FILL")],
         "status": status or "unknown",
-        "category": [codeable(obr.rep(24), local=build.local(obr.loc(24))) if obr.get(24, 2) or obr.get(24, 3)
-                     else simple_code(obr.get(24), "http://terminology.hl7.org/CodeSystem/v2-0074")],
+        "category": category,
         "code": code,
         "effectiveDateTime": fhir_datetime(obr.get(7), obr.loc(7), conv),
         "issued": fhir_instant(obr.get(22), obr.loc(22), conv),

@@ -1,0 +1,59 @@
+"""Issue 10 item 9: HL7 v2-mapped resources claim the US Core 6.1.0 profile they meet (tests/validation checks
+every claim with the HL7 validator); a resource that lacks what a profile needs claims nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.mapper.hl7v2.us_core import US_CORE, profile_met
+from tests.hl7v2.helpers import PID, er7, mapped, msh, one, resources, sample
+
+
+def claimed(resource: dict[str, Any]) -> list[str]:
+    return [p.removeprefix(US_CORE) for p in resource.get("meta", {}).get("profile", [])]
+
+
+def test_an_adt_claims_us_core_for_patient_encounter_condition_and_allergies() -> None:
+    event = mapped(sample("ADT-A01-01.hl7"))
+    assert claimed(one(event, "Patient")) == ["us-core-patient"]
+    assert claimed(one(event, "Encounter")) == ["us-core-encounter"]
+    assert all(claimed(c) == ["us-core-condition-encounter-diagnosis"] for c in resources(event, "Condition"))
+    allergies = resources(event, "AllergyIntolerance")
+    assert allergies and all(claimed(a) == ["us-core-allergyintolerance"] for a in allergies)
+
+
+def test_a_vxu_claims_us_core_immunization() -> None:
+    assert claimed(one(mapped(sample("VXU-V04-01.hl7")), "Immunization")) == ["us-core-immunization"]
+
+
+def test_identifiers_of_the_senders_own_namespaces_get_a_system_of_the_sender() -> None:
+    # PID-3 'PATID1234^^^test1^MR' names a namespace but no OID/URI: the id is the sender's namespace's
+    patient = one(mapped(sample("ADT-A01-01.hl7")), "Patient")
+    systems = {i["value"]: i.get("system") for i in patient["identifier"]}
+    assert systems["PATID1234"] == "urn:carebus:hl7v2:GHHSFacility/id/test1"
+    assert all(i.get("system") and i.get("value") for i in patient["identifier"])
+
+
+def test_a_lab_section_makes_the_report_lab_and_its_results_laboratory() -> None:
+    event = mapped(er7(msh("ORU^R01^ORU_R01"), PID, "PV1|1|O",
+                       "OBR|1|P1|F1|2345-7^Glucose^LN|||20240501090000|||||||||||||||20240501100000||CH|F",
+                       "OBX|1|NM|2345-7^Glucose^LN||95|mg/dL^mg/dL^UCUM|70-99||||F|||20240501090000"))
+    report, observation = one(event, "DiagnosticReport"), one(event, "Observation")
+    assert {c["coding"][0]["code"] for c in report["category"]} == {"CH", "LAB"}
+    assert claimed(report) == ["us-core-diagnosticreport-lab"]
+    assert observation["category"][0]["coding"][0]["code"] == "laboratory"
+    assert claimed(observation) == ["us-core-observation-lab"]
+
+
+def test_what_lacks_a_required_element_claims_nothing() -> None:
+    # no PV1-4 -> no Encounter.type (us-core-encounter needs one); no OBR-24 -> not known to be a lab result
+    event = mapped(er7(msh("ORU^R01^ORU_R01"), PID, "PV1|1|O",
+                       "OBR|1|P1|F1|2345-7^Glucose^LN|||20240501090000",
+                       "OBX|1|NM|2345-7^Glucose^LN||95|mg/dL^mg/dL^UCUM|||||F"))
+    assert claimed(one(event, "Encounter")) == []
+    assert claimed(one(event, "Observation")) == []
+    canadian = {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}],
+                "name": [{"family": "Doe"}], "gender": "female", "address": [{"state": "ON"}]}
+    assert profile_met(canadian) is None
+    assert profile_met({**canadian, "address": [{"state": "IL"}]}) == "us-core-patient"
+    assert profile_met({**canadian, "identifier": [{"value": "1"}]}) is None
