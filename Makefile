@@ -10,7 +10,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
-.PHONY: setup demo test bench lint schemas clean
+.PHONY: setup demo test bench lint schemas clean fuzz
 
 setup: $(VENV)/.compiled
 
@@ -34,6 +34,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# 100,000 seeded hostile inputs through intake (HTTP, HL7 v2, MLLP, FHIR) and the mapping, with the PHI canary
+# (tests/intake/fuzzing.py; `make test` runs a time-bounded part of it)
+fuzz: setup
+	$(PY) -m tests.intake.fuzzing --inputs 100000
 
 bench: setup  # every benchmark in turn; each prints its figures (README: "Figures")
 	$(PY) -m benchmarks.pipeline_bench
