@@ -140,6 +140,12 @@ class RecordProducer:
         except KafkaError as exc:
             raise BrokerUnavailable(f"produce to {record.topic} failed: {type(exc).__name__}") from exc
 
+    def _knows_partitions(self, topics: set[str]) -> bool:
+        """Whether the producer has partition metadata for every topic, so send() cannot block: the same test
+        kafka-python's send() makes before it would wait for metadata."""
+        metadata = getattr(self._producer, "_metadata", None)
+        return metadata is not None and all(metadata.partitions_for_topic(topic) is not None for topic in topics)
+
     def _check_broker(self) -> None:
         if self._broker_down is not None and self._broker_down():
             raise BrokerUnavailable("kafka is known to be unreachable")
@@ -158,9 +164,14 @@ class RecordProducer:
         """Asyncio form of :meth:`send_all_and_wait`: awaits the broker's acks without blocking the loop."""
         self._check_broker()
         loop = asyncio.get_running_loop()
-        # kafka-python's send() blocks while it waits for topic metadata (after a broker outage, up to
-        # max_block_ms): hand it to a worker thread so one slow write never stalls the other connections.
-        futures = await loop.run_in_executor(None, lambda: [self.send(record) for record in records])
+        if self._knows_partitions({record.topic for record in records}):
+            # send() only appends to the accumulator: no reason to hop to a thread (the hop, its wake-up and the
+            # GIL hand-overs cost more than the send itself)
+            futures = [self.send(record) for record in records]
+        else:
+            # kafka-python's send() blocks while it waits for topic metadata (at start, after a broker outage,
+            # up to max_block_ms): a worker thread waits instead, so one slow write never stalls the others
+            futures = await loop.run_in_executor(None, lambda: [self.send(record) for record in records])
         waiters: list[asyncio.Future[RecordMetadata]] = []
         for future in futures:
             waiter: asyncio.Future[RecordMetadata] = loop.create_future()

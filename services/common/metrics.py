@@ -72,6 +72,41 @@ class Metrics:
         self.record_requests = Counter(
             "carebus_record_api_requests_total", "Record API requests, by route and status.",
             ["route", "status"], registry=r)
+        self.safety_alerts_unacknowledged = Gauge(
+            "carebus_safety_alerts_unacknowledged",
+            "Safety Tasks nobody has acknowledged yet, by whether they are past their due time.",
+            ["due"], registry=r)
+        self.safety_task_escalations = Counter(
+            "carebus_safety_task_escalations_total", "Safety Tasks escalated to the next owner, by alert kind.",
+            ["kind"], registry=r)
+        self.outcome_changes = Counter(
+            "carebus_outcome_changes_total", "Outcome changes published on the outcomes topic, by kind.",
+            ["kind"], registry=r)
+        # notify (services/notify/delivery.py); label values are subscription ids, never URLs
+        self.notify_deliveries = Counter(
+            "carebus_notify_deliveries_total",
+            "Notification requests, by kind and outcome (delivered, retry, gone, not-found, dead-lettered).",
+            ["kind", "outcome"], registry=r)
+        self.notify_events = Counter(
+            "carebus_notify_events_total", "Events numbered for subscriptions (after topic, filter and consent).",
+            registry=r)
+        self.notify_pending = Gauge(
+            "carebus_notify_pending_events", "Events not yet delivered, per subscription.", ["subscription"],
+            registry=r)
+        self.notify_retry_backlog = Gauge(
+            "carebus_notify_retry_backlog_events",
+            "Events waiting behind a failing delivery (the subscription is retrying), per subscription.",
+            ["subscription"], registry=r)
+        self.notify_dead = Gauge(
+            "carebus_notify_dead_letter_events", "Events dead-lettered after the retry window, per subscription.",
+            ["subscription"], registry=r)
+        self.notify_oldest_age = Gauge(
+            "carebus_notify_oldest_undelivered_age_seconds",
+            "Age of the oldest undelivered event, per subscription (0 when nothing waits).", ["subscription"],
+            registry=r)
+        self.notify_latency = Histogram(
+            "carebus_notify_delivery_latency_seconds", "Event numbered to acknowledged by the endpoint.",
+            buckets=E2E_BUCKETS, registry=r)
         self.intake_shed = Counter(
             "carebus_intake_shed_total",
             "Write requests answered 503 at once because too many were waiting for Kafka's acks, by route.",

@@ -136,6 +136,48 @@ class Settings(BaseSettings):
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
+    # --- outcomes service (services/outcomes) ------------------------------------------------------------
+    outcomes_group_id: str = Field("carebus-outcomes", description="Consumer group of the outcomes service.")
+    outcomes_port: int = 8084
+    outcomes_phq9_index_at_least: int = Field(10, ge=1, le=27, description="PHQ-9 index score (> 9).")
+    outcomes_gad7_index_at_least: int = Field(8, ge=1, le=21, description="GAD-7 index score (8 or 10).")
+    outcomes_gad7_response_percent: int = Field(25, ge=1, le=100, description="GAD-7 response (25 or 50 %).")
+    outcomes_deterioration_points: int = Field(5, ge=1, description="Rise from the previous score.")
+    outcomes_overdue_after_days: int = Field(
+        30, ge=0, description="A follow-up score is overdue this long after its window opened.")
+    outcomes_reporter: str = Field("carebus", description="MeasureReport.reporter (organization name).")
+    outcomes_clock_offset_s: float = Field(
+        0.0, description="Shifts the outcomes and safety-task clock (tests and drills; 0 in production).")
+    outcomes_sweep_interval_s: float = Field(
+        3600.0, gt=0, description="How often every person is recomputed (follow-ups becoming overdue).")
+    outcomes_escalation_interval_s: float = Field(
+        15.0, gt=0, description="How often open safety Tasks are checked against their due time.")
+    safety_task_owners: dict[str, list[str]] = Field(
+        default_factory=lambda: {"*": ["CareTeam/safety-on-call", "Organization/crisis-line"]},
+        description="Source system -> escalation chain of owners (CareTeam/Organization/Practitioner "
+                    "references) of safety Tasks; '*' for any other source (JSON).")
+    safety_task_due_minutes: dict[str, int] = Field(
+        default_factory=lambda: {"cssrs-high-risk": 15, "phq9-item9": 30, "epds-item10": 30, "risk-flag": 30},
+        description="Alert kind -> minutes until its Task is due (and between escalations) (JSON).")
+    # --- notify (subscriptions; services/notify/README.md) -----------------------------------------------
+    notify_port: int = 8083
+    notify_group_id: str = "carebus-notify"
+    notify_store_dsn: str | None = Field(
+        None, description="Subscriptions and their events, shared by notify and the record API's /Subscription: "
+                          "'sqlite:///<path>' or 'postgresql://...'; unset: <cache_dir>/notify/notify.db.")
+    notify_endpoint_allowlist: list[str] = Field(
+        default_factory=list, description="URL prefixes a subscription endpoint must start with (JSON list); "
+                                          "https only, unless an http:// prefix is listed explicitly.")
+    notify_retry_window_s: float = Field(86_400.0, gt=0, description="How long a notification is retried.")
+    notify_retry_initial_s: float = Field(1.0, gt=0, description="First retry delay (doubles, with jitter).")
+    notify_retry_max_s: float = Field(600.0, gt=0, description="Longest delay between two retries.")
+    notify_retry_time_scale: float = Field(
+        1.0, gt=0, description="Retry-clock seconds per real second (tests drive 24 hours through it).")
+    notify_request_timeout_s: float = Field(10.0, gt=0, description="Timeout of a delivery without its own.")
+    notify_not_found_limit: int = Field(3, ge=1, description="Consecutive 404s that turn a subscription off.")
+    notify_client_certfile: Path | None = Field(None, description="Client certificate (PEM) for mTLS endpoints.")
+    notify_client_keyfile: Path | None = Field(None, description="Key of notify_client_certfile (PEM).")
+
     hl7_assigning_authorities: dict[str, str] = Field(
         default_factory=lambda: {"EMPI": "urn:carebus:empi"},
         description="HL7 v2 assigning authority (CX-4 namespace id) -> FHIR Identifier.system, so a hospital's "

@@ -87,9 +87,30 @@ REPLAYED_DEAD_LETTERS = TopicSpec(
     cleanup_policy="compact",
     retention_ms=-1,
 )
+OUTCOMES = TopicSpec(
+    suffix="outcomes.v1",
+    summary="Outcome changes (episode started, response / remission reached, deterioration, follow-up overdue), "
+            "recomputed deterministically from the record by the outcomes service.",
+    key="'Patient/<id>': the patient of the episode's index score",
+    content_type="application/json",
+    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
+
+RECORD_CHANGES = TopicSpec(
+    suffix="record.changes.v1",
+    summary="What the record committed: one record per new resource version (type, id, version, person, labels, "
+    "change kind, the version as served), published after the store commit and before the bundle offsets are "
+    "committed (at least once; consumers de-duplicate on type/id/version).",
+    key="person id of the resource's patient at commit time (else '<type>/<id>'): one person's changes in order",
+    content_type="application/json",
+    headers=(HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    retention_ms=THIRTY_DAYS_MS,
+)
 
 
-CATALOGUE: tuple[TopicSpec, ...] = (INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS)
+CATALOGUE: tuple[TopicSpec, ...] = (
+    INBOUND_EVENTS, FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS, REPLAYED_DEAD_LETTERS, RECORD_CHANGES, OUTCOMES)
 
 # CloudEvent types on the inbound topic that are not JSON care events (services/common/events):
 HL7V2_MESSAGE_EVENT_TYPE = "org.carebus.hl7v2.message.v1"  # data: the ER7 message text (str)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import random
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -65,7 +66,7 @@ from services.intake.errors import (
 )
 from services.intake.inbound import inbound_record
 from services.intake.mllp import Acceptor, KafkaHl7Acceptor, decode_text
-from services.mapper.fhir_in import check_resources
+from services.mapper.fhir_in import Rekeying, check_resources
 from services.mapper.hl7v2 import ack_message
 from services.mapper.hl7v2.er7 import parse_message
 from services.mapper.hl7v2.errors import Hl7v2Error
@@ -98,17 +99,19 @@ def operation_outcome(status: int, severity: str, code: str, problems: Sequence[
     return Response(orjson.dumps(body), status_code=status, media_type="application/fhir+json", headers=headers)
 
 
-def fhir_patient_key(source: str, resources: Sequence[dict[str, Any]]) -> str:
-    """Key FHIR-in records by the source patient: a Patient in the payload, else the first subject/patient."""
-    for resource in resources:
-        if resource.get("resourceType") == "Patient" and resource.get("id"):
-            return make_patient_key(source, str(resource["id"]))
-    for resource in resources:
+def fhir_patient_key(source: str, found: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
+    """Key FHIR-in records by the source patient, named as the mapper re-keys it (fhir_in.Rekeying): a Patient
+    in the payload, else the first subject/patient reference, however written (``Patient/p1``, an absolute URL,
+    an entry's fullUrl), so one patient's posts stay in order."""
+    rekeying = Rekeying(source, list(found))
+    for (_, resource), source_id in zip(found, rekeying.source_ids, strict=True):
+        if resource.get("resourceType") == "Patient":
+            return make_patient_key(source, source_id)
+    for _, resource in found:
         for element in ("subject", "patient"):
-            reference = resource.get(element)
-            ref = reference.get("reference") if isinstance(reference, dict) else None
-            if isinstance(ref, str) and ref.startswith("Patient/"):
-                return make_patient_key(source, ref.split("/", 1)[1])
+            patient = rekeying.source_id_of(resource.get(element), "Patient")
+            if patient is not None:
+                return make_patient_key(source, patient)
     return make_patient_key(source, "-")
 
 
@@ -116,6 +119,12 @@ def event_record(topic: str, event: CareEvent, correlation_id: str) -> OutboundR
     """The Kafka record for one accepted JSON event: its canonical JSON, keyed by source patient."""
     body = event.model_dump(mode="json", by_alias=True, exclude_none=True)
     return inbound_record(topic, patient_key(event), body, event.time.isoformat(), correlation_id)
+
+
+def new_correlation_id() -> str:
+    """A random version-4 UUID for a request without X-Correlation-Id. It only has to be unique, not secret:
+    drawn from the process's seeded PRNG rather than os.urandom (uuid4 makes a system call per request)."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[dict[str, Any]]:
@@ -342,14 +351,15 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
         sender.require(source, "X-Carebus-Source")
         body = await read_body(request, settings.max_body_bytes)
         payload = load_json(body)
-        resources = [resource for _, resource in check_resources(payload)]
+        found = check_resources(payload)
+        resources = [resource for _, resource in found]
         event_id = request.headers.get("x-carebus-event-id") or hashlib.sha256(
             source.encode() + b"\n" + body).hexdigest()[:32]
         now = datetime.now(UTC)
         correlation_id = request.headers.get("x-correlation-id") or event_id
         envelope = {"specversion": "1.0", "id": event_id, "source": source, "type": FHIR_RESOURCE_EVENT_TYPE,
                     "time": now.isoformat(), "datacontenttype": "application/fhir+json", "data": payload}
-        record = inbound_record(topic, fhir_patient_key(source, resources), envelope, now.isoformat(),
+        record = inbound_record(topic, fhir_patient_key(source, found), envelope, now.isoformat(),
                                 correlation_id)
         meta = (await producer.send_all_async([record]))[0]
         metrics.accepted(FHIR_RESOURCE_EVENT_TYPE, "fhir", source)
@@ -375,7 +385,7 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                                slug="batch-too-large")
         check_event_sources(sender, items, is_batch)
         events = parse_events(items, is_batch)
-        correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        correlation_id = request.headers.get("x-correlation-id") or new_correlation_id()
         records = [event_record(topic, event, correlation_id) for event in events]
         metas = await producer.send_all_async(records)
         for event in events:

@@ -362,9 +362,11 @@ def scored_instrument(response: dict[str, Any], link_codes: dict[str, str]) -> I
 def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes: dict[str, str],
                       rekeying: Rekeying, response_id: str, event_id: str, fallback_time: str) -> dict[str, Any]:
     """The assessment.completed event a recognised QuestionnaireResponse amounts to. Items are tied to the
-    instrument by LOINC code (item.code, linkId), else by the number that ends the linkId (``Q9`` is item 9)
-    when no item carries a code; an answered number that is no item is the reported total. Raises
-    UnscoreableResponse (or InstrumentAnswerError) when that cannot be done: never scored half-silently."""
+    instrument by LOINC code (_loinc_of), else, when no answered item has one, by the number that ends the
+    linkId (``Q9`` is item 9), and an answered number that is no item is the reported total. Raises
+    UnscoreableResponse when that cannot be done: never scored half-silently. A reported total that is neither
+    a number nor a short text (the contract's 16 characters), or a C-SSRS risk level that is none of none / low
+    / moderate / high, is not compared: it stays in the response as sent."""
     where = "QuestionnaireResponse"
     patient = rekeying.source_id_of(response.get("subject"), "Patient")
     if patient is None:
@@ -419,9 +421,10 @@ def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes
         level = risk_level_word(str(reported)) if reported is not None else None
         if level is not None:  # a level carebus cannot read is kept in the response, not compared
             data["reported_total"] = level
-    elif reported is not None:
-        data["reported_total"] = reported if isinstance(reported, int | str) else (
-            int(reported) if isinstance(reported, float) and reported.is_integer() else str(reported))
+    elif isinstance(reported, int | float) and not isinstance(reported, bool):
+        data["reported_total"] = int(reported) if float(reported).is_integer() else str(reported)
+    elif isinstance(reported, str) and 0 < len(reported.strip()) <= 16:
+        data["reported_total"] = reported.strip()
     encounter = rekeying.source_id_of(response.get("encounter"), "Encounter")
     if encounter is not None:
         data["encounter_id"] = encounter

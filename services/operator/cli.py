@@ -1,12 +1,13 @@
 """The `carebus` operator command line.
 
-    carebus run intake|mapper|record     run one service in the foreground
+    carebus run intake|mapper|record|outcomes  run one service in the foreground
     carebus stack                        the main job: local broker + every service + sample journey
     carebus topics create|check          create the catalogue's topics / compare the cluster with it
     carebus status                       services, topic throughput, consumer lag, dead letters, alerts waiting
     carebus deadletters list             what is on the dead-letter topic (ids, reasons; no PHI)
     carebus deadletters replay           re-publish dead letters after a fix (--dry-run; never twice)
     carebus send-sample                  POST the sample care journey to a running intake
+    carebus subscriptions list|status ID|replay ID   notify's subscriptions; replay re-sends dead letters
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from services.common.errors import BrokerUnavailable
 from services.common.kafka import client_config, ensure_topics
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE
-from services.operator import deadletters, status
+from services.operator import deadletters, status, subscriptions
 
 app = typer.Typer(help="carebus operator tools: services, local stack, topics, status, dead letters.",
                   no_args_is_help=True)
@@ -37,9 +38,11 @@ topics_app = typer.Typer(help="Topics of the catalogue (services/common/topics.p
 dlq_app = typer.Typer(help="Dead letters: inspect and replay.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="deadletters")
+subs_app = typer.Typer(help="Subscriptions (notify): list, status, replay dead letters.", no_args_is_help=True)
+app.add_typer(subs_app, name="subscriptions")
 console = Console()
 
-ServiceName = Literal["intake", "mapper", "record"]
+ServiceName = Literal["intake", "mapper", "record", "notify", "outcomes"]
 
 
 def _settings() -> Settings:
@@ -66,10 +69,10 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @app.command()
-def run(service: Annotated[str, typer.Argument(help="intake, mapper or record")]) -> None:
+def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, notify or outcomes")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
-    if service not in ("intake", "mapper", "record"):
-        raise typer.BadParameter("choose intake, mapper or record")
+    if service not in ("intake", "mapper", "record", "notify", "outcomes"):
+        raise typer.BadParameter("choose intake, mapper, record, notify or outcomes")
     runpy.run_module(f"services.{service}", run_name="__main__")
 
 
@@ -193,6 +196,68 @@ def send_sample(url: Annotated[str | None, typer.Option(help="intake base URL")]
         for index, event in enumerate(journey, start=1):
             response = client.post(f"{base}/events", content=orjson.dumps(event), headers=headers)
             console.print(f"{index:>3}/{len(journey)} {event['type']:<48} {response.status_code}")
+
+
+def _age(oldest_ms: int | None) -> str:
+    if oldest_ms is None:
+        return "-"
+    return f"{max(datetime.now(UTC).timestamp() - oldest_ms / 1000, 0):.0f}s"
+
+
+@subs_app.command("list")
+def subscriptions_list() -> None:
+    """Every subscription: id, client, topic, status, events, pending, dead letters, oldest undelivered."""
+    store = subscriptions.open_store(_settings())
+    try:
+        rows = subscriptions.summaries(store)
+    finally:
+        store.close()
+    table = Table("id", "client", "topic", "status", "events", "pending", "dead", "oldest undelivered",
+                  title=f"{len(rows)} subscription(s)")
+    for r in rows:
+        table.add_row(r.sub.id, r.sub.client, r.sub.topic.rsplit("/", 1)[1], r.sub.status,
+                      str(r.sub.events_since_start), str(r.pending), str(r.dead), _age(r.oldest_pending_ms))
+    console.print(table)
+
+
+@subs_app.command("status")
+def subscriptions_status(subscription_id: Annotated[str, typer.Argument(help="Subscription id")]) -> None:
+    """One subscription: status and its reason, counters, filters, the dead letters' reasons."""
+    store = subscriptions.open_store(_settings())
+    try:
+        found = next((r for r in subscriptions.summaries(store) if r.sub.id == subscription_id), None)
+        dead = [e for e in store.events(subscription_id, limit=100_000) if e.state == "dead"]
+    finally:
+        store.close()
+    if found is None:
+        console.print(f"[red]no subscription {subscription_id}[/red]")
+        raise typer.Exit(1)
+    sub = found.sub
+    console.print(f"subscription {sub.id}  client {sub.client}  status [bold]{sub.status}[/bold]"
+                  + (f"  ({sub.error})" if sub.error else ""))
+    filters = ", ".join(f.text(sub.topic_def.resource_type) for f in sub.filters) or "-"
+    console.print(f"topic {sub.topic}  filters {filters}  content {sub.content}")
+    console.print(f"events since start {sub.events_since_start}  pending {found.pending}  dead letters "
+                  f"{found.dead}  oldest undelivered {_age(found.oldest_pending_ms)}")
+    reasons: dict[str, list[int]] = {}
+    for e in dead:
+        reasons.setdefault(e.dead_reason or "-", []).append(e.number)
+    for reason, numbers in reasons.items():
+        console.print(f"  dead: events {numbers[0]}..{numbers[-1]} ({len(numbers)}): {reason}")
+
+
+@subs_app.command("replay")
+def subscriptions_replay(subscription_id: Annotated[str, typer.Argument(help="Subscription id")]) -> None:
+    """Re-send a subscription's dead letters (same event numbers, in order) and make it active again."""
+    store = subscriptions.open_store(_settings())
+    try:
+        if store.get(subscription_id) is None:
+            console.print(f"[red]no subscription {subscription_id}[/red]")
+            raise typer.Exit(1)
+        count = store.replay(subscription_id)
+    finally:
+        store.close()
+    console.print(f"{count} dead letter(s) of {subscription_id} pending again; the subscription is active")
 
 
 def main() -> None:

@@ -6,7 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from services.notify.topics import TOPICS
 from services.record.indexing import COMMON_PARAMETERS, SEARCH_PARAMETERS, SearchParam
+
+TOPIC_CANONICAL_EXTENSION = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+)
 
 SOFTWARE_VERSION = "0.1.0"
 PUBLISHED = "2025-01-01"
@@ -54,6 +59,27 @@ def _resource(rtype: str) -> dict[str, Any]:
     return entry
 
 
+def subscription_capability() -> dict[str, Any]:
+    """Subscription (Backport IG 1.1.0): every topic carebus publishes, by canonical URL."""
+    return {
+        "extension": [{"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": t.canonical} for t in TOPICS],
+        "type": "Subscription",
+        "supportedProfile": ["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"],
+        "documentation": "Topic-based subscriptions (rest-hook): criteria = a topic canonical below; filters with "
+        "backport-filter-criteria (patient, and code / category / class where the topic lists them). " + " ".join(
+            f"{t.canonical}: {t.title} ({t.resource_type}; filters {', '.join(f.name for f in t.filters)})."
+            for t in TOPICS),
+        "interaction": [{"code": c} for c in ("create", "read", "update", "delete", "search-type")],
+        "searchParam": [{"name": "status", "type": "token"}, {"name": "url", "type": "uri"}],
+        "operation": [
+            {"name": "status",
+             "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"},
+            {"name": "events",
+             "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"},
+        ],
+    }
+
+
 def capability_statement(base_url: str, stored_types: Iterable[str]) -> dict[str, Any]:
     types = sorted({*SEARCH_PARAMETERS, *ADMIN_TYPES, *stored_types})
     return {
@@ -78,7 +104,7 @@ def capability_statement(base_url: str, stored_types: Iterable[str]) -> dict[str
                 "_id, -_id on every type. Unknown parameters are refused (400) unless the request "
                 "carries 'Prefer: handling=lenient'.",
                 "security": {"cors": False, "description": SECURITY_DESCRIPTION},
-                "resource": [_resource(t) for t in types],
+                "resource": [*(_resource(t) for t in types), subscription_capability()],
             }
         ],
     }

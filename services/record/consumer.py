@@ -34,7 +34,9 @@ from services.common.topics import (
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
+    RECORD_CHANGES,
 )
+from services.record.changes import change_records
 from services.record.errors import BadBundle
 from services.record.ingest import InboundBundle, PreparedBundle, prepare_bundle
 from services.record.store.base import RecordStore
@@ -195,6 +197,8 @@ class BundleIngestor:
         self._next_offsets: dict[tuple[str, int], int] = {}
         self._merge = PartitionMerge()
         self._lag_probed = 0.0
+        self.changes_topic = RECORD_CHANGES.name(settings.topic_prefix)
+        self._outbox_checked = False  # leftovers of a crash are published before anything else
         self.healthy = False
         self.reason = "not started"
         self.versions_written = Counter(
@@ -206,6 +210,11 @@ class BundleIngestor:
         self.unchanged = Counter(
             "carebus_record_resources_unchanged_total",
             "Ingested resources equal to their current version.",
+            registry=metrics.registry,
+        )
+        self.changes_published = Counter(
+            "carebus_record_changes_published_total",
+            "Change-feed messages the record published (after the store commit).",
             registry=metrics.registry,
         )
         self.bundles_skipped = Counter(
@@ -288,6 +297,9 @@ class BundleIngestor:
         self._flow_control(consumer, assigned)
         records = merge.take(sorted(assigned), lambda tp: _caught_up(consumer, tp), limit=500)
         if not records:
+            if not self._outbox_checked:
+                self.publish_changes()
+                self._outbox_checked = True
             return
         started = time.perf_counter()
         try:
@@ -318,6 +330,16 @@ class BundleIngestor:
             except KafkaError:
                 log.debug("lag probe failed")
 
+    def publish_changes(self) -> None:
+        """Publish the store's change outbox (acks=all), then forget what Kafka acknowledged. Raises
+        BrokerUnavailable (the batch is retried; the rows stay in the outbox)."""
+        if self._producer is None:
+            return
+        while rows := self._store.pending_changes(1000):
+            self._producer.send_all_and_wait(change_records(self.changes_topic, rows))
+            self._store.forget_changes(rows[-1].seq)
+            self.changes_published.inc(len(rows))
+
     def _flow_control(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Stop fetching a partition whose queue is long (others may be needed to go on), resume when short."""
         paused = consumer.paused()
@@ -342,6 +364,7 @@ class BundleIngestor:
                 )
                 letters.append(dead_letter(self.dead_letter_topic, bundle, exc))
         report = self._store.ingest(prepared)
+        self.publish_changes()  # committed changes go out before the offsets are committed
         if letters:
             if self._producer is None:
                 log.error("no producer for dead letters; bad bundles are skipped", extra={"count": len(letters)})

@@ -60,6 +60,12 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
     "Appointment": (_p("patient", "reference", "Appointment-patient", _PATIENT_DOC),),
     "CarePlan": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
     "Flag": (_p("patient", "reference", "clinical-patient", _PATIENT_DOC),),
+    # outcomes and safety work (services/outcomes): derived resources the outcomes service publishes
+    "Task": (
+        _p("patient", "reference", "Task-patient", _PATIENT_DOC),
+        _p("status", "token", "Task-status", "Status of the task (requested, accepted, completed, ...)."),
+    ),
+    "MeasureReport": (_p("patient", "reference", "MeasureReport-patient", _PATIENT_DOC),),
 }
 
 COMMON_PARAMETERS: tuple[SearchParam, ...] = (
@@ -68,6 +74,7 @@ COMMON_PARAMETERS: tuple[SearchParam, ...] = (
 )
 
 MEDICATION_REQUEST_STATUS = "http://hl7.org/fhir/CodeSystem/medicationrequest-status"
+TASK_STATUS = "http://hl7.org/fhir/task-status"
 
 # Where a resource names its patient (FHIR R4 patient compartment, the paths carebus resources use).
 PATIENT_PATHS: dict[str, tuple[str, ...]] = {
@@ -79,6 +86,7 @@ PATIENT_PATHS: dict[str, tuple[str, ...]] = {
     "Immunization": ("patient",),
     "RelatedPerson": ("patient",),
     "Provenance": ("target",),
+    "Task": ("for",),
 }
 _DEFAULT_PATIENT_PATHS = ("subject", "patient")
 _SPLIT_PATHS = {rtype: tuple(tuple(p.split(".")) for p in paths) for rtype, paths in PATIENT_PATHS.items()}
@@ -217,6 +225,10 @@ def clinical_range(resource: dict[str, Any]) -> tuple[int, int] | None:
             return _str_range(r.get("dateTime"))
         case "Provenance":
             return _str_range(r.get("recorded"))
+        case "Task":
+            return _str_range(r.get("authoredOn"))
+        case "MeasureReport":
+            return _period(r.get("period"))
         case _:
             return None
 
@@ -265,6 +277,8 @@ def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "category", system, code
     elif rtype == "MedicationRequest" and isinstance(resource.get("status"), str):
         yield "status", MEDICATION_REQUEST_STATUS, resource["status"]
+    elif rtype == "Task" and isinstance(resource.get("status"), str):
+        yield "status", TASK_STATUS, resource["status"]
 
 
 def index_resource(resource: dict[str, Any]) -> ResourceIndex:

@@ -18,7 +18,7 @@ from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
-from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
+from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, RECORD_CHANGES
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.consumer import BundleIngestor
@@ -69,7 +69,8 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
     ingestor = BundleIngestor(settings, store, metrics, producer, group_id=group_id)
     kafka = KafkaReadiness(
         settings,
-        [FHIR_BUNDLES.name(settings.topic_prefix), DEAD_LETTERS.name(settings.topic_prefix)],
+        [FHIR_BUNDLES.name(settings.topic_prefix), DEAD_LETTERS.name(settings.topic_prefix),
+         RECORD_CHANGES.name(settings.topic_prefix)],
         metrics,
     )
     holder: list[RecordService] = []

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,10 +36,19 @@ from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
 from services.mapper.hl7v2 import inspect_message
 from services.mapper.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
+from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_SECRET
+from services.notify.topics import TOPIC_BASE
 from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
+from services.stack.webhook_receiver import WebhookReceiver
 
 DEMO_TOKEN = "carebus-demo-token-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo"}
+# the demo's subscriber: a therapy practice's EHR, cleared for behavioural-health data (not Part 2)
+DEMO_SUBSCRIBER_TOKEN = "carebus-demo-therapy-ehr-not-for-production"  # noqa: S105 - a published demo credential
+DEMO_SUBSCRIBER_GRANT = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health"],
+                         "label": "therapy practice EHR (demo)"}
+WEBHOOK_PORT = 8090
+DEMO_TOPICS = ("assessment-completed", "safety-alert-raised")
 DEMO_SENDER_TOKEN = "carebus-demo-sender-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_SENDER = {"sources": ["*"], "label": "make demo"}
 
@@ -127,6 +137,32 @@ def show_record(settings: Settings, start: datetime) -> None:
         f"Patient/$everything from psychiatry's record returns {total} resources across all sources")
 
 
+def subscribe_demo_receiver(settings: Settings) -> WebhookReceiver:
+    """Start the therapy EHR's webhook and subscribe it to the journey's patient (assessment completed and
+    safety alert raised; full resources), with a signing secret the demo chose."""
+    secret = secrets.token_hex(32)
+    webhook = WebhookReceiver(WEBHOOK_PORT, secret, say).start()
+    base = f"http://{settings.http_host}:{settings.record_port}"
+    headers = {"Authorization": f"Bearer {DEMO_SUBSCRIBER_TOKEN}", "Content-Type": "application/fhir+json"}
+    for topic in DEMO_TOPICS:
+        subscription = {
+            "resourceType": "Subscription", "status": "requested", "reason": f"therapy EHR: {topic}",
+            "criteria": TOPIC_BASE + topic,
+            "extension": [{"url": EXT_SECRET, "valueString": secret}],
+            "_criteria": {"extension": [{"url": EXT_FILTER,
+                                         "valueString": f"patient=Patient/{psychiatry_patient_id()}"}]},
+            "channel": {"type": "rest-hook", "endpoint": f"http://127.0.0.1:{WEBHOOK_PORT}/therapy-ehr",
+                        "payload": "application/fhir+json",
+                        "_payload": {"extension": [{"url": EXT_PAYLOAD_CONTENT, "valueCode": "full-resource"}]}},
+        }
+        response = httpx.post(f"{base}/Subscription", content=orjson.dumps(subscription), headers=headers,
+                              timeout=10)
+        if response.status_code != 201:
+            raise SystemExit(f"carebus | subscribing the demo webhook failed: {response.status_code} {response.text}")
+        say(f"    Subscription/{response.json()['id']} {topic} -> http://127.0.0.1:{WEBHOOK_PORT}/therapy-ehr")
+    return webhook
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -141,13 +177,18 @@ def main(argv: list[str] | None = None) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(settings, log_dir)
     env = dict(os.environ)
-    env.setdefault("CAREBUS_RECORD_TOKENS",
-                   orjson.dumps({hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT}).decode())
+    env.setdefault("CAREBUS_RECORD_TOKENS", orjson.dumps({
+        hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT,
+        hashlib.sha256(DEMO_SUBSCRIBER_TOKEN.encode()).hexdigest(): DEMO_SUBSCRIBER_GRANT}).decode())
+    env.setdefault("CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST", f'["http://127.0.0.1:{WEBHOOK_PORT}/"]')
     env.setdefault("CAREBUS_INTAKE_TOKENS",
                    orjson.dumps({hashlib.sha256(DEMO_SENDER_TOKEN.encode()).hexdigest(): DEMO_SENDER}).decode())
     env.setdefault("CAREBUS_INTAKE_TOKEN", DEMO_SENDER_TOKEN)
     sender_headers = {"authorization": f"Bearer {env['CAREBUS_INTAKE_TOKEN']}"}
     services = ["intake", "mapper"] + (["record"] if importlib.util.find_spec("services.record") else [])
+    if "record" in services and importlib.util.find_spec("services.notify"):
+        services.append("notify")
+    webhook: WebhookReceiver | None = None
     steps = 5 + len(services)
     step = 0
 
@@ -171,15 +212,22 @@ def main(argv: list[str] | None = None) -> None:
             for stale in record_db.parent.glob("record.db*"):
                 stale.unlink()
             env.setdefault("CAREBUS_RECORD_STORE_DSN", f"sqlite:///{record_db}")
+            notify_db = settings.cache_dir / "demo" / "notify.db"  # and notify without old subscriptions
+            for stale in notify_db.parent.glob("notify.db*"):
+                stale.unlink()
+            env.setdefault("CAREBUS_NOTIFY_STORE_DSN", f"sqlite:///{notify_db}")
             settings = Settings(kafka_bootstrap=stack.broker.bootstrap)
         progress("creating topics from the topic catalogue")
         prepare_topics(settings)
-        ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port}
+        ports = {"intake": settings.intake_port, "mapper": settings.mapper_port, "record": settings.record_port,
+                 "notify": settings.notify_port}
         for name in services:
             progress(f"starting {name} on :{ports[name]} (log: {log_dir / (name + '.log')})")
             stack.start_service(name, env)
         for name, process in stack.processes:
             wait_ready(f"http://{settings.http_host}:{ports[name]}/readyz", name, process)
+        if "notify" in services:
+            webhook = subscribe_demo_receiver(settings)
 
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=120)
         journey = sample_care_journey(start)
@@ -227,6 +275,13 @@ def main(argv: list[str] | None = None) -> None:
         say("resources: " + ", ".join(f"{k} {v}" for k, v in sorted(resources.items())))
         if "record" in services:
             show_record(settings, start)
+        if webhook is not None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(len(v) for v in webhook.seen.values()) < len(DEMO_TOPICS):
+                time.sleep(0.5)
+            received = {sid: sorted(numbers) for sid, numbers in webhook.seen.items()}
+            say(f"webhook: the therapy EHR received {sum(len(v) for v in received.values())} notification "
+                f"event(s) on {len(received)} subscription(s), signatures verified")
         prefix = settings.topic_prefix
         say("where to look:")
         say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
@@ -238,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  FHIR record API http://{settings.http_host}:{settings.record_port}/metadata")
             say(f"    curl -H 'Authorization: Bearer {DEMO_TOKEN}' "
                 f"'http://{settings.http_host}:{settings.record_port}/Patient/{psychiatry_patient_id()}/$everything'")
+        if webhook is not None:
+            say(f"  subscriptions   curl -H 'Authorization: Bearer {DEMO_SUBSCRIBER_TOKEN}' "
+                f"http://{settings.http_host}:{settings.record_port}/Subscription ; .venv/bin/carebus subscriptions "
+                f"list (CAREBUS_NOTIFY_STORE_DSN={env.get('CAREBUS_NOTIFY_STORE_DSN', 'default')})")
         for name in services:
             say(f"  {name:<7} metrics http://{settings.http_host}:{ports[name]}/metrics")
         say(f"  service logs    {log_dir}")
@@ -249,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         say("stopping")
+        if webhook is not None:
+            webhook.stop()
         stack.stop()
 
 

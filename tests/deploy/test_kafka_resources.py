@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from services.common.settings import Settings
-from services.common.topics import CATALOGUE, DEAD_LETTERS, FHIR_BUNDLES, INBOUND_EVENTS, SAFETY_ALERTS
+from services.common.topics import (
+    CATALOGUE,
+    DEAD_LETTERS,
+    FHIR_BUNDLES,
+    INBOUND_EVENTS,
+    RECORD_CHANGES,
+    SAFETY_ALERTS,
+)
 from tests.deploy.helpers import ALL_KUSTOMIZATIONS, K8S, of_kind, one, render
 
 Obj = dict[str, Any]
@@ -106,7 +113,7 @@ READS = {"intake": set(), "mapper": {INBOUND_EVENTS}, "record": {FHIR_BUNDLES}}
 WRITES = {
     "intake": {INBOUND_EVENTS},
     "mapper": {FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS},
-    "record": {FHIR_BUNDLES, DEAD_LETTERS},
+    "record": {FHIR_BUNDLES, DEAD_LETTERS, RECORD_CHANGES},
 }
 
 

@@ -264,3 +264,42 @@ def test_the_rule_in_one_place() -> None:
         assert rekeying.reference(reference) == same
     assert rekeying.reference("urn:uuid:1") == f"Patient/{resource_id('Patient', SOURCE, 'urn:uuid:1')}"
     assert rekeying.reference("#contained-1") == "#contained-1"
+
+
+def test_intake_keys_both_posts_by_the_same_source_patient() -> None:
+    from services.intake.app import fhir_patient_key
+    from services.mapper.fhir_in import check_resources
+
+    later = {"resourceType": "MedicationRequest", "id": "mr-9", "status": "active", "intent": "order",
+             "medicationCodeableConcept": {"text": "sertraline"},
+             "subject": {"reference": "https://ehr.example.org/fhir/Patient/p1"}}
+    keys = {fhir_patient_key(SOURCE, check_resources(payload)) for payload in (mixed_post(), later)}
+    assert keys == {f"{SOURCE}|p1"}  # one partition: the later post stays behind the earlier one
+
+
+def pipeline_outcome(payload: dict[str, Any]) -> Any:
+    import orjson
+
+    from services.common.topics import FHIR_RESOURCE_EVENT_TYPE, HEADER_EVENT_TYPE
+    from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
+
+    record = InboundRecord(topic="in", partition=0, offset=7, timestamp_ms=1_767_614_400_000, key=b"k",
+                           value=orjson.dumps(envelope(payload)),
+                           headers=((HEADER_EVENT_TYPE, FHIR_RESOURCE_EVENT_TYPE.encode()),))
+    return Pipeline(TopicNames.for_prefix("t")).process(record)
+
+
+def test_through_the_pipeline_item_9_reaches_the_alert_topic_and_unscoreable_the_dead_letters() -> None:
+    import orjson
+
+    outcome = pipeline_outcome(sdc_phq9())
+    alerts = [orjson.loads(r.value) for r in outcome.records if r.topic == "t.alerts.safety.v1"]
+    assert [a["kind"] for a in alerts] == ["phq9-item9"]
+
+    response = sdc_phq9()
+    for item in response["item"]:
+        item["linkId"] = "question"
+    dead = pipeline_outcome(response)
+    assert dead.dead_letter_reason == "instrument-response-unscoreable"
+    letter = orjson.loads(dead.records[0].value)
+    assert letter["problems"][0]["rule"] == "no-scorable-items"

@@ -83,10 +83,11 @@ def test_missing_optional_segments() -> None:
     assert {r["resourceType"] for r in resources(event)} == {"MessageHeader", "Patient", "Provenance"}
 
 
-def test_local_code_systems_pass_through_as_text_and_codings_without_system() -> None:
+def test_local_code_systems_get_the_senders_local_system() -> None:
     event = mapped(er7(*ADT, "DG1|1||X123^Local worry^99LOC"))
     condition = one(event, "Condition")
-    assert condition["code"] == {"coding": [{"code": "X123", "display": "Local worry"}], "text": "Local worry"}
+    assert condition["code"] == {"coding": [{"system": "urn:carebus:hl7v2:CLINIC/codes/99LOC", "code": "X123",
+                                             "display": "Local worry"}], "text": "Local worry"}
 
 
 @pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.2"])

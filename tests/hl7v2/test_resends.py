@@ -21,6 +21,7 @@ from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
 from tests.hl7v2.helpers import context, sample
 from tests.hl7v2.test_mllp import Client, msa, records
 from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_HEADERS
 
 SHARED_CONTROL_ID = ["ADT-A01-01.hl7", "ADT-A03-01.hl7", "ADT-A04-01.hl7", "ADT-A08-01.hl7", "RDE-O11-02.hl7",
                      "VXU-V04-01.hl7"]
@@ -87,7 +88,8 @@ async def test_six_messages_sharing_msh10_are_all_written_and_a_resend_is_not(se
 
         # the same intake's HTTP path shares the memory
         app = create_app(settings, producer, metrics, lambda: (True, "ok"), acceptor)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                     headers=TEST_INTAKE_HEADERS) as http:
             resent = await http.post("/hl7v2", content=sample("RDE-O11-02.hl7").encode(),
                                      headers={"content-type": "x-application/hl7-v2+er7"})
             assert resent.status_code == 200 and "MSA|AA|MSG00001" in resent.text

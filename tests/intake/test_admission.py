@@ -106,3 +106,13 @@ def test_a_shed_request_keeps_the_connection_usable(served: tuple[str, threading
         pending.join(timeout=10)
         second = client.post("/events", content=b"{}")  # same client connection (keep-alive)
         assert second.status_code == 202
+
+
+def test_correlation_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from services.intake.app import new_correlation_id
+
+    ids = [new_correlation_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(value).version == 4 for value in ids[:100])

@@ -35,7 +35,8 @@ def test_capability_statement_tells_the_truth(record: RecordHarness) -> None:
     # every advertised parameter is accepted; an unadvertised one is refused
     for rtype, entry in resources.items():
         for param in entry["searchParam"]:
-            value = {"token": "x", "string": "x", "date": "2024", "reference": "Patient/x"}[param["type"]]
+            value = {"token": "x", "string": "x", "date": "2024", "reference": "Patient/x",
+                     "uri": "https://example.org/x"}[param["type"]]
             record.fhir(f"/{rtype}", params={param["name"]: value})
     problem = record.fhir("/Observation", params={"subject:Group": "x"}, status=400)
     assert problem["resourceType"] == "OperationOutcome"

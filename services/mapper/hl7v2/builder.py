@@ -87,6 +87,10 @@ class Build:
     def id(self, resource_type: str, *keys: str) -> str:
         return resource_id(resource_type, self.source, *keys)
 
+    def local(self, loc: str) -> tuple[str, str]:
+        """What codeable/coding need to give a local code of field ``loc`` the sender's local system."""
+        return (self.source, loc)
+
     def source_identifier(self, kind: str, value: str) -> Json:
         """The sender's own id of a record as an Identifier (system ``<source>/<kind>``), as the JSON path."""
         return {"system": f"{self.source}/{kind}", "value": value}

@@ -14,16 +14,23 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
+import langcodes
+
 from services.mapper.hl7v2.er7 import Rep
 from services.mapper.hl7v2.terminology import (
     ADDRESS_USE,
+    BCP47,
+    GENERIC_LOCAL,
     ID_TYPE_DISPLAY,
     NAME_USE,
     TELECOM_SYSTEM,
     TELECOM_USE,
     UCUM,
     V2_0203,
+    V2_TABLE_CODES,
     code_system,
+    local_system,
+    v2_system,
 )
 
 Json = dict[str, Any]
@@ -33,6 +40,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _OID = re.compile(r"[0-2](?:\.(?:0|[1-9]\d*))+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _SPACES = re.compile(r"\s+")
+_URI_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8})*")
 _MAX_NUMBER_CHARS = 30
 _MEMO_CHARS = 64  # values up to this length are memoized (codes, timestamps); longer ones are not kept
 
@@ -276,12 +285,19 @@ def instant_from(moment: datetime) -> str:
 # codes
 
 
-def coding(code: str, display: str = "", system_name: str = "", version: str = "") -> Json | None:
+def coding(code: str, display: str = "", system_name: str = "", version: str = "",
+           local: tuple[str, str] | None = None) -> Json | None:
+    """One v2 code as a Coding. ``local`` = (sender source, field location): a code of a local or unknown
+    coding system gets the sender's local system (terminology.local_system); without it, no system."""
     code = fhir_code(code)
     if not code:
         return None
     made: Json = {}
     system = code_system(system_name) if system_name else None
+    if system is None and local is not None:
+        name = system_name.strip()
+        scope = local[1] if not name or name.upper() in GENERIC_LOCAL else name
+        system = local_system(local[0], _URI_UNSAFE.sub("_", scope))
     if system:
         made["system"] = system
     if version:
@@ -292,8 +308,9 @@ def coding(code: str, display: str = "", system_name: str = "", version: str = "
     return made
 
 
-def codeable(rep: Rep | None, first: int = 1) -> Json | None:
-    """CWE/CE/CNE -> CodeableConcept: up to three codings; text from original text (CWE.9) or a display."""
+def codeable(rep: Rep | None, first: int = 1, local: tuple[str, str] | None = None) -> Json | None:
+    """CWE/CE/CNE -> CodeableConcept: up to three codings; text from original text (CWE.9) or a display.
+    ``local`` (sender source, field location) gives local codes the sender's local system (see coding)."""
     if rep is None:
         return None
     codings: list[Json] = []
@@ -303,7 +320,7 @@ def codeable(rep: Rep | None, first: int = 1) -> Json | None:
         if code_i > present and text_i > present:
             break  # this triplet and the ones after it are absent
         display = rep.c(text_i)
-        made = coding(rep.c(code_i), display, rep.c(system_i), rep.c(version_i))
+        made = coding(rep.c(code_i), display, rep.c(system_i), rep.c(version_i), local)
         if made is not None and made not in codings:
             codings.append(made)
         if display:
@@ -340,6 +357,60 @@ def simple_code(code: str, system: str | None, display: str | None = None) -> Js
     return {"coding": [made]}
 
 
+def table_code(code: str, table: str, source: str, display: str | None = None) -> Json | None:
+    """An IS/ID value of HL7 table ``table`` as a CodeableConcept: in HL7's v2 code system when it is one of
+    the table's codes (V2_TABLE_CODES), else in the sender's local system for that table; a value with spaces
+    is free text, not a code (CodeableConcept.text)."""
+    value = fhir_code(code)
+    if not value:
+        return None
+    if " " in value:
+        return {"text": value}
+    known = V2_TABLE_CODES.get(table)
+    system = v2_system(table) if known is not None and value.upper() in known else local_system(
+        source, f"v2-{table}")
+    made: Json = {"system": system, "code": value.upper() if system.startswith("http") else value}
+    if display:
+        made["display"] = display
+    return {"coding": [made]}
+
+
+def language(rep: Rep | None) -> Json | None:
+    """PID-15 / CWE language -> a CodeableConcept in BCP-47 (urn:ietf:bcp:47, the required binding of
+    Patient.communication.language): the first triplet whose code is an ISO 639 / BCP-47 tag (ISO 639-2 'ara'
+    -> 'ar'); text from CWE.9 or a display. None of them a language tag: text only (None without any text)."""
+    if rep is None:
+        return None
+    tag = ""
+    displays: list[str] = []
+    for code_i, text_i, _system_i, _version_i in _TRIPLETS:
+        if not tag:
+            tag = bcp47(rep.c(code_i))
+        if rep.c(text_i):
+            displays.append(rep.c(text_i))
+    text = rep.c(9) or (displays[0] if displays else "") or ("" if tag else rep.c(1))
+    concept: Json = {}
+    if tag:
+        concept["coding"] = [{"system": BCP47, "code": tag}]
+    if text:
+        concept["text"] = text
+    return concept or None
+
+
+@lru_cache(maxsize=1024)
+def bcp47(code: str) -> str:
+    """A language code (ISO 639-1/2/3 or a BCP-47 tag) as its standard BCP-47 tag; '' when it is not one."""
+    value = code.strip()
+    if not value or not _LANGUAGE_TAG.fullmatch(value):
+        return ""
+    try:
+        if not langcodes.tag_is_valid(value):
+            return ""
+        return str(langcodes.standardize_tag(value))
+    except ValueError:  # langcodes.LanguageTagError is one
+        return ""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # identifiers, names, addresses, telecom
 
@@ -348,7 +419,8 @@ def _authority_system(universal_id: str, universal_type: str) -> str | None:
     if not universal_id:
         return None
     kind = universal_type.upper()
-    if _OID.fullmatch(universal_id) and kind in {"ISO", ""}:
+    # an OID as short as '2.8' is syntactically one, but no assigning authority: FHIR validators refuse it
+    if _OID.fullmatch(universal_id) and universal_id.rfind(".") >= 5 and kind in {"ISO", ""}:
         return f"urn:oid:{universal_id}"
     if kind == "UUID":
         return f"urn:uuid:{universal_id.lower()}"

@@ -47,8 +47,8 @@ def _concept_text(concept: Json | None) -> str:
     return " ".join(parts)
 
 
-def _type(txa: Segment, body_codes: list[Json]) -> Json:
-    concept = codeable(txa.rep(2)) or {}
+def _type(build: Build, txa: Segment, body_codes: list[Json]) -> Json:
+    concept = codeable(txa.rep(2), local=build.local(txa.loc(2))) or {}
     codings: list[Json] = list(concept.get("coding", []))
     has_loinc = any(c.get("system") == LOINC for c in codings)
     if not has_loinc:
@@ -69,8 +69,8 @@ def _type(txa: Segment, body_codes: list[Json]) -> Json:
 def map_document(build: Build, txa: Segment) -> Json:
     conv = build.conv
     body_segments = [s for s in build.message.segments if s.name == "OBX" and s.position > txa.position]
-    body_codes = [c for s in body_segments if (c := codeable(s.rep(3))) is not None]
-    for concept in [codeable(txa.rep(2)), *body_codes]:
+    body_codes = [c for s in body_segments if (c := codeable(s.rep(3), local=build.local(s.loc(3)))) is not None]
+    for concept in [codeable(txa.rep(2), local=build.local(txa.loc(2))), *body_codes]:
         if _PSYCHOTHERAPY_NOTE.search(_concept_text(concept)):
             raise PsychotherapyNoteRefused("TXA-2", "psychotherapy-note",
                                            "HIPAA psychotherapy notes are not accepted")
@@ -97,7 +97,7 @@ def map_document(build: Build, txa: Segment) -> Json:
                                "data": base64.b64encode(text).decode(), "title": title, "creation": created})
     if not attachments:
         raise MissingRequired("OBX-5", "document-body-required", "an MDM T02 needs the document body in OBX")
-    doc_type = _type(txa, body_codes)
+    doc_type = _type(build, txa, body_codes)
     key = f"document|{txa.get(12)}" if txa.get(12) else f"message|{build.message_key}|txa"
     authors = [person_reference(rep) for rep in (*txa.reps(5), *txa.reps(9))]
     date = next((made for raw, loc in ((txa.get(4), txa.loc(4)), (txa.get(6), txa.loc(6)),

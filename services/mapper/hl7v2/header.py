@@ -75,7 +75,7 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
     if evn is not None:
         build.use(evn)
         occurred = fhir_datetime(evn.get(6), evn.loc(6), conv) or fhir_datetime(evn.get(2), evn.loc(2), conv)
-        reason = codeable(evn.rep(4))
+        reason = codeable(evn.rep(4), local=build.local(evn.loc(4)))
         operator = person_reference(evn.rep(5))
         if operator is not None:
             agents.append({

@@ -96,7 +96,7 @@ def _status(order: Order) -> str:
 def _timing(build: Build, rxe: Segment, tq1: Segment | None) -> Json | None:
     conv = build.conv
     if tq1 is not None:
-        pattern = codeable(tq1.rep(3))
+        pattern = codeable(tq1.rep(3), local=build.local(tq1.loc(3)))
         bounds = {"start": fhir_datetime(tq1.get(7), tq1.loc(7), conv),
                   "end": fhir_datetime(tq1.get(8), tq1.loc(8), conv)}
         return {"code": pattern, "repeat": {"boundsPeriod": bounds}}
@@ -124,9 +124,9 @@ def map_medication_request(build: Build, order: Order) -> Json | None:
         return None
     conv = build.conv
     rxo = order.first("RXO")
-    medication = codeable(rxe.rep(2))
+    medication = codeable(rxe.rep(2), local=build.local(rxe.loc(2)))
     if medication is None and rxo is not None:
-        medication = codeable(rxo.rep(1))
+        medication = codeable(rxo.rep(1), local=build.local(rxo.loc(1)))
         build.use(rxo)
     if medication is None:
         build.issue("missing-code@RXE-2")
@@ -139,13 +139,13 @@ def map_medication_request(build: Build, order: Order) -> Json | None:
         "text": "; ".join(i for i in instructions if i) or None,
         "timing": _timing(build, rxe, tq1),
         "asNeededBoolean": True if tq1 is not None and "PRN" in tq1.get(9).upper() else None,
-        "route": codeable(rxr.rep(1)) if rxr is not None else None,
-        "site": codeable(rxr.rep(2)) if rxr is not None else None,
-        "method": codeable(rxr.rep(4)) if rxr is not None else None,
+        "route": codeable(rxr.rep(1), local=build.local(rxr.loc(1))) if rxr is not None else None,
+        "site": codeable(rxr.rep(2), local=build.local(rxr.loc(2))) if rxr is not None else None,
+        "method": codeable(rxr.rep(4), local=build.local(rxr.loc(4))) if rxr is not None else None,
         "doseAndRate": _dose(rxe),
     }
     refills = rxe.get(12)
-    reasons = [codeable(rep) for rep in rxe.reps(27)]
+    reasons = [codeable(rep, local=build.local(rxe.loc(27))) for rep in rxe.reps(27)]
     orc = order.orc
     substitution = rxe.get(9).upper()
     notes = [n for s in (orc, rxe) if s is not None for n in build.notes_after(s)]
@@ -185,7 +185,7 @@ def map_immunization(build: Build, order: Order) -> Json | None:
     conv = build.conv
     orc = order.orc
     rxr = order.first("RXR", after=rxa) or order.first("RXR")
-    vaccine = codeable(rxa.rep(5))
+    vaccine = codeable(rxa.rep(5), local=build.local(rxa.loc(5)))
     if vaccine is None:
         build.issue("missing-code@RXA-5")
         vaccine = {"text": "Vaccine not specified (RXA-5 empty)"}
@@ -205,7 +205,7 @@ def map_immunization(build: Build, order: Order) -> Json | None:
         "identifier": [identifier_ei(orc.rep(2), "PLAC") if orc is not None else None,
                        identifier_ei(orc.rep(3), "FILL") if orc is not None else None],
         "status": status,
-        "statusReason": codeable(rxa.rep(18)) if status == "not-done" else None,
+        "statusReason": codeable(rxa.rep(18), local=build.local(rxa.loc(18))) if status == "not-done" else None,
         "vaccineCode": vaccine,
         "patient": build.patient_ref,
         "encounter": build.encounter_ref,
@@ -215,8 +215,8 @@ def map_immunization(build: Build, order: Order) -> Json | None:
         "manufacturer": organization_reference(rxa.rep(17)),
         "lotNumber": rxa.get(15) or None,
         "expirationDate": fhir_date(rxa.get(16), rxa.loc(16), conv),
-        "route": codeable(rxr.rep(1)) if rxr is not None else None,
-        "site": codeable(rxr.rep(2)) if rxr is not None else None,
+        "route": codeable(rxr.rep(1), local=build.local(rxr.loc(1))) if rxr is not None else None,
+        "site": codeable(rxr.rep(2), local=build.local(rxr.loc(2))) if rxr is not None else None,
         "doseQuantity": quantity(amount, rxa.rep(7)) if amount is not None and amount != 999 else None,
         "performer": [{"actor": who} for rep in rxa.reps(10) if (who := person_reference(rep))],
     }

@@ -21,6 +21,7 @@ from services.mapper.hl7v2.datatypes import (
     fhir_datetime,
     human_name,
     identifier_cx,
+    language,
     organization_reference,
     person_reference,
 )
@@ -62,9 +63,11 @@ def map_patient(build: Build, pid: Segment, pd1: Segment | None) -> Json:
         "gender": GENDER.get(pid.get(8).upper()) if pid.get(8) else None,
         "birthDate": fhir_date(pid.get(7), pid.loc(7), conv),
         "address": [address(rep, pid.loc(11), conv) for rep in pid.reps(11)],
-        "maritalStatus": codeable(pid.rep(16)),
-        "communication": [{"language": codeable(pid.rep(15))}] if pid.rep(15) else None,
+        "maritalStatus": codeable(pid.rep(16), local=build.local(pid.loc(16))),
+        "communication": [{"language": spoken}] if (spoken := language(pid.rep(15))) else None,
     }
+    if pid.get(15) and not any("coding" in c["language"] for c in patient["communication"] or ()):
+        build.issue("not-a-language-tag@PID-15")  # kept as text: the binding to BCP-47 is required
     if pid.get(8) and pid.get(8).upper() not in GENDER:
         build.issue("unknown-code@PID-8")
     death = fhir_datetime(pid.get(29), pid.loc(29), conv)
@@ -93,7 +96,8 @@ def map_related_person(build: Build, nk1: Segment) -> Json | None:
     organisation = nk1.get(13)
     if not any(names) and not organisation:
         return None
-    relationship = [codeable(nk1.rep(3)), codeable(nk1.rep(7))]
+    relationship = [codeable(nk1.rep(3), local=build.local(nk1.loc(3))),
+                    codeable(nk1.rep(7), local=build.local(nk1.loc(7)))]
     person = {
         "resourceType": "RelatedPerson",
         "id": build.id("RelatedPerson", "patient", build.patient_key, "nk1",

@@ -151,7 +151,7 @@ def _value(build: Build, obx: Segment, value_type: str, rep: Rep) -> Json | None
             return {"valueString": rep.joined()}
         return made
     if value_type in _CODED_TYPES:
-        concept = codeable(rep)
+        concept = codeable(rep, local=build.local(loc))
         return {"valueCodeableConcept": concept} if concept else None
     if value_type in _DATE_TYPES:
         moment = fhir_datetime(rep.c(1), loc, build.conv)
@@ -184,7 +184,7 @@ def _reference_range(obx: Segment) -> list[Json]:
     return [{"text": text}]
 
 
-def _interpretation(obx: Segment) -> list[Json]:
+def _interpretation(build: Build, obx: Segment) -> list[Json]:
     out: list[Json] = []
     for rep in obx.reps(8):
         code = rep.c(1).upper()
@@ -192,14 +192,14 @@ def _interpretation(obx: Segment) -> list[Json]:
             out.append({"coding": [{"system": V3_INTERPRETATION, "code": code,
                                     "display": INTERPRETATION[code]}]})
         else:
-            concept = codeable(rep)
+            concept = codeable(rep, local=build.local(obx.loc(8)))
             if concept:
                 out.append(concept)
     return out
 
 
 def _code(build: Build, obx: Segment) -> Json:
-    concept = codeable(obx.rep(3))
+    concept = codeable(obx.rep(3), local=build.local(obx.loc(3)))
     if concept is None:
         build.issue("missing-code@OBX-3")
         return {"text": "Unspecified observation (OBX-3 empty)"}
@@ -232,9 +232,9 @@ def observation(build: Build, obx: Segment, *, scope: str, counter: dict[str, in
         "issued": fhir_instant(obx.get(19), obx.loc(19), conv),
         "performer": [person_reference(rep) for rep in obx.reps(16)] + [organization_reference(obx.rep(23))],
         "referenceRange": _reference_range(obx),
-        "interpretation": _interpretation(obx),
-        "method": codeable(obx.rep(17)),
-        "bodySite": codeable(obx.rep(20)),
+        "interpretation": _interpretation(build, obx),
+        "method": codeable(obx.rep(17), local=build.local(obx.loc(17))),
+        "bodySite": codeable(obx.rep(20), local=build.local(obx.loc(20))),
         "device": {"identifier": identifier_ei(obx.rep(18))} if obx.get(18) else None,
     }
     build.subject(obs)
@@ -365,7 +365,7 @@ def map_report(build: Build, group: OrderGroup) -> Json:
     status = REPORT_STATUS.get(obr.get(25).upper())
     if status is None and obr.get(25):
         build.issue("unknown-code@OBR-25")
-    code = codeable(obr.rep(4))
+    code = codeable(obr.rep(4), local=build.local(obr.loc(4)))
     if code is None:
         build.issue("missing-code@OBR-4")
         code = {"text": "Unspecified report (OBR-4 empty)"}
@@ -375,7 +375,7 @@ def map_report(build: Build, group: OrderGroup) -> Json:
         "id": build.id("DiagnosticReport", key),
         "identifier": [identifier_ei(placer, "PLAC"), identifier_ei(filler, "FILL")],
         "status": status or "unknown",
-        "category": [codeable(obr.rep(24)) if obr.get(24, 2) or obr.get(24, 3)
+        "category": [codeable(obr.rep(24), local=build.local(obr.loc(24))) if obr.get(24, 2) or obr.get(24, 3)
                      else simple_code(obr.get(24), "http://terminology.hl7.org/CodeSystem/v2-0074")],
         "code": code,
         "effectiveDateTime": fhir_datetime(obr.get(7), obr.loc(7), conv),
@@ -433,7 +433,7 @@ def _map_instrument(build: Build, group: OrderGroup, spec: InstrumentSpec, key: 
     reported: str | None = None
     sources: dict[str, Segment] = {}
     for obx in group.results:
-        codes = _loinc_codes(codeable(obx.rep(3)))
+        codes = _loinc_codes(codeable(obx.rep(3), local=build.local(obx.loc(3))))
         item = next((c for c in codes if c in own), None)
         if item is not None:
             if item in answers:

@@ -151,9 +151,9 @@ def map_appointment(build: Build, sch: Segment, conditions: list[Json]) -> Json:
     for segment in resources:
         build.use(segment, *build.notes_after(segment))
         notes.extend(note_texts(build.notes_after(segment)))
-        participant = _participant(segment)
+        participant = _participant(build, segment)
         if segment.name == "AIS":
-            concept = codeable(segment.rep(3))
+            concept = codeable(segment.rep(3), local=build.local(segment.loc(3)))
             if concept is not None:
                 service_types.append(concept)
                 texts.append(str(concept.get("text", "")))
@@ -169,10 +169,10 @@ def map_appointment(build: Build, sch: Segment, conditions: list[Json]) -> Json:
         "id": build.id("Appointment", _appointment_key(build, sch)),
         "identifier": [identifier_ei(sch.rep(1), "PLAC"), identifier_ei(sch.rep(2), "FILL")],
         "status": status,
-        "cancelationReason": codeable(sch.rep(6)) if status == "cancelled" else None,
+        "cancelationReason": codeable(sch.rep(6), local=build.local(sch.loc(6))) if status == "cancelled" else None,
         "serviceType": service_types,
-        "appointmentType": codeable(sch.rep(8)),
-        "reasonCode": [codeable(sch.rep(7))],
+        "appointmentType": codeable(sch.rep(8), local=build.local(sch.loc(8))),
+        "reasonCode": [codeable(sch.rep(7), local=build.local(sch.loc(7)))],
         "reasonReference": [{"reference": f"Condition/{c['id']}"} for c in conditions],
         "start": start,
         "end": end,
@@ -193,26 +193,26 @@ def _aware_instant(text: str) -> datetime | None:
         return None
 
 
-def _participant(segment: Segment) -> Json | None:
+def _participant(build: Build, segment: Segment) -> Json | None:
     filler_status = {"AIS": 10, "AIG": 14, "AIL": 12, "AIP": 12}[segment.name]
     declined = segment.get(filler_status).lower() in {"cancelled", "canceled", "deleted", "blocked"}
     status = "declined" if declined else "accepted"
     if segment.name == "AIP":
         who = person_reference(segment.rep(3))
-        role = codeable(segment.rep(4))
+        role = codeable(segment.rep(4), local=build.local(segment.loc(4)))
         if who is None and role is None:
             return None
         return {"type": [role] if role else None, "actor": who, "status": status}
     if segment.name == "AIL":
         display = location_display(segment.rep(3))
-        role = codeable(segment.rep(4))
+        role = codeable(segment.rep(4), local=build.local(segment.loc(4)))
         if not display and role is None:
             return None
         return {"type": [role] if role else None, "actor": {"display": display} if display else None,
                 "status": status}
     if segment.name == "AIG":
-        resource = codeable(segment.rep(3))
-        role = codeable(segment.rep(4))
+        resource = codeable(segment.rep(3), local=build.local(segment.loc(3)))
+        role = codeable(segment.rep(4), local=build.local(segment.loc(4)))
         if resource is None and role is None:
             return None
         display = str((resource or {}).get("text", "")) or next(

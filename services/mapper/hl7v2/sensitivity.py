@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from services.mapper.hl7v2.terminology import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
+from services.mapper.hl7v2.terminology import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED, is_local_system
 from services.mapper.mapping import labels
 
 Labels = tuple[str, ...]
@@ -65,7 +65,7 @@ def diagnosis(concept: dict[str, Any] | None) -> Labels:
             continue
         if system in {ICD10CM, SNOMED}:
             found.append(labels.diagnosis_labels(system, code))
-        elif system == ICD10 or (system is None and _ICD10_SHAPE.fullmatch(code.upper())):
+        elif system == ICD10 or ((system is None or is_local_system(system)) and _ICD10_SHAPE.fullmatch(code.upper())):
             found.append(labels.icd10_labels(code))
         elif system == ICD9CM:
             found.append(_icd9(code))

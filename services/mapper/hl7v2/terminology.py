@@ -4,7 +4,11 @@ Concept maps follow the HL7 v2-to-FHIR IG (http://hl7.org/fhir/uv/v2mappings) wh
 gender, v2-0004 encounter class, v2-0085 observation status, v2-0123 diagnostic report status, v2-0203
 identifier type.
 Where the IG leaves a code "unmatched" but FHIR needs a value, carebus picks the closest one and says so here.
-Local code systems (``L``, ``99zzz`` and any name not listed) are passed through as codings without a system.
+Local codes get a code system of their sender (``local_system``): ``<source>/codes/<name>`` for a named local
+or unknown coding system (``99zzz``, any name not listed below), ``<source>/codes/<SEG-n>`` for ``L`` or no
+coding system (the field is the only scope the code has), ``<source>/codes/v2-<table>`` for a value of a
+user-defined table that is not one of HL7's (``V2_TABLE_CODES``). A value with spaces in an IS field is free
+text (CodeableConcept.text), not a code.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 NDC = "http://hl7.org/fhir/sid/ndc"
 CVX = "http://hl7.org/fhir/sid/cvx"
 UCUM = "http://unitsofmeasure.org"
+BCP47 = "urn:ietf:bcp:47"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 V3_NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -61,6 +66,40 @@ _CODE_SYSTEMS = {
     "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
 }
 _HL7_TABLE = re.compile(r"HL7(\d{3,4})")
+# coding system names that say "local" without naming a system: the field scopes the code
+GENERIC_LOCAL = frozenset({"L", "LOCAL", "LN-LOCAL", "99ZZZ", "99LOCAL"})
+LOCAL_PREFIX = "urn:carebus:"
+
+
+def local_system(source: str, name: str) -> str:
+    """The code system of a sender's local codes: ``<source>/codes/<name>`` (source: urn:carebus:hl7v2:...)."""
+    return f"{source}/codes/{name}"
+
+
+def is_local_system(system: str | None) -> bool:
+    """Whether ``system`` is a sender's local code system made by :func:`local_system`."""
+    return system is not None and system.startswith(LOCAL_PREFIX) and "/codes/" in system
+
+
+# Codes of the HL7 v2 tables that carebus codes in terminology.hl7.org's v2 code systems (as published with FHIR
+# R4 4.0.1). For user-defined tables (0023, 0069, 0092, 0114) these are HL7's suggested values only: a sender's
+# other values go to its local system (local_system(source, "v2-<table>")).
+V2_TABLE_CODES: dict[str, frozenset[str]] = {
+    "0004": frozenset({"B", "C", "E", "I", "N", "O", "P", "R", "U"}),
+    "0007": frozenset({"A", "C", "E", "L", "N", "R", "U"}),
+    "0023": frozenset({"1", "2", "3", "4", "5", "6", "7", "8", "9"}),
+    "0069": frozenset({"CAR", "MED", "PUL", "SUR", "URO"}),
+    "0074": frozenset({
+        "AU", "BG", "BLB", "CG", "CH", "CP", "CT", "CTH", "CUS", "EC", "EN", "GE", "HM", "ICU", "IMG", "IMM", "LAB",
+        "MB", "MCB", "MYC", "NMR", "NMS", "NRS", "OSL", "OT", "OTH", "OUS", "PAR", "PAT", "PF", "PHR", "PHY", "PT",
+        "RAD", "RC", "RT", "RUS", "RX", "SP", "SR", "TX", "URN", "VR", "VUS", "XRC"}),
+    "0092": frozenset({"R"}),
+    "0114": frozenset(),  # not published as a code system with R4: every value is the sender's
+}
+
+
+def v2_system(table: str) -> str:
+    return f"http://terminology.hl7.org/CodeSystem/v2-{table}"
 
 
 def code_system(name: str) -> str | None:

@@ -24,7 +24,7 @@ from services.mapper.hl7v2.datatypes import (
     location_display,
     organization_reference,
     person_reference,
-    simple_code,
+    table_code,
 )
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
@@ -42,8 +42,10 @@ from services.mapper.hl7v2.terminology import (
     ENCOUNTER_CLASS_V2_DISPLAY,
     PARTICIPATION_TYPE,
     V2_0004,
+    V2_TABLE_CODES,
     V3_ACT_CODE,
     V3_NULL_FLAVOR,
+    local_system,
 )
 
 _PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
@@ -52,13 +54,18 @@ _PSYCHIATRIC_SERVICES = {"PSY", "PSYCH", "PSI", "BH", "MH", "BHS"}
 _ADT_ACTIVE = {"A01", "A02", "A04", "A08"}
 
 
-def _class(pv1: Segment) -> Json:
-    code = pv1.get(2).upper()
+def _class(build: Build, pv1: Segment) -> Json:
+    """PV1-2 -> Encounter.class: v3 ActCode where the IG maps it, else the v2-0004 code, else (a value that is
+    not in table 0004, e.g. 'FF') the sender's local v2-0004 system; absent -> NullFlavor UNK."""
+    code = fhir_code(pv1.get(2)).upper()
     if code in ENCOUNTER_CLASS:
         act, display = ENCOUNTER_CLASS[code]
         return {"system": V3_ACT_CODE, "code": act, "display": display}
+    if code in V2_TABLE_CODES["0004"]:
+        return {"system": V2_0004, "code": code, "display": ENCOUNTER_CLASS_V2_DISPLAY.get(code)}
     if code:
-        return {"system": V2_0004, "code": fhir_code(code), "display": ENCOUNTER_CLASS_V2_DISPLAY.get(code)}
+        build.issue("local-code@PV1-2")
+        return {"system": local_system(build.source, "v2-0004"), "code": fhir_code(pv1.get(2))}
     return {"system": V3_NULL_FLAVOR, "code": "UNK", "display": "unknown"}
 
 
@@ -75,27 +82,28 @@ def _status(build: Build, pv1: Segment) -> str:
     return "unknown"
 
 
-def _coded(rep: Rep | None, table: str) -> Json | None:
-    """A user-defined-table field: CWE when it names a system, else the code in the v2 table's system."""
+def _coded(build: Build, rep: Rep | None, table: str, loc: str) -> Json | None:
+    """A table-coded field (IS, or CWE in v2.6+): CWE when it names a system or a text, else the code in the
+    v2 table's system when HL7's table has it, in the sender's local system for the table when not."""
     if rep is None:
         return None
     if rep.c(3) or rep.c(2):
-        return codeable(rep)
-    return simple_code(rep.c(1), f"http://terminology.hl7.org/CodeSystem/v2-{table}")
+        return codeable(rep, local=build.local(loc))
+    return table_code(rep.c(1), table, build.source)
 
 
-def _discharge(rep: Rep | None) -> tuple[Json | None, Labels]:
+def _discharge(build: Build, rep: Rep | None) -> tuple[Json | None, Labels]:
     if rep is None:
         return None, ()
     code = rep.c(1).upper()
     mapped = DISCHARGE.get(code)
     if mapped is None:
-        concept = codeable(rep)
+        concept = codeable(rep, local=build.local("PV1-36"))
         text = " ".join((rep.c(1), rep.c(2))).lower()
         return concept, sensitivity.PSY if "psych" in text else ()
     concept = {"coding": [{"system": DISCHARGE_DISPOSITION, "code": mapped,
                            "display": DISCHARGE_DISPLAY[mapped]}]}
-    original = codeable(rep)
+    original = codeable(rep, local=build.local("PV1-36"))
     if original is not None and original.get("text"):
         concept["text"] = original["text"]
     return concept, sensitivity.PSY if mapped == "psy" else ()
@@ -120,9 +128,9 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
         "id": build.id("Encounter", key),
         "identifier": [build.source_identifier("encounter", key)] if pv1.get(19) else [],
         "status": status,
-        "class": _class(pv1),
-        "type": [_coded(pv1.rep(4), "0007")],
-        "serviceType": _coded(pv1.rep(10), "0069"),
+        "class": _class(build, pv1),
+        "type": [_coded(build, pv1.rep(4), "0007", pv1.loc(4))],
+        "serviceType": _coded(build, pv1.rep(10), "0069", pv1.loc(10)),
         "subject": build.patient_ref,
         "participant": [],
         "period": {"start": fhir_datetime(pv1.get(44), pv1.loc(44), conv)},
@@ -151,18 +159,18 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
                     "individual": who,
                 })
     _locations(build, pv1, encounter, status)
-    disposition, disposition_labels = _discharge(pv1.rep(36))
+    disposition, disposition_labels = _discharge(build, pv1.rep(36))
     encounter["hospitalization"] = {
         "preAdmissionIdentifier": identifier_cx(pv1.rep(5), pv1.loc(5), conv),
-        "admitSource": _coded(pv1.rep(14), "0023"),
-        "reAdmission": _coded(pv1.rep(13), "0092"),
+        "admitSource": _coded(build, pv1.rep(14), "0023", pv1.loc(14)),
+        "reAdmission": _coded(build, pv1.rep(13), "0092", pv1.loc(13)),
         "dischargeDisposition": disposition,
         "destination": {"display": pv1.get(37)} if pv1.get(37) else None,
-        "dietPreference": [_coded(pv1.rep(38), "0114")],
+        "dietPreference": [_coded(build, pv1.rep(38), "0114", pv1.loc(38))],
     }
     if pv2 is not None:
         build.use(pv2)
-        encounter["reasonCode"] = [codeable(pv2.rep(3))]
+        encounter["reasonCode"] = [codeable(pv2.rep(3), local=build.local(pv2.loc(3)))]
     service = pv1.get(10).upper()
     service_text = " ".join((pv1.get(10, 1), pv1.get(10, 2))).lower()
     service_labels: Labels = sensitivity.PSY if (
@@ -196,7 +204,7 @@ def _locations(build: Build, pv1: Segment, encounter: Json, status: str) -> None
 def map_condition(build: Build, dg1: Segment, encounter: Json | None) -> Json | None:
     conv = build.conv
     rep = dg1.rep(3)
-    code = codeable(rep)
+    code = codeable(rep, local=build.local(dg1.loc(3)))
     if code is not None and rep is not None and not rep.c(3) and dg1.get(2):
         # v2.3: DG1-2 names the coding method when DG1-3 does not
         from services.mapper.hl7v2.datatypes import coding
@@ -247,7 +255,7 @@ def map_condition(build: Build, dg1: Segment, encounter: Json | None) -> Json | 
 
 
 def map_allergy(build: Build, al1: Segment) -> Json | None:
-    code = codeable(al1.rep(3))
+    code = codeable(al1.rep(3), local=build.local(al1.loc(3)))
     if code is None:
         build.issue("allergy-without-code@AL1-3")
         build.use(al1)
@@ -256,8 +264,8 @@ def map_allergy(build: Build, al1: Segment) -> Json | None:
     key = "|".join(f"{c.get('system', '')}|{c.get('code', '')}" for c in code.get("coding", [])) \
         or code.get("text", "")
     # AL1-5 is ST up to v2.5 (free text), CWE from v2.6
-    reactions = [(codeable(rep) if rep.c(2) or rep.c(3) else None) or {"text": rep.text()}
-                 for rep in al1.reps(5)]
+    reactions = [(codeable(rep, local=build.local(al1.loc(5))) if rep.c(2) or rep.c(3) else None)
+                 or {"text": rep.text()} for rep in al1.reps(5)]
     allergy = {
         "resourceType": "AllergyIntolerance",
         "id": build.id("AllergyIntolerance", "patient", build.patient_key, key),

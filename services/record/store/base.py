@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.record.changes import OutboxRow
 from services.record.identity import IdentityState, LinkAssertion, ReviewCandidate
 from services.record.ingest import PreparedBundle
 from services.record.search import SearchQuery
@@ -84,6 +85,10 @@ class RecordStore(Protocol):
     """
 
     def ingest(self, bundles: Sequence[PreparedBundle]) -> IngestReport: ...
+
+    def pending_changes(self, limit: int = 1000) -> list[OutboxRow]: ...
+
+    def forget_changes(self, up_to_seq: int) -> None: ...
 
     def read(self, resource_type: str, resource_id: str) -> StoredRow | None: ...
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import orjson
 
 from services.record.access import ALL_CLEARANCES
+from services.record.changes import OutboxRow
 from services.record.errors import StoreUnavailable
 from services.record.identity import (
     IdentityPolicy,
@@ -52,6 +53,7 @@ from services.record.search import (
     StringCriterion,
     TokenCriterion,
 )
+from services.record.store import outbox
 from services.record.store.base import (
     EverythingQuery,
     HistoryQuery,
@@ -154,6 +156,7 @@ def schema(d: Dialect) -> list[str]:
         "CREATE INDEX IF NOT EXISTS identity_member_person ON identity_member (person_id)",
         f"CREATE TABLE IF NOT EXISTS store_meta (key {t} PRIMARY KEY, value {t} NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS resource_type_stored (resource_type {t} PRIMARY KEY)",
+        *outbox.schema(d),
     ]
 
 
@@ -429,6 +432,7 @@ class SqlStore:
             )
             if plan.identity:
                 self._apply_identity(conn, plan)
+            outbox.write(self, conn, plan)  # the change feed, committed with the versions it announces
         by_type: dict[str, int] = defaultdict(int)
         for version in plan.versions:
             by_type[version.resource_type] += 1
@@ -441,6 +445,13 @@ class SqlStore:
             dict(by_type),
             plan.stale,
         )
+
+    def pending_changes(self, limit: int = 1000) -> list[OutboxRow]:
+        """Change-feed messages committed but not yet acknowledged by Kafka, oldest first."""
+        return outbox.pending(self, limit)
+
+    def forget_changes(self, up_to_seq: int) -> None:
+        outbox.forget(self, up_to_seq)
 
     def _load_current(self, conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], CurrentVersion]:
         by_type: dict[str, list[str]] = defaultdict(list)
@@ -927,6 +938,25 @@ class SqlStore:
                 query.count,
                 query.offset,
             )
+
+    def current_with_token(self, resource_type: str, param: str, codes: Sequence[str]
+                           ) -> list[tuple[str, StoredRow]]:
+        """Bulk read for whole-population work (outcomes, measures): every current, undeleted ``resource_type``
+        with one of ``codes`` under token ``param``, each with the person it belongs to (the person id of its
+        patient, or the patient reference itself when it is linked to nobody). No paging, no view: callers apply
+        their own access rules."""
+        if not codes:
+            return []
+        sql = (
+            f"SELECT COALESCE(m.person_id, c.patient_ref, ''), {_C_ROW} FROM resource_current c "
+            "LEFT JOIN identity_member m ON m.patient_ref = c.patient_ref "
+            "WHERE c.resource_type = ? AND c.deleted = 0 AND EXISTS (SELECT 1 FROM search_token t "
+            "WHERE t.resource_type = c.resource_type AND t.id = c.id AND t.param = ? "
+            f"AND t.code IN ({_marks(len(codes))}))"
+        )
+        with self._connection() as conn:
+            rows = self._all(conn, sql, (resource_type, param, *codes))
+        return [(r[0], _row(r[1:])) for r in rows]
 
     def search(self, query: SearchQuery, view: View) -> Page:
         where = _Where()

@@ -1,0 +1,295 @@
+"""Notify benchmark: events through intake at a steady rate, with active subscriptions, to a local receiver.
+
+    .venv/bin/python -m benchmarks.notify_bench [--rate 200] [--seconds 30] [--subscriptions 100]
+
+Runs the real services as processes (intake, mapper, record, notify; SQLite stores in a temp folder) on a local
+broker (or CAREBUS_KAFKA_BOOTSTRAP), subscribes ``--subscriptions`` subscriptions (a mix: unfiltered system-level
+ones on every topic, and patient-filtered ones on assessments, safety alerts and encounters), and posts the sample
+care journey, replayed for distinct patients, one event per request at a steady rate (an open-loop asyncio
+generator: requests are started on schedule whether or not earlier ones have answered). The receiver is its own
+process (uvicorn, a raw ASGI app that appends one line per notification).
+
+Prints: notifications delivered per second; p50 / p99 latency from intake's 202 to the receiver's arrival, for the
+assessment-completed notifications (their focus id is computable from the event, so each is matched to its 202);
+notify's CPU per notification (user + system time of the notify process over the run / notifications).
+Not measured here: the 1-hour-outage recovery figure (``--outage-seconds`` runs a scaled-down version of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import hashlib
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from services.common.fhir_ids import resource_id
+from services.common.kafka import ensure_topics
+from services.common.local_broker import LocalKafkaBroker, free_port
+from services.common.settings import REPO_ROOT, Settings
+from services.common.topics import CATALOGUE
+from services.mapper.journey import sample_care_journey
+from services.notify.subscriptions import EXT_FILTER, EXT_MAX_COUNT, EXT_PAYLOAD_CONTENT, EXT_SECRET
+from services.notify.topics import TOPICS
+
+TOKEN = "bench-subscriber-token"  # noqa: S105 - a local benchmark's token
+SECRET = secrets.token_hex(32)
+
+
+# --- the receiver (its own process) -------------------------------------------------------------------------
+
+
+def receiver_app(out_path: str) -> Any:
+    out = open(out_path, "ab", buffering=0)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        arrived = time.time()
+        bundle = orjson.loads(body)
+        params = bundle["entry"][0]["resource"]["parameter"]
+        kind = next(p["valueCode"] for p in params if p["name"] == "type")
+        topic = next(p["valueCanonical"] for p in params if p["name"] == "topic").rsplit("/", 1)[1]
+        for p in params:
+            if p["name"] == "notification-event":
+                parts = {part["name"]: part for part in p["part"]}
+                focus = parts.get("focus", {}).get("valueReference", {}).get("reference", "")
+                out.write(orjson.dumps([arrived, kind, topic, focus.rsplit("/", 1)[-1]]) + b"\n")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def run_receiver(port: int, out_path: str) -> None:
+    import uvicorn
+
+    uvicorn.run(receiver_app(out_path), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- the load -------------------------------------------------------------------------------------------------
+
+
+def journey_mix(count: int) -> list[dict[str, Any]]:
+    """The sample journey replayed for distinct people (patient ids and the enterprise id made unique)."""
+    journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
+    events: list[dict[str, Any]] = []
+    n = 0
+    while len(events) < count:
+        n += 1
+        for template in journey:
+            event = copy.deepcopy(template)
+            event["id"] = f"{template['id']}-n{n}"
+            event["data"]["patient_id"] = f"{template['data']['patient_id']}-n{n}"
+            for ident in event["data"].get("identifiers") or ():
+                if ident.get("system") == "urn:carebus:empi":
+                    ident["value"] = f"{ident['value']}-n{n}"
+            events.append(event)
+            if len(events) == count:
+                break
+    return events
+
+
+def assessment_focus(event: dict[str, Any]) -> str | None:
+    """The total-score Observation id an assessment event makes (services/mapper/mapping/assessment.py)."""
+    if not event["type"].endswith("assessment.completed.v1"):
+        return None
+    from services.mapper.mapping.instruments import instrument_spec
+
+    spec = instrument_spec(event["data"]["instrument"])
+    return resource_id("Observation", event["source"], "assessment", event["data"]["assessment_id"], spec.total_loinc)
+
+
+async def paced_posts(url: str, events: list[dict[str, Any]], rate: float) -> tuple[dict[str, float], int, float]:
+    accepted_at: dict[str, float] = {}
+    refused = 0
+    interval = 1 / rate
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=128)) as client:
+        async def one(event: dict[str, Any]) -> None:
+            nonlocal refused
+            response = await client.post(url, content=orjson.dumps(event),
+                                         headers={"content-type": "application/cloudevents+json"})
+            if response.status_code == 202:
+                accepted_at[event["id"]] = time.time()
+            else:
+                refused += 1
+        tasks = []
+        start = time.perf_counter()
+        for i, event in enumerate(events):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(event)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    return accepted_at, refused, elapsed
+
+
+# --- the stack ------------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], name: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{name} not ready")
+
+
+def subscriptions(count: int, receiver: str, patients: list[str]) -> list[dict[str, Any]]:
+    """About a third unfiltered (every topic in turn), the rest filtered on one patient each."""
+    subs = []
+    filtered_topics = ["assessment-completed", "safety-alert-raised", "encounter-started", "medication-prescribed"]
+    for i in range(count):
+        if i < count // 3:
+            topic, filters = TOPICS[i % len(TOPICS)].name, []
+        else:
+            topic = filtered_topics[i % len(filtered_topics)]
+            filters = [f"patient=Patient/{patients[i % len(patients)]}"]
+        subs.append({
+            "resourceType": "Subscription", "status": "requested", "reason": f"bench {i}",
+            "criteria": f"https://carebus.dev/fhir/SubscriptionTopic/{topic}",
+            "extension": [{"url": EXT_SECRET, "valueString": SECRET}],
+            "_criteria": {"extension": [{"url": EXT_FILTER, "valueString": f} for f in filters]},
+            "channel": {"type": "rest-hook", "endpoint": receiver, "payload": "application/fhir+json",
+                        "extension": [{"url": EXT_MAX_COUNT, "valuePositiveInt": 20}],
+                        "_payload": {"extension": [{"url": EXT_PAYLOAD_CONTENT, "valueCode": "id-only"}]}},
+        })
+    return subs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second into intake")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
+    parser.add_argument("--subscriptions", type=int, default=100)
+    parser.add_argument("--receiver", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        run_receiver(int(args.receiver[0]), args.receiver[1])
+        return
+
+    print(f"carebus notify benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cores={os.cpu_count()}", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="notify-bench-"))
+    broker = None
+    bootstrap = os.environ.get("CAREBUS_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = LocalKafkaBroker(REPO_ROOT / ".cache", workdir=folder / "kafka", heap="1g").start()
+        bootstrap = broker.bootstrap
+    ports = {name: free_port() for name in ("intake", "mapper", "record", "notify", "receiver", "mllp")}
+    prefix = f"nb{uuid.uuid4().hex[:6]}"
+    settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, kafka_topic_partitions=6)
+    ensure_topics(settings, CATALOGUE)
+    grant = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health", "part2"], "label": "bench"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
+    env.update({
+        "PYTHONPATH": str(REPO_ROOT), "CAREBUS_KAFKA_BOOTSTRAP": bootstrap, "CAREBUS_TOPIC_PREFIX": prefix,
+        "CAREBUS_LOG_LEVEL": "WARNING", "CAREBUS_INTAKE_PORT": str(ports["intake"]),
+        "CAREBUS_MAPPER_PORT": str(ports["mapper"]), "CAREBUS_RECORD_PORT": str(ports["record"]),
+        "CAREBUS_NOTIFY_PORT": str(ports["notify"]), "CAREBUS_MLLP_PORT": str(ports["mllp"]),
+        "CAREBUS_RECORD_STORE_DSN": f"sqlite:///{folder}/record.db",
+        "CAREBUS_NOTIFY_STORE_DSN": f"sqlite:///{folder}/notify.db",
+        "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps([f"http://127.0.0.1:{ports['receiver']}/"]).decode(),
+        "CAREBUS_RECORD_TOKENS": orjson.dumps({hashlib.sha256(TOKEN.encode()).hexdigest(): grant}).decode(),
+        "CAREBUS_MLLP_RECALL_PER_PARTITION": "0",
+    })
+    arrivals = folder / "arrivals.jsonl"
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        processes["receiver"] = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "benchmarks.notify_bench", "--receiver", str(ports["receiver"]), str(arrivals)],
+            env=env, cwd=REPO_ROOT)
+        for name in ("record", "notify", "mapper", "intake"):
+            log = (folder / f"{name}.log").open("wb")
+            processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,  # noqa: S603
+                                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        for name in ("record", "notify", "mapper", "intake"):
+            wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", processes[name], name)
+        count = int(args.rate * args.seconds)
+        events = journey_mix(count + 200)
+        warmup, load = events[:200], events[200:]
+        patient_refs = sorted({resource_id("Patient", e["source"], e["data"]["patient_id"]) for e in load})
+        record = f"http://127.0.0.1:{ports['record']}"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/fhir+json"}
+        receiver_url = f"http://127.0.0.1:{ports['receiver']}/hooks"
+        for sub in subscriptions(args.subscriptions, receiver_url, patient_refs):
+            response = httpx.post(f"{record}/Subscription", content=orjson.dumps(sub), headers=headers, timeout=10)
+            assert response.status_code == 201, response.text
+        intake = f"http://127.0.0.1:{ports['intake']}/events"
+        asyncio.run(paced_posts(intake, warmup, 50))
+        time.sleep(5)
+        arrivals.write_bytes(b"")
+        cpu_before = cpu_seconds(processes["notify"].pid)
+        started = time.time()
+        accepted_at, refused, elapsed = asyncio.run(paced_posts(intake, load, args.rate))
+        print(f"load: {len(accepted_at)} events accepted in {elapsed:.1f} s ({len(accepted_at) / elapsed:.0f}/s), "
+              f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
+        expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
+        last_size, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < 5:  # until nothing more arrives for 5 s
+            size = arrivals.stat().st_size
+            if size != last_size:
+                last_size, stable_since = size, time.monotonic()
+            time.sleep(0.5)
+        cpu = cpu_seconds(processes["notify"].pid) - cpu_before
+        lines = [orjson.loads(line) for line in arrivals.read_bytes().splitlines() if line]
+        notifications = [line for line in lines if line[1] == "event-notification"]
+        finished = max((line[0] for line in notifications), default=started)
+        latencies = sorted(line[0] - accepted_at[expected_foci[line[3]]] for line in notifications
+                           if line[2] == "assessment-completed" and line[3] in expected_foci
+                           and expected_foci[line[3]] in accepted_at)
+        print(f"delivered: {len(notifications)} event notifications in {finished - started:.1f} s "
+              f"({len(notifications) / max(finished - started, 1e-9):.0f}/s)")
+        if latencies:
+            p50 = statistics.median(latencies) * 1000
+            p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
+            print(f"latency intake 202 -> receiver (assessment-completed, {len(latencies)} notifications): "
+                  f"p50 {p50:.0f} ms, p99 {p99:.0f} ms   (target p99 < 1000 ms)")
+        print(f"notify CPU: {cpu:.1f} s for {len(notifications)} notifications = "
+              f"{cpu / max(len(notifications), 1) * 1000:.2f} ms per notification")
+        one, five, _ = os.getloadavg()
+        print(f"load average at the end: {one:.1f} (1 min), {five:.1f} (5 min)")
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()

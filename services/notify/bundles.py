@@ -1,0 +1,102 @@
+"""Notification Bundles (pure): Bundle type ``history`` whose first entry is the R4 status ``Parameters``
+(profile backport-subscription-status-r4), then, per event, the focus as the payload content asks
+(``empty``: nothing; ``id-only``: an entry with fullUrl and request, no resource; ``full-resource``: the focus's
+current version, when the recipient may still see it - else as id-only).
+
+The same shape answers ``$status`` (type query-status, no events) and ``$events`` (type query-event).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import orjson
+
+from services.notify.store import EventRow
+from services.notify.subscriptions import SubscriptionDef
+
+NotificationType = Literal["handshake", "heartbeat", "event-notification", "query-status", "query-event"]
+STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
+NOTIFICATION_PROFILE = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4")
+NOTICE_EXTENSION = "https://carebus.dev/fhir/StructureDefinition/disclosure-notice"
+NORDSCLCD = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "NORDSCLCD",
+             "display": "no redisclosure without consent directive"}
+ERROR_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscription-error"
+
+FocusLookup = Callable[[EventRow], Mapping[str, Any] | None]  # the current version, if the recipient may see it
+
+
+def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationType,
+                      events: Sequence[EventRow]) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": f"{base_url}/Subscription/{sub.id}"}},
+        {"name": "topic", "valueCanonical": sub.topic},
+        {"name": "status", "valueCode": sub.status},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(sub.events_since_start)},
+    ]
+    for event in events:
+        parts: list[dict[str, Any]] = [
+            {"name": "event-number", "valueString": str(event.number)},
+            {"name": "timestamp", "valueInstant": event.focus_time},
+        ]
+        if sub.content != "empty":
+            parts.append({"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}})
+        entry: dict[str, Any] = {"name": "notification-event", "part": parts}
+        if event.notice:
+            entry["extension"] = [{"url": NOTICE_EXTENSION, "valueString": event.notice}]
+        params.append(entry)
+    if sub.status == "error" and sub.error:
+        params.append({"name": "error", "valueCodeableConcept": {
+            "coding": [{"system": ERROR_SYSTEM, "code": "no-response"}], "text": sub.error}})
+    return {"resourceType": "Parameters", "id": str(uuid.uuid4()), "meta": {"profile": [STATUS_PROFILE]},
+            "parameter": params}
+
+
+_METHOD = {"created": ("POST", "201"), "updated": ("PUT", "200"), "deleted": ("DELETE", "204")}
+
+
+def notification_bundle(sub: SubscriptionDef, base_url: str, kind: NotificationType, events: Sequence[EventRow],
+                        now_iso: str, focus: FocusLookup | None = None) -> dict[str, Any]:
+    status = status_parameters(sub, base_url, kind, events)
+    entries: list[dict[str, Any]] = [{
+        "fullUrl": f"urn:uuid:{status['id']}",
+        "resource": status,
+        "request": {"method": "GET", "url": f"{base_url}/Subscription/{sub.id}/$status"},
+        "response": {"status": "200"},
+    }]
+    if sub.content != "empty":
+        seen: set[str] = set()
+        for event in events:
+            if event.focus in seen:
+                continue
+            seen.add(event.focus)
+            method, code = _METHOD.get(event.kind, ("PUT", "200"))
+            entry: dict[str, Any] = {
+                "fullUrl": f"{base_url}/{event.focus}",
+                "request": {"method": method, "url": event.focus},
+                "response": {"status": code},
+            }
+            if sub.content == "full-resource" and event.kind != "deleted" and focus is not None:
+                resource = focus(event)
+                if resource is not None:
+                    entry["resource"] = resource
+            entries.append(entry)
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"profile": [NOTIFICATION_PROFILE]},
+        "type": "history",
+        "timestamp": now_iso,
+        "entry": entries,
+    }
+    if any(e.notice for e in events):
+        bundle["meta"]["security"] = [NORDSCLCD]
+    return bundle
+
+
+def encode(bundle: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(bundle)

@@ -1,0 +1,367 @@
+"""Delivery over httpx: one asyncio task per subscription, so a slow, failing or hanging endpoint only ever
+delays its own subscription. The backlog of a subscription is its pending rows in the notify store (durable);
+a task holds at most one notification (``max_count`` events) in memory.
+
+Per subscription: handshake while ``requested`` (then ``active``); event notifications in event-number order,
+the next one only after the previous was acknowledged (2xx, an empty body is fine) - so one patient's
+notifications arrive in the order the record committed them; heartbeats when idle for the heartbeat period.
+
+Failures: 410 turns the subscription off (reason stated, pending events dead-lettered); 404
+``notify_not_found_limit`` times in a row likewise; anything else (5xx, other 4xx, timeouts, refused
+connections) is retried with exponential backoff and full jitter (``notify_retry_initial_s`` doubling up to
+``notify_retry_max_s``) until ``notify_retry_window_s`` after the first failure of the oldest pending event; then
+the pending events become dead letters with the reason and the status ``error`` (events keep being numbered and
+stay readable with ``$events``; ``carebus subscriptions replay ID`` re-sends them with the same numbers). The
+retry clock runs ``notify_retry_time_scale`` times real time (tests drive 24 hours through it).
+
+Every request is signed: ``X-Carebus-Signature: sha256=<hex HMAC-SHA256 of the exact body, keyed with the
+subscription's secret>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+import orjson
+
+from services.common.metrics import Metrics
+from services.common.settings import Settings
+from services.notify.bundles import NotificationType, encode, notification_bundle
+from services.notify.consent import Recipient, decide
+from services.notify.store import EventRow, NotifyStore, now_ms
+from services.notify.subscriptions import SubscriptionDef
+from services.notify.topics import Change
+from services.record.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Carebus-Signature"
+Outcome = Literal["delivered", "retry", "gone", "not-found"]
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The value of X-Carebus-Signature for ``body`` (a receiver computes the same and compares in constant
+    time)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:
+    """Retry-clock seconds before attempt ``attempt + 1`` (attempt >= 1): exponential, full jitter."""
+    ceiling: float = min(max_s, initial_s * 2.0 ** min(attempt - 1, 40))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class NotifyMetrics:
+    """notify's metrics (defined with every carebus metric in services/common/metrics.py)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.deliveries = metrics.notify_deliveries
+        self.events_numbered = metrics.notify_events
+        self.pending = metrics.notify_pending
+        self.retry_backlog = metrics.notify_retry_backlog
+        self.dead = metrics.notify_dead
+        self.oldest_age = metrics.notify_oldest_age
+        self.latency = metrics.notify_latency
+
+
+@dataclass
+class _Failure:
+    attempts: int = 0
+    not_found: int = 0
+    first_ms: int | None = None  # handshake failures (events carry their own first failure)
+
+
+class Deliverer:
+    """Runs the per-subscription tasks on its own asyncio loop (a thread of the notify process)."""
+
+    def __init__(self, settings: Settings, store: NotifyStore, metrics: NotifyMetrics, base_url: str,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.base_url = base_url.rstrip("/")
+        self._rng = rng
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failing: set[str] = set()
+        self.running = False
+
+    # --- control from other threads --------------------------------------------------------------------
+
+    def wake(self, subscription_ids: Sequence[str] | None = None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake_now, list(subscription_ids) if subscription_ids else None)
+
+    def _wake_now(self, ids: list[str] | None) -> None:
+        for sid, event in self._wakes.items():
+            if ids is None or sid in ids:
+                event.set()
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    def _client(self) -> httpx.AsyncClient:
+        verify: ssl.SSLContext | bool = True
+        if self.settings.notify_client_certfile:
+            context = ssl.create_default_context()
+            context.load_cert_chain(self.settings.notify_client_certfile, self.settings.notify_client_keyfile)
+            verify = context
+        return httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False,
+                                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200))
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.running = True
+        generation: tuple[int, int] | None = None
+        async with self._client() as client:
+            self._http = client
+            metrics_task = asyncio.create_task(self._metrics_loop())
+            try:
+                while not self._stop.is_set():
+                    try:
+                        current = await asyncio.to_thread(self.store.generation)
+                        if current != generation:
+                            generation = current
+                            await self._reconcile()
+                    except StoreUnavailable:
+                        log.warning("notify store unavailable; retrying")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), 0.5)
+            finally:
+                metrics_task.cancel()
+                for task in self._tasks.values():
+                    task.cancel()
+                await asyncio.gather(*self._tasks.values(), metrics_task, return_exceptions=True)
+                self.running = False
+
+    async def _reconcile(self) -> None:
+        subs = {s.id: s for s in await asyncio.to_thread(self.store.subscriptions)}
+        for sid in list(self._tasks):
+            if sid not in subs:
+                self._tasks.pop(sid).cancel()
+                self._wakes.pop(sid, None)
+                for gauge in (self.metrics.pending, self.metrics.retry_backlog, self.metrics.dead,
+                              self.metrics.oldest_age):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(sid)
+        for sid in subs:
+            if sid not in self._tasks or self._tasks[sid].done():
+                self._wakes[sid] = asyncio.Event()
+                self._tasks[sid] = asyncio.create_task(self._worker(sid), name=f"subscription-{sid}")
+        self._wake_now(None)  # a status may have changed
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                now = now_ms()
+                for b in await asyncio.to_thread(self.store.backlog):
+                    self.metrics.pending.labels(subscription=b.subscription_id).set(b.pending)
+                    self.metrics.dead.labels(subscription=b.subscription_id).set(b.dead)
+                    self.metrics.retry_backlog.labels(subscription=b.subscription_id).set(
+                        b.pending if b.subscription_id in self._failing else 0)
+                    age = (now - b.oldest_pending_ms) / 1000 if b.oldest_pending_ms is not None else 0.0
+                    self.metrics.oldest_age.labels(subscription=b.subscription_id).set(max(age, 0.0))
+            await asyncio.sleep(2.0)
+
+    async def _pause(self, sid: str, seconds: float) -> None:
+        """Sleep up to ``seconds`` (real time), waking early on a wake-up for this subscription."""
+        event = self._wakes.get(sid)
+        if event is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
+        event.clear()
+
+    async def _worker(self, sid: str) -> None:
+        failure = _Failure()
+        last_sent = time.monotonic()
+        while True:
+            try:
+                sub = await asyncio.to_thread(self.store.get, sid)
+                if sub is None:
+                    return
+                if sub.status in ("off", "error"):
+                    self._failing.discard(sid)
+                    await self._pause(sid, 5.0)
+                    continue
+                if sub.status == "requested":
+                    outcome = await self._send(sub, "handshake", [])
+                    if outcome == "delivered":
+                        await asyncio.to_thread(self.store.set_status, sid, "active", None, ("requested",))
+                        failure = _Failure()
+                        last_sent = time.monotonic()
+                        continue
+                    failure.first_ms = failure.first_ms or now_ms()
+                    if not await self._after_failure(sub, outcome, failure, failure.first_ms, []):
+                        continue
+                    continue
+                events = await asyncio.to_thread(self.store.pending, sid, sub.max_count)
+                if not events:
+                    self._failing.discard(sid)
+                    if sub.heartbeat_s and time.monotonic() - last_sent >= sub.heartbeat_s:
+                        outcome = await self._send(sub, "heartbeat", [])
+                        last_sent = time.monotonic()
+                        if outcome in ("gone", "not-found"):
+                            await self._after_failure(sub, outcome, failure, now_ms(), [])
+                        continue
+                    wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else 5.0
+                    await self._pause(sid, min(wait, 5.0))
+                    continue
+                outcome = await self._send(sub, "event-notification", events)
+                last_sent = time.monotonic()
+                numbers = [e.number for e in events]
+                if outcome == "delivered":
+                    await asyncio.to_thread(self.store.mark_delivered, sid, numbers)
+                    failure = _Failure()
+                    self._failing.discard(sid)
+                    now = now_ms()
+                    for e in events:
+                        self.metrics.latency.observe(max(now - e.created_ms, 0) / 1000)
+                    continue
+                first = min((e.first_failure_ms for e in events if e.first_failure_ms is not None),
+                            default=now_ms())
+                await asyncio.to_thread(self.store.mark_failed, sid, numbers, first)
+                await self._after_failure(sub, outcome, failure, first, events)
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable:
+                log.warning("notify store unavailable; delivery paused", extra={"subscription": sid})
+                await self._pause(sid, 2.0)
+            except Exception:
+                log.exception("delivery task failed; restarting it", extra={"subscription": sid})
+                await self._pause(sid, 2.0)
+
+    async def _after_failure(self, sub: SubscriptionDef, outcome: Outcome, failure: _Failure, first_ms: int,
+                             events: Sequence[EventRow]) -> bool:
+        """Decide what a failed request means; waits the backoff when it is retried. True when retried."""
+        sid = sub.id
+        self._failing.add(sid)
+        if outcome == "gone":
+            await self._give_up(sub, "off", "the endpoint answered 410 Gone")
+            return False
+        if outcome == "not-found":
+            failure.not_found += 1
+            if failure.not_found >= self.settings.notify_not_found_limit:
+                await self._give_up(sub, "off", f"the endpoint answered 404 Not Found {failure.not_found} times "
+                                                "in a row")
+                return False
+        else:
+            failure.not_found = 0
+        failure.attempts += 1
+        scale = self.settings.notify_retry_time_scale
+        elapsed_retry_s = (now_ms() - first_ms) / 1000 * scale
+        if elapsed_retry_s >= self.settings.notify_retry_window_s:
+            hours = self.settings.notify_retry_window_s / 3600
+            await self._give_up(sub, "error", f"not delivered within the retry window ({hours:g} h)")
+            return False
+        delay = backoff_s(failure.attempts, self.settings.notify_retry_initial_s, self.settings.notify_retry_max_s,
+                          self._rng)
+        delay = min(delay, self.settings.notify_retry_window_s - elapsed_retry_s + 0.001)
+        await self._pause_retry(sid, delay / scale)
+        return True
+
+    async def _pause_retry(self, sid: str, seconds: float) -> None:
+        """The backoff: not shortened by new events (they queue behind the failing one), only by stopping."""
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), max(seconds, 0.0))
+
+    async def _give_up(self, sub: SubscriptionDef, status: str, reason: str) -> None:
+        count = await asyncio.to_thread(self.store.dead_letter, sub.id, reason, status, reason)
+        self.metrics.deliveries.labels(kind="event-notification", outcome="dead-lettered").inc(count)
+        self._failing.discard(sub.id)
+        log.warning("subscription stopped delivering", extra={"subscription": sub.id, "status": status,
+                                                              "reason": reason, "dead_letters": count})
+
+    # --- one request -----------------------------------------------------------------------------------
+
+    async def _send(self, sub: SubscriptionDef, kind: NotificationType, events: Sequence[EventRow]) -> Outcome:
+        focus = focus_lookup(self.store, sub) if sub.content == "full-resource" and events else None
+        if kind == "handshake":
+            sub = _with_status(sub, "requested")
+        bundle = await asyncio.to_thread(notification_bundle, sub, self.base_url, kind, events, iso_now(), focus)
+        body = encode(bundle)
+        headers = {"Content-Type": sub.mime, SIGNATURE_HEADER: signature(sub.secret, body),
+                   "X-Carebus-Subscription": sub.id}
+        for header in sub.headers:
+            name, _, value = header.partition(":")
+            headers[name.strip()] = value.strip()
+        timeout = float(sub.timeout_s or self.settings.notify_request_timeout_s)
+        outcome: Outcome
+        try:
+            response = await self._http.post(sub.endpoint, content=body, headers=headers,
+                                             timeout=httpx.Timeout(timeout))
+            status = response.status_code
+            if 200 <= status < 300:
+                outcome = "delivered"
+            elif status == 410:
+                outcome = "gone"
+            elif status == 404:
+                outcome = "not-found"
+            else:
+                outcome = "retry"
+            detail = f"http-{status}"
+        except httpx.TimeoutException:
+            outcome, detail = "retry", "timeout"
+        except httpx.HTTPError as exc:
+            outcome, detail = "retry", type(exc).__name__
+        self.metrics.deliveries.labels(kind=kind, outcome=outcome).inc()
+        log.log(logging.DEBUG if outcome == "delivered" else logging.INFO,
+                "notification sent" if outcome == "delivered" else "notification not accepted",
+                extra={"subscription": sub.id, "kind": kind, "outcome": outcome, "detail": detail,
+                       "events": [e.number for e in events]})
+        return outcome
+
+
+def _with_status(sub: SubscriptionDef, status: Any) -> SubscriptionDef:
+    return replace(sub, status=status)
+
+
+def focus_lookup(store: NotifyStore, sub: SubscriptionDef) -> Callable[[EventRow], Mapping[str, Any] | None]:
+    """The focus's current version for a full-resource payload, when the recipient may still see it (the
+    consent seam decides again); else None, and the entry goes out id-only."""
+    recipient = Recipient(sub.client, sub.clearances, sub.patient)
+
+    def lookup(event: EventRow) -> Mapping[str, Any] | None:
+        row = store.focus(event.resource_type, event.resource_id)
+        if row is None or row.body is None:
+            return None
+        change = Change(event.resource_type, event.resource_id, row.version_id, event.focus_time, "updated",
+                        None, None, row.members, (), row.restriction)
+        if decide(recipient, change).outcome == "withhold":
+            return None
+        resource: Mapping[str, Any] = orjson.loads(row.body)
+        return resource
+
+    return lookup

@@ -1,0 +1,42 @@
+"""Which subscriptions a change notifies (pure): topic triggers, the subscription's filters, its status and end,
+then the consent seam. The notify store calls :func:`route` inside the transaction that numbers the events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from services.notify.consent import Recipient, decide
+from services.notify.subscriptions import SubscriptionDef
+from services.notify.topics import Change, matches, triggered
+from services.record.fhirdates import instant_ms
+
+COUNTING = frozenset({"requested", "active", "error"})  # off: no events; error: counted, kept for $events
+
+
+@dataclass(frozen=True)
+class Routed:
+    subscription_id: str
+    topic: str
+    notice: str | None
+
+
+def route(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
+          now_ms: int) -> list[Routed]:
+    topics = {t.canonical: t for t in triggered(change, previous)}
+    if not topics:
+        return []
+    out: list[Routed] = []
+    for sub in subscriptions:
+        topic = topics.get(sub.topic)
+        if topic is None or sub.status not in COUNTING:
+            continue
+        if sub.end is not None and instant_ms(sub.end) <= now_ms:
+            continue
+        if not matches(topic, sub.filters, change):
+            continue
+        decision = decide(Recipient(sub.client, sub.clearances, sub.patient), change)
+        if decision.outcome == "withhold":
+            continue
+        out.append(Routed(sub.id, sub.topic, decision.notice))
+    return out

@@ -1,0 +1,402 @@
+# ruff: noqa: S608 -- SQL is assembled from fixed fragments and placeholders; every value is a bound parameter
+"""The notify store: subscriptions, their numbered events and delivery state. SQLite by default, PostgreSQL by
+DSN (``CAREBUS_NOTIFY_STORE_DSN``), on the record store's connection pool and dialects.
+
+It is the one place subscriptions live: the record API's ``/Subscription`` routes write definitions and status
+changes here and answer ``$status`` / ``$events`` from here; the notify process reads the definitions (it
+re-reads them when ``updated_ms`` moves), numbers events and records deliveries. Two processes, one store: on
+SQLite the same file (WAL), on PostgreSQL the same database.
+
+Tables:
+
+* ``notify_subscription`` - the definition, status, error reason and ``events_since_start`` (the counter that
+  numbers events: incremented in the transaction that inserts the event, never reset, never reused);
+* ``notify_event`` - one row per (subscription, event number): the focus version, state ``pending`` |
+  ``delivered`` | ``dead`` (with its reason), attempts, first failure time. Unique per subscription and focus
+  version, so a change replayed from Kafka never gets a second number;
+* ``notify_resource`` - per resource, the last version notify saw (state for the triggers, the served JSON
+  for full-resource payloads, labels and person for the consent check at delivery).
+
+The feed consumer commits its Kafka offsets only after :meth:`NotifyStore.record_changes` committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.common.settings import Settings
+from services.notify.routing import route
+from services.notify.subscriptions import SubscriptionDef
+from services.notify.topics import Change, Filter, state_of
+from services.record.errors import StoreUnavailable
+from services.record.store.sql import Connection, ConnectionPool, Dialect
+
+_SUB_COLUMNS = (
+    "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
+    "timeout_s, max_count, secret, end_at, reason, error, events_since_start, created_ms, updated_ms"
+)
+_EVENT_COLUMNS = (
+    "subscription_id, event_number, resource_type, resource_id, version_id, change_kind, focus_time, state, "
+    "attempts, first_failure_ms, dead_reason, notice, created_ms, delivered_ms"
+)
+
+
+def schema(d: Dialect) -> list[str]:
+    t, b, blob = d.text, d.bigint, d.blob
+    return [
+        f"""CREATE TABLE IF NOT EXISTS notify_subscription (
+            id {t} PRIMARY KEY, client {t} NOT NULL, clearances INTEGER NOT NULL, patient {t},
+            status {t} NOT NULL, topic {t} NOT NULL, filters {t} NOT NULL, endpoint {t} NOT NULL,
+            headers {t} NOT NULL, content {t} NOT NULL, mime {t} NOT NULL, heartbeat_s INTEGER,
+            timeout_s INTEGER, max_count INTEGER NOT NULL, secret {t} NOT NULL, end_at {t}, reason {t},
+            error {t}, events_since_start {b} NOT NULL, created_ms {b} NOT NULL, updated_ms {b} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS notify_subscription_client ON notify_subscription (client)",
+        f"""CREATE TABLE IF NOT EXISTS notify_event (
+            subscription_id {t} NOT NULL, event_number {b} NOT NULL, resource_type {t} NOT NULL,
+            resource_id {t} NOT NULL, version_id INTEGER NOT NULL, change_kind {t} NOT NULL,
+            focus_time {t} NOT NULL, state {t} NOT NULL, attempts INTEGER NOT NULL, first_failure_ms {b},
+            dead_reason {t}, notice {t}, created_ms {b} NOT NULL, delivered_ms {b},
+            PRIMARY KEY (subscription_id, event_number))""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS notify_event_focus "
+        "ON notify_event (subscription_id, resource_type, resource_id, version_id)",
+        "CREATE INDEX IF NOT EXISTS notify_event_state ON notify_event (subscription_id, state, event_number)",
+        f"""CREATE TABLE IF NOT EXISTS notify_resource (
+            resource_type {t} NOT NULL, resource_id {t} NOT NULL, version_id INTEGER NOT NULL,
+            state {t} NOT NULL, previous_state {t}, restriction INTEGER NOT NULL, members {t} NOT NULL,
+            body {blob}, PRIMARY KEY (resource_type, resource_id))""",
+    ]
+
+
+@dataclass(frozen=True)
+class EventRow:
+    subscription_id: str
+    number: int
+    resource_type: str
+    resource_id: str
+    version_id: int
+    kind: str
+    focus_time: str
+    state: str
+    attempts: int
+    first_failure_ms: int | None
+    dead_reason: str | None
+    notice: str | None
+    created_ms: int
+    delivered_ms: int | None
+
+    @property
+    def focus(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+@dataclass(frozen=True)
+class FocusRow:
+    version_id: int
+    restriction: int
+    members: tuple[str, ...]
+    body: bytes | None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    subscription_id: str
+    pending: int
+    dead: int
+    oldest_pending_ms: int | None
+
+
+def _filters_json(filters: Sequence[Filter]) -> str:
+    return orjson.dumps([[f.name, list(f.values)] for f in filters]).decode()
+
+
+def _sub(r: Sequence[Any]) -> SubscriptionDef:
+    return SubscriptionDef(
+        id=r[0], client=r[1], clearances=int(r[2]), patient=r[3], status=r[4], topic=r[5],
+        filters=tuple(Filter(n, tuple(v)) for n, v in orjson.loads(r[6])), endpoint=r[7],
+        headers=tuple(orjson.loads(r[8])), content=r[9], mime=r[10], heartbeat_s=r[11], timeout_s=r[12],
+        max_count=int(r[13]), secret=r[14], end=r[15], reason=r[16], error=r[17],
+        events_since_start=int(r[18]),
+    )
+
+
+def _event(r: Sequence[Any]) -> EventRow:
+    return EventRow(r[0], int(r[1]), r[2], r[3], int(r[4]), r[5], r[6], r[7], int(r[8]),
+                    None if r[9] is None else int(r[9]), r[10], r[11], int(r[12]),
+                    None if r[13] is None else int(r[13]))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class NotifyStore:
+    """Thread-safe; every method is one transaction or one read."""
+
+    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str) -> None:
+        self.dialect = dialect
+        self._pool = pool
+        self.dsn = dsn  # may carry a password: never log it
+        self._write_lock = threading.Lock()
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except self.dialect.errors as exc:
+            raise StoreUnavailable(f"notify store failed: {type(exc).__name__}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._write_lock, self._connection() as conn:
+            conn.execute(self.dialect.begin)
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(*self.dialect.errors):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _all(self, conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        rows: list[Any] = conn.execute(self.dialect.sql(sql), tuple(params)).fetchall()
+        return rows
+
+    def _exec(self, conn: Connection, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = conn.execute(self.dialect.sql(sql), tuple(params))
+        return int(getattr(cur, "rowcount", 0) or 0)
+
+    def initialize(self) -> None:
+        with self._transaction() as conn:
+            for statement in schema(self.dialect):
+                conn.execute(statement)
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            self._all(conn, "SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # --- subscriptions -------------------------------------------------------------------------------------
+
+    def create(self, sub: SubscriptionDef) -> None:
+        at = now_ms()
+        with self._transaction() as conn:
+            self._exec(
+                conn,
+                f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 21)})",
+                (sub.id, sub.client, sub.clearances, sub.patient, sub.status, sub.topic,
+                 _filters_json(sub.filters), sub.endpoint, orjson.dumps(list(sub.headers)).decode(), sub.content,
+                 sub.mime, sub.heartbeat_s, sub.timeout_s, sub.max_count, sub.secret, sub.end, sub.reason,
+                 sub.error, 0, at, at),
+            )
+
+    def get(self, subscription_id: str) -> SubscriptionDef | None:
+        with self._connection() as conn:
+            rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
+                             (subscription_id,))
+        return _sub(rows[0]) if rows else None
+
+    def subscriptions(self, client: str | None = None) -> list[SubscriptionDef]:
+        with self._connection() as conn:
+            if client is None:
+                rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription ORDER BY created_ms, id")
+            else:
+                rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE client = ? "
+                                       "ORDER BY created_ms, id", (client,))
+        return [_sub(r) for r in rows]
+
+    def generation(self) -> tuple[int, int]:
+        """(count, newest updated_ms): changes when any subscription is created, changed or deleted."""
+        with self._connection() as conn:
+            rows = self._all(conn, "SELECT COUNT(*), MAX(updated_ms) FROM notify_subscription")
+        return int(rows[0][0]), int(rows[0][1] or 0)
+
+    def update_definition(self, sub: SubscriptionDef) -> None:
+        """A client's status / end / reason change (the PUT)."""
+        with self._transaction() as conn:
+            self._exec(conn, "UPDATE notify_subscription SET status = ?, end_at = ?, reason = ?, error = ?, "
+                             "updated_ms = ? WHERE id = ?",
+                       (sub.status, sub.end, sub.reason, sub.error, now_ms(), sub.id))
+
+    def set_status(self, subscription_id: str, status: str, error: str | None,
+                   only_from: Sequence[str] | None = None) -> bool:
+        """notify's own status changes (handshake done, error, off); ``only_from`` guards against a
+        concurrent client change. True when the row changed."""
+        with self._transaction() as conn:
+            sql = "UPDATE notify_subscription SET status = ?, error = ?, updated_ms = ? WHERE id = ?"
+            params: list[Any] = [status, error, now_ms(), subscription_id]
+            if only_from:
+                sql += f" AND status IN ({','.join('?' * len(only_from))})"
+                params.extend(only_from)
+            return self._exec(conn, sql, params) > 0
+
+    def delete(self, subscription_id: str) -> bool:
+        with self._transaction() as conn:
+            self._exec(conn, "DELETE FROM notify_event WHERE subscription_id = ?", (subscription_id,))
+            return self._exec(conn, "DELETE FROM notify_subscription WHERE id = ?", (subscription_id,)) > 0
+
+    # --- the change feed -------------------------------------------------------------------------------
+
+    def record_changes(self, changes: Sequence[Change]) -> int:
+        """Number the events these changes trigger (one transaction). A change already seen (same or older
+        version) is not numbered again. Returns how many events were created."""
+        if not changes:
+            return 0
+        created = 0
+        at = now_ms()
+        with self._transaction() as conn:
+            subs = [_sub(r) for r in self._all(
+                conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE status <> 'off'")]
+            counters = {s.id: s.events_since_start for s in subs}
+            for change in changes:
+                rows = self._all(conn, "SELECT version_id, state, previous_state FROM notify_resource "
+                                       "WHERE resource_type = ? AND resource_id = ?",
+                                 (change.resource_type, change.id))
+                if rows and int(rows[0][0]) > change.version_id:
+                    continue  # an older version, replayed: its events were numbered when it was new
+                if rows and int(rows[0][0]) == change.version_id:
+                    previous = rows[0][2]  # the same version again: decide as the first time
+                else:
+                    previous = rows[0][1] if rows else None
+                    self._upsert_resource(conn, change, previous, bool(rows))
+                for routed in route(change, previous, subs, at):
+                    exists = self._all(
+                        conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
+                              "AND resource_id = ? AND version_id = ?",
+                        (routed.subscription_id, change.resource_type, change.id, change.version_id))
+                    if exists:
+                        continue
+                    counters[routed.subscription_id] += 1
+                    self._exec(
+                        conn, f"INSERT INTO notify_event ({_EVENT_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                        (routed.subscription_id, counters[routed.subscription_id], change.resource_type,
+                         change.id, change.version_id, change.kind, change.last_updated, "pending", 0, None, None,
+                         routed.notice, at, None))
+                    created += 1
+            for sub in subs:
+                if counters[sub.id] != sub.events_since_start:
+                    self._exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
+                               (counters[sub.id], sub.id))
+        return created
+
+    def _upsert_resource(self, conn: Connection, change: Change, previous: str | None, exists: bool) -> None:
+        body = orjson.dumps(change.resource) if change.resource is not None else None
+        members = orjson.dumps(list(change.members)).decode()
+        params = (change.version_id, state_of(change), previous, change.restriction, members, body,
+                  change.resource_type, change.id)
+        if exists:
+            self._exec(conn, "UPDATE notify_resource SET version_id = ?, state = ?, previous_state = ?, "
+                             "restriction = ?, members = ?, body = ? WHERE resource_type = ? AND resource_id = ?",
+                       params)
+        else:
+            self._exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
+                             "members, body, resource_type, resource_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+
+    def focus(self, resource_type: str, resource_id: str) -> FocusRow | None:
+        with self._connection() as conn:
+            rows = self._all(conn, "SELECT version_id, restriction, members, body FROM notify_resource "
+                                   "WHERE resource_type = ? AND resource_id = ?", (resource_type, resource_id))
+        if not rows:
+            return None
+        r = rows[0]
+        return FocusRow(int(r[0]), int(r[1]), tuple(orjson.loads(r[2])), None if r[3] is None else bytes(r[3]))
+
+    # --- events ------------------------------------------------------------------------------------------
+
+    def pending(self, subscription_id: str, limit: int) -> list[EventRow]:
+        with self._connection() as conn:
+            rows = self._all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
+                                   "state = 'pending' ORDER BY event_number LIMIT ?", (subscription_id, limit))
+        return [_event(r) for r in rows]
+
+    def events(self, subscription_id: str, since: int | None = None, until: int | None = None,
+               limit: int = 1000) -> list[EventRow]:
+        with self._connection() as conn:
+            rows = self._all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
+                                   "event_number >= ? AND event_number <= ? ORDER BY event_number LIMIT ?",
+                             (subscription_id, since or 0, until if until is not None else 2**62, limit))
+        return [_event(r) for r in rows]
+
+    def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
+        at = now_ms()
+        with self._transaction() as conn:
+            for n in numbers:
+                self._exec(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
+                                 "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
+                                 "AND state = 'pending'", (at, subscription_id, n))
+
+    def mark_failed(self, subscription_id: str, numbers: Sequence[int], first_failure_ms: int) -> None:
+        with self._transaction() as conn:
+            for n in numbers:
+                self._exec(conn, "UPDATE notify_event SET attempts = attempts + 1, first_failure_ms = "
+                                 "COALESCE(first_failure_ms, ?) WHERE subscription_id = ? AND event_number = ?",
+                           (first_failure_ms, subscription_id, n))
+
+    def dead_letter(self, subscription_id: str, reason: str, status: str, error: str) -> int:
+        """Every pending event of the subscription becomes a dead letter with ``reason``; the subscription's
+        status becomes ``status`` (error / off) with ``error``. One transaction."""
+        with self._transaction() as conn:
+            count = self._exec(conn, "UPDATE notify_event SET state = 'dead', dead_reason = ? "
+                                     "WHERE subscription_id = ? AND state = 'pending'", (reason, subscription_id))
+            self._exec(conn, "UPDATE notify_subscription SET status = ?, error = ?, updated_ms = ? WHERE id = ?",
+                       (status, error, now_ms(), subscription_id))
+        return count
+
+    def replay(self, subscription_id: str) -> int:
+        """An operator's replay: the subscription's dead letters are pending again (same event numbers) and
+        the subscription active. Returns how many."""
+        with self._transaction() as conn:
+            count = self._exec(conn, "UPDATE notify_event SET state = 'pending', dead_reason = NULL, "
+                                     "first_failure_ms = NULL WHERE subscription_id = ? AND state = 'dead'",
+                               (subscription_id,))
+            self._exec(conn, "UPDATE notify_subscription SET status = 'active', error = NULL, updated_ms = ? "
+                             "WHERE id = ? AND status <> 'requested'", (now_ms(), subscription_id))
+        return count
+
+    def backlog(self) -> list[Backlog]:
+        with self._connection() as conn:
+            rows = self._all(conn, "SELECT s.id, "
+                                   "SUM(CASE WHEN e.state = 'pending' THEN 1 ELSE 0 END), "
+                                   "SUM(CASE WHEN e.state = 'dead' THEN 1 ELSE 0 END), "
+                                   "MIN(CASE WHEN e.state = 'pending' THEN e.created_ms END) "
+                                   "FROM notify_subscription s LEFT JOIN notify_event e "
+                                   "ON e.subscription_id = s.id GROUP BY s.id")
+        return [Backlog(r[0], int(r[1] or 0), int(r[2] or 0), None if r[3] is None else int(r[3])) for r in rows]
+
+
+def notify_store_dsn(settings: Settings) -> str:
+    if settings.notify_store_dsn:
+        return settings.notify_store_dsn
+    return f"sqlite:///{(settings.cache_dir / 'notify' / 'notify.db').resolve()}"
+
+
+def open_notify_store(dsn: str, pool_size: int = 8) -> NotifyStore:
+    """Open (and create the schema of) the notify store a DSN names."""
+    if dsn.startswith("sqlite:///"):
+        from services.record.store.sqlite import SQLITE
+        from services.record.store.sqlite import _connect as sqlite_connect
+
+        path = Path(dsn.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn)
+    elif dsn.startswith(("postgresql://", "postgres://")):
+        from services.record.store.postgres import POSTGRES
+        from services.record.store.postgres import _connect as pg_connect
+
+        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn)
+    else:
+        raise ValueError("notify_store_dsn must start with sqlite:/// or postgresql://")
+    store.initialize()
+    return store

@@ -1,0 +1,333 @@
+"""What the outcomes service does with each input, between the pure rules and Kafka: reads the record store,
+decides the records to write. No consumer, no producer here: callers hand records in and write what comes out.
+
+Design (how outcome resources reach the record API): the outcomes service is a process of its own. It consumes
+the bundle topic (as a trigger: which persons changed) and reads each changed person's whole history from the
+record store (so identity links - shared identifiers, A40 merges, operator links - are the record's own). It
+publishes its derived resources (Observations, MeasureReports, Tasks, with Provenance/AuditEvent for Task
+changes) as Bundles on the bundle topic under the source ``urn:carebus:outcomes``; the record ingests them like
+any other bundle (versioned, labelled, searchable, in $everything, replayable). Ids are deterministic, so a
+recompute or a replay converges on the same resources; an unchanged resource is not republished. Outcome
+changes go to ``carebus.outcomes.v1``, keyed by patient, with deterministic ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from services.common.kafka import OutboundRecord
+from services.common.settings import Settings
+from services.common.topics import (
+    FHIR_BUNDLES,
+    HEADER_CONTENT_TYPE,
+    HEADER_CORRELATION_ID,
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_SECURITY,
+    OUTCOMES,
+    SAFETY_ALERTS,
+)
+from services.outcomes.episodes import (
+    OutcomeRules,
+    PersonOutcomes,
+    Score,
+    evaluate_person,
+    gad7_rules,
+    outcome_id,
+    phq9_rules,
+)
+from services.outcomes.fhir import OUTCOMES_SYSTEM, STATE_DISPLAY, outcome_resources
+from services.outcomes.history import GAD7_TOTAL, LOINC, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.tasks import (
+    UNACKNOWLEDGED,
+    Alert,
+    due_at,
+    escalate,
+    escalation_event,
+    new_task,
+    owner_chain,
+    task_id,
+)
+from services.record.access import ALL_CLEARANCES
+from services.record.search import parse_search
+from services.record.store.base import View
+from services.record.store.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+OUTCOMES_EVENT_TYPE = "org.carebus.outcomes.derived.v1"
+TASK_EVENT_TYPE = "org.carebus.safety.task.v1"
+OUTCOME_CHANGE_EVENT_TYPE = "org.carebus.outcome.changed.v1"
+_ALL = View(ALL_CLEARANCES)
+_EPISODE_CODES = (f"{OUTCOMES_SYSTEM}|phq-9-episode", f"{OUTCOMES_SYSTEM}|gad-7-episode")
+_SCORE_CODES = (PHQ9_TOTAL, GAD7_TOTAL)
+_PAGE = 1000
+
+
+def rules_of(settings: Settings) -> OutcomeRules:
+    return OutcomeRules(
+        phq9=phq9_rules(settings.outcomes_phq9_index_at_least, settings.outcomes_deterioration_points,
+                        settings.outcomes_overdue_after_days),
+        gad7=gad7_rules(settings.outcomes_gad7_index_at_least, settings.outcomes_gad7_response_percent,
+                        settings.outcomes_deterioration_points, settings.outcomes_overdue_after_days),
+    )
+
+
+def clock_of(settings: Settings) -> Callable[[], datetime]:
+    offset = timedelta(seconds=settings.outcomes_clock_offset_s)
+    return lambda: datetime.now(UTC) + offset
+
+
+def content_of(body: bytes) -> dict[str, Any]:
+    """A stored resource without the record's own meta (versionId, lastUpdated), to compare with ours."""
+    resource: dict[str, Any] = orjson.loads(body)
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    if meta:
+        resource["meta"] = meta
+    else:
+        resource.pop("meta", None)
+    return resource
+
+
+def bundle_record(prefix: str, key: str, event_id: str, event_type: str, entries: Sequence[dict[str, Any]],
+                  now: datetime) -> OutboundRecord:
+    labels = sorted({c["code"] for e in entries for c in (e.get("resource") or {}).get("meta", {}).get("security", ())})
+    bundle = {"resourceType": "Bundle", "id": event_id, "type": "collection",
+              "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "entry": list(entries)}
+    return OutboundRecord(
+        topic=FHIR_BUNDLES.name(prefix), key=key, value=orjson.dumps(bundle),
+        headers={HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: event_type, HEADER_CORRELATION_ID: event_id,
+                 HEADER_SECURITY: ",".join(labels), HEADER_CONTENT_TYPE: "application/fhir+json"})
+
+
+def entry(resource: dict[str, Any]) -> dict[str, Any]:
+    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource}
+
+
+@dataclass
+class Recent:
+    """A bounded memory of ids already written by this process (suppresses repeats between a write and the
+    record ingesting it; the deterministic ids make any repeat that still happens harmless)."""
+
+    size: int = 100_000
+    _items: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def add(self, key: str) -> bool:
+        """True when ``key`` is new."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return False
+        self._items[key] = None
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return True
+
+
+@dataclass
+class Output:
+    records: list[OutboundRecord] = field(default_factory=list)
+    changes: int = 0
+    changes_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class OutcomesEngine:
+    def __init__(self, settings: Settings, store: SqlStore, clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.rules = rules_of(settings)
+        self.clock = clock or clock_of(settings)
+        self.prefix = settings.topic_prefix
+        self._emitted = Recent()
+        self._tasks = Recent()
+
+    # --- histories ------------------------------------------------------------------------------------
+
+    def _search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            query = parse_search(resource_type, [*params, ("_count", str(_PAGE)), ("_offset", str(offset))],
+                                 _PAGE, _PAGE)
+            page = self.store.search(query, _ALL)
+            found.extend(orjson.loads(row.body) for row in page.rows if row.body is not None)
+            offset += _PAGE
+            if offset >= page.total or not page.rows:
+                return found
+
+    def history(self, patient_ref: str) -> list[Score]:
+        """Every PHQ-9 / GAD-7 total of the person ``patient_ref`` belongs to (identity links followed)."""
+        codes = ",".join(f"{LOINC}|{c}" for c in _SCORE_CODES)
+        found = (score_of(o) for o in self._search("Observation", [("patient", patient_ref), ("code", codes)]))
+        return sorted(s for s in found if s is not None)
+
+    def evaluate(self, patient_ref: str, as_of: date | None = None) -> PersonOutcomes:
+        return evaluate_person(self.history(patient_ref), as_of or self.clock().date(), self.rules)
+
+    # --- bundles in ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def affected_patients(bundle: dict[str, Any]) -> tuple[set[str], list[tuple[str, str]]]:
+        """The patients whose outcomes a bundle may change, and the resources the store must have first."""
+        patients: set[str] = set()
+        needed: list[tuple[str, str]] = []
+        for item in bundle.get("entry") or ():
+            resource = item.get("resource") if isinstance(item, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            rtype, rid = resource.get("resourceType"), resource.get("id")
+            if rtype == "Observation" and score_of(resource) is not None:
+                patients.add(str(resource["subject"]["reference"]))
+                needed.append(("Observation", str(rid)))
+            elif rtype == "Patient" and isinstance(rid, str):
+                patients.add(f"Patient/{rid}")
+                needed.append(("Patient", rid))
+            elif rtype == "Linkage" and isinstance(rid, str):
+                for link in resource.get("item") or ():
+                    ref = (link.get("resource") or {}).get("reference", "")
+                    if ref.startswith("Patient/"):
+                        patients.add(ref)
+                needed.append(("Linkage", rid))
+        return patients, needed
+
+    def wait_for_record(self, needed: Iterable[tuple[str, str]], timeout_s: float) -> bool:
+        """Wait until the record has ingested these resources (it consumes the same topic in parallel)."""
+        pending = list(needed)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            pending = [(t, i) for t, i in pending if self.store.read(t, i) is None]
+            if not pending:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def recompute(self, patient_refs: Iterable[str]) -> Output:
+        """Recompute the persons of ``patient_refs``; the bundle and outcome-change records to write."""
+        out = Output()
+        now = self.clock()
+        done: set[str] = set()
+        for ref in sorted(patient_refs):
+            if ref in done:
+                continue
+            person = self.store.person(ref)
+            done.update(person.members)
+            self._person(person.members[0] if person.members else ref, now, out)
+        return out
+
+    def _person(self, ref: str, now: datetime, out: Output) -> None:
+        outcomes = evaluate_person(self.history(ref), now.date(), self.rules)
+        resources = outcome_resources(outcomes, self.settings.outcomes_reporter)
+        wanted = {(r["resourceType"], r["id"]): r for r in resources}
+        stored_obs = {o["id"]: o for o in self._search("Observation", [("patient", ref),
+                                                                       ("code", ",".join(_EPISODE_CODES))])}
+        stored_reports = {r["id"]: r for r in self._search("MeasureReport", [("patient", ref)])
+                          if any(t.get("code") == "carebus-outcomes" for t in r.get("meta", {}).get("tag", ()))}
+        entries: list[dict[str, Any]] = []
+        for (rtype, rid), resource in wanted.items():
+            stored = (stored_obs if rtype == "Observation" else stored_reports).get(rid)
+            if stored is None or content_of(orjson.dumps(stored)) != resource:
+                entries.append(entry(resource))
+        for rtype, stored_map in (("Observation", stored_obs), ("MeasureReport", stored_reports)):
+            for rid in sorted(stored_map):
+                if (rtype, rid) not in wanted:  # an episode that no longer exists (e.g. after a merge)
+                    entries.append({"request": {"method": "DELETE", "url": f"{rtype}/{rid}"}})
+        if entries:
+            event_id = outcome_id("outcomes-bundle", *sorted(orjson.dumps(e).decode() for e in entries))
+            if self._emitted.add(event_id):
+                out.records.append(bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|{ref}", event_id,
+                                                 OUTCOMES_EVENT_TYPE, entries, now))
+        for episode in outcomes.episodes:
+            derived = wanted[("Observation", outcome_id("observation", episode.id))]
+            before = stored_obs.get(derived["id"])
+            known = {(c["code"]["coding"][0]["code"], c.get("valueDateTime")) for c in (before or {}).get(
+                "component", ())}
+            labels = ",".join(c["code"] for c in derived["meta"]["security"])
+            for fact in episode.facts:
+                if (fact.kind, fact.when.isoformat()) in known or not self._emitted.add(fact.id):
+                    continue
+                change = {"id": fact.id, "kind": fact.kind, "instrument": fact.instrument,
+                          "patient": episode.index.patient, "episode": f"Observation/{derived['id']}",
+                          "state": episode.state, "state_display": STATE_DISPLAY[episode.state],
+                          "date": fact.when.isoformat(), "score": fact.score}
+                out.records.append(OutboundRecord(
+                    topic=OUTCOMES.name(self.prefix), key=episode.index.patient, value=orjson.dumps(change),
+                    headers={HEADER_EVENT_ID: fact.id, HEADER_EVENT_TYPE: OUTCOME_CHANGE_EVENT_TYPE,
+                             HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+                out.changes += 1
+                out.changes_by_kind[fact.kind] = out.changes_by_kind.get(fact.kind, 0) + 1
+
+    def all_patients(self) -> list[str]:
+        """One patient reference per person with any score (the sweep's and the benchmark's population)."""
+        rows = self.store.current_with_token("Observation", "code", _SCORE_CODES)
+        firsts: dict[str, str] = {}
+        for person, row in rows:
+            if row.patient_ref:
+                firsts[person] = min(firsts.get(person, row.patient_ref), row.patient_ref)
+        return sorted(firsts.values())
+
+    # --- safety alerts -----------------------------------------------------------------------------------
+
+    def task_for_alert(self, value: dict[str, Any], key: str, labels: Sequence[str]) -> list[OutboundRecord]:
+        """The Task bundle for one alert record, or nothing when its Task exists (a resend or a replay)."""
+        if value.get("kind") == "escalation":
+            return []
+        alert = Alert.of(value, key, labels)
+        tid = task_id(alert.focus)
+        if self.store.read("Task", tid) is not None or not self._tasks.add(tid):
+            return []
+        chain = owner_chain(self.settings.safety_task_owners, alert.source)
+        task = new_task(alert, chain, self.settings.safety_task_due_minutes)
+        task["requester"] = {"identifier": {"system": "urn:ietf:rfc:3986", "value": alert.source}}
+        return [bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", outcome_id("task-created", tid),
+                              TASK_EVENT_TYPE, [entry(task)], alert.raised_at)]
+
+    def open_tasks(self) -> list[dict[str, Any]]:
+        return self._search("Task", [("status", ",".join(sorted(UNACKNOWLEDGED)))])
+
+    def escalations(self, metrics_gauge: Any | None = None) -> tuple[list[OutboundRecord], list[str]]:
+        """Records escalating every unacknowledged Task past its due time, and the kinds escalated. Sets the
+        unacknowledged gauge (overdue / not yet due) when given."""
+        now = self.clock()
+        records: list[OutboundRecord] = []
+        kinds: list[str] = []
+        overdue = waiting = 0
+        for task in self.open_tasks():
+            due = due_at(task)
+            if due is not None and now > due:
+                overdue += 1
+            else:
+                waiting += 1
+            source = str(((task.get("requester") or {}).get("identifier") or {}).get("value", "*"))
+            chain = owner_chain(self.settings.safety_task_owners, source)
+            escalated = escalate(task, chain, now, self.settings.safety_task_due_minutes)
+            if escalated is None:
+                continue
+            current = self.store.read("Task", str(task["id"]))  # acknowledged meanwhile? then leave it
+            if current is None or current.body is None or orjson.loads(current.body)["status"] != task["status"]:
+                continue
+            tid = str(task["id"])
+            escalated.pop("meta", None)
+            escalated["meta"] = {"security": task.get("meta", {}).get("security", [])}
+            event = escalation_event(escalated, now)
+            records.append(bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", str(event["event_id"]),
+                                         TASK_EVENT_TYPE, [entry(escalated)], now))
+            labels = ",".join(c["code"] for c in escalated["meta"]["security"])
+            records.append(OutboundRecord(
+                topic=SAFETY_ALERTS.name(self.prefix), key=f"{OUTCOMES_SOURCE}|Task/{tid}",
+                value=orjson.dumps(event),
+                headers={HEADER_EVENT_ID: str(event["event_id"]), HEADER_CORRELATION_ID: str(event["event_id"]),
+                         HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+            kinds.append(next((c["code"] for c in task["code"]["coding"]), "risk-flag"))
+        if metrics_gauge is not None:
+            metrics_gauge.labels(due="overdue").set(overdue)
+            metrics_gauge.labels(due="not-yet-due").set(waiting)
+        return records, kinds

@@ -1,0 +1,312 @@
+"""Outcomes as FHIR R4 (pure): derived Observations, DEQM Individual and Summary MeasureReports, and the two
+Measures they report on.
+
+* Derived Observation (one per episode, id from the episode): code ``urn:carebus:codesystem:outcomes|phq-9-episode``
+  (or ``gad-7-episode``), value = the episode state, ``derivedFrom`` -> every score it used, components: index
+  score, latest score, reduction %, each window's result, follow-up due / overdue, and each outcome fact with its
+  date. ``status`` preliminary while the episode runs, final after it.
+* Individual MeasureReport (DEQM indv-measurereport-deqm), per PHQ-9 episode and measure: populations
+  initial-population / denominator (1: the person has this index episode), denominator-exclusion (0: not
+  evaluated), numerator (met or not); ``status`` pending while the window is open; ``date`` = the date of the
+  latest evidence (deterministic: a recompute of the same history gives the same resource).
+* Summary MeasureReport (DEQM summary-measurereport-deqm) from :func:`summary_report` over many persons.
+
+Every derived resource carries the union of its scores' labels and at least R + PSY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Final, Literal
+
+from services.common.security_labels import PSYCHIATRIC, combine, meta_security
+from services.outcomes.episodes import Episode, PersonOutcomes, WindowResult, outcome_id
+
+OUTCOMES_SYSTEM: Final = "urn:carebus:codesystem:outcomes"
+OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
+MEASURE_POPULATION: Final = "http://terminology.hl7.org/CodeSystem/measure-population"
+MEASURE_SCORING: Final = "http://terminology.hl7.org/CodeSystem/measure-scoring"
+IMPROVEMENT_NOTATION: Final = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation"
+DEQM: Final = "http://hl7.org/fhir/us/davinci-deqm/StructureDefinition/"
+INDIVIDUAL_PROFILE: Final = DEQM + "indv-measurereport-deqm"
+SUMMARY_PROFILE: Final = DEQM + "summary-measurereport-deqm"
+UCUM: Final = "http://unitsofmeasure.org"
+MEASURE_VERSION: Final = "1.0.0"
+GENERATED_TAG: Final = {"system": "urn:carebus:codesystem:generated-by", "code": "carebus-outcomes",
+                        "display": "derived by the carebus outcomes service"}
+
+STATE_DISPLAY: Final = {
+    "awaiting-follow-up": "Awaiting follow-up score",
+    "no-response": "Not responding",
+    "partial-response": "Partial response",
+    "responding": "Responding",
+    "remitted": "Remitted",
+}
+FACT_DISPLAY: Final = {
+    "episode-started": "Episode started (elevated index score)",
+    "response-reached": "Response reached",
+    "partial-response-reached": "Partial response reached",
+    "remission-reached": "Remission reached",
+    "deterioration": "Deterioration",
+    "follow-up-overdue": "Follow-up score overdue",
+}
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    id: str
+    name: str
+    title: str
+    description: str
+    window: str  # the episode window the numerator is judged in
+    numerator: Literal["remission-or-response", "remission"]
+    source: str
+
+    @property
+    def url(self) -> str:
+        return f"urn:carebus:measure:{self.id}"
+
+    def met(self, result: WindowResult) -> bool:
+        if self.numerator == "remission":
+            return result.remission
+        return result.remission or result.response
+
+
+DRR_E_STYLE: Final = MeasureSpec(
+    "carebus-phq9-remission-or-response-4-8-months",
+    "CarebusPHQ9RemissionOrResponse4to8Months",
+    "Depression remission or response at 4-8 months (DRR-E style)",
+    "Persons with an index PHQ-9 episode (total > 9) in the measurement period whose most recent PHQ-9 120-240 "
+    "days after the index date is < 5 (remission) or at least 50% below the index score (response).",
+    "drr-e",
+    "remission-or-response",
+    "NCQA HEDIS Depression Remission or Response for Adolescents and Adults (DRR-E)",
+)
+CMS159_STYLE: Final = MeasureSpec(
+    "carebus-phq9-remission-12-months",
+    "CarebusPHQ9RemissionAt12Months",
+    "Depression remission at 12 months (CMS159 style)",
+    "Persons with an index PHQ-9 episode (total > 9) in the measurement period whose most recent PHQ-9 within "
+    "12 months +/- 60 days after the index date is < 5.",
+    "cms159",
+    "remission",
+    "CMS159v14 Depression Remission at Twelve Months",
+)
+MEASURES: Final = (DRR_E_STYLE, CMS159_STYLE)
+MEASURES_BY_ID: Final = {m.id: m for m in MEASURES}
+
+_POPULATIONS: Final = (
+    ("initial-population", "Initial Population", "Persons with an index PHQ-9 (> 9) in the measurement period"),
+    ("denominator", "Denominator", "Equals the initial population"),
+    ("denominator-exclusion", "Denominator Exclusion",
+     "Not evaluated by carebus (hospice, palliative care, bipolar or psychotic disorders, ...)"),
+    ("numerator", "Numerator", "The measure's outcome was met in its window"),
+)
+
+
+def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    coding: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    return {"coding": [coding]}
+
+
+def _labels(episode: Episode) -> list[dict[str, Any]]:
+    return meta_security(combine(PSYCHIATRIC, *(s.labels for s in episode.scores)))
+
+
+def _meta(episode: Episode, profile: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"security": _labels(episode), "tag": [GENERATED_TAG]}
+    if profile:
+        meta["profile"] = [profile]
+    return meta
+
+
+def _reduction_percent(episode: Episode) -> float:
+    index = episode.index.total
+    return round((index - episode.latest.total) * 100 / index, 1) if index else 0.0
+
+
+def _window_code(result: WindowResult) -> str:
+    if result.status != "measured":
+        return result.status
+    if result.remission:
+        return "remission"
+    if result.response:
+        return "response"
+    if result.partial_response:
+        return "partial-response"
+    return "no-response"
+
+
+def derived_observation(episode: Episode) -> dict[str, Any]:
+    """The episode's outcome as an Observation, ``derivedFrom`` -> the scores it used."""
+    outcome = f"{episode.instrument}-episode"
+    components: list[dict[str, Any]] = [
+        {"code": _concept(OUTCOMES_SYSTEM, "index-score", "Index score"), "valueInteger": episode.index.total},
+        {"code": _concept(OUTCOMES_SYSTEM, "latest-score", "Latest score"), "valueInteger": episode.latest.total},
+        {"code": _concept(OUTCOMES_SYSTEM, "reduction", "Reduction from the index score"),
+         "valueQuantity": {"value": _reduction_percent(episode), "unit": "%", "system": UCUM, "code": "%"}},
+    ]
+    for result in episode.windows:
+        components.append({
+            "code": _concept(OUTCOMES_SYSTEM, f"window-{result.window.name}", f"Window {result.window.name}"),
+            "valueCodeableConcept": _concept(OUTCOMES_SYSTEM, _window_code(result)),
+        })
+    components.append({"code": _concept(OUTCOMES_SYSTEM, "follow-up-overdue", "Follow-up overdue"),
+                       "valueBoolean": episode.follow_up_overdue})
+    if episode.follow_up_due is not None:
+        components.append({"code": _concept(OUTCOMES_SYSTEM, "follow-up-due", "Follow-up due from"),
+                           "valueDateTime": episode.follow_up_due.isoformat()})
+    for fact in episode.facts:
+        components.append({"code": _concept(OUTCOMES_SYSTEM, fact.kind, FACT_DISPLAY[fact.kind]),
+                           "valueDateTime": fact.when.isoformat()})
+    return {
+        "resourceType": "Observation",
+        "id": outcome_id("observation", episode.id),
+        "meta": _meta(episode),
+        "identifier": [{"system": "urn:carebus:outcomes:episode", "value": episode.id}],
+        "status": "preliminary" if episode.running else "final",
+        "category": [_concept(OBSERVATION_CATEGORY, "survey", "Survey")],
+        "code": {**_concept(OUTCOMES_SYSTEM, outcome, f"{episode.instrument.upper()} episode outcome"),
+                 "text": f"{episode.instrument.upper()} episode outcome"},
+        "subject": {"reference": episode.index.patient},
+        "effectivePeriod": {"start": episode.index.when.isoformat(), "end": episode.latest.when.isoformat()},
+        "valueCodeableConcept": {**_concept(OUTCOMES_SYSTEM, episode.state, STATE_DISPLAY[episode.state]),
+                                 "text": STATE_DISPLAY[episode.state]},
+        "derivedFrom": [{"reference": s.reference} for s in episode.scores],
+        "component": components,
+    }
+
+
+def _reporter(organization: str) -> dict[str, Any]:
+    return {"identifier": {"system": "urn:carebus:organization", "value": organization}, "display": organization}
+
+
+def _group(counts: dict[str, int], score: float | None) -> dict[str, Any]:
+    group: dict[str, Any] = {
+        "id": "group-1",
+        "population": [{"id": code, "code": _concept(MEASURE_POPULATION, code, display), "count": counts[code]}
+                       for code, display, _ in _POPULATIONS],
+    }
+    if score is not None:
+        group["measureScore"] = {"value": score}
+    return group
+
+
+def individual_report(spec: MeasureSpec, episode: Episode, organization: str) -> dict[str, Any]:
+    """DEQM Individual MeasureReport of one PHQ-9 episode for one measure."""
+    result = episode.window(spec.window)
+    met = spec.met(result)
+    evidence = [s for s in episode.scores if s.when <= result.end]
+    report_date = result.end if result.closed else evidence[-1].when
+    counts = {"initial-population": 1, "denominator": 1, "denominator-exclusion": 0, "numerator": int(met)}
+    return {
+        "resourceType": "MeasureReport",
+        "id": outcome_id("measurereport", spec.id, episode.id),
+        "meta": _meta(episode, INDIVIDUAL_PROFILE),
+        "status": "complete" if result.closed else "pending",
+        "type": "individual",
+        "measure": f"{spec.url}|{MEASURE_VERSION}",
+        "subject": {"reference": episode.index.patient},
+        "date": report_date.isoformat(),
+        "reporter": _reporter(organization),
+        "period": {"start": episode.index.when.isoformat(), "end": result.end.isoformat()},
+        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "group": [_group(counts, float(met))],
+        "evaluatedResource": [{"reference": episode.index.reference},
+                              *({"reference": s.reference} for s in result.scores)],
+    }
+
+
+@dataclass(frozen=True)
+class PopulationCounts:
+    initial_population: int = 0
+    numerator: int = 0
+    pending: int = 0  # counted persons whose window is still open (the result may still change)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"initial-population": self.initial_population, "denominator": self.initial_population,
+                "denominator-exclusion": 0, "numerator": self.numerator}
+
+
+def index_episode(spec: MeasureSpec, outcomes: PersonOutcomes, start: date, end: date) -> Episode | None:
+    """The person's first PHQ-9 episode whose index date falls in the measurement period, if any."""
+    return next((e for e in outcomes.of("phq-9") if start <= e.index.when <= end), None)
+
+
+def population_counts(spec: MeasureSpec, persons: Iterable[PersonOutcomes], start: date, end: date
+                      ) -> PopulationCounts:
+    initial = numerator = pending = 0
+    for outcomes in persons:
+        episode = index_episode(spec, outcomes, start, end)
+        if episode is None:
+            continue
+        initial += 1
+        result = episode.window(spec.window)
+        numerator += spec.met(result)
+        pending += not result.closed
+    return PopulationCounts(initial, numerator, pending)
+
+
+def summary_report(spec: MeasureSpec, counts: PopulationCounts, start: date, end: date, generated: str,
+                   organization: str, report_id: str) -> dict[str, Any]:
+    """DEQM Summary MeasureReport (``generated``: the evaluation instant, ISO 8601)."""
+    score = counts.numerator / counts.initial_population if counts.initial_population else None
+    return {
+        "resourceType": "MeasureReport",
+        "id": report_id,
+        "meta": {"profile": [SUMMARY_PROFILE], "tag": [GENERATED_TAG]},
+        "status": "pending" if counts.pending else "complete",
+        "type": "summary",
+        "measure": f"{spec.url}|{MEASURE_VERSION}",
+        "date": generated,
+        "reporter": _reporter(organization),
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "group": [_group(counts.as_dict(), None if score is None else round(score, 4))],
+    }
+
+
+def measure_resource(spec: MeasureSpec) -> dict[str, Any]:
+    return {
+        "resourceType": "Measure",
+        "id": spec.id,
+        "url": spec.url,
+        "version": MEASURE_VERSION,
+        "name": spec.name,
+        "title": spec.title,
+        "status": "active",
+        "experimental": False,
+        "date": "2026-12-02",
+        "publisher": "carebus",
+        "description": spec.description,
+        "relatedArtifact": [{"type": "documentation", "display": f"Modelled on {spec.source}"}],
+        "scoring": _concept(MEASURE_SCORING, "proportion", "Proportion"),
+        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "group": [{
+            "id": "group-1",
+            "population": [
+                {"id": code, "code": _concept(MEASURE_POPULATION, code, display), "description": text,
+                 "criteria": {"language": "text/cql-identifier", "expression": display}}
+                for code, display, text in _POPULATIONS
+            ],
+        }],
+    }
+
+
+def outcome_resources(outcomes: PersonOutcomes, organization: str) -> list[dict[str, Any]]:
+    """Every derived resource of one person: a derived Observation per episode and, per PHQ-9 episode, an
+    Individual MeasureReport for each measure."""
+    resources: list[dict[str, Any]] = []
+    for episode in outcomes.episodes:
+        resources.append(derived_observation(episode))
+        if episode.instrument == "phq-9":
+            resources.extend(individual_report(spec, episode, organization) for spec in MEASURES)
+    return resources
+
+
+def referenced_scores(resources: Sequence[dict[str, Any]]) -> set[str]:
+    return {d["reference"] for r in resources for d in r.get("derivedFrom", ())}

@@ -1,0 +1,236 @@
+"""Record API routes for outcomes and safety work (an APIRouter included before the generic routes):
+
+* ``GET /Measure``, ``GET /Measure/{id}``: the two outcome Measures (services/outcomes/fhir.py), built from code.
+* ``GET|POST /Measure/{id}/$evaluate-measure`` with ``periodStart``, ``periodEnd`` (required) and optionally
+  ``subject`` (Patient/<id>) and ``reportType`` (``population`` | ``subject``; default ``subject`` when a subject
+  is named, as FHIR's operation defines): a DEQM Summary (or Individual) MeasureReport computed on read from the
+  record's PHQ-9 totals, with the same rules the outcomes service uses. Only scores the token may see count
+  (its clearances and patient compartment).
+* ``PUT /Task/{id}``: acknowledge / progress / close a safety Task: the body is the Task with the new
+  ``status`` and ``owner`` = the acting Practitioner (note optional; nothing else may change). Needs a
+  ``system/`` or ``user/`` Task write scope and the clearance of the Task's labels. The new version is written to
+  the bundle topic with a Provenance and an AuditEvent (who, what, when), and answered once the record has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from services.common.kafka import OutboundRecord
+from services.common.topics import FHIR_BUNDLES
+from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
+from services.outcomes.episodes import PersonOutcomes, evaluate_person
+from services.outcomes.fhir import (
+    MEASURES,
+    MEASURES_BY_ID,
+    MeasureSpec,
+    index_episode,
+    individual_report,
+    measure_resource,
+    population_counts,
+    summary_report,
+)
+from services.outcomes.history import OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.tasks import TaskChangeRefused, audit_records, change_status
+from services.record import render
+from services.record.errors import BadRequest, Forbidden, ResourceNotFound, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_EVALUATE_PARAMS = frozenset({"periodStart", "periodEnd", "subject", "reportType", "_format"})
+_WRITE_WAIT_S = 15.0
+
+
+def _fhir(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=render.FHIR_JSON)
+
+
+def _outcome(status: int, code: str, message: str) -> Response:
+    return _fhir(render.operation_outcome("error", code, message), status)
+
+
+def _date_param(params: dict[str, str], name: str) -> date:
+    value = params.get(name)
+    if not value:
+        raise BadRequest(f"$evaluate-measure needs {name} (a date, YYYY-MM-DD)")
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a date (YYYY-MM-DD)") from exc
+
+
+def build_router(api: Any) -> APIRouter:
+    """``api``: the :class:`services.record.api.RecordApi` (store, tokens, settings, publish, clock)."""
+    router = APIRouter()
+    rules = rules_of(api.settings)
+
+    def spec_of(measure_id: str) -> MeasureSpec:
+        spec = MEASURES_BY_ID.get(measure_id)
+        if spec is None:
+            raise ResourceNotFound(f"Measure/{measure_id} is not known")
+        return spec
+
+    @router.get("/Measure")
+    def measures(request: Request) -> Response:
+        access = api.authenticate(request)
+        access.require_read("Measure")
+        wanted_url = request.query_params.get("url")
+        found = [measure_resource(m) for m in MEASURES if wanted_url in (None, m.url)]
+        base = api.base_url(request)
+        bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset", "total": len(found),
+                  "link": [{"relation": "self", "url": f"{base}/Measure"}],
+                  "entry": [{"fullUrl": f"{base}/Measure/{m['id']}", "resource": m, "search": {"mode": "match"}}
+                            for m in found]}
+        return _fhir(bundle)
+
+    @router.get("/Measure/{measure_id}")
+    def measure(measure_id: str, request: Request) -> Response:
+        access = api.authenticate(request)
+        access.require_read("Measure")
+        return _fhir(measure_resource(spec_of(measure_id)))
+
+    def evaluate(measure_id: str, request: Request, params: Sequence[tuple[str, str]]) -> Response:
+        access = api.authenticate(request)
+        access.require_read("MeasureReport")
+        access.require_read("Observation")
+        spec = spec_of(measure_id)
+        for name, _ in params:
+            if name not in _EVALUATE_PARAMS:
+                raise BadRequest(f"unsupported parameter '{name}' for $evaluate-measure")
+        values = dict(params)
+        start, end = _date_param(values, "periodStart"), _date_param(values, "periodEnd")
+        if end < start:
+            raise BadRequest("periodEnd is before periodStart")
+        subject = values.get("subject")
+        report_type = values.get("reportType", "subject" if subject else "population")
+        if report_type not in ("population", "subject"):
+            raise BadRequest("reportType must be population or subject")
+        if report_type == "subject" and not subject:
+            raise BadRequest("reportType=subject needs a subject (Patient/<id>)")
+        compartment = api.compartment(access)
+        members: frozenset[str] | None = None
+        if subject:
+            if not subject.startswith("Patient/"):
+                raise BadRequest("subject must be Patient/<id>")
+            members = frozenset(api.store.person(subject).members)
+            if compartment is not None and not members & compartment:
+                raise Forbidden("the subject is outside the token's patient compartment")
+        histories: dict[str, list[Any]] = {}
+        for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL,)):
+            if row.body is None or not access.allows(row.restriction):
+                continue
+            if compartment is not None and row.patient_ref not in compartment:
+                continue
+            if members is not None and row.patient_ref not in members:
+                continue
+            score = score_of(orjson.loads(row.body))
+            if score is not None:
+                histories.setdefault(person, []).append(score)
+        as_of = api.clock().date()
+        persons: list[PersonOutcomes] = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
+        organization = api.settings.outcomes_reporter
+        generated = api.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
+        if report_type == "subject":
+            episode = next((e for p in persons if (e := index_episode(spec, p, start, end)) is not None), None)
+            if episode is not None:
+                report = individual_report(spec, episode, organization)
+                report["id"] = str(uuid.uuid4())
+                report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
+                return _fhir(report)
+            counts = population_counts(spec, [], start, end)
+            report = summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4()))
+            report.update(type="individual", subject={"reference": subject}, status="complete")
+            report["meta"]["profile"] = ["http://hl7.org/fhir/us/davinci-deqm/StructureDefinition/"
+                                         "indv-measurereport-deqm"]
+            report["group"][0]["measureScore"] = {"value": 0.0}
+            return _fhir(report)
+        counts = population_counts(spec, persons, start, end)
+        return _fhir(summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4())))
+
+    @router.get("/Measure/{measure_id}/$evaluate-measure")
+    def evaluate_get(measure_id: str, request: Request) -> Response:
+        return evaluate(measure_id, request, request.query_params.multi_items())
+
+    @router.post("/Measure/{measure_id}/$evaluate-measure")
+    async def evaluate_post(measure_id: str, request: Request) -> Response:
+        params: list[tuple[str, str]] = list(request.query_params.multi_items())
+        raw = await request.body()
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest("the body must be a FHIR Parameters resource") from exc
+            if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+                raise BadRequest("the body must be a FHIR Parameters resource")
+            for p in body.get("parameter") or ():
+                value = next((v for k, v in p.items() if k.startswith("value")), None)
+                if isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(value, str):
+                    params.append((p["name"], value))
+        return await run_in_threadpool(evaluate, measure_id, request, params)
+
+    # --- safety Tasks: acknowledge / close ------------------------------------------------------------
+
+    @router.put("/Task/{task_id}")
+    async def update_task(task_id: str, request: Request) -> Response:
+        access = api.authenticate(request)
+        access.require_write("Task")
+        if api.publish is None:
+            raise StoreUnavailable("no Kafka producer configured")
+        row = api.store.read("Task", task_id)
+        if row is None or row.body is None:
+            raise ResourceNotFound(f"Task/{task_id} is not known")
+        api.check_row(access, row, api.compartment(access))
+        if_match = request.headers.get("if-match")
+        if if_match and if_match.strip().removeprefix("W/").strip('"') != str(row.version_id):
+            return _outcome(412, "conflict", "the Task has changed since that version (If-Match)")
+        try:
+            requested = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _outcome(400, "invalid", "the body must be a FHIR Task (JSON)")
+        current = orjson.loads(row.body)
+        current_meta = {k: v for k, v in current.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
+        current["meta"] = current_meta
+        if isinstance(requested, dict) and isinstance(requested.get("meta"), dict):
+            requested = {**requested, "meta": current_meta}
+        now = api.clock()
+        try:
+            updated = change_status(current, requested if isinstance(requested, dict) else {}, now)
+        except TaskChangeRefused as exc:
+            return _outcome(409 if exc.conflict else 422, "business-rule" if exc.conflict else "invalid",
+                            exc.message)
+        if updated == current:
+            return _fhir(orjson.loads(row.body))
+        practitioner = updated["owner"]["reference"]
+        audit = audit_records(updated, row.version_id + 1, practitioner, now, access.label)
+        event_id = str(uuid.uuid4())
+        record: OutboundRecord = bundle_record(
+            api.settings.topic_prefix, f"{OUTCOMES_SOURCE}|Task/{task_id}", event_id, TASK_EVENT_TYPE,
+            [entry(updated), *(entry(a) for a in audit)], now)
+        assert record.topic == FHIR_BUNDLES.name(api.settings.topic_prefix)
+        await api.publish([record])
+        log.info("safety task updated", extra={"task": task_id, "status": updated["status"], "event_id": event_id})
+        deadline = time.monotonic() + _WRITE_WAIT_S
+        while time.monotonic() < deadline:
+            stored = await run_in_threadpool(api.store.read, "Task", task_id)
+            if stored is not None and stored.version_id > row.version_id and stored.body is not None:
+                return Response(stored.body, media_type=render.FHIR_JSON,
+                                headers={"ETag": f'W/"{stored.version_id}"'})
+            await _sleep(0.02)
+        return _fhir(updated, 202)  # durable in Kafka; the record has not ingested it yet
+
+    return router
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

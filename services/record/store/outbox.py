@@ -1,0 +1,94 @@
+# ruff: noqa: S608 -- SQL is assembled from fixed fragments and placeholders; every value is a bound parameter
+"""The change outbox of the record store: the change-feed messages of an ingest, written in the ingest's own
+transaction (services/record/changes.py says why), read and forgotten by the bundle consumer once Kafka has
+acknowledged them. Sequence numbers order the rows; they restart when the outbox is empty (only the order of
+the rows waiting matters)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from services.record.changes import OutboxRow, change_message
+from services.record.ingest import WritePlan
+
+if TYPE_CHECKING:
+    from services.record.store.sql import Connection, Dialect, SqlStore
+
+
+def schema(d: Dialect) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS change_outbox (
+            seq {d.bigint} PRIMARY KEY, change_key {d.text} NOT NULL, security {d.text} NOT NULL,
+            body {d.blob} NOT NULL)""",
+    ]
+
+
+def _patients_of(resource_type: str, patient_ref: str | None, body: bytes | None) -> list[str]:
+    if patient_ref:
+        return [patient_ref]
+    if resource_type == "Linkage" and body is not None:  # an identity statement: the Patients it links
+        linkage: dict[str, Any] = orjson.loads(body)
+        refs = [
+            item.get("resource", {}).get("reference")
+            for item in linkage.get("item") or ()
+            if isinstance(item, dict) and isinstance(item.get("resource"), dict)
+        ]
+        return sorted({r for r in refs if isinstance(r, str) and r.startswith("Patient/")})
+    return []
+
+
+def write(store: SqlStore, conn: Connection, plan: WritePlan) -> None:
+    """Add one change row per new version of ``plan`` (call after the identity state is updated)."""
+    if not plan.versions:
+        return
+    wanted = {
+        ref for v in plan.versions for ref in _patients_of(v.resource_type, v.patient_ref, v.body)
+    }
+    person_of: dict[str, str] = {}
+    members_of: dict[str, list[str]] = {}
+    refs = sorted(wanted)
+    for i in range(0, len(refs), 500):
+        chunk = refs[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        for ref, person in store._all(
+            conn,
+            f"SELECT patient_ref, person_id FROM identity_member WHERE patient_ref IN ({marks})",
+            chunk,
+        ):
+            person_of[ref] = person
+    persons = sorted(set(person_of.values()))
+    for i in range(0, len(persons), 500):
+        chunk = persons[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        for ref, person in store._all(
+            conn, f"SELECT patient_ref, person_id FROM identity_member WHERE person_id IN ({marks})", chunk
+        ):
+            members_of.setdefault(person, []).append(ref)
+    top = store._all(conn, "SELECT MAX(seq) FROM change_outbox")
+    seq = int(top[0][0] or 0) if top else 0
+    rows = []
+    for version in plan.versions:
+        patients = _patients_of(version.resource_type, version.patient_ref, version.body)
+        person = person_of.get(patients[0]) if patients else None
+        members: set[str] = set(patients)
+        for ref in patients:
+            members.update(members_of.get(person_of.get(ref, ""), ()))
+        key, security, value = change_message(version, person, sorted(members))
+        seq += 1
+        rows.append((seq, key, security, value))
+    store._insert(conn, "change_outbox", "seq, change_key, security, body", rows)
+
+
+def pending(store: SqlStore, limit: int) -> list[OutboxRow]:
+    with store._connection() as conn:
+        rows = store._all(
+            conn, "SELECT seq, change_key, security, body FROM change_outbox ORDER BY seq LIMIT ?", (limit,)
+        )
+    return [OutboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
+
+
+def forget(store: SqlStore, up_to_seq: int) -> None:
+    with store._transaction() as conn:
+        conn.execute(store.dialect.sql("DELETE FROM change_outbox WHERE seq <= ?"), (up_to_seq,))

@@ -1,0 +1,190 @@
+"""Subscription management at the record API's FHIR base (Subscriptions R5 Backport IG 1.1.0 on R4):
+``POST /Subscription``, read, search, ``PUT`` (status off / active), ``DELETE``, ``$status`` and ``$events``.
+
+Definitions live in the notify store (services/notify/store.py), which the notify process reads; ``$status`` and
+``$events`` answer from the stored state. A token needs a Subscription write scope (``system/`` ``user/`` or
+``patient/Subscription.write``, SMART v2 ``.c``) to create one, and a Subscription read or write scope to manage
+its own; a subscription belongs to the token's client (the grant's ``label``, else the token itself), and no
+client sees another's. Errors are OperationOutcomes naming the element (``issue.expression``).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from services.notify.bundles import notification_bundle
+from services.notify.delivery import focus_lookup, iso_now
+from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
+from services.notify.subscriptions import (
+    InvalidSubscription,
+    SubscriptionDef,
+    parse_subscription,
+    render_subscription,
+    status_update,
+)
+from services.record.access import Access, token_digest
+from services.record.errors import Forbidden, ResourceNotFound
+
+FHIR_JSON = "application/fhir+json"
+_EVENTS_LIMIT = 1000
+
+
+def _fhir(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def invalid(exc: InvalidSubscription, status: int = 400) -> Response:
+    return _fhir({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "invalid", "diagnostics": f"{exc.element}: {exc.message}",
+         "expression": [exc.element]}]}, status)
+
+
+def _client_of(request: Request, access: Access) -> str:
+    if access.label:
+        return access.label
+    token = (request.headers.get("authorization") or "").partition(" ")[2].strip()
+    return f"token-{token_digest(token)[:16]}"
+
+
+def _may(access: Access, write: bool) -> bool:
+    return any(s.resource_type in ("*", "Subscription") and (s.write if write else (s.read or s.write))
+               for s in access.scopes)
+
+
+def subscription_router(api: Any) -> APIRouter:
+    """The routes, for ``create_app`` to include before its generic ``/{type}/{id}`` routes. ``api`` is the
+    RecordApi (settings, tokens, base_url)."""
+    router = APIRouter()
+    settings = api.settings
+    lock = threading.Lock()
+    opened: list[NotifyStore] = []
+
+    def store() -> NotifyStore:
+        with lock:
+            if not opened:
+                opened.append(open_notify_store(notify_store_dsn(settings), pool_size=4))
+            return opened[0]
+
+    def caller(request: Request, write: bool = False) -> tuple[Access, str]:
+        access: Access = api.authenticate(request)
+        if not _may(access, write):
+            verb = "write (create)" if write else "read or write"
+            raise Forbidden(f"the token has no Subscription {verb} scope")
+        return access, _client_of(request, access)
+
+    def owned(subscription_id: str, client: str) -> SubscriptionDef:
+        sub = store().get(subscription_id)
+        if sub is None or sub.client != client:  # another client's subscription does not exist for you
+            raise ResourceNotFound(f"Subscription/{subscription_id} is not known")
+        return sub
+
+    async def body_of(request: Request) -> Any:
+        try:
+            return orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidSubscription("Subscription", "the body is not JSON") from exc
+
+    @router.post("/Subscription")
+    async def create(request: Request) -> Response:
+        access, client = caller(request, write=True)
+        try:
+            resource = await body_of(request)
+            sub = parse_subscription(resource, allowlist=settings.notify_endpoint_allowlist, client=client,
+                                     clearances=access.clearances,
+                                     patient=f"Patient/{access.patient}" if access.patient else None)
+        except InvalidSubscription as exc:
+            return invalid(exc, 422 if exc.element == "Subscription.channel.endpoint" else 400)
+        store().create(sub)
+        chose_secret = isinstance(resource, dict) and any(
+            isinstance(e, dict) and e.get("url", "").endswith("subscription-signing-secret")
+            for e in resource.get("extension") or ())
+        body = render_subscription(sub, include_secret=not chose_secret)
+        location = f"{api.base_url(request)}/Subscription/{sub.id}"
+        return _fhir(body, 201, {"Location": location, "ETag": 'W/"1"'})
+
+    @router.get("/Subscription")
+    def search(request: Request) -> Response:
+        _, client = caller(request)
+        params = request.query_params
+        unknown = set(params) - {"status", "url", "criteria", "_count", "_format"}
+        if unknown:
+            return invalid(InvalidSubscription("Subscription", f"unsupported search parameter {sorted(unknown)[0]}"))
+        subs = store().subscriptions(client)
+        if "status" in params:
+            subs = [s for s in subs if s.status in params["status"].split(",")]
+        topic = params.get("url") or params.get("criteria")
+        if topic:
+            subs = [s for s in subs if s.topic == topic]
+        base = api.base_url(request)
+        return _fhir({
+            "resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset", "total": len(subs),
+            "link": [{"relation": "self", "url": str(request.url)}],
+            "entry": [{"fullUrl": f"{base}/Subscription/{s.id}", "resource": render_subscription(s),
+                       "search": {"mode": "match"}} for s in subs],
+        })
+
+    @router.get("/Subscription/{subscription_id}")
+    def read(subscription_id: str, request: Request) -> Response:
+        _, client = caller(request)
+        return _fhir(render_subscription(owned(subscription_id, client)))
+
+    @router.put("/Subscription/{subscription_id}")
+    async def update(subscription_id: str, request: Request) -> Response:
+        _, client = caller(request, write=True)
+        current = owned(subscription_id, client)
+        try:
+            changed = status_update(current, await body_of(request))
+        except InvalidSubscription as exc:
+            return invalid(exc)
+        store().update_definition(changed)
+        return _fhir(render_subscription(changed))
+
+    @router.delete("/Subscription/{subscription_id}")
+    def delete(subscription_id: str, request: Request) -> Response:
+        _, client = caller(request, write=True)
+        owned(subscription_id, client)
+        store().delete(subscription_id)
+        return Response(status_code=204)
+
+    def _status(subscription_id: str, request: Request) -> Response:
+        _, client = caller(request)
+        sub = owned(subscription_id, client)
+        bundle = notification_bundle(sub, api.base_url(request), "query-status", [], iso_now())
+        return _fhir(bundle)
+
+    @router.get("/Subscription/{subscription_id}/$status")
+    def status_get(subscription_id: str, request: Request) -> Response:
+        return _status(subscription_id, request)
+
+    @router.post("/Subscription/{subscription_id}/$status")
+    def status_post(subscription_id: str, request: Request) -> Response:
+        return _status(subscription_id, request)
+
+    @router.get("/Subscription/{subscription_id}/$events")
+    def events(subscription_id: str, request: Request) -> Response:
+        _, client = caller(request)
+        sub = owned(subscription_id, client)
+        params = request.query_params
+        bounds: list[int | None] = []
+        for name in ("eventsSinceNumber", "eventsUntilNumber"):
+            value = params.get(name)
+            if value is not None and not value.isdigit():
+                return invalid(InvalidSubscription(name, "must be a non-negative integer"))
+            bounds.append(int(value) if value is not None else None)
+        content = params.get("content")
+        if content is not None:
+            if content not in ("empty", "id-only", "full-resource"):
+                return invalid(InvalidSubscription("content", "must be empty, id-only or full-resource"))
+            sub = replace(sub, content=content)  # type: ignore[arg-type]
+        rows = store().events(sub.id, bounds[0], bounds[1], _EVENTS_LIMIT)
+        focus = focus_lookup(store(), sub) if sub.content == "full-resource" else None
+        return _fhir(notification_bundle(sub, api.base_url(request), "query-event", rows, iso_now(), focus))
+
+    return router
+

@@ -1,0 +1,121 @@
+"""The notify store on SQLite and PostgreSQL (real servers, no mocks): numbering is per subscription,
+monotonic and idempotent on replay; withheld and filtered changes get no number; delivery state, dead letters
+and replay; the record's change outbox on PostgreSQL too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.notify.store import NotifyStore, open_notify_store
+from services.notify.subscriptions import parse_subscription
+from services.notify.topics import TOPIC_BASE, Change, parse_filter
+from tests.record.conftest import postgres_server  # noqa: F401 - the session's PostgreSQL fixture
+
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifyStore]:
+    if request.param == "sqlite":
+        dsn = f"sqlite:///{tmp_path}/notify.db"
+    else:
+        dsn = request.getfixturevalue("postgres_server").fresh_schema_dsn()
+    s = open_notify_store(dsn)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _sub(sid: str, patient: str, clearances: int = 1) -> Any:
+    resource = {"resourceType": "Subscription", "status": "requested", "reason": "r",
+                "criteria": TOPIC_BASE + "assessment-completed",
+                "channel": {"type": "rest-hook", "endpoint": "https://ehr.example.org/hook"}}
+    sub = parse_subscription(resource, allowlist=["https://ehr.example.org/"], client="clinic",
+                             clearances=clearances, patient=None, subscription_id=sid)
+    topic = sub.topic_def
+    return replace(sub, filters=(parse_filter(topic, f"patient={patient}"),))
+
+
+def _phq9(oid: str, patient: str, version: int = 1, restriction: int = 1, status: str = "final") -> Change:
+    resource = {"resourceType": "Observation", "id": oid, "status": status,
+                "code": {"coding": [{"system": LOINC, "code": "44261-6"}]}, "subject": {"reference": patient}}
+    return Change("Observation", oid, version, "2024-03-01T10:00:00.000Z", "created" if version == 1 else "updated",
+                  patient, "person", (patient,), ("PSY",), restriction, resource)
+
+
+def test_events_are_numbered_per_subscription_once_and_in_order(store: NotifyStore) -> None:
+    store.create(_sub("a", "Patient/p1"))
+    store.create(_sub("b", "Patient/p1", clearances=0))  # not cleared for behavioural health
+    store.create(_sub("c", "Patient/p2"))
+    batch = [_phq9("o1", "Patient/p1"), _phq9("o2", "Patient/p1"), _phq9("o3", "Patient/p2")]
+    assert store.record_changes(batch) == 3
+    assert store.record_changes(batch) == 0  # the same changes again (a replayed feed): nothing new
+    assert store.record_changes([_phq9("o1", "Patient/p1", version=2)]) == 0  # a correction, still final
+    assert [(e.number, e.resource_id) for e in store.events("a")] == [(1, "o1"), (2, "o2")]
+    assert store.events("b") == []  # withheld: no number at all
+    assert [(e.number, e.resource_id) for e in store.events("c")] == [(1, "o3")]
+    sub = store.get("a")
+    assert sub is not None and sub.events_since_start == 2
+    assert store.record_changes([_phq9("o4", "Patient/p1", status="preliminary")]) == 0
+    assert store.record_changes([_phq9("o4", "Patient/p1", version=2)]) == 1  # became final
+    assert [e.number for e in store.pending("a", 10)] == [1, 2, 3]
+
+
+def test_delivery_state_dead_letters_and_replay(store: NotifyStore) -> None:
+    store.create(_sub("a", "Patient/p1"))
+    store.record_changes([_phq9(f"o{i}", "Patient/p1") for i in range(1, 5)])
+    store.mark_delivered("a", [1])
+    store.mark_failed("a", [2], first_failure_ms=1000)
+    assert [e.number for e in store.pending("a", 10)] == [2, 3, 4]
+    assert store.pending("a", 1)[0].first_failure_ms == 1000
+    assert store.dead_letter("a", "not delivered within the retry window (24 h)", "error", "why") == 3
+    sub = store.get("a")
+    assert sub is not None and sub.status == "error" and sub.error == "why"
+    assert store.pending("a", 10) == []
+    assert [b.dead for b in store.backlog() if b.subscription_id == "a"] == [3]
+    store.record_changes([_phq9("o5", "Patient/p1")])  # still counted while in error
+    assert [e.number for e in store.events("a")] == [1, 2, 3, 4, 5]
+    assert store.replay("a") == 3
+    assert [e.number for e in store.pending("a", 10)] == [2, 3, 4, 5]
+    sub = store.get("a")
+    assert sub is not None and sub.status == "active"
+    assert store.set_status("a", "active", None, only_from=("requested",)) is False  # guarded
+    assert store.delete("a") and store.get("a") is None and store.events("a") == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_record_outbox_keeps_committed_changes_until_forgotten(backend: str, request: pytest.FixtureRequest,
+                                                                    tmp_path: Path) -> None:
+    import orjson
+
+    from services.record.identity import IdentityPolicy
+    from services.record.ingest import InboundBundle, prepare_bundle
+    from services.record.store import open_store
+
+    dsn = (f"sqlite:///{tmp_path}/record.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres_server").fresh_schema_dsn())
+    record = open_store(dsn, IdentityPolicy(frozenset({"urn:carebus:empi"}), "none"))
+    try:
+        bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1"}},
+            {"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+                          "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}}}]}
+        record.ingest([prepare_bundle(InboundBundle("t", 0, 7, 1_700_000_000_000, "k", orjson.dumps(bundle),
+                                                    {"ce_id": "e1"}))])
+        rows = record.pending_changes()
+        assert [orjson.loads(r.value)["resourceType"] for r in rows] == ["Patient", "Observation"]
+        observation = orjson.loads(rows[1].value)
+        assert observation["members"] == ["Patient/p1"] and observation["change"] == "created"
+        assert rows[0].key == rows[1].key == observation["person"]
+        record.forget_changes(rows[0].seq)
+        assert [r.seq for r in record.pending_changes()] == [rows[1].seq]
+        record.forget_changes(rows[1].seq)
+        assert record.pending_changes() == []
+    finally:
+        record.close()

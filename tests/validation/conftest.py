@@ -1,0 +1,210 @@
+"""Everything the pipeline emits, gathered once per test session and run through the HL7 validator once.
+
+What goes in, through the real services (intake's HTTP API -> the real broker -> the mapper service -> the bundle
+topic), as a hospital runs them: one intake and one mapper for every sender, in sequence:
+  - every schema example (schemas/events/*.schema.json) and the sample care journey (services/mapper/journey.py),
+  - the demo's hospital feed (an ADT A01 and a FHIR GAD-7 from services/stack/hospital_feed.py),
+  - every HL7 v2 sample (tests/samples/hl7v2) to /hl7v2, every FHIR sample (tests/samples/fhir) to /fhir.
+An HL7 v2 sample that intake acknowledges but that yields no bundle (issue 10 item 1: the resend memory drops a
+message that reuses another's MSH-4 + MSH-10) is mapped in process by the same mapper pipeline instead, so its
+content is validated all the same; ``Gathered.dropped`` names them and a test keeps that list narrow.
+
+Each distinct resource (same content emitted by many bundles counts once) is written to a folder, with a few
+known-bad control resources that prove the validator finds errors; one JVM validates the folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from services.common.kafka import RecordProducer
+from services.common.metrics import Metrics
+from services.common.runtime import prepare_topics
+from services.common.settings import REPO_ROOT, Settings
+from services.common.topics import FHIR_BUNDLES, INBOUND_EVENTS
+from services.intake.app import create_app
+from services.mapper.hl7v2 import inspect_message
+from services.mapper.journey import sample_care_journey
+from services.mapper.pipeline import Pipeline, TopicNames
+from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle
+from tests.hl7v2.test_validation_once import inbound
+from tests.integration.test_pipeline import mapper, run_until, schema_examples
+from tests.kafka_helpers import header, read_all
+from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
+from tests.validation.hapi import Result, validate_folder
+
+SAMPLES = REPO_ROOT / "tests" / "samples"
+FHIR_SOURCE = "urn:carebus:source:fhir-samples"
+JOURNEY_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+# Resources that must fail validation: if the validator stops finding these, it is not checking anything.
+CONTROLS: dict[str, dict[str, Any]] = {
+    "control-bad-gender": {"resourceType": "Patient", "id": "control-1", "gender": "woman"},
+    "control-unknown-profile": {
+        "resourceType": "Patient", "id": "control-2",
+        "meta": {"profile": ["http://example.org/StructureDefinition/no-such-profile"]}},
+    "control-us-core-unmet": {  # us-core-patient needs identifier and name
+        "resourceType": "Patient", "id": "control-3", "gender": "female",
+        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|6.1.0"]}},
+    "control-v2-table-code": {  # a code that is not in an HL7 code system
+        "resourceType": "Encounter", "id": "control-4", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "FF"}},
+}
+
+
+@dataclass
+class Emitted:
+    """One distinct resource the pipeline emitted, and where it came from (e.g. ``hl7v2/ADT-A01-01.hl7``)."""
+
+    resource: dict[str, Any]
+    sources: list[str]
+    result: Result | None = None
+
+
+@dataclass
+class Gathered:
+    emitted: list[Emitted]
+    controls: dict[str, Result]
+    sources_sent: list[str]  # every input that was accepted
+    sources_with_bundle: set[str]
+    dropped: list[str]  # HL7 samples acknowledged but without a bundle from the topic (mapped in process)
+    refused: dict[str, int] = field(default_factory=dict)  # inputs intake refused: source -> HTTP status
+
+
+@dataclass
+class _Input:
+    source: str
+    path: str  # intake route
+    body: bytes
+    content_type: str
+    event_ids: list[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _inputs() -> list[_Input]:
+    out: list[_Input] = []
+    for example in schema_examples():
+        out.append(_Input(f"schema-example/{example['type']}", "/events", orjson.dumps(example),
+                          "application/cloudevents+json", [example["id"]]))
+    journey = sample_care_journey(JOURNEY_START)
+    out.append(_Input("journey", "/events", orjson.dumps(journey), "application/cloudevents-batch+json",
+                      [event["id"] for event in journey]))
+    admitted, assessed = feed_times(JOURNEY_START)
+    adt = admission_adt_a01(admitted, "NGH-VALIDATION-1")
+    out.append(_Input("demo/hospital-adt-a01", "/hl7v2", adt.encode(), "x-application/hl7-v2+er7",
+                      [inspect_message(adt).event_id]))
+    out.append(_Input("demo/gad7-bundle", "/fhir", orjson.dumps(gad7_bundle(assessed)), "application/fhir+json",
+                      ["demo-gad7"], {"x-carebus-source": "urn:carebus:source:calmly-app",
+                                      "x-carebus-event-id": "demo-gad7"}))
+    for path in sorted((SAMPLES / "hl7v2").glob("*.hl7")):
+        text = path.read_bytes().decode("utf-8")
+        out.append(_Input(f"hl7v2/{path.name}", "/hl7v2", text.encode(), "x-application/hl7-v2+er7",
+                          [inspect_message(text).event_id]))
+    for path in sorted((SAMPLES / "fhir").glob("*.json")):
+        event_id = f"fhir-sample-{path.stem}"
+        out.append(_Input(f"fhir/{path.name}", "/fhir", path.read_bytes(), "application/fhir+json", [event_id],
+                          {"x-carebus-source": FHIR_SOURCE, "x-carebus-event-id": event_id}))
+    return out
+
+
+async def _send(settings: Settings, inputs: list[_Input]) -> tuple[list[_Input], dict[str, int]]:
+    producer = RecordProducer(settings, "validation-intake")
+    app = create_app(settings, producer, Metrics(), lambda: (True, "ok"))
+    accepted: list[_Input] = []
+    refused: dict[str, int] = {}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+            for item in inputs:
+                response = await client.post(item.path, content=item.body, headers={
+                    "content-type": item.content_type, **TEST_INTAKE_HEADERS, **item.headers})
+                ok = response.status_code == 202 or (item.path == "/hl7v2" and "MSA|AA" in response.text)
+                if ok:
+                    accepted.append(item)
+                else:
+                    refused[item.source] = response.status_code
+    finally:
+        producer.close()
+    return accepted, refused
+
+
+def _gather(settings: Settings, workdir: Path) -> Gathered:
+    prepare_topics(settings)
+    accepted, refused = asyncio.run(_send(settings, _inputs()))
+    written = read_all(settings, INBOUND_EVENTS.name(settings.topic_prefix), timeout_s=20)
+    service = mapper(settings)
+    try:
+        run_until(service, len(written), max_polls=400)
+    finally:
+        service.close()
+    records = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),
+                       until=lambda rs: len(rs) >= service.stats.bundles, timeout_s=20)
+    # several inputs may share an event id (HL7 v2: sender + MSH-10): their bundles, in order, go to them in order
+    bundles: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        bundles[header(record, "ce_id") or ""].append(orjson.loads(record.value))
+
+    by_content: dict[bytes, Emitted] = {}
+
+    def emit(bundle: dict[str, Any], source: str) -> None:
+        for entry in bundle.get("entry", []):
+            resource = entry["resource"]
+            key = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+            if key in by_content:
+                if source not in by_content[key].sources:
+                    by_content[key].sources.append(source)
+            else:
+                by_content[key] = Emitted(resource, [source])
+
+    with_bundle: set[str] = set()
+    dropped: list[str] = []
+    topics = TopicNames.for_prefix(settings.topic_prefix)
+    pipeline = Pipeline(topics)
+    for item in accepted:
+        found = [bundles[event_id].pop(0) for event_id in item.event_ids if bundles.get(event_id)]
+        if found:
+            with_bundle.add(item.source)
+        elif item.path == "/hl7v2":
+            dropped.append(item.source)
+            outcome = pipeline.process(inbound(item.body.decode("utf-8")))
+            found = [orjson.loads(r.value) for r in outcome.records if r.topic == topics.bundles]
+        for bundle in found:
+            emit(bundle, item.source)
+
+    emitted = list(by_content.values())
+    folder = workdir / "resources"
+    folder.mkdir()
+    names: dict[str, Emitted] = {}
+    for index, item in enumerate(emitted):
+        tag = item.sources[0].replace("/", "_")
+        name = f"{index:05d}-{tag}-{item.resource['resourceType']}.json"
+        (folder / name).write_text(json.dumps(item.resource), encoding="utf-8")
+        names[name] = item
+    for name, resource in CONTROLS.items():
+        (folder / f"zz-{name}.json").write_text(json.dumps(resource), encoding="utf-8")
+    controls: dict[str, Result] = {}
+    for result in validate_folder(folder, REPO_ROOT / ".cache"):
+        if result.file in names:
+            names[result.file].result = result
+        else:
+            controls[result.file.removeprefix("zz-").removesuffix(".json")] = result
+    return Gathered(emitted=emitted, controls=controls, sources_sent=[item.source for item in accepted],
+                    sources_with_bundle=with_bundle, dropped=dropped, refused=refused)
+
+
+@pytest.fixture(scope="session")
+def gathered(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gathered]:
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"validation{uuid.uuid4().hex[:8]}",
+                        kafka_topic_partitions=3, kafka_request_timeout_s=10.0, intake_tokens=TEST_INTAKE_GRANTS)
+    yield _gather(settings, tmp_path_factory.mktemp("validation"))
