@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import hashlib
 import os
 import statistics
@@ -40,7 +39,7 @@ from services.common.metrics import Metrics
 from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, TopicSpec
-from services.mapper.journey import sample_care_journey
+from services.mapper.journey import distinct_people_events
 from services.mapper.mapping import map_event, serialize, validate_bundle
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.mapper.result import MappingContext
@@ -50,20 +49,9 @@ BENCH_TOKEN = "carebus-bench-sender"  # noqa: S105 - a local benchmark credentia
 
 
 def event_mix(count: int) -> list[dict[str, Any]]:
-    """A realistic mix: the sample journey's events, replayed for many patients with distinct ids."""
-    journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
-    events: list[dict[str, Any]] = []
-    patient_no = 0
-    while len(events) < count:
-        patient_no += 1
-        for template in journey:
-            event = copy.deepcopy(template)
-            event["id"] = f"{template['id']}-b{patient_no}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-b{patient_no}"
-            events.append(event)
-            if len(events) == count:
-                break
-    return events
+    """A realistic mix: the sample journey lived by distinct people (own ids, enterprise ids, names, birth dates;
+    deterministic from a seed), 15 event types."""
+    return distinct_people_events(count, datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
 
 
 def bench_in_process(events: list[dict[str, Any]]) -> tuple[float, float]:
@@ -224,7 +212,9 @@ def main() -> None:
           f"python={sys.version.split()[0]}", flush=True)
     events = event_mix(args.events)
     types = {e["type"] for e in events}
-    print(f"event mix: {len(events)} events of {len(types)} types (the sample care journey, replayed)", flush=True)
+    people = len({(e["source"], e["data"]["patient_id"]) for e in events})
+    print(f"event mix: {len(events)} events of {len(types)} types (the sample care journey lived by distinct people: "
+          f"{people} source patients)", flush=True)
 
     ours, naive = bench_in_process(events[:5000])
     print(f"1. map+validate+serialize, in process      {ours:10.0f} events/s", flush=True)

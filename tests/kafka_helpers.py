@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -43,3 +44,13 @@ def header(record: ConsumerRecord, name: str) -> str | None:
         if key == name:
             return bytes(value).decode()
     return None
+
+
+def binary_cloudevent(record: ConsumerRecord) -> Any:
+    """The CloudEvent of a consumed record in the Kafka binding's binary mode, read by the CloudEvents SDK (which
+    raises when a required attribute is missing or malformed)."""
+    from cloudevents.core.bindings import kafka as ce_kafka
+
+    headers = {name: bytes(value) for name, value in record.headers or ()}
+    assert "ce_specversion" in headers, "not a binary-mode CloudEvent: no ce_specversion"
+    return ce_kafka.from_binary_event(ce_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value))

@@ -42,11 +42,11 @@ HEADER = (
 def topic_manifest(
     spec: TopicSpec, prefix: str = TOPIC_PREFIX, partitions: int = PARTITIONS
 ) -> dict[str, Any]:
-    """One KafkaTopic (kafka.strimzi.io/v1beta2). ``spec.topicName`` pins the Kafka name whatever the
+    """One KafkaTopic (kafka.strimzi.io/v1). ``spec.topicName`` pins the Kafka name whatever the
     Kubernetes name becomes (a kustomize namePrefix must never rename a topic)."""
     name = spec.name(prefix)
     return {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {
             "name": name,

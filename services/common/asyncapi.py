@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from services.common.event_headers import BUNDLE_EVENT_TYPE, MAPPER_SOURCE, RECORD_SOURCE, SAFETY_ALERT_EVENT_TYPE
 from services.common.settings import REPO_ROOT
 from services.common.topics import (
     CATALOGUE,
@@ -30,22 +31,75 @@ ASYNCAPI_PATH = REPO_ROOT / "schemas" / "asyncapi.yaml"
 EVENT_SCHEMAS = REPO_ROOT / "schemas" / "events"
 DEFAULT_PREFIX = "carebus"
 
+_BINARY_MODE = " (CloudEvents Kafka binding, binary mode)"
 HEADER_DOCS = {
-    "ce_id": "CloudEvent id of the inbound event (also the lineage id)",
-    "ce_type": "CloudEvent type, e.g. org.carebus.assessment.completed.v1",
-    "ce_source": "CloudEvent source: the sending system",
-    "ce_time": "CloudEvent time (ISO 8601)",
+    "ce_specversion": "CloudEvents spec version: always 1.0" + _BINARY_MODE,
+    "ce_id": "CloudEvent id. Inbound: the sender's event id. Bundle: the Bundle's id; alert: its Flag's id "
+             "(both deterministic, so a replay repeats the same id)",
+    "ce_type": "CloudEvent type. Inbound: the care event's type, e.g. org.carebus.assessment.completed.v1; "
+               f"bundle: {BUNDLE_EVENT_TYPE}; alert: {SAFETY_ALERT_EVENT_TYPE}",
+    "ce_source": f"CloudEvent source. Inbound: the sending system; bundle and alert: the writing service, "
+                 f"{MAPPER_SOURCE} (or {RECORD_SOURCE} for the record's identity links)",
+    "ce_time": "CloudEvent time (RFC 3339). Bundle and alert: when the inbound record was received",
+    "ce_carebuseventid": "CloudEvent extension carebuseventid: the id of the inbound event this record came from "
+                         "(the lineage id)",
+    "ce_carebuseventtype": "CloudEvent extension carebuseventtype: the type of the inbound event this record "
+                           "came from",
     "carebus_correlation_id": "correlation id that follows one request through every service",
-    "carebus_security": "comma-separated meta.security codes of the bundle (e.g. R,PSY or R,42CFRPart2,...)",
-    "content-type": "media type of the value",
+    "carebus_security": "security labels of the whole bundle (its meta.security): a JSON array of FHIR tokens "
+                        "'<system>|<code>' (a bare code for a sender's label of a system carebus does not know), most "
+                        "restrictive confidentiality first; '[]' when there are none. "
+                        'E.g. ["http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",'
+                        '"http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY"]',
+    "content-type": "media type of the value (the CloudEvent's datacontenttype on the bundle and alert topics)",
     "carebus_dlq_reason": "machine-readable dead-letter reason (schema-violation, mapping-failed, ...)",
 }
 
-PAYLOADS: dict[str, dict[str, Any]] = {
-    FHIR_BUNDLES.suffix: {
-        "description": "A FHIR R4 (4.0.1) Bundle of type collection; every resource carries meta.security.",
-        "$ref": "https://hl7.org/fhir/R4/bundle.schema.json",
+_FHIR_TOKENS = {
+    "type": "array",
+    "items": {"type": "string", "pattern": "^[^|]+(\\|[^|]+)?$"},
+}
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ce_specversion": {"const": "1.0"},
+    "carebus_security": {"contentMediaType": "application/json", "contentSchema": _FHIR_TOKENS,
+                         "examples": ["[]", '["http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",'
+                                            '"http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY"]']},
+}
+
+# What carebus emits on the bundle topic, described offline: the Bundle envelope carebus guarantees. Each
+# resource is FHIR R4 (4.0.1; schema: https://hl7.org/fhir/R4/fhir.schema.json) and passes the HL7 validator.
+FHIR_BUNDLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A FHIR R4 (4.0.1) Bundle of type collection; every resource carries meta.security. "
+                   "Resources follow the FHIR R4 JSON schema (https://hl7.org/fhir/R4/fhir.schema.json).",
+    "required": ["resourceType", "id", "type", "entry"],
+    "properties": {
+        "resourceType": {"const": "Bundle"},
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"},
+        "type": {"const": "collection"},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "meta": {"type": "object", "properties": {
+            "security": {"type": "array", "items": {"$ref": "#/components/schemas/Coding"}}}},
+        "entry": {"type": "array", "items": {
+            "type": "object", "required": ["fullUrl", "resource"],
+            "properties": {
+                "fullUrl": {"type": "string"},
+                "resource": {"type": "object", "required": ["resourceType", "id"], "properties": {
+                    "resourceType": {"type": "string"}, "id": {"type": "string"},
+                    "meta": {"type": "object", "properties": {
+                        "security": {"type": "array", "items": {"$ref": "#/components/schemas/Coding"}}}},
+                }},
+            },
+        }},
     },
+}
+CODING_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["system", "code"],
+    "properties": {"system": {"type": "string"}, "code": {"type": "string"}, "display": {"type": "string"}},
+}
+
+PAYLOADS: dict[str, dict[str, Any]] = {
+    FHIR_BUNDLES.suffix: {"$ref": "#/components/schemas/FhirBundle"},
     SAFETY_ALERTS.suffix: {
         "type": "object",
         "required": ["kind", "patient", "flag", "event_id", "raised_at"],
@@ -124,11 +178,39 @@ PAYLOADS: dict[str, dict[str, Any]] = {
 
 
 def _inbound_payload() -> dict[str, Any]:
-    refs = [{"$ref": f"./events/{path.name}"} for path in sorted(EVENT_SCHEMAS.glob("*.schema.json"))
-            if "envelope" not in path.name]
-    refs.append({"description": f"HL7 v2 message: type {HL7V2_MESSAGE_EVENT_TYPE}, data = ER7 text"})
-    refs.append({"description": f"FHIR R4 resource or Bundle: type {FHIR_RESOURCE_EVENT_TYPE}"})
-    return {"oneOf": refs}
+    """One schema per inbound type, each fixing ``type`` to its own constant: exactly one matches an event."""
+    care_events = [{"$ref": f"./events/{path.name}"}
+                   for path in sorted(EVENT_SCHEMAS.glob("org.carebus.*.schema.json"))]
+    return {"discriminator": "type", "oneOf": [
+        *care_events, {"$ref": "#/components/schemas/Hl7v2Message"}, {"$ref": "#/components/schemas/FhirResource"}]}
+
+
+def _envelope(event_type: str, description: str, content_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["specversion", "id", "source", "type", "time", "datacontenttype", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "minLength": 1},
+            "source": {"type": "string", "format": "uri-reference"},
+            "type": {"const": event_type},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"const": content_type},
+            "data": data,
+        },
+    }
+
+
+INBOUND_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Hl7v2Message": _envelope(
+        HL7V2_MESSAGE_EVENT_TYPE, "An HL7 v2 message received over MLLP or HTTP: id = MSH-10 scoped to the sender, "
+        "source = urn:carebus:hl7v2:<sending facility>", "application/hl7-v2+er7",
+        {"type": "string", "description": "the message in ER7, segments separated by \\r"}),
+    "FhirResource": _envelope(
+        FHIR_RESOURCE_EVENT_TYPE, "A FHIR R4 resource or Bundle POSTed to intake's /fhir", "application/fhir+json",
+        {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}),
+}
 
 
 def _channel(spec: TopicSpec, prefix: str) -> dict[str, Any]:
@@ -157,7 +239,8 @@ def build(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
             "contentType": spec.content_type,
             "summary": spec.summary,
             "headers": {"type": "object", "properties": {
-                h: {"type": "string", "description": HEADER_DOCS[h]} for h in spec.headers}},
+                h: {"type": "string", "description": HEADER_DOCS[h], **HEADER_SCHEMAS.get(h, {})}
+                for h in spec.headers}},
             "payload": payload,
             "bindings": {"kafka": {"key": {"type": "string", "description": spec.key}, "bindingVersion": "0.5.0"}},
         }
@@ -180,7 +263,10 @@ def build(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
                                                "channel": {"$ref": f"#/channels/{_message_name(spec)}"}}
             for spec in CATALOGUE
         },
-        "components": {"messages": messages},
+        "components": {
+            "messages": messages,
+            "schemas": {"FhirBundle": FHIR_BUNDLE_SCHEMA, "Coding": CODING_SCHEMA, **INBOUND_SCHEMAS},
+        },
     }
 
 

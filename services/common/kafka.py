@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,7 +98,12 @@ class RecordProducer:
     """Idempotent acks=all producer. Thread-safe (kafka-python's producer is).
 
     ``broker_down``, when given, says the broker is known to be unreachable (a readiness probe's last answer):
-    writes then fail at once with BrokerUnavailable instead of each waiting out the request timeout."""
+    writes then fail at once with BrokerUnavailable instead of each waiting out the request timeout.
+
+    A write Kafka does not acknowledge drops the client (:meth:`reset`): kafka-python's idempotent producer can
+    stay wedged for good after the broker crashed with writes in flight (every later write times out; tested in
+    tests/faults), so the next write starts a new producer (a new producer id). The caller retries what failed.
+    """
 
     def __init__(self, settings: Settings, client_id: str, *, broker_down: Callable[[], bool] | None = None,
                  **overrides: Any) -> None:
@@ -114,14 +120,24 @@ class RecordProducer:
             **overrides,
         }
         self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
 
     def _client(self) -> KafkaProducer:
-        if self._producer is None:
-            try:
-                self._producer = KafkaProducer(**self._config)
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
-        return self._producer
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(**self._config)
+                except KafkaError as exc:
+                    raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
+            return self._producer
+
+    def reset(self) -> None:
+        """Forget the client after a write was not acknowledged; the next write makes a new one. Writes still in
+        flight on the old client are abandoned (closed without waiting, on a thread of its own)."""
+        with self._lock:
+            old, self._producer = self._producer, None
+        if old is not None:
+            threading.Thread(target=_close_quietly, args=(old,), name="producer-close", daemon=True).start()
 
     @property
     def request_timeout_s(self) -> float:
@@ -153,25 +169,34 @@ class RecordProducer:
     def send_all_and_wait(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
         """Write every record and block until all are acknowledged (acks=all), or raise BrokerUnavailable."""
         self._check_broker()
-        futures = [self.send(record) for record in records]
-        timeout = self._settings.kafka_request_timeout_s
         try:
+            futures = [self.send(record) for record in records]
+            timeout = self._settings.kafka_request_timeout_s
             return [future.get(timeout=timeout) for future in futures]
         except KafkaError as exc:
+            self.reset()
             raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
+        except BrokerUnavailable:
+            self.reset()
+            raise
 
     async def send_all_async(self, records: Sequence[OutboundRecord]) -> list[RecordMetadata]:
         """Asyncio form of :meth:`send_all_and_wait`: awaits the broker's acks without blocking the loop."""
         self._check_broker()
         loop = asyncio.get_running_loop()
-        if self._knows_partitions({record.topic for record in records}):
-            # send() only appends to the accumulator: no reason to hop to a thread (the hop, its wake-up and the
-            # GIL hand-overs cost more than the send itself)
-            futures = [self.send(record) for record in records]
-        else:
-            # kafka-python's send() blocks while it waits for topic metadata (at start, after a broker outage,
-            # up to max_block_ms): a worker thread waits instead, so one slow write never stalls the others
-            futures = await loop.run_in_executor(None, lambda: [self.send(record) for record in records])
+        try:
+            if self._knows_partitions({record.topic for record in records}):
+                # send() only appends to the accumulator: no reason to hop to a thread (the hop, its wake-up and
+                # the GIL hand-overs cost more than the send itself)
+                futures = [self.send(record) for record in records]
+            else:
+                # kafka-python's send() blocks while it waits for topic metadata (at start, after a broker
+                # outage, up to max_block_ms): a worker thread waits instead, so one slow write never stalls
+                # the others
+                futures = await loop.run_in_executor(None, lambda: [self.send(record) for record in records])
+        except BrokerUnavailable:
+            self.reset()
+            raise
         waiters: list[asyncio.Future[RecordMetadata]] = []
         for future in futures:
             waiter: asyncio.Future[RecordMetadata] = loop.create_future()
@@ -183,6 +208,7 @@ class RecordProducer:
                 await asyncio.wait_for(asyncio.gather(*waiters), timeout=self._settings.kafka_request_timeout_s)
             )
         except (TimeoutError, KafkaError) as exc:
+            self.reset()
             raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -194,6 +220,14 @@ class RecordProducer:
             self._producer.flush(timeout=timeout_s)
             self._producer.close(timeout=timeout_s)
             self._producer = None
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    """Close an abandoned producer without waiting for its writes (their callers have been told they failed)."""
+    try:
+        producer.close(timeout=0)
+    except Exception as exc:  # best effort: nothing waits for it
+        log.debug("abandoned producer closed with an error", extra={"error": type(exc).__name__})
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:

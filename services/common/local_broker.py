@@ -1,22 +1,26 @@
 """Provision and run one local Apache Kafka broker (KRaft, combined broker + controller) on loopback.
 
 Maven resolves org.apache.kafka:kafka_2.13 and its runtime dependencies (deploy/local/kafka/pom.xml) into the
-git-ignored cache folder once; each start formats fresh KRaft storage (or reuses it), launches the JVM, waits
-until the broker serves requests, and stops it cleanly. Used by the tests (once per session, on a free port)
-and by the main job.
+git-ignored cache folder once; a start formats KRaft storage only when ``workdir`` holds none yet and otherwise
+keeps the data there (topics, records, committed offsets, SCRAM users), so a broker stopped - or killed - can be
+started again on its data; it launches the JVM, waits until the broker serves requests, and stops it cleanly.
+Used by the tests (once per session, on a free port; the fault suite kills it and restarts it on its data) and
+by the main job (``make demo``). Delete the workdir for an empty broker.
 
-    python -m services.common.local_broker start [--port 9092]   # foreground, Ctrl-C stops it
+    python -m services.common.local_broker start [--port 9092] [--workdir DIR]   # foreground, Ctrl-C stops it
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,27 +43,41 @@ def free_port() -> int:
 
 
 def provision(cache_dir: Path) -> Path:
-    """Resolve the broker's jars into ``cache_dir/kafka/libs`` (once). Returns the libs folder."""
-    libs = cache_dir.resolve() / "kafka" / "libs"
-    marker = libs / ".complete"
+    """Resolve the broker's jars into ``cache_dir/kafka/libs`` (once). Returns the libs folder.
+
+    Safe when several processes share the cache (test sessions of several checkouts): one resolves at a time
+    (a file lock), into a folder of its own that then replaces ``libs`` by a rename, so a broker starting
+    elsewhere never sees a half-filled folder."""
+    kafka_dir = cache_dir.resolve() / "kafka"
+    libs = kafka_dir / "libs"
     pom_stamp = POM.read_bytes()
-    if marker.exists() and marker.read_bytes() == pom_stamp:
+    if (libs / ".complete").exists() and (libs / ".complete").read_bytes() == pom_stamp:
         return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerStartError("Maven ('mvn') is needed to fetch the Kafka broker; install it (apt-get install maven)")
-    if libs.exists():
-        shutil.rmtree(libs)
-    libs.mkdir(parents=True)
-    print("carebus: resolving Apache Kafka from Maven Central into", libs, file=sys.stderr, flush=True)
-    result = subprocess.run(  # noqa: S603 - fixed argument list
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
-    )
-    if result.returncode != 0:
-        raise BrokerStartError(f"Maven could not resolve Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    marker.write_bytes(pom_stamp)
+    kafka_dir.mkdir(parents=True, exist_ok=True)
+    with (kafka_dir / ".provision.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (libs / ".complete").exists() and (libs / ".complete").read_bytes() == pom_stamp:
+            return libs  # another process resolved it while this one waited
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerStartError("Maven ('mvn') is needed to fetch the Kafka broker; install it "
+                                   "(apt-get install maven)")
+        fresh = Path(tempfile.mkdtemp(prefix="libs-", dir=kafka_dir))
+        print("carebus: resolving Apache Kafka from Maven Central into", libs, file=sys.stderr, flush=True)
+        result = subprocess.run(  # noqa: S603 - fixed argument list
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={fresh}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise BrokerStartError(f"Maven could not resolve Kafka:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        (fresh / ".complete").write_bytes(pom_stamp)
+        old = kafka_dir / f"libs-old-{uuid.uuid4().hex[:8]}"
+        if libs.exists():
+            libs.rename(old)  # a running broker keeps its open jars; new starts see the new folder
+        fresh.rename(libs)
+        shutil.rmtree(old, ignore_errors=True)
     return libs
 
 
@@ -78,6 +96,7 @@ class LocalKafkaBroker:
         self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
         self._libs = cache_dir.resolve() / "kafka" / "libs"
+        self.reused = False  # the last start found data in workdir and kept it
 
     @property
     def bootstrap(self) -> str:
@@ -138,12 +157,20 @@ class LocalKafkaBroker:
                 f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={self.workdir / 'logs'}",
                 "-cp", f"{libs}/*", *args]
 
+    @property
+    def formatted(self) -> bool:
+        """The workdir holds formatted KRaft storage (a broker ran here before)."""
+        return (self.workdir / "data" / "meta.properties").is_file()
+
     def start(self, timeout_s: float = 90.0) -> LocalKafkaBroker:
+        """Start on the data in ``workdir`` (``reused`` is then True), formatting it first when there is none."""
         libs = provision(self.cache_dir)
-        if self.workdir.exists():
-            shutil.rmtree(self.workdir)
-        (self.workdir / "logs").mkdir(parents=True)
-        config = self._write_config()
+        self._libs = libs
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        config = self._write_config()  # this start's ports; the data does not depend on them
+        self.reused = self.formatted
+        if self.reused:
+            return self.resume(timeout_s)
         cluster_id = _kafka_uuid()
         scram = [arg for user, password in self.scram_users.items()
                  for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]")]
@@ -154,7 +181,6 @@ class LocalKafkaBroker:
         )
         if fmt.returncode != 0:
             raise BrokerStartError(f"formatting KRaft storage failed: {fmt.stdout[-1000:]}{fmt.stderr[-1000:]}")
-        self._libs = libs
         return self.resume(timeout_s)
 
     def resume(self, timeout_s: float = 90.0) -> LocalKafkaBroker:
@@ -188,6 +214,17 @@ class LocalKafkaBroker:
                 time.sleep(0.3)
         raise BrokerStartError(f"broker did not serve on {self.bootstrap} within {timeout_s:.0f}s")
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no clean shutdown, the data stays as it is on disk)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
@@ -220,14 +257,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["provision", "start"])
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the broker keeps its data (kept across starts; default .cache/kafka/run-<port>)")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "provision":
         print(provision(settings.cache_dir))
         return
-    broker = LocalKafkaBroker(settings.cache_dir, port=args.port or settings.local_kafka_port)
+    broker = LocalKafkaBroker(settings.cache_dir, port=args.port or settings.local_kafka_port, workdir=args.workdir)
     broker.start()
-    print(f"carebus: Kafka broker serving on {broker.bootstrap} (Ctrl-C stops it)", flush=True)
+    kept = "on the data kept in" if broker.reused else "on new storage in"
+    print(f"carebus: Kafka broker serving on {broker.bootstrap} {kept} {broker.workdir} (Ctrl-C stops it)", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()

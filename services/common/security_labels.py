@@ -34,6 +34,10 @@ PART2 = ("R", "SUD", "42CFRPart2", "NORDSCLCD")
 _CONFIDENTIALITY_RANK = {"N": 0, "R": 1, "V": 2}
 
 
+def system_of(code: str) -> str:
+    return _LABELS[code][0]
+
+
 def coding(code: str) -> dict[str, Any]:
     system, display = _LABELS[code]
     return {"system": system, "code": code, "display": display}

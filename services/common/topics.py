@@ -10,13 +10,17 @@ from typing import Literal
 
 CleanupPolicy = Literal["delete", "compact"]
 
-# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI.
+# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI. The ce_ headers of the bundle
+# and alert topics make each record a binary-mode CloudEvent (services/common/event_headers.py builds them).
+HEADER_SPEC_VERSION = "ce_specversion"
 HEADER_EVENT_ID = "ce_id"
 HEADER_EVENT_TYPE = "ce_type"
 HEADER_EVENT_SOURCE = "ce_source"
 HEADER_EVENT_TIME = "ce_time"
+HEADER_INBOUND_EVENT_ID = "ce_carebuseventid"  # extension: the inbound event a bundle or alert came from
+HEADER_INBOUND_EVENT_TYPE = "ce_carebuseventtype"  # extension: that inbound event's type
 HEADER_CORRELATION_ID = "carebus_correlation_id"
-HEADER_SECURITY = "carebus_security"  # comma-separated meta.security codes of the whole bundle, e.g. "R,PSY"
+HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
 
@@ -59,7 +63,9 @@ FHIR_BUNDLES = TopicSpec(
     summary="One FHIR R4 Bundle (type collection) per inbound event, validated and security-labelled.",
     key="patient key of the inbound event",
     content_type="application/fhir+json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
+             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+             HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 SAFETY_ALERTS = TopicSpec(
@@ -67,7 +73,9 @@ SAFETY_ALERTS = TopicSpec(
     summary="Safety alerts (PHQ-9 item 9 > 0, C-SSRS high risk, risk flags) raised within seconds.",
     key="patient key of the inbound event",
     content_type="application/json",
-    headers=(HEADER_EVENT_ID, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
+             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+             HEADER_CONTENT_TYPE),
 )
 DEAD_LETTERS = TopicSpec(
     suffix="deadletter.v1",

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from services.common import security_labels
@@ -435,6 +436,32 @@ def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _instant(value: Any) -> datetime | None:
+    """A FHIR instant (date, time and zone), else None."""
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def stated_time(payload: dict[str, Any], found: list[tuple[str | None, dict[str, Any]]],
+                envelope: dict[str, Any], context: MappingContext) -> str:
+    """When the sender says it recorded what it sent: Bundle.timestamp, else the newest meta.lastUpdated of the
+    sent resources, else the event's time. Provenance.recorded is this time, not this copy's receipt, so a resend
+    of the same content makes the same Provenance."""
+    stated = _instant(payload.get("timestamp")) if payload.get("resourceType") == "Bundle" else None
+    if stated is None:
+        updated = [moment for _, r in found
+                   if isinstance(r.get("meta"), dict) and (moment := _instant(r["meta"].get("lastUpdated")))]
+        stated = max(updated) if updated else None
+    if stated is None:
+        stated = _instant(envelope.get("time")) or context.received_at
+    return stated.isoformat()
+
+
 def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> MappedEvent:
     """A FHIR-in CloudEvent (data = resource or Bundle) -> one labelled collection Bundle with carebus ids."""
     source, event_id = str(envelope.get("source", "")), str(envelope.get("id", ""))
@@ -450,7 +477,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     label_sets: list[tuple[str, ...]] = []
     alerts: list[SafetyAlert] = []
     quality: list[str] = []
-    fallback_time = str(envelope.get("time") or context.received_at.isoformat())
+    fallback_time = stated_time(payload, found, envelope, context)
     computed: list[dict[str, Any]] = []
     for (_, original), source_id in zip(found, rekeying.source_ids, strict=True):
         resource_type = str(original["resourceType"])
@@ -488,7 +515,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     provenance: dict[str, Any] = {
         "resourceType": "Provenance", "id": provenance_id,
         "target": [{"reference": f"{e['resource']['resourceType']}/{e['resource']['id']}"} for e in entries],
-        "recorded": context.received_at.isoformat(),
+        "recorded": fallback_time,
         "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
                                         "code": "author"}]},
                    "who": {"display": source}}],

@@ -13,11 +13,15 @@ enterprise identifier ``urn:carebus:empi|EMPI-8842-1170``:
   consent to share psychiatric data with primary care, then a dose change to 100 mg.
 
 Used by tests, the demo stack and the load generator. Same ``start`` -> the same events (ids included).
+:func:`people` / :func:`person_journey` / :func:`distinct_people_events` make the same journey for many distinct
+fictional people (own ids, enterprise id, name, birth date, gender; deterministic from a seed) for load and tests.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+from dataclasses import dataclass
 from typing import Any, Final
 
 PRIMARY_CARE: Final = "urn:carebus:source:riverside-primary-care"
@@ -434,3 +438,95 @@ def sample_care_journey(start: dt.datetime) -> list[dict[str, Any]]:
         },
     )
     return sorted(j.events, key=lambda event: event["time"])
+
+
+# --- many distinct people -------------------------------------------------------------------------------------
+
+_FAMILIES: Final = (
+    "Abara", "Bergstrom", "Castellanos", "Delacroix", "Eriksen", "Fairweather", "Gallagher", "Haddad", "Ibarra",
+    "Jablonski", "Kowalczyk", "Lindqvist", "Mbeki", "Nakamura", "Okonjo", "Petrossian", "Quintero", "Rasmussen",
+    "Szabo", "Takahashi", "Underwood", "Valdivia", "Whitfield", "Xiong", "Yamamoto", "Zielinski", "Achterberg",
+    "Brennan", "Chaudhry", "Dimitrov", "Esposito", "Fontaine", "Gutierrez", "Holloway", "Iversen", "Jovanovic",
+    "Kaur", "Lefebvre", "Moreau", "Novak", "Oyelaran", "Pellegrini", "Ramanathan", "Sorensen", "Thibodeaux",
+    "Vasquez", "Wojcik", "Yilmaz", "Zapata", "Adeyemi",
+)
+_GIVEN: Final = {
+    "female": ("Amara", "Beatriz", "Chiara", "Dalia", "Elif", "Freya", "Grace", "Hana", "Ines", "Jun", "Kalinda",
+               "Leila", "Mireille", "Nadia", "Odette", "Priya", "Rosalind", "Sofia", "Tamsin", "Wren"),
+    "male": ("Anders", "Bashir", "Cormac", "Dmitri", "Emeka", "Felipe", "Gideon", "Hiroshi", "Idris", "Jonah",
+             "Kofi", "Luca", "Mateo", "Nikhil", "Oskar", "Pavel", "Rafael", "Soren", "Tobias", "Yusuf"),
+    "other": ("Ari", "Blake", "Charlie", "Eden", "Jordan", "Kai", "Quinn", "Reese", "Sage", "Rowan"),
+}
+
+
+@dataclass(frozen=True)
+class JourneyPerson:
+    """A fictional person whose journey is the sample journey with their own identifiers and demographics."""
+
+    number: int
+    family: str
+    given: tuple[str, str]
+    birth_date: str
+    gender: str
+    empi: str
+    offset_minutes: int  # their journey starts this long after the given start
+
+    @property
+    def suffix(self) -> str:
+        return f"p{self.number:06d}"
+
+
+def people(count: int, seed: int = 20260105) -> list[JourneyPerson]:
+    """``count`` distinct people, the same for the same seed: names, birth dates 1940-2007, genders, enterprise
+    ids and start times drawn from ``random.Random(seed)``."""
+    rng = random.Random(seed)  # noqa: S311 - fictional test people, not secrets
+    out = []
+    for number in range(1, count + 1):
+        gender = rng.choices(("female", "male", "other"), weights=(50, 46, 4))[0]
+        first, middle = rng.sample(_GIVEN[gender], 2)
+        birth = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(68 * 365))
+        out.append(JourneyPerson(
+            number=number, family=rng.choice(_FAMILIES), given=(first, middle), birth_date=birth.isoformat(),
+            gender=gender, empi=f"EMPI-{rng.randrange(10**8):08d}-{number}",
+            offset_minutes=rng.randrange(0, 60 * 24 * 90),
+        ))
+    return out
+
+
+def _own_ids(value: Any, suffix: str) -> Any:
+    """Every ``*_id`` value (and the patient ids) made this person's own; practitioners (``id``) stay shared."""
+    if isinstance(value, dict):
+        return {k: (f"{v}-{suffix}" if k.endswith("_id") and isinstance(v, str) else _own_ids(v, suffix))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_own_ids(v, suffix) for v in value]
+    return value
+
+
+def person_journey(person: JourneyPerson, start: dt.datetime) -> list[dict[str, Any]]:
+    """The sample journey lived by ``person``: their ids (patient, MRN, enterprise id, every source record id,
+    event ids) and demographics; everything else as in :func:`sample_care_journey`."""
+    events = sample_care_journey(start + dt.timedelta(minutes=person.offset_minutes))
+    email = f"{person.given[0]}.{person.family}{person.number}@example.org".lower()
+    for event in events:
+        event["id"] = f"{event['id']}-{person.suffix}"
+        data = _own_ids(event["data"], person.suffix)
+        if event["type"] == "org.carebus.patient.registered.v1":
+            data["identifiers"] = [
+                {"system": ident["system"], "value": person.empi if ident["system"] == EMPI["system"]
+                 else f"{ident['value']}-{person.suffix}"} for ident in data["identifiers"]]
+            data["name"] = {"family": person.family, "given": list(person.given)}
+            data["birth_date"] = person.birth_date
+            data["gender"] = person.gender
+            data["contact"] = {"phone": f"+1-555-01{person.number % 100:02d}", "email": email}
+        event["data"] = data
+    return events
+
+
+def distinct_people_events(count: int, start: dt.datetime, seed: int = 20260105) -> list[dict[str, Any]]:
+    """``count`` events: whole journeys of distinct people (the last one cut short), in journey order per person."""
+    per_person = len(sample_care_journey(start))
+    events: list[dict[str, Any]] = []
+    for person in people(-(-count // per_person), seed):
+        events.extend(person_journey(person, start))
+    return events[:count]

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import CarebusError, InvalidInput, MappingError
+from services.common.event_headers import alert_headers, bundle_headers
 from services.common.events import EVENT_TYPES, parse_event
 from services.common.kafka import OutboundRecord
 from services.common.topics import (
@@ -29,7 +30,6 @@ from services.common.topics import (
     HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
-    HEADER_SECURITY,
     HL7V2_MESSAGE_EVENT_TYPE,
     SAFETY_ALERTS,
 )
@@ -178,12 +178,11 @@ class Pipeline:
             log.exception("unexpected mapping failure", extra={"event_id": event_id, "event_type": event_type})
             return self._dead_letter(record, key, event_id, event_type, correlation_id, "unexpected-error", exc)
 
-        security = ",".join(mapped.security_labels)
+        labels = mapped.security_labels
         records = [OutboundRecord(
             topic=self.topics.bundles, key=key, value=payload,
-            headers={HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: event_type,
-                     HEADER_CORRELATION_ID: correlation_id, HEADER_SECURITY: security,
-                     HEADER_CONTENT_TYPE: "application/fhir+json"},
+            headers=bundle_headers(str(mapped.bundle["id"]), event_id, event_type, correlation_id, labels,
+                                   time=context.received_at),
         )]
         for alert in mapped.alerts:
             records.append(OutboundRecord(
@@ -193,8 +192,8 @@ class Pipeline:
                     "event_id": alert.event_id, "detail": alert.detail,
                     "raised_at": context.received_at.isoformat(),
                 }),
-                headers={HEADER_EVENT_ID: event_id, HEADER_CORRELATION_ID: correlation_id,
-                         HEADER_SECURITY: security, HEADER_CONTENT_TYPE: "application/json"},
+                headers=alert_headers(alert.flag_id, event_id, event_type, correlation_id, labels,
+                                      time=context.received_at),
             ))
         return Outcome(records=records, event_type=event_type, event_id=event_id,
                        correlation_id=correlation_id, mapped=MappedSummary.of(mapped))

@@ -171,7 +171,9 @@ class MapperService:
             log.warning("offset commit failed; the batch will be repeated", extra={"error": type(response).__name__})
 
     def _rewind(self) -> None:
-        """Forget every batch in flight and seek back to its first offsets: all of it is mapped again."""
+        """Forget every batch in flight and seek back to its first offsets: all of it is mapped again. The
+        producer that did not acknowledge them is replaced (one wedged by a broker crash never recovers)."""
+        self._producer.reset()
         first: dict[TopicPartition, int] = {}
         for batch in self._in_flight:
             for tp, offset in batch.first_offsets.items():

@@ -7,14 +7,23 @@
     carebus deadletters list             what is on the dead-letter topic (ids, reasons; no PHI)
     carebus deadletters replay           re-publish dead letters after a fix (--dry-run; never twice)
     carebus send-sample                  POST the sample care journey to a running intake
+    carebus broker [--port] [--workdir]  the local Kafka broker in the foreground (keeps its data)
+    carebus kafka TOOL ARGS...           Kafka's own tools: console-consumer, console-producer, consumer-groups,
+                                         topics (--bootstrap-server added: carebus's Kafka)
     carebus subscriptions list|status ID|replay ID   notify's subscriptions; replay re-sends dead letters
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import runpy
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
@@ -30,7 +39,7 @@ from services.common.errors import BrokerUnavailable
 from services.common.kafka import client_config, ensure_topics
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE
-from services.operator import deadletters, status, subscriptions
+from services.operator import deadletters, kafka_tools, status, subscriptions
 
 app = typer.Typer(help="carebus operator tools: services, local stack, topics, status, dead letters.",
                   no_args_is_help=True)
@@ -40,13 +49,68 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="deadletters")
 subs_app = typer.Typer(help="Subscriptions (notify): list, status, replay dead letters.", no_args_is_help=True)
 app.add_typer(subs_app, name="subscriptions")
-console = Console()
+console = Console(soft_wrap=True)  # one answer, one line: never wrapped at 80 columns
 
 ServiceName = Literal["intake", "mapper", "record", "notify", "outcomes"]
 
 
+@dataclass
+class GlobalOptions:
+    kafka_timeout_s: float | None = None
+
+
+OPTIONS = GlobalOptions()
+
+
+@app.callback()
+def global_options(
+    kafka_timeout: Annotated[float | None, typer.Option(
+        "--kafka-timeout", min=0.5, help="seconds to wait for Kafka before giving up (default "
+        "CAREBUS_KAFKA_REQUEST_TIMEOUT_S, 10)")] = None,
+) -> None:
+    """carebus operator tools. Kafka is CAREBUS_KAFKA_BOOTSTRAP, else the local broker on 127.0.0.1 at
+    CAREBUS_LOCAL_KAFKA_PORT (the one `make demo` and `carebus broker` start)."""
+    OPTIONS.kafka_timeout_s = kafka_timeout
+
+
 def _settings() -> Settings:
-    return Settings()
+    """The settings, with the CLI's rules: without CAREBUS_KAFKA_BOOTSTRAP the local broker (127.0.0.1 at
+    CAREBUS_LOCAL_KAFKA_PORT) is the cluster; --kafka-timeout bounds every wait on Kafka."""
+    settings = Settings()
+    updates: dict[str, object] = {}
+    if "kafka_bootstrap" not in settings.model_fields_set:
+        updates["kafka_bootstrap"] = f"127.0.0.1:{settings.local_kafka_port}"
+    if OPTIONS.kafka_timeout_s is not None:
+        updates["kafka_request_timeout_s"] = OPTIONS.kafka_timeout_s
+    return settings.model_copy(update=updates)
+
+
+@contextlib.contextmanager
+def waiting_for_kafka(settings: Settings) -> Iterator[None]:
+    """While the block waits on Kafka, say so on stderr every two seconds, with the time left."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(2.0):
+            elapsed = time.monotonic() - started
+            print(f"waiting for Kafka at {settings.kafka_bootstrap}: {elapsed:.0f}s (gives up after about "
+                  f"{settings.kafka_request_timeout_s:.0f}s; --kafka-timeout)", file=sys.stderr, flush=True)
+
+    reporter = threading.Thread(target=report, name="kafka-wait", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.join()
+
+
+def _kafka_failed(settings: Settings, exc: BaseException) -> None:
+    source = "CAREBUS_KAFKA_BOOTSTRAP" if "kafka_bootstrap" in Settings().model_fields_set else \
+        "the local broker: CAREBUS_LOCAL_KAFKA_PORT, or set CAREBUS_KAFKA_BOOTSTRAP"
+    console.print(f"[red]Kafka unreachable or failing at {settings.kafka_bootstrap} ({source}): "
+                  f"{type(exc).__name__}[/red]")
 
 
 P = ParamSpec("P")
@@ -58,11 +122,12 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        settings = _settings()
         try:
-            return command(*args, **kwargs)
+            with waiting_for_kafka(settings):
+                return command(*args, **kwargs)
         except (BrokerUnavailable, KafkaError, OSError) as exc:
-            console.print(f"[red]Kafka unreachable or failing at {_settings().kafka_bootstrap}: "
-                          f"{type(exc).__name__}[/red] (set CAREBUS_KAFKA_BOOTSTRAP)")
+            _kafka_failed(settings, exc)
             raise typer.Exit(2) from exc
 
     return wrapper
@@ -82,6 +147,46 @@ def stack(no_wait: Annotated[bool, typer.Option(help="stop after the journey")] 
     from services.stack.__main__ import main as stack_main
 
     stack_main(["--no-wait"] if no_wait else [])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def kafka(
+    ctx: typer.Context,
+    tool: Annotated[str, typer.Argument(help=", ".join(kafka_tools.TOOLS))],
+) -> None:
+    """Run one of Apache Kafka's own tools (kafka-console-consumer, kafka-consumer-groups, ...) against carebus's
+    Kafka; arguments after the tool's name are the tool's own (e.g. --topic T --from-beginning). The tools are
+    resolved from Maven Central on first use."""
+    settings = _settings()
+    try:
+        argv = kafka_tools.command(tool, ctx.args, settings.kafka_bootstrap, settings.cache_dir)
+    except kafka_tools.KafkaToolsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        code = subprocess.run(argv, check=False).returncode  # noqa: S603 - java and the tool's own arguments
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="port (default CAREBUS_LOCAL_KAFKA_PORT, 9092)")] = None,
+    workdir: Annotated[str | None, typer.Option(
+        help="where it keeps its data (default .cache/kafka/run-<port>); kept across restarts")] = None,
+) -> None:
+    """Run the local Kafka broker (KRaft) in the foreground until Ctrl-C or SIGTERM, as `make demo` does."""
+    from services.common import local_broker
+
+    argv = ["start", "--port", str(port or _settings().local_kafka_port)]
+    if workdir is not None:
+        argv += ["--workdir", workdir]
+    try:
+        local_broker.main(argv)
+    except local_broker.BrokerStartError as exc:
+        console.print(f"[red]the local broker did not start: {exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @topics_app.command("create")
@@ -131,12 +236,13 @@ def show_status(window: Annotated[float, typer.Option(help="seconds to sample th
         services.add_row(s.name, "yes" if s.ready else "NO", s.detail)
     console.print(services)
     try:
-        topics = status.topic_status(settings, window)
-        lags = status.group_lags(settings, status.default_groups(settings))
-        replayed = len(deadletters.read_replayed(settings))
-        depth = status.dead_letter_depth(settings, replayed)
+        with waiting_for_kafka(settings):
+            topics = status.topic_status(settings, window)
+            lags = status.group_lags(settings, status.default_groups(settings))
+            replayed = len(deadletters.read_replayed(settings))
+            depth = status.dead_letter_depth(settings, replayed)
     except (BrokerUnavailable, KafkaError, OSError) as exc:
-        console.print(f"[red]Kafka unreachable at {settings.kafka_bootstrap}: {type(exc).__name__}[/red]")
+        _kafka_failed(settings, exc)
         raise typer.Exit(2) from exc
     topic_table = Table("topic", "records", "records/s", title="topics")
     for t in topics:
@@ -190,12 +296,18 @@ def send_sample(url: Annotated[str | None, typer.Option(help="intake base URL")]
     headers = {"content-type": "application/cloudevents+json"}
     if settings.intake_token is not None:  # CAREBUS_INTAKE_TOKEN: a sender token of intake
         headers["authorization"] = f"Bearer {settings.intake_token.get_secret_value()}"
-    else:
-        console.print("CAREBUS_INTAKE_TOKEN is not set: intake will answer 401 unless it allows anonymous writes")
     with httpx.Client(timeout=30) as client:
         for index, event in enumerate(journey, start=1):
-            response = client.post(f"{base}/events", content=orjson.dumps(event), headers=headers)
+            try:
+                response = client.post(f"{base}/events", content=orjson.dumps(event), headers=headers)
+            except httpx.HTTPError as exc:
+                console.print(f"[red]intake unreachable at {base}: {type(exc).__name__}[/red] (is it running? "
+                              "`make demo` or `carebus run intake`; or pass --url)")
+                raise typer.Exit(2) from exc
             console.print(f"{index:>3}/{len(journey)} {event['type']:<48} {response.status_code}")
+            if response.status_code == 401 and settings.intake_token is None:
+                console.print("[red]intake wants a sender token: set CAREBUS_INTAKE_TOKEN[/red]")
+                raise typer.Exit(2)
 
 
 def _age(oldest_ms: int | None) -> str:

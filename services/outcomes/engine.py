@@ -2,8 +2,9 @@
 decides the records to write. No consumer, no producer here: callers hand records in and write what comes out.
 
 Design (how outcome resources reach the record API): the outcomes service is a process of its own. It consumes
-the bundle topic (as a trigger: which persons changed) and reads each changed person's whole history from the
-record store (so identity links - shared identifiers, A40 merges, operator links - are the record's own). It
+the record's change feed (``carebus.record.changes.v1``, published after each store commit: which persons
+changed) and reads each changed person's whole history from the record store (so identity links - shared
+identifiers, A40 merges, operator links - are the record's own, and never ahead of or behind it). It
 publishes its derived resources (Observations, MeasureReports, Tasks, with Provenance/AuditEvent for Task
 changes) as Bundles on the bundle topic under the source ``urn:carebus:outcomes``; the record ingests them like
 any other bundle (versioned, labelled, searchable, in $everything, replayable). Ids are deterministic, so a
@@ -14,7 +15,6 @@ changes go to ``carebus.outcomes.v1``, keyed by patient, with deterministic ids.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
+from services.common.event_headers import OUTCOMES_SOURCE as OUTCOMES_CE_SOURCE
+from services.common.event_headers import alert_headers, bundle_headers, security_header
 from services.common.kafka import OutboundRecord
 from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
     HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
     HEADER_SECURITY,
@@ -104,8 +105,7 @@ def bundle_record(prefix: str, key: str, event_id: str, event_type: str, entries
               "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "entry": list(entries)}
     return OutboundRecord(
         topic=FHIR_BUNDLES.name(prefix), key=key, value=orjson.dumps(bundle),
-        headers={HEADER_EVENT_ID: event_id, HEADER_EVENT_TYPE: event_type, HEADER_CORRELATION_ID: event_id,
-                 HEADER_SECURITY: ",".join(labels), HEADER_CONTENT_TYPE: "application/fhir+json"})
+        headers=bundle_headers(event_id, event_id, event_type, event_id, labels, source=OUTCOMES_CE_SOURCE, time=now))
 
 
 def entry(resource: dict[str, Any]) -> dict[str, Any]:
@@ -174,41 +174,26 @@ class OutcomesEngine:
     # --- bundles in ---------------------------------------------------------------------------------
 
     @staticmethod
-    def affected_patients(bundle: dict[str, Any]) -> tuple[set[str], list[tuple[str, str]]]:
-        """The patients whose outcomes a bundle may change, and the resources the store must have first."""
+    def affected_by_change(change: dict[str, Any]) -> set[str]:
+        """The patients whose outcomes one record change (``carebus.record.changes.v1``) may change: a score's
+        person, a Patient's person (identity links may have changed), a Linkage's patients."""
+        rtype = change.get("resourceType")
+        resource = change.get("resource")
         patients: set[str] = set()
-        needed: list[tuple[str, str]] = []
-        for item in bundle.get("entry") or ():
-            resource = item.get("resource") if isinstance(item, dict) else None
-            if not isinstance(resource, dict):
-                continue
-            rtype, rid = resource.get("resourceType"), resource.get("id")
-            if rtype == "Observation" and score_of(resource) is not None:
-                patients.add(str(resource["subject"]["reference"]))
-                needed.append(("Observation", str(rid)))
-            elif rtype == "Patient" and isinstance(rid, str):
-                patients.add(f"Patient/{rid}")
-                needed.append(("Patient", rid))
-            elif rtype == "Linkage" and isinstance(rid, str):
-                for link in resource.get("item") or ():
-                    ref = (link.get("resource") or {}).get("reference", "")
-                    if ref.startswith("Patient/"):
-                        patients.add(ref)
-                needed.append(("Linkage", rid))
-        return patients, needed
-
-    def wait_for_record(self, needed: Iterable[tuple[str, str]], timeout_s: float) -> bool:
-        """Wait until the record has ingested these resources (it consumes the same topic in parallel)."""
-        pending = list(needed)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            pending = [(t, i) for t, i in pending if self.store.read(t, i) is None]
-            if not pending:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        if rtype == "Observation":
+            if resource is None or score_of(resource) is not None:  # a score, or a deletion (maybe of one)
+                patients.update(str(m) for m in change.get("members") or ())
+                if change.get("patient"):
+                    patients.add(str(change["patient"]))
+        elif rtype == "Patient":
+            patients.update(str(m) for m in change.get("members") or ())
+            patients.add(f"Patient/{change.get('id')}")
+        elif rtype == "Linkage" and isinstance(resource, dict):
+            for link in resource.get("item") or ():
+                ref = (link.get("resource") or {}).get("reference", "")
+                if ref.startswith("Patient/"):
+                    patients.add(ref)
+        return patients
 
     def recompute(self, patient_refs: Iterable[str]) -> Output:
         """Recompute the persons of ``patient_refs``; the bundle and outcome-change records to write."""
@@ -250,7 +235,7 @@ class OutcomesEngine:
             before = stored_obs.get(derived["id"])
             known = {(c["code"]["coding"][0]["code"], c.get("valueDateTime")) for c in (before or {}).get(
                 "component", ())}
-            labels = ",".join(c["code"] for c in derived["meta"]["security"])
+            labels = security_header(c["code"] for c in derived["meta"]["security"])
             for fact in episode.facts:
                 if (fact.kind, fact.when.isoformat()) in known or not self._emitted.add(fact.id):
                     continue
@@ -320,12 +305,13 @@ class OutcomesEngine:
             event = escalation_event(escalated, now)
             records.append(bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", str(event["event_id"]),
                                          TASK_EVENT_TYPE, [entry(escalated)], now))
-            labels = ",".join(c["code"] for c in escalated["meta"]["security"])
+            event_id = str(event["event_id"])
             records.append(OutboundRecord(
                 topic=SAFETY_ALERTS.name(self.prefix), key=f"{OUTCOMES_SOURCE}|Task/{tid}",
                 value=orjson.dumps(event),
-                headers={HEADER_EVENT_ID: str(event["event_id"]), HEADER_CORRELATION_ID: str(event["event_id"]),
-                         HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+                headers=alert_headers(event_id, event_id, TASK_EVENT_TYPE, event_id,
+                                      [c["code"] for c in escalated["meta"]["security"]],
+                                      source=OUTCOMES_CE_SOURCE, time=now)))
             kinds.append(next((c["code"] for c in task["code"]["coding"]), "risk-flag"))
         if metrics_gauge is not None:
             metrics_gauge.labels(due="overdue").set(overdue)

@@ -25,6 +25,7 @@ Percentages are compared in integers (``(index - score) * 100 >= percent * index
 from __future__ import annotations
 
 import calendar
+import itertools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -304,7 +305,7 @@ def evaluate_instrument(rules: InstrumentRules, history: Iterable[Score], as_of:
             current_end = max(w.bounds(score.when)[1] for w in rules.windows)
     close()
     deteriorations: list[Fact] = []
-    for previous, score in zip(scores, scores[1:], strict=False):
+    for previous, score in itertools.pairwise(scores):
         if score.total - previous.total >= rules.deterioration_points:
             episode_id = next((eid for eid, start, end in spans if start <= score.when <= end), "")
             deteriorations.append(Fact(outcome_id("deterioration", rules.instrument, score.reference),

@@ -1,8 +1,8 @@
 """Composition root of the outcomes service (``carebus run outcomes``): two consumer threads and a timer.
 
-* bundles (group ``outcomes_group_id``): each bundle naming a score, a Patient or a Linkage -> wait until the
-  record has ingested it -> recompute the person -> write derived resources (bundle topic) and outcome changes
-  (outcomes topic) -> commit. The service's own bundles are skipped.
+* record changes (group ``outcomes_group_id``, topic ``carebus.record.changes.v1``, written by the record after
+  each store commit): a changed score, Patient or Linkage -> recompute the person from the store -> write derived
+  resources (bundle topic, source ``urn:carebus:outcomes``) and outcome changes (outcomes topic) -> commit.
 * safety alerts (group ``alerts_group_id``, so `carebus status` shows who works the alerts): each alert -> one
   Task (deterministic id; never a second one) on the bundle topic -> commit.
 * timer: every ``outcomes_escalation_interval_s`` the unacknowledged Tasks past due are escalated; every
@@ -30,6 +30,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from services.common.errors import BrokerUnavailable
+from services.common.event_headers import security_codes
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
@@ -37,15 +38,13 @@ from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
-from services.common.topics import FHIR_BUNDLES, HEADER_SECURITY, OUTCOMES, SAFETY_ALERTS
+from services.common.topics import FHIR_BUNDLES, HEADER_SECURITY, OUTCOMES, RECORD_CHANGES, SAFETY_ALERTS
 from services.outcomes.engine import OutcomesEngine
-from services.outcomes.history import OUTCOMES_SOURCE
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
 
 log = logging.getLogger("services.outcomes")
 
-RECORD_WAIT_S = 30.0
 Handler = Callable[[Sequence[Any]], list[OutboundRecord]]
 
 
@@ -137,27 +136,17 @@ class OutcomesService:
 
     # --- handlers ---------------------------------------------------------------------------------------
 
-    def handle_bundles(self, records: Sequence[Any]) -> list[OutboundRecord]:
+    def handle_changes(self, records: Sequence[Any]) -> list[OutboundRecord]:
         patients: set[str] = set()
-        needed: list[tuple[str, str]] = []
         for record in records:
-            key = (record.key or b"").decode(errors="replace")
-            if key.startswith(OUTCOMES_SOURCE + "|"):
-                continue  # our own derived resources
             try:
-                bundle = orjson.loads(record.value or b"{}")
+                change = orjson.loads(record.value or b"{}")
             except orjson.JSONDecodeError:
-                continue  # the record service dead-letters it
-            if not isinstance(bundle, dict):
                 continue
-            found, wait = self.engine.affected_patients(bundle)
-            patients |= found
-            needed.extend(wait)
+            if isinstance(change, dict):
+                patients |= self.engine.affected_by_change(change)
         if not patients:
             return []
-        if not self.engine.wait_for_record(needed, RECORD_WAIT_S):
-            log.warning("record has not ingested a bundle yet; computing with what it has",
-                        extra={"resources": len(needed)})
         out = self.engine.recompute(patients)
         for kind, count in out.changes_by_kind.items():
             self.metrics.outcome_changes.labels(kind=kind).inc(count)
@@ -169,7 +158,7 @@ class OutcomesService:
             try:
                 value = orjson.loads(record.value or b"{}")
                 key = (record.key or b"").decode(errors="replace")
-                labels = [c for c in _headers(record).get(HEADER_SECURITY, "").split(",") if c]
+                labels = security_codes(_headers(record).get(HEADER_SECURITY, "[]"))
                 outputs.extend(self.engine.task_for_alert(value, key, labels))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning("unreadable safety alert skipped", extra={"offset": record.offset,
@@ -246,15 +235,16 @@ def build_service(settings: Settings, store: SqlStore | None = None) -> Outcomes
     engine = OutcomesEngine(settings, store)
     producer = RecordProducer(settings, "carebus-outcomes")
     prefix = settings.topic_prefix
-    bundle_topic, alert_topic = FHIR_BUNDLES.name(prefix), SAFETY_ALERTS.name(prefix)
+    changes_topic, alert_topic = RECORD_CHANGES.name(prefix), SAFETY_ALERTS.name(prefix)
     holder: list[OutcomesService] = []
     bundles = ConsumerLoop(
-        "bundles", lambda: build_consumer(settings, "carebus-outcomes", settings.outcomes_group_id, [bundle_topic]),
-        lambda records: holder[0].handle_bundles(records), producer)
+        "changes", lambda: build_consumer(settings, "carebus-outcomes", settings.outcomes_group_id, [changes_topic]),
+        lambda records: holder[0].handle_changes(records), producer)
     alerts = ConsumerLoop(
         "alerts", lambda: build_consumer(settings, "carebus-outcomes", settings.alerts_group_id, [alert_topic]),
         lambda records: holder[0].handle_alerts(records), producer)
-    kafka = KafkaReadiness(settings, [bundle_topic, alert_topic, OUTCOMES.name(prefix)], metrics)
+    kafka = KafkaReadiness(settings, [changes_topic, alert_topic, OUTCOMES.name(prefix),
+                                      FHIR_BUNDLES.name(prefix)], metrics)
     app = FastAPI(title="carebus outcomes", docs_url=None, redoc_url=None, openapi_url=None)
     add_operational_routes(app, metrics, lambda: holder[0].readiness())
     service = OutcomesService(settings, store, engine, metrics, producer, bundles, alerts, kafka, app)

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -31,22 +31,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import BrokerUnavailable, InvalidInput
+from services.common.event_headers import RECORD_SOURCE, bundle_headers
 from services.common.http import add_operational_routes
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
-from services.common.topics import (
-    FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
-    HEADER_CORRELATION_ID,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
-    HEADER_SECURITY,
-)
+from services.common.topics import FHIR_BUNDLES
 from services.record import render
 from services.record.access import Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
+from services.record.contract_routes import contract_router
 from services.record.errors import (
     BadRequest,
     Forbidden,
@@ -58,9 +53,9 @@ from services.record.errors import (
 )
 from services.record.fhirdates import instant_ms
 from services.record.identity import overlay_links
-from services.record.outcomes_api import build_router as outcomes_router
 from services.record.indexing import SEARCH_PARAMETERS
-from services.record.search import PatientCriterion, parse_paging, parse_search
+from services.record.outcomes_api import build_router as outcomes_router
+from services.record.search import PatientCriterion, parse_paging, parse_search, refuse_forbidden_characters
 from services.record.store.base import EverythingQuery, HistoryQuery, Person, RecordStore, StoredRow, View
 from services.record.subscription_api import subscription_router
 
@@ -68,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_VERSION = re.compile(r"^[0-9]{1,9}$")  # versionIds are counted from 1; more digits than any store holds
 _EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_type", "_since", "_format", "_pretty"})
 _HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_format", "_pretty"})
 _TYPES_TTL_S = 5.0
@@ -162,6 +158,23 @@ def _version_headers(row: StoredRow) -> dict[str, str]:
     return {"ETag": f'W/"{row.version_id}"', "Last-Modified": format_datetime(modified, usegmt=True)}
 
 
+def _not_modified(request: Request, row: StoredRow) -> bool:
+    """Conditional read (FHIR R4 3.1.0.8.3; RFC 9110 13.1.2): If-None-Match names the version the caller has
+    (weak comparison, so W/"3" and "3" are the same version), or "*"; without it, If-Modified-Since."""
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or f'"{row.version_id}"' in tags
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return since.tzinfo is not None and row.last_updated // 1000 <= int(since.timestamp())
+    return False
+
+
 def _lenient(request: Request) -> bool:
     prefer = request.headers.get("prefer", "")
     return "handling=lenient" in prefer.replace(" ", "").lower()
@@ -181,6 +194,7 @@ class _NotAcceptable(Exception):
 
 
 def _check_params(params: Sequence[tuple[str, str]], allowed: frozenset[str], lenient: bool) -> None:
+    refuse_forbidden_characters(params)
     for name, _ in params:
         if name not in allowed and not lenient:
             raise UnknownParameter(f"unsupported parameter '{name}'")
@@ -197,7 +211,9 @@ def _since(params: Sequence[tuple[str, str]]) -> int | None:
 
 
 class MetricsMiddleware:
-    """Counts every request by route template and status (never by concrete path: ids stay out of labels)."""
+    """Counts every request by route template and status (never by concrete path: ids stay out of labels), and
+    answers an unexpected error itself with a 500 OperationOutcome: below Starlette's ServerErrorMiddleware, which
+    re-raises to the server, so the client's keep-alive connection survives."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -216,8 +232,20 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        started = False
+
+        async def capture_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await capture(message)
+
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, capture_started)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("unexpected error", extra={"error": type(exc).__name__})  # never the message: may quote data
+            await outcome_response(500, "exception", "internal error")(scope, receive, capture)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -293,17 +321,34 @@ def create_app(api: RecordApi) -> FastAPI:
 
     app.include_router(outcomes_router(api))  # Measure, $evaluate-measure, Task updates (before generic routes)
     app.include_router(subscription_router(api))  # /Subscription (notify), before the generic routes
+    app.include_router(contract_router())  # /docs, /openapi.json: not FHIR paths
 
     # --- identity administration -----------------------------------------------------------------------
 
     @app.get("/admin/identity/candidates")
     def review_candidates(request: Request) -> Response:
+        """Demographic near-matches: identity administration (the Linkage write scope), paged by _count/_offset."""
         access = api.authenticate(request)
-        access.require_read("Patient")
         if access.patient is not None:
             raise Forbidden("patient-bound tokens cannot review identity candidates")
-        candidates = [{"patients": list(c.patients), "basis": c.basis} for c in api.store.review_candidates()]
-        return Response(orjson.dumps({"candidates": candidates}), media_type="application/json")
+        access.require_write("Linkage")
+        params = request.query_params.multi_items()
+        _check_params(params, frozenset({"_count", "_offset"}), lenient=False)
+        paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
+        found = api.store.review_candidates()
+        page = found[paging.offset : paging.offset + paging.count]
+        body: dict[str, Any] = {
+            "total": len(found),
+            "offset": paging.offset,
+            "count": paging.count,
+            "candidates": [{"patients": list(c.patients), "basis": c.basis} for c in page],
+        }
+        if paging.offset + paging.count < len(found) and paging.count > 0:
+            body["next"] = (
+                f"{api.base_url(request)}/admin/identity/candidates"
+                f"?_count={paging.count}&_offset={paging.offset + paging.count}"
+            )
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get("/admin/identity/persons/{patient_id}")
     def person(patient_id: str, request: Request) -> Response:
@@ -334,18 +379,16 @@ def create_app(api: RecordApi) -> FastAPI:
             if row is None:
                 raise ResourceNotFound(f"{ref} is not in the record")
         event_id = str(uuid.uuid4())
-        bundle = linkage_bundle(command, event_id, api.clock())
+        now = api.clock()
+        bundle = linkage_bundle(command, event_id, now)
         record = OutboundRecord(
             topic=topic,
             key=f"{ADMIN_SOURCE}|{command.patients[0].removeprefix('Patient/')}",
             value=orjson.dumps(bundle),
-            headers={
-                HEADER_EVENT_ID: event_id,
-                HEADER_EVENT_TYPE: LINKAGE_EVENT_TYPE,
-                HEADER_CORRELATION_ID: request.headers.get("x-correlation-id", event_id),
-                HEADER_SECURITY: "",
-                HEADER_CONTENT_TYPE: "application/fhir+json",
-            },
+            headers=bundle_headers(
+                str(bundle["id"]), event_id, LINKAGE_EVENT_TYPE, request.headers.get("x-correlation-id", event_id),
+                (), source=RECORD_SOURCE, time=now,
+            ),
         )
         await api.publish([record])
         log.info(
@@ -429,6 +472,8 @@ def create_app(api: RecordApi) -> FastAPI:
         paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
         compartment = api.compartment(access)
         if resource_id is not None:
+            if not _ID.match(resource_id):
+                raise ResourceNotFound("not a resource id")
             current = api.store.read(resource_type, resource_id)
             if current is None:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} is not known")
@@ -466,7 +511,7 @@ def create_app(api: RecordApi) -> FastAPI:
         access = api.authenticate(request)
         api.check_type(resource_type)
         access.require_read(resource_type)
-        if not version_id.isdigit():
+        if not _VERSION.match(version_id) or not _ID.match(resource_id):
             raise ResourceNotFound("unknown version")
         row = api.store.vread(resource_type, resource_id, int(version_id))
         if row is None:
@@ -493,6 +538,8 @@ def create_app(api: RecordApi) -> FastAPI:
         api.check_row(access, row, api.compartment(access))
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} is deleted")
+        if _not_modified(request, row):
+            return Response(status_code=304, headers=_version_headers(row))
         return fhir_response(api.served_body(row), headers=_version_headers(row))
 
     def _search(request: Request, resource_type: str, params: Sequence[tuple[str, str]]) -> Response:

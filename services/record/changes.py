@@ -19,6 +19,7 @@ from typing import Literal
 
 import orjson
 
+from services.common.event_headers import security_header
 from services.common.kafka import OutboundRecord
 from services.common.topics import HEADER_CONTENT_TYPE, HEADER_SECURITY
 from services.record.fhirdates import format_instant
@@ -62,7 +63,7 @@ def change_message(
         "resource": orjson.Fragment(version.body) if version.body is not None else None,
     }
     key = person or f"{version.resource_type}/{version.id}"
-    return key, ",".join(security), orjson.dumps(message)
+    return key, security_header(security), orjson.dumps(message)
 
 
 def change_records(topic: str, rows: Sequence[OutboxRow]) -> list[OutboundRecord]:

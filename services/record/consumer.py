@@ -2,10 +2,11 @@
 committed. A thread of the record service.
 
 Per poll: every record is prepared (pure); bad ones go to the dead-letter topic with the reason; the rest are
-ingested in one store transaction; then the dead letters are acknowledged; then the offsets are committed. If
-the store or Kafka fails, nothing is committed, the partitions are rewound to the batch's first offsets and
-the batch is retried after a pause: ingest is idempotent, so a retried or replayed record changes nothing
-twice.
+ingested in one store transaction, which leaves out (and reports) any bundle the database refuses as data -
+those are dead-lettered too (reason ``store-refused``), so one poison record never stops the others; then the
+dead letters are acknowledged; then the offsets are committed. If the store (an outage, not a refusal) or Kafka
+fails, nothing is committed, the partitions are rewound to the batch's first offsets and the batch is retried
+after a pause: ingest is idempotent, so a retried or replayed record changes nothing twice.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from services.common.topics import (
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
+    HEADER_INBOUND_EVENT_ID,
     RECORD_CHANGES,
 )
 from services.record.changes import change_records
@@ -54,12 +56,24 @@ def inbound(record: Any) -> InboundBundle:
     )
 
 
+class StoreRefused(BadBundle):
+    """The record store refused a prepared bundle as data (a value the database cannot hold)."""
+
+    reason = "store-refused"
+
+
+class UnprocessableBundle(BadBundle):
+    """Preparing the bundle failed in a way no rule names (a bug to fix; the record goes on)."""
+
+    reason = "unexpected-error"
+
+
 def dead_letter(topic: str, record: InboundBundle, exc: BadBundle) -> OutboundRecord:
     try:
         original: dict[str, str] = {"encoding": "utf-8", "value": record.value.decode()}
     except UnicodeDecodeError:
         original = {"encoding": "base64", "value": base64.b64encode(record.value).decode()}
-    event_id = record.headers.get(HEADER_EVENT_ID, "")
+    event_id = record.headers.get(HEADER_INBOUND_EVENT_ID) or record.headers.get(HEADER_EVENT_ID, "")
     letter = {
         "reason": exc.reason,
         "message": exc.message,
@@ -350,20 +364,34 @@ class BundleIngestor:
             elif queued < MAX_QUEUED_PER_PARTITION // 2 and tp in paused:
                 consumer.resume(tp)
 
+    def _letter(self, bundle: InboundBundle, exc: BadBundle) -> OutboundRecord:
+        log.warning(
+            "bundle dead-lettered", extra={"reason": exc.reason, "partition": bundle.partition, "offset": bundle.offset}
+        )
+        return dead_letter(self.dead_letter_topic, bundle, exc)
+
     def _process(self, records: list[Any]) -> None:
         prepared: list[PreparedBundle] = []
         letters: list[OutboundRecord] = []
+        inbound_at: dict[tuple[int, int], InboundBundle] = {}
         for record in records:
             bundle = inbound(record)
             try:
                 prepared.append(prepare_bundle(bundle))
+                inbound_at[(bundle.partition, bundle.offset)] = bundle
             except BadBundle as exc:
-                log.warning(
-                    "bundle dead-lettered",
-                    extra={"reason": exc.reason, "partition": bundle.partition, "offset": bundle.offset},
-                )
-                letters.append(dead_letter(self.dead_letter_topic, bundle, exc))
+                letters.append(self._letter(bundle, exc))
+            except Exception as exc:  # never the message: it may quote the data
+                log.error("bundle could not be prepared", extra={"error": type(exc).__name__})
+                letters.append(self._letter(bundle, UnprocessableBundle(f"{type(exc).__name__} while preparing")))
         report = self._store.ingest(prepared)
+        for refusal in report.refused:
+            letters.append(
+                self._letter(
+                    inbound_at[(refusal.partition, refusal.offset)],
+                    StoreRefused(f"the record store refused the bundle ({refusal.code})"),
+                )
+            )
         self.publish_changes()  # committed changes go out before the offsets are committed
         if letters:
             if self._producer is None:

@@ -3,6 +3,7 @@
     CarebusError
     ├── InvalidInput
     │   ├── BadBundle             a bundle-topic record that is not a usable FHIR Bundle (dead-lettered)
+    │   │   └── ForbiddenCharacter  ... holding a character FHIR text may not contain (U+0000, non-characters)
     │   └── BadRequest            an API request the server will not answer as asked (400)
     │       └── UnknownParameter  a search parameter (or modifier/prefix) this server does not support (400)
     ├── RecordAccessError         the request is not allowed (never names the data that was protected)
@@ -23,6 +24,10 @@ from services.common.errors import CarebusError, InfrastructureError, InvalidInp
 
 class BadBundle(InvalidInput):
     reason = "bad-bundle"
+
+
+class ForbiddenCharacter(BadBundle):
+    reason = "forbidden-character"
 
 
 class BadRequest(InvalidInput):

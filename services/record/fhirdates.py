@@ -17,7 +17,7 @@ OPEN_END = 2**62
 
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?(?P<tz>Z|[+\- ]\d{2}:\d{2})?)?)?)?$"
 )
 
 
@@ -33,9 +33,11 @@ def _check(y: int, m: int, d: int, hh: int, mm: int, ss: int) -> None:
 def date_range(value: str) -> tuple[int, int]:
     """The inclusive millisecond range a FHIR date/dateTime/instant (or a search value) stands for.
 
-    Raises ValueError for anything that is not a FHIR date form.
+    Raises ValueError for anything that is not a FHIR date form. A space in place of the ``+`` of a time-zone
+    offset is read as ``+``: clients that put ``...+00:00`` in a query string without escaping the ``+`` (HAPI's
+    ``history().since()`` does) send a space once the query is URL-decoded, and FHIR servers accept it.
     """
-    match = _DATE.match(value.strip())
+    match = _DATE.match(value.strip(" \t\n"))
     if match is None:
         raise ValueError("not a FHIR date")
     g = match.groupdict()
@@ -49,7 +51,7 @@ def date_range(value: str) -> tuple[int, int]:
     offset_ms = 0
     tz = g["tz"]
     if tz and tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
+        sign = -1 if tz[0] == "-" else 1  # "+" or the space an unescaped "+" became
         offset_ms = sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60) * 1000
     if g["m"] is None:
         return _epoch_ms(y, 1, 1), _epoch_ms(y + 1, 1, 1) - 1

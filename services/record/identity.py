@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.record.indexing import normalize_text, patient_id_of
+from services.record.indexing import items_of, normalize_text, patient_id_of
 
 LinkKind = Literal["link", "merge", "unlink"]
 DemographicRule = Literal["none", "name-birthdate", "name-birthdate-gender"]
@@ -112,11 +112,11 @@ def demographic_key(resource: Mapping[str, Any]) -> str | None:
     birth = resource.get("birthDate")
     if not isinstance(birth, str):
         return None
-    for name in resource.get("name") or ():
+    for name in items_of(resource.get("name")):
         if not isinstance(name, dict):
             continue
         family = name.get("family")
-        given = [g for g in name.get("given") or () if isinstance(g, str)]
+        given = [g for g in items_of(name.get("given")) if isinstance(g, str)]
         if isinstance(family, str) and given:
             text = f"{normalize_text(family)}|{normalize_text(given[0])}|{birth}"
             return hashlib.sha256(text.encode()).hexdigest()
@@ -129,7 +129,7 @@ def registration_of(patient: Mapping[str, Any], asserted_at: int, tiebreak: str,
         return Registration(ref, frozenset(), None, None, asserted_at, tiebreak, active=False)
     identifiers = frozenset(
         (str(i.get("system", "")), i["value"])
-        for i in patient.get("identifier") or ()
+        for i in items_of(patient.get("identifier"))
         if isinstance(i, dict) and isinstance(i.get("value"), str)
     )
     gender = patient.get("gender")
@@ -147,7 +147,7 @@ def assertions_from_patient(patient: Mapping[str, Any], asserted_at: int) -> lis
     """Patient.link entries to other Patients as assertions; ids are stable across versions of the Patient."""
     me = f"Patient/{patient['id']}"
     out: list[LinkAssertion] = []
-    for link in patient.get("link") or ():
+    for link in items_of(patient.get("link")):
         if not isinstance(link, dict) or not isinstance(link.get("other"), dict):
             continue
         other_id = patient_id_of(link["other"].get("reference"))
@@ -168,7 +168,7 @@ def assertions_from_patient(patient: Mapping[str, Any], asserted_at: int) -> lis
 def assertions_from_linkage(linkage: Mapping[str, Any], version_id: int, asserted_at: int) -> list[LinkAssertion]:
     """A Linkage version: active -> link (historical items: merged into the source), inactive -> unlink."""
     items: list[tuple[str, str]] = []
-    for item in linkage.get("item") or ():
+    for item in items_of(linkage.get("item")):
         if isinstance(item, dict) and isinstance(item.get("resource"), dict):
             pid = patient_id_of(item["resource"].get("reference"))
             if pid and isinstance(item.get("type"), str):
@@ -348,7 +348,7 @@ def overlay_links(
     me = f"Patient/{resource['id']}"
     kept = [
         link
-        for link in resource.get("link") or ()
+        for link in items_of(resource.get("link"))
         if not (
             isinstance(link, dict)
             and link.get("type") in ("replaced-by", "replaces", "seealso")

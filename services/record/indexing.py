@@ -107,6 +107,11 @@ class ResourceIndex:
     restriction: int
 
 
+def items_of(value: Any) -> list[Any]:
+    """A repeating element's items: a list as is, anything else (absent, or malformed) as none."""
+    return value if isinstance(value, list) else []
+
+
 def normalize_text(value: str) -> str:
     """Case- and accent-insensitive form used by string search."""
     decomposed = unicodedata.normalize("NFKD", value)
@@ -114,9 +119,9 @@ def normalize_text(value: str) -> str:
     return " ".join(stripped.casefold().split())
 
 
-def patient_id_of(reference: str | None) -> str | None:
+def patient_id_of(reference: object) -> str | None:
     """The Patient id a reference points at (``Patient/x``, ``.../Patient/x``, ``Patient/x/_history/2``)."""
-    if not reference:
+    if not isinstance(reference, str) or not reference:
         return None
     parts = reference.split("/")
     for i in range(len(parts) - 1):
@@ -161,7 +166,7 @@ def _codings(concept: Any) -> Iterator[tuple[str, str]]:
     concepts = concept if isinstance(concept, list) else [concept]
     for c in concepts:
         if isinstance(c, dict):
-            for coding in c.get("coding") or ():
+            for coding in items_of(c.get("coding")):
                 if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                     system = coding.get("system")
                     yield (system if isinstance(system, str) else ""), coding["code"]
@@ -237,13 +242,14 @@ def security_codes(resource: dict[str, Any]) -> tuple[str, ...]:
     meta = resource.get("meta")
     if not isinstance(meta, dict):
         return ()
-    codes = [c["code"] for c in meta.get("security") or () if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    security = items_of(meta.get("security"))
+    codes = [c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)]
     return tuple(codes)
 
 
 def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
     seen: set[str] = set()
-    for name in resource.get("name") or ():
+    for name in items_of(resource.get("name")):
         if not isinstance(name, dict):
             continue
         parts: list[str] = []
@@ -251,7 +257,7 @@ def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
             if isinstance(name.get(key), str):
                 parts.append(name[key])
         for key in ("given", "prefix", "suffix"):
-            parts.extend(p for p in name.get(key) or () if isinstance(p, str))
+            parts.extend(p for p in items_of(name.get(key)) if isinstance(p, str))
         for part in parts:
             norm = normalize_text(part)
             if norm and norm not in seen:
@@ -266,7 +272,7 @@ def _name_strings(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
 def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     rtype = resource.get("resourceType")
     if rtype == "Patient":
-        for ident in resource.get("identifier") or ():
+        for ident in items_of(resource.get("identifier")):
             if isinstance(ident, dict) and isinstance(ident.get("value"), str):
                 system = ident.get("system")
                 yield "identifier", system if isinstance(system, str) else "", ident["value"]

@@ -16,7 +16,9 @@ Versioning rules, which make a replay of the whole topic converge on exactly the
 References inside a bundle that name another entry's ``fullUrl`` (``urn:uuid:...``) are rewritten to
 ``Type/id``, as a FHIR server does when it processes a transaction. An entry with ``request.method`` DELETE
 records a deletion. One malformed entry makes the whole bundle a :class:`BadBundle` (dead-lettered), so a
-bundle is ingested whole or not at all.
+bundle is ingested whole or not at all; so does a string (key or value) holding a character FHIR text may not
+contain (:class:`ForbiddenCharacter`): the C0 controls but tab, CR and LF (U+0000 among them, which PostgreSQL
+cannot store) and the Unicode non-characters.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from typing import Any
 
 import orjson
 
-from services.common.topics import HEADER_EVENT_ID
-from services.record.errors import BadBundle
+from services.common.fhir_text import forbidden_character
+from services.common.topics import HEADER_EVENT_ID, HEADER_INBOUND_EVENT_ID
+from services.record.errors import BadBundle, ForbiddenCharacter
 from services.record.fhirdates import format_instant
 from services.record.identity import (
     IdentityEvent,
@@ -43,6 +46,11 @@ from services.record.indexing import ResourceIndex, index_resource
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# JSON can carry those only as \u escapes (raw controls are not JSON) or as the UTF-8 of a non-character:
+# the bytes are searched first, and the parsed strings only when one of these occurs
+_MAYBE_FORBIDDEN = re.compile(
+    rb"\\u|\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]"
+)
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,8 @@ def _content_of(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_key_of(record: InboundBundle, bundle: Mapping[str, Any]) -> str:
-    event_id = record.headers.get(HEADER_EVENT_ID)
+    # the inbound event a bundle came from (older bundles carried it in ce_id)
+    event_id = record.headers.get(HEADER_INBOUND_EVENT_ID) or record.headers.get(HEADER_EVENT_ID)
     if event_id:
         return f"event:{event_id}"
     bundle_id = bundle.get("id")
@@ -175,6 +184,8 @@ def prepare_bundle(record: InboundBundle) -> PreparedBundle:
         raise BadBundle("record value is not JSON") from exc
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise BadBundle("record value is not a FHIR Bundle")
+    if _MAYBE_FORBIDDEN.search(record.value):
+        _refuse_forbidden_characters(bundle)
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise BadBundle("Bundle.entry is not a list")
@@ -227,6 +238,38 @@ def prepare_bundle(record: InboundBundle) -> PreparedBundle:
         record.offset,
         tuple(prepared),
     )
+
+
+def _forbidden_in(value: Any) -> str | None:
+    """The first forbidden character in any key or string of ``value``, as ``U+XXXX``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            code_point = forbidden_character(item)
+            if code_point:
+                return code_point
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _refuse_forbidden_characters(bundle: dict[str, Any]) -> None:
+    """Raises ForbiddenCharacter naming where (entry and resource type) and which code point: never the text."""
+    entries = bundle.get("entry")
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+        code_point = _forbidden_in(entry)
+        if code_point:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+            what = f" ({rtype})" if isinstance(rtype, str) and _TYPE.match(rtype) else ""
+            raise ForbiddenCharacter(f"Bundle.entry[{i}]{what} holds {code_point}, which FHIR text may not contain")
+    code_point = _forbidden_in({k: v for k, v in bundle.items() if k != "entry"})
+    if code_point:
+        raise ForbiddenCharacter(f"the Bundle holds {code_point}, which FHIR text may not contain")
 
 
 def served_body(content: Mapping[str, Any], version_id: int, last_updated: int) -> bytes:

@@ -72,6 +72,7 @@ class LocalPostgres:
         self.durable = durable
         self.port = 0
         self.workdir: Path | None = None
+        self._options: list[str] = []
         self._user = _server_user()
 
     @property
@@ -123,35 +124,53 @@ class LocalPostgres:
         )
         if init.returncode != 0:
             raise PostgresStartError(f"initdb failed: {init.stderr[-1500:]}")
-        settings = [
+        self._options = [
             "-c listen_addresses=127.0.0.1",
             f"-k {self.workdir}",
             "-c max_connections=200",
             "-c shared_buffers=128MB",
         ]
         if not self.durable:
-            settings += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            self._options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         last = ""
         for _ in range(attempts):
             self.port = _free_port()
-            started = self._run(
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.workdir / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                " ".join([f"-p {self.port}", *settings]),
-                "start",
-            )
+            started = self._pg_ctl_start()
             if started.returncode == 0:
                 atexit.register(self.stop)  # also when the caller forgets (or dies of an exception)
                 return self
             last = started.stderr[-1000:] + self._log_tail()
         raise PostgresStartError(f"pg_ctl start failed: {last}")
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        assert self.workdir is not None
+        return self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.workdir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join([f"-p {self.port}", *self._options]),
+            "start",
+        )
+
+    def halt(self, mode: str = "immediate") -> None:
+        """Stop the server and keep its data (``immediate``: like a crash, recovery at the next start)."""
+        stopped = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop",
+                            timeout=60)
+        if stopped.returncode != 0:
+            raise PostgresStartError(f"pg_ctl stop failed: {stopped.stderr[-1000:]}")
+
+    def resume(self) -> LocalPostgres:
+        """Start the server again on its data and port (after :meth:`halt`)."""
+        started = self._pg_ctl_start()
+        if started.returncode != 0:
+            raise PostgresStartError(f"pg_ctl start failed: {started.stderr[-1000:]}{self._log_tail()}")
+        return self
 
     def _log_tail(self) -> str:
         log = (self.workdir or Path(".")) / "server.log"

@@ -16,10 +16,12 @@ left out of the self link).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from services.common.fhir_text import forbidden_character
 from services.record.errors import BadRequest, UnknownParameter
 from services.record.fhirdates import date_range
 from services.record.indexing import COMMON_PARAMETERS, SEARCH_PARAMETERS, SearchParam, patient_id_of
@@ -124,16 +126,31 @@ def parse_date_clause(param: str, value: str) -> tuple[DatePrefix, int, int]:
     return prefix, start, end
 
 
+MAX_OFFSET = 1_000_000_000  # far beyond any page a client walks to; keeps every value inside 64-bit SQL
+_NUMBER = re.compile(r"^[0-9]{1,10}$")
+
+
+def refuse_forbidden_characters(params: Sequence[tuple[str, str]]) -> None:
+    """400 for a parameter name or value holding a character FHIR text may not (U+0000 would match anything in
+    a SQLite LIKE, and PostgreSQL cannot take it at all)."""
+    for name, value in params:
+        in_name = forbidden_character(name)
+        if in_name:
+            raise BadRequest(f"a parameter name holds {in_name}, which FHIR text may not contain")
+        in_value = forbidden_character(value)
+        if in_value:
+            raise BadRequest(f"parameter {name} holds {in_value}, which FHIR text may not contain")
+
+
 def parse_paging(params: Sequence[tuple[str, str]], default_count: int, max_count: int) -> Paging:
     count, offset = default_count, 0
     for name, value in params:
         if name in ("_count", "_offset"):
-            try:
-                number = int(value)
-            except ValueError as exc:
-                raise BadRequest(f"{name} must be an integer") from exc
-            if number < 0:
-                raise BadRequest(f"{name} must not be negative")
+            if not _NUMBER.match(value):
+                raise BadRequest(f"{name} must be a non-negative integer of at most 10 digits")
+            number = int(value)
+            if name == "_offset" and number > MAX_OFFSET:
+                raise BadRequest(f"_offset must be at most {MAX_OFFSET}")
             if name == "_count":
                 count = min(number, max_count)
             else:
@@ -155,6 +172,7 @@ def parse_search(
     lenient: bool = False,
 ) -> SearchQuery:
     """Turn the query string of ``GET [type]?...`` into a query; BadRequest/UnknownParameter on bad input."""
+    refuse_forbidden_characters(params)
     known = known_parameters(resource_type)
     criteria: list[Criterion] = []
     echo: list[tuple[str, str]] = []

@@ -33,7 +33,7 @@ from services.common.kafka import client_config
 from services.common.local_broker import LocalKafkaBroker
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
-from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, SAFETY_ALERTS
+from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, SAFETY_ALERTS
 from services.mapper.hl7v2 import inspect_message
 from services.mapper.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_SECRET
@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> None:
                                             workdir=settings.cache_dir / "kafka" / "demo")
             stack.broker.start()
             env["CAREBUS_KAFKA_BOOTSTRAP"] = stack.broker.bootstrap
-            # a fresh broker: start the record from an empty store too, so it is exactly the topic's record
             record_db = settings.cache_dir / "demo" / "record.db"
-            for stale in record_db.parent.glob("record.db*"):
-                stale.unlink()
+            if not stack.broker.reused:  # a new, empty broker: an empty store too, so it is exactly the topic's record
+                for stale in record_db.parent.glob("record.db*"):
+                    stale.unlink()
             env.setdefault("CAREBUS_RECORD_STORE_DSN", f"sqlite:///{record_db}")
             notify_db = settings.cache_dir / "demo" / "notify.db"  # and notify without old subscriptions
             for stale in notify_db.parent.glob("notify.db*"):
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         deadline = time.monotonic() + 60
         while seen != ids and time.monotonic() < deadline:
             for record in read_topic(settings, FHIR_BUNDLES.name(settings.topic_prefix)):
-                event_id = dict(record.headers).get("ce_id", b"").decode()
+                event_id = dict(record.headers).get(HEADER_INBOUND_EVENT_ID, b"").decode()
                 if event_id in ids and event_id not in seen:
                     seen.add(event_id)
                     for entry in orjson.loads(record.value).get("entry", []):
@@ -283,9 +283,13 @@ def main(argv: list[str] | None = None) -> None:
             say(f"webhook: the therapy EHR received {sum(len(v) for v in received.values())} notification "
                 f"event(s) on {len(received)} subscription(s), signatures verified")
         prefix = settings.topic_prefix
+        bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
-        say(f"  Kafka {settings.kafka_bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
+        say(f"  Kafka {bootstrap}: {prefix}.events.inbound.v1, {prefix}.fhir.bundles.v1, "
             f"{prefix}.alerts.safety.v1, {prefix}.deadletter.v1")
+        say(f"  operator CLI    export CAREBUS_KAFKA_BOOTSTRAP={bootstrap}; then .venv/bin/carebus status")
+        say(f"  Kafka's tools   .venv/bin/carebus kafka console-consumer --topic {prefix}.fhir.bundles.v1 "
+            "--from-beginning --property print.headers=true")
         say(f"  intake API      http://{settings.http_host}:{settings.intake_port}/docs  "
             "(POST /events, /hl7v2, /fhir)")
         say(f"  MLLP listener   {settings.http_host}:{settings.mllp_port}")

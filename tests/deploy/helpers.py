@@ -1,5 +1,5 @@
-"""Shared helpers of the deploy tests: rendering the kustomizations, the service routes, the exported metrics
-and the PromQL selectors of the dashboard and the alerting rules."""
+"""Shared helpers of the deploy tests: rendering the kustomizations (the real kustomize), the service routes,
+the exported metrics and the PromQL selectors of the dashboard and the alerting rules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import importlib
 import importlib.util
 import inspect
 import re
-import shutil
 import subprocess
 import typing
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from services.common.http import add_operational_routes
 from services.common.kafka import RecordProducer
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
-from tests.deploy.kustomize_lite import build
+from tests.tools import kustomize
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 KUSTOMIZATIONS = {
@@ -49,25 +48,20 @@ Obj = dict[str, Any]
 
 @cache
 def _render(name: str) -> tuple[Obj, ...]:
-    return tuple(build(KUSTOMIZATIONS[name]))
+    result = subprocess.run(  # noqa: S603  # the kustomize of .cache/tools, fixed arguments
+        [str(kustomize()), "build", str(KUSTOMIZATIONS[name])], capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"kustomize build {KUSTOMIZATIONS[name]}: {result.stderr.strip()}")
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
 def render(name: str) -> list[Obj]:
-    """The objects of one kustomization, as ``kustomize build`` would print them (fresh copies)."""
+    """The objects of one kustomization, as ``kustomize build`` prints them (fresh copies)."""
     import copy
 
     return copy.deepcopy(list(_render(name)))
-
-
-def kubectl_kustomize(directory: Path) -> list[Obj] | None:
-    """``kubectl kustomize directory`` (the real kustomize), or None when kubectl is not installed."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return None
-    result = subprocess.run(  # noqa: S603  # kubectl found on PATH, fixed arguments
-        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=True
-    )
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def by_identity(objects: list[Obj]) -> dict[tuple[str, str, str, str], Obj]:
@@ -207,10 +201,21 @@ class ExportedMetrics:
 
 @cache
 def exported_metrics() -> ExportedMetrics:
-    """Every sample name a carebus service can expose on /metrics (from a real Metrics()), with its labels;
-    plus ``up``, which Prometheus writes for each target."""
+    """Every sample name a carebus service can expose on /metrics (from a real Metrics(), with the mapper's
+    validation collector and the record ingestor's counters registered on it), with its labels; plus ``up``,
+    which Prometheus writes for each target."""
+    from services.mapper.mapping.validation import ValidationCollector
+    from services.record.consumer import BundleIngestor
+
     metrics = Metrics()
-    wrappers = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
+    metrics.registry.register(ValidationCollector())
+    ingestor = BundleIngestor(Settings(kafka_create_topics=False), None, metrics, None)  # type: ignore[arg-type]
+    wrappers = [
+        value
+        for owner in (metrics, ingestor)
+        for value in vars(owner).values()
+        if isinstance(value, MetricWrapperBase)
+    ]
     # prometheus_client keeps a metric's label names in _labelnames; collect() shows none before first use
     label_names = {wrapper._name: frozenset(wrapper._labelnames) for wrapper in wrappers}
     labels: dict[str, frozenset[str]] = {"up": frozenset()}
@@ -221,7 +226,11 @@ def exported_metrics() -> ExportedMetrics:
         "summary": ("", "_count", "_sum", "_created"),
     }
     for family in metrics.registry.collect():
-        own = label_names.get(family.name) or label_names.get(family.name + "_total") or frozenset()
+        own = (
+            label_names.get(family.name)
+            or label_names.get(family.name + "_total")
+            or frozenset(label for sample in family.samples for label in sample.labels)  # a custom collector
+        )
         for suffix in suffixes.get(family.type, ("",)):
             extra = (
                 {"le"}

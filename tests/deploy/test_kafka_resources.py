@@ -50,7 +50,7 @@ def test_kafka_topics_equal_the_catalogue(name: str) -> None:
     assert set(topics) == {spec.name(PREFIX) for spec in CATALOGUE}
     for spec in CATALOGUE:
         topic = topics[spec.name(PREFIX)]
-        assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert topic["apiVersion"] == "kafka.strimzi.io/v1"
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == cluster
         assert topic["spec"]["partitions"] == PARTITIONS
         assert topic["spec"]["replicas"] == 3
@@ -155,7 +155,7 @@ def test_every_kafka_user_belongs_to_the_cluster_and_uses_scram(name: str) -> No
     users = of_kind(objects, "KafkaUser")
     assert {u["metadata"]["name"] for u in users} >= {"carebus-intake", "carebus-mapper", "carebus-record"}
     for user in users:
-        assert user["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert user["apiVersion"] == "kafka.strimzi.io/v1"
         assert user["metadata"]["labels"]["strimzi.io/cluster"] == "carebus"
         assert user["spec"]["authentication"]["type"] == "scram-sha-512"
         for acl in user["spec"]["authorization"]["acls"]:

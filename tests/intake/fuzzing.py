@@ -103,7 +103,8 @@ def has_canary(data: str | bytes) -> bool:
 
 
 def _canary_text(rng: random.Random) -> str:
-    return f"{CANARY}{rng.randint(0, 9999)} {rng.choice(['Smith', 'O’Brien', 'Nguyễn', 'de la Cruz'])}"
+    surname = rng.choice(["Smith", "O'Brien", "Nguyễn", "de la Cruz"])
+    return f"{CANARY}{rng.randint(0, 9999)} {surname}"
 
 
 def _plant_canaries(node: Any, rng: random.Random) -> None:

@@ -14,7 +14,6 @@ import orjson
 import pytest
 
 from services.common.log import json_formatter
-
 from tests.intake.helpers import (
     HL7_SENDER,
     PRIMARY_CARE,

@@ -3,7 +3,6 @@ flight are forgotten and mapped again once the broker is back; nothing is lost a
 
 from __future__ import annotations
 
-import copy
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from services.common.local_broker import LocalKafkaBroker
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, INBOUND_EVENTS
-from services.mapper.journey import sample_care_journey
+from services.mapper.journey import people, person_journey
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 from tests.kafka_helpers import header, read_all
@@ -27,16 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 def journeys(patients: int) -> list[dict[str, object]]:
-    """The sample care journey for ``patients`` patients (distinct event and patient ids)."""
-    journey = sample_care_journey(datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1))
-    events = []
-    for number in range(patients):
-        for template in journey:
-            event = copy.deepcopy(template)
-            event["id"] = f"{template['id']}-o{number}"
-            event["data"]["patient_id"] = f"{template['data']['patient_id']}-o{number}"
-            events.append(event)
-    return events
+    """The sample care journey lived by ``patients`` distinct people."""
+    start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC) - timedelta(days=1)
+    return [event for person in people(patients) for event in person_journey(person, start)]
 
 
 def test_a_broker_outage_rewinds_the_batches_in_flight_and_loses_nothing(tmp_path: Path) -> None:
@@ -76,10 +68,10 @@ def test_a_broker_outage_rewinds_the_batches_in_flight_and_loses_nothing(tmp_pat
 
         ids = {str(e["id"]) for e in events}
         bundles = read_all(settings, FHIR_BUNDLES.name("outage"),
-                           until=lambda rs: {header(r, "ce_id") for r in rs} >= ids, timeout_s=60)
+                           until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids, timeout_s=60)
         seen: dict[str, set[bytes]] = {}
         for record in bundles:
-            seen.setdefault(header(record, "ce_id") or "", set()).add(record.value)
+            seen.setdefault(header(record, "ce_carebuseventid") or "", set()).add(record.value)
         assert set(seen) == ids  # nothing lost
         assert all(len(values) == 1 for values in seen.values())  # a repeat is the same bundle
     finally:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from services.common.event_headers import parse_security_header
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer
 from services.common.log import LINEAGE_LOGGER, BatchedLineHandler, lineage_formatter
 from services.common.metrics import Metrics
@@ -25,7 +26,7 @@ from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, INBOUND_EVENTS, S
 from services.intake.app import create_app
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
-from tests.kafka_helpers import header, read_all
+from tests.kafka_helpers import binary_cloudevent, header, read_all
 from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
 
 pytestmark = pytest.mark.integration
@@ -102,8 +103,8 @@ async def test_every_event_type_becomes_a_valid_labelled_bundle(
 
     ids = {e["id"] for e in examples}
     bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),
-                       until=lambda rs: {header(r, "ce_id") for r in rs} >= ids)
-    by_event = {header(r, "ce_id"): r for r in bundles}
+                       until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids)
+    by_event = {header(r, "ce_carebuseventid"): r for r in bundles}
     assert set(by_event) == ids
     for example in examples:
         record = by_event[example["id"]]
@@ -111,9 +112,14 @@ async def test_every_event_type_becomes_a_valid_labelled_bundle(
         Bundle.model_validate(bundle)  # the whole bundle, every resource, with the R4B models
         kinds = {entry["resource"]["resourceType"] for entry in bundle["entry"]}
         assert "Provenance" in kinds
-        labels = header(record, "carebus_security") or ""
-        bundle_labels = [c["code"] for c in bundle.get("meta", {}).get("security", [])]
-        assert labels.split(",") == bundle_labels if labels else not bundle_labels
+        bundle_labels = [(c["system"], c["code"]) for c in bundle.get("meta", {}).get("security", [])]
+        assert parse_security_header(header(record, "carebus_security") or "") == bundle_labels
+        # a binary-mode CloudEvent of carebus's own type, naming the event it came from (CloudEvents SDK)
+        event = binary_cloudevent(record)
+        assert (event.get_type(), event.get_id()) == ("org.carebus.fhir.bundle.v1", bundle["id"])
+        assert event.get_extension("carebuseventid") == example["id"]
+        assert event.get_extension("carebuseventtype") == example["type"]
+        assert event.get_data() == bundle
         # keyed by source patient, so one patient's events share a partition
         assert record.key.decode() == f"{example['source']}|{example['data']['patient_id']}"
 
@@ -125,6 +131,11 @@ async def test_every_event_type_becomes_a_valid_labelled_bundle(
     assert service.stats.alerts >= 1
     assert len(alerts) == service.stats.alerts
     assert {orjson.loads(a.value)["flag"] for a in alerts} <= flags
+    for alert in alerts:
+        event = binary_cloudevent(alert)
+        assert event.get_type() == "org.carebus.safety.alert.v1"
+        assert f"Flag/{event.get_id()}" == orjson.loads(alert.value)["flag"]
+        assert event.get_extension("carebuseventid") == orjson.loads(alert.value)["event_id"]
 
 
 async def test_bad_input_is_answered_or_dead_lettered_and_counts_balance(
@@ -195,7 +206,7 @@ async def test_bad_input_is_answered_or_dead_lettered_and_counts_balance(
         assert len(line["outputs"]) == 1
         output = position[line["outputs"][0]]
         if line["message"] == "event mapped":
-            assert line["event_id"] == header(output, "ce_id")
+            assert line["event_id"] == header(output, "ce_carebuseventid")
             entries = orjson.loads(output.value)["entry"]
             assert line["resources"] == [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries]
             assert line["dead_letter_reason"] is None
@@ -244,10 +255,10 @@ async def test_mapper_crash_between_produce_and_commit_loses_nothing(
     second.close()
 
     bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),
-                       until=lambda rs: {header(r, "ce_id") for r in rs} >= {e["id"] for e in events})
+                       until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= {e["id"] for e in events})
     seen: dict[str, set[bytes]] = {}
     for record in bundles:
-        seen.setdefault(header(record, "ce_id") or "", set()).add(record.value)
+        seen.setdefault(header(record, "ce_carebuseventid") or "", set()).add(record.value)
     assert set(seen) == {e["id"] for e in events}  # nothing lost
     assert all(len(values) == 1 for values in seen.values())  # repeats are byte-identical (same ids)
 

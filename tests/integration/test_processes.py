@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -22,12 +23,20 @@ from tests.senders import TEST_INTAKE_ENV, TEST_INTAKE_HEADERS
 pytestmark = pytest.mark.integration
 
 
-def start(module: str, settings: Settings, port_var: str, port: int) -> subprocess.Popen[bytes]:
+def start(module: str, settings: Settings, port_var: str, port: int, log: Path | None = None,
+          **env_vars: str) -> subprocess.Popen[bytes]:
+    """A service as a process. Its output is piped (read at stop), or appended to ``log`` for a long run."""
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, port_var: str(port),
-           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3", **TEST_INTAKE_ENV}
-    return subprocess.Popen([sys.executable, "-m", module], env=env,  # noqa: S603
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_KAFKA_TOPIC_PARTITIONS": "3", **TEST_INTAKE_ENV,
+           **env_vars}
+    output = log.open("ab") if log is not None else subprocess.PIPE
+    try:
+        return subprocess.Popen([sys.executable, "-m", module], env=env,  # noqa: S603
+                                stdout=output, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -64,8 +73,8 @@ def test_intake_and_mapper_processes_serve_then_stop_gracefully(settings: Settin
         assert response.status_code == 202
         ids = {e["id"] for e in examples}
         bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix),
-                           until=lambda rs: {header(r, "ce_id") for r in rs} >= ids)
-        assert {header(r, "ce_id") for r in bundles} >= ids
+                           until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids)
+        assert {header(r, "ce_carebuseventid") for r in bundles} >= ids
         metrics = httpx.get(f"http://127.0.0.1:{mapper_port}/metrics", timeout=5).text
         assert "carebus_bundles_emitted_total" in metrics
         assert 'carebus_events_accepted_total{channel="http"' in httpx.get(

@@ -9,7 +9,16 @@ from collections import Counter
 import pytest
 
 from services.common.events import parse_event, patient_key
-from services.mapper.journey import EMPI, PRIMARY_CARE, PSYCHIATRY, THERAPY, sample_care_journey
+from services.mapper.journey import (
+    EMPI,
+    PRIMARY_CARE,
+    PSYCHIATRY,
+    THERAPY,
+    distinct_people_events,
+    people,
+    person_journey,
+    sample_care_journey,
+)
 from services.mapper.result import SafetyAlert
 from tests.mapping.helpers import mapped, one, resources
 
@@ -105,3 +114,26 @@ def test_other_timezones_are_fine_and_naive_start_is_refused() -> None:
         mapped(event)
     with pytest.raises(ValueError, match="timezone"):
         sample_care_journey(dt.datetime(2025, 3, 3, 10, 0))
+
+
+def test_distinct_people_have_their_own_ids_demographics_and_resources() -> None:
+    crowd = people(300, seed=7)
+    assert crowd == people(300, seed=7) and crowd != people(300, seed=8)  # deterministic from the seed
+    assert len({p.empi for p in crowd}) == 300
+    assert len({(p.family, p.given, p.birth_date) for p in crowd}) >= 295  # a few namesakes, as in life
+    assert len({p.gender for p in crowd}) >= 2 and len({p.birth_date[:3] for p in crowd}) >= 6
+
+    journeys = [person_journey(p, START) for p in crowd[:3]]
+    resource_ids: list[set[str]] = []
+    for events in journeys:
+        assert [e["type"] for e in events] == [e["type"] for e in sample_care_journey(START)]
+        registered = [e["data"] for e in events if e["type"] == "org.carebus.patient.registered.v1"]
+        assert len({tuple(sorted(i["value"] for i in r["identifiers"])) for r in registered}) == 3  # one per source
+        ids = set()
+        for event in events:
+            bundle = mapped(event).bundle
+            ids.update(f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"])
+        resource_ids.append(ids)
+    assert not resource_ids[0] & resource_ids[1] and not resource_ids[1] & resource_ids[2]
+    events = distinct_people_events(100, START)
+    assert len(events) == 100 and len({e["id"] for e in events}) == 100

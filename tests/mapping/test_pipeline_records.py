@@ -54,17 +54,17 @@ def test_a_body_that_is_not_the_care_event_its_header_names_is_a_schema_violatio
     assert outcome.dead_letter_reason == "schema-violation"
 
 
-def recorded(outcome: Outcome) -> str:
-    bundle = orjson.loads(outcome.records[0].value)
-    return next(e["resource"]["recorded"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Provenance")
+def raised_at(outcome: Outcome) -> str:
+    alert = next(r for r in outcome.records if r.topic == "t.alerts.safety.v1")
+    return str(orjson.loads(alert.value)["raised_at"])
 
 
 def test_the_clock_is_each_record_s_own_timestamp() -> None:
-    value = orjson.dumps(EXAMPLES["org.carebus.session.completed.v1"])
+    value = orjson.dumps(EXAMPLES["org.carebus.risk.flagged.v1"])
     pipeline = Pipeline(TopicNames.for_prefix("t"))
 
     def at(timestamp_ms: int) -> str:
-        return recorded(pipeline.process(InboundRecord("t", 0, 1, timestamp_ms, b"k", value, ())))
+        return raised_at(pipeline.process(InboundRecord("t", 0, 1, timestamp_ms, b"k", value, ())))
 
     assert at(1_767_600_000_000) == "2026-01-05T08:00:00+00:00"
     assert at(1_767_600_000_000) == "2026-01-05T08:00:00+00:00"

@@ -1,3 +1,4 @@
+# ruff: noqa: S106 -- token= names a test fixture's token, not a secret
 """The outcomes service on the real broker beside the record service: outcome changes on carebus.outcomes.v1,
 derived resources in the record API, replay determinism, a merge joining two sources' histories, safety Task
 lifecycle (once per alert, acknowledged, escalated on a driven clock, closed, audited) and $evaluate-measure over
@@ -12,9 +13,9 @@ import orjson
 import pytest
 
 from services.common.fhir_ids import resource_id
+from services.common.kafka import OutboundRecord
 from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.topics import FHIR_BUNDLES, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY
-from services.common.kafka import OutboundRecord
 from services.outcomes.engine import clock_of
 from services.outcomes.fhir import MEASURES
 from tests.outcomes.conftest import OTHER_SOURCE, SOURCE, OutcomesStack, eventually, patient_event, phq9_event, unique
@@ -80,7 +81,8 @@ def test_a_merge_joins_two_sources_histories(stack: OutcomesStack) -> None:
     stack.send(patient_event(SOURCE, clinic), phq9_event(SOURCE, clinic, START, 19))
     assert derived(stack, clinic_ref, "awaiting-follow-up")
     # a hospital record of someone else (no shared identifier yet) with a low score: no episode there
-    stack.send(patient_event(OTHER_SOURCE, hospital), phq9_event(OTHER_SOURCE, hospital, START + timedelta(days=150), 3))
+    stack.send(patient_event(OTHER_SOURCE, hospital),
+               phq9_event(OTHER_SOURCE, hospital, START + timedelta(days=150), 3))
     # the hospital learns the enterprise id, and so does the clinic: one person
     stack.send(patient_event(OTHER_SOURCE, hospital, empi), patient_event(SOURCE, clinic, empi))
     observation = derived(stack, clinic_ref, "remitted")
@@ -219,8 +221,8 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
         expected = EXPECTED[spec.window]
         assert report["group"][0]["measureScore"]["value"] == round(expected["numerator"] / expected["denominator"], 4)
     first_key = f"{tag}-{population()[0][0]}"
-    one = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure",
-                            params={**params, "subject": f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', first_key)}"})
+    subject = f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', first_key)}"
+    one = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", params={**params, "subject": subject})
     assert one["type"] == "individual"
     assert {p["id"]: p["count"] for p in one["group"][0]["population"]}["numerator"] == 1
     # an uncleared token counts nothing it may not see

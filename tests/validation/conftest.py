@@ -153,7 +153,7 @@ def _gather(settings: Settings, workdir: Path) -> Gathered:
     # several inputs may share an event id (HL7 v2: sender + MSH-10): their bundles, in order, go to them in order
     bundles: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        bundles[header(record, "ce_id") or ""].append(orjson.loads(record.value))
+        bundles[header(record, "ce_carebuseventid") or ""].append(orjson.loads(record.value))
 
     by_content: dict[bytes, Emitted] = {}
 

@@ -38,12 +38,9 @@ class KnownError:
 
 KNOWN_ERRORS: tuple[KnownError, ...] = ()
 
-# HL7 v2 samples that intake acknowledges AA but that yield no bundle: they reuse another sample's MSH-4 and
-# MSH-10 (issue 10 item 1, resend memory). Mapped in process instead (conftest); the list may only shrink.
-KNOWN_DROPPED = {
-    "hl7v2/ADT-A03-01.hl7", "hl7v2/ADT-A04-01.hl7", "hl7v2/ADT-A08-01.hl7", "hl7v2/RDE-O11-02.hl7",
-    "hl7v2/VXU-V04-01.hl7", "hl7v2/lfh-sample_win.hl7",
-}
+# HL7 v2 samples that intake acknowledges AA but that yield no bundle. Empty since the resend memory names a
+# message by sender + MSH-3 + MSH-10 and compares its content (issue 10 item 1): it must stay empty.
+KNOWN_DROPPED: set[str] = set()
 
 
 # Profiles whose definitions the project does not have, so the validator cannot check a claim of them. A claim

@@ -3,7 +3,8 @@
 MessageHeader: eventCoding v2-0003 trigger; source = sending application (MSH-3) with endpoint
 ``urn:carebus:hl7v2:<sender>`` and software from SFT; sender = sending facility (MSH-4); destination =
 receiving application / facility (MSH-5/6); focus = the main resources.
-Provenance: target = every resource of the bundle; recorded = when carebus received the message;
+Provenance: target = every resource of the bundle; recorded = MSH-7, when the sender made the message (so a
+resend makes the same Provenance), else when carebus received it;
 occurred = EVN-6 (event occurred), else EVN-2 (recorded), else MSH-7; reason EVN-4; agents: the sending
 application on behalf of the sending facility (author), the EVN-5 operator (enterer) and carebus
 (assembler, as the JSON path); entities: the CloudEvent (id from sender + MSH-10), the message's MSH-10,
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.mapper.hl7v2.builder import Build, Json
-from services.mapper.hl7v2.datatypes import codeable, fhir_datetime, instant_from, person_reference
+from services.mapper.hl7v2.datatypes import aware_datetime, codeable, fhir_datetime, instant_from, person_reference
 from services.mapper.hl7v2.er7 import Hd, source_uri
 from services.mapper.hl7v2.terminology import PROVENANCE_PARTICIPANT, V2_0003
 
@@ -109,7 +110,8 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
         "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"]},
         "target": [{"reference": f"{t['resourceType']}/{t['id']}"} for t in targets],
         "occurredDateTime": occurred,
-        "recorded": instant_from(build.context.received_at),
+        # when the sender made the message (MSH-7), so a resend is the same Provenance; else carebus's receipt
+        "recorded": instant_from(aware_datetime(header.timestamp, conv) or build.context.received_at),
         "activity": {"coding": [{"system": V2_0003, "code": header.trigger_event}],
                      "text": f"{header.message_type}^{header.trigger_event}"},
         "reason": [reason] if reason else None,

@@ -5,7 +5,8 @@ Every Bundle (type ``collection``, plain dict, id = resource_id("Bundle", source
 * the family's resources, each with ``meta.security`` = its own labels (+ PART2 when the event's source is in
   context.part2_sources), fullUrl ``urn:uuid:<id>``;
 * ALWAYS a Provenance last (us-core-provenance): target = every other resource; occurredDateTime = event time;
-  recorded = context.received_at (naive datetimes are taken as UTC); agent = the source system (author) and
+  recorded = event time, when the source recorded the event (not when carebus received this copy: a resend or
+  replay of the same event makes the same Provenance); agent = the source system (author) and
   carebus (assembler); entity (role source) = the CloudEvent, identifier {system: source, value: event id}.
 * ``meta.security`` on the Bundle and the Provenance = the union of all resources' labels; the same tuple
   is MappedEvent.security_labels.
@@ -14,7 +15,6 @@ Same event and same context -> identical bundle (ids from fhir_ids, no clock, no
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -102,10 +102,6 @@ _ASSEMBLER: Final = {
 }
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
 def _provenance(
     event: CareEvent, context: MappingContext, targets: list[dict[str, Any]], bundle_labels: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -115,7 +111,7 @@ def _provenance(
         "meta": {"profile": profile("us-core-provenance")},
         "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
         "occurredDateTime": iso(event.time),
-        "recorded": iso(_utc(context.received_at)),
+        "recorded": iso(event.time),
         "agent": [
             {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": event.source}}},
             _ASSEMBLER,

@@ -67,6 +67,17 @@ class Person:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A bundle the store can never hold as sent (dead-lettered by the consumer). ``code`` names the database's
+    rule (an SQLSTATE such as ``22021``, or an error class): never the value or the database's message."""
+
+    partition: int
+    offset: int
+    event_key: str
+    code: str
+
+
+@dataclass(frozen=True)
 class IngestReport:
     bundles: int
     skipped_bundles: int
@@ -75,12 +86,31 @@ class IngestReport:
     identity_events: int
     versions_by_type: dict[str, int] = field(default_factory=dict)
     stale: int = 0  # resources older than their current version (late from another partition): not applied
+    refused: tuple[Refusal, ...] = ()  # bundles the store refused (nothing of them stored)
+
+
+def merge_reports(first: IngestReport, second: IngestReport) -> IngestReport:
+    by_type = dict(first.versions_by_type)
+    for rtype, count in second.versions_by_type.items():
+        by_type[rtype] = by_type.get(rtype, 0) + count
+    return IngestReport(
+        first.bundles + second.bundles,
+        first.skipped_bundles + second.skipped_bundles,
+        first.versions + second.versions,
+        first.unchanged + second.unchanged,
+        first.identity_events + second.identity_events,
+        by_type,
+        first.stale + second.stale,
+        first.refused + second.refused,
+    )
 
 
 class RecordStore(Protocol):
     """Current and past versions of every resource, their search index and the identity state.
 
-    ``ingest`` is one transaction: everything in the batch is stored, or nothing is (StoreUnavailable).
+    ``ingest`` is one transaction. An outage stores nothing (StoreUnavailable: the caller retries the batch);
+    bundles the database refuses as data (a value it cannot hold) are left out and listed in
+    ``IngestReport.refused``, and the rest of the batch is stored.
     Implementations are safe to call from several threads.
     """
 

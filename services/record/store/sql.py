@@ -12,8 +12,18 @@ Tables (DDL in :func:`schema`):
   (see services/record/identity.py) and ``identity_member`` - the person each Patient belongs to, kept
   current by recomputing only the part of the graph an ingest touched.
 
-Dialects differ only in column types, the parameter placeholder, how a write transaction begins and which
-exceptions mean "the database failed" (wrapped in StoreUnavailable).
+Dialects differ only in column types, the parameter placeholder, how a write transaction begins, which
+exceptions come from the database and which of those mean "this data can never be stored" (:attr:`Dialect.refusal`).
+
+Failures are of two kinds, told apart in one place (:meth:`SqlStore.ingest`):
+
+* an outage (connection lost, server shutting down, disk full, lock timeout, ...) - StoreUnavailable: the whole
+  batch is rolled back and retried later, nothing is committed;
+* a refusal of the data itself (a value the database cannot hold, such as U+0000 in PostgreSQL text, a value out
+  of range, an index row too large, a constraint broken) - the batch is bisected inside its transaction (one
+  savepoint per part) until the bundles the store refuses are isolated; every other bundle is stored and the
+  refused ones are listed in :attr:`IngestReport.refused` with a code (SQLSTATE or error class, never the
+  database's message, which may quote the value).
 """
 
 from __future__ import annotations
@@ -60,8 +70,10 @@ from services.record.store.base import (
     IngestReport,
     Page,
     Person,
+    Refusal,
     StoredRow,
     View,
+    merge_reports,
 )
 
 log = logging.getLogger(__name__)
@@ -96,6 +108,8 @@ class Dialect:
     blob: str
     begin: str
     errors: tuple[type[BaseException], ...]
+    # the code of an error that refuses the data (never retried), or None for an outage
+    refusal: Callable[[BaseException], str | None] = lambda exc: None
     rowid: bool = False  # tables have a rowid (SQLite)
     copy: bool = False  # COPY FROM STDIN and multi-row statements (PostgreSQL)
     # run first in the schema transaction, so instances starting together on one database create it one at a
@@ -408,31 +422,63 @@ class SqlStore:
         if not bundles:
             return IngestReport(0, 0, 0, 0, 0)
         with self._transaction() as conn:
-            keys = {r.key for b in bundles for r in b.resources}
-            current = self._load_current(conn, keys)
-            seen = self._load_seen(conn, {b.event_key for b in bundles})
-            plan = plan_versions(bundles, current, seen)
-            self._write_versions(conn, plan, existing=existing_before(plan))
-            self._upsert(
-                conn,
-                "resource_type_stored",
-                "resource_type",
-                "resource_type",
-                [(t,) for t in sorted({v.resource_type for v in plan.versions})],
-                "text",
+            return self._ingest_isolating(conn, list(bundles))
+
+    def _ingest_isolating(self, conn: Connection, bundles: list[PreparedBundle]) -> IngestReport:
+        """Ingest ``bundles`` under a savepoint; when the database refuses some data, roll the part back and
+        ingest its halves, down to single bundles, which are then refused. An outage propagates (the caller's
+        transaction is rolled back whole)."""
+        conn.execute("SAVEPOINT ingest_part")
+        try:
+            report = self._ingest_part(conn, bundles)
+        except Exception as exc:
+            code = self.dialect.refusal(exc)
+            if code is None:
+                raise
+            conn.execute("ROLLBACK TO SAVEPOINT ingest_part")
+            conn.execute("RELEASE SAVEPOINT ingest_part")
+            if len(bundles) == 1:
+                bundle = bundles[0]
+                log.warning(
+                    "bundle refused by the record store",
+                    extra={"code": code, "partition": bundle.partition, "offset": bundle.offset},
+                )
+                return IngestReport(
+                    1, 0, 0, 0, 0, refused=(Refusal(bundle.partition, bundle.offset, bundle.event_key, code),)
+                )
+            middle = len(bundles) // 2
+            return merge_reports(
+                self._ingest_isolating(conn, bundles[:middle]), self._ingest_isolating(conn, bundles[middle:])
             )
-            events = {e[0]: e for e in plan.events}  # one row per event key (the last bundle of it wins)
-            self._upsert(
-                conn,
-                "ingested_event",
-                "event_key, bundle_hash, partition_no, offset_no, record_time",
-                "event_key",
-                list(events.values()),
-                "text, text, int, bigint, bigint",
-            )
-            if plan.identity:
-                self._apply_identity(conn, plan)
-            outbox.write(self, conn, plan)  # the change feed, committed with the versions it announces
+        conn.execute("RELEASE SAVEPOINT ingest_part")
+        return report
+
+    def _ingest_part(self, conn: Connection, bundles: Sequence[PreparedBundle]) -> IngestReport:
+        keys = {r.key for b in bundles for r in b.resources}
+        current = self._load_current(conn, keys)
+        seen = self._load_seen(conn, {b.event_key for b in bundles})
+        plan = plan_versions(bundles, current, seen)
+        self._write_versions(conn, plan, existing=existing_before(plan))
+        self._upsert(
+            conn,
+            "resource_type_stored",
+            "resource_type",
+            "resource_type",
+            [(t,) for t in sorted({v.resource_type for v in plan.versions})],
+            "text",
+        )
+        events = {e[0]: e for e in plan.events}  # one row per event key (the last bundle of it wins)
+        self._upsert(
+            conn,
+            "ingested_event",
+            "event_key, bundle_hash, partition_no, offset_no, record_time",
+            "event_key",
+            list(events.values()),
+            "text, text, int, bigint, bigint",
+        )
+        if plan.identity:
+            self._apply_identity(conn, plan)
+        outbox.write(self, conn, plan)  # the change feed, committed with the versions it announces
         by_type: dict[str, int] = defaultdict(int)
         for version in plan.versions:
             by_type[version.resource_type] += 1

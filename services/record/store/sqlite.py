@@ -8,6 +8,19 @@ from pathlib import Path
 from services.record.identity import IdentityPolicy
 from services.record.store.sql import ConnectionPool, Dialect, SqlStore
 
+
+def refusal(exc: BaseException) -> str | None:
+    """The code of an error that refuses the data itself (a constraint, a value SQLite cannot hold), None for an
+    outage (locked, I/O error, disk full, ...)."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return f"sqlite-{getattr(exc, 'sqlite_errorname', type(exc).__name__)}"
+    if isinstance(exc, sqlite3.Error):
+        return None
+    if isinstance(exc, ValueError | OverflowError):  # a value the driver cannot bind (an int beyond 64 bits)
+        return type(exc).__name__
+    return None
+
+
 SQLITE = Dialect(
     name="sqlite",
     placeholder="?",
@@ -16,6 +29,7 @@ SQLITE = Dialect(
     blob="BLOB",
     begin="BEGIN IMMEDIATE",
     errors=(sqlite3.Error,),
+    refusal=refusal,
     rowid=True,
 )
 
