@@ -13,7 +13,7 @@ COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mappin
 	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
-.PHONY: setup tools demo test bench soak faults lint schemas clean
+.PHONY: setup tools demo test bench soak faults fuzz lint schemas clean
 
 setup: $(VENV)/.compiled
 
@@ -41,6 +41,11 @@ tools:
 
 test: setup tools
 	$(PY) -m pytest
+
+# 100,000 seeded hostile inputs through intake (HTTP, HL7 v2, MLLP, FHIR) and the mapping, with the PHI canary
+# (tests/intake/fuzzing.py; `make test` runs a time-bounded part of it)
+fuzz: setup
+	$(PY) -m tests.intake.fuzzing --inputs 100000
 
 bench: setup  # every benchmark in turn; each prints its figures (README: "Figures")
 	$(PY) -m benchmarks.pipeline_bench

@@ -47,7 +47,7 @@ from services.common.errors import (
 )
 from services.common.events import CareEvent, parse_event, patient_key
 from services.common.fhir_ids import patient_key as make_patient_key
-from services.common.http import add_operational_routes, problem
+from services.common.http import PROBLEM_BASE, PROBLEM_JSON, add_operational_routes, problem
 from services.common.kafka import OutboundRecord, RecordWriter
 from services.common.metrics import Metrics
 from services.common.settings import Settings
@@ -202,19 +202,25 @@ def load_json(body: bytes) -> Any:
             "body", "malformed-json", f"not JSON (at byte {exc.pos})")]) from None
 
 
-class RequestTimer:
-    """Observes ``carebus_request_seconds`` for every write route, by route and status (never by value)."""
+_INTERNAL_ERROR = orjson.dumps({"type": PROBLEM_BASE + "internal-error", "title": "Internal error", "status": 500,
+                                "detail": "the request could not be processed"})
+
+
+class RequestGuard:
+    """Observes ``carebus_request_seconds`` for every write route, by route and status (never by value), and
+    answers a bug (an exception no handler knows) with a plain 500: its type is logged, never its message or
+    traceback (they may hold the input's values)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = scope.get("path", "") if scope["type"] == "http" else ""
-        if route not in _CHANNELS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        route = scope.get("path", "")
+        status = 0
         started = time.perf_counter()
 
         async def capture(message: Message) -> None:
@@ -225,16 +231,25 @@ class RequestTimer:
 
         try:
             await self.app(scope, receive, capture)
+        except Exception as exc:
+            log.error("intake request failed", extra={"error": type(exc).__name__, "route": route})
+            if status:  # the answer has begun: all that is left is to end the connection
+                raise RuntimeError("intake request failed after its answer began") from None
+            status = 500
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(_INTERNAL_ERROR)).encode())]})
+            await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
         finally:
-            self.metrics.request_seconds.labels(route=route, status=str(status)).observe(
-                time.perf_counter() - started)
+            if route in _CHANNELS:
+                self.metrics.request_seconds.labels(route=route, status=str(status or 500)).observe(
+                    time.perf_counter() - started)
 
 
 def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                readiness: Callable[[], tuple[bool, str]], hl7_acceptor: Acceptor | None = None) -> FastAPI:
     app = FastAPI(title="carebus intake", version="1", docs_url="/docs", redoc_url=None)
     openapi.describe(app)
-    app.add_middleware(RequestTimer, metrics=metrics)
+    app.add_middleware(RequestGuard, metrics=metrics)
     topic = INBOUND_EVENTS.name(settings.topic_prefix)
     add_operational_routes(app, metrics, readiness)
     senders = SenderRegistry(settings.intake_tokens, allow_anonymous=settings.intake_allow_anonymous)
@@ -300,11 +315,6 @@ def create_app(settings: Settings, producer: RecordWriter, metrics: Metrics,
                                      diagnostics="not durably written; retry later")
         return problem(503, "kafka-unavailable", "Event store unavailable",
                        "the events were not durably written; retry later", headers=headers)
-
-    @app.exception_handler(Exception)
-    def _unexpected(request: Request, exc: Exception) -> Response:  # a bug: the type alone is logged (no PHI)
-        log.error("intake request failed", extra={"error": type(exc).__name__, "route": request.url.path})
-        return problem(500, "internal-error", "Internal error", "the request could not be processed")
 
     # --- routes --------------------------------------------------------------------------------------
 

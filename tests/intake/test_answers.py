@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from services.common.log import json_formatter
 from tests.intake.helpers import (
     HL7_SENDER,
     PRIMARY_CARE,
@@ -316,3 +317,18 @@ async def test_hl7v2_pid7_must_be_an_hl7_datetime(intake: Intake) -> None:
     err = next(s for s in response.text.replace("\r\n", "\r").split("\r") if s.startswith("ERR"))
     assert "PID^1^7" in err and "invalid-datetime" in err and "Zyxqvortle" not in response.text
     assert intake.producer.sent == []
+
+
+async def test_a_bug_is_a_plain_500_and_its_message_is_never_logged(intake: Intake,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    async def broken(records: object) -> object:
+        raise ValueError("QZCANARY Jane Doe 1980-02-03")  # a bug whose message holds the input's values
+
+    intake.producer.send_all_async = broken  # type: ignore[method-assign,assignment]
+    response = await intake.events(example("patient.registered"))
+    assert response.status_code == 500
+    assert response.json()["type"].endswith("/internal-error")
+    assert "QZCANARY" not in response.text
+    lines = [json_formatter("intake").format(record) for record in caplog.records]
+    assert any('"error":"ValueError"' in line for line in lines)
+    assert not any("QZCANARY" in line for line in lines)
