@@ -129,8 +129,8 @@ def test_fuzz_real_processes_accepted_inputs_reach_a_topic_and_no_canary_leaks(s
                         accepted.add(inspect_message(message).event_id)
         ids = set(accepted)
         bundles = read_all(settings, FHIR_BUNDLES.name(settings.topic_prefix), timeout_s=90,
-                           until=lambda rs: {header(r, "ce_id") for r in rs} >= ids)
-        found = {header(r, "ce_id") for r in bundles}
+                           until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids)
+        found = {header(r, "ce_carebuseventid") for r in bundles}  # a bundle's ce_id is its own id
         letters = read_all(settings, DEAD_LETTERS.name(settings.topic_prefix), timeout_s=30,
                            until=lambda rs: found | {header(r, "ce_id") for r in rs} >= ids)
         for letter in letters:
