@@ -124,8 +124,12 @@ def event_record(topic: str, event: CareEvent, correlation_id: str) -> OutboundR
 
 def new_correlation_id() -> str:
     """A random version-4 UUID for a request without X-Correlation-Id. It only has to be unique, not secret:
-    drawn from the process's seeded PRNG rather than os.urandom (uuid4 makes a system call per request)."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    drawn from intake's own PRNG, seeded once from os.urandom (uuid4 makes a system call per request); its own
+    instance, so intake never disturbs the interpreter's shared `random` state."""
+    return str(uuid.UUID(int=_correlation_ids.getrandbits(128), version=4))
+
+
+_correlation_ids = random.Random()
 
 
 def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from services.notify.topics import Change
 from services.record.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+_jitter = random.Random()  # notify's own retry jitter; the interpreter's shared `random` state is left alone
 
 SIGNATURE_HEADER = "X-Carebus-Signature"
 IDLE_WAKE_S = 30.0  # an idle task looks again this often; new events and definition changes wake it at once
@@ -58,7 +59,7 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:
+def backoff_s(attempt: int, initial_s: float, max_s: float, rng: Callable[[], float] = _jitter.random) -> float:
     """Retry-clock seconds before attempt ``attempt + 1`` (attempt >= 1): exponential, full jitter."""
     ceiling: float = min(max_s, initial_s * 2.0 ** min(attempt - 1, 40))
     return ceiling * (0.5 + 0.5 * rng())
@@ -92,7 +93,7 @@ class Deliverer:
     """Runs the per-subscription tasks on its own asyncio loop (a thread of the notify process)."""
 
     def __init__(self, settings: Settings, store: NotifyStore, metrics: NotifyMetrics, base_url: str,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = _jitter.random) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
