@@ -34,8 +34,9 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from services.common.event_headers import RECORD_SOURCE, cloudevent_headers
 from services.common.kafka import OutboundRecord
-from services.common.topics import AUDIT_EVENTS, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE
+from services.common.topics import AUDIT_EVENTS
 
 AUDIT_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
@@ -236,9 +237,6 @@ def audit_record(event: dict[str, Any], topic_prefix: str) -> OutboundRecord:
         topic=AUDIT_EVENTS.name(topic_prefix),
         key=patient.removeprefix("Patient/"),
         value=orjson.dumps(event),
-        headers={
-            HEADER_EVENT_ID: event["id"],
-            HEADER_EVENT_TYPE: AUDIT_CE_TYPE,
-            HEADER_CONTENT_TYPE: AUDIT_CONTENT_TYPE,
-        },
+        headers=cloudevent_headers(str(event["id"]), AUDIT_CE_TYPE, RECORD_SOURCE, AUDIT_CONTENT_TYPE,
+                                   str(event["recorded"])),
     )
