@@ -289,6 +289,9 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
     sender.join(timeout=120)
     assert sender.error is None and not sender.is_alive(), (sender.error, sender.resent_batches,
                                                             stack.broker.pid, len(sender.accepted))
+    # the producers it abandoned while the broker was down are closed too: no network thread is left reconnecting
+    wait_for(lambda: not any(t.name == "fault-sender-network-thread" for t in threading.enumerate()),
+             "the sender's Kafka network threads stopped", 30)
     accepted = sender.accepted
     assert len(accepted) > 500, "the faults should have happened while events flowed"
     assert any(e is poison_event for e in accepted)
