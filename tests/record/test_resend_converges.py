@@ -105,7 +105,8 @@ def entries(bundle: InboundBundle) -> Any:
 
 
 def provenance_recorded(bundle: InboundBundle) -> str:
-    return next(str(e["resource"]["recorded"]) for e in entries(bundle) if e["resource"]["resourceType"] == "Provenance")
+    return next(str(e["resource"]["recorded"]) for e in entries(bundle)
+                if e["resource"]["resourceType"] == "Provenance")
 
 
 def without_recorded(bundle: InboundBundle) -> Any:

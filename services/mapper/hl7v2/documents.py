@@ -14,6 +14,7 @@ import base64
 import re
 from typing import Any
 
+from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -26,13 +27,7 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
-from services.mapper.hl7v2.terminology import (
-    DOCUMENT_COMPLETION,
-    DOCUMENT_TYPE,
-    LOINC,
-    MENTAL_HEALTH_NOTE_TYPES,
-    US_CORE_DOC_CATEGORY,
-)
+from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE, MENTAL_HEALTH_NOTE_TYPES
 
 _PSYCHOTHERAPY_NOTE = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
 _AVAILABILITY = {"AV": "current", "UN": "current", "OB": "superseded", "CA": "entered-in-error"}
@@ -112,7 +107,7 @@ def map_document(build: Build, txa: Segment) -> Json:
         "status": _AVAILABILITY.get(txa.get(19).upper(), "current"),
         "docStatus": DOCUMENT_COMPLETION.get(txa.get(17).upper()),
         "type": doc_type,
-        "category": [{"coding": [{"system": US_CORE_DOC_CATEGORY, "code": "clinical-note",
+        "category": [{"coding": [{"system": US_CORE_DOCUMENTREFERENCE_CATEGORY, "code": "clinical-note",
                                   "display": "Clinical Note"}]}],
         "subject": build.patient_ref,
         "date": date,
