@@ -118,7 +118,7 @@ def assessment_focus(event: dict[str, Any]) -> str | None:
     """The total-score Observation id an assessment event makes (services/mapper/mapping/assessment.py)."""
     if not event["type"].endswith("assessment.completed.v1"):
         return None
-    from services.mapper.mapping.instruments import instrument_spec
+    from services.common.fhir.instruments import instrument_spec
 
     spec = instrument_spec(event["data"]["instrument"])
     return resource_id("Observation", event["source"], "assessment", event["data"]["assessment_id"], spec.total_loinc)

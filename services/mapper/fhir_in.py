@@ -8,7 +8,7 @@ Pure, like every mapping. Each resource is
   (an entry's fullUrl, ``Type/id``, an absolute ``.../Type/id``, a versioned one) the same id of what it
   names, whether that is in this payload, came earlier from the same source or comes later. A resend converges
   on the same resources, and a Patient id agrees with the one the JSON events give the same source patient;
-- labelled from its content, with the same rules as the JSON events (services/mapper/mapping/labels.py):
+- labelled from its content, with the same rules as the JSON events (services/common/fhir/labels.py):
   ICD-10-CM / SNOMED CT diagnoses, medications (RxNorm by ingredient whatever the term type, or the drug named in
   a medication's coding display or text), LOINC labs and instruments; labels the sender already put in
   meta.security are kept; a Part 2 source labels everything Part 2.
@@ -35,10 +35,9 @@ from typing import Any
 from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
 from services.common.events import parse_event
+from services.common.fhir import labels
 from services.common.fhir.codesystems import ICD10CM, LOINC, PROVENANCE_PARTICIPANT_TYPE, RXNORM, SNOMED
-from services.common.fhir_ids import resource_id
-from services.mapper.mapping import labels, map_event, validate_resource
-from services.mapper.mapping.instruments import (
+from services.common.fhir.instruments import (
     InstrumentSpec,
     answer_for,
     instrument_codes,
@@ -46,6 +45,8 @@ from services.mapper.mapping.instruments import (
     instrument_for_questionnaire,
     risk_level_word,
 )
+from services.common.fhir_ids import resource_id
+from services.mapper.mapping import map_event, validate_resource
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
 ACCEPTED_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection"})

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from services.common.errors import MappingError
+from services.common.fhir.labels import source_labels
 from services.common.security_labels import combine, meta_security
 from services.mapper.hl7v2.builder import Build, Json, Labels
 from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
@@ -34,7 +35,6 @@ from services.mapper.hl7v2.results import group_orders, map_report, map_standalo
 from services.mapper.hl7v2.scheduling import map_appointment
 from services.mapper.hl7v2.us_core import claim_profile
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
-from services.mapper.mapping.labels import source_labels
 from services.mapper.mapping.validation import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 

@@ -9,7 +9,7 @@ UCUM), reference range OBX-7, interpretation OBX-8 (v2-0078 -> v3 ObservationInt
 they become one text/plain presentedForm.
 
 Instruments: when OBR-4 is an instrument panel (PHQ-9 44249-1 ...), or the OBX codes are the items of one
-instrument, the answers are scored by services/mapper/mapping/instruments.py exactly as for the JSON
+instrument, the answers are scored by services/common/fhir/instruments.py exactly as for the JSON
 ``assessment.completed`` event: QuestionnaireResponse + item Observations (LOINC answer codings) + a total
 computed from the items + a panel with hasMember, category survey; a reported total that disagrees is kept
 and flagged (data quality ``reported-total-mismatch``); PHQ-9 item 9 > 0 and C-SSRS high risk add a safety
@@ -37,6 +37,14 @@ from services.common.fhir.codesystems import (
     V2_0074,
     V3_OBSERVATION_INTERPRETATION,
 )
+from services.common.fhir.instruments import (
+    INSTRUMENTS,
+    InstrumentAnswerError,
+    InstrumentScore,
+    InstrumentSpec,
+    score_instrument,
+)
+from services.common.fhir.labels import instrument_labels, safety_flag_labels
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -55,14 +63,6 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
-from services.mapper.mapping.instruments import (
-    INSTRUMENTS,
-    InstrumentAnswerError,
-    InstrumentScore,
-    InstrumentSpec,
-    score_instrument,
-)
-from services.mapper.mapping.labels import instrument_labels, safety_flag_labels
 from services.mapper.mapping.risk import ALERT_DETAILS, AT_RISK_FOR_SUICIDE
 from services.mapper.result import SafetyAlert
 

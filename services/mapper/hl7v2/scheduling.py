@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.fhir.labels import scheduled_service_labels
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -32,7 +33,6 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2.terminology import APPOINTMENT_STATUS
-from services.mapper.mapping.labels import scheduled_service_labels
 
 _RESOURCE_SEGMENTS = {"AIS", "AIG", "AIL", "AIP"}
 _START_FIELD = {"AIS": 4, "AIG": 8, "AIL": 6, "AIP": 6}

@@ -24,6 +24,7 @@ from services.common.fhir.codesystems import (
     V3_NULL_FLAVOR,
     V3_PARTICIPATION_TYPE,
 )
+from services.common.fhir.labels import discharge_labels, hospital_service_labels
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -50,7 +51,6 @@ from services.mapper.hl7v2.terminology import (
     V2_TABLE_CODES,
     local_system,
 )
-from services.mapper.mapping.labels import discharge_labels, hospital_service_labels
 
 _PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                  (17, "ADM", "admitter"))

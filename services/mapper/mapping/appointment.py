@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AppointmentBooked, AppointmentCancelled, AppointmentNoShow
+from services.common.fhir import labels
 from services.common.fhir.codesystems import APPOINTMENT_CANCELLATION_REASON, SNOMED
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, iso
 
 SERVICE_TYPES: Final = {  # SNOMED CT (t)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AssessmentCompleted
+from services.common.fhir import labels
 from services.common.fhir.codesystems import (
     CSSRS_RISK_LEVEL,
     DATA_ABSENT_REASON,
@@ -30,9 +31,8 @@ from services.common.fhir.codesystems import (
     OBSERVATION_CATEGORY,
     UCUM,
 )
-from services.mapper.mapping import labels
+from services.common.fhir.instruments import InstrumentScore, score_instrument
 from services.mapper.mapping._fhir import Draft, coding, iso, profile
-from services.mapper.mapping.instruments import InstrumentScore, score_instrument
 from services.mapper.mapping.risk import add_safety_flag
 
 _SURVEY: Final = [{"coding": [coding(OBSERVATION_CATEGORY, "survey", "Survey")]}]

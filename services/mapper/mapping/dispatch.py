@@ -46,9 +46,9 @@ from services.common.events import (
     SessionCompleted,
     check_policy,
 )
+from services.common.fhir import labels
 from services.common.fhir.codesystems import CAREBUS_MAPPER, PROVENANCE_PARTICIPANT_TYPE, RFC3986
 from services.common.fhir_ids import resource_id
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, Subject, concept, iso, profile
 from services.mapper.mapping.admission import map_admission
 from services.mapper.mapping.appointment import map_appointment

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import LabResulted
+from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, OBSERVATION_CATEGORY, V3_OBSERVATION_INTERPRETATION
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile, quantity
 
 INTERPRETATION_DISPLAY: Final = {

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.events import MedicationChanged, MedicationDiscontinued, MedicationPrescribed
+from services.common.fhir import labels
 from services.common.fhir.codesystems import RXNORM
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept_of, iso, number, profile, quantity
 
 

@@ -13,8 +13,8 @@ from typing import Any, Final
 
 from services.common.events import RiskFlagged
 from services.common.events._types import Practitioner
+from services.common.fhir import labels
 from services.common.fhir.codesystems import FLAG_CATEGORY, SNOMED
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, iso
 from services.mapper.result import SafetyAlert
 
