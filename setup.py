@@ -24,6 +24,7 @@ COMPILED = [
             if str(path.relative_to(ROOT)) not in NOT_COMPILED),
     "services/common/fhir_ids.py",
     "services/common/security_labels.py",
+    "services/mapper/assembly.py",  # the Bundle + Provenance assembler all three paths share
     "services/mapper/instrument_resources.py",  # the scored-instrument builder all three paths share
     "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)
     "services/mapper/pipeline.py",  # one inbound record -> its outbound records, run once per event

@@ -36,7 +36,7 @@ from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
 from services.common.events import parse_event
 from services.common.fhir import labels
-from services.common.fhir.codesystems import ICD10CM, LOINC, PROVENANCE_PARTICIPANT_TYPE, RXNORM, SNOMED
+from services.common.fhir.codesystems import ICD10CM, LOINC, RXNORM, SNOMED
 from services.common.fhir.instruments import (
     InstrumentSpec,
     answer_for,
@@ -46,6 +46,8 @@ from services.common.fhir.instruments import (
     risk_level_word,
 )
 from services.common.fhir_ids import resource_id
+from services.common.topics import FHIR_RESOURCE_EVENT_TYPE
+from services.mapper.assembly import Origin, assemble
 from services.mapper.mapping import map_event, validate_resource
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
@@ -483,12 +485,11 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     rekeying = Rekeying(source, found)
     questionnaires = _questionnaire_codes(found)
 
-    entries: list[dict[str, Any]] = []
-    label_sets: list[tuple[str, ...]] = []
+    resources: list[tuple[dict[str, Any], tuple[str, ...]]] = []
     alerts: list[SafetyAlert] = []
     quality: list[str] = []
-    fallback_time = stated_time(payload, found, envelope, context)
-    computed: list[dict[str, Any]] = []
+    recorded = stated_time(payload, found, envelope, context)
+    computed: list[tuple[dict[str, Any], tuple[str, ...]]] = []
     for (_, original), source_id in zip(found, rekeying.source_ids, strict=True):
         resource_type = str(original["resourceType"])
         new_id = rekeying.new_id(resource_type, source_id)
@@ -502,57 +503,16 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         spec = scored_instrument(original, link_codes) if resource_type == "QuestionnaireResponse" else None
         if spec is not None:
             # carebus's results in its own resources (Observations, Flag), derivedFrom the sender's response
-            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, fallback_time)
+            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, recorded)
             scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
             implied = labels.combine(implied, labels.instrument_labels(spec.key))
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
-                    computed.append(entry)
-        own = labels.combine(implied, labels.source_labels((source,), resource_type, context.part2_sources,
-                                                           context.psychiatric_sources))
-        if own:
-            meta = dict(resource.get("meta") or {})
-            meta["security"] = _merged_security(meta.get("security"), own)
-            resource["meta"] = meta
-        entries.append({"fullUrl": f"urn:uuid:{new_id}", "resource": resource})
-        label_sets.append(own)
-    for entry in computed:
-        entries.append(entry)
-        label_sets.append(sent_labels(entry["resource"]))
-
-    bundle_labels = labels.combine(*label_sets)
-    provenance_id = resource_id("Provenance", source, event_id)
-    provenance: dict[str, Any] = {
-        "resourceType": "Provenance", "id": provenance_id,
-        "target": [{"reference": f"{e['resource']['resourceType']}/{e['resource']['id']}"} for e in entries],
-        "recorded": fallback_time,
-        "agent": [{"type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE,
-                                        "code": "author"}]},
-                   "who": {"display": source}}],
-        "entity": [{"role": "source", "what": {"identifier": {"system": source, "value": event_id}}}],
-    }
-    if bundle_labels:
-        provenance["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    entries.append({"fullUrl": f"urn:uuid:{provenance_id}", "resource": provenance})
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle", "id": resource_id("Bundle", source, event_id), "type": "collection",
-        "entry": entries,
-    }
-    if bundle_labels:
-        bundle["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
-    return MappedEvent(bundle=bundle, security_labels=bundle_labels, alerts=tuple(alerts),
-                       data_quality=tuple(quality), resource_counts=counts)
-
-
-def _merged_security(sent: Any, own: tuple[str, ...]) -> list[dict[str, Any]]:
-    """carebus's labels, plus any other security codings the sender put there (kept as sent)."""
-    ours = security_labels.meta_security(own)
-    known = {(c.get("system"), c.get("code")) for c in ours}
-    kept = [c for c in sent or [] if isinstance(c, dict) and (c.get("system"), c.get("code")) not in known
-            and c.get("code") not in security_labels.KNOWN]
-    return [*ours, *kept]
+                    computed.append((entry["resource"], sent_labels(entry["resource"])))
+        resources.append((resource, implied))
+    resources.extend(computed)
+    origin = Origin(source=source, event_id=event_id, event_type=str(envelope.get("type") or FHIR_RESOURCE_EVENT_TYPE),
+                    recorded=recorded)
+    return assemble(origin, resources, context, alerts=alerts, data_quality=quality)

@@ -24,7 +24,7 @@ WEIGHTS = [1, 2, 0, 1, 0, 0, 1, 0, 2]  # item 9 above "Not at all": a safety Fla
 REPORTED = 3  # the sender's total disagrees with the items (7): kept and flagged on every path
 
 
-def json_event() -> MappedEvent:
+def json_event(context: MappingContext = CONTEXT) -> MappedEvent:
     event = {
         "specversion": "1.0", "id": "evt-phq9-1", "source": "urn:carebus:source:riverside-primary-care",
         "type": "org.carebus.assessment.completed.v1", "time": AUTHORED,
@@ -32,10 +32,10 @@ def json_event() -> MappedEvent:
                  "items": [{"code": code, "answer": ANSWERS[w][0]} for code, w in zip(PHQ9, WEIGHTS, strict=True)],
                  "reported_total": REPORTED},
     }
-    return map_event(parse_event(event), CONTEXT)
+    return map_event(parse_event(event), context)
 
 
-def hl7v2_message() -> MappedEvent:
+def hl7v2_message(context: MappingContext = CONTEXT) -> MappedEvent:
     segments = [
         "MSH|^~\\&|EHR|RIVERSIDE|CAREBUS|CAREBUS|20240501100500-0500||ORU^R01^ORU_R01|PHQ-1|P|2.5.1",
         "PID|1||RPC-1^^^RIVERSIDE^MR||Doe^Jane||19800101|F",
@@ -44,10 +44,10 @@ def hl7v2_message() -> MappedEvent:
           for i, (code, w) in enumerate(zip(PHQ9, WEIGHTS, strict=True), 1)),
         f"OBX|10|NM|44261-6^PHQ-9 total^LN||{REPORTED}|{{score}}|||||F",
     ]
-    return map_hl7v2_message("\r".join(segments) + "\r", CONTEXT)
+    return map_hl7v2_message("\r".join(segments) + "\r", context)
 
 
-def fhir_response() -> MappedEvent:
+def fhir_response(context: MappingContext = CONTEXT) -> MappedEvent:
     patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:x:mrn", "value": "RPC-1"}],
                "name": [{"family": "Doe", "given": ["Jane"]}], "gender": "female", "birthDate": "1980-01-01"}
     items = [{"linkId": f"/{code}", "answer": [{"valueCoding": {"system": LOINC, "code": ANSWERS[w][0],
@@ -63,7 +63,7 @@ def fhir_response() -> MappedEvent:
          "request": {"method": "PUT", "url": "QuestionnaireResponse/qr1"}}]}
     envelope = {"specversion": "1.0", "id": "fhir-phq9-1", "source": "urn:carebus:source:riverside-fhir",
                 "type": "org.carebus.fhir.resource.v1", "time": AUTHORED, "data": bundle}
-    return map_fhir_payload(envelope, CONTEXT)
+    return map_fhir_payload(envelope, context)
 
 
 PATHS = {"json": json_event, "hl7v2": hl7v2_message, "fhir": fhir_response}
@@ -119,3 +119,70 @@ def test_json_and_hl7v2_build_the_same_questionnaire_response(mapped: dict[str, 
         assert len(found) == 1
         return {k: found[0][k] for k in ("questionnaire", "status", "item", "authored")}
     assert response(mapped["hl7v2"]) == response(mapped["json"])
+
+
+# --- the envelope: one Bundle + Provenance shape whatever the path (services/mapper/assembly.py) ------------
+
+def envelope_view(event: MappedEvent) -> dict[str, Any]:
+    """The envelope with what legitimately differs between paths (ids, the source, path-specific agents and
+    entities) replaced by what it must be."""
+    bundle = event.bundle
+    entries = [entry["resource"] for entry in bundle["entry"]]
+    provenance = entries[-1]
+    others = entries[:-1]
+    union = {c["code"] for c in bundle.get("meta", {}).get("security", [])}
+    agents = [a["type"]["coding"][0]["code"] for a in provenance["agent"]]
+    source_entity = provenance["entity"][0]
+    return {
+        "bundle keys": sorted(bundle),
+        "type": bundle["type"],
+        "identifier is the inbound event": source_entity["what"]["identifier"] == bundle["identifier"],
+        "timestamp is Provenance.recorded": bundle["timestamp"] == provenance["recorded"],
+        "full urls": all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"]),
+        "provenance last": provenance["resourceType"] == "Provenance",
+        "provenance profile": provenance["meta"]["profile"],
+        "targets every other entry": [t["reference"] for t in provenance["target"]]
+        == [f"{r['resourceType']}/{r['id']}" for r in others],
+        "first agent": agents[0], "last agent": agents[-1],
+        "author named by identifier": "identifier" in provenance["agent"][0]["who"],
+        "provenance labels = bundle labels": {c["code"] for c in provenance["meta"].get("security", [])} == union,
+        "bundle labels = union of entries'": union == {c["code"] for r in others
+                                                      for c in r.get("meta", {}).get("security", [])},
+        "labels": sorted(event.security_labels) == sorted(union),
+        "counts": event.resource_counts == {t: sum(r["resourceType"] == t for r in entries)
+                                           for t in {r["resourceType"] for r in entries}},
+    }
+
+
+def test_the_three_paths_assemble_the_same_envelope(mapped: dict[str, MappedEvent]) -> None:
+    views = {name: envelope_view(event) for name, event in mapped.items()}
+    assert views["json"] == {
+        "bundle keys": ["entry", "id", "identifier", "meta", "resourceType", "timestamp", "type"],
+        "type": "collection",
+        "identifier is the inbound event": True, "timestamp is Provenance.recorded": True, "full urls": True,
+        "provenance last": True,
+        "provenance profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"],
+        "targets every other entry": True, "first agent": "author", "last agent": "assembler",
+        "author named by identifier": True, "provenance labels = bundle labels": True,
+        "bundle labels = union of entries'": True, "labels": True, "counts": True,
+    }
+    assert views["hl7v2"] == views["json"]
+    assert views["fhir"] == views["json"]
+
+
+def test_bundle_timestamp_means_when_the_source_recorded_it_on_every_path(mapped: dict[str, MappedEvent]) -> None:
+    """Not carebus's receipt (CONTEXT.received_at is 17:00Z): the CloudEvent time, MSH-7, the FHIR Bundle's."""
+    stamps = {name: dt.datetime.fromisoformat(event.bundle["timestamp"]) for name, event in mapped.items()}
+    assert stamps["json"] == stamps["fhir"] == dt.datetime.fromisoformat(AUTHORED)
+    assert stamps["hl7v2"] == dt.datetime.fromisoformat("2024-05-01T10:05:00-05:00")  # MSH-7
+
+
+def test_a_part2_source_labels_every_envelope_part2() -> None:
+    sources = frozenset({"urn:carebus:source:riverside-primary-care", "RIVERSIDE",
+                         "urn:carebus:source:riverside-fhir"})
+    context = MappingContext(received_at=CONTEXT.received_at, part2_sources=sources)
+    for path in PATHS.values():
+        event = path(context)
+        assert {"42CFRPart2", "NORDSCLCD"} <= set(event.security_labels)
+        for entry in event.bundle["entry"]:  # the Patient too: being a Part 2 program's patient is SUD information
+            assert "42CFRPart2" in {c["code"] for c in entry["resource"]["meta"]["security"]}

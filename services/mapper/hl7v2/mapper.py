@@ -8,26 +8,24 @@ HL7 v2 error (InvalidResource, AE, located at the segment the resource comes fro
 Order of the bundle: MessageHeader, Patient (and a retired Patient for A40), Encounter, RelatedPerson,
 AllergyIntolerance, Condition, the message's own resources (DiagnosticReport + Observations, Appointment,
 DocumentReference, MedicationRequest, Immunization, assessment resources and safety Flags), Provenance.
-Labels: each resource's own (see sensitivity.py) and the sender's configured kind (labels.source_labels: a
-sending facility in ``context.part2_sources`` adds R+SUD+42CFRPart2+NORDSCLCD to every resource, one in
-``context.psychiatric_sources`` R+PSY to every resource but the Patient); MessageHeader, Provenance and Bundle
-carry the union.
+Then the assembler every path uses (services/mapper/assembly.py) makes the Bundle and its Provenance (from
+header.origin) and labels: each resource's own (see sensitivity.py) and the sender's configured kind (a sending
+facility or sender in ``context.part2_sources`` / ``context.psychiatric_sources``); MessageHeader, Provenance and
+Bundle carry the union. Bundle.timestamp = Provenance.recorded = MSH-7.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from services.common.errors import MappingError
-from services.common.fhir.labels import source_labels
-from services.common.security_labels import combine, meta_security
-from services.mapper.hl7v2.builder import Build, Json, Labels
-from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
+from services.mapper.assembly import assemble
+from services.mapper.hl7v2.builder import Build, Json
+from services.mapper.hl7v2.datatypes import Conversion, offset_of, prune
 from services.mapper.hl7v2.documents import map_document
 from services.mapper.hl7v2.er7 import Message, Segment, check_shape, parse_message
 from services.mapper.hl7v2.errors import InvalidResource
-from services.mapper.hl7v2.header import message_header, provenance
+from services.mapper.hl7v2.header import message_header, origin
 from services.mapper.hl7v2.orders import group_orders as group_medication_orders
 from services.mapper.hl7v2.orders import map_immunization, map_medication_request
 from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_person
@@ -54,12 +52,6 @@ def _following(message: Message, anchor: Segment, name: str, stop: set[str]) -> 
         if segment.name in stop:
             return None
     return None
-
-
-def _sender_names(build: Build) -> tuple[str, ...]:
-    """What CAREBUS_PART2_SOURCES / _PSYCHIATRIC_SOURCES may name an HL7 sender by: its source URI or facility."""
-    header = build.header
-    return (header.sending_facility.namespace, header.sending_facility.universal_id, header.sender, header.source)
 
 
 def _map_body(build: Build, pid: Segment) -> None:
@@ -161,44 +153,9 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
 
     for resource, _labels in build.resources:
         claim_profile(resource)
-    mapped_header = message_header(build)  # marks SFT as used
-    names = _sender_names(build)
-    context = build.context
-    labelled: list[tuple[Json, Labels]] = []
-    for resource, own in build.resources:
-        kind = source_labels(names, resource["resourceType"], context.part2_sources, context.psychiatric_sources)
-        labelled.append((resource, combine(own, kind) if kind else own))
+    mapped_header = prune(message_header(build))  # marks SFT as used
     build.use(message.first("EVN"))  # EVN -> Provenance
     unmapped = _unmapped(build)
-    union = combine(*(labels for _resource, labels in labelled),
-                    source_labels(names, "Bundle", context.part2_sources, context.psychiatric_sources))
-    targets = [mapped_header] + [resource for resource, _labels in labelled]
-    made_provenance = provenance(build, targets, unmapped)
-    # Build.add pruned the others already
-    resources: list[tuple[Json, Labels]] = [(prune(mapped_header), union), *labelled,
-                                            (prune(made_provenance), union)]
-
-    entries: list[dict[str, Any]] = []
-    for resource, labels in resources:
-        if labels:
-            resource["meta"] = {**resource.get("meta", {}), "security": meta_security(labels)}
-        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "id": build.id("Bundle", build.event_id),
-        "identifier": {"system": build.source, "value": build.event_id},
-        "type": "collection",
-        "timestamp": instant_from(context.received_at),
-        "entry": entries,
-    }
-    if union:
-        bundle["meta"] = {"security": meta_security(union)}
-    counts = Counter(str(entry["resource"]["resourceType"]) for entry in entries)
-    return MappedEvent(
-        bundle=bundle,
-        security_labels=union,
-        alerts=tuple(build.alerts),
-        data_quality=tuple(build.conv.issues),
-        unmapped_segments=tuple(name for name, _count in unmapped),
-        resource_counts=dict(counts),
-    )
+    return assemble(origin(build, unmapped), build.resources, build.context, header=mapped_header,
+                    alerts=build.alerts, data_quality=build.conv.issues,
+                    unmapped_segments=[name for name, _count in unmapped])
