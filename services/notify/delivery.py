@@ -439,7 +439,7 @@ def screen(store: NotifyStore, sub: SubscriptionDef, events: Sequence[EventRow],
             withheld.append(event.number)  # nothing known about it: nothing is disclosed
             continue
         change = _change_of(event, row)
-        decision = decide(recipient, change, store.consents(row.members), at_ms)
+        decision = decide(recipient, change, store.consents(row.members), at_ms, store.policy)
         if decision.outcome == "withhold":
             withheld.append(event.number)
             continue
@@ -491,7 +491,7 @@ def focus_lookup(store: NotifyStore, sub: SubscriptionDef) -> Callable[[EventRow
             return None
         change = _change_of(event, row)
         # decided again at send time: a revocation since the event was queued withholds the content
-        if decide(recipient, change, store.consents(row.members)).outcome == "withhold":
+        if decide(recipient, change, store.consents(row.members), policy=store.policy).outcome == "withhold":
             return None
         resource: Mapping[str, Any] = orjson.loads(row.body)
         return resource

@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.disclosure import policy_from_settings
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import RecordProducer
@@ -79,7 +80,8 @@ class NotifyService:
 
 def build_service(settings: Settings, store: NotifyStore | None = None) -> NotifyService:
     metrics = Metrics(known_sources=settings.known_sources)
-    store = store or open_notify_store(notify_store_dsn(settings))
+    store = store or open_notify_store(notify_store_dsn(settings), policy=policy_from_settings(
+        settings.disclosure_policy, settings.disclosure_treatment_purposes))
     notify_metrics = NotifyMetrics(metrics)
     producer = RecordProducer(settings, "carebus-notify")
     deliverer = Deliverer(settings, store, notify_metrics, fhir_base_url(settings),

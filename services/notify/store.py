@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from services.common.disclosure import ConsentDirective, parse_consent
+from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
 from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
@@ -155,8 +155,9 @@ def now_ms() -> int:
 class NotifyStore:
     """Thread-safe; every method is one transaction or one read."""
 
-    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str) -> None:
+    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str, policy: Policy = DEFAULT_POLICY) -> None:
         self.dialect = dialect
+        self.policy = policy  # the disclosure policy every decision on these subscriptions is made under
         self._pool = pool
         self.dsn = dsn  # may carry a password: never log it
         self._write_lock = threading.Lock()
@@ -297,7 +298,7 @@ class NotifyStore:
                 else:
                     previous = rows[0][1] if rows else None
                     self._upsert_resource(conn, change, previous, bool(rows))
-                for routed in route(change, previous, subs, at, self._consents(conn, change.members)):
+                for routed in route(change, previous, subs, at, self._consents(conn, change.members), self.policy):
                     exists = self._all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
@@ -464,20 +465,22 @@ def notify_store_dsn(settings: Settings) -> str:
     return f"sqlite:///{(settings.cache_dir / 'notify' / 'notify.db').resolve()}"
 
 
-def open_notify_store(dsn: str, pool_size: int = 8) -> NotifyStore:
-    """Open (and create the schema of) the notify store a DSN names."""
+def open_notify_store(dsn: str, pool_size: int = 8, policy: Policy = DEFAULT_POLICY) -> NotifyStore:
+    """Open (and create the schema of) the notify store a DSN names; ``policy`` is the disclosure policy."""
     if dsn.startswith("sqlite:///"):
         from services.record.store.sqlite import SQLITE
         from services.record.store.sqlite import _connect as sqlite_connect
 
         path = Path(dsn.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn)
+        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn,
+                            policy)
     elif dsn.startswith(("postgresql://", "postgres://")):
         from services.record.store.postgres import POSTGRES
         from services.record.store.postgres import _connect as pg_connect
 
-        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn)
+        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn,
+                            policy)
     else:
         raise ValueError("notify_store_dsn must start with sqlite:/// or postgresql://")
     store.initialize()

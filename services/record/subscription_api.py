@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from services.common.disclosure import policy_from_settings
 from services.notify.bundles import notification_bundle
 from services.notify.delivery import focus_lookup, iso_now, part2_notice, screen
 from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
@@ -72,7 +73,8 @@ def subscription_router(api: Any) -> APIRouter:
     def store() -> NotifyStore:
         with lock:
             if not opened:
-                opened.append(open_notify_store(notify_store_dsn(settings), pool_size=4))
+                opened.append(open_notify_store(notify_store_dsn(settings), pool_size=4, policy=policy_from_settings(
+                    settings.disclosure_policy, settings.disclosure_treatment_purposes)))
             return opened[0]
 
     def caller(request: Request, write: bool = False) -> tuple[Access, str]:
