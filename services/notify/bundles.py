@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
+from services.common.fhir.codesystems import SUBSCRIPTION_ERROR, V3_ACT_CODE
 from services.notify.store import EventRow
 from services.notify.subscriptions import SubscriptionDef
 
@@ -23,9 +24,8 @@ NotificationType = Literal["handshake", "heartbeat", "event-notification", "quer
 STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
 NOTIFICATION_PROFILE = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4")
-NORDSCLCD = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "NORDSCLCD",
+NORDSCLCD = {"system": V3_ACT_CODE, "code": "NORDSCLCD",
              "display": "no redisclosure without consent directive"}
-ERROR_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscription-error"
 
 FocusLookup = Callable[[EventRow], Mapping[str, Any] | None]  # the current version, if the recipient may see it
 
@@ -49,7 +49,7 @@ def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationTyp
         params.append({"name": "notification-event", "part": parts})
     if sub.status == "error" and sub.error:
         params.append({"name": "error", "valueCodeableConcept": {
-            "coding": [{"system": ERROR_SYSTEM, "code": "no-response"}], "text": sub.error}})
+            "coding": [{"system": SUBSCRIPTION_ERROR, "code": "no-response"}], "text": sub.error}})
     return {"resourceType": "Parameters", "id": str(uuid.uuid4()), "meta": {"profile": [STATUS_PROFILE]},
             "parameter": params}
 
