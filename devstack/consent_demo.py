@@ -26,8 +26,8 @@ import httpx
 import orjson
 
 from devstack.journey import PATIENT_IDS, PSYCHIATRY
+from services.common.fhir.codesystems import ICD10CM, NPI, RXNORM, SNOMED
 
-NPI: Final = "http://hl7.org/fhir/sid/us-npi"
 PARTNER_CLINIC: Final = {"system": NPI, "value": "1922063304"}  # the SUD program's partner clinic (fictional)
 THERAPY_PRACTICE: Final = {"system": NPI, "value": "1710983302"}  # Lakeside Therapy Practice (fictional)
 
@@ -40,9 +40,9 @@ PRIVACY_GRANT: Final = {"scopes": ["user/AuditEvent.read", "user/Patient.read"],
 THERAPY_ORGANIZATION: Final = f"{NPI}|{THERAPY_PRACTICE['value']}"
 TOPICS: Final = ("diagnosis-recorded", "medication-prescribed")
 
-_F11_20: Final = {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F11.20",
+_F11_20: Final = {"system": ICD10CM, "code": "F11.20",
                   "display": "Opioid dependence, uncomplicated"}
-_BUPRENORPHINE: Final = {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1819",
+_BUPRENORPHINE: Final = {"system": RXNORM, "code": "1819",
                          "display": "buprenorphine"}
 _PSYCHIATRIST: Final = {"id": "md-481", "name": "Dr. Priya Raman", "npi": "1588667638"}
 
@@ -72,7 +72,7 @@ def part2_episode(at: datetime) -> list[dict[str, Any]]:
             "prescription_id": "RX-10443", "medication": _BUPRENORPHINE,
             "dose": {"value": 8, "unit": "mg", "code": "mg"},
             "frequency": {"times": 1, "period": 1, "period_unit": "d"},
-            "route": {"system": "http://snomed.info/sct", "code": "37839007", "display": "Sublingual route"},
+            "route": {"system": SNOMED, "code": "37839007", "display": "Sublingual route"},
             "authored_on": (at + timedelta(minutes=6)).isoformat(), "prescriber": _PSYCHIATRIST,
             "reason_codes": [_F11_20]}),
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from services.common.fhir.codesystems import V3_ACT_REASON
 from services.notify.topics import BY_CANONICAL, Filter, Topic, parse_filter
 from services.record.fhirdates import instant_ms
 
@@ -263,7 +264,7 @@ def _recipient_extension(organization: str | None, care_teams: Sequence[str], pu
         parts.append({"url": "organization", "valueReference": _reference(organization)})
     parts.extend({"url": "careTeam", "valueReference": _reference(team)} for team in care_teams)
     parts.append({"url": "purposeOfUse", "valueCoding": {
-        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}})
+        "system": V3_ACT_REASON, "code": purpose}})
     return {"url": EXT_RECIPIENT, "extension": parts}
 
 
