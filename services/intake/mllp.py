@@ -46,6 +46,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.common.errors import BrokerUnavailable
+from services.common.hl7v2 import MessageSummary, ack_message, inspect_message
+from services.common.hl7v2.er7 import Message, parse_message
+from services.common.hl7v2.errors import (
+    HL7_APPLICATION_INTERNAL_ERROR,
+    AckCode,
+    Hl7v2Error,
+    MalformedMessage,
+)
 from services.common.kafka import RecordWriter
 from services.common.metrics import Metrics
 from services.common.settings import Settings
@@ -56,14 +64,6 @@ from services.common.topics import (
     HL7V2_MESSAGE_EVENT_TYPE,
 )
 from services.intake.inbound import inbound_record
-from services.mapper.hl7v2 import MessageSummary, ack_message, inspect_message
-from services.mapper.hl7v2.er7 import Message, parse_message
-from services.mapper.hl7v2.errors import (
-    HL7_APPLICATION_INTERNAL_ERROR,
-    AckCode,
-    Hl7v2Error,
-    MalformedMessage,
-)
 
 log = logging.getLogger(__name__)
 

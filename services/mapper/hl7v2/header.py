@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.hl7v2.er7 import Hd, source_uri
 from services.mapper.hl7v2.builder import Build, Json
 from services.mapper.hl7v2.datatypes import aware_datetime, codeable, fhir_datetime, instant_from, person_reference
-from services.mapper.hl7v2.er7 import Hd, source_uri
 from services.mapper.hl7v2.terminology import PROVENANCE_PARTICIPANT, V2_0003
 
 UNMAPPED_SEGMENT_SYSTEM = "urn:carebus:hl7v2:unmapped-segment"

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.hl7v2.er7 import Rep, Segment
+from services.common.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -40,8 +42,6 @@ from services.mapper.hl7v2.datatypes import (
     quantity,
     simple_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
-from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import (
     DATA_ABSENT_REASON,
     FLAG_CATEGORY,

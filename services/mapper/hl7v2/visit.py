@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -26,7 +27,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     table_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
     ALLERGY_CLINICAL,
