@@ -38,3 +38,10 @@ def test_intake_and_the_mapper_read_hl7v2_and_fhir_with_the_same_shared_modules(
         assert _chains(graph, "services.intake", shared), shared
     assert _chains(graph, "services.mapper.hl7v2", "services.common.hl7v2.er7")
     assert _chains(graph, "services.mapper.fhir_in", "services.common.fhir_payload")
+
+
+def test_mllp_framing_knows_nothing_of_kafka_or_acceptance(graph: grimp.ImportGraph) -> None:
+    # the listener frames and answers; what a message means and where it is kept is the injected acceptor's job
+    for below in ("services.common.kafka", "services.intake.hl7v2_acceptor", "services.intake.inbound"):
+        assert _chains(graph, "services.intake.mllp", below) == [], below
+    assert _chains(graph, "services.intake.hl7v2_acceptor", "services.common.kafka")

@@ -69,8 +69,9 @@ from services.intake.errors import (
     RequestRefused,
     UnsupportedMediaType,
 )
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
 from services.intake.inbound import inbound_record
-from services.intake.mllp import Acceptor, KafkaHl7Acceptor, decode_text
+from services.intake.mllp import Acceptor, decode_text
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,15 @@ from services.common.topics import (
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor, RecentMessages
 from services.intake.mllp import (
     END_BLOCK,
     START_BLOCK,
     AckOutcome,
     Frame,
     FrameDecoder,
-    KafkaHl7Acceptor,
     MllpServer,
     OversizedFrame,
-    RecentMessages,
     frame,
 )
 from services.mapper.hl7v2 import map_hl7v2_message

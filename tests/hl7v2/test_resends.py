@@ -17,7 +17,8 @@ from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import HEADER_EVENT_ID, INBOUND_EVENTS
 from services.intake.app import create_app
-from services.intake.mllp import KafkaHl7Acceptor, MllpServer
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
+from services.intake.mllp import MllpServer
 from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import context, sample
 from tests.hl7v2.test_mllp import Client, msa, records
