@@ -21,6 +21,7 @@ NOT_COMPILED = {
 COMPILED = [
     *sorted(str(path.relative_to(ROOT)) for package in HOT_PACKAGES for path in (ROOT / package).glob("*.py")
             if str(path.relative_to(ROOT)) not in NOT_COMPILED),
+    "services/common/fhir/codesystems.py",  # every code-system URI (Final constants, inlined where used)
     "services/common/fhir_ids.py",
     "services/common/fhir_validation.py",  # every emitted resource through the R4B models (known shapes fast)
     "services/common/security_labels.py",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, RefusedContent
 from services.common.fhir_ids import resource_id
 from services.common.fhir_validation import validate_resource
@@ -53,8 +54,9 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
         meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
         security = meta.get("security") if isinstance(meta, dict) else None
-        labels_sent = {c.get("code") for c in security if isinstance(c, dict)} if isinstance(security, list) else set()
-        if "PSYTHPN" in labels_sent:
+        labels_sent = ({c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)}
+                       if isinstance(security, list) else set())
+        if security_labels.is_psychotherapy_note(labels_sent):
             raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
                 f"{where}.meta.security", "psychotherapy-note-refused",
                 "psychotherapy notes (HIPAA 45 CFR 164.501) need the patient's specific authorization and are "

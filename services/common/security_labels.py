@@ -1,35 +1,44 @@
 """Security labels (meta.security codings) carebus decides at conversion time.
 
-Sets (../shared/reference/domain.md): psychiatric data R+PSY; substance-use (42 CFR Part 2) data
-R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN (refused at intake: never carried).
+Sets (HL7 v3 Confidentiality and ActCode; docs/security-labels.md has every rule that picks them): psychiatric
+data R+PSY; substance-use (42 CFR Part 2) data R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN
+(refused on every path, intake first: never carried).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"  # not a label system; kept for Consent
+from services.common.fhir.codesystems import V3_ACT_CODE, V3_CONFIDENTIALITY
 
 _LABELS: dict[str, tuple[str, str]] = {
-    "N": (CONFIDENTIALITY, "normal"),
-    "R": (CONFIDENTIALITY, "restricted"),
-    "V": (CONFIDENTIALITY, "very restricted"),
-    "PSY": (ACT_CODE, "psychiatry disorder information sensitivity"),
-    "MH": (ACT_CODE, "mental health information sensitivity"),
-    "BH": (ACT_CODE, "behavioral health information sensitivity"),
-    "SUD": (ACT_CODE, "substance use disorder information sensitivity"),
-    "ETHUD": (ACT_CODE, "alcohol use disorder information sensitivity"),
-    "OPIOIDUD": (ACT_CODE, "opioid use disorder information sensitivity"),
-    "PSYTHPN": (ACT_CODE, "psychotherapy note information sensitivity"),
-    "42CFRPart2": (ACT_CODE, "42 CFR Part2"),
-    "NORDSCLCD": (ACT_CODE, "no redisclosure without consent directive"),
+    "N": (V3_CONFIDENTIALITY, "normal"),
+    "R": (V3_CONFIDENTIALITY, "restricted"),
+    "V": (V3_CONFIDENTIALITY, "very restricted"),
+    "PSY": (V3_ACT_CODE, "psychiatry disorder information sensitivity"),
+    "MH": (V3_ACT_CODE, "mental health information sensitivity"),
+    "BH": (V3_ACT_CODE, "behavioral health information sensitivity"),
+    "SUD": (V3_ACT_CODE, "substance use disorder information sensitivity"),
+    "ETHUD": (V3_ACT_CODE, "alcohol use disorder information sensitivity"),
+    "OPIOIDUD": (V3_ACT_CODE, "opioid use disorder information sensitivity"),
+    "PSYTHPN": (V3_ACT_CODE, "psychotherapy note information sensitivity"),
+    "42CFRPart2": (V3_ACT_CODE, "42 CFR Part2"),
+    "NORDSCLCD": (V3_ACT_CODE, "no redisclosure without consent directive"),
 }
 
 PSYCHIATRIC = ("R", "PSY")
 PART2 = ("R", "SUD", "42CFRPart2", "NORDSCLCD")
+PSYCHOTHERAPY_NOTE: Final = ("V", "PSYTHPN")  # refused wherever it is found: never carried, never labelled
+_PSYCHOTHERAPY_NOTE_TEXT: Final = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
+
+
+def is_psychotherapy_note(sent_codes: Iterable[str], text: str = "") -> bool:
+    """A psychotherapy note (HIPAA 45 CFR 164.501): a sender's PSYTHPN label, or a document type / text naming
+    one. The one test of the refusal: intake's FHIR check (services/common/fhir_payload.py) and the mapping's
+    rule (services/mapper/mapping/labels.refused_labels) both ask it."""
+    return "PSYTHPN" in sent_codes or _PSYCHOTHERAPY_NOTE_TEXT.search(text) is not None
 
 _CONFIDENTIALITY_RANK = {"N": 0, "R": 1, "V": 2}
 

@@ -35,6 +35,7 @@ from typing import Any
 from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, UnscoreableResponse
 from services.common.events import parse_event
+from services.common.fhir.codesystems import ICD10CM, LOINC, PROVENANCE_PARTICIPANT_TYPE, RXNORM, SNOMED
 from services.common.fhir_ids import resource_id
 from services.common.fhir_payload import Rekeying, check_resources
 from services.mapper.mapping import labels, map_event
@@ -47,11 +48,6 @@ from services.mapper.mapping.instruments import (
     risk_level_word,
 )
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
-
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-LOINC = "http://loinc.org"
 
 
 def _codings(value: Any) -> Iterator[tuple[str, str, str | None]]:
@@ -383,7 +379,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
             scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
-            implied = labels.combine(implied, labels.ETHUD if spec.key == "audit-c" else labels.PSY)
+            implied = labels.combine(implied, labels.instrument_labels(spec.key))
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
                     computed.append(entry)
@@ -405,7 +401,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         "resourceType": "Provenance", "id": provenance_id,
         "target": [{"reference": f"{e['resource']['resourceType']}/{e['resource']['id']}"} for e in entries],
         "recorded": fallback_time,
-        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+        "agent": [{"type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE,
                                         "code": "author"}]},
                    "who": {"display": source}}],
         "entity": [{"role": "source", "what": {"identifier": {"system": source, "value": event_id}}}],
