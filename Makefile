@@ -9,8 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 # The mapping hot path is compiled with mypyc (setup.py): rebuilt whenever one of its sources changes.
-COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
-	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
+COMPILED_SOURCES := $(wildcard services/common/hl7v2/*.py services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
+	services/common/fhir_ids.py services/common/fhir_validation.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
 .PHONY: setup tools demo test bench soak faults fuzz lint schemas clean

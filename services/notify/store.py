@@ -40,7 +40,8 @@ from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
 from services.record.errors import StoreUnavailable
-from services.record.store.sql import Connection, ConnectionPool, Dialect
+from services.record.store.pool import Connection, ConnectionPool
+from services.record.store.schema import Dialect
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "

@@ -37,6 +37,8 @@ from services.common.fhir.codesystems import (
     V2_0074,
     V3_OBSERVATION_INTERPRETATION,
 )
+from services.common.hl7v2.er7 import Rep, Segment
+from services.common.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -52,8 +54,6 @@ from services.mapper.hl7v2.datatypes import (
     quantity,
     simple_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
-from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
 from services.mapper.mapping.instruments import (
     INSTRUMENTS,
