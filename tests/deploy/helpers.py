@@ -204,7 +204,7 @@ def exported_metrics() -> ExportedMetrics:
     """Every sample name a carebus service can expose on /metrics (from a real Metrics(), with the mapper's
     validation collector and the record ingestor's counters registered on it), with its labels; plus ``up``,
     which Prometheus writes for each target."""
-    from services.mapper.mapping.validation import ValidationCollector
+    from services.common.fhir_validation import ValidationCollector
     from services.record.consumer import BundleIngestor
 
     metrics = Metrics()

@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
+from services.common import fhir_validation as validation
 from services.common.errors import MappingError
+from services.common.hl7v2 import inspect_message
 from services.common.topics import HL7V2_MESSAGE_EVENT_TYPE
 from services.mapper import pipeline as pipeline_module
-from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
-from services.mapper.mapping import validation
+from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from tests.hl7v2.helpers import HL7_SAMPLES, context, sample
 

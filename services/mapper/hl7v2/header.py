@@ -23,6 +23,7 @@ from services.common.fhir.codesystems import (
     RFC3986,
     V2_0003,
 )
+from services.common.hl7v2.er7 import Hd, source_uri
 from services.mapper.assembly import Origin
 from services.mapper.hl7v2.builder import Build, Json
 from services.mapper.hl7v2.datatypes import (
@@ -33,7 +34,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     prune,
 )
-from services.mapper.hl7v2.er7 import Hd, source_uri
 
 
 def _hd_reference(hd: Hd) -> Json | None:

@@ -39,6 +39,8 @@ from services.common.fhir.instruments import (
     InstrumentSpec,
     score_instrument,
 )
+from services.common.hl7v2.er7 import Rep, Segment
+from services.common.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -54,8 +56,6 @@ from services.mapper.hl7v2.datatypes import (
     quantity,
     simple_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
-from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
 from services.mapper.instrument_resources import Answered, scored_instrument_resources
 

@@ -25,6 +25,7 @@ from services.common.fhir.codesystems import (
     V3_PARTICIPATION_TYPE,
 )
 from services.common.fhir.labels import discharge_labels, hospital_service_labels
+from services.common.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -39,7 +40,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     table_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
     ALLERGY_CRITICALITY,
