@@ -25,7 +25,7 @@ COMPILED = [
     "services/common/fhir_ids.py",
     "services/common/fhir_validation.py",  # every emitted resource through the R4B models (known shapes fast)
     "services/common/security_labels.py",
-    "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)
+    "services/mapper/result.py",  # the mappings' return types (plain dataclasses, built per event: docs/hot-path.md)
     "services/mapper/pipeline.py",  # one inbound record -> its outbound records, run once per event
 ]
 
