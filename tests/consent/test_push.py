@@ -25,6 +25,7 @@ from services.common import audit, part2
 from services.common.fhir_ids import resource_id
 from services.common.settings import RecordTokenGrant
 from services.common.topics import AUDIT_EVENTS
+from tests.consent.conftest import eventually
 from tests.consent.consents import LABEL_SETS, PART2_ORG, THERAPY_ORG, consent, consent_state
 from tests.consent.test_decision import STATES, UNCLEARED_MATRIX
 from tests.consent.test_record_enforcement import _consent_resource, _labelled
@@ -256,6 +257,13 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
         assert {e["id"] for e in events_} == {audit.disclosure_id("notify", sid, "1"),
                                               audit.disclosure_id("notify", sid, "2")}
         assert len(receiver.of(sid)) > 2  # the failed attempts were real requests
+        # the accounting of disclosures lists exactly these pushes (they reach the record through the topic)
+        def accounting() -> list[str]:
+            found = push.record.fhir(f"/Patient/{pid}/$disclosures", token="privacy")  # noqa: S106
+            ids = sorted(e["resource"]["id"] for e in found.get("entry", [])
+                         if e["resource"]["resourceType"] == "AuditEvent")
+            return ids if len(ids) >= 2 else []
+        assert eventually(accounting) == sorted(e["id"] for e in {e["id"]: e for e in events_}.values())
     finally:
         receiver.stop()
 
