@@ -188,6 +188,18 @@ def test_notification_matrix_no_trace_of_what_is_withheld_part2_package_and_one_
                 recipient = next(a for a in event["agent"] if a["type"]["coding"][0]["code"] == "IRCP")
                 assert recipient["who"]["identifier"]["value"] == PART2_ORG.split("|")[1]
                 assert "valueQuantity" not in orjson.dumps(event).decode()  # never content
+        # $events answers are disclosures too: one PatientQuery AuditEvent per patient, naming exactly the foci
+        def events_audits(records: list[Any]) -> list[dict[str, Any]]:
+            found = [orjson.loads(r.value) for r in records]
+            return [e for e in found if e["type"]["code"] == "rest" and e["subtype"][0]["code"] == "operation"
+                    and e["entity"][0]["what"]["reference"] == f"Patient/{pid}"]
+
+        mrn, pid, _ = cells["permit-recipient"]
+        queried = events_audits(read_all(push.settings, AUDIT_EVENTS.name(push.settings.topic_prefix),
+                                         until=lambda rs: bool(events_audits(rs))))
+        assert len(queried) == 1
+        assert sorted(x["what"]["reference"] for x in queried[0]["entity"] if x["role"]["code"] == "4") == sorted(
+            f"Condition/{c}" for c in expected["permit-recipient"])
         permitted_part2 = next(e for e in events_ if any(
             x.get("what", {}).get("reference") == f"Condition/{part2_id}" for x in e["entity"]))
         assert f"Consent/{sud_consent}" in [x.get("what", {}).get("reference") for x in permitted_part2["entity"]]
