@@ -222,6 +222,7 @@ def subscription_router(api: Any) -> APIRouter:
                                      part2_notice(sub, base, screened, iso_now()))
         if sub.content != "empty":  # the answer discloses foci: audited like any API access, before it leaves
             api.audit(events_audit(access, screened, base, request.url.query))
+        store().mark_served(sub.id, [e.number for e in screened.events if e.state == "pending"])
         return _fhir(bundle)
 
     return router

@@ -299,5 +299,38 @@ def test_withdraw_keeps_numbers_gap_free_and_never_reuses_a_number_on_the_wire(t
         assert [e.number for e in store.events("s")] == [2, 3, 4]  # not served by $events either
         store.record_changes([_phq9("o6", "Patient/p1")])
         assert [e.number for e in store.events("s")] == [2, 3, 4, 5]  # the next event: the next number
+        store.mark_served("s", [5])  # $events showed number 5 (o6) to the subscriber
+        assert store.withdraw("s", [4]) == 0  # a later number was seen: 4 is withheld, nothing moves
+        assert [(e.number, e.resource_id) for e in store.events("s")] == [(2, "o2"), (3, "o4"), (5, "o6")]
+    finally:
+        store.close()
+
+
+def test_a_store_from_before_recipients_and_served_events_gains_the_columns(tmp_path: Path) -> None:
+    import re
+    import sqlite3
+
+    from services.notify.store import open_notify_store, schema
+    from services.record.store.sqlite import SQLITE
+    from tests.notify.test_store import _sub
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        for statement in schema(SQLITE):
+            old.execute(re.sub(r",\s*recipient \w+|\s*served_ms \w+,", "", statement))
+        old.execute("INSERT INTO notify_subscription (id, client, clearances, status, topic, filters, endpoint, "
+                    "headers, content, mime, max_count, secret, events_since_start, created_ms, updated_ms) "
+                    "VALUES ('old', 'clinic', 1, 'active', 'https://carebus.dev/fhir/SubscriptionTopic/"
+                    "assessment-completed', '[]', 'https://ehr.example.org/hook', '[]', 'id-only', "
+                    "'application/fhir+json', 1, 's', 0, 0, 0)")
+        columns = {r[1] for r in old.execute("PRAGMA table_info(notify_subscription)")}
+        assert "recipient" not in columns
+    store = open_notify_store(f"sqlite:///{path}")
+    try:
+        before = store.get("old")
+        assert before is not None and before.organization is None and before.purpose == "TREAT"
+        store.create(_sub("new", "Patient/p1"))
+        store.mark_served("new", [1])
+        assert store.get("new") is not None
     finally:
         store.close()
