@@ -29,6 +29,7 @@ $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
 	@[ ! setup.py -nt $@ ] && $(PY) -c "from services.common.native import compiled_modules as c, \
 	stale_compiled_modules as s; raise SystemExit(0 if c() and not s() else 1)" || { \
 	echo "recompiling the mapping modules with mypyc (their sources or the list of them changed)"; \
+	$(PY) -c "from services.common.native import remove_orphaned_extensions as r; r()"; \
 	set -o pipefail; $(VENV)/bin/pip install --progress-bar off --no-deps --no-build-isolation -e . | { $(PIP_PROGRESS); }; }
 	touch $@
 
