@@ -27,7 +27,7 @@ COMPILED = [
     "services/common/security_labels.py",
     "services/mapper/assembly.py",  # the Bundle + Provenance assembler all three paths share
     "services/mapper/instrument_resources.py",  # the scored-instrument builder all three paths share
-    "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)
+    "services/mapper/result.py",  # the mappings' return types (plain dataclasses, built per event: docs/hot-path.md)
     "services/mapper/pipeline.py",  # one inbound record -> its outbound records, run once per event
 ]
 

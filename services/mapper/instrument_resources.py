@@ -43,6 +43,7 @@ from services.common.fhir.codesystems import (
 )
 from services.common.fhir.instruments import InstrumentScore
 from services.common.fhir_ids import resource_id
+from services.common.topics import MapperAlertKind
 from services.mapper.result import SafetyAlert
 
 Json = dict[str, Any]
@@ -167,7 +168,7 @@ def safety_flag(flag_id: str, patient: Json | None, start: str | None, *, risk: 
     return flag
 
 
-def safety_alert(kind: str, patient: Json, flag_id: str, event_id: str) -> SafetyAlert:
+def safety_alert(kind: MapperAlertKind, patient: Json, flag_id: str, event_id: str) -> SafetyAlert:
     """The alert that goes with a safety Flag (``kind`` from ALERT_DETAILS' closed set)."""
     return SafetyAlert(kind=kind, patient_reference=patient["reference"], flag_id=flag_id, event_id=event_id,
                        detail=ALERT_DETAILS[kind])

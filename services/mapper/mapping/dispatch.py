@@ -1,9 +1,10 @@
 """map_event: the dispatch table from event class to family mapping; then the one assembler every path uses
 (services/mapper/assembly.py: Bundle, Provenance, labels, fullUrls, counts).
 
-What a JSON care event gives the assembler: source and id of the CloudEvent; recorded = occurred = the event
-``time`` (when the source recorded the event, not when carebus received this copy: a resend or replay of the
-same event makes the same Bundle and Provenance); the Provenance author is the source system.
+What a JSON care event gives the assembler: source and id of the CloudEvent; recorded = the event ``time``
+(when the source recorded the event, not when carebus received this copy: a resend or replay of the same event
+makes the same Bundle and Provenance); occurred = when the change happened (Draft.occurred_at, e.g. an
+appointment's cancelled_at; else the event time); the Provenance author is the source system.
 Same event and same context -> identical bundle (ids from fhir_ids, no clock, no randomness).
 """
 
@@ -103,6 +104,6 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
         )
     draft = Draft(Subject(event.source, event.data.patient_id), event.id)
     family(event, draft)
-    time = iso(event.time)
-    origin = Origin(source=event.source, event_id=event.id, event_type=event.type, recorded=time, occurred=time)
+    origin = Origin(source=event.source, event_id=event.id, event_type=event.type, recorded=iso(event.time),
+                    occurred=iso(draft.occurred_at or event.time))
     return assemble(origin, draft.resources, context, alerts=draft.alerts, data_quality=draft.data_quality)
