@@ -4,8 +4,12 @@ type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 1
 in TXA-2 or OBX-3 is kept, and mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8,
 11510-5) label the document R+PSY. A TXA-18 confidentiality of V or R is added to the labels. Body: text OBX
 values (TX/FT/ST/CWE...) joined by line breaks as a base64 text/plain attachment; ED values with Base64 data
-as their own attachments. HIPAA psychotherapy notes are refused (PsychotherapyNoteRefused): carebus never
-carries them. Id from TXA-12 (unique document number), else MSH-10.
+(RP values with a URL) as their own attachments. An ED or RP part that carries no content (OBX-5 ED without its
+data, RP without a pointer) or content carebus cannot read (not Base64) refuses the whole message, AE at OBX-5
+(``attachment-data-missing`` / ``attachment-unreadable``, the OBX occurrence named): storing the document without
+a part the sender announced would show clinicians an incomplete document as complete, and the dead letter tells
+the integration team which OBX to fix before resending. HIPAA psychotherapy notes are refused
+(PsychotherapyNoteRefused): carebus never carries them. Id from TXA-12 (unique document number), else MSH-10.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
 )
 from services.mapper.hl7v2.er7 import Segment
-from services.mapper.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
+from services.mapper.hl7v2.errors import InvalidValue, MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
 from services.mapper.hl7v2.terminology import (
     DOCUMENT_COMPLETION,
@@ -80,10 +84,16 @@ def map_document(build: Build, txa: Segment) -> Json:
         value_type = obx.get(2).upper()
         if value_type in {"ED", "RP"}:
             attachment = attachment_of(obx, value_type)
-            if attachment is not None:
-                attachments.append(attachment)
-            else:
-                build.issue(f"unreadable-attachment@{obx.loc(5)}")
+            if attachment is None:
+                rep = obx.rep(5)
+                if rep is None or not rep.c(1 if value_type == "RP" else 5):
+                    raise MissingRequired(obx.loc(5), "attachment-data-missing",
+                                          f"an {value_type} document part carries no content",
+                                          segment_occurrence=obx.occurrence)
+                raise InvalidValue(obx.loc(5), "attachment-unreadable",
+                                   f"an {value_type} document part is not readable (ED: Base64 data; RP: a URL)",
+                                   segment_occurrence=obx.occurrence)
+            attachments.append(attachment)
         else:
             lines.extend(rep.joined() for rep in obx.reps(5))
         notes = build.notes_after(obx)
