@@ -30,15 +30,20 @@ from services.mapper.hl7v2.datatypes import (
     fhir_datetime,
     identifier_ei,
     number,
-    organization_reference,
     person_reference,
+    prune_dict,
     quantity,
     rate_quantity,
     repeat_pattern,
 )
-from services.mapper.hl7v2.er7 import Segment
+from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.results import observation
-from services.mapper.hl7v2.terminology import IMMUNIZATION_STATUS, ORDER_CONTROL_STATUS, ORDER_STATUS
+from services.mapper.hl7v2.terminology import (
+    IMMUNIZATION_STATUS,
+    ORDER_CONTROL_STATUS,
+    ORDER_STATUS,
+    code_system,
+)
 
 _ORDER_MEMBERS = {"RXO", "RXE", "RXR", "RXC", "TQ1", "TQ2", "NTE", "OBX", "RXA", "FT1", "BLG", "CTI", "RXD",
                   "RXG", "CDO"}
@@ -226,6 +231,16 @@ def map_medication_request(build: Build, order: Order) -> Json | None:
     return build.add(request, labels, focus=True)
 
 
+def _manufacturer(rep: Rep | None) -> Json | None:
+    """RXA-17 (a CWE, MVX codes) -> a logical Reference: the code as an identifier in its coding system, the
+    text as display."""
+    if rep is None or not (rep.c(1) or rep.c(2)):
+        return None
+    system = code_system(rep.c(3)) if rep.c(3) else None
+    identifier = {"system": system, "value": rep.c(1)} if rep.c(1) else None
+    return prune_dict({"identifier": identifier, "display": rep.c(2) or rep.c(1)})
+
+
 def _codes(concept: Json) -> list[str]:
     return [str(c.get("code")) for c in concept.get("coding", []) if c.get("code")]
 
@@ -264,7 +279,7 @@ def map_immunization(build: Build, order: Order) -> Json | None:
         "occurrenceDateTime": occurred,
         "occurrenceString": None if occurred else "unknown",
         "primarySource": (source == "00") if source[:2].isdigit() else None,
-        "manufacturer": organization_reference(rxa.rep(17)),
+        "manufacturer": _manufacturer(rxa.rep(17)),
         "lotNumber": rxa.get(15) or None,
         "expirationDate": fhir_date(rxa.get(16), rxa.loc(16), conv),
         "route": codeable(rxr.rep(1), local=build.local(rxr.loc(1))) if rxr is not None else None,
