@@ -216,18 +216,30 @@ class RecordProducer:
             self._producer.flush(timeout=timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout=timeout_s)
-            self._producer.close(timeout=timeout_s)
-            self._producer = None
+        """Send what is pending (waiting at most ``timeout_s``), then stop the producer's network thread."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _shut(producer, timeout_s)
 
 
 def _close_quietly(producer: KafkaProducer) -> None:
     """Close an abandoned producer without waiting for its writes (their callers have been told they failed)."""
+    _shut(producer, 0.0)
+
+
+def _shut(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close ``producer`` and make sure its network thread stops. kafka-python's ``close`` flushes first and, when
+    the flush times out (records still pending because the broker is gone), raises before it stops the thread:
+    each abandoned producer would keep a thread reconnecting to a dead broker for the life of the process. Its
+    sender is then force-closed (dropping what is pending: those writes were already reported as failed)."""
     try:
-        producer.close(timeout=0)
-    except Exception as exc:  # best effort: nothing waits for it
-        log.debug("abandoned producer closed with an error", extra={"error": type(exc).__name__})
+        producer.close(timeout=timeout_s)
+    except Exception as exc:  # whatever the flush raised, the thread must still stop
+        log.debug("producer closed with pending writes", extra={"error": type(exc).__name__})
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout=max(timeout_s, 1.0))
 
 
 def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:

@@ -129,7 +129,7 @@ def new_correlation_id() -> str:
     return str(uuid.UUID(int=_correlation_ids.getrandbits(128), version=4))
 
 
-_correlation_ids = random.Random()
+_correlation_ids = random.Random()  # noqa: S311 - unique, not secret (see above)
 
 
 def _problems_json(index: int | None, problems: Sequence[FieldProblem]) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ from services.notify.topics import Change
 from services.record.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-_jitter = random.Random()  # notify's own retry jitter; the interpreter's shared `random` state is left alone
+_jitter = random.Random()  # noqa: S311 - notify's own retry jitter, not a secret; shared `random` left alone
 
 SIGNATURE_HEADER = "X-Carebus-Signature"
 IDLE_WAKE_S = 30.0  # an idle task looks again this often; new events and definition changes wake it at once

@@ -36,20 +36,20 @@ import psycopg
 import pytest
 from kafka.errors import KafkaError
 
+from devstack.journey import JourneyPerson, people, person_journey
+from devstack.local_broker import LocalKafkaBroker, free_port
+from devstack.local_postgres import LocalPostgres
 from services.common.errors import BrokerUnavailable
 from services.common.events import parse_event, patient_key
 from services.common.fhir_ids import resource_id
 from services.common.kafka import OutboundRecord, RecordProducer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, DEAD_LETTERS, FHIR_BUNDLES, HEADER_DEAD_LETTER_REASON, INBOUND_EVENTS
 from services.intake.inbound import inbound_record
-from services.mapper.journey import JourneyPerson, people, person_journey
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.operator.status import group_lags
 from services.record.identity import IdentityPolicy
 from services.record.ingest import InboundBundle, prepare_bundle
-from services.record.local_postgres import LocalPostgres
 from services.record.store import open_store
 from tests.integration.test_processes import start, wait_ready
 from tests.kafka_helpers import header, read_all
@@ -289,6 +289,9 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
     sender.join(timeout=120)
     assert sender.error is None and not sender.is_alive(), (sender.error, sender.resent_batches,
                                                             stack.broker.pid, len(sender.accepted))
+    # the producers it abandoned while the broker was down are closed too: no network thread is left reconnecting
+    wait_for(lambda: not any(t.name == "fault-sender-network-thread" for t in threading.enumerate()),
+             "the sender's Kafka network threads stopped", 30)
     accepted = sender.accepted
     assert len(accepted) > 500, "the faults should have happened while events flowed"
     assert any(e is poison_event for e in accepted)
