@@ -57,3 +57,32 @@ def test_what_lacks_a_required_element_claims_nothing() -> None:
     assert profile_met(canadian) is None
     assert profile_met({**canadian, "address": [{"state": "IL"}]}) == "us-core-patient"
     assert profile_met({**canadian, "identifier": [{"value": "1"}]}) is None
+
+
+def test_medication_requests_documents_and_instrument_responses_claim_us_core() -> None:
+    for request in resources(mapped(sample("RDE-O11-02.hl7")), "MedicationRequest"):
+        assert claimed(request) == ["us-core-medicationrequest"]
+    assert claimed(one(mapped(sample("MDM-T02-02.hl7")), "DocumentReference")) == ["us-core-documentreference"]
+    phq9 = er7(msh("ORU^R01^ORU_R01"), PID, "OBR|1|P9|F9|44249-1^PHQ-9 quick depression assessment panel^LN|||"
+               "20240501090000-0500", *(f"OBX|{n}|CWE|{code}^item^LN||LA6568-5^Not at all^LN||||||F"
+                                        for n, code in enumerate(("44250-9", "44255-8", "44259-0", "44254-1",
+                                                                  "44251-7", "44258-2", "44252-5", "44253-3",
+                                                                  "44260-8"), start=1)))
+    assert claimed(one(mapped(phq9), "QuestionnaireResponse")) == ["us-core-questionnaireresponse"]
+
+
+def test_a_document_without_a_loinc_type_or_a_request_without_a_subject_claims_nothing() -> None:
+    document = {"resourceType": "DocumentReference", "type": {"coding": [{"system": "urn:x", "code": "DI"}]},
+                "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/"
+                                          "us-core-documentreference-category", "code": "clinical-note"}]}],
+                "subject": {"reference": "Patient/1"},
+                "content": [{"attachment": {"contentType": "text/plain", "data": "eA=="}}]}
+    assert profile_met(document) is None
+    loinc = {**document, "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]}}
+    assert profile_met(loinc) == "us-core-documentreference"
+    assert profile_met({**loinc, "content": [{"attachment": {"contentType": "application/pdf"}}]}) is None
+    request = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+               "medicationCodeableConcept": {"text": "x"}}
+    assert profile_met(request) is None
+    assert profile_met({**request, "subject": {"reference": "Patient/1"}}) == "us-core-medicationrequest"
+    assert profile_met({**request, "subject": {"reference": "Patient/1"}, "intent": "plan"}) is None

@@ -1,7 +1,7 @@
 """MDM T02 -> DocumentReference (TXA; the OBX segments are the document body, not Observations).
 
-type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5 ...); a LOINC note type
-in TXA-2 or OBX-3 is kept, and mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8,
+type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5, DI 18748-4 ...); a LOINC
+note type in TXA-2 or OBX-3 is kept, else v3-NullFlavor UNK is added (US Core's required type binding); and mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8,
 11510-5) label the document R+PSY. A TXA-18 confidentiality of V or R is added to the labels. Body: text OBX
 values (TX/FT/ST/CWE...) joined by line breaks as a base64 text/plain attachment; ED values with Base64 data
 (RP values with a URL) as their own attachments. An ED or RP part that carries no content (OBX-5 ED without its
@@ -36,6 +36,7 @@ from services.mapper.hl7v2.terminology import (
     LOINC,
     MENTAL_HEALTH_NOTE_TYPES,
     US_CORE_DOC_CATEGORY,
+    V3_NULL_FLAVOR,
 )
 
 _PSYCHOTHERAPY_NOTE = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
@@ -65,9 +66,10 @@ def _type(build: Build, txa: Segment, body_codes: list[Json]) -> Json:
     for item in codings:
         if item.get("system") == LOINC and item.get("code") in MENTAL_HEALTH_NOTE_TYPES:
             item.setdefault("display", MENTAL_HEALTH_NOTE_TYPES[item["code"]])
-    if not codings and not concept.get("text"):
-        return {"text": "Clinical document"}
-    return {**concept, "coding": codings} if codings else concept
+    if not any(c.get("system") == LOINC for c in codings):
+        # no LOINC type known: US Core's required binding takes NullFlavor UNK beside the sender's own code
+        codings.append({"system": V3_NULL_FLAVOR, "code": "UNK", "display": "unknown"})
+    return {**concept, "coding": codings}
 
 
 def map_document(build: Build, txa: Segment) -> Json:

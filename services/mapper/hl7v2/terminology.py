@@ -331,6 +331,8 @@ DOCUMENT_TYPE = {
     "DS": ("18842-5", "Discharge summary"), "HP": ("34117-2", "History and physical note"),
     "OP": ("11504-8", "Surgical operation note"), "PR": ("28570-0", "Procedure note"),
     "TS": ("18761-7", "Transfer summary note"), "ED": ("34111-5", "Emergency department note"),
+    "DI": ("18748-4", "Diagnostic imaging study"), "AR": ("18743-5", "Autopsy report"),
+    "SP": ("11526-1", "Pathology study"),
 }
 # Mental-health note types (US Behavioral Health Profiles IG) and psychology progress note.
 MENTAL_HEALTH_NOTE_TYPES = {

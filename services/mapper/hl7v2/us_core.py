@@ -15,16 +15,29 @@ HL7 reference validator in tests/validation checks every claim against the profi
   DiagnosticReport    us-core-diagnosticreport-lab: category LAB, a subject, effective and issued once final
   Immunization        us-core-immunization: status, vaccine code, patient, occurrence
   AllergyIntolerance  us-core-allergyintolerance: a code, a patient
-No claim for MessageHeader, RelatedPerson, Appointment, DocumentReference (TXA types are not US Core's note
-types), MedicationRequest (RXE-2 is rarely RxNorm) and the instrument QuestionnaireResponse. Provenance
-claims us-core-provenance where it is made (header.py).
+  MedicationRequest   us-core-medicationrequest: status, an intent of us-core-21 (order), a medication, a
+                      subject (the medication binding is extensible: an NDC or local code is allowed)
+  DocumentReference   us-core-documentreference: a LOINC document type or NullFlavor UNK (the required
+                      binding: TXA-2 mapped to LOINC, a LOINC code sent, else UNK), category clinical-note, a subject, every attachment with
+                      data or a URL (us-core-6) and a content type
+  QuestionnaireResponse  us-core-questionnaireresponse (on SDC's): questionnaire, status, subject, authored,
+                      every item with a linkId (the scored instruments' responses, as the JSON path's)
+No claim for MessageHeader, RelatedPerson and Appointment (US Core has no profile of them). Provenance claims
+us-core-provenance where it is made (header.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from services.mapper.hl7v2.terminology import CONDITION_CATEGORY, OBSERVATION_CATEGORY, UCUM
+from services.mapper.hl7v2.terminology import (
+    CONDITION_CATEGORY,
+    LOINC,
+    OBSERVATION_CATEGORY,
+    UCUM,
+    US_CORE_DOC_CATEGORY,
+    V3_NULL_FLAVOR,
+)
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
@@ -81,6 +94,28 @@ def _report_lab(report: Json) -> bool:
     return report.get("status") not in _REPORTED or ("effectiveDateTime" in report and "issued" in report)
 
 
+_ORDER_INTENTS = {"order", "original-order", "reflex-order", "filler-order", "instance-order"}
+
+
+def _medication_request(request: Json) -> bool:
+    return (bool(request.get("status")) and request.get("intent") in _ORDER_INTENTS and "subject" in request
+            and ("medicationCodeableConcept" in request or "medicationReference" in request))
+
+
+def _document(document: Json) -> bool:
+    loinc_type = any((c.get("system"), c.get("code")) in {(LOINC, c.get("code")), (V3_NULL_FLAVOR, "UNK")}
+                     and c.get("code") for c in document.get("type", {}).get("coding", []))
+    attachments = [content.get("attachment", {}) for content in document.get("content", [])]
+    return (loinc_type and _has_coding(document.get("category"), US_CORE_DOC_CATEGORY, "clinical-note")
+            and "subject" in document and bool(attachments)
+            and all((a.get("data") or a.get("url")) and a.get("contentType") for a in attachments))
+
+
+def _questionnaire_response(response: Json) -> bool:
+    return (all(response.get(key) for key in ("questionnaire", "status", "subject", "authored"))
+            and all(item.get("linkId") for item in response.get("item", [])))
+
+
 def profile_met(resource: Json) -> str | None:
     """The US Core profile (its id) that ``resource`` meets, or None."""
     kind = resource["resourceType"]
@@ -105,6 +140,12 @@ def profile_met(resource: Json) -> str | None:
         return "us-core-immunization" if met else None
     if kind == "AllergyIntolerance":
         return "us-core-allergyintolerance" if "code" in resource and "patient" in resource else None
+    if kind == "MedicationRequest":
+        return "us-core-medicationrequest" if _medication_request(resource) else None
+    if kind == "DocumentReference":
+        return "us-core-documentreference" if _document(resource) else None
+    if kind == "QuestionnaireResponse":
+        return "us-core-questionnaireresponse" if _questionnaire_response(resource) else None
     return None
 
 
