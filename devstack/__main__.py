@@ -32,6 +32,7 @@ from devstack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, s
 from devstack.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from devstack.local_broker import LocalKafkaBroker
 from devstack.webhook_receiver import WebhookReceiver
+from services.common.fhir.codesystems import EMPI
 from services.common.fhir_ids import resource_id
 from services.common.kafka import client_config
 from services.common.runtime import prepare_topics
@@ -127,7 +128,7 @@ def show_record(settings: Settings, start: datetime) -> None:
             everything = httpx.get(f"{base}/Patient/{psychiatry_patient_id()}/$everything", headers=headers,
                                    params={"_count": 1}, timeout=10).json()
             linked = httpx.get(f"{base}/Patient", headers=headers, timeout=10,
-                               params={"identifier": "urn:carebus:empi|EMPI-8842-1170"}).json()
+                               params={"identifier": f"{EMPI}|EMPI-8842-1170"}).json()
             total, patients = everything.get("total", 0), linked.get("total", 0)
             if total > 0 and (total, patients) == previous:
                 break

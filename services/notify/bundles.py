@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
+from services.common.fhir.codesystems import SUBSCRIPTION_ERROR, V3_ACT_CODE
 from services.notify.store import EventRow
 from services.notify.subscriptions import SubscriptionDef
 
@@ -22,9 +23,8 @@ STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinit
 NOTIFICATION_PROFILE = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4")
 NOTICE_EXTENSION = "https://carebus.dev/fhir/StructureDefinition/disclosure-notice"
-NORDSCLCD = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "NORDSCLCD",
+NORDSCLCD = {"system": V3_ACT_CODE, "code": "NORDSCLCD",
              "display": "no redisclosure without consent directive"}
-ERROR_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscription-error"
 
 FocusLookup = Callable[[EventRow], Mapping[str, Any] | None]  # the current version, if the recipient may see it
 
@@ -51,7 +51,7 @@ def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationTyp
         params.append(entry)
     if sub.status == "error" and sub.error:
         params.append({"name": "error", "valueCodeableConcept": {
-            "coding": [{"system": ERROR_SYSTEM, "code": "no-response"}], "text": sub.error}})
+            "coding": [{"system": SUBSCRIPTION_ERROR, "code": "no-response"}], "text": sub.error}})
     return {"resourceType": "Parameters", "id": str(uuid.uuid4()), "meta": {"profile": [STATUS_PROFILE]},
             "parameter": params}
 

@@ -25,6 +25,7 @@ import orjson
 
 from services.common.event_headers import OUTCOMES_SOURCE as OUTCOMES_CE_SOURCE
 from services.common.event_headers import alert_headers, bundle_headers, security_header
+from services.common.fhir.codesystems import LOINC, OUTCOMES_CODES, RFC3986
 from services.common.kafka import OutboundRecord
 from services.common.settings import Settings
 from services.common.topics import (
@@ -45,8 +46,8 @@ from services.outcomes.episodes import (
     outcome_id,
     phq9_rules,
 )
-from services.outcomes.fhir import OUTCOMES_SYSTEM, STATE_DISPLAY, outcome_resources
-from services.outcomes.history import GAD7_TOTAL, LOINC, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.fhir import STATE_DISPLAY, outcome_resources
+from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
 from services.outcomes.tasks import (
     UNACKNOWLEDGED,
     Alert,
@@ -68,7 +69,7 @@ OUTCOMES_EVENT_TYPE = "org.carebus.outcomes.derived.v1"
 TASK_EVENT_TYPE = "org.carebus.safety.task.v1"
 OUTCOME_CHANGE_EVENT_TYPE = "org.carebus.outcome.changed.v1"
 _ALL = View(ALL_CLEARANCES)
-_EPISODE_CODES = (f"{OUTCOMES_SYSTEM}|phq-9-episode", f"{OUTCOMES_SYSTEM}|gad-7-episode")
+_EPISODE_CODES = (f"{OUTCOMES_CODES}|phq-9-episode", f"{OUTCOMES_CODES}|gad-7-episode")
 _SCORE_CODES = (PHQ9_TOTAL, GAD7_TOTAL)
 _PAGE = 1000
 
@@ -271,7 +272,7 @@ class OutcomesEngine:
             return []
         chain = owner_chain(self.settings.safety_task_owners, alert.source)
         task = new_task(alert, chain, self.settings.safety_task_due_minutes)
-        task["requester"] = {"identifier": {"system": "urn:ietf:rfc:3986", "value": alert.source}}
+        task["requester"] = {"identifier": {"system": RFC3986, "value": alert.source}}
         return [bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", outcome_id("task-created", tid),
                               TASK_EVENT_TYPE, [entry(task)], alert.raised_at)]
 

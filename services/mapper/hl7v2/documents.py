@@ -1,8 +1,8 @@
 """MDM T02 -> DocumentReference (TXA; the OBX segments are the document body, not Observations).
 
 type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5, DI 18748-4 ...); a LOINC
-note type in TXA-2 or OBX-3 is kept, else v3-NullFlavor UNK is added (US Core's required type binding); and mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8,
-11510-5) label the document R+PSY. A TXA-18 confidentiality of V or R is added to the labels. Body: text OBX
+note type in TXA-2 or OBX-3 is kept, else v3-NullFlavor UNK is added (US Core's required type binding); and
+mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8, 11510-5) label the document R+PSY. A TXA-18 confidentiality of V or R is added to the labels. Body: text OBX
 values (TX/FT/ST/CWE...) joined by line breaks as a base64 text/plain attachment; ED values with Base64 data
 (RP values with a URL) as their own attachments. An ED or RP part that carries no content (OBX-5 ED without its
 data, RP without a pointer) or content carebus cannot read (not Base64) refuses the whole message, AE at OBX-5
@@ -18,6 +18,7 @@ import base64
 import re
 from typing import Any
 
+from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY, V3_NULL_FLAVOR
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -30,14 +31,7 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import InvalidValue, MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
-from services.mapper.hl7v2.terminology import (
-    DOCUMENT_COMPLETION,
-    DOCUMENT_TYPE,
-    LOINC,
-    MENTAL_HEALTH_NOTE_TYPES,
-    US_CORE_DOC_CATEGORY,
-    V3_NULL_FLAVOR,
-)
+from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE, MENTAL_HEALTH_NOTE_TYPES
 
 _PSYCHOTHERAPY_NOTE = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
 _AVAILABILITY = {"AV": "current", "UN": "current", "OB": "superseded", "CA": "entered-in-error"}
@@ -124,7 +118,7 @@ def map_document(build: Build, txa: Segment) -> Json:
         "status": _AVAILABILITY.get(txa.get(19).upper(), "current"),
         "docStatus": DOCUMENT_COMPLETION.get(txa.get(17).upper()),
         "type": doc_type,
-        "category": [{"coding": [{"system": US_CORE_DOC_CATEGORY, "code": "clinical-note",
+        "category": [{"coding": [{"system": US_CORE_DOCUMENTREFERENCE_CATEGORY, "code": "clinical-note",
                                   "display": "Clinical Note"}]}],
         "subject": build.patient_ref,
         "date": date,

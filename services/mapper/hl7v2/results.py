@@ -25,6 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.fhir.codesystems import (
+    CSSRS_RISK_LEVEL,
+    DATA_ABSENT_REASON,
+    FLAG_CATEGORY,
+    LOINC,
+    LOINC_QUESTIONNAIRE,
+    OBSERVATION_CATEGORY,
+    SNOMED,
+    UCUM,
+    V2_0074,
+    V3_OBSERVATION_INTERPRETATION,
+)
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -42,20 +54,8 @@ from services.mapper.hl7v2.datatypes import (
 )
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.errors import InvalidValue
-from services.mapper.hl7v2.terminology import (
-    DATA_ABSENT_REASON,
-    FLAG_CATEGORY,
-    INTERPRETATION,
-    LOINC,
-    OBSERVATION_CATEGORY,
-    OBSERVATION_STATUS,
-    REPORT_STATUS,
-    SNOMED,
-    UCUM,
-    V3_INTERPRETATION,
-)
+from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
 from services.mapper.mapping.instruments import (
-    CSSRS_RISK_SYSTEM,
     INSTRUMENTS,
     InstrumentAnswerError,
     InstrumentScore,
@@ -75,7 +75,6 @@ _TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 SURVEY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
 LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
-V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # v2-0074 diagnostic service sections that are laboratory work
 LAB_SECTIONS = frozenset({"LAB", "BG", "BLB", "CG", "CH", "CP", "HM", "IMM", "MB", "MCB", "MYC", "OSL", "PAR",
                           "PAT", "SP", "SR", "TX", "URN", "VR"})
@@ -195,7 +194,7 @@ def _interpretation(build: Build, obx: Segment) -> list[Json]:
     for rep in obx.reps(8):
         code = rep.c(1).upper()
         if code in INTERPRETATION:
-            out.append({"coding": [{"system": V3_INTERPRETATION, "code": code,
+            out.append({"coding": [{"system": V3_OBSERVATION_INTERPRETATION, "code": code,
                                     "display": INTERPRETATION[code]}]})
         else:
             concept = codeable(rep, local=build.local(obx.loc(8)))
@@ -510,7 +509,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
         "resourceType": "QuestionnaireResponse",
         "id": qr_id,
         "identifier": build.source_identifier("assessment", key),
-        "questionnaire": f"http://loinc.org/q/{spec.panel_loinc}",
+        "questionnaire": LOINC_QUESTIONNAIRE + spec.panel_loinc,
         "status": "completed",
         "authored": authored,
         "item": items,
@@ -538,7 +537,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     total = survey(spec.total_loinc, spec.total_display, sources.get(spec.total_loinc))
     if spec.key == "cssrs-screener" and score.risk_level is not None and score.band is not None:
         total["valueCodeableConcept"] = {
-            "coding": [{"system": CSSRS_RISK_SYSTEM, "code": score.risk_level,
+            "coding": [{"system": CSSRS_RISK_LEVEL, "code": score.risk_level,
                         "display": score.band.display}],
             "text": score.band.display,
         }

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from services.mapper.hl7v2.terminology import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED, is_local_system
+from services.common.fhir.codesystems import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
+from services.mapper.hl7v2.terminology import is_local_system
 from services.mapper.mapping import labels
 
 Labels = tuple[str, ...]

@@ -18,8 +18,8 @@ HL7 reference validator in tests/validation checks every claim against the profi
   MedicationRequest   us-core-medicationrequest: status, an intent of us-core-21 (order), a medication, a
                       subject (the medication binding is extensible: an NDC or local code is allowed)
   DocumentReference   us-core-documentreference: a LOINC document type or NullFlavor UNK (the required
-                      binding: TXA-2 mapped to LOINC, a LOINC code sent, else UNK), category clinical-note, a subject, every attachment with
-                      data or a URL (us-core-6) and a content type
+                      binding: TXA-2 mapped to LOINC, a LOINC code sent, else UNK), category clinical-note,
+                      a subject, every attachment with data or a URL (us-core-6) and a content type
   QuestionnaireResponse  us-core-questionnaireresponse (on SDC's): questionnaire, status, subject, authored,
                       every item with a linkId (the scored instruments' responses, as the JSON path's)
 No claim for MessageHeader, RelatedPerson and Appointment (US Core has no profile of them). Provenance claims
@@ -30,17 +30,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.mapper.hl7v2.terminology import (
+from services.common.fhir.codesystems import (
     CONDITION_CATEGORY,
     LOINC,
     OBSERVATION_CATEGORY,
     UCUM,
-    US_CORE_DOC_CATEGORY,
+    US_CORE_DOCUMENTREFERENCE_CATEGORY,
+    V2_0074,
     V3_NULL_FLAVOR,
 )
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
-V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # USPS state codes (US Core binds Address.state to them): a patient with another state (e.g. a Canadian
 # province) does not claim us-core-patient
 USPS_STATES = frozenset(
@@ -106,7 +106,7 @@ def _document(document: Json) -> bool:
     loinc_type = any((c.get("system"), c.get("code")) in {(LOINC, c.get("code")), (V3_NULL_FLAVOR, "UNK")}
                      and c.get("code") for c in document.get("type", {}).get("coding", []))
     attachments = [content.get("attachment", {}) for content in document.get("content", [])]
-    return (loinc_type and _has_coding(document.get("category"), US_CORE_DOC_CATEGORY, "clinical-note")
+    return (loinc_type and _has_coding(document.get("category"), US_CORE_DOCUMENTREFERENCE_CATEGORY, "clinical-note")
             and "subject" in document and bool(attachments)
             and all((a.get("data") or a.get("url")) and a.get("contentType") for a in attachments))
 

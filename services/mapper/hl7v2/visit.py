@@ -12,6 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.fhir.codesystems import (
+    ALLERGY_CLINICAL,
+    CONDITION_CATEGORY,
+    CONDITION_VERIFICATION,
+    DIAGNOSIS_ROLE,
+    DISCHARGE_DISPOSITION,
+    V2_0004,
+    V2_0203,
+    V3_ACT_CODE,
+    V3_NULL_FLAVOR,
+    V3_PARTICIPATION_TYPE,
+)
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -29,22 +41,13 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
-    ALLERGY_CLINICAL,
     ALLERGY_CRITICALITY,
-    CONDITION_CATEGORY,
-    CONDITION_VERIFICATION,
-    DIAGNOSIS_ROLE,
     DIAGNOSIS_TYPE,
     DISCHARGE,
     DISCHARGE_DISPLAY,
-    DISCHARGE_DISPOSITION,
     ENCOUNTER_CLASS,
     ENCOUNTER_CLASS_V2_DISPLAY,
-    PARTICIPATION_TYPE,
-    V2_0004,
     V2_TABLE_CODES,
-    V3_ACT_CODE,
-    V3_NULL_FLAVOR,
     local_system,
 )
 
@@ -140,7 +143,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
     if pv1.get(19):
         visit = identifier_cx(pv1.rep(19), pv1.loc(19), conv)
         if visit is not None:
-            visit.setdefault("type", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+            visit.setdefault("type", {"coding": [{"system": V2_0203,
                                                   "code": "VN", "display": "Visit number"}]})
             encounter["identifier"].append(visit)
     end = pv1.get(45)
@@ -155,7 +158,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
             who = person_reference(rep)
             if who is not None:
                 encounter["participant"].append({
-                    "type": [{"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]}],
+                    "type": [{"coding": [{"system": V3_PARTICIPATION_TYPE, "code": code, "display": display}]}],
                     "individual": who,
                 })
     _locations(build, pv1, encounter, status)

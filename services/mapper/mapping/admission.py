@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AdmissionEnded, AdmissionStarted
+from services.common.fhir.codesystems import DISCHARGE_DISPOSITION, SNOMED, V3_ACT_CODE
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import ACT_CODE, SNOMED, Draft, coding, concept, concept_of, iso, profile
+from services.mapper.mapping._fhir import Draft, coding, concept, concept_of, iso, profile
 
-DISCHARGE_DISPOSITION: Final = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 DISPOSITION_DISPLAY: Final = {
     "home": "Home",
     "alt-home": "Alternative home",
@@ -50,7 +50,7 @@ def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> Non
         "meta": {"profile": profile("us-core-encounter")},
         "identifier": [subject.identifier("encounter", data.admission_id)],
         "status": "in-progress",
-        "class": coding(ACT_CODE, "IMP", "inpatient encounter"),
+        "class": coding(V3_ACT_CODE, "IMP", "inpatient encounter"),
         "type": [concept(SNOMED, "32485007", "Hospital admission (procedure)")],
         "serviceType": {"text": SERVICE_TEXT[data.service]},
         "subject": subject.patient_ref,

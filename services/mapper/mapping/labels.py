@@ -55,6 +55,7 @@ from collections.abc import Collection, Iterable
 from typing import Final
 
 from services.common import security_labels
+from services.common.fhir.codesystems import ICD10CM, SNOMED
 from services.mapper.mapping.instruments import INSTRUMENTS
 from services.mapper.mapping.rxnorm_products import PRODUCTS_BY_INGREDIENT
 
@@ -63,8 +64,6 @@ PART2: Final = security_labels.PART2
 ETHUD: Final = ("R", "ETHUD")
 NONE: Final[tuple[str, ...]] = ()
 
-ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED: Final = "http://snomed.info/sct"
 
 SNOMED_PSYCHIATRIC: Final[frozenset[str]] = frozenset(
     {

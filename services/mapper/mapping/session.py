@@ -25,9 +25,9 @@ import datetime as dt
 from typing import Any, Final
 
 from services.common.events import SessionCompleted
-from services.common.events._types import CPT
+from services.common.fhir.codesystems import CPT, SNOMED, UCUM, V3_ACT_CODE
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import ACT_CODE, SNOMED, UCUM, Draft, coding, iso, profile
+from services.mapper.mapping._fhir import Draft, coding, iso, profile
 
 PSYCHOTHERAPY: Final = ("75516001", "Psychotherapy (regime/therapy)")
 MODALITIES: Final[dict[str, tuple[str, str, str]]] = {
@@ -69,7 +69,7 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
     subject = draft.subject
     end = data.start + dt.timedelta(minutes=data.duration_minutes)
     encounter_class = (
-        coding(ACT_CODE, "VR", "virtual") if data.telehealth else coding(ACT_CODE, "AMB", "ambulatory")
+        coding(V3_ACT_CODE, "VR", "virtual") if data.telehealth else coding(V3_ACT_CODE, "AMB", "ambulatory")
     )
     encounter_id = subject.id("Encounter", data.session_id)
     encounter: dict[str, Any] = {
