@@ -3,8 +3,9 @@
 type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5, DI 18748-4 ...); a LOINC
 note type in TXA-2 or OBX-3 is kept, else v3-NullFlavor UNK is added (US Core's required type binding); and
 mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8, 11510-5) label the document R+PSY. A
-TXA-18 confidentiality of V or R is added to the labels. Body: text OBX values (TX/FT/ST/CWE...) joined by line breaks as a base64 text/plain attachment; ED values with Base64 data
-(RP values with a URL) as their own attachments. An ED or RP part that carries no content (OBX-5 ED without its
+TXA-18 confidentiality of V or R is added to the labels. Body: text OBX values (TX/FT/ST/CWE...) joined by line
+breaks as a base64 text/plain attachment; ED values with Base64 data (RP values with a URL) as their own
+attachments. An ED or RP part that carries no content (OBX-5 ED without its
 data, RP without a pointer) or content carebus cannot read (not Base64) refuses the whole message, AE at OBX-5
 (``attachment-data-missing`` / ``attachment-unreadable``, the OBX occurrence named): storing the document without
 a part the sender announced would show clinicians an incomplete document as complete, and the dead letter tells
