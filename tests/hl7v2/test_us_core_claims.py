@@ -86,3 +86,30 @@ def test_a_document_without_a_loinc_type_or_a_request_without_a_subject_claims_n
     assert profile_met(request) is None
     assert profile_met({**request, "subject": {"reference": "Patient/1"}}) == "us-core-medicationrequest"
     assert profile_met({**request, "subject": {"reference": "Patient/1"}, "intent": "plan"}) is None
+
+
+def adt_with(*obx: str) -> str:
+    return er7(msh("ADT^A01^ADT_A01"), "EVN|A01|20240501101500-0500", PID, "PV1|1|O|||||||||||||||||V7", *obx)
+
+
+def test_vital_signs_outside_a_lab_section_claim_their_us_core_profile() -> None:
+    event = mapped(adt_with("OBX|1|NM|8867-4^Heart rate^LN||72|beats/min^^ISO|||||F|||20240501093000-0500",
+                            "OBX|2|NM|29463-7^Body weight^LN||180|lbs|||||F|||20240501093000-0500",
+                            "OBX|3|NM|8310-5^Body temperature^LN||37.1|Cel^degree Celsius^UCUM|||||F|||20240501",
+                            "OBX|4|NM|9279-1^Respiratory rate^LN||16|per shift|||||F|||20240501093000-0500"))
+    by_code = {o["code"]["coding"][0]["code"]: o for o in resources(event, "Observation")}
+    assert all(o["category"][0]["coding"][0]["code"] == "vital-signs" for o in by_code.values())
+    assert by_code["8867-4"]["valueQuantity"] == {"value": 72, "unit": "beats/min",
+                                                  "system": "http://unitsofmeasure.org", "code": "/min"}
+    assert claimed(by_code["8867-4"]) == ["us-core-heart-rate"]
+    assert by_code["29463-7"]["valueQuantity"]["code"] == "[lb_av]"
+    assert claimed(by_code["29463-7"]) == ["us-core-body-weight"]
+    assert claimed(by_code["8310-5"]) == ["us-core-body-temperature"]
+    # a unit the profile does not take: a vital sign still, but no claim (and no invented UCUM code)
+    assert "system" not in by_code["9279-1"]["valueQuantity"] and claimed(by_code["9279-1"]) == []
+
+
+def test_the_sample_heart_rate_with_two_values_is_a_vital_sign_without_a_claim() -> None:
+    heart_rate = one(mapped(sample("ADT-A01-01.hl7")), "Observation")
+    assert heart_rate["category"][0]["coding"][0]["code"] == "vital-signs"
+    assert claimed(heart_rate) == []  # two values (components), no valueQuantity: not us-core-heart-rate

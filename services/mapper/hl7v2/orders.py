@@ -6,11 +6,12 @@ status from ORC-5 (v2-0038) or ORC-1 (v2-0119); medication RXE-2; dosage: RXE-3/
 (doseAndRate.rateQuantity, UCUM where the unit is known: datatypes.rate_quantity), RXE-7 instructions, TQ1-3
 repeat pattern (RPT: timing.code in v2-0335 or the sender's system, frequency/period/when from it:
 datatypes.repeat_pattern) and TQ1-7/8 bounds (RXE-1 TQ in v2.3/2.4), RXR-1/2/4 route, site, method; dispense
-RXE-10/11, refills RXE-12, substitution RXE-9; reasons RXE-27; requester ORC-12; authoredOn ORC-9. TQ1 and RXR of
-the encoded order (after RXE) win over those of the original order (before it).
+RXE-10/11, refills RXE-12, substitution RXE-9; reasons RXE-27; requester ORC-12, else RXE-13; authoredOn ORC-9.
+TQ1 and RXR of the encoded order (after RXE) win over those of the original order (before it).
 RXO, the order as the provider requested it, fills what RXE leaves empty: medication RXO-1, dose RXO-2/3/4, rate
 RXO-21/22, administration instructions RXO-7, dispense RXO-11/12, refills RXO-13, substitution RXO-9, indication
-RXO-20; its pharmacy instructions (RXO-6) and a requested medication other than the one dispensed become notes.
+RXO-20, ordering provider RXO-14 (after ORC-12 and RXE-13); its pharmacy instructions (RXO-6) and a requested
+medication other than the one dispensed become notes.
 An order with RXO but no RXE (not a valid RDE, but sent) is mapped from RXO alone. RXC is not mapped.
 Labels: psychotropic medications PSY; buprenorphine, methadone, naltrexone (opioid / alcohol use disorder
 treatment) PART2; indications as diagnoses.
@@ -214,7 +215,10 @@ def map_medication_request(build: Build, order: Order) -> Json | None:
         "encounter": build.encounter_ref,
         "authoredOn": (fhir_datetime(orc.get(9), orc.loc(9), conv) if orc is not None else None)
         or (fhir_datetime(rxe.get(32), rxe.loc(32), conv) if rxe is not None else None),
-        "requester": (person_reference(orc.rep(12)) if orc is not None else None),
+        # the ordering provider: ORC-12, else the ordering provider named in RXE-13 / RXO-14 (XCN)
+        "requester": _filled(person_reference(orc.rep(12)) if orc is not None else None,
+                             person_reference(rxe.rep(13)) if rxe is not None else None,
+                             person_reference(rxo.rep(14)) if rxo is not None else None),
         "reasonCode": reasons,
         "note": [{"text": text} for text in texts],
         "dosageInstruction": [dosage],

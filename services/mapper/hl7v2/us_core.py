@@ -15,8 +15,14 @@ HL7 reference validator in tests/validation checks every claim against the profi
   DiagnosticReport    us-core-diagnosticreport-lab: category LAB, a subject, effective and issued once final
   Immunization        us-core-immunization: status, vaccine code, patient, occurrence
   AllergyIntolerance  us-core-allergyintolerance: a code, a patient
-  MedicationRequest   us-core-medicationrequest: status, an intent of us-core-21 (order), a medication, a
-                      subject (the medication binding is extensible: an NDC or local code is allowed)
+  Observation         (outside a lab section: ADT, SIU, VXU, RDE OBX) a US Core vital sign — heart rate,
+                      respiratory rate, body temperature, height, weight, BMI, pulse oximetry — by its LOINC code:
+                      category vital-signs (results.map_standalone), the value's unit given its UCUM code when it is
+                      one the profile takes (VITAL_SIGNS), claimed when it has a subject, a day-precise effective
+                      time and a UCUM valueQuantity (or a data-absent reason)
+  MedicationRequest   us-core-medicationrequest: status, an order intent with a requester (us-core-21: ORC-12,
+                      RXE-13 or RXO-14), a medication, a subject (the medication binding is extensible: an NDC
+                      or local code is allowed)
   DocumentReference   us-core-documentreference: a LOINC document type or NullFlavor UNK (the required
                       binding: TXA-2 mapped to LOINC, a LOINC code sent, else UNK), category clinical-note,
                       a subject, every attachment with data or a URL (us-core-6) and a content type
@@ -94,11 +100,57 @@ def _report_lab(report: Json) -> bool:
     return report.get("status") not in _REPORTED or ("effectiveDateTime" in report and "issued" in report)
 
 
+# LOINC code -> (US Core profile, {unit as senders write it (upper case) -> UCUM code the profile takes})
+_PER_MINUTE = {"/MIN": "/min", "BEATS/MIN": "/min", "BPM": "/min", "BREATHS/MIN": "/min", "{BEATS}/MIN": "/min",
+               "{BREATHS}/MIN": "/min", "PER MIN": "/min"}
+VITAL_SIGNS: dict[str, tuple[str, dict[str, str]]] = {
+    "8867-4": ("us-core-heart-rate", _PER_MINUTE),
+    "9279-1": ("us-core-respiratory-rate", _PER_MINUTE),
+    "8310-5": ("us-core-body-temperature", {"CEL": "Cel", "DEGC": "Cel", "C": "Cel", "[DEGF]": "[degF]",
+                                            "DEGF": "[degF]", "F": "[degF]"}),
+    "8302-2": ("us-core-body-height", {"CM": "cm", "[IN_I]": "[in_i]", "IN": "[in_i]"}),
+    "29463-7": ("us-core-body-weight", {"KG": "kg", "G": "g", "[LB_AV]": "[lb_av]", "LB": "[lb_av]",
+                                        "LBS": "[lb_av]"}),
+    "39156-5": ("us-core-bmi", {"KG/M2": "kg/m2", "KG/M^2": "kg/m2"}),
+    "59408-5": ("us-core-pulse-oximetry", {"%": "%"}),
+    "2708-6": ("us-core-pulse-oximetry", {"%": "%"}),
+}
+
+
+def vital_sign(obs: Json) -> str | None:
+    """The LOINC code of a US Core vital sign this Observation is (by its code), or None."""
+    return next((c["code"] for c in obs.get("code", {}).get("coding", [])
+                 if c.get("system") == LOINC and c.get("code") in VITAL_SIGNS), None)
+
+
+def vital_ucum(loinc: str, unit: str) -> str | None:
+    """The UCUM code the vital sign's profile takes for a unit as the sender wrote it, or None."""
+    return VITAL_SIGNS[loinc][1].get(unit.strip().upper())
+
+
+def _vital_sign_profile(obs: Json) -> str | None:
+    loinc = vital_sign(obs)
+    if loinc is None or not _has_coding(obs.get("category"), OBSERVATION_CATEGORY, "vital-signs"):
+        return None
+    effective = obs.get("effectiveDateTime")
+    if "subject" not in obs or effective is None or len(effective) < 10:
+        return None
+    quantity = obs.get("valueQuantity")
+    allowed = set(VITAL_SIGNS[loinc][1].values())
+    if quantity is not None:
+        met = quantity.get("system") == UCUM and quantity.get("code") in allowed and "value" in quantity
+        return VITAL_SIGNS[loinc][0] if met else None
+    if "dataAbsentReason" in obs and not any(key.startswith("value") for key in obs) and not obs.get("component"):
+        return VITAL_SIGNS[loinc][0]
+    return None
+
+
 _ORDER_INTENTS = {"order", "original-order", "reflex-order", "filler-order", "instance-order"}
 
 
 def _medication_request(request: Json) -> bool:
     return (bool(request.get("status")) and request.get("intent") in _ORDER_INTENTS and "subject" in request
+            and "requester" in request  # us-core-21: an order names who ordered it
             and ("medicationCodeableConcept" in request or "medicationReference" in request))
 
 
@@ -129,6 +181,8 @@ def profile_met(resource: Json) -> str | None:
                and "code" in resource and "subject" in resource)
         return "us-core-condition-encounter-diagnosis" if met else None
     if kind == "Observation":
+        if _has_coding(resource.get("category"), OBSERVATION_CATEGORY, "vital-signs"):
+            return _vital_sign_profile(resource)
         if _has_coding(resource.get("category"), OBSERVATION_CATEGORY, "survey"):
             return "us-core-observation-screening-assessment" if "subject" in resource else None
         return "us-core-observation-lab" if _observation_lab(resource) else None
