@@ -71,7 +71,7 @@ def test_medication_requests_documents_and_instrument_responses_claim_us_core() 
     assert claimed(one(mapped(phq9), "QuestionnaireResponse")) == ["us-core-questionnaireresponse"]
 
 
-def test_a_document_without_a_loinc_type_or_a_request_without_a_subject_claims_nothing() -> None:
+def test_a_document_without_a_loinc_type_or_a_request_without_subject_or_requester_claims_nothing() -> None:
     document = {"resourceType": "DocumentReference", "type": {"coding": [{"system": "urn:x", "code": "DI"}]},
                 "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/"
                                           "us-core-documentreference-category", "code": "clinical-note"}]}],
@@ -82,10 +82,12 @@ def test_a_document_without_a_loinc_type_or_a_request_without_a_subject_claims_n
     assert profile_met(loinc) == "us-core-documentreference"
     assert profile_met({**loinc, "content": [{"attachment": {"contentType": "application/pdf"}}]}) is None
     request = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
-               "medicationCodeableConcept": {"text": "x"}}
+               "medicationCodeableConcept": {"text": "x"}, "requester": {"display": "Dr Ann Smith"}}
     assert profile_met(request) is None
     assert profile_met({**request, "subject": {"reference": "Patient/1"}}) == "us-core-medicationrequest"
     assert profile_met({**request, "subject": {"reference": "Patient/1"}, "intent": "plan"}) is None
+    unsigned = {k: v for k, v in request.items() if k != "requester"}  # us-core-21: an order names its requester
+    assert profile_met({**unsigned, "subject": {"reference": "Patient/1"}}) is None
 
 
 def adt_with(*obx: str) -> str:
