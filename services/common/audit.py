@@ -34,6 +34,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from services.common.event_headers import RECORD_SOURCE, cloudevent_headers
 from services.common.fhir.codesystems import (
     AUDIT_ENTITY_TYPE,
     AUDIT_EVENT_TYPE,
@@ -47,7 +48,7 @@ from services.common.fhir.codesystems import (
     V3_PARTICIPATION_TYPE,
 )
 from services.common.kafka import OutboundRecord
-from services.common.topics import AUDIT_EVENTS, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE
+from services.common.topics import AUDIT_EVENTS
 
 AUDIT_NAMESPACE: Final = uuid.UUID("5b0e7c1e-2f7a-4d55-9a8e-3c1f0a6d2b91")
 AUDIT_CONTENT_TYPE: Final = "application/fhir+json"
@@ -238,9 +239,6 @@ def audit_record(event: dict[str, Any], topic_prefix: str) -> OutboundRecord:
         topic=AUDIT_EVENTS.name(topic_prefix),
         key=patient.removeprefix("Patient/"),
         value=orjson.dumps(event),
-        headers={
-            HEADER_EVENT_ID: event["id"],
-            HEADER_EVENT_TYPE: AUDIT_CE_TYPE,
-            HEADER_CONTENT_TYPE: AUDIT_CONTENT_TYPE,
-        },
+        headers=cloudevent_headers(str(event["id"]), AUDIT_CE_TYPE, RECORD_SOURCE, AUDIT_CONTENT_TYPE,
+                                   str(event["recorded"])),
     )

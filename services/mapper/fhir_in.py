@@ -89,8 +89,9 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
         meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
         security = meta.get("security") if isinstance(meta, dict) else None
-        labels_sent = {c.get("code") for c in security if isinstance(c, dict)} if isinstance(security, list) else set()
-        if "PSYTHPN" in labels_sent:
+        labels_sent = ({c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)}
+                       if isinstance(security, list) else set())
+        if labels.refused_labels(labels_sent):
             raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
                 f"{where}.meta.security", "psychotherapy-note-refused",
                 "psychotherapy notes (HIPAA 45 CFR 164.501) need the patient's specific authorization and are "
@@ -504,7 +505,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
             scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
-            implied = labels.combine(implied, labels.ETHUD if spec.key == "audit-c" else labels.PSY)
+            implied = labels.combine(implied, labels.instrument_labels(spec.key))
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
                     computed.append(entry)

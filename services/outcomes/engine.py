@@ -24,15 +24,12 @@ from typing import Any
 import orjson
 
 from services.common.event_headers import OUTCOMES_SOURCE as OUTCOMES_CE_SOURCE
-from services.common.event_headers import alert_headers, bundle_headers, security_header
+from services.common.event_headers import alert_headers, bundle_headers, cloudevent_headers, security_header
 from services.common.fhir.codesystems import LOINC, OUTCOMES_CODES, RFC3986
 from services.common.kafka import OutboundRecord
 from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
     HEADER_SECURITY,
     OUTCOMES,
     SAFETY_ALERTS,
@@ -246,8 +243,8 @@ class OutcomesEngine:
                           "date": fact.when.isoformat(), "score": fact.score}
                 out.records.append(OutboundRecord(
                     topic=OUTCOMES.name(self.prefix), key=episode.index.patient, value=orjson.dumps(change),
-                    headers={HEADER_EVENT_ID: fact.id, HEADER_EVENT_TYPE: OUTCOME_CHANGE_EVENT_TYPE,
-                             HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+                    headers={**cloudevent_headers(fact.id, OUTCOME_CHANGE_EVENT_TYPE, OUTCOMES_CE_SOURCE,
+                                                  "application/json", now), HEADER_SECURITY: labels}))
                 out.changes += 1
                 out.changes_by_kind[fact.kind] = out.changes_by_kind.get(fact.kind, 0) + 1
 

@@ -16,7 +16,6 @@ the integration team which OBX to fix before resending. HIPAA psychotherapy note
 from __future__ import annotations
 
 import base64
-import re
 from typing import Any
 
 from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY, V3_NULL_FLAVOR
@@ -32,9 +31,9 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import InvalidValue, MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
-from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE, MENTAL_HEALTH_NOTE_TYPES
+from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE
+from services.mapper.mapping.labels import MENTAL_HEALTH_NOTE_TYPES, refused_labels
 
-_PSYCHOTHERAPY_NOTE = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
 _AVAILABILITY = {"AV": "current", "UN": "current", "OB": "superseded", "CA": "entered-in-error"}
 
 
@@ -72,7 +71,7 @@ def map_document(build: Build, txa: Segment) -> Json:
     body_segments = [s for s in build.message.segments if s.name == "OBX" and s.position > txa.position]
     body_codes = [c for s in body_segments if (c := codeable(s.rep(3), local=build.local(s.loc(3)))) is not None]
     for concept in [codeable(txa.rep(2), local=build.local(txa.loc(2))), *body_codes]:
-        if _PSYCHOTHERAPY_NOTE.search(_concept_text(concept)):
+        if refused_labels((), _concept_text(concept)):
             raise PsychotherapyNoteRefused("TXA-2", "psychotherapy-note",
                                            "HIPAA psychotherapy notes are not accepted")
     lines: list[str] = []

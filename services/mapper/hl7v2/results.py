@@ -63,6 +63,7 @@ from services.mapper.mapping.instruments import (
     InstrumentSpec,
     score_instrument,
 )
+from services.mapper.mapping.labels import instrument_labels, safety_flag_labels
 from services.mapper.mapping.risk import ALERT_DETAILS, AT_RISK_FOR_SUICIDE
 from services.mapper.result import SafetyAlert
 
@@ -501,7 +502,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     assert obr is not None
     conv = build.conv
     spec = score.instrument
-    labels = sensitivity.ETHUD if spec.key == "audit-c" else sensitivity.PSY
+    labels = instrument_labels(spec.key)
     observed = [o for o in sources.values() if o.get(14)]
     authored = (fhir_datetime(obr.get(7), obr.loc(7), conv)
                 or (fhir_datetime(observed[0].get(14), observed[0].loc(14), conv) if observed else None)
@@ -577,7 +578,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     panel["hasMember"] = members
     out.insert(1, (panel, labels))
     for kind in score.safety_alerts:
-        out.append((_safety_flag(build, key, kind, authored), sensitivity.PSY))
+        out.append((_safety_flag(build, key, kind, authored), safety_flag_labels()))
     return out
 
 

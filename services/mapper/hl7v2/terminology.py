@@ -325,12 +325,7 @@ DOCUMENT_TYPE = {
     "DI": ("18748-4", "Diagnostic imaging study"), "AR": ("18743-5", "Autopsy report"),
     "SP": ("11526-1", "Pathology study"),
 }
-# Mental-health note types (US Behavioral Health Profiles IG) and psychology progress note.
-MENTAL_HEALTH_NOTE_TYPES = {
-    "34904-3": "Mental health Progress note", "34785-6": "Mental health Consult note",
-    "78263-1": "Mental health Discharge summary", "78306-8": "Mental health History and physical note",
-    "78472-8": "Mental health Procedure note", "11510-5": "Psychology Progress note",
-}
+# Mental-health note types (US Behavioral Health Profiles IG): labels.MENTAL_HEALTH_NOTE_TYPES
 # v2-0271 document completion status -> DocumentReference.docStatus
 DOCUMENT_COMPLETION = {
     "DI": "preliminary", "DO": "preliminary", "IP": "preliminary", "IN": "preliminary", "PA": "final",

@@ -50,10 +50,10 @@ from services.mapper.hl7v2.terminology import (
     V2_TABLE_CODES,
     local_system,
 )
+from services.mapper.mapping.labels import discharge_labels, hospital_service_labels
 
 _PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                  (17, "ADM", "admitter"))
-_PSYCHIATRIC_SERVICES = {"PSY", "PSYCH", "PSI", "BH", "MH", "BHS"}
 _ADT_ACTIVE = {"A01", "A02", "A04", "A08"}
 
 
@@ -103,13 +103,13 @@ def _discharge(build: Build, rep: Rep | None) -> tuple[Json | None, Labels]:
     if mapped is None:
         concept = codeable(rep, local=build.local("PV1-36"))
         text = " ".join((rep.c(1), rep.c(2))).lower()
-        return concept, sensitivity.PSY if "psych" in text else ()
+        return concept, discharge_labels(None, text)
     concept = {"coding": [{"system": DISCHARGE_DISPOSITION, "code": mapped,
                            "display": DISCHARGE_DISPLAY[mapped]}]}
     original = codeable(rep, local=build.local("PV1-36"))
     if original is not None and original.get("text"):
         concept["text"] = original["text"]
-    return concept, sensitivity.PSY if mapped == "psy" else ()
+    return concept, discharge_labels(mapped)
 
 
 def encounter_key(build: Build, pv1: Segment) -> str:
@@ -174,11 +174,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
     if pv2 is not None:
         build.use(pv2)
         encounter["reasonCode"] = [codeable(pv2.rep(3), local=build.local(pv2.loc(3)))]
-    service = pv1.get(10).upper()
-    service_text = " ".join((pv1.get(10, 1), pv1.get(10, 2))).lower()
-    service_labels: Labels = sensitivity.PSY if (
-        service in _PSYCHIATRIC_SERVICES or "psych" in service_text or "behavioral" in service_text
-        or "mental" in service_text) else ()
+    service_labels = hospital_service_labels(pv1.get(10), " ".join((pv1.get(10, 1), pv1.get(10, 2))))
     build.use(pv1)
     made = build.add(encounter, sensitivity.combine(disposition_labels, service_labels), focus=True)
     build.encounter_ref = ref(made)

@@ -34,11 +34,6 @@ SERVICE_TEXT: Final = {
     "inpatient-detox": "Inpatient withdrawal management",
     "inpatient-medical": "Inpatient medical",
 }
-SERVICE_LABELS: Final = {
-    "inpatient-psychiatry": labels.PSY,
-    "inpatient-detox": labels.PART2,
-    "inpatient-medical": labels.NONE,
-}
 
 
 def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> None:
@@ -75,4 +70,4 @@ def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> Non
     if hospitalization:
         encounter["hospitalization"] = hospitalization
     reason_labels = [labels.diagnosis_labels(r.system, r.code) for r in data.reason_codes]
-    draft.add(encounter, labels.combine(SERVICE_LABELS[data.service], *reason_labels))
+    draft.add(encounter, labels.admission_labels(data.service, reason_labels))

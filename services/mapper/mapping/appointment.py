@@ -61,4 +61,4 @@ def map_appointment(
     elif isinstance(event, AppointmentNoShow):
         appointment["status"] = "noshow"
         appointment["participant"][0]["status"] = "declined"
-    draft.add(appointment, labels.NONE if data.service == "primary-care" else labels.PSY)
+    draft.add(appointment, labels.care_service_labels(data.service))

@@ -163,7 +163,7 @@ def map_assessment(event: AssessmentCompleted, draft: Draft) -> None:
         sex=data.patient_gender,
     )
     spec = score.instrument
-    these_labels = labels.ETHUD if spec.key == "audit-c" else labels.PSY
+    these_labels = labels.instrument_labels(spec.key)
 
     response = _questionnaire_response(event, score, draft)
     qr_id = response["id"]

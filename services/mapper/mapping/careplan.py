@@ -44,7 +44,7 @@ def _narrative(event: CarePlanUpdated) -> str:
 def map_care_plan(event: CarePlanUpdated, draft: Draft) -> None:
     data = event.data
     subject = draft.subject
-    plan_labels = labels.PSY if (data.modalities or data.addresses_diagnosis_ids) else labels.NONE
+    plan_labels = labels.care_plan_labels(bool(data.modalities or data.addresses_diagnosis_ids))
     period: dict[str, str] = {"start": iso(data.period_start)}
     if data.period_end:
         period["end"] = iso(data.period_end)

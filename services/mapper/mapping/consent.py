@@ -33,7 +33,6 @@ PURPOSE_DISPLAY: Final = {
     "PATRQT": "patient requested",
     "CAREMGT": "care management",
 }
-_PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
 
 
 _RECIPIENT_TYPES: Final = {"organization": "Organization", "practitioner": "Practitioner", "care-team": "CareTeam"}
@@ -66,7 +65,7 @@ def _exception(exception: ConsentException, kind: str) -> dict[str, Any]:
 def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
     data = event.data
     subject = draft.subject
-    if set(data.labels_covered) & _PART2_COVERED:
+    if set(data.labels_covered) & labels.PART2_COVERED:
         policy = concept(V3_ACT_CODE, "42CFRPart2", "42 CFR Part2")
     elif data.decision == "permit":
         policy = concept(V3_ACT_CODE, "OPTIN", "opt-in")

@@ -74,4 +74,4 @@ def map_note(event: NoteSigned, draft: Draft) -> None:
     }
     if data.encounter_id:
         document["context"] = {"encounter": [subject.ref("Encounter", data.encounter_id)]}
-    draft.add(document, labels.PSY if data.mental_health else labels.NONE)
+    draft.add(document, labels.note_labels(data.mental_health))

@@ -58,4 +58,4 @@ def map_referral(event: ReferralCreated | ReferralClosed, draft: Draft) -> None:
         request["status"] = _STATUS[event.data.outcome]
         request["occurrenceDateTime"] = iso(event.data.closed_at)
     reason_labels = [labels.diagnosis_labels(r.system, r.code) for r in data.reason_codes]
-    draft.add(request, labels.combine(labels.PSY, *reason_labels))
+    draft.add(request, labels.referral_labels(reason_labels))

@@ -64,7 +64,7 @@ def add_safety_flag(
         flag["encounter"] = subject.ref("Encounter", encounter_id)
     if author is not None:
         flag["author"] = subject.practitioner(author)
-    draft.add(flag, labels.PSY)
+    draft.add(flag, labels.safety_flag_labels())
     draft.alerts.append(
         SafetyAlert(
             kind=kind,

@@ -92,7 +92,7 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
         encounter["appointment"] = [subject.ref("Appointment", data.appointment_id)]
     if data.referral_id:
         encounter["basedOn"] = [subject.ref("ServiceRequest", data.referral_id)]
-    session_labels = labels.NONE if data.kind == "primary-care" else labels.PSY
+    session_labels = labels.care_service_labels(data.kind)
     draft.add(encounter, session_labels)
     if data.modality is not None:
         draft.add(
@@ -107,5 +107,5 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
                 "performedPeriod": {"start": iso(data.start), "end": iso(end)},
                 "performer": [{"actor": subject.practitioner(data.practitioner)}],
             },
-            labels.combine(labels.PSY, session_labels),
+            labels.combine(labels.therapy_modality_labels(), session_labels),
         )
