@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from services.common.hl7v2 import inspect_message
 from services.common.kafka import RecordProducer, ensure_topics, read_recent_headers
 from services.common.metrics import Metrics
 from services.common.settings import Settings
@@ -23,8 +24,9 @@ from services.common.topics import (
     INBOUND_EVENTS,
 )
 from services.intake.app import create_app
-from services.intake.mllp import KafkaHl7Acceptor, MllpServer
-from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
+from services.intake.mllp import MllpServer
+from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import context, sample
 from tests.hl7v2.test_mllp import Client, msa, records
 from tests.kafka_helpers import header, read_all

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 # validator cannot look up, and the SDC sample's system-less answer codings (kept as sent); +158 when
 # issue 10 part C added six third-party HL7 v2 samples (NIST IZ and LRI, FHIR-Converter RDE and SIU S14, Aidbox
 # ORU and VXU: ~65 more distinct resources, each with dom-6, plus LOINC/NCIT/CVX codes the validator cannot look up)
-# and the HL7 path claimed US Core on MedicationRequest, DocumentReference, QuestionnaireResponse and vital signs.
-WARNING_CEILING = 1775
+# and the HL7 path claimed US Core on MedicationRequest, DocumentReference, QuestionnaireResponse and vital signs;
+# +4 when lab.resulted's order became a ServiceRequest (issue 12: the example's and the journey's labs; dom-6
+# narrative, LOINC unknown).
+WARNING_CEILING = 1779
 
 
 @dataclass(frozen=True)

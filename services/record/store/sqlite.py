@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from services.record.identity import IdentityPolicy
-from services.record.store.sql import ConnectionPool, Dialect, SqlStore
+from services.record.store.pool import ConnectionPool
+from services.record.store.schema import Dialect
+from services.record.store.sql import SqlStore
 
 
 def refusal(exc: BaseException) -> str | None:
