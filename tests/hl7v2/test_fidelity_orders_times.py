@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from services.common.settings import Settings
 from services.common.hl7v2.errors import InvalidValue, MissingRequired
+from services.common.settings import Settings
 from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.hl7v2.terminology import UCUM
 from tests.hl7v2.helpers import PID, context, er7, mapped, msh, one, resources, sample
