@@ -1061,6 +1061,38 @@ class SqlStore:
             rows = self._all(conn, sql, (resource_type, param, *codes))
         return [(r[0], _row(r[1:])) for r in rows]
 
+    def current_versions(self, resource_type: str, param: str | None = None, codes: Sequence[str] = ()
+                         ) -> list[tuple[str, str, int, str | None, int]]:
+        """The cheap half of an incremental bulk read (outcomes, measures): ``(person, id, version, patient_ref,
+        restriction)`` of every current, undeleted ``resource_type`` (with one of ``codes`` under token ``param``
+        when ``param`` is given), no bodies; a caller that keeps parsed versions fetches only the new ones with
+        :meth:`current_bodies`. The person is as in :meth:`current_with_token`."""
+        if param is not None and not codes:
+            return []
+        sql = (
+            "SELECT COALESCE(m.person_id, c.patient_ref, ''), c.id, c.version_id, c.patient_ref, c.restriction "
+            "FROM resource_current c LEFT JOIN identity_member m ON m.patient_ref = c.patient_ref "
+            "WHERE c.resource_type = ? AND c.deleted = 0"
+        )
+        params: list[Any] = [resource_type]
+        if param is not None:
+            sql += (" AND c.id IN (SELECT t.id FROM search_token t WHERE t.resource_type = ? AND t.param = ? "
+                    f"AND t.code IN ({_marks(len(codes))}))")
+            params.extend((resource_type, param, *codes))
+        with self._connection() as conn:
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in self._all(conn, sql, params)]
+
+    def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """``id -> (version, body)`` of the current, undeleted versions of ``ids`` (the others are left out)."""
+        found: dict[str, tuple[int, bytes]] = {}
+        with self._connection() as conn:
+            for chunk in _chunks(list(ids)):
+                for r in self._all(conn, "SELECT id, version_id, body FROM resource_current WHERE resource_type = ? "
+                                   f"AND deleted = 0 AND id IN ({_marks(len(chunk))})", (resource_type, *chunk)):
+                    if r[2] is not None:
+                        found[r[0]] = (r[1], bytes(r[2]))
+        return found
+
     def search(self, query: SearchQuery, view: View) -> Page:
         where = _Where()
         where.add("c.resource_type = ?", query.resource_type)
