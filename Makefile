@@ -33,7 +33,7 @@ $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
 	touch $@
 
 demo: setup
-	$(PY) -m services.stack
+	$(PY) -m devstack
 
 # kustomize, promtool, the Strimzi CRDs and the AsyncAPI parser the suite checks the contracts with
 tools:
@@ -68,7 +68,7 @@ soak: setup
 	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff check services devstack tests benchmarks
 	$(VENV)/bin/mypy
 
 schemas: setup

@@ -16,7 +16,6 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 HOT_PACKAGES = ("services/mapper/hl7v2", "services/mapper/mapping")
 NOT_COMPILED = {
-    "services/mapper/mapping/bench.py",  # a script
     "services/mapper/hl7v2/errors.py",  # exception classes with class-level defaults: kept as Python classes
 }
 COMPILED = [

@@ -36,8 +36,8 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from benchmarks.intake_bench import BENCH_TOKEN, distinct_events, vegeta_binary, write_targets
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.kafka import client_config, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, SAFETY_ALERTS
 

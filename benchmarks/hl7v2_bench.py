@@ -47,9 +47,9 @@ from typing import Any
 import orjson
 from kafka.structs import TopicPartition
 
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.errors import MappingError
 from services.common.kafka import build_consumer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.log import configure_logging
 from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings

@@ -38,11 +38,11 @@ from typing import Any
 import httpx
 import orjson
 
+from devstack.journey import sample_care_journey
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.kafka import ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE
-from services.mapper.journey import sample_care_journey
 
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
 BENCH_TOKEN = "intake-bench-token"  # a local, throw-away credential of this script's own intake  # noqa: S105

@@ -38,12 +38,12 @@ import httpx
 import orjson
 
 from benchmarks.intake_bench import BENCH_TOKEN, vegeta_binary, write_targets
+from devstack.journey import sample_care_journey
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.fhir_ids import resource_id
 from services.common.kafka import ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE
-from services.mapper.journey import sample_care_journey
 from services.notify.subscriptions import EXT_FILTER, EXT_MAX_COUNT, EXT_PAYLOAD_CONTENT, EXT_SECRET
 from services.notify.topics import TOPICS
 

@@ -33,7 +33,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.local_broker import free_port
+from devstack.local_broker import free_port
 from services.common.metrics import Metrics
 from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.settings import RecordTokenGrant, Settings

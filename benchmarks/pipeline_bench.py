@@ -31,15 +31,15 @@ import httpx
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
+from devstack.journey import distinct_people_events
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.events import parse_event, patient_key
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import tune_gc
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, TopicSpec
-from services.mapper.journey import distinct_people_events
 from services.mapper.mapping import map_event, serialize, validate_bundle
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.mapper.result import MappingContext

@@ -43,15 +43,15 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devstack.local_broker import LocalKafkaBroker, free_port  # noqa: E402
+from devstack.local_postgres import LocalPostgres  # noqa: E402
 from services.common.kafka import RecordProducer, ensure_topics  # noqa: E402
-from services.common.local_broker import LocalKafkaBroker, free_port  # noqa: E402
 from services.common.metrics import Metrics  # noqa: E402
 from services.common.settings import RecordTokenGrant, Settings  # noqa: E402
 from services.common.topics import CATALOGUE  # noqa: E402
 from services.record.consumer import BundleIngestor  # noqa: E402
 from services.record.identity import IdentityPolicy  # noqa: E402
 from services.record.ingest import InboundBundle, prepare_bundle  # noqa: E402
-from services.record.local_postgres import LocalPostgres  # noqa: E402
 from services.record.store import open_store  # noqa: E402
 from tests.record.fhir_data import (  # noqa: E402
     CLINIC,

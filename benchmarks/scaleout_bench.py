@@ -34,8 +34,8 @@ from kafka.structs import OffsetAndMetadata
 
 from benchmarks.intake_bench import distinct_events
 from benchmarks.pipeline_bench import bench_passthrough, load_inbound
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.kafka import RecordProducer, build_consumer, client_config, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, TopicSpec
 from services.mapper.service import PRODUCER_TUNING

@@ -7,7 +7,7 @@ Starts its own Kafka broker (or uses CAREBUS_KAFKA_BOOTSTRAP) and, with ``--stor
 runs intake, mapper and record as processes, as ``make demo`` does, logging JSON at INFO to files in a work
 folder. The load is open-loop: vegeta (``go install github.com/tsenart/vegeta/v12``) POSTs single care events to
 intake at a constant rate, whatever the answers' latency; the events are the sample care journey lived by
-distinct people (services.mapper.journey.distinct_people_events), fed to vegeta as it asks for them. Every
+distinct people (devstack.journey.distinct_people_events), fed to vegeta as it asks for them. Every
 ``--sample-s`` seconds the script reads each service's resident memory (RSS, /proc; the broker's JVM too), the
 mapper's and the record's consumer lag, and the end-to-end latency of one event (intake's 202 to the record API
 serving the event's Provenance). It prints one line per minute and a summary; not a test (no assertion).
@@ -39,12 +39,12 @@ from typing import IO, Any
 import httpx
 import orjson
 
+from devstack.journey import distinct_people_events
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.fhir_ids import resource_id
 from services.common.kafka import ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, DEAD_LETTERS, FHIR_BUNDLES, INBOUND_EVENTS
-from services.mapper.journey import distinct_people_events
 from services.operator.status import dead_letter_depth, group_lags
 
 MAPPER_GROUP = "soak-mapper"
@@ -118,7 +118,7 @@ class Soak:
                                  kafka_topic_partitions=6)
         ensure_topics(self.settings, CATALOGUE)
         if self.args.store == "postgres":
-            from services.record.local_postgres import LocalPostgres
+            from devstack.local_postgres import LocalPostgres
 
             self.postgres = LocalPostgres(durable=True).start()
             self.dsn = self.postgres.dsn()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.local_broker import LocalKafkaBroker
+from devstack.local_broker import LocalKafkaBroker
 from services.common.native import stale_compiled_modules
 from services.common.settings import REPO_ROOT, Settings
 from tests.senders import TEST_INTAKE_GRANTS

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from devstack.local_broker import LocalKafkaBroker
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.local_broker import LocalKafkaBroker
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.local_broker import free_port
 from services.common.kafka import OutboundRecord, RecordProducer, ensure_topics
-from services.common.local_broker import free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES
 

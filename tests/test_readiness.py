@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.local_broker import LocalKafkaBroker
 from services.common.health import KafkaReadiness
 from services.common.kafka import ensure_topics
-from services.common.local_broker import LocalKafkaBroker
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import runpy
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
 import httpx
@@ -37,7 +40,7 @@ from rich.table import Table
 
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import client_config, ensure_topics
-from services.common.settings import Settings
+from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE
 from services.operator import deadletters, kafka_tools, status, subscriptions
 
@@ -133,6 +136,21 @@ def kafka_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _dev_tool(module: str, command: str) -> ModuleType:
+    """A module of devstack/, the demo and development tooling that lives beside the source and is neither in the
+    product package nor in the image: imported only when a development command runs."""
+    if importlib.util.find_spec("devstack") is None and (REPO_ROOT / "devstack" / "__init__.py").is_file():
+        sys.path.append(str(REPO_ROOT))  # an editable install's script runs from .venv/bin, beside the checkout
+    try:
+        return importlib.import_module(f"devstack.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != "devstack":
+            raise
+        console.print(f"[red]`carebus {command}` is a development tool: it runs from a source checkout "
+                      "(make demo), not from the image[/red]")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, notify, outcomes or general")]) -> None:
     """Run one service in the foreground (SIGTERM stops it gracefully)."""
@@ -144,9 +162,7 @@ def run(service: Annotated[str, typer.Argument(help="intake, mapper, record, not
 @app.command()
 def stack(no_wait: Annotated[bool, typer.Option(help="stop after the journey")] = False) -> None:
     """Start a local broker and every service, replay the sample care journey."""
-    from services.stack.__main__ import main as stack_main
-
-    stack_main(["--no-wait"] if no_wait else [])
+    _dev_tool("__main__", "stack").main(["--no-wait"] if no_wait else [])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -177,8 +193,7 @@ def broker(
         help="where it keeps its data (default .cache/kafka/run-<port>); kept across restarts")] = None,
 ) -> None:
     """Run the local Kafka broker (KRaft) in the foreground until Ctrl-C or SIGTERM, as `make demo` does."""
-    from services.common import local_broker
-
+    local_broker = _dev_tool("local_broker", "broker")
     argv = ["start", "--port", str(port or _settings().local_kafka_port)]
     if workdir is not None:
         argv += ["--workdir", workdir]
@@ -288,8 +303,7 @@ def dlq_replay(reason: Annotated[str | None, typer.Option(help="only this reason
 @app.command("send-sample")
 def send_sample(url: Annotated[str | None, typer.Option(help="intake base URL")] = None) -> None:
     """POST the sample care journey to a running intake, one event at a time."""
-    from services.mapper.journey import sample_care_journey
-
+    sample_care_journey = _dev_tool("journey", "send-sample").sample_care_journey
     settings = _settings()
     base = url or f"http://{settings.http_host}:{settings.intake_port}"
     journey = sample_care_journey(datetime.now(UTC).replace(microsecond=0) - timedelta(days=120))

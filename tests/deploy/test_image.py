@@ -3,7 +3,12 @@ do, and that the image agrees with the Kubernetes manifests."""
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
@@ -149,3 +154,53 @@ def _matches(pattern: str, path: str) -> bool:
     regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
     parts = path.split("/")
     return any(re.fullmatch(regex, "/".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+DEV_TOOLING = ("devstack/__main__.py", "devstack/journey.py", "devstack/local_broker.py", "devstack/local_postgres.py",
+               "devstack/hospital_feed.py", "devstack/webhook_receiver.py")
+
+
+def test_demo_and_dev_tooling_are_not_in_the_product_package_or_image() -> None:
+    for path in DEV_TOOLING:
+        assert (REPO_ROOT / path).is_file(), path  # the tooling exists, beside the product
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"][
+        "find"]
+    finder = find_namespace_packages if find.get("namespaces", True) else find_packages
+    packages = set(finder(where=str(REPO_ROOT), include=find["include"], exclude=find.get("exclude", ())))
+    assert "services" in packages and not {p for p in packages if not p.startswith("services")}
+    copied = [args.split()[0] for instruction, args in _instructions()
+              if instruction == "COPY" and "--from" not in args]
+    assert "devstack" not in copied and _ignored("devstack/journey.py")
+    leftovers = {"stack", "journey", "local_broker", "local_postgres", "bench"}
+    shipped = [p for p in (REPO_ROOT / "services").rglob("*.py") if p.stem in leftovers or "stack" in p.parent.parts]
+    assert not shipped, f"dev tooling inside the product package: {shipped}"
+
+
+def test_the_product_imports_dev_tooling_only_lazily_in_the_cli() -> None:
+    # a module-level import of devstack would fail in the image; only the CLI's development commands (inside a
+    # function) may reach it
+    naming = [p for p in (REPO_ROOT / "services").rglob("*.py") if "devstack" in p.read_text(encoding="utf-8")]
+    assert [p.relative_to(REPO_ROOT).as_posix() for p in naming] == ["services/operator/cli.py"]
+    for node in ast.parse(naming[0].read_text(encoding="utf-8")).body:
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        assert not [n for n in names if n.split(".")[0] == "devstack"], names
+
+
+def test_the_product_runs_without_the_dev_tooling(tmp_path: Path) -> None:
+    # what the image holds, services/ alone: every service's entry module imports, and the CLI's development
+    # commands answer in one line that they need a source checkout
+    shutil.copytree(REPO_ROOT / "services", tmp_path / "services",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.md"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")} | {"PYTHONPATH": str(tmp_path)}
+    services = ", ".join(f'"services.{s}.__main__"' for s in ("intake", "mapper", "record", "notify", "outcomes",
+                                                              "general"))
+    probe = (f"import importlib, sys; [importlib.import_module(m) for m in ({services})]; "
+             "assert not [m for m in sys.modules if m.startswith('devstack')]; "
+             "import services.operator.cli as cli; assert not cli.REPO_ROOT.joinpath('devstack').exists(); "
+             "cli.app(['send-sample'])")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,  # noqa: S603
+                            timeout=120, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "`carebus send-sample` is a development tool" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

@@ -36,20 +36,20 @@ import psycopg
 import pytest
 from kafka.errors import KafkaError
 
+from devstack.journey import JourneyPerson, people, person_journey
+from devstack.local_broker import LocalKafkaBroker, free_port
+from devstack.local_postgres import LocalPostgres
 from services.common.errors import BrokerUnavailable
 from services.common.events import parse_event, patient_key
 from services.common.fhir_ids import resource_id
 from services.common.kafka import OutboundRecord, RecordProducer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, DEAD_LETTERS, FHIR_BUNDLES, HEADER_DEAD_LETTER_REASON, INBOUND_EVENTS
 from services.intake.inbound import inbound_record
-from services.mapper.journey import JourneyPerson, people, person_journey
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.operator.status import group_lags
 from services.record.identity import IdentityPolicy
 from services.record.ingest import InboundBundle, prepare_bundle
-from services.record.local_postgres import LocalPostgres
 from services.record.store import open_store
 from tests.integration.test_processes import start, wait_ready
 from tests.kafka_helpers import header, read_all

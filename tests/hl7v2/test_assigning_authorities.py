@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from devstack.hospital_feed import admission_adt_a01
 from services.common.settings import Settings
 from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.mapping import validate_bundle
 from services.mapper.result import MappingContext
-from services.stack.hospital_feed import admission_adt_a01
 
 NOW = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devstack.local_broker import LocalKafkaBroker
 from services.common.kafka import RecordProducer, ensure_topics, read_recent_headers
-from services.common.local_broker import LocalKafkaBroker
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import (

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from services.common.local_broker import free_port
+from devstack.local_broker import free_port
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
 from services.mapper.hl7v2 import inspect_message

@@ -19,9 +19,9 @@ import httpx
 import orjson
 import pytest
 
+from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import OutboundRecord, RecordProducer
-from services.common.local_broker import LocalKafkaBroker, free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.intake.mllp import frame
 from tests.intake.helpers import example, hl7_sample

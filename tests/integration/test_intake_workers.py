@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from services.common.local_broker import free_port
+from devstack.local_broker import free_port
 from services.common.settings import Settings
 from services.common.topics import INBOUND_EVENTS
 from tests.integration.test_pipeline import schema_examples

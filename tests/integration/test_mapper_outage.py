@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devstack.journey import people, person_journey
+from devstack.local_broker import LocalKafkaBroker
 from services.common.errors import BrokerUnavailable
 from services.common.events import parse_event, patient_key
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer, ensure_topics
-from services.common.local_broker import LocalKafkaBroker
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, INBOUND_EVENTS
-from services.mapper.journey import people, person_journey
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 from tests.kafka_helpers import header, read_all

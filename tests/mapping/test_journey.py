@@ -1,4 +1,4 @@
-"""The sample care journey (services/mapper/journey.py) is valid end to end and tells the story it claims."""
+"""The sample care journey (devstack/journey.py) is valid end to end and tells the story it claims."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from services.common.events import parse_event, patient_key
-from services.mapper.journey import (
+from devstack.journey import (
     EMPI,
     PRIMARY_CARE,
     PSYCHIATRY,
@@ -19,6 +18,7 @@ from services.mapper.journey import (
     person_journey,
     sample_care_journey,
 )
+from services.common.events import parse_event, patient_key
 from services.mapper.result import SafetyAlert
 from tests.mapping.helpers import mapped, one, resources
 

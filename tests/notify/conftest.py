@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from services.common.local_broker import free_port
+from devstack.local_broker import free_port
 from services.common.settings import REPO_ROOT, RecordTokenGrant, Settings
 from services.notify.store import NotifyStore, open_notify_store
 from services.notify.subscriptions import EXT_FILTER, EXT_HEARTBEAT, EXT_MAX_COUNT, EXT_PAYLOAD_CONTENT, EXT_TIMEOUT

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from services.common.local_broker import free_port
+from devstack.local_broker import free_port
 
 
 @dataclass

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
+from devstack.local_broker import free_port
 from services.common.kafka import RecordProducer
-from services.common.local_broker import free_port
 from services.notify.subscriptions import EXT_FILTER
 from services.notify.topics import TOPIC_BASE
 from tests.notify.conftest import ServiceProcess, auth, secret_of, tokens

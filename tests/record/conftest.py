@@ -30,12 +30,12 @@ from fastapi import FastAPI
 from fhir.resources.R4B import get_fhir_model_class
 from kafka.producer.future import RecordMetadata
 
+from devstack.local_broker import free_port
+from devstack.local_postgres import LocalPostgres
 from services.common.kafka import RecordProducer, ensure_topics
-from services.common.local_broker import free_port
 from services.common.settings import RecordTokenGrant, Settings
 from services.common.topics import CATALOGUE
 from services.record.identity import IdentityPolicy
-from services.record.local_postgres import LocalPostgres
 from services.record.service import RecordService, build_service
 from services.record.store import SqlStore, identity_policy, open_store
 from tests.record.fhir_data import CLINIC, Event, patient_id

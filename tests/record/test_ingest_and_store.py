@@ -184,7 +184,7 @@ def test_a_closed_store_is_unavailable(store: SqlStore) -> None:
 
 
 def test_unreachable_postgres_is_unavailable() -> None:
-    from services.common.local_broker import free_port
+    from devstack.local_broker import free_port
 
     with pytest.raises(StoreUnavailable):
         open_store(f"postgresql://carebus@127.0.0.1:{free_port()}/none", IdentityPolicy())

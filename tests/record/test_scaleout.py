@@ -26,12 +26,12 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from devstack.journey import sample_care_journey
+from devstack.local_broker import free_port
 from services.common.events import parse_event, patient_key
 from services.common.kafka import RecordProducer, client_config, ensure_topics
-from services.common.local_broker import free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, INBOUND_EVENTS
-from services.mapper.journey import sample_care_journey
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from tests.record.conftest import PostgresServer, token_config
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.local_broker import free_port
 from services.common.kafka import RecordProducer, ensure_topics
-from services.common.local_broker import free_port
 from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import CATALOGUE
 from tests.record.conftest import bearer, token_config

@@ -2,8 +2,8 @@
 
 What goes in, through the real services (intake's HTTP API -> the real broker -> the mapper service -> the bundle
 topic), as a hospital runs them: one intake and one mapper for every sender, in sequence:
-  - every schema example (schemas/events/*.schema.json) and the sample care journey (services/mapper/journey.py),
-  - the demo's hospital feed (an ADT A01 and a FHIR GAD-7 from services/stack/hospital_feed.py),
+  - every schema example (schemas/events/*.schema.json) and the sample care journey (devstack/journey.py),
+  - the demo's hospital feed (an ADT A01 and a FHIR GAD-7 from devstack/hospital_feed.py),
   - every HL7 v2 sample (tests/samples/hl7v2) to /hl7v2, every FHIR sample (tests/samples/fhir) to /fhir.
 An HL7 v2 sample that intake acknowledges but that yields no bundle (issue 10 item 1: the resend memory drops a
 message that reuses another's MSH-4 + MSH-10) is mapped in process by the same mapper pipeline instead, so its
@@ -29,6 +29,8 @@ import httpx
 import orjson
 import pytest
 
+from devstack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle
+from devstack.journey import sample_care_journey
 from services.common.kafka import RecordProducer
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
@@ -36,9 +38,7 @@ from services.common.settings import REPO_ROOT, Settings
 from services.common.topics import FHIR_BUNDLES, INBOUND_EVENTS
 from services.intake.app import create_app
 from services.mapper.hl7v2 import inspect_message
-from services.mapper.journey import sample_care_journey
 from services.mapper.pipeline import Pipeline, TopicNames
-from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle
 from tests.fhir_in.test_fidelity import mixed_post, sdc_phq9
 from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples

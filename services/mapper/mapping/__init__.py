@@ -8,7 +8,7 @@
 
 One module per event family: patient, referral, appointment, session, assessment, diagnosis, medication,
 admission, note, careplan, consent, lab, risk. Security-label rules: labels.py. Id and reference
-conventions: _fhir.py. Timing script (not a test): ``python -m services.mapper.mapping.bench``.
+conventions: _fhir.py. Timing: ``python -m benchmarks.pipeline_bench``.
 """
 
 from services.mapper.mapping.dispatch import DISPATCH, map_event

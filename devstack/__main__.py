@@ -1,6 +1,6 @@
 """The main job: a local Kafka broker, every carebus service, and a sample care journey replayed through them.
 
-    make demo          (or: .venv/bin/python -m services.stack)
+    make demo          (or: .venv/bin/python -m devstack)
 
 Uses the cluster in CAREBUS_KAFKA_BOOTSTRAP when that is set; otherwise provisions and starts one local broker
 on CAREBUS_LOCAL_KAFKA_PORT (9092). Ctrl-C stops everything it started.
@@ -28,18 +28,18 @@ import httpx
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
+from devstack.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
+from devstack.local_broker import LocalKafkaBroker
+from devstack.webhook_receiver import WebhookReceiver
 from services.common.fhir_ids import resource_id
 from services.common.kafka import client_config
-from services.common.local_broker import LocalKafkaBroker
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, SAFETY_ALERTS
 from services.mapper.hl7v2 import inspect_message
-from services.mapper.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_SECRET
 from services.notify.topics import TOPIC_BASE
-from services.stack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
-from services.stack.webhook_receiver import WebhookReceiver
 
 DEMO_TOKEN = "carebus-demo-token-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo"}

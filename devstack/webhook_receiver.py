@@ -4,7 +4,7 @@ It checks each request's signature (X-Carebus-Signature: sha256=<hex HMAC-SHA256
 secret the demo chose for its subscriptions), de-duplicates by (subscription, event number), notices gaps (and
 would ask ``$events`` for them), and prints one line per notification: ids and codes only.
 
-    python -m services.stack.webhook_receiver --port 8090 --secret <secret>     (make demo starts it itself)
+    python -m devstack.webhook_receiver --port 8090 --secret <secret>     (make demo starts it itself)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ PostgreSQL refuses to run as root: when this process is root, the server runs as
 (or ``nobody``), which owns the folder. Binaries: ``$CAREBUS_PG_BIN``, else the newest
 /usr/lib/postgresql/*/bin, else ``pg_ctl`` on PATH (deploy/local/bootstrap.sh installs them).
 
-    python -m services.record.local_postgres    # foreground; prints the DSN; Ctrl-C stops and removes it
+    python -m devstack.local_postgres    # foreground; prints the DSN; Ctrl-C stops and removes it
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The hospital's part of the demo journey: what an interface engine sends over MLLP, and what a FHIR-speaking
-therapy platform posts. Fictional data for the same person as services/mapper/journey.py."""
+therapy platform posts. Fictional data for the same person as devstack/journey.py."""
 
 from __future__ import annotations
 

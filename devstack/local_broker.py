@@ -7,7 +7,7 @@ started again on its data; it launches the JVM, waits until the broker serves re
 Used by the tests (once per session, on a free port; the fault suite kills it and restarts it on its data) and
 by the main job (``make demo``). Delete the workdir for an empty broker.
 
-    python -m services.common.local_broker start [--port 9092] [--workdir DIR]   # foreground, Ctrl-C stops it
+    python -m devstack.local_broker start [--port 9092] [--workdir DIR]   # foreground, Ctrl-C stops it
 """
 
 from __future__ import annotations
