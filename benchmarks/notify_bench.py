@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import orjson
 
+from benchmarks.e2e_bench import vegeta_time
 from benchmarks.intake_bench import BENCH_TOKEN, vegeta_binary, write_targets
 from devstack.journey import sample_care_journey
 from devstack.local_broker import LocalKafkaBroker, free_port
@@ -177,9 +178,73 @@ def vegeta_posts(url: str, events: list[dict[str, Any]], rate: float,
             refused += 1
             continue
         body = orjson.loads(base64.b64decode(result["body"]))
-        start_s = datetime.fromisoformat(result["timestamp"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+        start_s = vegeta_time(result["timestamp"])
         accepted_at[body["events"][0]["id"]] = start_s + result["latency"] / 1e9
     return accepted_at, refused, elapsed
+
+
+# --- where the time goes ------------------------------------------------------------------------------------
+
+
+def topic_times(settings: Settings, topic: str, key_of: Any) -> dict[str, float]:
+    """``key -> the Kafka timestamp (s)`` of every record of ``topic`` (the first one per key), read without a
+    group after the run: when the mapper produced a bundle, when the record published a change."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from services.common.kafka import client_config
+
+    consumer = KafkaConsumer(**client_config(settings, "notify-bench-stages"), group_id=None,
+                             enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        found: dict[str, float] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                for record in records:
+                    key = key_of(record)
+                    if key is not None:
+                        found.setdefault(key, record.timestamp / 1000)
+        return found
+    finally:
+        consumer.close()
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "none"
+    ordered = sorted(values)
+    p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)]
+    return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+
+
+def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foci: dict[str, str],
+                 arrived: dict[str, float]) -> None:
+    """202 -> bundle on the bundle topic (intake + mapper) -> change on the change feed (record's ingest and
+    commit) -> receiver (notify: numbering, delivery), for the matched assessment notifications."""
+    from services.common.topics import FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, RECORD_CHANGES
+
+    prefix = settings.topic_prefix
+    bundles = topic_times(settings, FHIR_BUNDLES.name(prefix), lambda r: next(
+        (v.decode() for k, v in r.headers if k == HEADER_INBOUND_EVENT_ID), None))
+    changes = topic_times(settings, RECORD_CHANGES.name(prefix), lambda r: (
+        orjson.loads(r.value).get("id") if b'"Observation"' in r.value else None))
+    to_bundle, to_change, to_receiver = [], [], []
+    for focus, event_id in expected_foci.items():
+        if event_id not in accepted_at or focus not in arrived:
+            continue
+        accepted = accepted_at[event_id]
+        if event_id in bundles:
+            to_bundle.append(bundles[event_id] - accepted)
+        if focus in changes:
+            to_change.append(changes[focus] - accepted)
+            to_receiver.append(arrived[focus] - changes[focus])
+    print(f"  202 -> bundle on the bundle topic (intake, mapper):      {percentiles(to_bundle)}")
+    print(f"  202 -> change on the change feed (+ record ingest):      {percentiles(to_change)}")
+    print(f"  change on the feed -> receiver (notify):                  {percentiles(to_receiver)}")
 
 
 # --- the stack ------------------------------------------------------------------------------------------------
@@ -294,7 +359,7 @@ def main() -> None:
         accepted_at, refused, elapsed = vegeta_posts(intake, load, args.rate, folder)
         print(f"load: {len(accepted_at)} events accepted in {elapsed:.1f} s ({len(accepted_at) / elapsed:.0f}/s), "
               f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
-        expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
+        expected_foci = {focus: e["id"] for e in load if (focus := assessment_focus(e))}
         last_size, stable_since = -1, time.monotonic()
         while time.monotonic() - stable_since < 15:  # until nothing more arrives for 15 s
             size = arrivals.stat().st_size
@@ -315,6 +380,11 @@ def main() -> None:
             p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
             print(f"latency intake 202 -> receiver (assessment-completed, {len(latencies)} notifications): "
                   f"p50 {p50:.0f} ms, p99 {p99:.0f} ms   (target p99 < 1000 ms)")
+        arrived: dict[str, float] = {}
+        for line in notifications:
+            if line[2] == "assessment-completed":
+                arrived.setdefault(line[3], line[0])
+        print_stages(settings, accepted_at, expected_foci, arrived)
         print(f"notify CPU: {cpu:.1f} s for {len(notifications)} notifications = "
               f"{cpu / max(len(notifications), 1) * 1000:.2f} ms per notification")
         one, five, _ = os.getloadavg()

@@ -110,12 +110,16 @@ class ServiceProcess:
 
 
 class NotifyStack:
-    def __init__(self, kafka_bootstrap: str, folder: Path) -> None:
+    """``record_dsn`` / ``notify_dsn``: the two stores (default: SQLite files in ``folder``; a PostgreSQL schema
+    each for the PostgreSQL end-to-end test)."""
+
+    def __init__(self, kafka_bootstrap: str, folder: Path, record_dsn: str | None = None,
+                 notify_dsn: str | None = None) -> None:
         self.folder = folder
         base = harness_settings(kafka_bootstrap)
         settings = base.model_copy(update={
             "record_tokens": tokens(),
-            "notify_store_dsn": f"sqlite:///{folder}/notify.db",
+            "notify_store_dsn": notify_dsn or f"sqlite:///{folder}/notify.db",
             "notify_endpoint_allowlist": ["http://127.0.0.1"],
             "notify_port": free_port(),
             "notify_group_id": f"notify-{uuid.uuid4().hex[:8]}",
@@ -124,7 +128,8 @@ class NotifyStack:
             "notify_retry_max_s": 3600.0,
             "notify_retry_window_s": 86_400.0,  # 24 h = 24 s real
         })
-        self.record = RecordHarness(settings, f"sqlite:///{folder}/record.db", "sqlite")
+        self.record = RecordHarness(settings, record_dsn or f"sqlite:///{folder}/record.db",
+                                    "postgres" if record_dsn and record_dsn.startswith("postgres") else "sqlite")
         self.settings = settings.model_copy(update={"record_base_url": self.record.base_url})
         self.notify = ServiceProcess("notify", self.settings, self.settings.notify_port, folder / "notify.log")
         self.notify.start()
