@@ -12,7 +12,9 @@ The receiver is its own process (uvicorn, a raw ASGI app that appends one line p
 Prints: notifications delivered per second; p50 / p99 latency from intake's 202 to the receiver's arrival, for the
 assessment-completed notifications (their focus id is computable from the event, so each is matched to its 202);
 notify's CPU per notification (user + system time of the notify process over the run / notifications).
-Not measured here: the 1-hour-outage recovery figure (``--outage-seconds`` runs a scaled-down version of it).
+With ``--outcomes`` the outcomes service runs too, and the script prints issue 15's latency from an assessment's
+202 to its outcome change on ``carebus.outcomes.v1`` (matched by person, instrument and clinical date).
+The 1-hour-outage recovery run is ``benchmarks/notify_recovery_bench.py``.
 """
 
 from __future__ import annotations
@@ -247,6 +249,31 @@ def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foc
     print(f"  change on the feed -> receiver (notify):                  {percentiles(to_receiver)}")
 
 
+def print_outcome_latency(settings: Settings, load: list[dict[str, Any]], accepted_at: dict[str, float]) -> None:
+    """202 of an assessment -> its outcome change (episode started, response, remission, deterioration) on the
+    outcomes topic: the outcomes service's whole path (change feed, the person's history, the evaluation)."""
+    from services.common.topics import OUTCOMES
+
+    person_of: dict[str, str] = {}
+    assessment_of: dict[tuple[str, str, str], str] = {}
+    for event in load:
+        person = event["id"].rsplit("-n", 1)[1]
+        person_of[f"Patient/{resource_id('Patient', event['source'], event['data']['patient_id'])}"] = person
+        if event["type"].endswith("assessment.completed.v1"):
+            assessment_of[(person, event["data"]["instrument"], event["data"]["authored"][:10])] = event["id"]
+
+    def key_of(record: Any) -> str | None:
+        change = orjson.loads(record.value)
+        person = person_of.get(str(change.get("patient")))
+        event_id = assessment_of.get((person or "", str(change.get("instrument")), str(change.get("date"))))
+        return event_id
+
+    changes = topic_times(settings, OUTCOMES.name(settings.topic_prefix), key_of)
+    latencies = [at - accepted_at[event_id] for event_id, at in changes.items() if event_id in accepted_at]
+    print(f"latency assessment 202 -> outcome change on carebus.outcomes.v1 ({len(latencies)} changes): "
+          f"{percentiles(latencies)}   (target p99 < 1000 ms)")
+
+
 # --- the stack ------------------------------------------------------------------------------------------------
 
 
@@ -296,6 +323,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="events per second into intake")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
     parser.add_argument("--subscriptions", type=int, default=100)
+    parser.add_argument("--outcomes", action="store_true", help="run the outcomes service too; print its latency")
     parser.add_argument("--receiver", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
@@ -309,7 +337,7 @@ def main() -> None:
     if not bootstrap:
         broker = LocalKafkaBroker(REPO_ROOT / ".cache", workdir=folder / "kafka", heap="1g").start()
         bootstrap = broker.bootstrap
-    ports = {name: free_port() for name in ("intake", "mapper", "record", "notify", "receiver", "mllp")}
+    ports = {name: free_port() for name in ("intake", "mapper", "record", "notify", "outcomes", "receiver", "mllp")}
     prefix = f"nb{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, kafka_topic_partitions=6)
     ensure_topics(settings, CATALOGUE)
@@ -320,6 +348,7 @@ def main() -> None:
         "CAREBUS_LOG_LEVEL": "WARNING", "CAREBUS_INTAKE_PORT": str(ports["intake"]),
         "CAREBUS_MAPPER_PORT": str(ports["mapper"]), "CAREBUS_RECORD_PORT": str(ports["record"]),
         "CAREBUS_NOTIFY_PORT": str(ports["notify"]), "CAREBUS_MLLP_PORT": str(ports["mllp"]),
+        "CAREBUS_OUTCOMES_PORT": str(ports["outcomes"]),
         "CAREBUS_RECORD_STORE_DSN": f"sqlite:///{folder}/record.db",
         "CAREBUS_NOTIFY_STORE_DSN": f"sqlite:///{folder}/notify.db",
         "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps([f"http://127.0.0.1:{ports['receiver']}/"]).decode(),
@@ -334,11 +363,12 @@ def main() -> None:
         processes["receiver"] = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "benchmarks.notify_bench", "--receiver", str(ports["receiver"]), str(arrivals)],
             env=env, cwd=REPO_ROOT)
-        for name in ("record", "notify", "mapper", "intake"):
+        services = ("record", "notify", *(("outcomes",) if args.outcomes else ()), "mapper", "intake")
+        for name in services:
             log = (folder / f"{name}.log").open("wb")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,  # noqa: S603
                                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        for name in ("record", "notify", "mapper", "intake"):
+        for name in services:
             wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", processes[name], name)
         count = int(args.rate * args.seconds)
         events = journey_mix(count + 200)
@@ -355,6 +385,7 @@ def main() -> None:
         time.sleep(5)
         arrivals.write_bytes(b"")
         cpu_before = cpu_seconds(processes["notify"].pid)
+        cpu_at_start = {name: cpu_seconds(process.pid) for name, process in processes.items()}
         started = time.time()
         accepted_at, refused, elapsed = vegeta_posts(intake, load, args.rate, folder)
         print(f"load: {len(accepted_at)} events accepted in {elapsed:.1f} s ({len(accepted_at) / elapsed:.0f}/s), "
@@ -367,6 +398,7 @@ def main() -> None:
                 last_size, stable_since = size, time.monotonic()
             time.sleep(0.5)
         cpu = cpu_seconds(processes["notify"].pid) - cpu_before
+        cpu_used = {name: cpu_seconds(process.pid) - cpu_at_start[name] for name, process in processes.items()}
         lines = [orjson.loads(line) for line in arrivals.read_bytes().splitlines() if line]
         notifications = [line for line in lines if line[1] == "event-notification"]
         finished = max((line[0] for line in notifications), default=started)
@@ -385,8 +417,14 @@ def main() -> None:
             if line[2] == "assessment-completed":
                 arrived.setdefault(line[3], line[0])
         print_stages(settings, accepted_at, expected_foci, arrived)
+        if args.outcomes:
+            print_outcome_latency(settings, load, accepted_at)
         print(f"notify CPU: {cpu:.1f} s for {len(notifications)} notifications = "
               f"{cpu / max(len(notifications), 1) * 1000:.2f} ms per notification")
+        span = max(time.time() - started, 1e-9)
+        print("CPU of each process over the run (s, and cores while the load and its drain lasted): " + ", ".join(
+            f"{name} {used:.1f} ({used / span:.2f})" for name, used in cpu_used.items()))
+        print(f"record CPU per accepted event: {cpu_used['record'] / max(len(accepted_at), 1) * 1000:.2f} ms")
         one, five, _ = os.getloadavg()
         print(f"load average at the end: {one:.1f} (1 min), {five:.1f} (5 min)")
     finally:
