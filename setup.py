@@ -21,6 +21,7 @@ NOT_COMPILED = {
 COMPILED = [
     *sorted(str(path.relative_to(ROOT)) for package in HOT_PACKAGES for path in (ROOT / package).glob("*.py")
             if str(path.relative_to(ROOT)) not in NOT_COMPILED),
+    "services/common/fhir/codesystems.py",  # every code-system URI (Final constants, inlined where used)
     "services/common/fhir_ids.py",
     "services/common/security_labels.py",
     "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)

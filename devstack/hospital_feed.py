@@ -7,6 +7,8 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.fhir.codesystems import EMPI, LOINC
+
 START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\x0d"
 
 
@@ -48,7 +50,7 @@ def gad7_bundle(authored: datetime) -> dict[str, Any]:
         "entry": [
             {"fullUrl": "urn:uuid:0f4a8c2e-6d1b-4b7a-9c55-3e2f1a7d9b01",
              "resource": {"resourceType": "Patient", "id": "client-3301",
-                          "identifier": [{"system": "urn:carebus:empi", "value": "EMPI-8842-1170"}],
+                          "identifier": [{"system": EMPI, "value": "EMPI-8842-1170"}],
                           "name": [{"family": "Quill", "given": ["Morgan"]}], "birthDate": "1989-03-14"},
              "request": {"method": "PUT", "url": "Patient/client-3301"}},
             {"fullUrl": "urn:uuid:0f4a8c2e-6d1b-4b7a-9c55-3e2f1a7d9b02",
@@ -56,7 +58,7 @@ def gad7_bundle(authored: datetime) -> dict[str, Any]:
                           "status": "completed", "subject": {"reference": "Patient/client-3301"},
                           "authored": authored.isoformat(),
                           "item": [{"linkId": f"/{code}", "answer": [{"valueCoding": {
-                              "system": "http://loinc.org", "code": answer}}]}
+                              "system": LOINC, "code": answer}}]}
                                    for code, answer in zip(items, answers, strict=True)]},
              "request": {"method": "POST", "url": "QuestionnaireResponse"}},
         ],

@@ -24,22 +24,25 @@ import random
 from dataclasses import dataclass
 from typing import Any, Final
 
+from services.common.fhir.codesystems import EMPI as EMPI_SYSTEM
+from services.common.fhir.codesystems import ICD10CM, NPI, RXNORM, SNOMED
+
 PRIMARY_CARE: Final = "urn:carebus:source:riverside-primary-care"
 THERAPY: Final = "urn:carebus:source:lakeside-therapy-practice"
 PSYCHIATRY: Final = "urn:carebus:source:northgate-psychiatry"
-EMPI: Final = {"system": "urn:carebus:empi", "value": "EMPI-8842-1170"}
+EMPI: Final = {"system": EMPI_SYSTEM, "value": "EMPI-8842-1170"}
 
 PATIENT_IDS: Final = {PRIMARY_CARE: "RPC-004711", THERAPY: "LTP-3301", PSYCHIATRY: "NGP-77015"}
 _PCP: Final = {"id": "prac-117", "name": "Dr. Adaeze Okafor", "npi": "1234567893"}
 _THERAPIST: Final = {"id": "th-022", "name": "Sam Lindqvist, LCSW"}
 _PSYCHIATRIST: Final = {"id": "md-481", "name": "Dr. Priya Raman", "npi": "1588667638"}
 _F32_1: Final = {
-    "system": "http://hl7.org/fhir/sid/icd-10-cm",
+    "system": ICD10CM,
     "code": "F32.1",
     "display": "Major depressive disorder, single episode, moderate",
 }
 _SERTRALINE: Final = {
-    "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "system": RXNORM,
     "code": "36437",
     "display": "sertraline",
 }
@@ -366,7 +369,7 @@ def sample_care_journey(start: dt.datetime) -> list[dict[str, Any]]:
         "medication": _SERTRALINE,
         "dose": {"value": 50, "unit": "mg", "code": "mg"},
         "frequency": {"times": 1, "period": 1, "period_unit": "d"},
-        "route": {"system": "http://snomed.info/sct", "code": "26643006", "display": "Oral route"},
+        "route": {"system": SNOMED, "code": "26643006", "display": "Oral route"},
         "authored_on": j.at(eval_day, 1.3),
         "prescriber": _PSYCHIATRIST,
         "reason_codes": [_F32_1],
@@ -401,7 +404,7 @@ def sample_care_journey(start: dt.datetime) -> list[dict[str, Any]]:
             "recipient": {
                 "kind": "organization",
                 "name": "Riverside Primary Care",
-                "identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1972845013"},
+                "identifier": {"system": NPI, "value": "1972845013"},
             },
             "purposes": ["TREAT", "CAREMGT"],
             "labels_covered": ["PSY"],

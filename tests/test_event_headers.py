@@ -15,7 +15,8 @@ from services.common.event_headers import (
     parse_security_header,
     security_header,
 )
-from services.common.security_labels import ACT_CODE, CONFIDENTIALITY
+from services.common.fhir.codesystems import V3_ACT_CODE as ACT_CODE
+from services.common.fhir.codesystems import V3_CONFIDENTIALITY as CONFIDENTIALITY
 
 WHEN = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
 

@@ -11,17 +11,29 @@ from typing import Any
 
 import yaml
 
-from services.common.event_headers import BUNDLE_EVENT_TYPE, MAPPER_SOURCE, RECORD_SOURCE, SAFETY_ALERT_EVENT_TYPE
+from services.common.audit import AUDIT_CE_TYPE
+from services.common.event_headers import (
+    BUNDLE_EVENT_TYPE,
+    DEAD_LETTER_EVENT_TYPE,
+    MAPPER_SOURCE,
+    OPERATOR_SOURCE,
+    OUTCOMES_SOURCE,
+    RECORD_SOURCE,
+    REPLAYED_DEAD_LETTER_EVENT_TYPE,
+    SAFETY_ALERT_EVENT_TYPE,
+)
 from services.common.settings import REPO_ROOT
 from services.common.topics import (
     AUDIT_EVENTS,
     CATALOGUE,
     DEAD_LETTERS,
+    ESCALATION_ALERT_KIND,
     FHIR_BUNDLES,
     FHIR_RESOURCE_EVENT_TYPE,
     GENERAL_BUNDLES,
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
+    MAPPER_ALERT_KINDS,
     OUTCOMES,
     RECORD_CHANGES,
     REPLAYED_DEAD_LETTERS,
@@ -33,16 +45,23 @@ ASYNCAPI_PATH = REPO_ROOT / "schemas" / "asyncapi.yaml"
 EVENT_SCHEMAS = REPO_ROOT / "schemas" / "events"
 DEFAULT_PREFIX = "carebus"
 
-_BINARY_MODE = " (CloudEvents Kafka binding, binary mode)"
+_BINARY_MODE = (" (CloudEvents Kafka binding: binary mode, except on the inbound topic, where the value is the "
+                "structured CloudEvent as sent and the ce_ headers repeat its attributes)")
 HEADER_DOCS = {
     "ce_specversion": "CloudEvents spec version: always 1.0" + _BINARY_MODE,
-    "ce_id": "CloudEvent id. Inbound: the sender's event id. Bundle: the Bundle's id; alert: its Flag's id "
-             "(both deterministic, so a replay repeats the same id)",
+    "ce_id": "CloudEvent id. Inbound: the sender's event id. Bundle: the Bundle's id; alert: its Flag's id (an "
+             "escalation: its own id); dead letter: '<topic>/<partition>/<offset>' of the record it refused; "
+             "replay ledger: the ledger key; audit: the AuditEvent's id; outcome change: the change's id (all "
+             "deterministic, so a replay repeats the same id)",
     "ce_type": "CloudEvent type. Inbound: the care event's type, e.g. org.carebus.assessment.completed.v1; "
-               f"bundle: {BUNDLE_EVENT_TYPE}; alert: {SAFETY_ALERT_EVENT_TYPE}",
-    "ce_source": f"CloudEvent source. Inbound: the sending system; bundle and alert: the writing service, "
-                 f"{MAPPER_SOURCE} (or {RECORD_SOURCE} for the record's identity links)",
-    "ce_time": "CloudEvent time (RFC 3339). Bundle and alert: when the inbound record was received",
+               f"bundle: {BUNDLE_EVENT_TYPE}; alert: {SAFETY_ALERT_EVENT_TYPE}; dead letter: "
+               f"{DEAD_LETTER_EVENT_TYPE}; replay ledger: {REPLAYED_DEAD_LETTER_EVENT_TYPE}; audit: "
+               f"{AUDIT_CE_TYPE}; outcome change: org.carebus.outcome.changed.v1",
+    "ce_source": f"CloudEvent source. Inbound: the sending system; otherwise the writing service: {MAPPER_SOURCE}, "
+                 f"{RECORD_SOURCE} (identity links, audit, the record's dead letters), {OUTCOMES_SOURCE} or "
+                 f"{OPERATOR_SOURCE} (replay ledger)",
+    "ce_time": "CloudEvent time (RFC 3339). Inbound: the event's time; bundle, alert and dead letter: when the "
+               "record they came from was received; audit: AuditEvent.recorded",
     "ce_carebuseventid": "CloudEvent extension carebuseventid: the id of the inbound event this record came from "
                          "(the lineage id)",
     "ce_carebuseventtype": "CloudEvent extension carebuseventtype: the type of the inbound event this record "
@@ -53,7 +72,8 @@ HEADER_DOCS = {
                         "restrictive confidentiality first; '[]' when there are none. "
                         'E.g. ["http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",'
                         '"http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY"]',
-    "content-type": "media type of the value (the CloudEvent's datacontenttype on the bundle and alert topics)",
+    "content-type": "media type of the value: the CloudEvent's datacontenttype (binary mode); on the inbound topic "
+                    "application/cloudevents+json (structured mode: the value is the whole CloudEvent)",
     "carebus_dlq_reason": "machine-readable dead-letter reason (schema-violation, mapping-failed, ...)",
 }
 
@@ -115,19 +135,34 @@ CODING_SCHEMA: dict[str, Any] = {
 PAYLOADS: dict[str, dict[str, Any]] = {
     FHIR_BUNDLES.suffix: {"$ref": "#/components/schemas/FhirBundle"},
     SAFETY_ALERTS.suffix: {
-        "type": "object",
-        "required": ["kind", "patient", "flag", "event_id", "raised_at"],
-        "properties": {
-            "kind": {"enum": ["phq9-item9", "cssrs-high-risk", "epds-item10", "risk-flag", "escalation"]},
-            "patient": {"type": "string", "description": "Patient/<id>"},
-            "flag": {"type": "string", "description": "Flag/<id> in the bundle of the same event"},
-            "task": {"type": "string", "description": "escalation only: Task/<id> of the safety Task"},
-            "level": {"type": "integer", "description": "escalation only: how many times it was escalated"},
-            "owner": {"type": "string", "description": "escalation only: the Task's new owner (reference)"},
-            "event_id": {"type": "string"},
-            "detail": {"type": "string", "description": "fixed phrase, never free text"},
-            "raised_at": {"type": "string", "format": "date-time"},
-        },
+        "description": "Two kinds of record, told apart by kind: a safety alert the mapper raised from one inbound "
+        "event, and the outcomes service's escalation of a safety Task nobody acknowledged in time.",
+        "oneOf": [
+            {"title": "SafetyAlert", "type": "object", "additionalProperties": False,
+             "required": ["kind", "patient", "flag", "event_id", "detail", "raised_at"],
+             "properties": {
+                 "kind": {"enum": list(MAPPER_ALERT_KINDS)},
+                 "patient": {"type": "string", "description": "Patient/<id>"},
+                 "flag": {"type": "string", "description": "Flag/<id> in the bundle of the same event"},
+                 "event_id": {"type": "string", "description": "the inbound event's id"},
+                 "detail": {"type": "string", "description": "fixed phrase, never free text"},
+                 "raised_at": {"type": "string", "format": "date-time",
+                               "description": "when the inbound record was received"},
+             }},
+            {"title": "Escalation", "type": "object", "additionalProperties": False,
+             "required": ["kind", "patient", "flag", "task", "level", "owner", "event_id", "detail", "raised_at"],
+             "properties": {
+                 "kind": {"const": ESCALATION_ALERT_KIND},
+                 "patient": {"type": "string", "description": "Patient/<id>"},
+                 "flag": {"type": "string", "description": "the safety Task's focus (Flag/<id>, or Observation/<id>)"},
+                 "task": {"type": "string", "description": "Task/<id> of the safety Task"},
+                 "level": {"type": "integer", "minimum": 1, "description": "how many times it was escalated"},
+                 "owner": {"type": "string", "description": "the Task's new owner (reference)"},
+                 "event_id": {"type": "string", "description": "deterministic id of this escalation"},
+                 "detail": {"type": "string", "description": "fixed phrase, never free text"},
+                 "raised_at": {"type": "string", "format": "date-time", "description": "when it was escalated"},
+             }},
+        ],
     },
     DEAD_LETTERS.suffix: {
         "type": "object",

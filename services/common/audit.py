@@ -34,19 +34,22 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from services.common.event_headers import RECORD_SOURCE, cloudevent_headers
+from services.common.fhir.codesystems import (
+    AUDIT_ENTITY_TYPE,
+    AUDIT_EVENT_TYPE,
+    CAREBUS_CLIENT,
+    DICOM,
+    LIFECYCLE_EVENT,
+    OBJECT_ROLE,
+    RESTFUL_INTERACTION,
+    SECURITY_SOURCE_TYPE,
+    V3_ACT_REASON,
+    V3_PARTICIPATION_TYPE,
+)
 from services.common.kafka import OutboundRecord
-from services.common.topics import AUDIT_EVENTS, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE
+from services.common.topics import AUDIT_EVENTS
 
-AUDIT_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
-RESTFUL_INTERACTION: Final = "http://hl7.org/fhir/restful-interaction"
-DICOM: Final = "http://dicom.nema.org/resources/ontology/DCM"
-ISO_21089: Final = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
-ENTITY_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-OBJECT_ROLE: Final = "http://terminology.hl7.org/CodeSystem/object-role"
-ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
-PARTICIPATION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-SOURCE_TYPE: Final = "http://terminology.hl7.org/CodeSystem/security-source-type"
-CLIENT_SYSTEM: Final = "urn:carebus:client"  # Identifier.system of a token's / subscription's client id
 AUDIT_NAMESPACE: Final = uuid.UUID("5b0e7c1e-2f7a-4d55-9a8e-3c1f0a6d2b91")
 AUDIT_CONTENT_TYPE: Final = "application/fhir+json"
 AUDIT_CE_TYPE: Final = "org.carebus.audit.event.v1"
@@ -82,7 +85,7 @@ def _who(name: str) -> dict[str, Any]:
 
 
 def _agents(requester: Requester, server: str, consents: Sequence[str], base_url: str) -> list[dict[str, Any]]:
-    client: dict[str, Any] = {"identifier": {"system": CLIENT_SYSTEM, "value": requester.client or "unknown"}}
+    client: dict[str, Any] = {"identifier": {"system": CAREBUS_CLIENT, "value": requester.client or "unknown"}}
     if requester.label:
         client["display"] = requester.label
     agents: list[dict[str, Any]] = [
@@ -100,7 +103,7 @@ def _agents(requester: Requester, server: str, consents: Sequence[str], base_url
     ]
     if requester.organization:
         recipient: dict[str, Any] = {
-            "type": {"coding": [{"system": PARTICIPATION_TYPE, "code": "IRCP", "display": "information recipient"}]},
+            "type": {"coding": [{"system": V3_PARTICIPATION_TYPE, "code": "IRCP", "display": "information recipient"}]},
             "who": _who(requester.organization),
             "requestor": False,
         }
@@ -116,7 +119,7 @@ def _entities(
     entities: list[dict[str, Any]] = [
         {
             "what": {"reference": patient_ref},
-            "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+            "type": {"system": AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
             "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
         }
     ]
@@ -126,7 +129,7 @@ def _entities(
         entities.append(
             {
                 "what": {"reference": ref},
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
             }
         )
@@ -134,14 +137,14 @@ def _entities(
         entities.append(
             {
                 "what": {"reference": ref},
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "13", "display": "Security Resource"},
             }
         )
     if query is not None:
         entities.append(
             {
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "type": {"system": AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
                 "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
                 "query": base64.b64encode(query.encode()).decode(),
             }
@@ -164,11 +167,11 @@ def _base(
         "resourceType": "AuditEvent",
         "id": event_id,
         "recorded": recorded,
-        "purposeOfEvent": [{"coding": [{"system": ACT_REASON, "code": requester.purpose}]}],
+        "purposeOfEvent": [{"coding": [{"system": V3_ACT_REASON, "code": requester.purpose}]}],
         "agent": _agents(requester, server, consents, base_url),
         "source": {
             "observer": {"display": server},
-            "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+            "type": [{"system": SECURITY_SOURCE_TYPE, "code": "4", "display": "Application Server"}],
         },
         "entity": _entities(patient_ref, resources, consents, query),
     }
@@ -215,7 +218,7 @@ def push_disclosure_event(
     yields the same AuditEvent, once."""
     event = _base(event_id, recorded, requester, server, base_url, patient_ref, resources, consents, None)
     event["type"] = {"system": DICOM, "code": "110106", "display": "Export"}
-    event["subtype"] = [{"system": ISO_21089, "code": "disclose", "display": "Disclose Record Lifecycle Event"}]
+    event["subtype"] = [{"system": LIFECYCLE_EVENT, "code": "disclose", "display": "Disclose Record Lifecycle Event"}]
     event["action"] = "R"
     event["outcome"] = "0"
     return event
@@ -236,9 +239,6 @@ def audit_record(event: dict[str, Any], topic_prefix: str) -> OutboundRecord:
         topic=AUDIT_EVENTS.name(topic_prefix),
         key=patient.removeprefix("Patient/"),
         value=orjson.dumps(event),
-        headers={
-            HEADER_EVENT_ID: event["id"],
-            HEADER_EVENT_TYPE: AUDIT_CE_TYPE,
-            HEADER_CONTENT_TYPE: AUDIT_CONTENT_TYPE,
-        },
+        headers=cloudevent_headers(str(event["id"]), AUDIT_CE_TYPE, RECORD_SOURCE, AUDIT_CONTENT_TYPE,
+                                   str(event["recorded"])),
     )

@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from services.common.fhir.codesystems import CONSENT_SCOPE
+
 Rule = Literal["treatment", "clearance", "consent", "never"]
 
 BEHAVIORAL_HEALTH: Final = 1
@@ -119,7 +121,6 @@ NO_REDISCLOSURE_CODES: Final = frozenset({"NORDSCLCD"})
 PART2_NOTICE: Final = "part2-notice"
 NO_REDISCLOSURE: Final = "no-redisclosure"
 
-_CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 _DISCLOSING_ACTIONS = frozenset({"disclose", "access", "use"})
 
 
@@ -300,7 +301,7 @@ def parse_consent(resource: Mapping[str, Any]) -> ConsentDirective:
     """A FHIR R4 Consent (a dict) as the engine sees it. Tolerant: what it cannot read it leaves out."""
     scope = resource.get("scope") or {}
     privacy = any(
-        c.get("code") == "patient-privacy" and c.get("system") in (None, _CONSENT_SCOPE)
+        c.get("code") == "patient-privacy" and c.get("system") in (None, CONSENT_SCOPE)
         for c in scope.get("coding") or ()
         if isinstance(c, dict)
     )

@@ -36,6 +36,12 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from services.common import security_labels
+from services.common.fhir.codesystems import (
+    LIFECYCLE_EVENT,
+    PROVENANCE_PARTICIPANT_TYPE,
+    V3_ACT_REASON,
+    V3_PARTICIPATION_TYPE,
+)
 
 PART2_REGULATION: Final = "https://www.ecfr.gov/current/title-42/chapter-I/subchapter-A/part-2/section-2.32"
 NOTICE_NAMESPACE: Final = uuid.UUID("0f3f1c52-9a0e-4b8e-8d4f-6c2b7d6f2a10")
@@ -100,7 +106,7 @@ def disclosure_notice(
             "type": {
                 "coding": [
                     {
-                        "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                        "system": PROVENANCE_PARTICIPANT_TYPE,
                         "code": "custodian",
                         "display": "Custodian",
                     }
@@ -115,7 +121,7 @@ def disclosure_notice(
                 "type": {
                     "coding": [
                         {
-                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "system": V3_PARTICIPATION_TYPE,
                             "code": "IRCP",
                             "display": "information recipient",
                         }
@@ -133,12 +139,12 @@ def disclosure_notice(
         "recorded": recorded,
         "policy": [PART2_REGULATION, *(f"{base_url}/{c}" for c in consents)],
         "reason": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose}]}
+            {"coding": [{"system": V3_ACT_REASON, "code": purpose}]}
         ],
         "activity": {
             "coding": [
                 {
-                    "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+                    "system": LIFECYCLE_EVENT,
                     "code": "disclose",
                     "display": "Disclose Record Lifecycle Event",
                 }

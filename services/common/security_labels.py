@@ -9,23 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"  # not a label system; kept for Consent
+from services.common.fhir.codesystems import V3_ACT_CODE, V3_CONFIDENTIALITY
 
 _LABELS: dict[str, tuple[str, str]] = {
-    "N": (CONFIDENTIALITY, "normal"),
-    "R": (CONFIDENTIALITY, "restricted"),
-    "V": (CONFIDENTIALITY, "very restricted"),
-    "PSY": (ACT_CODE, "psychiatry disorder information sensitivity"),
-    "MH": (ACT_CODE, "mental health information sensitivity"),
-    "BH": (ACT_CODE, "behavioral health information sensitivity"),
-    "SUD": (ACT_CODE, "substance use disorder information sensitivity"),
-    "ETHUD": (ACT_CODE, "alcohol use disorder information sensitivity"),
-    "OPIOIDUD": (ACT_CODE, "opioid use disorder information sensitivity"),
-    "PSYTHPN": (ACT_CODE, "psychotherapy note information sensitivity"),
-    "42CFRPart2": (ACT_CODE, "42 CFR Part2"),
-    "NORDSCLCD": (ACT_CODE, "no redisclosure without consent directive"),
+    "N": (V3_CONFIDENTIALITY, "normal"),
+    "R": (V3_CONFIDENTIALITY, "restricted"),
+    "V": (V3_CONFIDENTIALITY, "very restricted"),
+    "PSY": (V3_ACT_CODE, "psychiatry disorder information sensitivity"),
+    "MH": (V3_ACT_CODE, "mental health information sensitivity"),
+    "BH": (V3_ACT_CODE, "behavioral health information sensitivity"),
+    "SUD": (V3_ACT_CODE, "substance use disorder information sensitivity"),
+    "ETHUD": (V3_ACT_CODE, "alcohol use disorder information sensitivity"),
+    "OPIOIDUD": (V3_ACT_CODE, "opioid use disorder information sensitivity"),
+    "PSYTHPN": (V3_ACT_CODE, "psychotherapy note information sensitivity"),
+    "42CFRPart2": (V3_ACT_CODE, "42 CFR Part2"),
+    "NORDSCLCD": (V3_ACT_CODE, "no redisclosure without consent directive"),
 }
 
 PSYCHIATRIC = ("R", "PSY")

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.fhir.codesystems import EMPI
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -135,7 +137,7 @@ class Settings(BaseSettings):
     record_store_dsn: str | None = Field(
         None, description="'sqlite:///<path>' or 'postgresql://...'; unset: <cache_dir>/record/record.db.")
     record_enterprise_identifier_systems: list[str] = Field(
-        default_factory=lambda: ["urn:carebus:empi"],
+        default_factory=lambda: [EMPI],
         description="Identifier systems of enterprise/shared assigners: Patients sharing one are one person.")
     record_demographic_link_rule: Literal["none", "name-birthdate", "name-birthdate-gender"] = Field(
         "none", description="Operator rule linking on demographics; 'none': candidates are only reported.")
@@ -198,7 +200,7 @@ class Settings(BaseSettings):
     notify_client_keyfile: Path | None = Field(None, description="Key of notify_client_certfile (PEM).")
 
     hl7_assigning_authorities: dict[str, str] = Field(
-        default_factory=lambda: {"EMPI": "urn:carebus:empi"},
+        default_factory=lambda: {"EMPI": EMPI},
         description="HL7 v2 assigning authority (CX-4 namespace id) -> FHIR Identifier.system, so a hospital's "
         "enterprise id links like the JSON events' (JSON object).",
     )

@@ -10,8 +10,8 @@ from typing import Literal
 
 CleanupPolicy = Literal["delete", "compact"]
 
-# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI. The ce_ headers of the bundle
-# and alert topics make each record a binary-mode CloudEvent (services/common/event_headers.py builds them).
+# Kafka record headers carebus sets (values are UTF-8 bytes). Safe to log: no PHI. Every record with ce_ headers
+# is a CloudEvent of its own type (services/common/event_headers.py builds them; CE_HEADERS is the least set).
 HEADER_SPEC_VERSION = "ce_specversion"
 HEADER_EVENT_ID = "ce_id"
 HEADER_EVENT_TYPE = "ce_type"
@@ -23,6 +23,7 @@ HEADER_CORRELATION_ID = "carebus_correlation_id"
 HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
+CE_HEADERS = (HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME)
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
 THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
@@ -55,7 +56,7 @@ INBOUND_EVENTS = TopicSpec(
     summary="Care events accepted by intake (CloudEvents 1.0, structured JSON), durable before the 202 or AA.",
     key="patient key: '<source>|<source patient id>', so one patient's events stay in order",
     content_type="application/cloudevents+json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_EVENT_SOURCE, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 FHIR_BUNDLES = TopicSpec(
@@ -63,8 +64,7 @@ FHIR_BUNDLES = TopicSpec(
     summary="One FHIR R4 Bundle (type collection) per inbound event, validated and security-labelled.",
     key="patient key of the inbound event",
     content_type="application/fhir+json",
-    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
-             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+    headers=(*CE_HEADERS, HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
              HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
@@ -73,16 +73,21 @@ SAFETY_ALERTS = TopicSpec(
     summary="Safety alerts (PHQ-9 item 9 > 0, C-SSRS high risk, risk flags) raised within seconds.",
     key="patient key of the inbound event",
     content_type="application/json",
-    headers=(HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME,
-             HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+    headers=(*CE_HEADERS, HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
              HEADER_CONTENT_TYPE),
 )
+# What a safety alert's ``kind`` can be (the alert topic's contract, schemas/asyncapi.yaml): the mapper's alerts
+# (services/mapper/mapping/risk.py ALERT_DETAILS) and the outcomes service's escalation of an unacknowledged one
+# (services/outcomes/tasks.py escalation_event). tests/test_alert_contract.py keeps them equal to the code.
+MAPPER_ALERT_KINDS = ("phq9-item9", "cssrs-high-risk", "risk-flag")
+ESCALATION_ALERT_KIND = "escalation"
 DEAD_LETTERS = TopicSpec(
     suffix="deadletter.v1",
     summary="Records that could not be mapped or validated, with the reason, the original record and its offset.",
     key="key of the original record",
     content_type="application/json",
-    headers=(HEADER_EVENT_ID, HEADER_CORRELATION_ID, HEADER_DEAD_LETTER_REASON, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID,
+             HEADER_DEAD_LETTER_REASON, HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 
@@ -91,7 +96,7 @@ REPLAYED_DEAD_LETTERS = TopicSpec(
     summary="Ledger of dead letters already replayed (compacted): replay never sends the same one twice.",
     key="'<partition>:<offset>' of the dead letter on the dead-letter topic",
     content_type="application/json",
-    headers=(HEADER_EVENT_ID,),
+    headers=(*CE_HEADERS, HEADER_INBOUND_EVENT_ID, HEADER_CONTENT_TYPE),
     cleanup_policy="compact",
     retention_ms=-1,
 )
@@ -101,7 +106,7 @@ AUDIT_EVENTS = TopicSpec(
     "delivered notifications. References only, never content. Kept indefinitely (accounting of disclosures).",
     key="Patient id of the patient whose data was disclosed",
     content_type="application/fhir+json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_CONTENT_TYPE),
     retention_ms=-1,
 )
 GENERAL_BUNDLES = TopicSpec(
@@ -110,7 +115,8 @@ GENERAL_BUNDLES = TopicSpec(
     "vendors without behavioural-health clearance. Same keys and order as fhir.bundles.v1.",
     key="patient key of the inbound event (as fhir.bundles.v1)",
     content_type="application/fhir+json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_INBOUND_EVENT_ID, HEADER_INBOUND_EVENT_TYPE, HEADER_CORRELATION_ID, HEADER_SECURITY,
+             HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 OUTCOMES = TopicSpec(
@@ -119,7 +125,7 @@ OUTCOMES = TopicSpec(
             "recomputed deterministically from the record by the outcomes service.",
     key="'Patient/<id>': the patient of the episode's index score",
     content_type="application/json",
-    headers=(HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_SECURITY, HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
 

@@ -35,6 +35,7 @@ from typing import Any
 from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
 from services.common.events import parse_event
+from services.common.fhir.codesystems import ICD10CM, LOINC, PROVENANCE_PARTICIPANT_TYPE, RXNORM, SNOMED
 from services.common.fhir_ids import resource_id
 from services.mapper.mapping import labels, map_event, validate_resource
 from services.mapper.mapping.instruments import (
@@ -48,10 +49,6 @@ from services.mapper.mapping.instruments import (
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
 ACCEPTED_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection"})
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-LOINC = "http://loinc.org"
 
 
 def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
@@ -92,8 +89,9 @@ def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str,
         where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
         meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
         security = meta.get("security") if isinstance(meta, dict) else None
-        labels_sent = {c.get("code") for c in security if isinstance(c, dict)} if isinstance(security, list) else set()
-        if "PSYTHPN" in labels_sent:
+        labels_sent = ({c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)}
+                       if isinstance(security, list) else set())
+        if labels.refused_labels(labels_sent):
             raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
                 f"{where}.meta.security", "psychotherapy-note-refused",
                 "psychotherapy notes (HIPAA 45 CFR 164.501) need the patient's specific authorization and are "
@@ -507,7 +505,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
             scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
-            implied = labels.combine(implied, labels.ETHUD if spec.key == "audit-c" else labels.PSY)
+            implied = labels.combine(implied, labels.instrument_labels(spec.key))
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
                     computed.append(entry)
@@ -529,7 +527,7 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         "resourceType": "Provenance", "id": provenance_id,
         "target": [{"reference": f"{e['resource']['resourceType']}/{e['resource']['id']}"} for e in entries],
         "recorded": fallback_time,
-        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+        "agent": [{"type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE,
                                         "code": "author"}]},
                    "who": {"display": source}}],
         "entity": [{"role": "source", "what": {"identifier": {"system": source, "value": event_id}}}],

@@ -18,16 +18,20 @@ from typing import Any
 import orjson
 
 from services.common.errors import CarebusError, InvalidInput, MappingError
-from services.common.event_headers import alert_headers, bundle_headers
+from services.common.event_headers import (
+    MAPPER_SOURCE,
+    alert_headers,
+    bundle_headers,
+    dead_letter_headers,
+    record_time,
+)
 from services.common.events import EVENT_TYPES, parse_event
 from services.common.kafka import OutboundRecord
 from services.common.topics import (
     DEAD_LETTERS,
     FHIR_BUNDLES,
     FHIR_RESOURCE_EVENT_TYPE,
-    HEADER_CONTENT_TYPE,
     HEADER_CORRELATION_ID,
-    HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
     HL7V2_MESSAGE_EVENT_TYPE,
@@ -227,8 +231,9 @@ class Pipeline:
         return Outcome(
             records=[OutboundRecord(
                 topic=self.topics.dead_letters, key=key, value=orjson.dumps(letter),
-                headers={HEADER_EVENT_ID: event_id, HEADER_CORRELATION_ID: correlation_id,
-                         HEADER_DEAD_LETTER_REASON: reason, HEADER_CONTENT_TYPE: "application/json"},
+                headers=dead_letter_headers(f"{record.topic}/{record.partition}/{record.offset}", MAPPER_SOURCE,
+                                            record_time(record.timestamp_ms), event_id,
+                                            "" if event_type == "unknown" else event_type, correlation_id, reason),
             )],
             event_type=event_type,
             event_id=event_id,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
+from services.common.fhir.codesystems import OUTCOMES_CODES, SAFETY_TASK_CODES
 from services.mapper.mapping.instruments import INSTRUMENTS
 
 TOPIC_BASE = "https://carebus.dev/fhir/SubscriptionTopic/"
@@ -221,11 +222,11 @@ def _coded(change: Change, system: str) -> bool:
 
 
 def _outcome_changed(change: Change, previous: str | None) -> bool:
-    return _coded(change, "urn:carebus:codesystem:outcomes")
+    return _coded(change, OUTCOMES_CODES)
 
 
 def _safety_task(change: Change, previous: str | None) -> bool:
-    return _coded(change, "urn:carebus:codesystem:safety-task")
+    return _coded(change, SAFETY_TASK_CODES)
 
 
 TOPICS: tuple[Topic, ...] = (

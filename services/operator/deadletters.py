@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from services.common.event_headers import OPERATOR_SOURCE, REPLAYED_DEAD_LETTER_EVENT_TYPE, cloudevent_headers
 from services.common.kafka import OutboundRecord, RecordProducer, client_config
 from services.common.settings import Settings
-from services.common.topics import DEAD_LETTERS, HEADER_EVENT_ID, REPLAYED_DEAD_LETTERS
+from services.common.topics import DEAD_LETTERS, REPLAYED_DEAD_LETTERS
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,9 @@ def replay(settings: Settings, reason: str | None = None, event_type: str | None
             OutboundRecord(ledger, letter.ledger_key,
                            orjson.dumps({"replayed_at": stamp, "reason": letter.reason,
                                          "source_offset": letter.source_offset}),
-                           {HEADER_EVENT_ID: letter.event_id}) for letter in chosen])
+                           cloudevent_headers(letter.ledger_key, REPLAYED_DEAD_LETTER_EVENT_TYPE, OPERATOR_SOURCE,
+                                              "application/json", stamp, letter.event_id))
+            for letter in chosen])
     finally:
         producer.close()
     return chosen

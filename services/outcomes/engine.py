@@ -24,14 +24,12 @@ from typing import Any
 import orjson
 
 from services.common.event_headers import OUTCOMES_SOURCE as OUTCOMES_CE_SOURCE
-from services.common.event_headers import alert_headers, bundle_headers, security_header
+from services.common.event_headers import alert_headers, bundle_headers, cloudevent_headers, security_header
+from services.common.fhir.codesystems import LOINC, OUTCOMES_CODES, RFC3986
 from services.common.kafka import OutboundRecord
 from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
-    HEADER_EVENT_ID,
-    HEADER_EVENT_TYPE,
     HEADER_SECURITY,
     OUTCOMES,
     SAFETY_ALERTS,
@@ -46,8 +44,8 @@ from services.outcomes.episodes import (
     phq9_rules,
 )
 from services.outcomes.exclusions import Exclusion, exclusion_of
-from services.outcomes.fhir import OUTCOMES_SYSTEM, STATE_DISPLAY, outcome_resources
-from services.outcomes.history import GAD7_TOTAL, LOINC, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.fhir import STATE_DISPLAY, outcome_resources
+from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
 from services.outcomes.tasks import (
     UNACKNOWLEDGED,
     Alert,
@@ -69,7 +67,7 @@ OUTCOMES_EVENT_TYPE = "org.carebus.outcomes.derived.v1"
 TASK_EVENT_TYPE = "org.carebus.safety.task.v1"
 OUTCOME_CHANGE_EVENT_TYPE = "org.carebus.outcome.changed.v1"
 _ALL = View(ALL_CLEARANCES)
-_EPISODE_CODES = (f"{OUTCOMES_SYSTEM}|phq-9-episode", f"{OUTCOMES_SYSTEM}|gad-7-episode")
+_EPISODE_CODES = (f"{OUTCOMES_CODES}|phq-9-episode", f"{OUTCOMES_CODES}|gad-7-episode")
 _SCORE_CODES = (PHQ9_TOTAL, GAD7_TOTAL)
 _PAGE = 1000
 
@@ -258,8 +256,8 @@ class OutcomesEngine:
                           "date": fact.when.isoformat(), "score": fact.score}
                 out.records.append(OutboundRecord(
                     topic=OUTCOMES.name(self.prefix), key=episode.index.patient, value=orjson.dumps(change),
-                    headers={HEADER_EVENT_ID: fact.id, HEADER_EVENT_TYPE: OUTCOME_CHANGE_EVENT_TYPE,
-                             HEADER_SECURITY: labels, HEADER_CONTENT_TYPE: "application/json"}))
+                    headers={**cloudevent_headers(fact.id, OUTCOME_CHANGE_EVENT_TYPE, OUTCOMES_CE_SOURCE,
+                                                  "application/json", now), HEADER_SECURITY: labels}))
                 out.changes += 1
                 out.changes_by_kind[fact.kind] = out.changes_by_kind.get(fact.kind, 0) + 1
 
@@ -284,7 +282,7 @@ class OutcomesEngine:
             return []
         chain = owner_chain(self.settings.safety_task_owners, alert.source)
         task = new_task(alert, chain, self.settings.safety_task_due_minutes)
-        task["requester"] = {"identifier": {"system": "urn:ietf:rfc:3986", "value": alert.source}}
+        task["requester"] = {"identifier": {"system": RFC3986, "value": alert.source}}
         return [bundle_record(self.prefix, f"{OUTCOMES_SOURCE}|Task/{tid}", outcome_id("task-created", tid),
                               TASK_EVENT_TYPE, [entry(task)], alert.raised_at)]
 

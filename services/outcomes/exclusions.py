@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final, Literal
 
+from services.common.fhir.codesystems import ICD10, ICD10CM, SNOMED
+
 ExclusionReason = Literal[
     "bipolar-disorder",
     "personality-disorder-emotionally-labile",
@@ -37,8 +39,7 @@ ExclusionReason = Literal[
     "death",
 ]
 
-ICD10_SYSTEMS: Final = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/fhir/sid/icd-10"})
-SNOMED: Final = "http://snomed.info/sct"
+ICD10_SYSTEMS: Final = frozenset({ICD10CM, ICD10})
 
 # ICD-10 code prefixes (no dot) -> reason; the longest matching prefix decides
 _ICD10_PREFIXES: Final[dict[str, ExclusionReason]] = {

@@ -29,6 +29,17 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final, Literal
 
+from services.common.fhir.codesystems import (
+    CAREBUS_ORGANIZATION,
+    GENERATED_BY_CODES,
+    MEASURE_IMPROVEMENT_NOTATION,
+    MEASURE_POPULATION,
+    MEASURE_SCORING,
+    OBSERVATION_CATEGORY,
+    OUTCOMES_CODES,
+    OUTCOMES_EPISODE,
+    UCUM,
+)
 from services.common.security_labels import PSYCHIATRIC, combine, meta_security
 from services.outcomes.episodes import (
     Episode,
@@ -41,17 +52,11 @@ from services.outcomes.episodes import (
 )
 from services.outcomes.exclusions import Exclusion, excluding
 
-OUTCOMES_SYSTEM: Final = "urn:carebus:codesystem:outcomes"
-OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
-MEASURE_POPULATION: Final = "http://terminology.hl7.org/CodeSystem/measure-population"
-MEASURE_SCORING: Final = "http://terminology.hl7.org/CodeSystem/measure-scoring"
-IMPROVEMENT_NOTATION: Final = "http://terminology.hl7.org/CodeSystem/measure-improvement-notation"
 DEQM: Final = "http://hl7.org/fhir/us/davinci-deqm/StructureDefinition/"
 INDIVIDUAL_PROFILE: Final = DEQM + "indv-measurereport-deqm"
 SUMMARY_PROFILE: Final = DEQM + "summary-measurereport-deqm"
-UCUM: Final = "http://unitsofmeasure.org"
 MEASURE_VERSION: Final = "1.0.0"
-GENERATED_TAG: Final = {"system": "urn:carebus:codesystem:generated-by", "code": "carebus-outcomes",
+GENERATED_TAG: Final = {"system": GENERATED_BY_CODES, "code": "carebus-outcomes",
                         "display": "derived by the carebus outcomes service"}
 
 STATE_DISPLAY: Final = {
@@ -161,36 +166,36 @@ def derived_observation(episode: Episode) -> dict[str, Any]:
     """The episode's outcome as an Observation, ``derivedFrom`` -> the scores it used."""
     outcome = f"{episode.instrument}-episode"
     components: list[dict[str, Any]] = [
-        {"code": _concept(OUTCOMES_SYSTEM, "index-score", "Index score"), "valueInteger": episode.index.total},
-        {"code": _concept(OUTCOMES_SYSTEM, "latest-score", "Latest score"), "valueInteger": episode.latest.total},
-        {"code": _concept(OUTCOMES_SYSTEM, "reduction", "Reduction from the index score"),
+        {"code": _concept(OUTCOMES_CODES, "index-score", "Index score"), "valueInteger": episode.index.total},
+        {"code": _concept(OUTCOMES_CODES, "latest-score", "Latest score"), "valueInteger": episode.latest.total},
+        {"code": _concept(OUTCOMES_CODES, "reduction", "Reduction from the index score"),
          "valueQuantity": {"value": _reduction_percent(episode), "unit": "%", "system": UCUM, "code": "%"}},
     ]
     for result in episode.windows:
         components.append({
-            "code": _concept(OUTCOMES_SYSTEM, f"window-{result.window.name}", f"Window {result.window.name}"),
-            "valueCodeableConcept": _concept(OUTCOMES_SYSTEM, _window_code(result)),
+            "code": _concept(OUTCOMES_CODES, f"window-{result.window.name}", f"Window {result.window.name}"),
+            "valueCodeableConcept": _concept(OUTCOMES_CODES, _window_code(result)),
         })
-    components.append({"code": _concept(OUTCOMES_SYSTEM, "follow-up-overdue", "Follow-up overdue"),
+    components.append({"code": _concept(OUTCOMES_CODES, "follow-up-overdue", "Follow-up overdue"),
                        "valueBoolean": episode.follow_up_overdue})
     if episode.follow_up_due is not None:
-        components.append({"code": _concept(OUTCOMES_SYSTEM, "follow-up-due", "Follow-up due from"),
+        components.append({"code": _concept(OUTCOMES_CODES, "follow-up-due", "Follow-up due from"),
                            "valueDateTime": episode.follow_up_due.isoformat()})
     for fact in episode.facts:
-        components.append({"code": _concept(OUTCOMES_SYSTEM, fact.kind, FACT_DISPLAY[fact.kind]),
+        components.append({"code": _concept(OUTCOMES_CODES, fact.kind, FACT_DISPLAY[fact.kind]),
                            "valueDateTime": fact.when.isoformat()})
     return {
         "resourceType": "Observation",
         "id": outcome_id("observation", episode.id),
         "meta": _meta(episode),
-        "identifier": [{"system": "urn:carebus:outcomes:episode", "value": episode.id}],
+        "identifier": [{"system": OUTCOMES_EPISODE, "value": episode.id}],
         "status": "preliminary" if episode.running else "final",
         "category": [_concept(OBSERVATION_CATEGORY, "survey", "Survey")],
-        "code": {**_concept(OUTCOMES_SYSTEM, outcome, f"{episode.instrument.upper()} episode outcome"),
+        "code": {**_concept(OUTCOMES_CODES, outcome, f"{episode.instrument.upper()} episode outcome"),
                  "text": f"{episode.instrument.upper()} episode outcome"},
         "subject": {"reference": episode.index.patient},
         "effectivePeriod": {"start": episode.index.when.isoformat(), "end": episode.latest.when.isoformat()},
-        "valueCodeableConcept": {**_concept(OUTCOMES_SYSTEM, episode.state, STATE_DISPLAY[episode.state]),
+        "valueCodeableConcept": {**_concept(OUTCOMES_CODES, episode.state, STATE_DISPLAY[episode.state]),
                                  "text": STATE_DISPLAY[episode.state]},
         "derivedFrom": [{"reference": s.reference} for s in episode.scores],
         "component": components,
@@ -198,7 +203,7 @@ def derived_observation(episode: Episode) -> dict[str, Any]:
 
 
 def _reporter(organization: str) -> dict[str, Any]:
-    return {"identifier": {"system": "urn:carebus:organization", "value": organization}, "display": organization}
+    return {"identifier": {"system": CAREBUS_ORGANIZATION, "value": organization}, "display": organization}
 
 
 def _group(counts: dict[str, int], score: float | None) -> dict[str, Any]:
@@ -233,7 +238,8 @@ def individual_report(spec: MeasureSpec, episode: Episode, organization: str,
         "date": report_date.isoformat(),
         "reporter": _reporter(organization),
         "period": {"start": episode.index.when.isoformat(), "end": result.end.isoformat()},
-        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "improvementNotation": _concept(
+            MEASURE_IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
         "group": [_group(counts, None if excluded is not None else float(met))],
         "evaluatedResource": [{"reference": episode.index.reference},
                               *({"reference": s.reference} for s in result.scores),
@@ -305,7 +311,8 @@ def summary_report(spec: MeasureSpec, counts: PopulationCounts, start: date, end
         "date": generated,
         "reporter": _reporter(organization),
         "period": {"start": start.isoformat(), "end": end.isoformat()},
-        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "improvementNotation": _concept(
+            MEASURE_IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
         "group": [_group(counts.as_dict(), None if score is None else round(score, 4))],
     }
 
@@ -325,7 +332,8 @@ def measure_resource(spec: MeasureSpec) -> dict[str, Any]:
         "description": spec.description,
         "relatedArtifact": [{"type": "documentation", "display": f"Modelled on {spec.source}"}],
         "scoring": _concept(MEASURE_SCORING, "proportion", "Proportion"),
-        "improvementNotation": _concept(IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
+        "improvementNotation": _concept(
+            MEASURE_IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
         "group": [{
             "id": "group-1",
             "population": [

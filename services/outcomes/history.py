@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any, Final
 
+from services.common.fhir.codesystems import LOINC
 from services.outcomes.episodes import Instrument, Score
 
-LOINC: Final = "http://loinc.org"
 PHQ9_TOTAL: Final = "44261-6"
 GAD7_TOTAL: Final = "70274-6"
 CSSRS_RISK: Final = "93374-7"

@@ -20,11 +20,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from services.common.fhir.codesystems import (
+    AUDIT_ENTITY_TYPE,
+    AUDIT_EVENT_TYPE,
+    OBJECT_ROLE,
+    PROVENANCE_PARTICIPANT_TYPE,
+    RESTFUL_INTERACTION,
+    SAFETY_ALERT_TASK,
+    SAFETY_TASK_CODES,
+    SECURITY_SOURCE_TYPE,
+    SNOMED,
+    V3_DATA_OPERATION,
+)
 from services.common.security_labels import PSYCHIATRIC, combine, meta_security
 from services.outcomes.episodes import outcome_id
 
-TASK_SYSTEM: Final = "urn:carebus:codesystem:safety-task"
-SNOMED: Final = "http://snomed.info/sct"
 PRIORITY: Final = {"cssrs-high-risk": "stat", "phq9-item9": "urgent", "epds-item10": "urgent", "risk-flag": "urgent"}
 DESCRIPTION: Final = {
     "cssrs-high-risk": "C-SSRS screen positive for high suicide risk: contact the patient now",
@@ -97,13 +107,13 @@ def new_task(alert: Alert, chain: Sequence[str], due_minutes: Mapping[str, int])
         "resourceType": "Task",
         "id": task_id(alert.focus),
         "meta": {"security": meta_security(combine(PSYCHIATRIC, alert.labels))},
-        "identifier": [{"system": "urn:carebus:safety-alert", "value": f"{alert.kind}:{alert.focus}"}],
+        "identifier": [{"system": SAFETY_ALERT_TASK, "value": f"{alert.kind}:{alert.focus}"}],
         "status": "requested",
-        "businessStatus": {"coding": [{"system": TASK_SYSTEM, "code": "awaiting-acknowledgement"}],
+        "businessStatus": {"coding": [{"system": SAFETY_TASK_CODES, "code": "awaiting-acknowledgement"}],
                            "text": "Awaiting acknowledgement"},
         "intent": "order",
         "priority": PRIORITY.get(alert.kind, "urgent"),
-        "code": {"coding": [{"system": TASK_SYSTEM, "code": alert.kind}], "text": "Respond to a safety alert"},
+        "code": {"coding": [{"system": SAFETY_TASK_CODES, "code": alert.kind}], "text": "Respond to a safety alert"},
         "description": DESCRIPTION.get(alert.kind, DESCRIPTION["risk-flag"]),
         "focus": {"reference": alert.focus},
         "for": {"reference": alert.patient},
@@ -123,7 +133,7 @@ def due_at(task: Mapping[str, Any]) -> datetime | None:
 def escalation_level(task: Mapping[str, Any]) -> int:
     for coding in (task.get("businessStatus") or {}).get("coding", ()):
         code = str(coding.get("code", ""))
-        if coding.get("system") == TASK_SYSTEM and code.startswith("escalated-"):
+        if coding.get("system") == SAFETY_TASK_CODES and code.startswith("escalated-"):
             return int(code.removeprefix("escalated-"))
     return 0
 
@@ -136,13 +146,13 @@ def escalate(task: Mapping[str, Any], chain: Sequence[str], now: datetime, due_m
     if task.get("status") not in UNACKNOWLEDGED or due is None or now <= due:
         return None
     level = escalation_level(task) + 1
-    kind = next((c["code"] for c in task["code"]["coding"] if c.get("system") == TASK_SYSTEM), "risk-flag")
+    kind = next((c["code"] for c in task["code"]["coding"] if c.get("system") == SAFETY_TASK_CODES), "risk-flag")
     minutes = due_minutes.get(kind, 30)
     escalated = dict(task)
     escalated.pop("meta", None)
     escalated["meta"] = {"security": task.get("meta", {}).get("security", [])}
     escalated["owner"] = {"reference": chain[min(level, len(chain) - 1)]}
-    escalated["businessStatus"] = {"coding": [{"system": TASK_SYSTEM, "code": f"escalated-{level}"}],
+    escalated["businessStatus"] = {"coding": [{"system": SAFETY_TASK_CODES, "code": f"escalated-{level}"}],
                                    "text": f"Escalated (level {level}): not acknowledged in time"}
     # the new due time counts from the missed one, so a late check never moves the schedule
     escalated["restriction"] = {"period": {"end": _instant(due + timedelta(minutes=minutes))}}
@@ -172,7 +182,7 @@ def change_status(current: Mapping[str, Any], requested: Mapping[str, Any], now:
     updated["status"] = new
     updated["owner"] = {"reference": owner}
     updated["lastModified"] = _instant(now)
-    updated["businessStatus"] = {"coding": [{"system": TASK_SYSTEM, "code": new}], "text": new.capitalize()}
+    updated["businessStatus"] = {"coding": [{"system": SAFETY_TASK_CODES, "code": new}], "text": new.capitalize()}
     if "note" in requested:
         updated["note"] = requested["note"]
     period = dict(current.get("executionPeriod") or {})
@@ -199,9 +209,9 @@ def audit_records(task: Mapping[str, Any], version: int, practitioner: str, now:
         "meta": {"security": labels},
         "target": [{"reference": target}],
         "recorded": recorded,
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+        "activity": {"coding": [{"system": V3_DATA_OPERATION,
                                  "code": "UPDATE", "display": "revise"}]},
-        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+        "agent": [{"type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE,
                                         "code": "performer"}]},
                    "who": {"reference": practitioner}}],
     }
@@ -209,9 +219,9 @@ def audit_records(task: Mapping[str, Any], version: int, practitioner: str, now:
         "resourceType": "AuditEvent",
         "id": outcome_id("audit", target),
         "meta": {"security": labels},
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest",
                  "display": "Restful Operation"},
-        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "update"}],
+        "subtype": [{"system": RESTFUL_INTERACTION, "code": "update", "display": "update"}],
         "action": "U",
         "recorded": recorded,
         "outcome": "0",
@@ -220,13 +230,13 @@ def audit_records(task: Mapping[str, Any], version: int, practitioner: str, now:
             {"who": {"display": client or "record API client"}, "requestor": False},
         ],
         "source": {"observer": {"display": "carebus record"},
-                   "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
+                   "type": [{"system": SECURITY_SOURCE_TYPE, "code": "4",
                              "display": "Application Server"}]},
         "entity": [{"what": {"reference": target}},
                    {"what": {"reference": str(task.get("for", {}).get("reference", ""))},
-                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
+                    "type": {"system": AUDIT_ENTITY_TYPE, "code": "1",
                              "display": "Person"},
-                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
+                    "role": {"system": OBJECT_ROLE, "code": "1",
                              "display": "Patient"}}],
     }
     return [provenance, audit]

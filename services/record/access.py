@@ -23,6 +23,7 @@ from typing import Literal
 
 from services.common import disclosure
 from services.common.disclosure import Recipient
+from services.common.fhir.codesystems import V3_OBSERVATION_VALUE
 from services.common.settings import RecordTokenGrant
 from services.record.errors import Forbidden, NotAuthenticated
 
@@ -42,7 +43,7 @@ _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*
 
 # v3-ObservationValue REDACTED: put on a Bundle's meta.security when a cleared caller is told what was withheld.
 REDACTED_TAG = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "system": V3_OBSERVATION_VALUE,
     "code": "REDACTED",
     "display": "redacted",
 }

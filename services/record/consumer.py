@@ -25,17 +25,18 @@ from kafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
 from services.common.errors import BrokerUnavailable, InfrastructureError
+from services.common.event_headers import RECORD_SOURCE, dead_letter_headers, record_time
 from services.common.kafka import OutboundRecord, RecordProducer, build_consumer, end_offsets_lag
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import (
     DEAD_LETTERS,
     FHIR_BUNDLES,
-    HEADER_CONTENT_TYPE,
     HEADER_CORRELATION_ID,
     HEADER_DEAD_LETTER_REASON,
     HEADER_EVENT_ID,
     HEADER_INBOUND_EVENT_ID,
+    HEADER_INBOUND_EVENT_TYPE,
     RECORD_CHANGES,
 )
 from services.record.changes import change_records
@@ -94,12 +95,11 @@ def dead_letter(topic: str, record: InboundBundle, exc: BadBundle) -> OutboundRe
         topic=topic,
         key=record.key,
         value=orjson.dumps(letter),
-        headers={
-            HEADER_EVENT_ID: event_id,
-            HEADER_CORRELATION_ID: record.headers.get(HEADER_CORRELATION_ID, event_id),
-            HEADER_DEAD_LETTER_REASON: exc.reason,
-            HEADER_CONTENT_TYPE: "application/json",
-        },
+        headers=dead_letter_headers(
+            f"{record.topic}/{record.partition}/{record.offset}", RECORD_SOURCE, record_time(record.timestamp_ms),
+            event_id, record.headers.get(HEADER_INBOUND_EVENT_TYPE, ""),
+            record.headers.get(HEADER_CORRELATION_ID, event_id), exc.reason,
+        ),
     )
 
 

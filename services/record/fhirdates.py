@@ -9,7 +9,6 @@ Period use :data:`OPEN_START` / :data:`OPEN_END`.
 from __future__ import annotations
 
 import functools
-
 import re
 from calendar import timegm
 from datetime import UTC, datetime

@@ -29,16 +29,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.common.fhir.codesystems import EMPI
 from services.record.indexing import items_of, normalize_text, patient_id_of
 
 LinkKind = Literal["link", "merge", "unlink"]
 DemographicRule = Literal["none", "name-birthdate", "name-birthdate-gender"]
-LINK_TYPE_SYSTEM = "http://hl7.org/fhir/link-type"
 
 
 @dataclass(frozen=True)
 class IdentityPolicy:
-    enterprise_systems: frozenset[str] = frozenset({"urn:carebus:empi"})
+    enterprise_systems: frozenset[str] = frozenset({EMPI})
     demographic_rule: DemographicRule = "none"
 
     def fingerprint(self) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.common.fhir.codesystems import AUDIT_EVENT_OUTCOME, MEDICATION_REQUEST_STATUS, TASK_STATUS
 from services.record.access import restriction_of
 from services.record.fhirdates import date_range, period_range
 
@@ -80,8 +81,6 @@ COMMON_PARAMETERS: tuple[SearchParam, ...] = (
     _p("_lastUpdated", "date", "Resource-lastUpdated", "When the resource version changed in this server."),
 )
 
-MEDICATION_REQUEST_STATUS = "http://hl7.org/fhir/CodeSystem/medicationrequest-status"
-TASK_STATUS = "http://hl7.org/fhir/task-status"
 
 # Where a resource names its patient (FHIR R4 patient compartment, the paths carebus resources use).
 PATIENT_PATHS: dict[str, tuple[str, ...]] = {
@@ -291,7 +290,7 @@ def _tokens(resource: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield "category", system, code
     elif rtype == "AuditEvent":
         if isinstance(resource.get("outcome"), str):
-            yield "outcome", "http://hl7.org/fhir/audit-event-outcome", resource["outcome"]
+            yield "outcome", AUDIT_EVENT_OUTCOME, resource["outcome"]
         kind = resource.get("type")
         if isinstance(kind, dict) and isinstance(kind.get("code"), str):
             yield "type", str(kind.get("system") or ""), kind["code"]

@@ -165,6 +165,15 @@ def _content_of(resource: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
+def _compared(content: dict[str, Any]) -> dict[str, Any]:
+    """What decides whether a resource changed. A Provenance's ``recorded`` is left out: its id names one event
+    of one sender, so a later copy of that event (a resend after a 503 or a lost ACK, a FHIR post that states no
+    time and so carries its receipt) records the same activity, and the first copy's ``recorded`` stays."""
+    if content.get("resourceType") == "Provenance" and "recorded" in content:
+        return {k: v for k, v in content.items() if k != "recorded"}
+    return content
+
+
 def event_key_of(record: InboundBundle, bundle: Mapping[str, Any]) -> str:
     # the inbound event a bundle came from (older bundles carried it in ce_id)
     event_id = record.headers.get(HEADER_INBOUND_EVENT_ID) or record.headers.get(HEADER_EVENT_ID)
@@ -227,7 +236,7 @@ def prepare_bundle(record: InboundBundle) -> PreparedBundle:
             index = index_resource(content)
         except ValueError as exc:
             raise BadBundle(f"Bundle.entry[{i}] ({content['resourceType']}) has a malformed date") from exc
-        digest = _hash(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+        digest = _hash(orjson.dumps(_compared(content), option=orjson.OPT_SORT_KEYS))
         prepared.append(PreparedResource(content["resourceType"], content["id"], content, digest, index))
     bundle_hash = _hash("\n".join(f"{r.resource_type}/{r.id}:{r.content_hash}" for r in prepared).encode())
     return PreparedBundle(

@@ -315,10 +315,11 @@ def test_kills_and_outages_mid_stream_lose_nothing_store_everything_once_and_dea
 
     wanted = {poison_event["id"]} | set(poison)
     letters = read_all(stack.settings, DEAD_LETTERS.name(PREFIX),
-                       until=lambda rs: {header(r, "ce_id") for r in rs} >= wanted, timeout_s=60)
+                       until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= wanted, timeout_s=60)
     reasons: dict[str, set[str]] = {}
     for letter in letters:
-        reasons.setdefault(header(letter, "ce_id") or "", set()).add(header(letter, HEADER_DEAD_LETTER_REASON) or "")
+        reasons.setdefault(header(letter, "ce_carebuseventid") or "", set()).add(
+            header(letter, HEADER_DEAD_LETTER_REASON) or "")
         body = orjson.loads(letter.value)
         assert CANARY.lower() not in (body["message"] + orjson.dumps(body["problems"]).decode()).lower()
     for event_id, (_, allowed) in poison.items():

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from services.common.fhir.codesystems import HL7V2_UNMAPPED_SEGMENT as UNMAPPED_SEGMENT_SYSTEM
 from services.mapper.hl7v2 import map_hl7v2_message
-from services.mapper.hl7v2.header import UNMAPPED_SEGMENT_SYSTEM
 from services.mapper.result import MappedEvent
 from tests.hl7v2.helpers import HL7_SAMPLES, context, resources
 

@@ -132,13 +132,13 @@ def test_fuzz_real_processes_accepted_inputs_reach_a_topic_and_no_canary_leaks(s
                            until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= ids)
         found = {header(r, "ce_carebuseventid") for r in bundles}  # a bundle's ce_id is its own id
         letters = read_all(settings, DEAD_LETTERS.name(settings.topic_prefix), timeout_s=30,
-                           until=lambda rs: found | {header(r, "ce_id") for r in rs} >= ids)
+                           until=lambda rs: found | {header(r, "ce_carebuseventid") for r in rs} >= ids)
         for letter in letters:
             metadata = {k: v for k, v in orjson.loads(letter.value).items() if k != "original"}
             assert metadata["reason"] != "unexpected-error"
             if has_canary(orjson.dumps(metadata)):
                 leaks.append(f"dead letter {metadata['reason']}")
-        found |= {header(r, "ce_id") for r in letters}
+        found |= {header(r, "ce_carebuseventid") for r in letters}
         assert ids - found == set(), f"{len(ids - found)} accepted inputs in neither topic"
         for port in (intake_port, mapper_port):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200

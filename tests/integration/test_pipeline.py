@@ -186,7 +186,7 @@ async def test_bad_input_is_answered_or_dead_lettered_and_counts_balance(
     letters = read_all(settings, DEAD_LETTERS.name(settings.topic_prefix), until=lambda rs: len(rs) >= 3)
     assert len(bundles) + len(letters) == sent
     assert len(letters) == 3
-    reasons = {header(r, "ce_id"): orjson.loads(r.value) for r in letters}
+    reasons = {header(r, "ce_carebuseventid"): orjson.loads(r.value) for r in letters}
     assert reasons["garbage-1"]["reason"] == "malformed-json"
     assert reasons["bad-type-1"]["reason"] == "schema-violation"
     assert reasons["garbage-2"]["reason"] == "mapping-failed"

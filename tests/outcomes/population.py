@@ -15,12 +15,12 @@ Measurement period 2025-01-01 .. 2025-06-30; evaluated on 2027-01-01 (every wind
 
 Denominator exclusions (services/outcomes/exclusions.py), on five of them:
 
-| patient | recorded | DRR-E style | CMS159 style |
+| patient | recorded | DRR-E | CMS159 |
 |---|---|---|---|
-| remit-early-00, -01 | Condition bipolar disorder (ICD-10-CM F31.81), onset 10 days after the index | excluded | excluded |
-| remit-early-02 | Condition F31.9 with no date (a history of it) | excluded | excluded |
-| remit-both-00 | Condition schizophrenia (F20.9), verificationStatus refuted | counts for nothing | counts for nothing |
-| remit-late-00 | Patient.deceasedDateTime 380 days after the index (after its last score) | not excluded (its window ended at day 240) | excluded (window ends 12 months + 60 days) |
+| remit-early-00, -01 | Condition bipolar disorder (F31.81), onset day 10 | excluded | excluded |
+| remit-early-02 | Condition F31.9, no date (a history of it) | excluded | excluded |
+| remit-both-00 | Condition schizophrenia (F20.9), refuted | nothing | nothing |
+| remit-late-00 | Patient.deceasedDateTime day 380 (after its last score) | not (window ended day 240) | excluded |
 
 Hand count: initial population = denominator = 40 for both; DRR-E exclusions 3, numerator 22 - 3 = 19; CMS159
 exclusions 4 (the 3 remit-early are excluded but were not in its numerator), numerator 11 - 1 = 10.

@@ -15,12 +15,12 @@ from services.outcomes.fhir import (
     CMS159_STYLE,
     DRR_E_STYLE,
     MEASURES,
+    PersonFacts,
     derived_observation,
     index_episode,
     individual_report,
     measure_resource,
     outcome_resources,
-    PersonFacts,
     population_counts,
     summary_report,
 )

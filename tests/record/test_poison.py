@@ -232,8 +232,8 @@ def test_poison_records_on_the_bundle_topic_are_dead_lettered_with_reasons_while
     else:
         assert record.store.read("Patient", patient_id(CLINIC, huge.mrn)) is not None
     letters = read_all(record.settings, DEAD_LETTERS.name(prefix),
-                       until=lambda rs: {header(r, "ce_id") for r in rs} >= set(expected))
-    reasons = {header(r, "ce_id"): header(r, HEADER_DEAD_LETTER_REASON) for r in letters}
+                       until=lambda rs: {header(r, "ce_carebuseventid") for r in rs} >= set(expected))
+    reasons = {header(r, "ce_carebuseventid"): header(r, HEADER_DEAD_LETTER_REASON) for r in letters}
     assert {k: reasons.get(k) for k in expected} == expected
     for letter in letters:
         body = orjson.loads(letter.value)

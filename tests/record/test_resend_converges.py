@@ -1,7 +1,9 @@
 """A resend of the same event - a new inbound record, later, after a 503 or a lost ACK - converges on the same
 record: no resource gets a new version, Provenance included (its ``recorded`` is the time the sender states for
 the event, not when carebus received this copy). JSON care events (every type), HL7 v2 (every sample) and FHIR
-posts that state their time (Bundle.timestamp or meta.lastUpdated), on SQLite and PostgreSQL."""
+posts that state their time (Bundle.timestamp or meta.lastUpdated), on SQLite and PostgreSQL. A FHIR post that
+states no time gets its receipt as ``recorded``, so its copies differ there: the record keeps the first copy's
+Provenance (services/record/ingest.py ``_compared``)."""
 
 from __future__ import annotations
 
@@ -40,8 +42,12 @@ def fhir_envelope(data: dict[str, Any], event_id: str, received: str) -> dict[st
             "time": received, "data": copy.deepcopy(data)}
 
 
+UNSTATED = "fhir-unstated-"  # event ids of the posts that state no time
+
+
 def fhir_posts() -> list[tuple[str, dict[str, Any]]]:
-    """Clinical samples, each posted once as a resource with meta.lastUpdated and once in a timestamped Bundle."""
+    """Clinical samples, each posted as a resource with meta.lastUpdated, in a timestamped Bundle, and both again
+    without any stated time (no meta.lastUpdated, no Bundle.timestamp)."""
     posts = []
     for path in sorted(FHIR_SAMPLES.glob("*.json")):
         resource = json.loads(path.read_text())
@@ -53,6 +59,13 @@ def fhir_posts() -> list[tuple[str, dict[str, Any]]]:
         posts.append((f"fhir-bundle-{path.stem}", {
             "resourceType": "Bundle", "type": "collection", "timestamp": "2025-11-03T08:16:00+01:00",
             "entry": [{"fullUrl": f"urn:uuid:{path.stem}", "resource": resource}]}))
+        bare = copy.deepcopy(resource)
+        if isinstance(bare.get("meta"), dict):
+            bare["meta"].pop("lastUpdated", None)
+        posts.append((f"{UNSTATED}{path.stem}", bare))
+        posts.append((f"{UNSTATED}bundle-{path.stem}", {
+            "resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"urn:uuid:{path.stem}", "resource": bare}]}))
     return posts
 
 
@@ -91,11 +104,21 @@ def entries(bundle: InboundBundle) -> Any:
     return orjson.loads(bundle.value)["entry"]
 
 
+def provenance_recorded(bundle: InboundBundle) -> str:
+    return next(str(e["resource"]["recorded"]) for e in entries(bundle)
+                if e["resource"]["resourceType"] == "Provenance")
+
+
+def without_recorded(bundle: InboundBundle) -> Any:
+    return [{**e, "resource": {k: v for k, v in e["resource"].items() if k != "recorded"}}
+            if e["resource"]["resourceType"] == "Provenance" else e for e in entries(bundle)]
+
+
 def test_a_resend_of_every_kind_of_event_makes_no_new_version_of_any_resource(store: SqlStore) -> None:
     pipeline = Pipeline(TopicNames.for_prefix("carebus"))
     first = deliver(pipeline, inbound_events("2026-01-05T08:00:00+00:00"), FIRST_MS, 0)
     mapped = [b for b in first if b is not None]
-    assert len(mapped) >= len(first) - 2  # (one SDC sample has no subject: dead-lettered both times)
+    assert len(mapped) >= len(first) - 4  # (one SDC sample has no subject: each of its 4 posts dead-lettered)
     report = store.ingest([prepare_bundle(b) for b in mapped])
     assert report.versions > 0 and not report.refused
     stored = {(row.resource_type, row.id): row.version_id for row, _ in store.export_versions()}
@@ -104,9 +127,21 @@ def test_a_resend_of_every_kind_of_event_makes_no_new_version_of_any_resource(st
     events = inbound_events("2026-01-05T08:25:00+00:00")  # intake stamps the resend's receipt
     resend = deliver(pipeline, events, RESEND_MS, len(first))
     assert [b is None for b in resend] == [b is None for b in first]
-    changed = [event["id"] for event, a, b in zip(events, first, resend, strict=True)
-               if a is not None and b is not None and entries(a) != entries(b)]
+    pairs = [(str(event["id"]), a, b) for event, a, b in zip(events, first, resend, strict=True)
+             if a is not None and b is not None]
+    changed = [eid for eid, a, b in pairs if not eid.startswith(UNSTATED) and entries(a) != entries(b)]
     assert changed == []  # the same event maps to the same resources (Bundle.timestamp may say when it was made)
+    unstated = [(eid, a, b) for eid, a, b in pairs if eid.startswith(UNSTATED)]
+    assert len(unstated) >= 4
+    for eid, a, b in unstated:  # no stated time: the copies differ in Provenance.recorded (each copy's receipt)
+        assert (provenance_recorded(a), provenance_recorded(b)) == (
+            "2026-01-05T08:00:00+00:00", "2026-01-05T08:25:00+00:00"), eid
+        assert without_recorded(a) == without_recorded(b), eid
     again = store.ingest([prepare_bundle(b) for b in resend if b is not None])
     assert again.versions == 0
     assert {(row.resource_type, row.id): row.version_id for row, _ in store.export_versions()} == stored
+    served = {row.id: orjson.loads(row.body or b"{}") for row, _ in store.export_versions()
+              if row.resource_type == "Provenance"}
+    for _, bundle, _ in unstated:  # the first copy's Provenance is the one kept
+        provenance = next(e["resource"] for e in entries(bundle) if e["resource"]["resourceType"] == "Provenance")
+        assert served[provenance["id"]]["recorded"] == "2026-01-05T08:00:00+00:00"

@@ -11,14 +11,20 @@ content is validated all the same; ``Gathered.dropped`` names them and a test ke
 
 Each distinct resource (same content emitted by many bundles counts once) is written to a folder, with a few
 known-bad control resources that prove the validator finds errors; one JVM validates the folder.
+
+The bundles also go into a record service (the real one: consumer on the bundle topic, SQLite store, API under
+uvicorn on a loopback port), and the same JVM first runs the HAPI FHIR generic client against that live API
+(tests/validation/hapi.py ``ClientCheck``): read, search paged to the end, history since, conditional read,
+every answer parsed strictly. ``Gathered.client`` holds what it saw and what the API answers to a plain client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,21 +40,27 @@ from devstack.journey import sample_care_journey
 from services.common.kafka import RecordProducer
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
-from services.common.settings import REPO_ROOT, Settings
+from services.common.settings import REPO_ROOT, RecordTokenGrant, Settings
 from services.common.topics import FHIR_BUNDLES, INBOUND_EVENTS
 from services.intake.app import create_app
 from services.mapper.hl7v2 import inspect_message
 from services.mapper.pipeline import Pipeline, TopicNames
+from services.record.service import build_service
+from services.record.store import identity_policy, open_store
 from tests.fhir_in.test_fidelity import mixed_post, sdc_phq9
 from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples
 from tests.kafka_helpers import header, read_all
+from tests.record.conftest import ServerThread
 from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
-from tests.validation.hapi import Result, validate_folder
+from tests.validation.hapi import ClientCheck, Result, validate_folder
 
 SAMPLES = REPO_ROOT / "tests" / "samples"
 FHIR_SOURCE = "urn:carebus:source:fhir-samples"
 JOURNEY_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+CLIENT_TOKEN = "validation-hapi-client-token"  # noqa: S105 - a test token
+CLIENT_GRANT = RecordTokenGrant(scopes=["system/*.read"],
+                                clearances=["behavioral-health", "part2", "psychotherapy-notes"])
 
 # Resources that must fail validation: if the validator stops finding these, it is not checking anything.
 CONTROLS: dict[str, dict[str, Any]] = {
@@ -75,6 +87,16 @@ class Emitted:
 
 
 @dataclass
+class ClientRun:
+    """The HAPI generic client's run against the live record API, and the API's answer to a plain client."""
+
+    results: dict[str, Any]  # CarebusClientCheck.java's client.json
+    patient_id: str
+    page_size: int
+    expected_ids: list[str]  # Observation?patient=<id> with one big page, by httpx
+
+
+@dataclass
 class Gathered:
     emitted: list[Emitted]
     controls: dict[str, Result]
@@ -82,6 +104,7 @@ class Gathered:
     sources_with_bundle: set[str]
     dropped: list[str]  # HL7 samples acknowledged but without a bundle from the topic (mapped in process)
     refused: dict[str, int] = field(default_factory=dict)  # inputs intake refused: source -> HTTP status
+    client: ClientRun | None = None
 
 
 @dataclass
@@ -201,17 +224,60 @@ def _gather(settings: Settings, workdir: Path) -> Gathered:
     for name, resource in CONTROLS.items():
         (folder / f"zz-{name}.json").write_text(json.dumps(resource), encoding="utf-8")
     controls: dict[str, Result] = {}
-    for result in validate_folder(folder, REPO_ROOT / ".cache"):
+    client, results = _validate_with_client(settings, records, workdir, folder)
+    for result in results:
         if result.file in names:
             names[result.file].result = result
         else:
             controls[result.file.removeprefix("zz-").removesuffix(".json")] = result
     return Gathered(emitted=emitted, controls=controls, sources_sent=[item.source for item in accepted],
-                    sources_with_bundle=with_bundle, dropped=dropped, refused=refused)
+                    sources_with_bundle=with_bundle, dropped=dropped, refused=refused, client=client)
+
+
+def _most_observed_patient(records: list[Any]) -> str:
+    counts: Counter[str] = Counter()
+    for record in records:
+        for entry in orjson.loads(record.value).get("entry", []):
+            resource = entry.get("resource", {})
+            if resource.get("resourceType") == "Observation":
+                counts[str(resource.get("subject", {}).get("reference", "")).removeprefix("Patient/")] += 1
+    counts.pop("", None)
+    return counts.most_common(1)[0][0]
+
+
+def _validate_with_client(settings: Settings, records: list[Any], workdir: Path, folder: Path
+                          ) -> tuple[ClientRun, list[Result]]:
+    """The record service on the bundle topic, then one JVM: the HAPI client against it, then the validator."""
+    store = open_store(f"sqlite:///{workdir}/record.db", identity_policy(settings))
+    service = build_service(settings, store=store)
+    service.start()
+    http = ServerThread(service.app).start()
+    try:
+        assert service.ingestor.wait_for([(r.partition, r.offset) for r in records], timeout_s=120)
+        patient = _most_observed_patient(records)
+        expected: list[str] = []
+        with httpx.Client(base_url=http.base_url, timeout=30,
+                          headers={"Authorization": f"Bearer {CLIENT_TOKEN}"}) as plain:
+            url: str | None = f"/Observation?patient={patient}&_count=1000"
+            while url:
+                page = plain.get(url).raise_for_status().json()
+                expected += [e["resource"]["id"] for e in page.get("entry", [])
+                             if e["resource"]["resourceType"] == "Observation"]
+                url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+        page_size = max(1, len(expected) // 3)
+        check = ClientCheck(http.base_url, CLIENT_TOKEN, patient, page_size, workdir / "client.json")
+        results = validate_folder(folder, REPO_ROOT / ".cache", client=check)
+        run = ClientRun(json.loads(check.out.read_text(encoding="utf-8")), patient, page_size, expected)
+    finally:
+        http.stop()
+        service.stop()
+    return run, results
 
 
 @pytest.fixture(scope="session")
 def gathered(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gathered]:
     settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"validation{uuid.uuid4().hex[:8]}",
-                        kafka_topic_partitions=3, kafka_request_timeout_s=10.0, intake_tokens=TEST_INTAKE_GRANTS)
+                        kafka_topic_partitions=3, kafka_request_timeout_s=10.0, intake_tokens=TEST_INTAKE_GRANTS,
+                        record_tokens={hashlib.sha256(CLIENT_TOKEN.encode()).hexdigest(): CLIENT_GRANT},
+                        disclosure_policy={"part2": "clearance"}, record_group_id=f"validation-{uuid.uuid4().hex[:8]}")
     yield _gather(settings, tmp_path_factory.mktemp("validation"))

@@ -1,6 +1,10 @@
 // carebus's entry point to the HL7 FHIR reference validator (HAPI FHIR validation 8.8.1, R4).
 //
 //   java -cp '<libs>/*:<classes>' CarebusValidator <conformance-dir> <input-dir> <results.json>
+//        [--client <base-url> <patient-id> <page-size> <client.json>]
+//
+// With --client, the same JVM first runs the HAPI generic client against a live record API
+// (CarebusClientCheck.java: read, search paged to the end, history since, conditional read; strict parsing).
 //
 // One JVM validates every *.json resource of <input-dir> (one resource per file, sorted by name) against the
 // R4 core definitions, the HL7 code systems and value sets (terminology.hl7.org, as shipped with R4), the
@@ -47,11 +51,16 @@ public final class CarebusValidator {
     }
 
     public static void main(String[] args) throws IOException {
-        if (args.length != 3) {
-            System.err.println("usage: CarebusValidator <conformance-dir> <input-dir> <results.json>");
+        boolean client = args.length == 8 && "--client".equals(args[3]);
+        if (args.length != 3 && !client) {
+            System.err.println("usage: CarebusValidator <conformance-dir> <input-dir> <results.json> "
+                    + "[--client <base-url> <patient-id> <page-size> <client.json>]");
             System.exit(2);
         }
         Locale.setDefault(Locale.ENGLISH);
+        if (client) {
+            CarebusClientCheck.run(args[4], args[5], Integer.parseInt(args[6]), Path.of(args[7]));
+        }
         long started = System.nanoTime();
         FhirContext context = FhirContext.forR4Cached();
         PrePopulatedValidationSupport conformance = loadConformance(context, Path.of(args[0]));
@@ -151,7 +160,7 @@ public final class CarebusValidator {
         return out.append(']').toString();
     }
 
-    private static String quote(String value) {
+    static String quote(String value) {
         if (value == null) {
             return "null";
         }

@@ -6,18 +6,10 @@ Coded clinical fields are ``{system, code, display}``; the code systems carebus 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-
-LOINC: Final = "http://loinc.org"
-SNOMED: Final = "http://snomed.info/sct"
-ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM: Final = "http://www.nlm.nih.gov/research/umls/rxnorm"
-CPT: Final = "http://www.ama-assn.org/go/cpt"
-UCUM: Final = "http://unitsofmeasure.org"
-NPI: Final = "http://hl7.org/fhir/sid/us-npi"
 
 # A source system's own identifier of a record (patient, encounter, order ...). Kept to a safe alphabet so
 # it can be part of a Kafka key and of deterministic ids without escaping.

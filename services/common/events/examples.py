@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from services.common.fhir.codesystems import EMPI, ICD10CM, NPI, RXNORM, SNOMED
+
 PRIMARY_CARE: Final = "urn:carebus:source:riverside-primary-care"
 THERAPY: Final = "urn:carebus:source:lakeside-therapy-practice"
 PSYCHIATRY: Final = "urn:carebus:source:northgate-psychiatry"
@@ -34,7 +36,7 @@ _PATIENT: Final = {
     "patient_id": "RPC-004711",
     "identifiers": [
         {"system": "urn:carebus:source:riverside-primary-care/mrn", "value": "004711", "assigner": "RPC"},
-        {"system": "urn:carebus:empi", "value": "EMPI-8842-1170"},
+        {"system": EMPI, "value": "EMPI-8842-1170"},
     ],
     "name": {"family": "Quill", "given": ["Morgan", "Ellis"]},
     "birth_date": "1988-04-12",
@@ -52,7 +54,7 @@ _REFERRAL: Final = {
     "specialty": "therapy",
     "reason_codes": [
         {
-            "system": "http://hl7.org/fhir/sid/icd-10-cm",
+            "system": ICD10CM,
             "code": "F32.1",
             "display": "Major depressive disorder, single episode, moderate",
         }
@@ -93,7 +95,7 @@ _DIAGNOSIS: Final = {
     "patient_id": "NGP-77015",
     "diagnosis_id": "DX-3390",
     "code": {
-        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+        "system": ICD10CM,
         "code": "F32.1",
         "display": "Major depressive disorder, single episode, moderate",
     },
@@ -109,16 +111,16 @@ _PRESCRIPTION: Final = {
     "patient_id": "NGP-77015",
     "prescription_id": "RX-10442",
     "medication": {
-        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+        "system": RXNORM,
         "code": "36437",
         "display": "sertraline",
     },
     "dose": {"value": 50, "unit": "mg", "code": "mg"},
     "frequency": {"times": 1, "period": 1, "period_unit": "d"},
-    "route": {"system": "http://snomed.info/sct", "code": "26643006", "display": "Oral route"},
+    "route": {"system": SNOMED, "code": "26643006", "display": "Oral route"},
     "authored_on": "2025-03-20T17:10:00Z",
     "prescriber": _PSYCHIATRIST,
-    "reason_codes": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F32.1"}],
+    "reason_codes": [{"system": ICD10CM, "code": "F32.1"}],
     "encounter_id": "E-20250320-01",
 }
 
@@ -129,7 +131,7 @@ _ADMISSION: Final = {
     "admitted_at": "2025-05-02T22:15:00Z",
     "involuntary": False,
     "reason_codes": [
-        {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R45.851", "display": "Suicidal ideations"}
+        {"system": ICD10CM, "code": "R45.851", "display": "Suicidal ideations"}
     ],
     "attending": _PSYCHIATRIST,
     "facility": "Northgate Behavioral Health Hospital",
@@ -144,7 +146,7 @@ _CONSENT: Final = {
     "recipient": {
         "kind": "organization",
         "name": "Riverside Primary Care",
-        "identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1972845013"},
+        "identifier": {"system": NPI, "value": "1972845013"},
     },
     "purposes": ["TREAT", "CAREMGT"],
     "labels_covered": ["PSY"],
@@ -274,7 +276,7 @@ EXAMPLES: Final[dict[str, dict[str, Any]]] = {
             "prescription_id": "RX-10587",
             "dose": {"value": 100, "unit": "mg", "code": "mg"},
             "discontinued_at": "2025-11-14T16:10:00Z",
-            "reason": {"system": "http://snomed.info/sct", "code": "182992009"},
+            "reason": {"system": SNOMED, "code": "182992009"},
         },
     ),
     "org.carebus.admission.started.v1": _event(

@@ -23,9 +23,6 @@ from pydantic import AwareDatetime, Field, PlainValidator, StringConstraints, Wi
 from pydantic_core import PydanticCustomError
 
 from services.common.events._types import (
-    ICD10CM,
-    RXNORM,
-    SNOMED,
     Code,
     Coding,
     Contract,
@@ -37,6 +34,16 @@ from services.common.events._types import (
     Practitioner,
     Quantity,
     SourceId,
+)
+from services.common.fhir.codesystems import (
+    ICD10CM,
+    LOINC,
+    RXNORM,
+    SNOMED,
+    Icd10CmSystem,
+    LoincSystem,
+    RxNormSystem,
+    SnomedSystem,
 )
 
 # --- patient --------------------------------------------------------------------------------------
@@ -267,7 +274,7 @@ class AssessmentData(Contract):
 
 # --- diagnosis ------------------------------------------------------------------------------------
 
-DiagnosisSystem = Literal["http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"]
+DiagnosisSystem = Literal[Icd10CmSystem, SnomedSystem]
 Sensitivity = Literal["psychiatric", "substance-use"]
 
 
@@ -304,7 +311,7 @@ class DiagnosisResolvedData(DiagnosisData):
 
 
 class MedicationCoding(Contract):
-    system: Literal["http://www.nlm.nih.gov/research/umls/rxnorm"] = RXNORM
+    system: RxNormSystem = RXNORM
     code: Annotated[str, StringConstraints(pattern=r"^\d{1,10}$")]
     display: NonEmptyText | None = None
 
@@ -513,7 +520,7 @@ class ReferenceRange(Contract):
 
 
 class LabCoding(Contract):
-    system: Literal["http://loinc.org"] = "http://loinc.org"
+    system: LoincSystem = LOINC
     code: LoincCode
     display: NonEmptyText | None = None
 

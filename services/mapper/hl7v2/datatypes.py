@@ -16,17 +16,15 @@ from typing import Any
 
 import langcodes
 
+from services.common.fhir.codesystems import BCP47, NPI, SSN, UCUM, V2_0203
 from services.mapper.hl7v2.er7 import Rep
 from services.mapper.hl7v2.terminology import (
     ADDRESS_USE,
-    BCP47,
     GENERIC_LOCAL,
     ID_TYPE_DISPLAY,
     NAME_USE,
     TELECOM_SYSTEM,
     TELECOM_USE,
-    UCUM,
-    V2_0203,
     V2_TABLE_CODES,
     code_system,
     local_system,
@@ -448,9 +446,9 @@ def identifier_cx(rep: Rep | None, loc: str, conv: Conversion) -> Json | None:
     type_code = rep.c(5).upper()
     system = _authority_system(universal_id, universal_type) or conv.authority_systems.get(namespace)
     if type_code == "SS" or namespace.upper() == "USSSA":
-        system = "http://hl7.org/fhir/sid/us-ssn"
+        system = SSN
     elif type_code == "NPI":
-        system = "http://hl7.org/fhir/sid/us-npi"
+        system = NPI
     elif system is None and conv.source:
         # no OID/URI and no configured system: an id of the sender's own namespace (CX-4.1), or of the field
         system = f"{conv.source}/id/{_URI_UNSAFE.sub('_', namespace or universal_id or loc)}"
@@ -544,7 +542,7 @@ def person_reference(rep: Rep | None) -> Json | None:
         return None
     system = _authority_system(rep.c(9, 2), rep.c(9, 3))
     if rep.c(13).upper() == "NPI":
-        system = "http://hl7.org/fhir/sid/us-npi"
+        system = NPI
     made: Json = {}
     if ident:
         made["identifier"] = {"system": system, "value": ident} if system else {"value": ident}

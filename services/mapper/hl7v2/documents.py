@@ -11,9 +11,9 @@ carries them. Id from TXA-12 (unique document number), else MSH-10.
 from __future__ import annotations
 
 import base64
-import re
 from typing import Any
 
+from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -26,15 +26,9 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
-from services.mapper.hl7v2.terminology import (
-    DOCUMENT_COMPLETION,
-    DOCUMENT_TYPE,
-    LOINC,
-    MENTAL_HEALTH_NOTE_TYPES,
-    US_CORE_DOC_CATEGORY,
-)
+from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE
+from services.mapper.mapping.labels import MENTAL_HEALTH_NOTE_TYPES, refused_labels
 
-_PSYCHOTHERAPY_NOTE = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
 _AVAILABILITY = {"AV": "current", "UN": "current", "OB": "superseded", "CA": "entered-in-error"}
 
 
@@ -71,7 +65,7 @@ def map_document(build: Build, txa: Segment) -> Json:
     body_segments = [s for s in build.message.segments if s.name == "OBX" and s.position > txa.position]
     body_codes = [c for s in body_segments if (c := codeable(s.rep(3), local=build.local(s.loc(3)))) is not None]
     for concept in [codeable(txa.rep(2), local=build.local(txa.loc(2))), *body_codes]:
-        if _PSYCHOTHERAPY_NOTE.search(_concept_text(concept)):
+        if refused_labels((), _concept_text(concept)):
             raise PsychotherapyNoteRefused("TXA-2", "psychotherapy-note",
                                            "HIPAA psychotherapy notes are not accepted")
     lines: list[str] = []
@@ -112,7 +106,7 @@ def map_document(build: Build, txa: Segment) -> Json:
         "status": _AVAILABILITY.get(txa.get(19).upper(), "current"),
         "docStatus": DOCUMENT_COMPLETION.get(txa.get(17).upper()),
         "type": doc_type,
-        "category": [{"coding": [{"system": US_CORE_DOC_CATEGORY, "code": "clinical-note",
+        "category": [{"coding": [{"system": US_CORE_DOCUMENTREFERENCE_CATEGORY, "code": "clinical-note",
                                   "display": "Clinical Note"}]}],
         "subject": build.patient_ref,
         "date": date,

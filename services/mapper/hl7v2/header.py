@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.fhir.codesystems import (
+    CAREBUS_MAPPER,
+    HL7V2_UNMAPPED_SEGMENT,
+    PROVENANCE_PARTICIPANT_TYPE,
+    RFC3986,
+    V2_0003,
+)
 from services.mapper.hl7v2.builder import Build, Json
 from services.mapper.hl7v2.datatypes import aware_datetime, codeable, fhir_datetime, instant_from, person_reference
 from services.mapper.hl7v2.er7 import Hd, source_uri
-from services.mapper.hl7v2.terminology import PROVENANCE_PARTICIPANT, V2_0003
-
-UNMAPPED_SEGMENT_SYSTEM = "urn:carebus:hl7v2:unmapped-segment"
-CAREBUS_SYSTEM = "urn:carebus:system:mapper"  # as services/mapper/mapping/dispatch.py
 
 
 def _hd_reference(hd: Hd) -> Json | None:
@@ -31,7 +34,7 @@ def _hd_reference(hd: Hd) -> Json | None:
         return None
     out: dict[str, Any] = {"display": hd.name}
     if hd.universal_id and hd.universal_id_type.upper() == "ISO":
-        out["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{hd.universal_id}"}
+        out["identifier"] = {"system": RFC3986, "value": f"urn:oid:{hd.universal_id}"}
     return out
 
 
@@ -67,7 +70,7 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
     occurred = None
     reason = None
     agents: list[Json] = [{
-        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "author", "display": "Author"}]},
+        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
         "who": {"identifier": {"system": f"{header.source}/application",
                                "value": header.sending_application.name or header.sender},
                 "display": header.sending_application.name or header.sender},
@@ -80,7 +83,7 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
         operator = person_reference(evn.rep(5))
         if operator is not None:
             agents.append({
-                "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "enterer",
+                "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": "enterer",
                                      "display": "Enterer"}]},
                 "who": operator,
             })
@@ -97,12 +100,12 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
     for name, count in unmapped:
         entities.append({
             "role": "source",
-            "what": {"identifier": {"system": UNMAPPED_SEGMENT_SYSTEM, "value": name},
+            "what": {"identifier": {"system": HL7V2_UNMAPPED_SEGMENT, "value": name},
                      "display": f"HL7 v2 segment {name} present ({count}x) but not mapped"},
         })
     agents.append({
-        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "assembler", "display": "Assembler"}]},
-        "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
+        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]},
+        "who": {"identifier": {"system": RFC3986, "value": CAREBUS_MAPPER}},
     })
     return {
         "resourceType": "Provenance",

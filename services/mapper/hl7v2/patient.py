@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.fhir.codesystems import SSN, V2_0203
 from services.mapper.hl7v2.builder import Build, Json, ref
 from services.mapper.hl7v2.datatypes import (
     address,
@@ -39,9 +40,9 @@ def _identifiers(build: Build, pid: Segment, key_value: str) -> list[Json]:
     ssn = pid.get(19)
     if ssn:
         identifiers.append({
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "SS",
+            "type": {"coding": [{"system": V2_0203, "code": "SS",
                                  "display": "Social Security number"}]},
-            "system": "http://hl7.org/fhir/sid/us-ssn", "value": ssn,
+            "system": SSN, "value": ssn,
         })
     return identifiers
 

@@ -25,6 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.fhir.codesystems import (
+    CSSRS_RISK_LEVEL,
+    DATA_ABSENT_REASON,
+    FLAG_CATEGORY,
+    LOINC,
+    LOINC_QUESTIONNAIRE,
+    OBSERVATION_CATEGORY,
+    SNOMED,
+    UCUM,
+    V2_0074,
+    V3_OBSERVATION_INTERPRETATION,
+)
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -42,26 +54,15 @@ from services.mapper.hl7v2.datatypes import (
 )
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.errors import InvalidValue
-from services.mapper.hl7v2.terminology import (
-    DATA_ABSENT_REASON,
-    FLAG_CATEGORY,
-    INTERPRETATION,
-    LOINC,
-    OBSERVATION_CATEGORY,
-    OBSERVATION_STATUS,
-    REPORT_STATUS,
-    SNOMED,
-    UCUM,
-    V3_INTERPRETATION,
-)
+from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
 from services.mapper.mapping.instruments import (
-    CSSRS_RISK_SYSTEM,
     INSTRUMENTS,
     InstrumentAnswerError,
     InstrumentScore,
     InstrumentSpec,
     score_instrument,
 )
+from services.mapper.mapping.labels import instrument_labels, safety_flag_labels
 from services.mapper.mapping.risk import ALERT_DETAILS, AT_RISK_FOR_SUICIDE
 from services.mapper.result import SafetyAlert
 
@@ -75,7 +76,6 @@ _TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 SURVEY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
 LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
-V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # v2-0074 diagnostic service sections that are laboratory work
 LAB_SECTIONS = frozenset({"LAB", "BG", "BLB", "CG", "CH", "CP", "HM", "IMM", "MB", "MCB", "MYC", "OSL", "PAR",
                           "PAT", "SP", "SR", "TX", "URN", "VR"})
@@ -195,7 +195,7 @@ def _interpretation(build: Build, obx: Segment) -> list[Json]:
     for rep in obx.reps(8):
         code = rep.c(1).upper()
         if code in INTERPRETATION:
-            out.append({"coding": [{"system": V3_INTERPRETATION, "code": code,
+            out.append({"coding": [{"system": V3_OBSERVATION_INTERPRETATION, "code": code,
                                     "display": INTERPRETATION[code]}]})
         else:
             concept = codeable(rep, local=build.local(obx.loc(8)))
@@ -491,7 +491,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     assert obr is not None
     conv = build.conv
     spec = score.instrument
-    labels = sensitivity.ETHUD if spec.key == "audit-c" else sensitivity.PSY
+    labels = instrument_labels(spec.key)
     observed = [o for o in sources.values() if o.get(14)]
     authored = (fhir_datetime(obr.get(7), obr.loc(7), conv)
                 or (fhir_datetime(observed[0].get(14), observed[0].loc(14), conv) if observed else None)
@@ -510,7 +510,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
         "resourceType": "QuestionnaireResponse",
         "id": qr_id,
         "identifier": build.source_identifier("assessment", key),
-        "questionnaire": f"http://loinc.org/q/{spec.panel_loinc}",
+        "questionnaire": LOINC_QUESTIONNAIRE + spec.panel_loinc,
         "status": "completed",
         "authored": authored,
         "item": items,
@@ -538,7 +538,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     total = survey(spec.total_loinc, spec.total_display, sources.get(spec.total_loinc))
     if spec.key == "cssrs-screener" and score.risk_level is not None and score.band is not None:
         total["valueCodeableConcept"] = {
-            "coding": [{"system": CSSRS_RISK_SYSTEM, "code": score.risk_level,
+            "coding": [{"system": CSSRS_RISK_LEVEL, "code": score.risk_level,
                         "display": score.band.display}],
             "text": score.band.display,
         }
@@ -567,7 +567,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     panel["hasMember"] = members
     out.insert(1, (panel, labels))
     for kind in score.safety_alerts:
-        out.append((_safety_flag(build, key, kind, authored), sensitivity.PSY))
+        out.append((_safety_flag(build, key, kind, authored), safety_flag_labels()))
     return out
 
 

@@ -13,7 +13,6 @@ PART2.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,11 +32,10 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2.terminology import APPOINTMENT_STATUS
+from services.mapper.mapping.labels import scheduled_service_labels
 
 _RESOURCE_SEGMENTS = {"AIS", "AIG", "AIL", "AIP"}
 _START_FIELD = {"AIS": 4, "AIG": 8, "AIL": 6, "AIP": 6}
-_PSY_WORDS = re.compile(r"psych|behaviou?ral health|mental health|counsel|therapy session", re.IGNORECASE)
-_SUD_WORDS = re.compile(r"substance|addiction|detox|opioid treatment|methadone|buprenorphine", re.IGNORECASE)
 _MINUTES = {"MIN": 1, "M": 1, "MINUTE": 1, "MINUTES": 1, "H": 60, "HR": 60, "HOUR": 60, "HOURS": 60, "S": 0,
             "D": 1440, "DAY": 1440, "DAYS": 1440}
 
@@ -97,12 +95,7 @@ def _end_from(start: str, minutes: int, build: Build) -> str | None:
 
 
 def _labels(texts: list[str]) -> Labels:
-    joined = " ".join(texts)
-    if _SUD_WORDS.search(joined):
-        return sensitivity.PART2
-    if _PSY_WORDS.search(joined):
-        return sensitivity.PSY
-    return sensitivity.NONE
+    return scheduled_service_labels(" ".join(texts))
 
 
 def map_appointment(build: Build, sch: Segment, conditions: list[Json]) -> Json:

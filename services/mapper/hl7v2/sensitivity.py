@@ -1,16 +1,9 @@
-"""Security labels of HL7 v2-derived resources: the JSON pipeline's rules (services/mapper/mapping/labels.py)
-applied to v2 codings, plus what only v2 feeds send.
+"""The label rules (services/mapper/mapping/labels.py, table in docs/security-labels.md) applied to HL7 v2
+codings: which rule reads which coding of a v2 CodeableConcept.
 
-From labels.py, unchanged: the medication rule (RxNorm by ingredient whatever the term type; the ingredient
-or brand named in any coding's display or the text: NDC products, local codes), ICD-10-CM F-codes (F10-F16,
-F18, F19 -> PART2; F17 none; other F, R45.851, Z91.5 -> PSY), the SNOMED CT tables, the LOINC rule for results
-(behavioural-health surveys and lithium levels -> PSY, AUDIT-C -> R+ETHUD), the source's configured kind
-(labels.source_labels, applied in mapper.py: Part 2 programs -> PART2 on every resource; psychiatric sources
-such as a routine-outcome-monitoring system -> PSY on every resource but the Patient), Patient none of its own.
-
-Added for v2: ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM;
-ICD-9-CM 290-319 (291, 292, 303, 304 and 305 except 305.1 tobacco -> PART2); mental-health note types (LOINC, US
-Behavioral Health Profiles IG) -> PSY. When in doubt carebus over-labels.
+ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM
+(labels.icd10_labels); ICD-9-CM by labels.icd9_labels; every coding's display and the text by the medication
+name rule; LOINC result codes by labels.lab_labels; LOINC note types by labels.note_type_labels.
 """
 
 from __future__ import annotations
@@ -19,19 +12,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from services.mapper.hl7v2.terminology import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED, is_local_system
+from services.common.fhir.codesystems import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
+from services.mapper.hl7v2.terminology import is_local_system
 from services.mapper.mapping import labels
 
 Labels = tuple[str, ...]
-PSY: Labels = labels.PSY
-PART2: Labels = labels.PART2
-ETHUD: Labels = labels.ETHUD
-NONE: Labels = ()
 
 _ICD10_SHAPE = re.compile(r"[A-TV-Z]\d{2}(?:\.?[0-9A-Z]{0,4})")
-_ICD9 = re.compile(r"(\d{3})(?:\.(\d{1,2}))?")
-
-MENTAL_HEALTH_NOTE_LOINC = frozenset({"34904-3", "34785-6", "78263-1", "78306-8", "78472-8", "11510-5"})
 
 
 def combine(*label_sets: Iterable[str]) -> Labels:
@@ -48,16 +35,6 @@ def _codings(concept: dict[str, Any] | None) -> list[tuple[str | None, str, str]
     return out
 
 
-def _icd9(code: str) -> Labels:
-    match = _ICD9.fullmatch(code)
-    if match is None or not 290 <= int(match.group(1)) <= 319:
-        return NONE
-    block, detail = int(match.group(1)), match.group(2) or ""
-    if block in {291, 292, 303, 304} or (block == 305 and not detail.startswith("1")):
-        return PART2
-    return PSY
-
-
 def diagnosis(concept: dict[str, Any] | None) -> Labels:
     found: list[Labels] = []
     for system, code, _display in _codings(concept):
@@ -68,7 +45,7 @@ def diagnosis(concept: dict[str, Any] | None) -> Labels:
         elif system == ICD10 or ((system is None or is_local_system(system)) and _ICD10_SHAPE.fullmatch(code.upper())):
             found.append(labels.icd10_labels(code))
         elif system == ICD9CM:
-            found.append(_icd9(code))
+            found.append(labels.icd9_labels(code))
     return combine(*found)
 
 
@@ -94,6 +71,6 @@ def observation(concept: dict[str, Any] | None) -> Labels:
 def document(concepts: Iterable[dict[str, Any] | None]) -> Labels:
     for concept in concepts:
         for system, code, _display in _codings(concept):
-            if system == LOINC and code in MENTAL_HEALTH_NOTE_LOINC:
-                return PSY
-    return NONE
+            if system == LOINC and labels.note_type_labels(code):
+                return labels.note_type_labels(code)
+    return labels.NONE

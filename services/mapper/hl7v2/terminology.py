@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import re
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-NDC = "http://hl7.org/fhir/sid/ndc"
-CVX = "http://hl7.org/fhir/sid/cvx"
-UCUM = "http://unitsofmeasure.org"
-BCP47 = "urn:ietf:bcp:47"
-V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-V3_NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
-V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-V2_0003 = "http://terminology.hl7.org/CodeSystem/v2-0003"
-V2_0004 = "http://terminology.hl7.org/CodeSystem/v2-0004"
-DISCHARGE_DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
-DIAGNOSIS_ROLE = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
-CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-LINK_TYPE = "http://hl7.org/fhir/link-type"
-PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
-PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
-FLAG_CATEGORY = "http://terminology.hl7.org/CodeSystem/flag-category"
-US_CORE_DOC_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
-MEDICATION_REQUEST_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
+from services.common.fhir.codesystems import (
+    BCP47,
+    CDCREC,
+    CPT,
+    CVX,
+    ICD9CM,
+    ICD10,
+    ICD10CM,
+    ICD10PCS,
+    ISO3166,
+    LOINC,
+    MVX,
+    NCIT,
+    NDC,
+    NUCC,
+    RXNORM,
+    SNOMED,
+    UCUM,
+    v2_table,
+)
 
 # HL7 table 0396 coding system names -> FHIR system URIs.
 _CODE_SYSTEMS = {
@@ -55,15 +46,15 @@ _CODE_SYSTEMS = {
     "RXNORM": RXNORM, "RXN": RXNORM,
     "NDC": NDC,
     "CVX": CVX,
-    "MVX": "http://terminology.hl7.org/CodeSystem/MVX",
-    "C4": "http://www.ama-assn.org/go/cpt", "CPT": "http://www.ama-assn.org/go/cpt",
+    "MVX": MVX,
+    "C4": CPT, "CPT": CPT,
     "UCUM": UCUM,
-    "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
-    "NUCC": "http://nucc.org/provider-taxonomy",
-    "ISO3166_1": "urn:iso:std:iso:3166",
-    "ISO639": "urn:ietf:bcp:47",
-    "I10P": "http://www.cms.gov/Medicare/Coding/ICD10",
-    "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+    "CDCREC": CDCREC,
+    "NUCC": NUCC,
+    "ISO3166_1": ISO3166,
+    "ISO639": BCP47,
+    "I10P": ICD10PCS,
+    "NCIT": NCIT,
 }
 _HL7_TABLE = re.compile(r"HL7(\d{3,4})")
 # coding system names that say "local" without naming a system: the field scopes the code
@@ -99,7 +90,7 @@ V2_TABLE_CODES: dict[str, frozenset[str]] = {
 
 
 def v2_system(table: str) -> str:
-    return f"http://terminology.hl7.org/CodeSystem/v2-{table}"
+    return v2_table(table)
 
 
 def code_system(name: str) -> str | None:
@@ -112,7 +103,7 @@ def code_system(name: str) -> str | None:
         return known
     table = _HL7_TABLE.fullmatch(key)
     if table is not None:
-        return f"http://terminology.hl7.org/CodeSystem/v2-{int(table.group(1)):04d}"
+        return v2_table(f"{int(table.group(1)):04d}")
     if key.startswith("URN:OID:"):
         return f"urn:oid:{name.strip()[8:]}"
     return None
@@ -332,12 +323,7 @@ DOCUMENT_TYPE = {
     "OP": ("11504-8", "Surgical operation note"), "PR": ("28570-0", "Procedure note"),
     "TS": ("18761-7", "Transfer summary note"), "ED": ("34111-5", "Emergency department note"),
 }
-# Mental-health note types (US Behavioral Health Profiles IG) and psychology progress note.
-MENTAL_HEALTH_NOTE_TYPES = {
-    "34904-3": "Mental health Progress note", "34785-6": "Mental health Consult note",
-    "78263-1": "Mental health Discharge summary", "78306-8": "Mental health History and physical note",
-    "78472-8": "Mental health Procedure note", "11510-5": "Psychology Progress note",
-}
+# Mental-health note types (US Behavioral Health Profiles IG): labels.MENTAL_HEALTH_NOTE_TYPES
 # v2-0271 document completion status -> DocumentReference.docStatus
 DOCUMENT_COMPLETION = {
     "DI": "preliminary", "DO": "preliminary", "IP": "preliminary", "IN": "preliminary", "PA": "final",

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.mapper.hl7v2.terminology import CONDITION_CATEGORY, OBSERVATION_CATEGORY, UCUM
+from services.common.fhir.codesystems import CONDITION_CATEGORY, OBSERVATION_CATEGORY, UCUM, V2_0074
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
-V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # USPS state codes (US Core binds Address.state to them): a patient with another state (e.g. a Canadian
 # province) does not claim us-core-patient
 USPS_STATES = frozenset(

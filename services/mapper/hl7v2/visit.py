@@ -12,6 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.common.fhir.codesystems import (
+    ALLERGY_CLINICAL,
+    CONDITION_CATEGORY,
+    CONDITION_VERIFICATION,
+    DIAGNOSIS_ROLE,
+    DISCHARGE_DISPOSITION,
+    V2_0004,
+    V2_0203,
+    V3_ACT_CODE,
+    V3_NULL_FLAVOR,
+    V3_PARTICIPATION_TYPE,
+)
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -29,28 +41,19 @@ from services.mapper.hl7v2.datatypes import (
 from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
-    ALLERGY_CLINICAL,
     ALLERGY_CRITICALITY,
-    CONDITION_CATEGORY,
-    CONDITION_VERIFICATION,
-    DIAGNOSIS_ROLE,
     DIAGNOSIS_TYPE,
     DISCHARGE,
     DISCHARGE_DISPLAY,
-    DISCHARGE_DISPOSITION,
     ENCOUNTER_CLASS,
     ENCOUNTER_CLASS_V2_DISPLAY,
-    PARTICIPATION_TYPE,
-    V2_0004,
     V2_TABLE_CODES,
-    V3_ACT_CODE,
-    V3_NULL_FLAVOR,
     local_system,
 )
+from services.mapper.mapping.labels import discharge_labels, hospital_service_labels
 
 _PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                  (17, "ADM", "admitter"))
-_PSYCHIATRIC_SERVICES = {"PSY", "PSYCH", "PSI", "BH", "MH", "BHS"}
 _ADT_ACTIVE = {"A01", "A02", "A04", "A08"}
 
 
@@ -100,13 +103,13 @@ def _discharge(build: Build, rep: Rep | None) -> tuple[Json | None, Labels]:
     if mapped is None:
         concept = codeable(rep, local=build.local("PV1-36"))
         text = " ".join((rep.c(1), rep.c(2))).lower()
-        return concept, sensitivity.PSY if "psych" in text else ()
+        return concept, discharge_labels(None, text)
     concept = {"coding": [{"system": DISCHARGE_DISPOSITION, "code": mapped,
                            "display": DISCHARGE_DISPLAY[mapped]}]}
     original = codeable(rep, local=build.local("PV1-36"))
     if original is not None and original.get("text"):
         concept["text"] = original["text"]
-    return concept, sensitivity.PSY if mapped == "psy" else ()
+    return concept, discharge_labels(mapped)
 
 
 def encounter_key(build: Build, pv1: Segment) -> str:
@@ -140,7 +143,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
     if pv1.get(19):
         visit = identifier_cx(pv1.rep(19), pv1.loc(19), conv)
         if visit is not None:
-            visit.setdefault("type", {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+            visit.setdefault("type", {"coding": [{"system": V2_0203,
                                                   "code": "VN", "display": "Visit number"}]})
             encounter["identifier"].append(visit)
     end = pv1.get(45)
@@ -155,7 +158,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
             who = person_reference(rep)
             if who is not None:
                 encounter["participant"].append({
-                    "type": [{"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]}],
+                    "type": [{"coding": [{"system": V3_PARTICIPATION_TYPE, "code": code, "display": display}]}],
                     "individual": who,
                 })
     _locations(build, pv1, encounter, status)
@@ -171,11 +174,7 @@ def map_encounter(build: Build, pv1: Segment, pv2: Segment | None) -> Json:
     if pv2 is not None:
         build.use(pv2)
         encounter["reasonCode"] = [codeable(pv2.rep(3), local=build.local(pv2.loc(3)))]
-    service = pv1.get(10).upper()
-    service_text = " ".join((pv1.get(10, 1), pv1.get(10, 2))).lower()
-    service_labels: Labels = sensitivity.PSY if (
-        service in _PSYCHIATRIC_SERVICES or "psych" in service_text or "behavioral" in service_text
-        or "mental" in service_text) else ()
+    service_labels = hospital_service_labels(pv1.get(10), " ".join((pv1.get(10, 1), pv1.get(10, 2))))
     build.use(pv1)
     made = build.add(encounter, sensitivity.combine(disposition_labels, service_labels), focus=True)
     build.encounter_ref = ref(made)

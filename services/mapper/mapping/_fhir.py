@@ -19,16 +19,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.common.events._types import NPI, Practitioner
+from services.common.events._types import Practitioner
+from services.common.fhir.codesystems import NPI, UCUM
 from services.common.fhir_ids import resource_id
 from services.mapper.result import SafetyAlert
 
 US_CORE: Final = "http://hl7.org/fhir/us/core/StructureDefinition/"
-LOINC: Final = "http://loinc.org"
-SNOMED: Final = "http://snomed.info/sct"
-UCUM: Final = "http://unitsofmeasure.org"
-ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 Resource = dict[str, Any]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AdmissionEnded, AdmissionStarted
+from services.common.fhir.codesystems import DISCHARGE_DISPOSITION, SNOMED, V3_ACT_CODE
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import ACT_CODE, SNOMED, Draft, coding, concept, concept_of, iso, profile
+from services.mapper.mapping._fhir import Draft, coding, concept, concept_of, iso, profile
 
-DISCHARGE_DISPOSITION: Final = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 DISPOSITION_DISPLAY: Final = {
     "home": "Home",
     "alt-home": "Alternative home",
@@ -34,11 +34,6 @@ SERVICE_TEXT: Final = {
     "inpatient-detox": "Inpatient withdrawal management",
     "inpatient-medical": "Inpatient medical",
 }
-SERVICE_LABELS: Final = {
-    "inpatient-psychiatry": labels.PSY,
-    "inpatient-detox": labels.PART2,
-    "inpatient-medical": labels.NONE,
-}
 
 
 def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> None:
@@ -50,7 +45,7 @@ def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> Non
         "meta": {"profile": profile("us-core-encounter")},
         "identifier": [subject.identifier("encounter", data.admission_id)],
         "status": "in-progress",
-        "class": coding(ACT_CODE, "IMP", "inpatient encounter"),
+        "class": coding(V3_ACT_CODE, "IMP", "inpatient encounter"),
         "type": [concept(SNOMED, "32485007", "Hospital admission (procedure)")],
         "serviceType": {"text": SERVICE_TEXT[data.service]},
         "subject": subject.patient_ref,
@@ -75,4 +70,4 @@ def map_admission(event: AdmissionStarted | AdmissionEnded, draft: Draft) -> Non
     if hospitalization:
         encounter["hospitalization"] = hospitalization
     reason_labels = [labels.diagnosis_labels(r.system, r.code) for r in data.reason_codes]
-    draft.add(encounter, labels.combine(SERVICE_LABELS[data.service], *reason_labels))
+    draft.add(encounter, labels.admission_labels(data.service, reason_labels))

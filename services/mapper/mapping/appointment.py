@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AppointmentBooked, AppointmentCancelled, AppointmentNoShow
+from services.common.fhir.codesystems import APPOINTMENT_CANCELLATION_REASON, SNOMED
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import SNOMED, Draft, concept, iso
+from services.mapper.mapping._fhir import Draft, concept, iso
 
-CANCELLATION_REASON: Final = "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason"
 SERVICE_TYPES: Final = {  # SNOMED CT (t)
     "primary-care": ("737470001", "Primary care management (procedure)"),  # (v) US BHP example encounter type
     "therapy": ("75516001", "Psychotherapy (regime/therapy)"),
@@ -53,12 +53,12 @@ def map_appointment(
         appointment["status"] = "cancelled"
         by = event.data.cancelled_by
         if by == "patient":
-            appointment["cancelationReason"] = concept(CANCELLATION_REASON, "pat", "Patient")
+            appointment["cancelationReason"] = concept(APPOINTMENT_CANCELLATION_REASON, "pat", "Patient")
         elif by == "provider":
-            appointment["cancelationReason"] = concept(CANCELLATION_REASON, "prov", "Provider")
+            appointment["cancelationReason"] = concept(APPOINTMENT_CANCELLATION_REASON, "prov", "Provider")
         else:
             appointment["cancelationReason"] = {"text": "other"}
     elif isinstance(event, AppointmentNoShow):
         appointment["status"] = "noshow"
         appointment["participant"][0]["status"] = "declined"
-    draft.add(appointment, labels.NONE if data.service == "primary-care" else labels.PSY)
+    draft.add(appointment, labels.care_service_labels(data.service))

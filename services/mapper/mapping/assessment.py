@@ -22,13 +22,19 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AssessmentCompleted
+from services.common.fhir.codesystems import (
+    CSSRS_RISK_LEVEL,
+    DATA_ABSENT_REASON,
+    LOINC,
+    LOINC_QUESTIONNAIRE,
+    OBSERVATION_CATEGORY,
+    UCUM,
+)
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import LOINC, UCUM, Draft, coding, iso, profile
-from services.mapper.mapping.instruments import CSSRS_RISK_SYSTEM, InstrumentScore, score_instrument
+from services.mapper.mapping._fhir import Draft, coding, iso, profile
+from services.mapper.mapping.instruments import InstrumentScore, score_instrument
 from services.mapper.mapping.risk import add_safety_flag
 
-OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
-DATA_ABSENT_REASON: Final = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 _SURVEY: Final = [{"coding": [coding(OBSERVATION_CATEGORY, "survey", "Survey")]}]
 
 
@@ -59,7 +65,7 @@ def _questionnaire_response(
         "id": subject.id("QuestionnaireResponse", data.assessment_id),
         "meta": {"profile": profile("us-core-questionnaireresponse")},
         "identifier": subject.identifier("assessment", data.assessment_id),
-        "questionnaire": f"http://loinc.org/q/{spec.panel_loinc}",
+        "questionnaire": LOINC_QUESTIONNAIRE + spec.panel_loinc,
         "status": "completed",
         "subject": subject.patient_ref,
         "authored": iso(data.authored),
@@ -112,7 +118,7 @@ def _total_observation(
     total = _observation(event, draft, shared, spec.total_loinc, spec.total_display, key=spec.total_loinc)
     if spec.key == "cssrs-screener" and score.risk_level is not None and score.band is not None:
         total["valueCodeableConcept"] = {
-            "coding": [coding(CSSRS_RISK_SYSTEM, score.risk_level, score.band.display)],
+            "coding": [coding(CSSRS_RISK_LEVEL, score.risk_level, score.band.display)],
             "text": score.band.display,
         }
     elif score.total is not None:
@@ -157,7 +163,7 @@ def map_assessment(event: AssessmentCompleted, draft: Draft) -> None:
         sex=data.patient_gender,
     )
     spec = score.instrument
-    these_labels = labels.ETHUD if spec.key == "audit-c" else labels.PSY
+    these_labels = labels.instrument_labels(spec.key)
 
     response = _questionnaire_response(event, score, draft)
     qr_id = response["id"]

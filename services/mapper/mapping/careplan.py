@@ -15,11 +15,11 @@ import html
 from typing import Any, Final
 
 from services.common.events import CarePlanUpdated
+from services.common.fhir.codesystems import LOINC, UCUM, US_CORE_CAREPLAN_CATEGORY
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import LOINC, UCUM, Draft, coding, concept, iso, profile
+from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile
 from services.mapper.mapping.session import MODALITIES, modality_concept
 
-CAREPLAN_CATEGORY: Final = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 _PER: Final = {"week": "wk", "month": "mo"}
 
 
@@ -44,7 +44,7 @@ def _narrative(event: CarePlanUpdated) -> str:
 def map_care_plan(event: CarePlanUpdated, draft: Draft) -> None:
     data = event.data
     subject = draft.subject
-    plan_labels = labels.PSY if (data.modalities or data.addresses_diagnosis_ids) else labels.NONE
+    plan_labels = labels.care_plan_labels(bool(data.modalities or data.addresses_diagnosis_ids))
     period: dict[str, str] = {"start": iso(data.period_start)}
     if data.period_end:
         period["end"] = iso(data.period_end)
@@ -56,7 +56,7 @@ def map_care_plan(event: CarePlanUpdated, draft: Draft) -> None:
         "text": {"status": "generated", "div": _narrative(event)},
         "status": data.status,
         "intent": "plan",
-        "category": [concept(CAREPLAN_CATEGORY, "assess-plan", "Assessment and Plan of Treatment")],
+        "category": [concept(US_CORE_CAREPLAN_CATEGORY, "assess-plan", "Assessment and Plan of Treatment")],
         "subject": subject.patient_ref,
         "period": period,
         "created": iso(data.updated_at),

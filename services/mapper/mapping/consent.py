@@ -18,11 +18,10 @@ from typing import Any, Final
 from services.common import security_labels
 from services.common.events import ConsentGranted, ConsentRevoked
 from services.common.events.payloads import ConsentException, ConsentRecipient
+from services.common.fhir.codesystems import CONSENT_SCOPE, LOINC, V3_ACT_CODE, V3_ACT_REASON, V3_PARTICIPATION_TYPE
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import ACT_CODE, ACT_REASON, LOINC, Draft, coding, concept, iso
+from services.mapper.mapping._fhir import Draft, coding, concept, iso
 
-CONSENT_SCOPE: Final = "http://terminology.hl7.org/CodeSystem/consentscope"
-PARTICIPATION_TYPE: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 FORM_DISPLAY: Final = {"59284-0": "Patient Consent", "64292-6": "Release of information consent"}
 PURPOSE_DISPLAY: Final = {
     "TREAT": "treatment",
@@ -34,7 +33,6 @@ PURPOSE_DISPLAY: Final = {
     "PATRQT": "patient requested",
     "CAREMGT": "care management",
 }
-_PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
 
 
 _RECIPIENT_TYPES: Final = {"organization": "Organization", "practitioner": "Practitioner", "care-team": "CareTeam"}
@@ -53,12 +51,12 @@ def _exception(exception: ConsentException, kind: str) -> dict[str, Any]:
     if exception.recipient is not None:
         provision["actor"] = [
             {
-                "role": concept(PARTICIPATION_TYPE, "IRCP", "information recipient"),
+                "role": concept(V3_PARTICIPATION_TYPE, "IRCP", "information recipient"),
                 "reference": _recipient(exception.recipient),
             }
         ]
     if exception.purposes:
-        provision["purpose"] = [coding(ACT_REASON, p, PURPOSE_DISPLAY[p]) for p in exception.purposes]
+        provision["purpose"] = [coding(V3_ACT_REASON, p, PURPOSE_DISPLAY[p]) for p in exception.purposes]
     if exception.labels_covered:
         provision["securityLabel"] = [security_labels.coding(label) for label in exception.labels_covered]
     return provision
@@ -67,12 +65,12 @@ def _exception(exception: ConsentException, kind: str) -> dict[str, Any]:
 def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
     data = event.data
     subject = draft.subject
-    if set(data.labels_covered) & _PART2_COVERED:
-        policy = concept(ACT_CODE, "42CFRPart2", "42 CFR Part2")
+    if set(data.labels_covered) & labels.PART2_COVERED:
+        policy = concept(V3_ACT_CODE, "42CFRPart2", "42 CFR Part2")
     elif data.decision == "permit":
-        policy = concept(ACT_CODE, "OPTIN", "opt-in")
+        policy = concept(V3_ACT_CODE, "OPTIN", "opt-in")
     else:
-        policy = concept(ACT_CODE, "OPTOUT", "opt-out")
+        policy = concept(V3_ACT_CODE, "OPTOUT", "opt-out")
     recipient = _recipient(data.recipient)
     period: dict[str, str] = {"start": iso(data.granted_at)}
     if data.valid_until:
@@ -92,9 +90,9 @@ def map_consent(event: ConsentGranted | ConsentRevoked, draft: Draft) -> None:
             "type": data.decision,
             "period": period,
             "actor": [
-                {"role": concept(PARTICIPATION_TYPE, "IRCP", "information recipient"), "reference": recipient}
+                {"role": concept(V3_PARTICIPATION_TYPE, "IRCP", "information recipient"), "reference": recipient}
             ],
-            "purpose": [coding(ACT_REASON, p, PURPOSE_DISPLAY[p]) for p in data.purposes],
+            "purpose": [coding(V3_ACT_REASON, p, PURPOSE_DISPLAY[p]) for p in data.purposes],
             "securityLabel": [security_labels.coding(label) for label in data.labels_covered],
         },
     }

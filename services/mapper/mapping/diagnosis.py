@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import DiagnosisRecorded, DiagnosisResolved
+from services.common.fhir.codesystems import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
 from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, concept_of, iso, profile
 
-CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 _PROFILES: Final = {
     "problem-list-item": ("us-core-condition-problems-health-concerns", "Problem List Item"),
     "encounter-diagnosis": ("us-core-condition-encounter-diagnosis", "Encounter Diagnosis"),
@@ -32,9 +30,9 @@ def map_diagnosis(event: DiagnosisRecorded | DiagnosisResolved, draft: Draft) ->
         "id": subject.id("Condition", data.diagnosis_id),
         "meta": {"profile": profile(profile_name)},
         "identifier": [subject.identifier("diagnosis", data.diagnosis_id)],
-        "clinicalStatus": concept(CLINICAL, "active", "Active"),
-        "verificationStatus": concept(VERIFICATION, data.verification, data.verification.capitalize()),
-        "category": [concept(CATEGORY, data.category, category_display)],
+        "clinicalStatus": concept(CONDITION_CLINICAL, "active", "Active"),
+        "verificationStatus": concept(CONDITION_VERIFICATION, data.verification, data.verification.capitalize()),
+        "category": [concept(CONDITION_CATEGORY, data.category, category_display)],
         "code": concept_of(data.code),
         "subject": subject.patient_ref,
         "recordedDate": iso(data.recorded_at),
@@ -48,6 +46,6 @@ def map_diagnosis(event: DiagnosisRecorded | DiagnosisResolved, draft: Draft) ->
     if data.practitioner is not None:
         condition["recorder"] = subject.practitioner(data.practitioner)
     if isinstance(event, DiagnosisResolved):
-        condition["clinicalStatus"] = concept(CLINICAL, "resolved", "Resolved")
+        condition["clinicalStatus"] = concept(CONDITION_CLINICAL, "resolved", "Resolved")
         condition["abatementDateTime"] = iso(event.data.resolved_at)
     draft.add(condition, labels.diagnosis_labels(data.code.system, data.code.code, data.sensitivity))

@@ -46,6 +46,7 @@ from services.common.events import (
     SessionCompleted,
     check_policy,
 )
+from services.common.fhir.codesystems import CAREBUS_MAPPER, PROVENANCE_PARTICIPANT_TYPE, RFC3986
 from services.common.fhir_ids import resource_id
 from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, Subject, concept, iso, profile
@@ -92,13 +93,11 @@ DISPATCH: Final[dict[type, FamilyMapping]] = {
 }
 """Event class -> family mapping (one module per family under services/mapper/mapping/)."""
 
-PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
-CAREBUS_SYSTEM: Final = "urn:carebus:system:mapper"
 # Parts of every Provenance that never vary, built once and shared (Bundles are read-only, see map_event)
-_AUTHOR_TYPE: Final = concept(PARTICIPANT_TYPE, "author", "Author")
+_AUTHOR_TYPE: Final = concept(PROVENANCE_PARTICIPANT_TYPE, "author", "Author")
 _ASSEMBLER: Final = {
-    "type": concept(PARTICIPANT_TYPE, "assembler", "Assembler"),
-    "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": CAREBUS_SYSTEM}},
+    "type": concept(PROVENANCE_PARTICIPANT_TYPE, "assembler", "Assembler"),
+    "who": {"identifier": {"system": RFC3986, "value": CAREBUS_MAPPER}},
 }
 
 
@@ -113,7 +112,7 @@ def _provenance(
         "occurredDateTime": iso(event.time),
         "recorded": iso(event.time),
         "agent": [
-            {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": event.source}}},
+            {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": RFC3986, "value": event.source}}},
             _ASSEMBLER,
         ],
         "entity": [

@@ -54,9 +54,7 @@ from typing import Any, Final, Literal
 
 from services.common.errors import FieldProblem
 from services.common.errors import InstrumentAnswerError as InstrumentAnswerError  # re-exported
-
-LOINC: Final = "http://loinc.org"
-CSSRS_RISK_SYSTEM: Final = "urn:carebus:codesystem:cssrs-risk-level"
+from services.common.fhir.codesystems import LOINC
 
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
 Sex = Literal["male", "female", "other", "unknown"]

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import LabResulted
+from services.common.fhir.codesystems import LOINC, OBSERVATION_CATEGORY, V3_OBSERVATION_INTERPRETATION
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import LOINC, Draft, coding, concept, iso, profile, quantity
+from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile, quantity
 
-OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
-INTERPRETATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 INTERPRETATION_DISPLAY: Final = {
     "N": "Normal",
     "A": "Abnormal",
@@ -50,7 +49,7 @@ def map_lab(event: LabResulted, draft: Draft) -> None:
         observation["valueString"] = data.value_text
     if data.interpretation:
         observation["interpretation"] = [
-            concept(INTERPRETATION, data.interpretation, INTERPRETATION_DISPLAY[data.interpretation])
+            concept(V3_OBSERVATION_INTERPRETATION, data.interpretation, INTERPRETATION_DISPLAY[data.interpretation])
         ]
     if data.reference_range is not None:
         reference: dict[str, Any] = {}

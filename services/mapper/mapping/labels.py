@@ -1,60 +1,29 @@
-"""Security labels decided at conversion time: which ``meta.security`` each resource carries.
+"""Security labels decided at conversion time: every rule that decides a resource's ``meta.security``, on every
+path (JSON care events, HL7 v2, FHIR in), is a named function here; family modules only call them.
 
 Label sets (services/common/security_labels.py): PSY = R + PSY (psychiatric data); PART2 = R + SUD +
 42CFRPart2 + NORDSCLCD (substance-use-disorder data under 42 CFR Part 2); ETHUD = R + ETHUD (alcohol-use
-information that is not Part 2 data). Psychotherapy notes (V + PSYTHPN) are refused at intake, never labelled.
+information that is not Part 2 data). Psychotherapy notes (V + PSYTHPN) are refused, never labelled. The Bundle
+and the Provenance carry the union of all resources' labels.
 
-Rules, per resource (the Bundle and the Provenance carry the union of all resources' labels):
-
-| data                                                     | labels                                         |
-|----------------------------------------------------------|------------------------------------------------|
-| any event whose ``source`` is in context.part2_sources   | PART2 added to every resource, Patient included |
-|   (source_labels, every path)                              |                                                |
-|   (a Part 2 program: being its patient is itself SUD information, 42 CFR 2.11)                            |
-| Patient (registered / updated) from any other source     | none: demographics are ordinary PHI            |
-| ICD-10-CM F10-F16, F18, F19 (alcohol / drug use disorders)| PART2                                          |
-| ICD-10-CM F17 (nicotine): Part 2 excludes tobacco         | none                                           |
-| other ICD-10-CM F01-F99, R45.851 (suicidal ideation),    | PSY                                            |
-|   Z91.5x (history of self-harm)                          |                                                |
-| SNOMED CT codes in the tables below; or the sender's     | PSY / PART2 as listed or hinted                |
-|   ``sensitivity`` hint (psychiatric / substance-use)      |                                                |
-| RxNorm buprenorphine, methadone, naltrexone, disulfiram, | PART2 (over-labelling is the safe direction:   |
-|   acamprosate (OUD / AUD treatment)                      |   methadone for pain is labelled too)          |
-| RxNorm psychiatric ingredients (antidepressants,         | PSY                                            |
-|   antipsychotics, mood stabilisers, anxiolytics, ADHD)   |                                                |
-|   - by ingredient whatever the term type: IN codes below,|                                                |
-|   SCD / SBD / pack codes in rxnorm_products.py (VSAC),   |                                                |
-|   and the ingredient or brand named in the display (an   |                                                |
-|   unknown product code, NDC or local code)               |                                                |
-| medication reason codes                                  | as diagnoses                                   |
-| referral to therapy / psychiatry; appointment or session | PSY (+ the reason codes' labels)               |
-|   with therapy / psychiatry; psychiatric admissions      |                                                |
-| primary-care appointment / session                       | none                                           |
-| admission to inpatient detox                             | PART2; inpatient-medical: reason codes only    |
-| PHQ-9, PHQ-2, GAD-7, C-SSRS (QR, Observations, Flag)     | PSY                                            |
-| AUDIT-C                                                  | R + ETHUD (alcohol screening is sensitive but  |
-|                                                          |   not Part 2 unless from a Part 2 source)      |
-| note with mental_health true                             | PSY; other notes none                          |
-| care plan with therapy modalities or linked diagnoses    | PSY                                            |
-| consent                                                  | labels of the data it covers (SUD / 42CFRPart2 |
-|                                                          |   / ETHUD / OPIOIDUD -> PART2; PSY/MH/BH -> PSY)|
-| lab: lithium level 14334-7 (psychiatric drug monitoring)  | PSY; other labs none                           |
-| LOINC behavioural-health surveys (instrument codes, PCL-5,| PSY (AUDIT-C codes R + ETHUD)                  |
-|   EPDS) in any result, on every path                      |                                                |
-| any resource but the Patient from a source listed in     | PSY (e.g. a routine-outcome-monitoring system's |
-|   CAREBUS_PSYCHIATRIC_SOURCES (source_labels)             |   ORU results with local codes)                |
-| risk flag (any risk) and safety Flags                    | PSY                                            |
-
-Code tables carry their provenance: (v) HL7 / government artifact, (t) third-party, (?) unverified.
+The table of rules is generated from ``RULES`` below (``python -m services.mapper.mapping.labels`` writes
+docs/security-labels.md; tests/mapping/test_label_rules.py fails when the file and the code disagree, when a rule
+function is missing from ``RULES``, or when a rule's example does not give the labels the table states).
+When in doubt carebus over-labels. Code tables carry their provenance: (v) HL7 / government artifact,
+(t) third-party, (?) unverified.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+import sys
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from services.common import security_labels
+from services.common.fhir.codesystems import ICD10CM, SNOMED
 from services.mapper.mapping.instruments import INSTRUMENTS
 from services.mapper.mapping.rxnorm_products import PRODUCTS_BY_INGREDIENT
 
@@ -62,9 +31,9 @@ PSY: Final = security_labels.PSYCHIATRIC
 PART2: Final = security_labels.PART2
 ETHUD: Final = ("R", "ETHUD")
 NONE: Final[tuple[str, ...]] = ()
+PSYCHOTHERAPY_NOTE: Final = ("V", "PSYTHPN")  # refused wherever it is found: never carried, never labelled
+Labels = tuple[str, ...]
 
-ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED: Final = "http://snomed.info/sct"
 
 SNOMED_PSYCHIATRIC: Final[frozenset[str]] = frozenset(
     {
@@ -180,7 +149,7 @@ LOINC_PSYCHIATRIC_SURVEYS: Final[frozenset[str]] = frozenset(
        for code in (spec.panel_loinc, spec.total_loinc, *(item.loinc for item in spec.items))}
 )
 
-_PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
+PART2_COVERED: Final = frozenset({"SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"})
 _PSY_COVERED: Final = frozenset({"PSY", "MH", "BH"})
 
 
@@ -248,7 +217,7 @@ def medication_labels(rxnorm_code: str | None, sensitivity: str | None = None,
 def covered_labels(covered: Iterable[str]) -> tuple[str, ...]:
     """A consent reveals the kind of data it covers: label it like that data."""
     wanted = set(covered)
-    return combine(PART2 if wanted & _PART2_COVERED else NONE, PSY if wanted & _PSY_COVERED else NONE)
+    return combine(PART2 if wanted & PART2_COVERED else NONE, PSY if wanted & _PSY_COVERED else NONE)
 
 
 def lab_labels(loinc_code: str) -> tuple[str, ...]:
@@ -276,3 +245,243 @@ def source_labels(names: Iterable[str], resource_type: str, part2_sources: Colle
     if part2 and psychiatric:
         return combine(PART2, PSY)
     return PART2 if part2 else PSY if psychiatric else NONE
+
+
+def icd9_labels(code: str) -> tuple[str, ...]:
+    """ICD-9-CM mental disorders 290-319: alcohol / drug psychoses, dependence and abuse (291, 292, 303, 304,
+    305 except 305.1 tobacco) -> PART2; the others -> PSY (old HL7 v2 feeds still send ICD-9-CM)."""
+    match = _ICD9.fullmatch(code)
+    if match is None or not 290 <= int(match.group(1)) <= 319:
+        return NONE
+    block, detail = int(match.group(1)), match.group(2) or ""
+    if block in {291, 292, 303, 304} or (block == 305 and not detail.startswith("1")):
+        return PART2
+    return PSY
+
+
+_ICD9: Final = re.compile(r"(\d{3})(?:\.(\d{1,2}))?")
+
+
+def instrument_labels(instrument_key: str) -> tuple[str, ...]:
+    """A scored instrument's resources (QuestionnaireResponse, item / total Observations, panel), on every path:
+    AUDIT-C is alcohol screening, R + ETHUD (not Part 2 unless from a Part 2 source); the others PSY."""
+    return ETHUD if instrument_key == "audit-c" else PSY
+
+
+def safety_flag_labels() -> tuple[str, ...]:
+    """A risk Flag (any risk level) and a safety Flag raised from an instrument's answers: PSY."""
+    return PSY
+
+
+def care_service_labels(service: str) -> tuple[str, ...]:
+    """An appointment or a session (Encounter): primary care none; therapy / psychiatry PSY."""
+    return NONE if service == "primary-care" else PSY
+
+
+def therapy_modality_labels() -> tuple[str, ...]:
+    """The Procedure of a session's therapy modality (CBT, DBT ...): PSY whatever the session's service."""
+    return PSY
+
+
+def referral_labels(reason_labels: Iterable[tuple[str, ...]] = ()) -> tuple[str, ...]:
+    """A referral (to therapy / psychiatry): PSY, plus its reason codes' labels."""
+    return combine(PSY, *reason_labels)
+
+
+ADMISSION_SERVICE_LABELS: Final[dict[str, tuple[str, ...]]] = {
+    "inpatient-psychiatry": PSY,
+    "inpatient-detox": PART2,
+    "inpatient-medical": NONE,
+}
+
+
+def admission_labels(service: str, reason_labels: Iterable[tuple[str, ...]] = ()) -> tuple[str, ...]:
+    """An admission's Encounter: inpatient psychiatry PSY, inpatient detox PART2, inpatient medical none; plus
+    its reason codes' labels."""
+    return combine(ADMISSION_SERVICE_LABELS[service], *reason_labels)
+
+
+PSYCHIATRIC_HOSPITAL_SERVICES: Final[frozenset[str]] = frozenset({"PSY", "PSYCH", "PSI", "BH", "MH", "BHS"})
+
+
+def hospital_service_labels(code: str, text: str) -> tuple[str, ...]:
+    """An HL7 v2 visit's hospital service (PV1-10 code, and its text): a psychiatric / behavioural / mental
+    health service -> PSY."""
+    lowered = text.lower()
+    if (code.upper() in PSYCHIATRIC_HOSPITAL_SERVICES or "psych" in lowered or "behavioral" in lowered
+            or "mental" in lowered):
+        return PSY
+    return NONE
+
+
+def discharge_labels(disposition: str | None, text: str = "") -> tuple[str, ...]:
+    """A discharge disposition: to a psychiatric hospital (``psy``; or, not mapped, a text naming psych) -> PSY."""
+    if disposition is not None:
+        return PSY if disposition == "psy" else NONE
+    return PSY if "psych" in text.lower() else NONE
+
+
+_SCHEDULED_SUD: Final = re.compile(r"substance|addiction|detox|opioid treatment|methadone|buprenorphine",
+                                   re.IGNORECASE)
+_SCHEDULED_PSY: Final = re.compile(r"psych|behaviou?ral health|mental health|counsel|therapy session",
+                                   re.IGNORECASE)
+
+
+def scheduled_service_labels(text: str) -> tuple[str, ...]:
+    """An HL7 v2 appointment's service, type and reason texts: substance-use treatment -> PART2, psychiatric /
+    behavioural health / counselling -> PSY."""
+    if _SCHEDULED_SUD.search(text):
+        return PART2
+    if _SCHEDULED_PSY.search(text):
+        return PSY
+    return NONE
+
+
+def note_labels(mental_health: bool) -> tuple[str, ...]:
+    """A clinical note (DocumentReference) the sender marks as mental health: PSY; other notes none."""
+    return PSY if mental_health else NONE
+
+
+# LOINC mental-health note types (US Behavioral Health Profiles IG) and the psychology progress note
+MENTAL_HEALTH_NOTE_TYPES: Final[dict[str, str]] = {
+    "34904-3": "Mental health Progress note", "34785-6": "Mental health Consult note",
+    "78263-1": "Mental health Discharge summary", "78306-8": "Mental health History and physical note",
+    "78472-8": "Mental health Procedure note", "11510-5": "Psychology Progress note",
+}
+
+
+def note_type_labels(loinc_code: str) -> tuple[str, ...]:
+    """A note typed with a mental-health LOINC note type (US Behavioral Health Profiles) -> PSY."""
+    return PSY if loinc_code in MENTAL_HEALTH_NOTE_TYPES else NONE
+
+
+def care_plan_labels(therapy_or_diagnoses: bool) -> tuple[str, ...]:
+    """A care plan with therapy modalities or linked diagnoses -> PSY (its goals follow the plan); else none."""
+    return PSY if therapy_or_diagnoses else NONE
+
+
+_PSYCHOTHERAPY_NOTE_TEXT: Final = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
+
+
+def refused_labels(sent_codes: Iterable[str], text: str = "") -> tuple[str, ...]:
+    """Psychotherapy notes (HIPAA 45 CFR 164.501) are refused on every path: a sender's PSYTHPN label, or a
+    document type / text naming a psychotherapy note -> V + PSYTHPN, and the caller refuses the content."""
+    if "PSYTHPN" in sent_codes or _PSYCHOTHERAPY_NOTE_TEXT.search(text):
+        return PSYCHOTHERAPY_NOTE
+    return NONE
+
+
+# --- the table of rules -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelRule:
+    """One row of the documented table: the rule, what data it labels, an example and the labels it gives."""
+
+    rule: Callable[..., tuple[str, ...]]
+    data: str
+    example: tuple[object, ...]
+    labels: tuple[str, ...]
+
+
+RULES: Final[tuple[LabelRule, ...]] = (
+    LabelRule(source_labels, "any resource from a source in CAREBUS_PART2_SOURCES (a 42 CFR Part 2 program: being "
+              "its patient is itself SUD information, 42 CFR 2.11), the Patient included",
+              (("urn:x:p2",), "Patient", ("urn:x:p2",), ()), PART2),
+    LabelRule(source_labels, "any resource but the Patient from a source in CAREBUS_PSYCHIATRIC_SOURCES (a "
+              "psychiatric practice, a routine-outcome-monitoring system)",
+              (("urn:x:psy",), "Observation", (), ("urn:x:psy",)), PSY),
+    LabelRule(source_labels, "a Patient from any other source (demographics are ordinary PHI)",
+              (("urn:x:gp",), "Patient", ("urn:x:p2",), ("urn:x:psy",)), NONE),
+    LabelRule(icd10_labels, "ICD-10-CM / ICD-10 F10-F16, F18, F19 (alcohol / drug use disorders)", ("F10.20",), PART2),
+    LabelRule(icd10_labels, "ICD-10-CM F17 (nicotine): Part 2 excludes tobacco", ("F17.210",), NONE),
+    LabelRule(icd10_labels, "other ICD-10-CM F01-F99, R45.851 (suicidal ideation), Z91.5x (history of self-harm)",
+              ("F32.1",), PSY),
+    LabelRule(icd9_labels, "ICD-9-CM 291, 292, 303, 304, 305 (not 305.1 tobacco)", ("303.90",), PART2),
+    LabelRule(icd9_labels, "other ICD-9-CM 290-319", ("296.20",), PSY),
+    LabelRule(diagnosis_labels, "SNOMED CT substance-use disorders (SNOMED_SUBSTANCE_USE), or the sender's "
+              "`sensitivity: substance-use` hint", (SNOMED, "1297194009"), PART2),
+    LabelRule(diagnosis_labels, "SNOMED CT psychiatric disorders (SNOMED_PSYCHIATRIC), or the sender's "
+              "`sensitivity: psychiatric` hint", (SNOMED, "310496002"), PSY),
+    LabelRule(medication_labels, "RxNorm buprenorphine, methadone, naltrexone, disulfiram, acamprosate (OUD / AUD "
+              "treatment; over-labelling is the safe direction: methadone for pain is labelled too), by "
+              "ingredient whatever the term type (IN, SCD, SBD, packs: rxnorm_products.py)", ("1819",), PART2),
+    LabelRule(medication_labels, "RxNorm psychiatric ingredients (antidepressants, antipsychotics, mood "
+              "stabilisers, anxiolytics, ADHD), by ingredient whatever the term type", ("36437",), PSY),
+    LabelRule(medication_name_labels, "a medication named in text (a coding's display, an NDC or local code's "
+              "name): OUD / AUD treatment by ingredient or brand (whole words)", ("Suboxone 8 mg film",), PART2),
+    LabelRule(medication_name_labels, "a psychotropic named in text, by ingredient or brand (whole words)",
+              ("Zoloft 50 mg",), PSY),
+    LabelRule(lab_labels, "LOINC lithium level 14334-7 (psychiatric drug monitoring); behavioural-health surveys "
+              "(every code of the scored instruments but AUDIT-C, PCL-5, EPDS) in any result", ("14334-7",), PSY),
+    LabelRule(lab_labels, "LOINC AUDIT-C codes in any result", ("75626-2",), ETHUD),
+    LabelRule(lab_labels, "any other LOINC result", ("2345-7",), NONE),
+    LabelRule(instrument_labels, "a scored PHQ-9, PHQ-2, GAD-7 or C-SSRS (QuestionnaireResponse, Observations)",
+              ("phq-9",), PSY),
+    LabelRule(instrument_labels, "a scored AUDIT-C (alcohol screening is sensitive but not Part 2 unless from a "
+              "Part 2 source)", ("audit-c",), ETHUD),
+    LabelRule(safety_flag_labels, "a risk Flag (any risk level) and a safety Flag from an instrument's answers",
+              (), PSY),
+    LabelRule(care_service_labels, "an appointment or session with therapy / psychiatry", ("therapy",), PSY),
+    LabelRule(care_service_labels, "a primary-care appointment or session", ("primary-care",), NONE),
+    LabelRule(therapy_modality_labels, "a session's therapy-modality Procedure", (), PSY),
+    LabelRule(referral_labels, "a referral (+ its reason codes' labels)", (), PSY),
+    LabelRule(admission_labels, "an inpatient psychiatry admission (+ its reason codes' labels)",
+              ("inpatient-psychiatry",), PSY),
+    LabelRule(admission_labels, "an inpatient detox admission", ("inpatient-detox",), PART2),
+    LabelRule(admission_labels, "an inpatient medical admission: its reason codes' labels only",
+              ("inpatient-medical",), NONE),
+    LabelRule(hospital_service_labels, "an HL7 v2 visit to a psychiatric / behavioural / mental-health hospital "
+              "service (PV1-10)", ("PSY", ""), PSY),
+    LabelRule(discharge_labels, "a discharge to a psychiatric hospital", ("psy",), PSY),
+    LabelRule(scheduled_service_labels, "an HL7 v2 appointment whose service / type / reason names substance-use "
+              "treatment", ("Opioid treatment program intake",), PART2),
+    LabelRule(scheduled_service_labels, "an HL7 v2 appointment whose service / type / reason names psychiatry, "
+              "behavioural health or counselling", ("Psychiatry follow-up",), PSY),
+    LabelRule(note_labels, "a note with `mental_health: true`; other notes none", (True,), PSY),
+    LabelRule(note_type_labels, "a note of a mental-health LOINC note type (US Behavioral Health Profiles)",
+              ("34904-3",), PSY),
+    LabelRule(care_plan_labels, "a care plan with therapy modalities or linked diagnoses (goals follow the plan)",
+              (True,), PSY),
+    LabelRule(covered_labels, "a consent: the labels of the data it covers (SUD / 42CFRPart2 / ETHUD / OPIOIDUD "
+              "-> PART2; PSY / MH / BH -> PSY)", (("42CFRPart2",),), PART2),
+    LabelRule(refused_labels, "a psychotherapy note (a sender's PSYTHPN label, or a document naming one): "
+              "REFUSED, never carried", (("PSYTHPN",),), PSYCHOTHERAPY_NOTE),
+)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _example(rule: LabelRule) -> str:
+    return f"`{rule.rule.__name__}({', '.join(repr(arg) for arg in rule.example)})`"
+
+
+_SET_NAMES: Final[dict[tuple[str, ...], str]] = {PSY: "PSY", PART2: "PART2", ETHUD: "ETHUD",
+                                                 PSYCHOTHERAPY_NOTE: "V + PSYTHPN: refused", NONE: "none"}
+
+
+def rules_table() -> str:
+    """docs/security-labels.md: the table of RULES."""
+    lines = [
+        "# Security labels carebus decides (generated from services/mapper/mapping/labels.py: RULES)",
+        "",
+        "Regenerate with `python -m services.mapper.mapping.labels`. Every path (JSON care events, HL7 v2, FHIR in)",
+        "calls these rules; a resource carries the union of the rules that apply to it, the Bundle and the",
+        "Provenance the union of all its resources' labels. PSY = R + PSY; PART2 = R + SUD + 42CFRPart2 +",
+        "NORDSCLCD; ETHUD = R + ETHUD.",
+        "",
+        "| data | labels | rule (an example that gives them) |",
+        "|---|---|---|",
+    ]
+    for rule in RULES:
+        labels = _SET_NAMES.get(rule.labels) or " + ".join(rule.labels)
+        lines.append(f"| {_cell(rule.data)} | {labels} | {_cell(_example(rule))} |")
+    return "\n".join(lines) + "\n"
+
+
+DOC: Final = Path(__file__).resolve().parents[3] / "docs" / "security-labels.md"
+
+if __name__ == "__main__":
+    DOC.write_text(rules_table())
+    sys.stdout.write(f"wrote {DOC}\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.events import MedicationChanged, MedicationDiscontinued, MedicationPrescribed
-from services.common.events._types import RXNORM
+from services.common.fhir.codesystems import RXNORM
 from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept_of, iso, number, profile, quantity
 

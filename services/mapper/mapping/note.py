@@ -22,13 +22,13 @@ import base64
 from typing import Any, Final
 
 from services.common.events import NoteSigned
+from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import LOINC, US_CORE, Draft, concept, iso
+from services.mapper.mapping._fhir import US_CORE, Draft, concept, iso
 
 BHP_MENTAL_HEALTH_NOTE: Final = (
     "http://fhir.org/guides/onc/bhp/StructureDefinition/mental-health-clinical-notes"
 )
-DOCUMENT_CATEGORY: Final = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 NOTE_TYPES: Final[dict[tuple[str, bool], tuple[str, str]]] = {
     ("progress_note", False): ("11506-3", "Progress note"),
     ("progress_note", True): ("34904-3", "Mental health Progress note"),
@@ -65,7 +65,7 @@ def map_note(event: NoteSigned, draft: Draft) -> None:
         "status": "current",
         "docStatus": "final",
         "type": concept(LOINC, code, display, text=display),
-        "category": [concept(DOCUMENT_CATEGORY, "clinical-note", "Clinical Note")],
+        "category": [concept(US_CORE_DOCUMENTREFERENCE_CATEGORY, "clinical-note", "Clinical Note")],
         "subject": subject.patient_ref,
         "date": iso(data.signed_at),
         "author": [subject.practitioner(data.author)],
@@ -74,4 +74,4 @@ def map_note(event: NoteSigned, draft: Draft) -> None:
     }
     if data.encounter_id:
         document["context"] = {"encounter": [subject.ref("Encounter", data.encounter_id)]}
-    draft.add(document, labels.PSY if data.mental_health else labels.NONE)
+    draft.add(document, labels.note_labels(data.mental_health))

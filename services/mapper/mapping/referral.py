@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import ReferralClosed, ReferralCreated
+from services.common.fhir.codesystems import SNOMED
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import SNOMED, Draft, concept, concept_of, iso, profile
+from services.mapper.mapping._fhir import Draft, concept, concept_of, iso, profile
 
 REFERRAL_CODES: Final = {
     "therapy": ("306343005", "Referral to psychotherapist (procedure)"),
@@ -57,4 +58,4 @@ def map_referral(event: ReferralCreated | ReferralClosed, draft: Draft) -> None:
         request["status"] = _STATUS[event.data.outcome]
         request["occurrenceDateTime"] = iso(event.data.closed_at)
     reason_labels = [labels.diagnosis_labels(r.system, r.code) for r in data.reason_codes]
-    draft.add(request, labels.combine(labels.PSY, *reason_labels))
+    draft.add(request, labels.referral_labels(reason_labels))

@@ -13,11 +13,11 @@ from typing import Any, Final
 
 from services.common.events import RiskFlagged
 from services.common.events._types import Practitioner
+from services.common.fhir.codesystems import FLAG_CATEGORY, SNOMED
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import SNOMED, Draft, concept, iso
+from services.mapper.mapping._fhir import Draft, concept, iso
 from services.mapper.result import SafetyAlert
 
-FLAG_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/flag-category"
 AT_RISK_FOR_SUICIDE: Final = ("225444004", "At risk for suicide (finding)")
 ALERT_DETAILS: Final = {
     "phq9-item9": "PHQ-9 item 9 (thoughts of self-harm) answered above 'Not at all'",
@@ -64,7 +64,7 @@ def add_safety_flag(
         flag["encounter"] = subject.ref("Encounter", encounter_id)
     if author is not None:
         flag["author"] = subject.practitioner(author)
-    draft.add(flag, labels.PSY)
+    draft.add(flag, labels.safety_flag_labels())
     draft.alerts.append(
         SafetyAlert(
             kind=kind,

@@ -25,9 +25,9 @@ import datetime as dt
 from typing import Any, Final
 
 from services.common.events import SessionCompleted
-from services.common.events._types import CPT
+from services.common.fhir.codesystems import CPT, SNOMED, UCUM, V3_ACT_CODE
 from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import ACT_CODE, SNOMED, UCUM, Draft, coding, iso, profile
+from services.mapper.mapping._fhir import Draft, coding, iso, profile
 
 PSYCHOTHERAPY: Final = ("75516001", "Psychotherapy (regime/therapy)")
 MODALITIES: Final[dict[str, tuple[str, str, str]]] = {
@@ -69,7 +69,7 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
     subject = draft.subject
     end = data.start + dt.timedelta(minutes=data.duration_minutes)
     encounter_class = (
-        coding(ACT_CODE, "VR", "virtual") if data.telehealth else coding(ACT_CODE, "AMB", "ambulatory")
+        coding(V3_ACT_CODE, "VR", "virtual") if data.telehealth else coding(V3_ACT_CODE, "AMB", "ambulatory")
     )
     encounter_id = subject.id("Encounter", data.session_id)
     encounter: dict[str, Any] = {
@@ -92,7 +92,7 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
         encounter["appointment"] = [subject.ref("Appointment", data.appointment_id)]
     if data.referral_id:
         encounter["basedOn"] = [subject.ref("ServiceRequest", data.referral_id)]
-    session_labels = labels.NONE if data.kind == "primary-care" else labels.PSY
+    session_labels = labels.care_service_labels(data.kind)
     draft.add(encounter, session_labels)
     if data.modality is not None:
         draft.add(
@@ -107,5 +107,5 @@ def map_session(event: SessionCompleted, draft: Draft) -> None:
                 "performedPeriod": {"start": iso(data.start), "end": iso(end)},
                 "performer": [{"actor": subject.practitioner(data.practitioner)}],
             },
-            labels.combine(labels.PSY, session_labels),
+            labels.combine(labels.therapy_modality_labels(), session_labels),
         )
