@@ -35,11 +35,11 @@ from devstack.local_broker import LocalKafkaBroker
 from devstack.webhook_receiver import WebhookReceiver
 from services.common.fhir.codesystems import EMPI
 from services.common.fhir_ids import resource_id
+from services.common.hl7v2 import inspect_message
 from services.common.kafka import client_config
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, SAFETY_ALERTS
-from services.mapper.hl7v2 import inspect_message
 from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_SECRET
 from services.notify.topics import TOPIC_BASE
 

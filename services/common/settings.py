@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         description="Source system -> escalation chain of owners (CareTeam/Organization/Practitioner "
                     "references) of safety Tasks; '*' for any other source (JSON).")
     safety_task_due_minutes: dict[str, int] = Field(
-        default_factory=lambda: {"cssrs-high-risk": 15, "phq9-item9": 30, "epds-item10": 30, "risk-flag": 30},
+        default_factory=lambda: {"cssrs-high-risk": 15, "phq9-item9": 30, "risk-flag": 30},
         description="Alert kind -> minutes until its Task is due (and between escalations) (JSON).")
     # --- notify (subscriptions; services/notify/README.md) -----------------------------------------------
     notify_port: int = 8083

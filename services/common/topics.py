@@ -79,7 +79,8 @@ SAFETY_ALERTS = TopicSpec(
 # What a safety alert's ``kind`` can be (the alert topic's contract, schemas/asyncapi.yaml): the mapper's alerts
 # (services/mapper/mapping/risk.py ALERT_DETAILS) and the outcomes service's escalation of an unacknowledged one
 # (services/outcomes/tasks.py escalation_event). tests/test_alert_contract.py keeps them equal to the code.
-MAPPER_ALERT_KINDS = ("phq9-item9", "cssrs-high-risk", "risk-flag")
+MapperAlertKind = Literal["phq9-item9", "cssrs-high-risk", "risk-flag"]
+MAPPER_ALERT_KINDS: tuple[MapperAlertKind, ...] = ("phq9-item9", "cssrs-high-risk", "risk-flag")
 ESCALATION_ALERT_KIND = "escalation"
 DEAD_LETTERS = TopicSpec(
     suffix="deadletter.v1",

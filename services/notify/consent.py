@@ -21,11 +21,11 @@ withheld when the change is numbered                  no number: the counter doe
                                                       withheld records exist; any gap it sees is a real loss,
                                                       recoverable with ``$events``
 withheld at send time (a revocation since), the       withdrawn (:meth:`NotifyStore.withdraw`): the event is
-event never sent                                      dropped and the later unsent events move down one number,
+event never sent nor shown by ``$events``             dropped and the later unsent events move down one number,
                                                       the counter with them - nobody had seen those numbers
 withheld at send time, but the event was already on   kept out of every later notification and of ``$events``
-the wire (a delivery attempt that failed)             (state ``withheld``): the recipient may hold that number
-                                                      already, so it is never given to another event
+the wire (a delivery attempt that failed) or shown    (state ``withheld``): the recipient may hold that number
+by ``$events``                                        already, so it is never given to another event
 ====================================================  =========================================================
 """
 

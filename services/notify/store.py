@@ -40,7 +40,8 @@ from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
 from services.record.errors import StoreUnavailable
-from services.record.store.sql import Connection, ConnectionPool, Dialect
+from services.record.store.pool import Connection, ConnectionPool
+from services.record.store.schema import Dialect
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
@@ -67,7 +68,7 @@ def schema(d: Dialect) -> list[str]:
             subscription_id {t} NOT NULL, event_number {b} NOT NULL, resource_type {t} NOT NULL,
             resource_id {t} NOT NULL, version_id INTEGER NOT NULL, change_kind {t} NOT NULL,
             focus_time {t} NOT NULL, state {t} NOT NULL, attempts INTEGER NOT NULL, first_failure_ms {b},
-            dead_reason {t}, notice {t}, created_ms {b} NOT NULL, delivered_ms {b},
+            dead_reason {t}, notice {t}, created_ms {b} NOT NULL, delivered_ms {b}, served_ms {b},
             PRIMARY KEY (subscription_id, event_number))""",
         "CREATE UNIQUE INDEX IF NOT EXISTS notify_event_focus "
         "ON notify_event (subscription_id, resource_type, resource_id, version_id)",
@@ -196,17 +197,17 @@ class NotifyStore:
         with self._transaction() as conn:
             for statement in schema(self.dialect):
                 conn.execute(statement)
-            self._add_recipient_column(conn)
+            # stores made before subscriptions named their recipient (NULL: no organization, purpose TREAT)
+            # and before $events was remembered gain the columns
+            self._add_column(conn, "notify_subscription", "recipient", "TEXT")
+            self._add_column(conn, "notify_event", "served_ms", "BIGINT")
 
-    def _add_recipient_column(self, conn: Connection) -> None:
-        """Stores made before subscriptions named their recipient gain the column (NULL: the baseline
-        recipient, no organization, purpose TREAT)."""
+    def _add_column(self, conn: Connection, table: str, column: str, kind: str) -> None:
         if self.dialect.name == "postgresql":
-            conn.execute("ALTER TABLE notify_subscription ADD COLUMN IF NOT EXISTS recipient TEXT")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
             return
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(notify_subscription)").fetchall()}
-        if "recipient" not in columns:
-            conn.execute("ALTER TABLE notify_subscription ADD COLUMN recipient TEXT")
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def ping(self) -> None:
         with self._connection() as conn:
@@ -378,19 +379,19 @@ class NotifyStore:
         """Pending events the recipient may no longer receive (a revocation since they were numbered): one
         never sent, with only never-sent events after it, is deleted and the later events move down one number
         (the counter too) - no subscriber saw those numbers, so the sequence stays gap-free; one already on the
-        wire becomes ``withheld`` (never sent again, not served by ``$events``, its number never reused).
-        Returns how many were deleted. One transaction."""
+        wire or served by ``$events`` (:meth:`mark_served`) becomes ``withheld`` (never sent again, not served by
+        ``$events``, its number never reused). Returns how many were deleted. One transaction."""
         deleted = 0
         with self._transaction() as conn:
             for number in sorted(set(numbers), reverse=True):
-                rows = self._all(conn, "SELECT state, attempts FROM notify_event WHERE subscription_id = ? AND "
-                                       "event_number = ?", (subscription_id, number))
+                rows = self._all(conn, "SELECT state, attempts, served_ms FROM notify_event WHERE subscription_id = ? "
+                                       "AND event_number = ?", (subscription_id, number))
                 if not rows or rows[0][0] != "pending":
                     continue
-                later = self._all(conn, "SELECT event_number, state, attempts FROM notify_event WHERE "
+                later = self._all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
                                         "subscription_id = ? AND event_number > ? ORDER BY event_number",
                                   (subscription_id, number))
-                unseen = int(rows[0][1]) == 0 and all(r[1] == "pending" and int(r[2]) == 0 for r in later)
+                unseen = all(r[-3] == "pending" and int(r[-2]) == 0 and r[-1] is None for r in (rows[0], *later))
                 if not unseen:
                     self._exec(conn, "UPDATE notify_event SET state = 'withheld' WHERE subscription_id = ? AND "
                                      "event_number = ?", (subscription_id, number))
@@ -404,6 +405,16 @@ class NotifyStore:
                                  "WHERE id = ?", (subscription_id,))
                 deleted += 1
         return deleted
+
+    def mark_served(self, subscription_id: str, numbers: Sequence[int]) -> None:
+        """``$events`` showed these events to the subscriber: their numbers are never given to other events."""
+        if not numbers:
+            return
+        at = now_ms()
+        with self._transaction() as conn:
+            for n in numbers:
+                self._exec(conn, "UPDATE notify_event SET served_ms = COALESCE(served_ms, ?) WHERE "
+                                 "subscription_id = ? AND event_number = ?", (at, subscription_id, n))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
         at = now_ms()

@@ -7,8 +7,9 @@ Definitions live in the notify store (services/notify/store.py), which the notif
 its own; a subscription belongs to the token's client (the grant's ``label``, else the token itself), and no
 client sees another's. It acts for the recipient the token names (the grant's ``organization``, ``care_teams``
 and ``purpose_of_use``), served back read-only in the ``subscription-recipient`` extension: notify decides every
-notification for that recipient with the disclosure engine, as the record API decides the token's reads.
-Errors are OperationOutcomes naming the element (``issue.expression``).
+notification for that recipient with the disclosure engine, as the record API decides the token's reads;
+``$events`` decides each event again now, and an answer that discloses foci is audited (BALP PatientQuery, one
+AuditEvent per patient, before it leaves). Errors are OperationOutcomes naming the element (``issue.expression``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from services.common import audit
 from services.common.disclosure import policy_from_settings
 from services.notify.bundles import notification_bundle
-from services.notify.delivery import focus_lookup, iso_now, part2_notice, screen
+from services.notify.delivery import Screened, focus_lookup, iso_now, part2_notice, screen
 from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
 from services.notify.subscriptions import (
     InvalidSubscription,
@@ -34,6 +36,7 @@ from services.notify.subscriptions import (
     status_update,
 )
 from services.record.access import Access, token_digest
+from services.record.disclosures import requester
 from services.record.errors import Forbidden, ResourceNotFound
 
 FHIR_JSON = "application/fhir+json"
@@ -55,6 +58,26 @@ def _client_of(request: Request, access: Access) -> str:
         return access.label
     token = (request.headers.get("authorization") or "").partition(" ")[2].strip()
     return f"token-{token_digest(token)[:16]}"
+
+
+def events_audit(access: Access, screened: Screened, base_url: str, query: str) -> list[dict[str, Any]]:
+    """One AuditEvent (BALP PatientQuery, ``operation``) per patient whose events a ``$events`` answer
+    discloses, naming the foci and the consents permitting their Part 2 data."""
+    by_patient: dict[str, list[str]] = {}
+    consents: dict[str, list[str]] = {}
+    for event in screened.events:
+        patient = screened.patients.get(event.number)
+        if patient is None:
+            continue
+        foci = by_patient.setdefault(patient, [])
+        if event.focus not in foci:
+            foci.append(event.focus)
+        cited = consents.setdefault(patient, [])
+        cited.extend(c for c in screened.part2.get(event.number, ()) if c not in cited)
+    recorded = iso_now()
+    return [audit.api_access_event(str(uuid.uuid4()), recorded, "operation", requester(access), base_url, patient,
+                                   foci, consents[patient], query)
+            for patient, foci in sorted(by_patient.items())]
 
 
 def _may(access: Access, write: bool) -> bool:
@@ -176,7 +199,7 @@ def subscription_router(api: Any) -> APIRouter:
 
     @router.get("/Subscription/{subscription_id}/$events")
     def events(subscription_id: str, request: Request) -> Response:
-        _, client = caller(request)
+        access, client = caller(request)
         sub = owned(subscription_id, client)
         params = request.query_params
         bounds: list[int | None] = []
@@ -195,8 +218,12 @@ def subscription_router(api: Any) -> APIRouter:
         screened = screen(store(), sub, rows, int(time.time() * 1000))
         focus = focus_lookup(store(), sub) if sub.content == "full-resource" else None
         base = api.base_url(request)
-        return _fhir(notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
-                                         part2_notice(sub, base, screened, iso_now())))
+        bundle = notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
+                                     part2_notice(sub, base, screened, iso_now()))
+        if sub.content != "empty":  # the answer discloses foci: audited like any API access, before it leaves
+            api.audit(events_audit(access, screened, base, request.url.query))
+        store().mark_served(sub.id, [e.number for e in screened.events if e.state == "pending"])
+        return _fhir(bundle)
 
     return router
 

@@ -25,6 +25,7 @@ from services.common import audit, part2
 from services.common.fhir_ids import resource_id
 from services.common.settings import RecordTokenGrant
 from services.common.topics import AUDIT_EVENTS
+from tests.consent.conftest import eventually
 from tests.consent.consents import LABEL_SETS, PART2_ORG, THERAPY_ORG, consent, consent_state
 from tests.consent.test_decision import STATES, UNCLEARED_MATRIX
 from tests.consent.test_record_enforcement import _consent_resource, _labelled
@@ -187,6 +188,18 @@ def test_notification_matrix_no_trace_of_what_is_withheld_part2_package_and_one_
                 recipient = next(a for a in event["agent"] if a["type"]["coding"][0]["code"] == "IRCP")
                 assert recipient["who"]["identifier"]["value"] == PART2_ORG.split("|")[1]
                 assert "valueQuantity" not in orjson.dumps(event).decode()  # never content
+        # $events answers are disclosures too: one PatientQuery AuditEvent per patient, naming exactly the foci
+        def events_audits(records: list[Any]) -> list[dict[str, Any]]:
+            found = [orjson.loads(r.value) for r in records]
+            return [e for e in found if e["type"]["code"] == "rest" and e["subtype"][0]["code"] == "operation"
+                    and e["entity"][0]["what"]["reference"] == f"Patient/{pid}"]
+
+        mrn, pid, _ = cells["permit-recipient"]
+        queried = events_audits(read_all(push.settings, AUDIT_EVENTS.name(push.settings.topic_prefix),
+                                         until=lambda rs: bool(events_audits(rs))))
+        assert len(queried) == 1
+        assert sorted(x["what"]["reference"] for x in queried[0]["entity"] if x["role"]["code"] == "4") == sorted(
+            f"Condition/{c}" for c in expected["permit-recipient"])
         permitted_part2 = next(e for e in events_ if any(
             x.get("what", {}).get("reference") == f"Condition/{part2_id}" for x in e["entity"]))
         assert f"Consent/{sud_consent}" in [x.get("what", {}).get("reference") for x in permitted_part2["entity"]]
@@ -256,6 +269,13 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
         assert {e["id"] for e in events_} == {audit.disclosure_id("notify", sid, "1"),
                                               audit.disclosure_id("notify", sid, "2")}
         assert len(receiver.of(sid)) > 2  # the failed attempts were real requests
+        # the accounting of disclosures lists exactly these pushes (they reach the record through the topic)
+        def accounting() -> list[str]:
+            found = push.record.fhir(f"/Patient/{pid}/$disclosures", token="privacy")  # noqa: S106
+            ids = sorted(e["resource"]["id"] for e in found.get("entry", [])
+                         if e["resource"]["resourceType"] == "AuditEvent")
+            return ids if len(ids) >= 2 else []
+        assert eventually(accounting) == sorted(e["id"] for e in {e["id"]: e for e in events_}.values())
     finally:
         receiver.stop()
 
@@ -279,5 +299,38 @@ def test_withdraw_keeps_numbers_gap_free_and_never_reuses_a_number_on_the_wire(t
         assert [e.number for e in store.events("s")] == [2, 3, 4]  # not served by $events either
         store.record_changes([_phq9("o6", "Patient/p1")])
         assert [e.number for e in store.events("s")] == [2, 3, 4, 5]  # the next event: the next number
+        store.mark_served("s", [5])  # $events showed number 5 (o6) to the subscriber
+        assert store.withdraw("s", [4]) == 0  # a later number was seen: 4 is withheld, nothing moves
+        assert [(e.number, e.resource_id) for e in store.events("s")] == [(2, "o2"), (3, "o4"), (5, "o6")]
+    finally:
+        store.close()
+
+
+def test_a_store_from_before_recipients_and_served_events_gains_the_columns(tmp_path: Path) -> None:
+    import re
+    import sqlite3
+
+    from services.notify.store import open_notify_store, schema
+    from services.record.store.sqlite import SQLITE
+    from tests.notify.test_store import _sub
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        for statement in schema(SQLITE):
+            old.execute(re.sub(r",\s*recipient \w+|\s*served_ms \w+,", "", statement))
+        old.execute("INSERT INTO notify_subscription (id, client, clearances, status, topic, filters, endpoint, "
+                    "headers, content, mime, max_count, secret, events_since_start, created_ms, updated_ms) "
+                    "VALUES ('old', 'clinic', 1, 'active', 'https://carebus.dev/fhir/SubscriptionTopic/"
+                    "assessment-completed', '[]', 'https://ehr.example.org/hook', '[]', 'id-only', "
+                    "'application/fhir+json', 1, 's', 0, 0, 0)")
+        columns = {r[1] for r in old.execute("PRAGMA table_info(notify_subscription)")}
+        assert "recipient" not in columns
+    store = open_notify_store(f"sqlite:///{path}")
+    try:
+        before = store.get("old")
+        assert before is not None and before.organization is None and before.purpose == "TREAT"
+        store.create(_sub("new", "Patient/p1"))
+        store.mark_served("new", [1])
+        assert store.get("new") is not None
     finally:
         store.close()

@@ -23,7 +23,6 @@ from tests.deploy.helpers import (
     of_kind,
     one,
     render,
-    service_module_exists,
     service_routes,
 )
 
@@ -172,8 +171,6 @@ def test_probe_paths_are_routes_of_the_service(service: str) -> None:
 def test_settings_in_the_environment_are_valid(
     name: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if service == "record" and not service_module_exists("record"):
-        pytest.skip("services/record/__main__.py does not exist yet: its settings may still change")
     env = _settings_env(render(name), service)
     fields = {f"CAREBUS_{field.upper()}" for field in Settings.model_fields}
     unknown = sorted(key for key in env if key not in fields)

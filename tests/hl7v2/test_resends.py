@@ -11,13 +11,15 @@ import httpx
 import orjson
 import pytest
 
+from services.common.hl7v2 import inspect_message
 from services.common.kafka import RecordProducer, ensure_topics
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.common.topics import HEADER_EVENT_ID, INBOUND_EVENTS
 from services.intake.app import create_app
-from services.intake.mllp import KafkaHl7Acceptor, MllpServer
-from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
+from services.intake.mllp import MllpServer
+from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import context, sample
 from tests.hl7v2.test_mllp import Client, msa, records
 from tests.kafka_helpers import header, read_all

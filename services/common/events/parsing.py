@@ -35,7 +35,7 @@ from services.common.events.envelope import EVENT_TYPES, AssessmentCompleted, Ca
 _ADAPTER: Final[TypeAdapter[CareEvent]] = TypeAdapter(CareEvent)
 
 # Item codes and answer range of each instrument. The scoring tables in services/mapper/mapping/instruments.py
-# are the full truth (answer lists, bands); tests/unit/test_event_contracts.py keeps the two in step.
+# are the full truth (answer lists, bands); tests/mapping/test_event_contracts.py keeps the two in step.
 _FREQ: Final = frozenset({"LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9"})
 _PHQ9_ITEMS: Final = (
     "44250-9",

@@ -10,14 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 import langcodes
 
 from services.common.fhir.codesystems import BCP47, NPI, SSN, UCUM, V2_0203
-from services.mapper.hl7v2.er7 import Rep
+from services.common.hl7v2.dtm import Dtm, parse_dtm
+from services.common.hl7v2.er7 import Rep
 from services.mapper.hl7v2.terminology import (
     ADDRESS_USE,
     GENERIC_LOCAL,
@@ -33,7 +34,6 @@ from services.mapper.hl7v2.terminology import (
 
 Json = dict[str, Any]
 
-_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _OID = re.compile(r"[0-2](?:\.(?:0|[1-9]\d*))+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
@@ -146,82 +146,7 @@ def _fhir_code(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# date and time
-
-
-@dataclass(frozen=True)
-class Dtm:
-    year: int
-    month: int | None
-    day: int | None
-    hour: int | None
-    minute: int | None
-    second: int | None
-    fraction: str | None
-    tz: str | None  # "+hh:mm"
-
-    def date(self) -> str:
-        out = f"{self.year:04d}"
-        if self.month is not None:
-            out += f"-{self.month:02d}"
-            if self.day is not None:
-                out += f"-{self.day:02d}"
-        return out
-
-    def date_time(self, tz: str) -> str:
-        if self.hour is None or self.day is None or self.month is None:
-            return self.date()
-        frac = f".{self.fraction}" if self.fraction else ""
-        return (f"{self.date()}T{self.hour:02d}:{self.minute or 0:02d}:{self.second or 0:02d}{frac}"
-                f"{self.tz or tz}")
-
-    def aware(self, tz: str) -> datetime:
-        zone = self.tz or tz
-        sign = -1 if zone[0] == "-" else 1
-        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) * sign
-        return datetime(self.year, self.month or 1, self.day or 1, self.hour or 0, self.minute or 0,
-                        self.second or 0, tzinfo=timezone(offset))
-
-
-def parse_dtm(text: str) -> Dtm | None:
-    """Parse a v2 DTM/TS/DT value (YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]); None when it is not one.
-    Memoized for short values: the result is immutable and timestamps repeat within and across messages."""
-    return _memo_dtm(text) if len(text) <= _MEMO_CHARS else _parse_dtm(text)
-
-
-@lru_cache(maxsize=4096)
-def _memo_dtm(text: str) -> Dtm | None:
-    return _parse_dtm(text)
-
-
-def _parse_dtm(text: str) -> Dtm | None:
-    match = _DTM.fullmatch(text.strip().replace(" ", ""))
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    if hour is None and (fraction or zone) and day is None:
-        return None
-    tz = None
-    if zone:
-        zh, zm = int(zone[1:3]), int(zone[3:5])
-        if zh > 14 or zm > 59:
-            return None
-        tz = f"{zone[0]}{zone[1:3]}:{zone[3:5]}"
-    values = [int(v) if v is not None else None for v in (year, month, day, hour, minute, second)]
-    y, mo, d, h, mi, s = values
-    assert y is not None
-    try:
-        datetime(y, 1 if mo is None else mo, 1 if d is None else d, h or 0, mi or 0, s or 0)
-    except ValueError:
-        return None
-    if y < 1:
-        return None
-    return Dtm(y, mo, d, h, mi, s, fraction, tz)
-
-
-def offset_of(text: str) -> str | None:
-    parsed = parse_dtm(text)
-    return parsed.tz if parsed is not None else None
+# date and time (DTM values are read by services.common.hl7v2.dtm)
 
 
 def _dtm(text: str, loc: str, conv: Conversion) -> Dtm | None:

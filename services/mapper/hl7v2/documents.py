@@ -14,6 +14,8 @@ import base64
 from typing import Any
 
 from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
+from services.common.hl7v2.er7 import Segment
+from services.common.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -23,8 +25,6 @@ from services.mapper.hl7v2.datatypes import (
     identifier_ei,
     person_reference,
 )
-from services.mapper.hl7v2.er7 import Segment
-from services.mapper.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
 from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE
 from services.mapper.mapping.labels import MENTAL_HEALTH_NOTE_TYPES, refused_labels

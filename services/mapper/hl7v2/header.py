@@ -24,9 +24,9 @@ from services.common.fhir.codesystems import (
     RFC3986,
     V2_0003,
 )
+from services.common.hl7v2.er7 import Hd, source_uri
 from services.mapper.hl7v2.builder import Build, Json
 from services.mapper.hl7v2.datatypes import aware_datetime, codeable, fhir_datetime, instant_from, person_reference
-from services.mapper.hl7v2.er7 import Hd, source_uri
 
 
 def _hd_reference(hd: Hd) -> Json | None:

@@ -1,7 +1,7 @@
 """One HL7 v2 message (ER7 text) -> one labelled FHIR R4 Bundle (type collection). Pure.
 
 Validation happens once, after the mapping, where every mapping is validated: the mapper pipeline
-(services/mapper/pipeline.py) runs ``validate_bundle`` (services/mapper/mapping/validation.py, R4B models) on
+(services/mapper/pipeline.py) runs ``validate_bundle`` (services/common/fhir_validation.py, R4B models) on
 this bundle as on every other. ``validate_mapped`` is the same check for callers that want the failure as an
 HL7 v2 error (InvalidResource, AE, located at the segment the resource comes from).
 
@@ -20,12 +20,14 @@ from collections import Counter
 from typing import Any
 
 from services.common.errors import MappingError
+from services.common.fhir_validation import validate_bundle
+from services.common.hl7v2.dtm import offset_of
+from services.common.hl7v2.er7 import Message, Segment, check_shape, parse_message
+from services.common.hl7v2.errors import InvalidResource
 from services.common.security_labels import combine, meta_security
 from services.mapper.hl7v2.builder import Build, Json, Labels
-from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
+from services.mapper.hl7v2.datatypes import Conversion, instant_from, prune
 from services.mapper.hl7v2.documents import map_document
-from services.mapper.hl7v2.er7 import Message, Segment, check_shape, parse_message
-from services.mapper.hl7v2.errors import InvalidResource
 from services.mapper.hl7v2.header import message_header, provenance
 from services.mapper.hl7v2.orders import group_orders as group_medication_orders
 from services.mapper.hl7v2.orders import map_immunization, map_medication_request
@@ -35,7 +37,6 @@ from services.mapper.hl7v2.scheduling import map_appointment
 from services.mapper.hl7v2.us_core import claim_profile
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
 from services.mapper.mapping.labels import source_labels
-from services.mapper.mapping.validation import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 
 # Where a resource type comes from, for the location of a validation error (never a value).
@@ -141,7 +142,7 @@ def validate_mapped(bundle: Json) -> None:
 def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     """Map one HL7 v2 message to a FHIR R4 Bundle (see the package docstring for what maps to what).
 
-    Raises only :class:`~services.mapper.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
+    Raises only :class:`~services.common.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
     The bundle is not validated here: the caller validates it once (the pipeline's ``validate_bundle``, or
     :func:`validate_mapped`).
     """

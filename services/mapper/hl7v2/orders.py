@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.hl7v2.er7 import Segment
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -28,7 +29,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     quantity,
 )
-from services.mapper.hl7v2.er7 import Segment
 from services.mapper.hl7v2.results import observation
 from services.mapper.hl7v2.terminology import IMMUNIZATION_STATUS, ORDER_CONTROL_STATUS, ORDER_STATUS
 

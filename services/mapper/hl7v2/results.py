@@ -37,6 +37,9 @@ from services.common.fhir.codesystems import (
     V2_0074,
     V3_OBSERVATION_INTERPRETATION,
 )
+from services.common.hl7v2.er7 import Rep, Segment
+from services.common.hl7v2.errors import InvalidValue
+from services.common.topics import MapperAlertKind
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -52,8 +55,6 @@ from services.mapper.hl7v2.datatypes import (
     quantity,
     simple_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
-from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
 from services.mapper.mapping.instruments import (
     INSTRUMENTS,
@@ -571,7 +572,7 @@ def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScor
     return out
 
 
-def _safety_flag(build: Build, key: str, kind: str, start: str | None) -> Json:
+def _safety_flag(build: Build, key: str, kind: MapperAlertKind, start: str | None) -> Json:
     flag_id = build.id("Flag", "assessment", key, kind)
     code, display = AT_RISK_FOR_SUICIDE
     flag = build.subject({

@@ -16,6 +16,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.hl7v2.dtm import parse_dtm
+from services.common.hl7v2.er7 import Segment
+from services.common.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -26,11 +29,8 @@ from services.mapper.hl7v2.datatypes import (
     instant_from,
     location_display,
     number,
-    parse_dtm,
     person_reference,
 )
-from services.mapper.hl7v2.er7 import Segment
-from services.mapper.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2.terminology import APPOINTMENT_STATUS
 from services.mapper.mapping.labels import scheduled_service_labels
 

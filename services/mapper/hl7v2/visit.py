@@ -24,6 +24,7 @@ from services.common.fhir.codesystems import (
     V3_NULL_FLAVOR,
     V3_PARTICIPATION_TYPE,
 )
+from services.common.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -38,7 +39,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     table_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
     ALLERGY_CRITICALITY,

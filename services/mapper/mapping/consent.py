@@ -42,6 +42,8 @@ def _recipient(recipient: ConsentRecipient) -> dict[str, Any]:
     found: dict[str, Any] = {"type": _RECIPIENT_TYPES[recipient.kind], "display": recipient.name}
     if recipient.identifier is not None:
         found["identifier"] = {"system": recipient.identifier.system, "value": recipient.identifier.value}
+        if recipient.identifier.assigner:
+            found["identifier"]["assigner"] = {"display": recipient.identifier.assigner}
     return found
 
 

@@ -4,7 +4,8 @@ Every Bundle (type ``collection``, plain dict, id = resource_id("Bundle", source
 * ``identifier`` {system: event source, value: event id} and ``timestamp`` = event time;
 * the family's resources, each with ``meta.security`` = its own labels (+ PART2 when the event's source is in
   context.part2_sources), fullUrl ``urn:uuid:<id>``;
-* ALWAYS a Provenance last (us-core-provenance): target = every other resource; occurredDateTime = event time;
+* ALWAYS a Provenance last (us-core-provenance): target = every other resource; occurredDateTime = when the
+  change happened (Draft.occurred_at, e.g. an appointment's cancelled_at; else the event time);
   recorded = event time, when the source recorded the event (not when carebus received this copy: a resend or
   replay of the same event makes the same Provenance); agent = the source system (author) and
   carebus (assembler); entity (role source) = the CloudEvent, identifier {system: source, value: event id}.
@@ -15,6 +16,7 @@ Same event and same context -> identical bundle (ids from fhir_ids, no clock, no
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -102,14 +104,15 @@ _ASSEMBLER: Final = {
 
 
 def _provenance(
-    event: CareEvent, context: MappingContext, targets: list[dict[str, Any]], bundle_labels: tuple[str, ...]
+    event: CareEvent, context: MappingContext, targets: list[dict[str, Any]], bundle_labels: tuple[str, ...],
+    occurred_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     provenance: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": resource_id("Provenance", event.source, event.id),
         "meta": {"profile": profile("us-core-provenance")},
         "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
-        "occurredDateTime": iso(event.time),
+        "occurredDateTime": iso(occurred_at or event.time),
         "recorded": iso(event.time),
         "agent": [
             {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": RFC3986, "value": event.source}}},
@@ -164,7 +167,7 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
         targets.append(resource)
         entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
     bundle_labels = labels.combine(*label_sets)
-    provenance = _provenance(event, context, targets, bundle_labels)
+    provenance = _provenance(event, context, targets, bundle_labels, draft.occurred_at)
     entries.append({"fullUrl": f"urn:uuid:{provenance['id']}", "resource": provenance})
 
     bundle: dict[str, Any] = {

@@ -31,7 +31,7 @@ PSY: Final = security_labels.PSYCHIATRIC
 PART2: Final = security_labels.PART2
 ETHUD: Final = ("R", "ETHUD")
 NONE: Final[tuple[str, ...]] = ()
-PSYCHOTHERAPY_NOTE: Final = ("V", "PSYTHPN")  # refused wherever it is found: never carried, never labelled
+PSYCHOTHERAPY_NOTE: Final = security_labels.PSYCHOTHERAPY_NOTE  # refused wherever it is found
 Labels = tuple[str, ...]
 
 
@@ -360,13 +360,10 @@ def care_plan_labels(therapy_or_diagnoses: bool) -> tuple[str, ...]:
     return PSY if therapy_or_diagnoses else NONE
 
 
-_PSYCHOTHERAPY_NOTE_TEXT: Final = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
-
-
 def refused_labels(sent_codes: Iterable[str], text: str = "") -> tuple[str, ...]:
     """Psychotherapy notes (HIPAA 45 CFR 164.501) are refused on every path: a sender's PSYTHPN label, or a
     document type / text naming a psychotherapy note -> V + PSYTHPN, and the caller refuses the content."""
-    if "PSYTHPN" in sent_codes or _PSYCHOTHERAPY_NOTE_TEXT.search(text):
+    if security_labels.is_psychotherapy_note(sent_codes, text):
         return PSYCHOTHERAPY_NOTE
     return NONE
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from services.common.events import RiskFlagged
 from services.common.events._types import Practitioner
 from services.common.fhir.codesystems import FLAG_CATEGORY, SNOMED
+from services.common.topics import MapperAlertKind
 from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, iso
 from services.mapper.result import SafetyAlert
@@ -36,7 +37,7 @@ def add_safety_flag(
     draft: Draft,
     *,
     flag_id: str,
-    kind: str,
+    kind: MapperAlertKind,
     start: dt.datetime,
     risk: str = "suicide",
     level: str | None = None,

@@ -10,7 +10,9 @@ from pathlib import Path
 from services.record.identity import IdentityPolicy
 from services.record.ingest import PreparedBundle
 from services.record.store.base import IngestReport
-from services.record.store.sql import ConnectionPool, Dialect, SqlStore
+from services.record.store.pool import ConnectionPool
+from services.record.store.schema import Dialect
+from services.record.store.sql import SqlStore
 
 
 def refusal(exc: BaseException) -> str | None:
@@ -84,5 +86,5 @@ class SqliteStore(SqlStore):
 
     def optimize(self) -> None:
         """Statistics refreshed now (after a bulk load; the ingest path also calls it every few minutes)."""
-        with self._connection() as conn:
+        with self.db.connection() as conn:
             _optimize(conn)  # type: ignore[arg-type]
