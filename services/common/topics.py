@@ -23,6 +23,7 @@ HEADER_CORRELATION_ID = "carebus_correlation_id"
 HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
+HEADER_HL7V2_CONTROL_ID = "carebus_hl7v2_control_id"  # inbound HL7 v2: sending application ^ ... | MSH-10
 CE_HEADERS = (HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME)
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
@@ -56,7 +57,7 @@ INBOUND_EVENTS = TopicSpec(
     summary="Care events accepted by intake (CloudEvents 1.0, structured JSON), durable before the 202 or AA.",
     key="patient key: '<source>|<source patient id>', so one patient's events stay in order",
     content_type="application/cloudevents+json",
-    headers=(*CE_HEADERS, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE, HEADER_HL7V2_CONTROL_ID),
     retention_ms=THIRTY_DAYS_MS,
 )
 FHIR_BUNDLES = TopicSpec(

@@ -15,11 +15,11 @@ written like any new message, never acknowledged and dropped. Both are counted
 (``carebus_hl7v2_repeated_control_ids_total{outcome="resend"|"conflict"}``) and logged with ids, type and digest
 only. The memory of accepted messages is bounded: ``recent_per_sender`` per sender (least recently seen evicted
 first) for at most ``max_senders`` senders. At start-up it is filled from the tail of the inbound topic
-(:meth:`KafkaHl7Acceptor.recall`: event ids, from the record headers), so a restart does not forget what was
-accepted just before it; a reused control id whose first message came before the restart is still written (its
-event id differs), but counted as new rather than as a conflict. Two intake replicas do not share the memory: a
-resend that reaches the other replica, or one older than the memory, is written again. That is harmless
-downstream, because the CloudEvent id and every FHIR resource id are derived from the sender and the message's
+(:meth:`KafkaHl7Acceptor.recall`: event ids and MSH-3 + MSH-10, from the record headers), so a restart does not
+forget what was accepted just before it: a resend is still a resend, and a reused control id whose first message
+came before the restart is counted as a conflict (and written: its event id differs). Two intake replicas do not
+share the memory: a resend that reaches the other replica, or one older than the memory, is written again. That is
+harmless downstream, because the CloudEvent id and every FHIR resource id are derived from the sender and the message's
 own identifiers (the record converges instead of duplicating).
 """
 
@@ -42,6 +42,7 @@ from services.common.topics import (
     HEADER_EVENT_ID,
     HEADER_EVENT_SOURCE,
     HEADER_EVENT_TYPE,
+    HEADER_HL7V2_CONTROL_ID,
     HL7V2_MESSAGE_EVENT_TYPE,
 )
 from services.intake.inbound import inbound_record
@@ -133,8 +134,10 @@ class KafkaHl7Acceptor:
             if record_headers.get(HEADER_EVENT_TYPE) != HL7V2_MESSAGE_EVENT_TYPE.encode():
                 continue
             source, event_id = record_headers.get(HEADER_EVENT_SOURCE), record_headers.get(HEADER_EVENT_ID)
+            control = record_headers.get(HEADER_HL7V2_CONTROL_ID)
             if source and event_id:
-                self.recent.add(source.decode(errors="replace"), event_id.decode(errors="replace"))
+                self.recent.add(source.decode(errors="replace"), event_id.decode(errors="replace"),
+                                control.decode(errors="replace") if control else None)
                 remembered += 1
         return remembered
 
@@ -165,6 +168,7 @@ class KafkaHl7Acceptor:
         try:
             record = inbound_record(self._topic, summary.key, cloud_event(summary, er7, now), now.isoformat(),
                                     summary.event_id)
+            record.headers = {**record.headers, HEADER_HL7V2_CONTROL_ID: summary.sender_control_id}
             try:
                 metas = await self._producer.send_all_async([record])
             except BrokerUnavailable as exc:

@@ -44,7 +44,10 @@ def main() -> None:
     service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
                                                          frozenset(settings.part2_sources),
                                                          settings.hl7_assigning_authorities,
-                                                         frozenset(settings.psychiatric_sources)), metrics)
+                                                         frozenset(settings.psychiatric_sources),
+                                                         time_zones=settings.hl7_sender_time_zones,
+                                                         default_time_zone=settings.hl7_default_time_zone),
+                            metrics)
 
     app = FastAPI(title="carebus mapper", docs_url=None, redoc_url=None)
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))

@@ -129,9 +129,12 @@ class Pipeline:
     def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset(),
                  assigning_authorities: Mapping[str, str] | None = None,
                  psychiatric_sources: frozenset[str] = frozenset(),
-                 mappers: Mapping[str, Mapper] = MAPPERS_BY_TYPE) -> None:
+                 mappers: Mapping[str, Mapper] = MAPPERS_BY_TYPE,
+                 time_zones: Mapping[str, str] | None = None, default_time_zone: str | None = None) -> None:
         self.topics = topics
         self.mappers = dict(mappers)  # inbound event type -> its mapper; any other type is a care event
+        self.time_zones = dict(time_zones or {})
+        self.default_time_zone = default_time_zone
         self.part2_sources = part2_sources
         self.psychiatric_sources = psychiatric_sources
         self.assigning_authorities = dict(assigning_authorities or {})
@@ -144,6 +147,8 @@ class Pipeline:
             part2_sources=self.part2_sources,
             psychiatric_sources=self.psychiatric_sources,
             assigning_authorities=self.assigning_authorities,
+            time_zones=self.time_zones,
+            default_time_zone=self.default_time_zone,
         )
 
     def context_for(self, record: InboundRecord) -> MappingContext:

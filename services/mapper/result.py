@@ -19,6 +19,10 @@ class MappingContext:
     psychiatric_sources: frozenset[str] = frozenset()  # sources whose data is all psychiatric (labels.source_labels)
     # HL7 v2 assigning authority (CX-4.1 namespace id) -> Identifier.system, e.g. {"EMPI": "urn:carebus:empi"}
     assigning_authorities: Mapping[str, str] = field(default_factory=dict)
+    # HL7 v2 sender (facility / source URI) -> IANA time zone of its times without an offset, and the zone of
+    # any other sender (None: no zone is assumed; see services/mapper/hl7v2/datatypes.py)
+    time_zones: Mapping[str, str] = field(default_factory=dict)
+    default_time_zone: str | None = None
 
 
 @dataclass  # hot path: plain, never changed after init (docs/hot-path.md)

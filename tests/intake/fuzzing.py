@@ -207,6 +207,7 @@ class Inputs:
         out = []
         for segment in segments:
             fields = segment.split("|")
+            fields[0] = fields[0].removeprefix("\ufeff")  # two NIST samples start with a UTF-8 BOM
             if fields[0] == "MSH" and len(fields) > 9:
                 fields[9] = f"FZ{self.serial}"
             elif fields[0] == "PID":

@@ -113,16 +113,18 @@ class ServiceProcess:
 
 class NotifyStack:
     """``subscribers`` (name -> grant; tokens ``notify-token-<name>``) and ``disclosure_policy`` default to the
-    notify suite's; the record and notify decide under the same policy."""
+    notify suite's; the record and notify decide under the same policy. ``record_dsn`` / ``notify_dsn``: the two
+    stores (default: SQLite files in ``folder``; a PostgreSQL schema each for the PostgreSQL end-to-end test)."""
 
     def __init__(self, kafka_bootstrap: str, folder: Path, subscribers: dict[str, RecordTokenGrant] | None = None,
-                 disclosure_policy: dict[str, Any] | None = None) -> None:
+                 disclosure_policy: dict[str, Any] | None = None, record_dsn: str | None = None,
+                 notify_dsn: str | None = None) -> None:
         self.folder = folder
         base = harness_settings(kafka_bootstrap, **(
             {"disclosure_policy": disclosure_policy} if disclosure_policy is not None else {}))
         settings = base.model_copy(update={
             "record_tokens": tokens(subscribers),
-            "notify_store_dsn": f"sqlite:///{folder}/notify.db",
+            "notify_store_dsn": notify_dsn or f"sqlite:///{folder}/notify.db",
             "notify_endpoint_allowlist": ["http://127.0.0.1"],
             "notify_port": free_port(),
             "notify_group_id": f"notify-{uuid.uuid4().hex[:8]}",
@@ -131,7 +133,8 @@ class NotifyStack:
             "notify_retry_max_s": 3600.0,
             "notify_retry_window_s": 86_400.0,  # 24 h = 24 s real
         })
-        self.record = RecordHarness(settings, f"sqlite:///{folder}/record.db", "sqlite")
+        self.record = RecordHarness(settings, record_dsn or f"sqlite:///{folder}/record.db",
+                                    "postgres" if record_dsn and record_dsn.startswith("postgres") else "sqlite")
         self.settings = settings.model_copy(update={"record_base_url": self.record.base_url})
         self.notify = ServiceProcess("notify", self.settings, self.settings.notify_port, folder / "notify.log")
         self.notify.start()

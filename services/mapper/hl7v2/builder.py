@@ -119,10 +119,14 @@ def ref(resource: Json) -> Json:
 
 
 def note_texts(notes: Iterable[Segment]) -> list[str]:
-    """NTE-3 comments (all repetitions, joined by line breaks)."""
+    """NTE-3 comments (all repetitions, joined by line breaks). A note whose NTE-3 is empty but whose NTE-2
+    (source of comment, a table 0105 code such as L, O or P) holds free text is read as the comment the sender
+    put one field early (seen from real schedulers: ``NTE||Appointment modified ...``), not dropped."""
     out: list[str] = []
     for note in notes:
         text = "\n".join(rep.text() for rep in note.reps(3))
+        if not text and " " in (misplaced := note.get(2)):
+            text = misplaced
         if text:
             out.append(text)
     return out

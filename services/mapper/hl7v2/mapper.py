@@ -17,11 +17,15 @@ Bundle carry the union. Bundle.timestamp = Provenance.recorded = MSH-7.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from datetime import tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from services.common.errors import MappingError
 from services.common.fhir_validation import validate_bundle
 from services.common.hl7v2.dtm import offset_of
-from services.common.hl7v2.er7 import Message, Segment, check_shape, parse_message
+from services.common.hl7v2.er7 import Header, Message, Segment, check_shape, parse_message
 from services.common.hl7v2.errors import InvalidResource
 from services.mapper.assembly import assemble
 from services.mapper.hl7v2.builder import Build, Json
@@ -53,6 +57,19 @@ def _following(message: Message, anchor: Segment, name: str, stop: set[str]) -> 
         if segment.name in stop:
             return None
     return None
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str | None) -> tzinfo | None:
+    return ZoneInfo(name) if name else None
+
+
+def _sender_zone(header: Header, zones: Mapping[str, str]) -> tzinfo | None:
+    """The configured time zone of the message's sender (CAREBUS_HL7_SENDER_TIME_ZONES), if any."""
+    if not zones:
+        return None
+    names = (header.sending_facility.namespace, header.sending_facility.universal_id, header.sender, header.source)
+    return next((_zone(zones[name]) for name in names if name and name in zones), None)
 
 
 def _map_body(build: Build, pid: Segment) -> None:
@@ -141,10 +158,10 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     message = parse_message(er7)
     patient_id = check_shape(message)
     header = message.header
-    build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp),
-                                                                  authority_systems=context.assigning_authorities,
-                                                                  source=header.source),
-                  patient_key=patient_id.value)
+    conv = Conversion(default_tz=offset_of(header.timestamp), sender_zone=_sender_zone(header, context.time_zones),
+                      fallback_zone=_zone(context.default_time_zone),
+                      authority_systems=context.assigning_authorities, source=header.source)
+    build = Build(message=message, context=context, conv=conv, patient_key=patient_id.value)
     build.use(message.msh)
     pid = message.first("PID")
     assert pid is not None  # check_shape requires it

@@ -29,6 +29,7 @@ from services.common.fhir.codesystems import (
     DATA_ABSENT_REASON,
     LOINC,
     OBSERVATION_CATEGORY,
+    UCUM,
     V2_0074,
     V3_OBSERVATION_INTERPRETATION,
 )
@@ -57,6 +58,7 @@ from services.mapper.hl7v2.datatypes import (
     simple_code,
 )
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
+from services.mapper.hl7v2.us_core import vital_sign, vital_ucum
 from services.mapper.instrument_resources import Answered, scored_instrument_resources
 
 _TEXT_TYPES = {"ST", "TX", "FT"}
@@ -69,6 +71,8 @@ _TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 SURVEY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
 LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
+VITAL_SIGNS_CATEGORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs",
+                                     "display": "Vital Signs"}]}]
 # v2-0074 diagnostic service sections that are laboratory work
 LAB_SECTIONS = frozenset({"LAB", "BG", "BLB", "CG", "CH", "CP", "HM", "IMM", "MB", "MCB", "MYC", "OSL", "PAR",
                           "PAT", "SP", "SR", "TX", "URN", "VR"})
@@ -304,12 +308,20 @@ def group_orders(segments: Sequence[Segment]) -> tuple[list[OrderGroup], list[Se
 
 
 def map_standalone(build: Build, segments: Sequence[Segment]) -> list[Json]:
-    """OBX outside any order: Observations about the patient / encounter."""
+    """OBX outside any order: Observations about the patient / encounter. A US Core vital sign (by its LOINC
+    code, us_core.VITAL_SIGNS) gets category vital-signs and its unit's UCUM code where the profile takes it."""
     scope = f"encounter|{build.encounter_key}" if build.encounter_key else f"patient|{build.patient_key}"
     counter: dict[str, int] = {}
     made: list[Json] = []
     for obx in segments:
         obs = observation(build, obx, scope=scope, counter=counter)
+        loinc = vital_sign(obs)
+        if loinc is not None and "category" not in obs:
+            obs["category"] = VITAL_SIGNS_CATEGORY
+            quantity = obs.get("valueQuantity")
+            ucum = vital_ucum(loinc, str(quantity.get("code") or quantity.get("unit") or "")) if quantity else None
+            if quantity is not None and ucum is not None and quantity.get("system") in (None, UCUM):
+                obs["valueQuantity"] = {**quantity, "system": UCUM, "code": ucum}
         made.append(build.add(obs, sensitivity.observation(obs.get("code"))))
     return made
 

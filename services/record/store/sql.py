@@ -12,6 +12,7 @@ modules of their own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from services.record.changes import OutboxRow
 from services.record.identity import IdentityPolicy, IdentityState, ReviewCandidate
@@ -20,7 +21,7 @@ from services.record.search import SearchQuery
 from services.record.store import identity, outbox, schema, versions
 from services.record.store import query as queries
 from services.record.store.base import EverythingQuery, HistoryQuery, IngestReport, Page, Person, StoredRow, View
-from services.record.store.pool import ConnectionPool, Database
+from services.record.store.pool import ConnectionPool, Database, chunks, marks
 from services.record.store.schema import Dialect
 
 
@@ -108,6 +109,38 @@ class SqlStore:
         with one of ``codes`` under token ``param``, each with the person it belongs to. No paging, no view:
         callers apply their own access rules."""
         return queries.current_with_token(self.db, resource_type, param, codes)
+
+    def current_versions(self, resource_type: str, param: str | None = None, codes: Sequence[str] = ()
+                         ) -> list[tuple[str, str, int, str | None, int]]:
+        """The cheap half of an incremental bulk read (outcomes, measures): ``(person, id, version, patient_ref,
+        restriction)`` of every current, undeleted ``resource_type`` (with one of ``codes`` under token ``param``
+        when ``param`` is given), no bodies; a caller that keeps parsed versions fetches only the new ones with
+        :meth:`current_bodies`. The person is as in :meth:`current_with_token`."""
+        if param is not None and not codes:
+            return []
+        sql = (
+            "SELECT COALESCE(m.person_id, c.patient_ref, ''), c.id, c.version_id, c.patient_ref, c.restriction "
+            "FROM resource_current c LEFT JOIN identity_member m ON m.patient_ref = c.patient_ref "
+            "WHERE c.resource_type = ? AND c.deleted = 0"
+        )
+        params: list[Any] = [resource_type]
+        if param is not None:
+            sql += (" AND c.id IN (SELECT t.id FROM search_token t WHERE t.resource_type = ? AND t.param = ? "  # noqa: S608 - placeholders only
+                    f"AND t.code IN ({marks(len(codes))}))")
+            params.extend((resource_type, param, *codes))
+        with self.db.connection() as conn:
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in self.db.all(conn, sql, params)]
+
+    def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """``id -> (version, body)`` of the current, undeleted versions of ``ids`` (the others are left out)."""
+        found: dict[str, tuple[int, bytes]] = {}
+        with self.db.connection() as conn:
+            for chunk in chunks(list(ids)):
+                for r in self.db.all(conn, "SELECT id, version_id, body FROM resource_current WHERE resource_type = ? "  # noqa: S608
+                                   f"AND deleted = 0 AND id IN ({marks(len(chunk))})", (resource_type, *chunk)):
+                    if r[2] is not None:
+                        found[r[0]] = (r[1], bytes(r[2]))
+        return found
 
     def search(self, query: SearchQuery, view: View) -> Page:
         return queries.search(self.db, query, view)
