@@ -9,8 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 # The mapping hot path is compiled with mypyc (setup.py): rebuilt whenever one of its sources changes.
-COMPILED_SOURCES := $(wildcard services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
-	services/common/fhir_ids.py services/common/security_labels.py services/mapper/result.py \
+COMPILED_SOURCES := $(wildcard services/common/hl7v2/*.py services/mapper/hl7v2/*.py services/mapper/mapping/*.py) \
+	services/common/fhir_ids.py services/common/fhir_validation.py services/common/security_labels.py services/mapper/result.py \
 	services/mapper/pipeline.py setup.py
 
 .PHONY: setup tools demo test bench soak faults fuzz lint schemas clean
@@ -29,6 +29,7 @@ $(VENV)/.compiled: $(VENV)/.installed $(COMPILED_SOURCES)
 	@[ ! setup.py -nt $@ ] && $(PY) -c "from services.common.native import compiled_modules as c, \
 	stale_compiled_modules as s; raise SystemExit(0 if c() and not s() else 1)" || { \
 	echo "recompiling the mapping modules with mypyc (their sources or the list of them changed)"; \
+	$(PY) -c "from services.common.native import remove_orphaned_extensions as r; r()"; \
 	set -o pipefail; $(VENV)/bin/pip install --progress-bar off --no-deps --no-build-isolation -e . | { $(PIP_PROGRESS); }; }
 	touch $@
 

@@ -14,17 +14,20 @@ from mypyc.build import mypycify
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-HOT_PACKAGES = ("services/mapper/hl7v2", "services/mapper/mapping")
+HOT_PACKAGES = ("services/common/hl7v2", "services/mapper/hl7v2", "services/mapper/mapping", "services/common/fhir")
 NOT_COMPILED = {
-    "services/mapper/hl7v2/errors.py",  # exception classes with class-level defaults: kept as Python classes
+    "services/common/hl7v2/errors.py",  # exception classes with class-level defaults: kept as Python classes
+    "services/common/fhir/__main__.py",  # writes a doc (python -m cannot run a compiled module)
 }
 COMPILED = [
     *sorted(str(path.relative_to(ROOT)) for package in HOT_PACKAGES for path in (ROOT / package).glob("*.py")
             if str(path.relative_to(ROOT)) not in NOT_COMPILED),
-    "services/common/fhir/codesystems.py",  # every code-system URI (Final constants, inlined where used)
     "services/common/fhir_ids.py",
+    "services/common/fhir_validation.py",  # every emitted resource through the R4B models (known shapes fast)
     "services/common/security_labels.py",
-    "services/mapper/result.py",  # the mappings' return types (frozen dataclasses: slow to build as Python classes)
+    "services/mapper/assembly.py",  # the Bundle + Provenance assembler all three paths share
+    "services/mapper/instrument_resources.py",  # the scored-instrument builder all three paths share
+    "services/mapper/result.py",  # the mappings' return types (plain dataclasses, built per event: docs/hot-path.md)
     "services/mapper/pipeline.py",  # one inbound record -> its outbound records, run once per event
 ]
 

@@ -138,13 +138,13 @@ def attack(vegeta: Path, targets: Path, rate: float, seconds: float, workdir: Pa
     return Step(rate, seconds, len(accepted_ms), len(shed_ms), other, accepted_ms, shed_ms)
 
 
-def start_intake(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+def start_intake(settings: Settings, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     tokens = {hashlib.sha256(BENCH_TOKEN.encode()).hexdigest(): {"sources": ["*"], "label": "intake-bench"}}
     env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "CAREBUS_INTAKE_PORT": str(port),
            "CAREBUS_TOPIC_PREFIX": settings.topic_prefix, "CAREBUS_LOG_LEVEL": "WARNING",
            "CAREBUS_MLLP_PORT": str(free_port()), "CAREBUS_INTAKE_TOKENS": json.dumps(tokens),
-           "CAREBUS_MAX_BATCH_EVENTS": "500"}
+           "CAREBUS_MAX_BATCH_EVENTS": "500", "CAREBUS_INTAKE_WORKERS": str(workers)}
     server = subprocess.Popen([sys.executable, "-m", "services.intake"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -165,11 +165,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each rate step")
     parser.add_argument("--rates", default="200,500,1000,2000", help="offered single-event POSTs per second")
     parser.add_argument("--batch-rate", type=float, default=100.0, help="offered 100-event batches per second")
+    parser.add_argument("--workers", type=int, default=1, help="intake worker processes (CAREBUS_INTAKE_WORKERS)")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     vegeta = vegeta_binary()
     print(f"carebus intake benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cores={os.cpu_count()}  "
-          f"load generator: {VEGETA_MODULE} (open loop)  intake: 1 process", flush=True)
+          f"load generator: {VEGETA_MODULE} (open loop)  intake: {args.workers} worker process(es)", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="intake-bench-"))
     broker = None
@@ -181,7 +182,7 @@ def main() -> None:
         settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=f"ibench{uuid.uuid4().hex[:6]}",
                             kafka_topic_partitions=6)
         ensure_topics(settings, CATALOGUE)
-        server, url = start_intake(settings)
+        server, url = start_intake(settings, args.workers)
         try:
             warm = workdir / "warm.jsonl"
             write_targets(warm, f"{url}/events", [orjson.dumps(e) for e in distinct_events(1000, "w")],

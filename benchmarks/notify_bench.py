@@ -12,7 +12,9 @@ The receiver is its own process (uvicorn, a raw ASGI app that appends one line p
 Prints: notifications delivered per second; p50 / p99 latency from intake's 202 to the receiver's arrival, for the
 assessment-completed notifications (their focus id is computable from the event, so each is matched to its 202);
 notify's CPU per notification (user + system time of the notify process over the run / notifications).
-Not measured here: the 1-hour-outage recovery figure (``--outage-seconds`` runs a scaled-down version of it).
+With ``--outcomes`` the outcomes service runs too, and the script prints issue 15's latency from an assessment's
+202 to its outcome change on ``carebus.outcomes.v1`` (matched by person, instrument and clinical date).
+The 1-hour-outage recovery run is ``benchmarks/notify_recovery_bench.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import httpx
 import orjson
 
+from benchmarks.e2e_bench import vegeta_time
 from benchmarks.intake_bench import BENCH_TOKEN, vegeta_binary, write_targets
 from devstack.journey import sample_care_journey
 from devstack.local_broker import LocalKafkaBroker, free_port
@@ -118,7 +121,7 @@ def assessment_focus(event: dict[str, Any]) -> str | None:
     """The total-score Observation id an assessment event makes (services/mapper/mapping/assessment.py)."""
     if not event["type"].endswith("assessment.completed.v1"):
         return None
-    from services.mapper.mapping.instruments import instrument_spec
+    from services.common.fhir.instruments import instrument_spec
 
     spec = instrument_spec(event["data"]["instrument"])
     return resource_id("Observation", event["source"], "assessment", event["data"]["assessment_id"], spec.total_loinc)
@@ -177,9 +180,98 @@ def vegeta_posts(url: str, events: list[dict[str, Any]], rate: float,
             refused += 1
             continue
         body = orjson.loads(base64.b64decode(result["body"]))
-        start_s = datetime.fromisoformat(result["timestamp"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+        start_s = vegeta_time(result["timestamp"])
         accepted_at[body["events"][0]["id"]] = start_s + result["latency"] / 1e9
     return accepted_at, refused, elapsed
+
+
+# --- where the time goes ------------------------------------------------------------------------------------
+
+
+def topic_times(settings: Settings, topic: str, key_of: Any) -> dict[str, float]:
+    """``key -> the Kafka timestamp (s)`` of every record of ``topic`` (the first one per key), read without a
+    group after the run: when the mapper produced a bundle, when the record published a change."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from services.common.kafka import client_config
+
+    consumer = KafkaConsumer(**client_config(settings, "notify-bench-stages"), group_id=None,
+                             enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        found: dict[str, float] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+                for record in records:
+                    key = key_of(record)
+                    if key is not None:
+                        found.setdefault(key, record.timestamp / 1000)
+        return found
+    finally:
+        consumer.close()
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "none"
+    ordered = sorted(values)
+    p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)]
+    return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+
+
+def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foci: dict[str, str],
+                 arrived: dict[str, float]) -> None:
+    """202 -> bundle on the bundle topic (intake + mapper) -> change on the change feed (record's ingest and
+    commit) -> receiver (notify: numbering, delivery), for the matched assessment notifications."""
+    from services.common.topics import FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, RECORD_CHANGES
+
+    prefix = settings.topic_prefix
+    bundles = topic_times(settings, FHIR_BUNDLES.name(prefix), lambda r: next(
+        (v.decode() for k, v in r.headers if k == HEADER_INBOUND_EVENT_ID), None))
+    changes = topic_times(settings, RECORD_CHANGES.name(prefix), lambda r: (
+        orjson.loads(r.value).get("id") if b'"Observation"' in r.value else None))
+    to_bundle, to_change, to_receiver = [], [], []
+    for focus, event_id in expected_foci.items():
+        if event_id not in accepted_at or focus not in arrived:
+            continue
+        accepted = accepted_at[event_id]
+        if event_id in bundles:
+            to_bundle.append(bundles[event_id] - accepted)
+        if focus in changes:
+            to_change.append(changes[focus] - accepted)
+            to_receiver.append(arrived[focus] - changes[focus])
+    print(f"  202 -> bundle on the bundle topic (intake, mapper):      {percentiles(to_bundle)}")
+    print(f"  202 -> change on the change feed (+ record ingest):      {percentiles(to_change)}")
+    print(f"  change on the feed -> receiver (notify):                  {percentiles(to_receiver)}")
+
+
+def print_outcome_latency(settings: Settings, load: list[dict[str, Any]], accepted_at: dict[str, float]) -> None:
+    """202 of an assessment -> its outcome change (episode started, response, remission, deterioration) on the
+    outcomes topic: the outcomes service's whole path (change feed, the person's history, the evaluation)."""
+    from services.common.topics import OUTCOMES
+
+    person_of: dict[str, str] = {}
+    assessment_of: dict[tuple[str, str, str], str] = {}
+    for event in load:
+        person = event["id"].rsplit("-n", 1)[1]
+        person_of[f"Patient/{resource_id('Patient', event['source'], event['data']['patient_id'])}"] = person
+        if event["type"].endswith("assessment.completed.v1"):
+            assessment_of[(person, event["data"]["instrument"], event["data"]["authored"][:10])] = event["id"]
+
+    def key_of(record: Any) -> str | None:
+        change = orjson.loads(record.value)
+        person = person_of.get(str(change.get("patient")))
+        event_id = assessment_of.get((person or "", str(change.get("instrument")), str(change.get("date"))))
+        return event_id
+
+    changes = topic_times(settings, OUTCOMES.name(settings.topic_prefix), key_of)
+    latencies = [at - accepted_at[event_id] for event_id, at in changes.items() if event_id in accepted_at]
+    print(f"latency assessment 202 -> outcome change on carebus.outcomes.v1 ({len(latencies)} changes): "
+          f"{percentiles(latencies)}   (target p99 < 1000 ms)")
 
 
 # --- the stack ------------------------------------------------------------------------------------------------
@@ -231,6 +323,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="events per second into intake")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
     parser.add_argument("--subscriptions", type=int, default=100)
+    parser.add_argument("--outcomes", action="store_true", help="run the outcomes service too; print its latency")
     parser.add_argument("--receiver", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
@@ -244,7 +337,7 @@ def main() -> None:
     if not bootstrap:
         broker = LocalKafkaBroker(REPO_ROOT / ".cache", workdir=folder / "kafka", heap="1g").start()
         bootstrap = broker.bootstrap
-    ports = {name: free_port() for name in ("intake", "mapper", "record", "notify", "receiver", "mllp")}
+    ports = {name: free_port() for name in ("intake", "mapper", "record", "notify", "outcomes", "receiver", "mllp")}
     prefix = f"nb{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, kafka_topic_partitions=6)
     ensure_topics(settings, CATALOGUE)
@@ -255,6 +348,7 @@ def main() -> None:
         "CAREBUS_LOG_LEVEL": "WARNING", "CAREBUS_INTAKE_PORT": str(ports["intake"]),
         "CAREBUS_MAPPER_PORT": str(ports["mapper"]), "CAREBUS_RECORD_PORT": str(ports["record"]),
         "CAREBUS_NOTIFY_PORT": str(ports["notify"]), "CAREBUS_MLLP_PORT": str(ports["mllp"]),
+        "CAREBUS_OUTCOMES_PORT": str(ports["outcomes"]),
         "CAREBUS_RECORD_STORE_DSN": f"sqlite:///{folder}/record.db",
         "CAREBUS_NOTIFY_STORE_DSN": f"sqlite:///{folder}/notify.db",
         "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps([f"http://127.0.0.1:{ports['receiver']}/"]).decode(),
@@ -269,11 +363,12 @@ def main() -> None:
         processes["receiver"] = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "benchmarks.notify_bench", "--receiver", str(ports["receiver"]), str(arrivals)],
             env=env, cwd=REPO_ROOT)
-        for name in ("record", "notify", "mapper", "intake"):
+        services = ("record", "notify", *(("outcomes",) if args.outcomes else ()), "mapper", "intake")
+        for name in services:
             log = (folder / f"{name}.log").open("wb")
             processes[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,  # noqa: S603
                                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        for name in ("record", "notify", "mapper", "intake"):
+        for name in services:
             wait_ready(f"http://127.0.0.1:{ports[name]}/readyz", processes[name], name)
         count = int(args.rate * args.seconds)
         events = journey_mix(count + 200)
@@ -290,11 +385,12 @@ def main() -> None:
         time.sleep(5)
         arrivals.write_bytes(b"")
         cpu_before = cpu_seconds(processes["notify"].pid)
+        cpu_at_start = {name: cpu_seconds(process.pid) for name, process in processes.items()}
         started = time.time()
         accepted_at, refused, elapsed = vegeta_posts(intake, load, args.rate, folder)
         print(f"load: {len(accepted_at)} events accepted in {elapsed:.1f} s ({len(accepted_at) / elapsed:.0f}/s), "
               f"{refused} refused; {args.subscriptions} subscriptions", flush=True)
-        expected_foci = {assessment_focus(e): e["id"] for e in load if assessment_focus(e)}
+        expected_foci = {focus: e["id"] for e in load if (focus := assessment_focus(e))}
         last_size, stable_since = -1, time.monotonic()
         while time.monotonic() - stable_since < 15:  # until nothing more arrives for 15 s
             size = arrivals.stat().st_size
@@ -302,6 +398,7 @@ def main() -> None:
                 last_size, stable_since = size, time.monotonic()
             time.sleep(0.5)
         cpu = cpu_seconds(processes["notify"].pid) - cpu_before
+        cpu_used = {name: cpu_seconds(process.pid) - cpu_at_start[name] for name, process in processes.items()}
         lines = [orjson.loads(line) for line in arrivals.read_bytes().splitlines() if line]
         notifications = [line for line in lines if line[1] == "event-notification"]
         finished = max((line[0] for line in notifications), default=started)
@@ -315,8 +412,19 @@ def main() -> None:
             p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
             print(f"latency intake 202 -> receiver (assessment-completed, {len(latencies)} notifications): "
                   f"p50 {p50:.0f} ms, p99 {p99:.0f} ms   (target p99 < 1000 ms)")
+        arrived: dict[str, float] = {}
+        for line in notifications:
+            if line[2] == "assessment-completed":
+                arrived.setdefault(line[3], line[0])
+        print_stages(settings, accepted_at, expected_foci, arrived)
+        if args.outcomes:
+            print_outcome_latency(settings, load, accepted_at)
         print(f"notify CPU: {cpu:.1f} s for {len(notifications)} notifications = "
               f"{cpu / max(len(notifications), 1) * 1000:.2f} ms per notification")
+        span = max(time.time() - started, 1e-9)
+        print("CPU of each process over the run (s, and cores while the load and its drain lasted): " + ", ".join(
+            f"{name} {used:.1f} ({used / span:.2f})" for name, used in cpu_used.items()))
+        print(f"record CPU per accepted event: {cpu_used['record'] / max(len(accepted_at), 1) * 1000:.2f} ms")
         one, five, _ = os.getloadavg()
         print(f"load average at the end: {one:.1f} (1 min), {five:.1f} (5 min)")
     finally:

@@ -10,8 +10,11 @@ store path. Then prints:
   * full recompute through the outcomes engine (per person: store person, search, evaluate, compare with the
     stored derived resources - what the service's sweep does) on a sample of --sample patients: patients/s;
   * ``GET Measure/{id}/$evaluate-measure`` over the whole population through the record API served by uvicorn
-    on 127.0.0.1 (one request at a time, httpx): median and max of --runs requests. Target < 2 s.
-The 202 -> outcome-change latency is not measured here (see the README). Nothing here asserts; it reports.
+    on 127.0.0.1 (one request at a time, httpx): the first request (it parses every score once) and the median
+    and max of the --runs after it (they read the store's index of current versions, and only bodies not seen
+    yet; services/outcomes/population.py). Target < 2 s. Every 20th patient has a bipolar-disorder Condition
+    (a denominator exclusion).
+The 202 -> outcome-change latency is measured by ``benchmarks/notify_bench.py --outcomes``. Nothing here asserts.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import identity_policy, open_store
+from services.record.store.sqlite import SqliteStore
 
 SOURCE = "urn:carebus:bench:outcomes"
 TOKEN = "bench-token"  # noqa: S105 - a local benchmark token
@@ -55,6 +59,11 @@ def _bundle(n: int, assessments: int) -> bytes:
     patient = {"resourceType": "Patient", "id": pid, "identifier": [{"system": SOURCE, "value": pid}]}
     entries = [{"fullUrl": f"urn:uuid:{pid}", "resource": patient}]
     index = date(2025, 1, 1) + timedelta(days=n % 180)
+    if n % 20 == 0:
+        entries.append({"fullUrl": f"urn:uuid:{pid}-bipolar", "resource": {
+            "resourceType": "Condition", "id": f"{pid}-bipolar", "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F31.9"}]},
+            "onsetDateTime": index.isoformat()}})
     start = 12 + n % 15
     for k in range(assessments):
         phq = k % 2 == 0
@@ -92,6 +101,8 @@ def main() -> None:
                 batch = []
         if batch:
             store.ingest(batch)
+        if isinstance(store, SqliteStore):
+            store.optimize()  # the planner's statistics after the bulk load (the ingest path refreshes them too)
         print(f"store: {args.patients:,} patients x {args.assessments} scores ingested in "
               f"{time.perf_counter() - started:.1f} s (SQLite, {tmp})", flush=True)
 
@@ -129,7 +140,7 @@ def main() -> None:
             time.sleep(0.05)
         timings = []
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(args.runs):
+            for _ in range(args.runs + 1):
                 started = time.perf_counter()
                 response = client.get(f"/Measure/{DRR_E_STYLE.id}/$evaluate-measure",
                                       params={"periodStart": "2025-01-01", "periodEnd": "2025-12-31"},
@@ -137,9 +148,9 @@ def main() -> None:
                 timings.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.text
         counts = {p["id"]: p["count"] for p in response.json()["group"][0]["population"]}
-        print(f"$evaluate-measure over {args.patients:,} patients ({counts}): median "
-              f"{statistics.median(timings):.2f} s, max {max(timings):.2f} s over {args.runs} requests "
-              f"(target < 2 s)")
+        print(f"$evaluate-measure over {args.patients:,} patients ({counts}): first request {timings[0]:.2f} s; "
+              f"then median {statistics.median(timings[1:]):.2f} s, max {max(timings[1:]):.2f} s over {args.runs} "
+              f"requests (target < 2 s)")
         server.should_exit = True
         thread.join(timeout=10)
         store.close()

@@ -28,17 +28,18 @@ import httpx
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
+from devstack import consent_demo
 from devstack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle, send_mllp
 from devstack.journey import PATIENT_IDS, PSYCHIATRY, sample_care_journey
 from devstack.local_broker import LocalKafkaBroker
 from devstack.webhook_receiver import WebhookReceiver
 from services.common.fhir.codesystems import EMPI
 from services.common.fhir_ids import resource_id
+from services.common.hl7v2 import inspect_message
 from services.common.kafka import client_config
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, SAFETY_ALERTS
-from services.mapper.hl7v2 import inspect_message
 from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_SECRET
 from services.notify.topics import TOPIC_BASE
 
@@ -47,7 +48,7 @@ DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "pa
 # the demo's subscriber: a therapy practice's EHR, cleared for behavioural-health data (not Part 2)
 DEMO_SUBSCRIBER_TOKEN = "carebus-demo-therapy-ehr-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_SUBSCRIBER_GRANT = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health"],
-                         "label": "therapy practice EHR (demo)"}
+                         "label": "therapy practice EHR (demo)", "organization": consent_demo.THERAPY_ORGANIZATION}
 WEBHOOK_PORT = 8090
 DEMO_TOPICS = ("assessment-completed", "safety-alert-raised")
 DEMO_SENDER_TOKEN = "carebus-demo-sender-not-for-production"  # noqa: S105 - a published demo credential
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("CAREBUS_RECORD_TOKENS", orjson.dumps({
         hashlib.sha256(DEMO_TOKEN.encode()).hexdigest(): DEMO_GRANT,
-        hashlib.sha256(DEMO_SUBSCRIBER_TOKEN.encode()).hexdigest(): DEMO_SUBSCRIBER_GRANT}).decode())
+        hashlib.sha256(DEMO_SUBSCRIBER_TOKEN.encode()).hexdigest(): DEMO_SUBSCRIBER_GRANT,
+        hashlib.sha256(consent_demo.PARTNER_TOKEN.encode()).hexdigest(): consent_demo.PARTNER_GRANT,
+        hashlib.sha256(consent_demo.PRIVACY_TOKEN.encode()).hexdigest(): consent_demo.PRIVACY_GRANT}).decode())
     env.setdefault("CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST", f'["http://127.0.0.1:{WEBHOOK_PORT}/"]')
     env.setdefault("CAREBUS_INTAKE_TOKENS",
                    orjson.dumps({hashlib.sha256(DEMO_SENDER_TOKEN.encode()).hexdigest(): DEMO_SENDER}).decode())
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         services.append("outcomes")
     webhook: WebhookReceiver | None = None
     services.append("general")
-    steps = 5 + len(services)
+    steps = 5 + len(services) + ("notify" in services)
     step = 0
 
     def progress(message: str) -> None:
@@ -231,8 +234,16 @@ def main(argv: list[str] | None = None) -> None:
             stack.start_service(name, env)
         for name, process in stack.processes:
             wait_ready(f"http://{settings.http_host}:{ports[name]}/readyz", name, process)
+        consent_subs: dict[str, list[str]] = {}
         if "notify" in services:
             webhook = subscribe_demo_receiver(settings)
+            record_base = f"http://{settings.http_host}:{settings.record_port}"
+            for who, token, path in (("therapy practice EHR", DEMO_SUBSCRIBER_TOKEN, "therapy-ehr"),
+                                     ("partner clinic (Part 2)", consent_demo.PARTNER_TOKEN, "partner-clinic")):
+                consent_subs[who] = consent_demo.subscribe(
+                    record_base, token, who, f"http://127.0.0.1:{WEBHOOK_PORT}/{path}",
+                    f"Patient/{psychiatry_patient_id()}", webhook.secret)
+                say(f"    {who}: diagnoses and prescriptions of the patient -> http://127.0.0.1:{WEBHOOK_PORT}/{path}")
 
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=120)
         journey = sample_care_journey(start)
@@ -287,6 +298,18 @@ def main(argv: list[str] | None = None) -> None:
             received = {sid: sorted(numbers) for sid, numbers in webhook.seen.items()}
             say(f"webhook: the therapy EHR received {sum(len(v) for v in received.values())} notification "
                 f"event(s) on {len(received)} subscription(s), signatures verified")
+        if webhook is not None and consent_subs:
+            progress("consent decides: a Part 2 consent for the partner clinic, then F11.20 and buprenorphine")
+            with httpx.Client(timeout=30) as client:
+                for event in consent_demo.part2_episode(datetime.now(UTC).replace(microsecond=0)):
+                    response = client.post(intake, content=orjson.dumps(event), headers={
+                        "content-type": "application/cloudevents+json", **sender_headers})
+                    mark = "accepted" if response.status_code == 202 else f"REFUSED {response.status_code}"
+                    say(f"    {event['type']:<48} {mark}")
+            hook = webhook
+            consent_demo.report(say, f"http://{settings.http_host}:{settings.record_port}",
+                                lambda sid: list(hook.bundles.get(sid, [])), consent_subs,
+                                f"Patient/{psychiatry_patient_id()}")
         prefix = settings.topic_prefix
         bootstrap = env.get("CAREBUS_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
         say("where to look:")
@@ -313,6 +336,12 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  subscriptions   curl -H 'Authorization: Bearer {DEMO_SUBSCRIBER_TOKEN}' "
                 f"http://{settings.http_host}:{settings.record_port}/Subscription ; .venv/bin/carebus subscriptions "
                 f"list (CAREBUS_NOTIFY_STORE_DSN={env.get('CAREBUS_NOTIFY_STORE_DSN', 'default')})")
+        if consent_subs:
+            record = f"http://{settings.http_host}:{settings.record_port}"
+            say(f"  consent, audit  the accounting of disclosures: curl -H 'Authorization: Bearer "
+                f"{consent_demo.PRIVACY_TOKEN}' '{record}/Patient/{psychiatry_patient_id()}/$disclosures' ; every "
+                f"AuditEvent: {record}/AuditEvent?patient=Patient/{psychiatry_patient_id()} (same token); Kafka "
+                f"{prefix}.audit.v1; vendors without clearance read {prefix}.fhir.bundles.general.v1")
         for name in services:
             say(f"  {name:<7} metrics http://{settings.http_host}:{ports[name]}/metrics")
         say(f"  service logs    {log_dir}")

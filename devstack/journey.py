@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from services.common.fhir.codesystems import EMPI as EMPI_SYSTEM
 from services.common.fhir.codesystems import ICD10CM, NPI, RXNORM, SNOMED
+from services.common.fhir.instruments import INSTRUMENTS, PHQ9_ITEM9
 
 PRIMARY_CARE: Final = "urn:carebus:source:riverside-primary-care"
 THERAPY: Final = "urn:carebus:source:lakeside-therapy-practice"
@@ -47,8 +48,8 @@ _SERTRALINE: Final = {
     "display": "sertraline",
 }
 
-_PHQ9_ITEMS: Final = ("44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3")
-_PHQ9_ITEM9: Final = "44260-8"
+_PHQ9_ITEM9: Final = PHQ9_ITEM9
+_PHQ9_ITEMS: Final = tuple(item.loinc for item in INSTRUMENTS["phq-9"].scored_items if item.loinc != PHQ9_ITEM9)
 _GAD7_ITEMS: Final = ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")
 _FREQUENCY_CODES: Final = ("LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9")
 

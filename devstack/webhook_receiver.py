@@ -46,6 +46,8 @@ def describe(bundle: dict[str, Any]) -> tuple[str, str, list[tuple[int, str]], s
         elif resource.get("resourceType") == "Flag":
             note = "safety flag " + next((c.get("code", "?") for c in resource.get("code", {}).get("coding", [])),
                                          "?")
+        elif resource.get("resourceType") == "Provenance":
+            note = (note + " + 42 CFR 2.32 notice").strip()
     return sid, f"{kind} {topic}".strip(), events, note
 
 
@@ -56,6 +58,7 @@ class WebhookReceiver:
         self.secret = secret
         self.on_line = on_line
         self.seen: dict[str, set[int]] = {}
+        self.bundles: dict[str, list[dict[str, Any]]] = {}  # per subscription, every verified notification
         self.notifications = 0
         self._lock = threading.Lock()
         receiver = self
@@ -88,11 +91,13 @@ class WebhookReceiver:
             self.on_line("webhook | refused a request with a bad signature")
             return 401
         try:
-            sid, kind, events, note = describe(orjson.loads(body))
+            bundle = orjson.loads(body)
+            sid, kind, events, note = describe(bundle)
         except (orjson.JSONDecodeError, KeyError, StopIteration, ValueError):
             self.on_line("webhook | refused a request that is not a notification Bundle")
             return 400
         with self._lock:
+            self.bundles.setdefault(sid, []).append(bundle)
             seen = self.seen.setdefault(sid, set())
             fresh = [(n, f) for n, f in events if n not in seen]
             gap = [n for n, _ in fresh if n > 1 and n - 1 not in seen and n - 1 not in {m for m, _ in fresh}]

@@ -22,9 +22,9 @@ from referencing.jsonschema import DRAFT202012
 
 from services.common.asyncapi import ASYNCAPI_PATH
 from services.common.events.examples import EXAMPLES
+from services.common.hl7v2 import inspect_message
 from services.common.settings import REPO_ROOT
-from services.intake.mllp import cloud_event
-from services.mapper.hl7v2 import inspect_message
+from services.intake.hl7v2_acceptor import cloud_event
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from tests.conftest import SAMPLES
 from tests.tools import asyncapi_parser

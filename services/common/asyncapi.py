@@ -75,6 +75,8 @@ HEADER_DOCS = {
     "content-type": "media type of the value: the CloudEvent's datacontenttype (binary mode); on the inbound topic "
                     "application/cloudevents+json (structured mode: the value is the whole CloudEvent)",
     "carebus_dlq_reason": "machine-readable dead-letter reason (schema-violation, mapping-failed, ...)",
+    "carebus_hl7v2_control_id": "HL7 v2 messages only: the sending application (MSH-3) and MSH-10 the message "
+                                "was accepted under, so a restarted intake tells a resend from a reused control id",
 }
 
 _FHIR_TOKENS = {

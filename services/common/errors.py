@@ -58,7 +58,7 @@ class MappingError(InvalidInput):
     reason = "mapping-failed"
 
 
-# Raised by services/mapper/mapping/instruments.py; defined here because that module is compiled with mypyc,
+# Raised by services/common/fhir/instruments.py; defined here because that module is compiled with mypyc,
 # where a subclass's class-level ``reason`` would not override the base class's (it read "mapping-failed").
 class InstrumentAnswerError(MappingError):
     """Answers that cannot be scored: unknown instrument or item, or an answer outside its list."""

@@ -1,11 +1,13 @@
 """Security labels (meta.security codings) carebus decides at conversion time.
 
-Sets (../shared/reference/domain.md): psychiatric data R+PSY; substance-use (42 CFR Part 2) data
-R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN (refused at intake: never carried).
+Sets (HL7 v3 Confidentiality and ActCode; docs/security-labels.md has every rule that picks them): psychiatric
+data R+PSY; substance-use (42 CFR Part 2) data R+SUD+42CFRPart2+NORDSCLCD; psychotherapy notes V+PSYTHPN
+(refused on every path, intake first: never carried).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -28,6 +30,15 @@ _LABELS: dict[str, tuple[str, str]] = {
 
 PSYCHIATRIC = ("R", "PSY")
 PART2 = ("R", "SUD", "42CFRPart2", "NORDSCLCD")
+PSYCHOTHERAPY_NOTE: Final = ("V", "PSYTHPN")  # refused wherever it is found: never carried, never labelled
+_PSYCHOTHERAPY_NOTE_TEXT: Final = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
+
+
+def is_psychotherapy_note(sent_codes: Iterable[str], text: str = "") -> bool:
+    """A psychotherapy note (HIPAA 45 CFR 164.501): a sender's PSYTHPN label, or a document type / text naming
+    one. The one test of the refusal: intake's FHIR check (services/common/fhir_payload.py) and the mapping's
+    rule (services/mapper/mapping/labels.refused_labels) both ask it."""
+    return "PSYTHPN" in sent_codes or _PSYCHOTHERAPY_NOTE_TEXT.search(text) is not None
 
 _CONFIDENTIALITY_RANK = {"N": 0, "R": 1, "V": 2}
 

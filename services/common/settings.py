@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.fhir.codesystems import EMPI
@@ -178,7 +179,7 @@ class Settings(BaseSettings):
         description="Source system -> escalation chain of owners (CareTeam/Organization/Practitioner "
                     "references) of safety Tasks; '*' for any other source (JSON).")
     safety_task_due_minutes: dict[str, int] = Field(
-        default_factory=lambda: {"cssrs-high-risk": 15, "phq9-item9": 30, "epds-item10": 30, "risk-flag": 30},
+        default_factory=lambda: {"cssrs-high-risk": 15, "phq9-item9": 30, "risk-flag": 30},
         description="Alert kind -> minutes until its Task is due (and between escalations) (JSON).")
     # --- notify (subscriptions; services/notify/README.md) -----------------------------------------------
     notify_port: int = 8083
@@ -204,6 +205,24 @@ class Settings(BaseSettings):
         description="HL7 v2 assigning authority (CX-4 namespace id) -> FHIR Identifier.system, so a hospital's "
         "enterprise id links like the JSON events' (JSON object).",
     )
+
+    hl7_sender_time_zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="HL7 v2 sender (sending facility or urn:carebus:hl7v2:<facility>) -> IANA time zone of its "
+        "times sent without an offset, e.g. {\"GHH\": \"America/Chicago\"} (JSON object). Before MSH-7's offset.")
+    hl7_default_time_zone: str | None = Field(
+        None, description="IANA time zone of HL7 v2 times without an offset from a sender with no zone configured "
+        "and no offset in MSH-7. Unset: no zone is assumed (such times keep their date only, instants are left "
+        "out, a booked appointment is refused).")
+
+    @field_validator("hl7_sender_time_zones", "hl7_default_time_zone")
+    @classmethod
+    def _iana_zones(cls, value: dict[str, str] | str | None) -> dict[str, str] | str | None:
+        names = [value] if isinstance(value, str) else list(value.values()) if isinstance(value, dict) else []
+        unknown = sorted(set(names) - available_timezones()) if names else []
+        if unknown:
+            raise ValueError(f"not IANA time zones: {unknown}")
+        return value
 
     known_sources: list[str] = Field(
         default_factory=list,

@@ -23,6 +23,7 @@ HEADER_CORRELATION_ID = "carebus_correlation_id"
 HEADER_SECURITY = "carebus_security"  # JSON array of meta.security as FHIR tokens "system|code"; [] for none
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_DEAD_LETTER_REASON = "carebus_dlq_reason"
+HEADER_HL7V2_CONTROL_ID = "carebus_hl7v2_control_id"  # inbound HL7 v2: sending application ^ ... | MSH-10
 CE_HEADERS = (HEADER_SPEC_VERSION, HEADER_EVENT_ID, HEADER_EVENT_SOURCE, HEADER_EVENT_TYPE, HEADER_EVENT_TIME)
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
@@ -56,7 +57,7 @@ INBOUND_EVENTS = TopicSpec(
     summary="Care events accepted by intake (CloudEvents 1.0, structured JSON), durable before the 202 or AA.",
     key="patient key: '<source>|<source patient id>', so one patient's events stay in order",
     content_type="application/cloudevents+json",
-    headers=(*CE_HEADERS, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE),
+    headers=(*CE_HEADERS, HEADER_CORRELATION_ID, HEADER_CONTENT_TYPE, HEADER_HL7V2_CONTROL_ID),
     retention_ms=THIRTY_DAYS_MS,
 )
 FHIR_BUNDLES = TopicSpec(
@@ -79,7 +80,8 @@ SAFETY_ALERTS = TopicSpec(
 # What a safety alert's ``kind`` can be (the alert topic's contract, schemas/asyncapi.yaml): the mapper's alerts
 # (services/mapper/mapping/risk.py ALERT_DETAILS) and the outcomes service's escalation of an unacknowledged one
 # (services/outcomes/tasks.py escalation_event). tests/test_alert_contract.py keeps them equal to the code.
-MAPPER_ALERT_KINDS = ("phq9-item9", "cssrs-high-risk", "risk-flag")
+MapperAlertKind = Literal["phq9-item9", "cssrs-high-risk", "risk-flag"]
+MAPPER_ALERT_KINDS: tuple[MapperAlertKind, ...] = ("phq9-item9", "cssrs-high-risk", "risk-flag")
 ESCALATION_ALERT_KIND = "escalation"
 DEAD_LETTERS = TopicSpec(
     suffix="deadletter.v1",

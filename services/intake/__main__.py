@@ -30,7 +30,8 @@ from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import INBOUND_EVENTS
 from services.intake.app import create_app
-from services.intake.mllp import KafkaHl7Acceptor, MllpServer, server_ssl_context
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
+from services.intake.mllp import MllpServer, server_ssl_context
 from services.intake.workers import Hl7ToWorkerZero, reuse_port_socket, supervise
 
 log = logging.getLogger("services.intake")

@@ -47,6 +47,10 @@ from services.common.errors import (
 )
 from services.common.events import CareEvent, parse_event, patient_key
 from services.common.fhir_ids import patient_key as make_patient_key
+from services.common.fhir_payload import Rekeying, check_resources
+from services.common.hl7v2 import ack_message
+from services.common.hl7v2.er7 import parse_message
+from services.common.hl7v2.errors import Hl7v2Error
 from services.common.http import PROBLEM_BASE, PROBLEM_JSON, add_operational_routes, problem
 from services.common.kafka import OutboundRecord, RecordWriter
 from services.common.metrics import Metrics
@@ -65,12 +69,9 @@ from services.intake.errors import (
     RequestRefused,
     UnsupportedMediaType,
 )
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
 from services.intake.inbound import inbound_record
-from services.intake.mllp import Acceptor, KafkaHl7Acceptor, decode_text
-from services.mapper.fhir_in import Rekeying, check_resources
-from services.mapper.hl7v2 import ack_message
-from services.mapper.hl7v2.er7 import parse_message
-from services.mapper.hl7v2.errors import Hl7v2Error
+from services.intake.mllp import Acceptor, decode_text
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def operation_outcome(status: int, severity: str, code: str, problems: Sequence[
 
 
 def fhir_patient_key(source: str, found: Sequence[tuple[str | None, dict[str, Any]]]) -> str:
-    """Key FHIR-in records by the source patient, named as the mapper re-keys it (fhir_in.Rekeying): a Patient
+    """Key FHIR-in records by the source patient, named as the mapper re-keys it (fhir_payload.Rekeying): a Patient
     in the payload, else the first subject/patient reference, however written (``Patient/p1``, an absolute URL,
     an entry's fullUrl), so one patient's posts stay in order."""
     rekeying = Rekeying(source, list(found))

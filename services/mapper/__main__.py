@@ -9,6 +9,7 @@ import threading
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.fhir_validation import ValidationCollector
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import RecordProducer, build_consumer
@@ -19,7 +20,6 @@ from services.common.native import compiled_modules
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import CATALOGUE, INBOUND_EVENTS, SAFETY_ALERTS
-from services.mapper.mapping.validation import ValidationCollector
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.mapper.service import PRODUCER_TUNING, MapperService
 
@@ -44,7 +44,10 @@ def main() -> None:
     service = MapperService(consumer, producer, Pipeline(TopicNames.for_prefix(settings.topic_prefix),
                                                          frozenset(settings.part2_sources),
                                                          settings.hl7_assigning_authorities,
-                                                         frozenset(settings.psychiatric_sources)), metrics)
+                                                         frozenset(settings.psychiatric_sources),
+                                                         time_zones=settings.hl7_sender_time_zones,
+                                                         default_time_zone=settings.hl7_default_time_zone),
+                            metrics)
 
     app = FastAPI(title="carebus mapper", docs_url=None, redoc_url=None)
     add_operational_routes(app, metrics, lambda: (readiness.ready, readiness.reason))

@@ -2,13 +2,13 @@
 
 Pure, like every mapping. Each resource is
 
-- validated with the R4B models (services/mapper/mapping/validation.py);
+- validated with the R4B models (services/common/fhir_validation.py);
 - kept as the sender sent it, with only its id and its references re-keyed to the sending system by one rule
   (:class:`Rekeying`): ``resource_id(type, source, source id)`` for the resource, and for every reference
   (an entry's fullUrl, ``Type/id``, an absolute ``.../Type/id``, a versioned one) the same id of what it
   names, whether that is in this payload, came earlier from the same source or comes later. A resend converges
   on the same resources, and a Patient id agrees with the one the JSON events give the same source patient;
-- labelled from its content, with the same rules as the JSON events (services/mapper/mapping/labels.py):
+- labelled from its content, with the same rules as the JSON events (services/common/fhir/labels.py):
   ICD-10-CM / SNOMED CT diagnoses, medications (RxNorm by ingredient whatever the term type, or the drug named in
   a medication's coding display or text), LOINC labs and instruments; labels the sender already put in
   meta.security are kept; a Part 2 source labels everything Part 2.
@@ -33,12 +33,11 @@ from datetime import datetime
 from typing import Any
 
 from services.common import security_labels
-from services.common.errors import FieldProblem, MappingError, RefusedContent, UnscoreableResponse
+from services.common.errors import FieldProblem, MappingError, UnscoreableResponse
 from services.common.events import parse_event
-from services.common.fhir.codesystems import ICD10CM, LOINC, PROVENANCE_PARTICIPANT_TYPE, RXNORM, SNOMED
-from services.common.fhir_ids import resource_id
-from services.mapper.mapping import labels, map_event, validate_resource
-from services.mapper.mapping.instruments import (
+from services.common.fhir import labels
+from services.common.fhir.codesystems import ICD10CM, LOINC, RXNORM, SNOMED
+from services.common.fhir.instruments import (
     InstrumentSpec,
     answer_for,
     instrument_codes,
@@ -46,58 +45,11 @@ from services.mapper.mapping.instruments import (
     instrument_for_questionnaire,
     risk_level_word,
 )
+from services.common.fhir_payload import Rekeying, check_resources
+from services.common.topics import FHIR_RESOURCE_EVENT_TYPE
+from services.mapper.assembly import Origin, assemble
+from services.mapper.mapping import map_event
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
-
-ACCEPTED_BUNDLE_TYPES = frozenset({"transaction", "batch", "collection"})
-
-
-def resources_of(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
-    """(fullUrl, resource) pairs of a resource or an accepted Bundle; raises MappingError otherwise."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("resourceType"), str):
-        raise MappingError("not a FHIR resource", [FieldProblem("resourceType", "required", "no resourceType")])
-    if payload["resourceType"] != "Bundle":
-        return [(None, payload)]
-    bundle_type = payload.get("type")
-    if not isinstance(bundle_type, str) or bundle_type not in ACCEPTED_BUNDLE_TYPES:
-        raise MappingError("unsupported Bundle type", [FieldProblem(
-            "Bundle.type", "unsupported-bundle-type", "send a transaction, batch or collection Bundle")])
-    entries = payload.get("entry") or []
-    if not isinstance(entries, list):
-        raise MappingError("Bundle.entry is not a list", [FieldProblem(
-            "Bundle.entry", "list_type", "Bundle.entry is a list of entries")])
-    out: list[tuple[str | None, dict[str, Any]]] = []
-    for index, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            raise MappingError("entry without resource", [FieldProblem(
-                f"Bundle.entry[{index}].resource", "required", "every entry needs a resource")])
-        full_url = entry.get("fullUrl")
-        if full_url is not None and not isinstance(full_url, str):
-            raise MappingError("Bundle.entry.fullUrl is not a string", [FieldProblem(
-                f"Bundle.entry[{index}].fullUrl", "string_type", "fullUrl is a uri (a string)")])
-        out.append((full_url, resource))
-    if not out:
-        raise MappingError("empty Bundle", [FieldProblem("Bundle.entry", "required", "the Bundle has no entries")])
-    return out
-
-
-def check_resources(payload: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
-    """Validate every resource (R4B) and refuse psychotherapy notes: intake before accepting, the mapper before
-    mapping. Returns the (fullUrl, resource) pairs of :func:`resources_of`."""
-    found = resources_of(payload)
-    for index, (_, resource) in enumerate(found):
-        where = f"Bundle.entry[{index}].resource" if payload.get("resourceType") == "Bundle" else "resource"
-        meta = resource.get("meta")  # not an object: the R4B check below refuses it, naming the element
-        security = meta.get("security") if isinstance(meta, dict) else None
-        labels_sent = ({c["code"] for c in security if isinstance(c, dict) and isinstance(c.get("code"), str)}
-                       if isinstance(security, list) else set())
-        if labels.refused_labels(labels_sent):
-            raise RefusedContent("psychotherapy notes are not accepted", [FieldProblem(
-                f"{where}.meta.security", "psychotherapy-note-refused",
-                "psychotherapy notes (HIPAA 45 CFR 164.501) need the patient's specific authorization and are "
-                "kept out of the shared record")])
-        validate_resource(resource, where)
-    return found
 
 
 def _codings(value: Any) -> Iterator[tuple[str, str, str | None]]:
@@ -170,82 +122,6 @@ def content_labels(resource: dict[str, Any]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------------------
 # ids and references: one rule
-
-
-_TYPED_REFERENCE = re.compile(
-    r"^(?:https?://\S+/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
-
-
-class Rekeying:
-    """The one rule for ids and references of a payload from ``source``.
-
-    A resource's source id is its ``id``; without one, the id in its ``fullUrl`` when that is a ``Type/id`` URL,
-    else the fullUrl itself (``urn:uuid:...``). Its carebus id is ``resource_id(type, source, source id)``. A
-    reference is rewritten to the carebus id of what it names: an entry's fullUrl -> that entry; ``Type/id``
-    (relative, absolute ``http(s)://.../Type/id``, a ``/_history/n`` version dropped) -> ``resource_id(Type,
-    source, id)``, whether the resource is in this payload, came earlier from the same source, or comes later.
-    Contained (``#x``) references and other URIs are kept as sent."""
-
-    def __init__(self, source: str, found: list[tuple[str | None, dict[str, Any]]]) -> None:
-        self.source = source
-        self.source_ids: list[str] = []
-        self._full_urls: dict[str, tuple[str, str]] = {}  # fullUrl -> (type, source id)
-        for index, (full_url, resource) in enumerate(found):
-            resource_type = str(resource["resourceType"])
-            source_id = self._own_id(resource_type, resource.get("id"), full_url) or f"entry-{index}"
-            self.source_ids.append(source_id)
-            if full_url:
-                self._full_urls[full_url] = (resource_type, source_id)
-
-    @staticmethod
-    def _own_id(resource_type: str, own: object, full_url: str | None) -> str | None:
-        if isinstance(own, str) and own:
-            return own
-        if full_url:
-            match = _TYPED_REFERENCE.fullmatch(full_url)
-            if match is not None and match.group(1) == resource_type:
-                return match.group(2)
-            return full_url
-        return None
-
-    def target(self, reference: str) -> tuple[str, str] | None:
-        """(type, source id) that ``reference`` names, or None when it is not a reference carebus re-keys."""
-        named = self._full_urls.get(reference)
-        if named is not None:
-            return named
-        match = _TYPED_REFERENCE.fullmatch(reference)
-        if match is None:
-            return None
-        return match.group(1), match.group(2)
-
-    def new_id(self, resource_type: str, source_id: str) -> str:
-        return resource_id(resource_type, self.source, source_id)
-
-    def reference(self, reference: str) -> str:
-        named = self.target(reference)
-        if named is None:
-            return reference
-        return f"{named[0]}/{self.new_id(*named)}"
-
-    def rewrite(self, value: Any) -> Any:
-        """A copy of ``value`` with every ``reference`` rewritten (the sender's content otherwise as sent)."""
-        if isinstance(value, dict):
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                if key == "reference" and isinstance(item, str):
-                    out[key] = self.reference(item)
-                else:
-                    out[key] = self.rewrite(item)
-            return out
-        if isinstance(value, list):
-            return [self.rewrite(item) for item in value]
-        return value
-
-    def source_id_of(self, reference: Any, resource_type: str) -> str | None:
-        """The sender's id of the ``resource_type`` a Reference names (None if it names something else)."""
-        ref = reference.get("reference") if isinstance(reference, dict) else None
-        named = self.target(ref) if isinstance(ref, str) else None
-        return named[1] if named is not None and named[0] == resource_type else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -482,12 +358,11 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
     rekeying = Rekeying(source, found)
     questionnaires = _questionnaire_codes(found)
 
-    entries: list[dict[str, Any]] = []
-    label_sets: list[tuple[str, ...]] = []
+    resources: list[tuple[dict[str, Any], tuple[str, ...]]] = []
     alerts: list[SafetyAlert] = []
     quality: list[str] = []
-    fallback_time = stated_time(payload, found, envelope, context)
-    computed: list[dict[str, Any]] = []
+    recorded = stated_time(payload, found, envelope, context)
+    computed: list[tuple[dict[str, Any], tuple[str, ...]]] = []
     for (_, original), source_id in zip(found, rekeying.source_ids, strict=True):
         resource_type = str(original["resourceType"])
         new_id = rekeying.new_id(resource_type, source_id)
@@ -501,57 +376,16 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         spec = scored_instrument(original, link_codes) if resource_type == "QuestionnaireResponse" else None
         if spec is not None:
             # carebus's results in its own resources (Observations, Flag), derivedFrom the sender's response
-            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, fallback_time)
+            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, recorded)
             scored = map_event(parse_event(event), context)
             alerts.extend(scored.alerts)
             quality.extend(scored.data_quality)
             implied = labels.combine(implied, labels.instrument_labels(spec.key))
             for entry in scored.bundle["entry"]:
                 if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
-                    computed.append(entry)
-        own = labels.combine(implied, labels.source_labels((source,), resource_type, context.part2_sources,
-                                                           context.psychiatric_sources))
-        if own:
-            meta = dict(resource.get("meta") or {})
-            meta["security"] = _merged_security(meta.get("security"), own)
-            resource["meta"] = meta
-        entries.append({"fullUrl": f"urn:uuid:{new_id}", "resource": resource})
-        label_sets.append(own)
-    for entry in computed:
-        entries.append(entry)
-        label_sets.append(sent_labels(entry["resource"]))
-
-    bundle_labels = labels.combine(*label_sets)
-    provenance_id = resource_id("Provenance", source, event_id)
-    provenance: dict[str, Any] = {
-        "resourceType": "Provenance", "id": provenance_id,
-        "target": [{"reference": f"{e['resource']['resourceType']}/{e['resource']['id']}"} for e in entries],
-        "recorded": fallback_time,
-        "agent": [{"type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE,
-                                        "code": "author"}]},
-                   "who": {"display": source}}],
-        "entity": [{"role": "source", "what": {"identifier": {"system": source, "value": event_id}}}],
-    }
-    if bundle_labels:
-        provenance["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    entries.append({"fullUrl": f"urn:uuid:{provenance_id}", "resource": provenance})
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle", "id": resource_id("Bundle", source, event_id), "type": "collection",
-        "entry": entries,
-    }
-    if bundle_labels:
-        bundle["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry["resource"]["resourceType"]] = counts.get(entry["resource"]["resourceType"], 0) + 1
-    return MappedEvent(bundle=bundle, security_labels=bundle_labels, alerts=tuple(alerts),
-                       data_quality=tuple(quality), resource_counts=counts)
-
-
-def _merged_security(sent: Any, own: tuple[str, ...]) -> list[dict[str, Any]]:
-    """carebus's labels, plus any other security codings the sender put there (kept as sent)."""
-    ours = security_labels.meta_security(own)
-    known = {(c.get("system"), c.get("code")) for c in ours}
-    kept = [c for c in sent or [] if isinstance(c, dict) and (c.get("system"), c.get("code")) not in known
-            and c.get("code") not in security_labels.KNOWN]
-    return [*ours, *kept]
+                    computed.append((entry["resource"], sent_labels(entry["resource"])))
+        resources.append((resource, implied))
+    resources.extend(computed)
+    origin = Origin(source=source, event_id=event_id, event_type=str(envelope.get("type") or FHIR_RESOURCE_EVENT_TYPE),
+                    recorded=recorded)
+    return assemble(origin, resources, context, alerts=alerts, data_quality=quality)

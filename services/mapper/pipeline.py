@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -45,7 +45,7 @@ from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 log = logging.getLogger(__name__)
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class InboundRecord:
     """The parts of a consumed Kafka record the pipeline needs (decoupled from kafka-python's type)."""
 
@@ -64,7 +64,7 @@ class InboundRecord:
         return None
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class MappedSummary:
     """What the mapper keeps of a mapped event once its Bundle is serialized (the Bundle itself is let go at
     once: a batch of them alive at the same time is a lot of work for the garbage collector)."""
@@ -81,7 +81,7 @@ class MappedSummary:
         return cls(resources, mapped.alerts, mapped.data_quality, mapped.resource_counts)
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class Outcome:
     """What one inbound record became. ``records`` are written together, before the offset is committed."""
 
@@ -118,7 +118,8 @@ def _map_hl7v2(envelope: dict[str, Any], context: MappingContext) -> MappedEvent
     return map_hl7v2_message(data, context)
 
 
-MAPPERS_BY_TYPE: dict[str, Mapper] = {
+# The mappers of inbound types that are not care events (care events: map_event, by their class)
+MAPPERS_BY_TYPE: Final[Mapping[str, Mapper]] = {
     HL7V2_MESSAGE_EVENT_TYPE: _map_hl7v2,
     FHIR_RESOURCE_EVENT_TYPE: map_fhir_payload,
 }
@@ -127,8 +128,13 @@ MAPPERS_BY_TYPE: dict[str, Mapper] = {
 class Pipeline:
     def __init__(self, topics: TopicNames, part2_sources: frozenset[str] = frozenset(),
                  assigning_authorities: Mapping[str, str] | None = None,
-                 psychiatric_sources: frozenset[str] = frozenset()) -> None:
+                 psychiatric_sources: frozenset[str] = frozenset(),
+                 mappers: Mapping[str, Mapper] = MAPPERS_BY_TYPE,
+                 time_zones: Mapping[str, str] | None = None, default_time_zone: str | None = None) -> None:
         self.topics = topics
+        self.mappers = dict(mappers)  # inbound event type -> its mapper; any other type is a care event
+        self.time_zones = dict(time_zones or {})
+        self.default_time_zone = default_time_zone
         self.part2_sources = part2_sources
         self.psychiatric_sources = psychiatric_sources
         self.assigning_authorities = dict(assigning_authorities or {})
@@ -141,6 +147,8 @@ class Pipeline:
             part2_sources=self.part2_sources,
             psychiatric_sources=self.psychiatric_sources,
             assigning_authorities=self.assigning_authorities,
+            time_zones=self.time_zones,
+            default_time_zone=self.default_time_zone,
         )
 
     def context_for(self, record: InboundRecord) -> MappingContext:
@@ -170,7 +178,7 @@ class Pipeline:
                     raise MappingError("inbound record is not a CloudEvent object")
                 event_type = str(envelope.get("type", event_type))
                 event_id = str(envelope.get("id", event_id))
-                mapped = MAPPERS_BY_TYPE.get(event_type, _map_care_event)(envelope, context)
+                mapped = self.mappers.get(event_type, _map_care_event)(envelope, context)
             validate_bundle(mapped.bundle)
             payload = serialize(mapped.bundle)
         except (InvalidInput, orjson.JSONDecodeError) as exc:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.common.topics import MapperAlertKind
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class MappingContext:
     """Everything a pure mapping needs from outside: the clock and configuration are passed in."""
 
@@ -17,20 +19,24 @@ class MappingContext:
     psychiatric_sources: frozenset[str] = frozenset()  # sources whose data is all psychiatric (labels.source_labels)
     # HL7 v2 assigning authority (CX-4.1 namespace id) -> Identifier.system, e.g. {"EMPI": "urn:carebus:empi"}
     assigning_authorities: Mapping[str, str] = field(default_factory=dict)
+    # HL7 v2 sender (facility / source URI) -> IANA time zone of its times without an offset, and the zone of
+    # any other sender (None: no zone is assumed; see services/mapper/hl7v2/datatypes.py)
+    time_zones: Mapping[str, str] = field(default_factory=dict)
+    default_time_zone: str | None = None
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class SafetyAlert:
     """A suicide/self-harm risk that needs urgent follow-up. ``detail`` is a fixed phrase, never free text."""
 
-    kind: str  # closed set: "phq9-item9", "cssrs-high-risk", "epds-item10", "risk-flag"
+    kind: MapperAlertKind
     patient_reference: str  # "Patient/<id>"
     flag_id: str  # id of the Flag resource in the same bundle
     event_id: str
     detail: str
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class MappedEvent:
     """One inbound event or message as FHIR: a Bundle (type collection) as a plain JSON-ready dict, read-only
     (its resources may share sub-objects; copy it before changing it)."""

@@ -1,7 +1,9 @@
 """Notification Bundles (pure): Bundle type ``history`` whose first entry is the R4 status ``Parameters``
 (profile backport-subscription-status-r4), then, per event, the focus as the payload content asks
 (``empty``: nothing; ``id-only``: an entry with fullUrl and request, no resource; ``full-resource``: the focus's
-current version, when the recipient may still see it - else as id-only).
+current version, when the recipient may still see it - else as id-only); when any event discloses Part 2 data,
+one more entry: the Provenance with the 42 CFR 2.32 notice and the permitting consents
+(services/common/part2.py), and NORDSCLCD on the Bundle's meta.security.
 
 The same shape answers ``$status`` (type query-status, no events) and ``$events`` (type query-event).
 """
@@ -22,7 +24,6 @@ NotificationType = Literal["handshake", "heartbeat", "event-notification", "quer
 STATUS_PROFILE = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
 NOTIFICATION_PROFILE = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4")
-NOTICE_EXTENSION = "https://carebus.dev/fhir/StructureDefinition/disclosure-notice"
 NORDSCLCD = {"system": V3_ACT_CODE, "code": "NORDSCLCD",
              "display": "no redisclosure without consent directive"}
 
@@ -45,10 +46,7 @@ def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationTyp
         ]
         if sub.content != "empty":
             parts.append({"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}})
-        entry: dict[str, Any] = {"name": "notification-event", "part": parts}
-        if event.notice:
-            entry["extension"] = [{"url": NOTICE_EXTENSION, "valueString": event.notice}]
-        params.append(entry)
+        params.append({"name": "notification-event", "part": parts})
     if sub.status == "error" and sub.error:
         params.append({"name": "error", "valueCodeableConcept": {
             "coding": [{"system": SUBSCRIPTION_ERROR, "code": "no-response"}], "text": sub.error}})
@@ -60,7 +58,9 @@ _METHOD = {"created": ("POST", "201"), "updated": ("PUT", "200"), "deleted": ("D
 
 
 def notification_bundle(sub: SubscriptionDef, base_url: str, kind: NotificationType, events: Sequence[EventRow],
-                        now_iso: str, focus: FocusLookup | None = None) -> dict[str, Any]:
+                        now_iso: str, focus: FocusLookup | None = None,
+                        part2_notice: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``part2_notice``: the Provenance of the Part 2 disclosure these events make (None: none)."""
     status = status_parameters(sub, base_url, kind, events)
     entries: list[dict[str, Any]] = [{
         "fullUrl": f"urn:uuid:{status['id']}",
@@ -85,6 +85,13 @@ def notification_bundle(sub: SubscriptionDef, base_url: str, kind: NotificationT
                 if resource is not None:
                     entry["resource"] = resource
             entries.append(entry)
+    if part2_notice is not None:
+        entries.append({
+            "fullUrl": f"urn:uuid:{part2_notice['id']}",
+            "resource": part2_notice,
+            "request": {"method": "POST", "url": "Provenance"},
+            "response": {"status": "201"},
+        })
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -93,7 +100,7 @@ def notification_bundle(sub: SubscriptionDef, base_url: str, kind: NotificationT
         "timestamp": now_iso,
         "entry": entries,
     }
-    if any(e.notice for e in events):
+    if part2_notice is not None:
         bundle["meta"]["security"] = [NORDSCLCD]
     return bundle
 

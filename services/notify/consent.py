@@ -3,11 +3,30 @@ notification is delivered, withheld, or delivered with a notice.
 
 :func:`decide` is the only place notify asks, and it asks the disclosure engine (services/common/disclosure.py)
 that the record API uses: the resource's labels, the patient's consents (the Consent resources notify has seen
-on the change feed for that person), the recipient (the subscription's client, its clearances, for a
-patient-bound token its patient; ``organization`` when known) and the time. Part 2 data that is disclosed
-carries the 42 CFR 2.32 notice (services/common/part2.py, Statement 1) and the permitting consents.
+on the change feed for that person), the recipient (:func:`recipient_of`: the subscription's client, its
+clearances, for a patient-bound token its patient, and the organization, care teams and purpose of use of the
+token that created it) and the time. Part 2 data that is disclosed carries the 42 CFR 2.32 notice
+(services/common/part2.py, Statement 1) and the permitting consents.
 
-A withheld change gets no event number at all: the subscriber cannot tell from a gap that something exists.
+It is asked twice: when a change is numbered (services/notify/routing.py) and again just before each
+notification is sent (services/notify/delivery.py), so a revocation stops what is queued but not yet sent.
+
+Event numbers and withheld events (the rule: the fact that a withheld record exists is itself sensitive):
+
+====================================================  =========================================================
+case                                                  event numbers / ``events-since-subscription-start``
+====================================================  =========================================================
+withheld when the change is numbered                  no number: the counter does not move, so the numbers a
+                                                      subscriber sees are gap-free and the same whether or not
+                                                      withheld records exist; any gap it sees is a real loss,
+                                                      recoverable with ``$events``
+withheld at send time (a revocation since), the       withdrawn (:meth:`NotifyStore.withdraw`): the event is
+event never sent nor shown by ``$events``             dropped and the later unsent events move down one number,
+                                                      the counter with them - nobody had seen those numbers
+withheld at send time, but the event was already on   kept out of every later notification and of ``$events``
+the wire (a delivery attempt that failed) or shown    (state ``withheld``): the recipient may hold that number
+by ``$events``                                        already, so it is never given to another event
+====================================================  =========================================================
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ from typing import Literal
 
 from services.common import disclosure, part2
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy
+from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change
 
 Outcome = Literal["deliver", "withhold", "deliver-with-notice"]
@@ -37,12 +57,19 @@ class Recipient:
     patient: str | None = None  # "Patient/<id>"
     organization: str | None = None
     purpose: str = "TREAT"
+    care_teams: tuple[str, ...] = ()
+
+
+def recipient_of(sub: SubscriptionDef) -> Recipient:
+    """The recipient a subscription delivers to, as the token that created it named it."""
+    return Recipient(sub.client, sub.clearances, sub.patient, sub.organization, sub.purpose, sub.care_teams)
 
 
 @dataclass(frozen=True)
 class Decision:
     outcome: Outcome
     notice: str | None = None
+    consents: tuple[str, ...] = ()  # the consents that permit the Part 2 data (cited in the notice and audit)
 
 
 DELIVER = Decision("deliver")
@@ -61,6 +88,7 @@ def decide(
         return WITHHOLD
     engine_recipient = disclosure.Recipient(
         organization=recipient.organization,
+        care_teams=recipient.care_teams,
         clearances=recipient.clearances,
         patient_access=recipient.patient is not None,
         label=recipient.client,
@@ -71,7 +99,7 @@ def decide(
         return WITHHOLD
     if disclosure.PART2_NOTICE in decision.obligations:
         cited = f" Disclosed under: {', '.join(decision.consents)}." if decision.consents else ""
-        return Decision("deliver-with-notice", PART2_NOTICE + cited)
+        return Decision("deliver-with-notice", PART2_NOTICE + cited, decision.consents)
     return DELIVER
 
 

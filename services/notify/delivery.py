@@ -16,6 +16,16 @@ retry clock runs ``notify_retry_time_scale`` times real time (tests drive 24 hou
 
 Every request is signed: ``X-Carebus-Signature: sha256=<hex HMAC-SHA256 of the exact body, keyed with the
 subscription's secret>``.
+
+Consent at send time: just before a notification goes out, each of its events is decided again for the
+subscription's recipient (:func:`screen`, services/notify/consent.py): an event the recipient may no longer
+receive (a revocation since it was numbered) is withdrawn (:meth:`NotifyStore.withdraw`) and never sent. Part 2
+events carry the 42 CFR 2.32 notice Provenance (services/common/part2.py).
+
+Audit: each delivered event is one disclosure - one BALP PrivacyDisclosure AuditEvent (services/common/audit.py)
+per event, to ``carebus.audit.v1``, with an id derived from the subscription and the event number, so a
+delivery retried (or repeated after a crash) yields the same AuditEvent, once in the record. The AuditEvents
+are written (acks=all) before the events are marked delivered.
 """
 
 from __future__ import annotations
@@ -29,18 +39,21 @@ import random
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
 import orjson
 
+from services.common import audit, part2
+from services.common.errors import BrokerUnavailable
+from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.notify.bundles import NotificationType, encode, notification_bundle
-from services.notify.consent import Recipient, decide
-from services.notify.store import EventRow, NotifyStore, now_ms
+from services.notify.consent import decide, recipient_of
+from services.notify.store import EventRow, FocusRow, NotifyStore, now_ms
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change
 from services.record.errors import StoreUnavailable
@@ -93,8 +106,10 @@ class Deliverer:
     """Runs the per-subscription tasks on its own asyncio loop (a thread of the notify process)."""
 
     def __init__(self, settings: Settings, store: NotifyStore, metrics: NotifyMetrics, base_url: str,
-                 rng: Callable[[], float] = _jitter.random) -> None:
+                 rng: Callable[[], float] = _jitter.random,
+                 audit_sink: Callable[[Sequence[OutboundRecord]], Any] | None = None) -> None:
         self.settings = settings
+        self.audit_sink = audit_sink  # writes AuditEvent records and waits for the broker's acks
         self.store = store
         self.metrics = metrics
         self.base_url = base_url.rstrip("/")
@@ -229,6 +244,10 @@ class Deliverer:
                         continue
                     continue
                 events = await asyncio.to_thread(self.store.pending, sid, sub.max_count)
+                screened = await asyncio.to_thread(screen, self.store, sub, events, now_ms())
+                if screened.withheld:  # a revocation since they were numbered: never sent
+                    await asyncio.to_thread(self.store.withdraw, sid, screened.withheld)
+                    continue
                 if not events:
                     self._failing.discard(sid)
                     if sub.heartbeat_s and time.monotonic() - last_sent >= sub.heartbeat_s:
@@ -240,10 +259,12 @@ class Deliverer:
                     wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else IDLE_WAKE_S
                     await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
-                outcome = await self._send(sub, "event-notification", events)
+                outcome = await self._send(sub, "event-notification", events, screened)
                 last_sent = time.monotonic()
                 numbers = [e.number for e in events]
                 if outcome == "delivered":
+                    if not await self._audit(sub, screened):
+                        continue  # stopping before the audit was written: sent again (same numbers) at restart
                     await asyncio.to_thread(self.store.mark_delivered, sid, numbers)
                     failure = _Failure()
                     self._failing.discard(sid)
@@ -306,13 +327,35 @@ class Deliverer:
         log.warning("subscription stopped delivering", extra={"subscription": sub.id, "status": status,
                                                               "reason": reason, "dead_letters": count})
 
+    async def _audit(self, sub: SubscriptionDef, screened: Screened) -> bool:
+        """Write the AuditEvents of delivered events; a broker outage is waited out. False when stopping."""
+        if self.audit_sink is None:
+            return True
+        records = [audit.audit_record(e, self.settings.topic_prefix)
+                   for e in push_audit_events(sub, screened, self.base_url, iso_now())]
+        if not records:
+            return True
+        assert self._stop is not None
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.audit_sink, records)
+                return True
+            except BrokerUnavailable:
+                log.warning("audit topic unavailable; delivered events stay pending until audited",
+                            extra={"subscription": sub.id})
+                await self._pause_retry(sub.id, 2.0)
+        return False
+
     # --- one request -----------------------------------------------------------------------------------
 
-    async def _send(self, sub: SubscriptionDef, kind: NotificationType, events: Sequence[EventRow]) -> Outcome:
+    async def _send(self, sub: SubscriptionDef, kind: NotificationType, events: Sequence[EventRow],
+                    screened: Screened | None = None) -> Outcome:
         focus = focus_lookup(self.store, sub) if sub.content == "full-resource" and events else None
         if kind == "handshake":
             sub = _with_status(sub, "requested")
-        bundle = await asyncio.to_thread(notification_bundle, sub, self.base_url, kind, events, iso_now(), focus)
+        notice = part2_notice(sub, self.base_url, screened, iso_now()) if screened is not None else None
+        bundle = await asyncio.to_thread(notification_bundle, sub, self.base_url, kind, events, iso_now(), focus,
+                                         notice)
         body = encode(bundle)
         headers = {"Content-Type": sub.mime, SIGNATURE_HEADER: signature(sub.secret, body),
                    "X-Carebus-Subscription": sub.id}
@@ -350,21 +393,105 @@ def _with_status(sub: SubscriptionDef, status: Any) -> SubscriptionDef:
     return replace(sub, status=status)
 
 
+def _change_of(event: EventRow, row: FocusRow) -> Change:
+    """The event's focus as the consent seam sees it now: its current labels and person."""
+    body = orjson.loads(row.body) if row.body is not None else {}
+    security = tuple(c["code"] for c in (body.get("meta") or {}).get("security") or ()
+                     if isinstance(c, dict) and isinstance(c.get("code"), str))
+    return Change(event.resource_type, event.resource_id, row.version_id, event.focus_time, "updated",
+                  _patient_of(event, row, body), None, row.members, security, row.restriction)
+
+
+def _patient_of(event: EventRow, row: FocusRow, body: Mapping[str, Any]) -> str | None:
+    """The Patient an event is about (for its AuditEvent): the focus itself, its subject / patient, else the
+    first Patient record of its person."""
+    if event.resource_type == "Patient":
+        return event.focus
+    for element in ("subject", "patient", "beneficiary"):
+        ref = (body.get(element) or {}).get("reference") if isinstance(body.get(element), dict) else None
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref
+    return row.members[0] if row.members else None
+
+
+@dataclass(frozen=True)
+class Screened:
+    """Pending events decided again at send time: ``withheld`` event numbers; for each permitted one, its
+    Patient and the consents permitting its Part 2 data (``part2``: only events that carry Part 2 data)."""
+
+    withheld: tuple[int, ...]
+    events: tuple[EventRow, ...] = ()
+    patients: Mapping[int, str | None] = field(default_factory=dict)
+    part2: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+
+def screen(store: NotifyStore, sub: SubscriptionDef, events: Sequence[EventRow], at_ms: int) -> Screened:
+    """Decide each event again for the subscription's recipient, with the person's consents as notify knows
+    them now (reads only)."""
+    recipient = recipient_of(sub)
+    withheld: list[int] = []
+    kept: list[EventRow] = []
+    patients: dict[int, str | None] = {}
+    part2_consents: dict[int, tuple[str, ...]] = {}
+    for event in events:
+        row = store.focus(event.resource_type, event.resource_id)
+        if row is None:
+            withheld.append(event.number)  # nothing known about it: nothing is disclosed
+            continue
+        change = _change_of(event, row)
+        decision = decide(recipient, change, store.consents(row.members), at_ms, store.policy)
+        if decision.outcome == "withhold":
+            withheld.append(event.number)
+            continue
+        kept.append(event)
+        patients[event.number] = change.patient
+        if decision.outcome == "deliver-with-notice":
+            part2_consents[event.number] = decision.consents
+    return Screened(tuple(withheld), tuple(kept), patients, part2_consents)
+
+
+def part2_notice(sub: SubscriptionDef, base_url: str, screened: Screened, recorded: str) -> dict[str, Any] | None:
+    """The Provenance with the 42 CFR 2.32 notice for the Part 2 events of one notification (the same id on
+    every retry of it)."""
+    numbers = [e.number for e in screened.events if e.number in screened.part2]
+    if not numbers:
+        return None
+    consents: list[str] = []
+    for n in numbers:
+        consents.extend(c for c in screened.part2[n] if c not in consents)
+    targets = list(dict.fromkeys(e.focus for e in screened.events if e.number in screened.part2))
+    return part2.disclosure_notice(part2.notice_id(sub.id, *map(str, numbers)), recorded, targets, consents,
+                                   base_url, sub.purpose, sub.organization)
+
+
+def push_audit_events(sub: SubscriptionDef, screened: Screened, base_url: str,
+                      recorded: str) -> list[dict[str, Any]]:
+    """One BALP PrivacyDisclosure AuditEvent per delivered event (events without a Patient are not audited,
+    as the record API does not audit them): the id is the same for the same subscription and event number."""
+    requester = audit.Requester(sub.client, f"Subscription/{sub.id}", sub.organization, sub.purpose)
+    out = []
+    for event in screened.events:
+        patient = screened.patients.get(event.number)
+        if patient is None:
+            continue
+        out.append(audit.push_disclosure_event(
+            audit.disclosure_id("notify", sub.id, str(event.number)), recorded, requester, base_url, patient,
+            [event.focus], screened.part2.get(event.number, ())))
+    return out
+
+
 def focus_lookup(store: NotifyStore, sub: SubscriptionDef) -> Callable[[EventRow], Mapping[str, Any] | None]:
     """The focus's current version for a full-resource payload, when the recipient may still see it (the
     consent seam decides again); else None, and the entry goes out id-only."""
-    recipient = Recipient(sub.client, sub.clearances, sub.patient)
+    recipient = recipient_of(sub)
 
     def lookup(event: EventRow) -> Mapping[str, Any] | None:
         row = store.focus(event.resource_type, event.resource_id)
         if row is None or row.body is None:
             return None
-        security = tuple(c["code"] for c in (orjson.loads(row.body).get("meta") or {}).get("security") or ()
-                         if isinstance(c, dict) and isinstance(c.get("code"), str))
-        change = Change(event.resource_type, event.resource_id, row.version_id, event.focus_time, "updated",
-                        None, None, row.members, security, row.restriction)
+        change = _change_of(event, row)
         # decided again at send time: a revocation since the event was queued withholds the content
-        if decide(recipient, change, store.consents(row.members)).outcome == "withhold":
+        if decide(recipient, change, store.consents(row.members), policy=store.policy).outcome == "withhold":
             return None
         resource: Mapping[str, Any] = orjson.loads(row.body)
         return resource

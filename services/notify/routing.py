@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.common.disclosure import ConsentDirective
-from services.notify.consent import Recipient, decide
+from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy
+from services.notify.consent import decide, recipient_of
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, matches, triggered
 from services.record.fhirdates import instant_ms
@@ -23,7 +23,7 @@ class Routed:
 
 
 def route(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
-          now_ms: int, consents: Sequence[ConsentDirective] = ()) -> list[Routed]:
+          now_ms: int, consents: Sequence[ConsentDirective] = (), policy: Policy = DEFAULT_POLICY) -> list[Routed]:
     topics = {t.canonical: t for t in triggered(change, previous)}
     if not topics:
         return []
@@ -36,7 +36,7 @@ def route(change: Change, previous: str | None, subscriptions: Iterable[Subscrip
             continue
         if not matches(topic, sub.filters, change):
             continue
-        decision = decide(Recipient(sub.client, sub.clearances, sub.patient), change, consents, now_ms)
+        decision = decide(recipient_of(sub), change, consents, now_ms, policy)
         if decision.outcome == "withhold":
             continue
         out.append(Routed(sub.id, sub.topic, decision.notice))

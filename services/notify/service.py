@@ -1,6 +1,7 @@
-"""Composition root of notify: settings -> store, change-feed consumer thread, delivery thread (asyncio),
-readiness, and the operational HTTP routes (/healthz, /readyz, /metrics) under uvicorn. SIGTERM stops the
-HTTP server, then the consumer (it finishes its batch and commits) and the delivery tasks."""
+"""Composition root of notify: settings -> store, change-feed consumer thread, delivery thread (asyncio), the
+producer of push AuditEvents (carebus.audit.v1), readiness, and the operational HTTP routes (/healthz, /readyz,
+/metrics) under uvicorn. SIGTERM stops the HTTP server, then the consumer (it finishes its batch and commits) and
+the delivery tasks."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.disclosure import policy_from_settings
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
+from services.common.kafka import RecordProducer
 from services.common.log import configure_logging
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
 from services.common.settings import Settings
-from services.common.topics import RECORD_CHANGES
+from services.common.topics import AUDIT_EVENTS, RECORD_CHANGES
 from services.notify.delivery import Deliverer, NotifyMetrics
 from services.notify.feed import ChangeFeedConsumer
 from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
@@ -42,6 +45,7 @@ class NotifyService:
     deliverer: Deliverer
     kafka: KafkaReadiness
     app: FastAPI
+    producer: RecordProducer | None = None
     _delivery_thread: threading.Thread | None = None
 
     def readiness(self) -> tuple[bool, str]:
@@ -69,20 +73,26 @@ class NotifyService:
         if self._delivery_thread is not None:
             self._delivery_thread.join(timeout=15)
         self.kafka.stop()
+        if self.producer is not None:
+            self.producer.close()
         self.store.close()
 
 
 def build_service(settings: Settings, store: NotifyStore | None = None) -> NotifyService:
     metrics = Metrics(known_sources=settings.known_sources)
-    store = store or open_notify_store(notify_store_dsn(settings))
+    store = store or open_notify_store(notify_store_dsn(settings), policy=policy_from_settings(
+        settings.disclosure_policy, settings.disclosure_treatment_purposes))
     notify_metrics = NotifyMetrics(metrics)
-    deliverer = Deliverer(settings, store, notify_metrics, fhir_base_url(settings))
+    producer = RecordProducer(settings, "carebus-notify")
+    deliverer = Deliverer(settings, store, notify_metrics, fhir_base_url(settings),
+                          audit_sink=producer.send_all_and_wait)
     feed = ChangeFeedConsumer(settings, store, metrics, deliverer.wake, notify_metrics.events_numbered)
-    kafka = KafkaReadiness(settings, [RECORD_CHANGES.name(settings.topic_prefix)], metrics)
+    kafka = KafkaReadiness(settings, [RECORD_CHANGES.name(settings.topic_prefix),
+                                      AUDIT_EVENTS.name(settings.topic_prefix)], metrics)
     app = FastAPI(title="carebus notify", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     holder: list[NotifyService] = []
     add_operational_routes(app, metrics, lambda: holder[0].readiness())
-    service = NotifyService(settings, store, metrics, feed, deliverer, kafka, app)
+    service = NotifyService(settings, store, metrics, feed, deliverer, kafka, app, producer)
     holder.append(service)
     return service
 

@@ -9,8 +9,10 @@ SQLite the same file (WAL), on PostgreSQL the same database.
 
 Tables:
 
-* ``notify_subscription`` - the definition, status, error reason and ``events_since_start`` (the counter that
-  numbers events: incremented in the transaction that inserts the event, never reset, never reused);
+* ``notify_subscription`` - the definition, status, error reason, the recipient consent is decided for
+  (``recipient``: organization, care teams, purpose of use, as JSON) and ``events_since_start`` (the counter that
+  numbers events: incremented in the transaction that inserts the event, never reset; lowered only by
+  :meth:`NotifyStore.withdraw`, for numbers no subscriber has seen);
 * ``notify_event`` - one row per (subscription, event number): the focus version, state ``pending`` |
   ``delivered`` | ``dead`` (with its reason), attempts, first failure time. Unique per subscription and focus
   version, so a change replayed from Kafka never gets a second number;
@@ -32,17 +34,18 @@ from typing import Any
 
 import orjson
 
-from services.common.disclosure import ConsentDirective, parse_consent
+from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
 from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
 from services.record.errors import StoreUnavailable
-from services.record.store.sql import Connection, ConnectionPool, Dialect
+from services.record.store.pool import Connection, ConnectionPool
+from services.record.store.schema import Dialect
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
-    "timeout_s, max_count, secret, end_at, reason, error, events_since_start, created_ms, updated_ms"
+    "timeout_s, max_count, secret, end_at, reason, error, events_since_start, created_ms, updated_ms, recipient"
 )
 _EVENT_COLUMNS = (
     "subscription_id, event_number, resource_type, resource_id, version_id, change_kind, focus_time, state, "
@@ -58,13 +61,14 @@ def schema(d: Dialect) -> list[str]:
             status {t} NOT NULL, topic {t} NOT NULL, filters {t} NOT NULL, endpoint {t} NOT NULL,
             headers {t} NOT NULL, content {t} NOT NULL, mime {t} NOT NULL, heartbeat_s INTEGER,
             timeout_s INTEGER, max_count INTEGER NOT NULL, secret {t} NOT NULL, end_at {t}, reason {t},
-            error {t}, events_since_start {b} NOT NULL, created_ms {b} NOT NULL, updated_ms {b} NOT NULL)""",
+            error {t}, events_since_start {b} NOT NULL, created_ms {b} NOT NULL, updated_ms {b} NOT NULL,
+            recipient {t})""",
         "CREATE INDEX IF NOT EXISTS notify_subscription_client ON notify_subscription (client)",
         f"""CREATE TABLE IF NOT EXISTS notify_event (
             subscription_id {t} NOT NULL, event_number {b} NOT NULL, resource_type {t} NOT NULL,
             resource_id {t} NOT NULL, version_id INTEGER NOT NULL, change_kind {t} NOT NULL,
             focus_time {t} NOT NULL, state {t} NOT NULL, attempts INTEGER NOT NULL, first_failure_ms {b},
-            dead_reason {t}, notice {t}, created_ms {b} NOT NULL, delivered_ms {b},
+            dead_reason {t}, notice {t}, created_ms {b} NOT NULL, delivered_ms {b}, served_ms {b},
             PRIMARY KEY (subscription_id, event_number))""",
         "CREATE UNIQUE INDEX IF NOT EXISTS notify_event_focus "
         "ON notify_event (subscription_id, resource_type, resource_id, version_id)",
@@ -124,8 +128,19 @@ def _sub(r: Sequence[Any]) -> SubscriptionDef:
         filters=tuple(Filter(n, tuple(v)) for n, v in orjson.loads(r[6])), endpoint=r[7],
         headers=tuple(orjson.loads(r[8])), content=r[9], mime=r[10], heartbeat_s=r[11], timeout_s=r[12],
         max_count=int(r[13]), secret=r[14], end=r[15], reason=r[16], error=r[17],
-        events_since_start=int(r[18]),
+        events_since_start=int(r[18]), **_recipient(r[21]),
     )
+
+
+def _recipient(text: str | None) -> dict[str, Any]:
+    data = orjson.loads(text) if text else {}
+    return {"organization": data.get("organization"), "care_teams": tuple(data.get("care_teams") or ()),
+            "purpose": data.get("purpose") or "TREAT"}
+
+
+def _recipient_json(sub: SubscriptionDef) -> str:
+    return orjson.dumps({"organization": sub.organization, "care_teams": list(sub.care_teams),
+                         "purpose": sub.purpose}).decode()
 
 
 def _event(r: Sequence[Any]) -> EventRow:
@@ -141,8 +156,9 @@ def now_ms() -> int:
 class NotifyStore:
     """Thread-safe; every method is one transaction or one read."""
 
-    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str) -> None:
+    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str, policy: Policy = DEFAULT_POLICY) -> None:
         self.dialect = dialect
+        self.policy = policy  # the disclosure policy every decision on these subscriptions is made under
         self._pool = pool
         self.dsn = dsn  # may carry a password: never log it
         self._write_lock = threading.Lock()
@@ -181,6 +197,17 @@ class NotifyStore:
         with self._transaction() as conn:
             for statement in schema(self.dialect):
                 conn.execute(statement)
+            # stores made before subscriptions named their recipient (NULL: no organization, purpose TREAT)
+            # and before $events was remembered gain the columns
+            self._add_column(conn, "notify_subscription", "recipient", "TEXT")
+            self._add_column(conn, "notify_event", "served_ms", "BIGINT")
+
+    def _add_column(self, conn: Connection, table: str, column: str, kind: str) -> None:
+        if self.dialect.name == "postgresql":
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            return
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def ping(self) -> None:
         with self._connection() as conn:
@@ -196,11 +223,11 @@ class NotifyStore:
         with self._transaction() as conn:
             self._exec(
                 conn,
-                f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 21)})",
+                f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 22)})",
                 (sub.id, sub.client, sub.clearances, sub.patient, sub.status, sub.topic,
                  _filters_json(sub.filters), sub.endpoint, orjson.dumps(list(sub.headers)).decode(), sub.content,
                  sub.mime, sub.heartbeat_s, sub.timeout_s, sub.max_count, sub.secret, sub.end, sub.reason,
-                 sub.error, 0, at, at),
+                 sub.error, 0, at, at, _recipient_json(sub)),
             )
 
     def get(self, subscription_id: str) -> SubscriptionDef | None:
@@ -272,7 +299,7 @@ class NotifyStore:
                 else:
                     previous = rows[0][1] if rows else None
                     self._upsert_resource(conn, change, previous, bool(rows))
-                for routed in route(change, previous, subs, at, self._consents(conn, change.members)):
+                for routed in route(change, previous, subs, at, self._consents(conn, change.members), self.policy):
                     exists = self._all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
@@ -343,9 +370,51 @@ class NotifyStore:
                limit: int = 1000) -> list[EventRow]:
         with self._connection() as conn:
             rows = self._all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
-                                   "event_number >= ? AND event_number <= ? ORDER BY event_number LIMIT ?",
+                                   "state <> 'withheld' AND event_number >= ? AND event_number <= ? "
+                                   "ORDER BY event_number LIMIT ?",
                              (subscription_id, since or 0, until if until is not None else 2**62, limit))
         return [_event(r) for r in rows]
+
+    def withdraw(self, subscription_id: str, numbers: Sequence[int]) -> int:
+        """Pending events the recipient may no longer receive (a revocation since they were numbered): one
+        never sent, with only never-sent events after it, is deleted and the later events move down one number
+        (the counter too) - no subscriber saw those numbers, so the sequence stays gap-free; one already on the
+        wire or served by ``$events`` (:meth:`mark_served`) becomes ``withheld`` (never sent again, not served by
+        ``$events``, its number never reused). Returns how many were deleted. One transaction."""
+        deleted = 0
+        with self._transaction() as conn:
+            for number in sorted(set(numbers), reverse=True):
+                rows = self._all(conn, "SELECT state, attempts, served_ms FROM notify_event WHERE subscription_id = ? "
+                                       "AND event_number = ?", (subscription_id, number))
+                if not rows or rows[0][0] != "pending":
+                    continue
+                later = self._all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
+                                        "subscription_id = ? AND event_number > ? ORDER BY event_number",
+                                  (subscription_id, number))
+                unseen = all(r[-3] == "pending" and int(r[-2]) == 0 and r[-1] is None for r in (rows[0], *later))
+                if not unseen:
+                    self._exec(conn, "UPDATE notify_event SET state = 'withheld' WHERE subscription_id = ? AND "
+                                     "event_number = ?", (subscription_id, number))
+                    continue
+                self._exec(conn, "DELETE FROM notify_event WHERE subscription_id = ? AND event_number = ?",
+                           (subscription_id, number))
+                for r in later:  # ascending: each number below is free by now
+                    self._exec(conn, "UPDATE notify_event SET event_number = ? WHERE subscription_id = ? AND "
+                                     "event_number = ?", (int(r[0]) - 1, subscription_id, int(r[0])))
+                self._exec(conn, "UPDATE notify_subscription SET events_since_start = events_since_start - 1 "
+                                 "WHERE id = ?", (subscription_id,))
+                deleted += 1
+        return deleted
+
+    def mark_served(self, subscription_id: str, numbers: Sequence[int]) -> None:
+        """``$events`` showed these events to the subscriber: their numbers are never given to other events."""
+        if not numbers:
+            return
+        at = now_ms()
+        with self._transaction() as conn:
+            for n in numbers:
+                self._exec(conn, "UPDATE notify_event SET served_ms = COALESCE(served_ms, ?) WHERE "
+                                 "subscription_id = ? AND event_number = ?", (at, subscription_id, n))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
         at = now_ms()
@@ -407,20 +476,22 @@ def notify_store_dsn(settings: Settings) -> str:
     return f"sqlite:///{(settings.cache_dir / 'notify' / 'notify.db').resolve()}"
 
 
-def open_notify_store(dsn: str, pool_size: int = 8) -> NotifyStore:
-    """Open (and create the schema of) the notify store a DSN names."""
+def open_notify_store(dsn: str, pool_size: int = 8, policy: Policy = DEFAULT_POLICY) -> NotifyStore:
+    """Open (and create the schema of) the notify store a DSN names; ``policy`` is the disclosure policy."""
     if dsn.startswith("sqlite:///"):
         from services.record.store.sqlite import SQLITE
         from services.record.store.sqlite import _connect as sqlite_connect
 
         path = Path(dsn.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn)
+        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn,
+                            policy)
     elif dsn.startswith(("postgresql://", "postgres://")):
         from services.record.store.postgres import POSTGRES
         from services.record.store.postgres import _connect as pg_connect
 
-        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn)
+        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn,
+                            policy)
     else:
         raise ValueError("notify_store_dsn must start with sqlite:/// or postgresql://")
     store.initialize()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from services.common.fhir.codesystems import V3_ACT_REASON
 from services.notify.topics import BY_CANONICAL, Filter, Topic, parse_filter
 from services.record.fhirdates import instant_ms
 
@@ -27,6 +28,8 @@ PROFILE = BACKPORT + "backport-subscription"
 # carebus's own: the HMAC-SHA256 signing secret (the client may choose it; else carebus makes one and returns it
 # once, in the answer to the create)
 EXT_SECRET = "https://carebus.dev/fhir/StructureDefinition/subscription-signing-secret"  # noqa: S105 - a URL
+# carebus's own, served read-only: the recipient consent is decided for (from the creating token's grant)
+EXT_RECIPIENT = "https://carebus.dev/fhir/StructureDefinition/subscription-recipient"
 
 Status = Literal["requested", "active", "error", "off"]
 Content = Literal["empty", "id-only", "full-resource"]
@@ -71,6 +74,12 @@ class SubscriptionDef:
     reason: str | None = None
     error: str | None = None  # why the status is error / off (set by notify)
     events_since_start: int = 0
+    # the recipient the disclosure decision is made for, from the creating token's grant (never from the body:
+    # a subscriber cannot claim to act for an organization it does not): the organization and care teams it
+    # acts for and its purpose of use (v3-ActReason)
+    organization: str | None = None
+    care_teams: tuple[str, ...] = ()
+    purpose: str = "TREAT"
 
     @property
     def topic_def(self) -> Topic:
@@ -125,8 +134,10 @@ def _one_int(node: Mapping[str, Any], url: str, element: str, key: str, low: int
 
 
 def parse_subscription(resource: Any, *, allowlist: Sequence[str], client: str, clearances: int,
-                       patient: str | None, subscription_id: str | None = None) -> SubscriptionDef:
-    """Validate a posted R4 Subscription. Raises InvalidSubscription naming the element."""
+                       patient: str | None, subscription_id: str | None = None, organization: str | None = None,
+                       care_teams: Sequence[str] = (), purpose: str = "TREAT") -> SubscriptionDef:
+    """Validate a posted R4 Subscription. Raises InvalidSubscription naming the element. The recipient
+    (``organization``, ``care_teams``, ``purpose``) comes from the token; a body naming another one is refused."""
     if not isinstance(resource, dict) or resource.get("resourceType") != "Subscription":
         raise InvalidSubscription("Subscription", "the body must be a FHIR R4 Subscription resource")
     status = resource.get("status")
@@ -203,6 +214,10 @@ def parse_subscription(resource: Any, *, allowlist: Sequence[str], client: str, 
     heartbeat = _one_int(channel, EXT_HEARTBEAT, element, "valueUnsignedInt", 1, 86_400)
     timeout = _one_int(channel, EXT_TIMEOUT, element, "valueUnsignedInt", 1, MAX_TIMEOUT_S)
     max_count = _one_int(channel, EXT_MAX_COUNT, element, "valuePositiveInt", 1, MAX_COUNT) or 1
+    for claimed in _extensions(resource, EXT_RECIPIENT, "Subscription"):
+        if _recipient_extension(organization, care_teams, purpose) != claimed:
+            raise InvalidSubscription("Subscription.extension('subscription-recipient')",
+                                      "the recipient is the one the token acts for; it cannot be chosen here")
     secret_ext = _extensions(resource, EXT_SECRET, "Subscription")
     if secret_ext:
         secret = secret_ext[0].get("valueString")
@@ -229,7 +244,28 @@ def parse_subscription(resource: Any, *, allowlist: Sequence[str], client: str, 
         secret=secret,
         end=end,
         reason=reason.strip(),
+        organization=organization,
+        care_teams=tuple(care_teams),
+        purpose=purpose,
     )
+
+
+def _reference(name: str) -> dict[str, Any]:
+    """A Reference for ``Type/id`` or ``system|value`` (how grants and consents name recipients)."""
+    if "|" in name:
+        system, _, value = name.partition("|")
+        return {"identifier": {"system": system, "value": value} if system else {"value": value}}
+    return {"reference": name}
+
+
+def _recipient_extension(organization: str | None, care_teams: Sequence[str], purpose: str) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    if organization:
+        parts.append({"url": "organization", "valueReference": _reference(organization)})
+    parts.extend({"url": "careTeam", "valueReference": _reference(team)} for team in care_teams)
+    parts.append({"url": "purposeOfUse", "valueCoding": {
+        "system": V3_ACT_REASON, "code": purpose}})
+    return {"url": EXT_RECIPIENT, "extension": parts}
 
 
 def status_update(current: SubscriptionDef, resource: Any) -> SubscriptionDef:
@@ -287,6 +323,7 @@ def render_subscription(sub: SubscriptionDef, *, include_secret: bool = False) -
         resource["end"] = sub.end
     if sub.error and sub.status in ("error", "off"):
         resource["error"] = sub.error
+    resource["extension"] = [_recipient_extension(sub.organization, sub.care_teams, sub.purpose)]
     if include_secret:
-        resource["extension"] = [{"url": EXT_SECRET, "valueString": sub.secret}]
+        resource["extension"].append({"url": EXT_SECRET, "valueString": sub.secret})
     return resource

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from services.common.fhir.codesystems import OUTCOMES_CODES, SAFETY_TASK_CODES
-from services.mapper.mapping.instruments import INSTRUMENTS
+from services.common.fhir.instruments import INSTRUMENTS
 
 TOPIC_BASE = "https://carebus.dev/fhir/SubscriptionTopic/"
 SUICIDE_RISK_SNOMED = "225444004"

@@ -43,6 +43,7 @@ from services.outcomes.episodes import (
     outcome_id,
     phq9_rules,
 )
+from services.outcomes.exclusions import Exclusion, exclusion_of
 from services.outcomes.fhir import STATE_DISPLAY, outcome_resources
 from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
 from services.outcomes.tasks import (
@@ -166,6 +167,15 @@ class OutcomesEngine:
         found = (score_of(o) for o in self._search("Observation", [("patient", patient_ref), ("code", codes)]))
         return sorted(s for s in found if s is not None)
 
+    def exclusions(self, members: Sequence[str]) -> list[Exclusion]:
+        """The person's denominator exclusions: excluding Conditions, and death on any of their Patients."""
+        found = [exclusion_of(c) for c in self._search("Condition", [("patient", members[0])])] if members else []
+        for ref in members:
+            row = self.store.read("Patient", ref.removeprefix("Patient/"))
+            if row is not None and row.body is not None:
+                found.append(exclusion_of(orjson.loads(row.body)))
+        return sorted(e for e in found if e is not None)
+
     def evaluate(self, patient_ref: str, as_of: date | None = None) -> PersonOutcomes:
         return evaluate_person(self.history(patient_ref), as_of or self.clock().date(), self.rules)
 
@@ -178,8 +188,9 @@ class OutcomesEngine:
         rtype = change.get("resourceType")
         resource = change.get("resource")
         patients: set[str] = set()
-        if rtype == "Observation":
-            if resource is None or score_of(resource) is not None:  # a score, or a deletion (maybe of one)
+        if rtype == "Observation" or rtype == "Condition":
+            # a score or an exclusion (a diagnosis), or a deletion (maybe of one)
+            if resource is None or (score_of(resource) if rtype == "Observation" else exclusion_of(resource)):
                 patients.update(str(m) for m in change.get("members") or ())
                 if change.get("patient"):
                     patients.add(str(change["patient"]))
@@ -203,12 +214,14 @@ class OutcomesEngine:
                 continue
             person = self.store.person(ref)
             done.update(person.members)
-            self._person(person.members[0] if person.members else ref, now, out)
+            self._person(list(person.members) or [ref], now, out)
         return out
 
-    def _person(self, ref: str, now: datetime, out: Output) -> None:
+    def _person(self, members: Sequence[str], now: datetime, out: Output) -> None:
+        ref = members[0]
         outcomes = evaluate_person(self.history(ref), now.date(), self.rules)
-        resources = outcome_resources(outcomes, self.settings.outcomes_reporter)
+        exclusions = self.exclusions(members) if outcomes.of("phq-9") else []
+        resources = outcome_resources(outcomes, self.settings.outcomes_reporter, exclusions)
         wanted = {(r["resourceType"], r["id"]): r for r in resources}
         stored_obs = {o["id"]: o for o in self._search("Observation", [("patient", ref),
                                                                        ("code", ",".join(_EPISODE_CODES))])}

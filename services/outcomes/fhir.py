@@ -6,10 +6,14 @@ Measures they report on.
   score, latest score, reduction %, each window's result, follow-up due / overdue, and each outcome fact with its
   date. ``status`` preliminary while the episode runs, final after it.
 * Individual MeasureReport (DEQM indv-measurereport-deqm), per PHQ-9 episode and measure: populations
-  initial-population / denominator (1: the person has this index episode), denominator-exclusion (0: not
-  evaluated), numerator (met or not); ``status`` pending while the window is open; ``date`` = the date of the
+  initial-population / denominator (1: the person has this index episode), denominator-exclusion (1 when a
+  recorded fact excludes the person by the window's end, services/outcomes/exclusions.py; then numerator 0 and
+  no measureScore), numerator (met or not); ``status`` pending while the window is open; ``date`` = the date of the
   latest evidence (deterministic: a recompute of the same history gives the same resource).
-* Summary MeasureReport (DEQM summary-measurereport-deqm) from :func:`summary_report` over many persons.
+* Summary MeasureReport (DEQM summary-measurereport-deqm) from :func:`summary_report` over many persons: the
+  denominator counts everyone in the initial population, the exclusions are counted beside it and left out of
+  the numerator, and measureScore = numerator / (denominator - denominator-exclusion), as FHIR proportion
+  measures score.
 
 Every derived resource carries the union of its scores' labels and at least R + PSY. The MeasureReports have
 the shape of DEQM 5.0.0's Individual / Summary profiles (every element those profiles require) but do not
@@ -46,6 +50,7 @@ from services.outcomes.episodes import (
     index_window,
     outcome_id,
 )
+from services.outcomes.exclusions import Exclusion, excluding
 
 DEQM: Final = "http://hl7.org/fhir/us/davinci-deqm/StructureDefinition/"
 INDIVIDUAL_PROFILE: Final = DEQM + "indv-measurereport-deqm"
@@ -118,7 +123,9 @@ _POPULATIONS: Final = (
     ("initial-population", "Initial Population", "Persons with an index PHQ-9 (> 9) in the measurement period"),
     ("denominator", "Denominator", "Equals the initial population"),
     ("denominator-exclusion", "Denominator Exclusion",
-     "Not evaluated by carebus (hospice, palliative care, bipolar or psychotic disorders, ...)"),
+     "Persons with bipolar disorder, personality disorder emotionally labile, schizophrenia or a psychotic "
+     "disorder, pervasive developmental disorder, palliative or hospice care, or who died, by the end of the "
+     "window (CMS159v14 exclusions)"),
     ("numerator", "Numerator", "The measure's outcome was met in its window"),
 )
 
@@ -210,13 +217,16 @@ def _group(counts: dict[str, int], score: float | None) -> dict[str, Any]:
     return group
 
 
-def individual_report(spec: MeasureSpec, episode: Episode, organization: str) -> dict[str, Any]:
-    """DEQM Individual MeasureReport of one PHQ-9 episode for one measure."""
+def individual_report(spec: MeasureSpec, episode: Episode, organization: str,
+                      exclusions: Sequence[Exclusion] = ()) -> dict[str, Any]:
+    """DEQM Individual MeasureReport of one PHQ-9 episode for one measure (``exclusions``: the person's)."""
     result = episode.window(spec.window)
-    met = spec.met(result)
+    excluded = excluding(exclusions, result.end)
+    met = spec.met(result) and excluded is None
     evidence = [s for s in episode.scores if s.when <= result.end]
     report_date = result.end if result.closed else evidence[-1].when
-    counts = {"initial-population": 1, "denominator": 1, "denominator-exclusion": 0, "numerator": int(met)}
+    counts = {"initial-population": 1, "denominator": 1, "denominator-exclusion": int(excluded is not None),
+              "numerator": int(met)}
     return {
         "resourceType": "MeasureReport",
         "id": outcome_id("measurereport", spec.id, episode.id),
@@ -230,9 +240,10 @@ def individual_report(spec: MeasureSpec, episode: Episode, organization: str) ->
         "period": {"start": episode.index.when.isoformat(), "end": result.end.isoformat()},
         "improvementNotation": _concept(
             MEASURE_IMPROVEMENT_NOTATION, "increase", "Increased score indicates improvement"),
-        "group": [_group(counts, float(met))],
+        "group": [_group(counts, None if excluded is not None else float(met))],
         "evaluatedResource": [{"reference": episode.index.reference},
-                              *({"reference": s.reference} for s in result.scores)],
+                              *({"reference": s.reference} for s in result.scores),
+                              *([{"reference": excluded.reference}] if excluded is not None else [])],
     }
 
 
@@ -241,10 +252,25 @@ class PopulationCounts:
     initial_population: int = 0
     numerator: int = 0
     pending: int = 0  # counted persons whose window is still open (the result may still change)
+    excluded: int = 0  # in the denominator, excluded (services/outcomes/exclusions.py); never in the numerator
 
     def as_dict(self) -> dict[str, int]:
         return {"initial-population": self.initial_population, "denominator": self.initial_population,
-                "denominator-exclusion": 0, "numerator": self.numerator}
+                "denominator-exclusion": self.excluded, "numerator": self.numerator}
+
+    @property
+    def score(self) -> float | None:
+        """numerator / (denominator - denominator-exclusion); None when nobody is left to score."""
+        scored = self.initial_population - self.excluded
+        return self.numerator / scored if scored else None
+
+
+@dataclass(frozen=True)
+class PersonFacts:
+    """What a population measure reads of one person: their scores and the exclusions recorded for them."""
+
+    scores: Sequence[Score]
+    exclusions: Sequence[Exclusion] = ()
 
 
 def index_episode(spec: MeasureSpec, outcomes: PersonOutcomes, start: date, end: date) -> Episode | None:
@@ -252,25 +278,29 @@ def index_episode(spec: MeasureSpec, outcomes: PersonOutcomes, start: date, end:
     return next((e for e in outcomes.of("phq-9") if start <= e.index.when <= end), None)
 
 
-def population_counts(spec: MeasureSpec, histories: Iterable[Sequence[Score]], start: date, end: date,
+def population_counts(spec: MeasureSpec, persons: Iterable[PersonFacts | Sequence[Score]], start: date, end: date,
                       as_of: date, rules: InstrumentRules) -> PopulationCounts:
-    """Population counts of one measure over many persons' PHQ-9 histories (each person counted once: their
-    first index episode in the measurement period)."""
-    initial = numerator = pending = 0
-    for history in histories:
-        result = index_window(rules, history, spec.window, start, end, as_of)
+    """Population counts of one measure over many persons (their PHQ-9 histories, with or without their
+    exclusions; each person counted once: their first index episode in the measurement period)."""
+    initial = numerator = pending = excluded = 0
+    for person in persons:
+        facts = person if isinstance(person, PersonFacts) else PersonFacts(person)
+        result = index_window(rules, facts.scores, spec.window, start, end, as_of)
         if result is None:
             continue
         initial += 1
-        numerator += spec.met(result)
         pending += not result.closed
-    return PopulationCounts(initial, numerator, pending)
+        if facts.exclusions and excluding(facts.exclusions, result.end) is not None:
+            excluded += 1
+            continue
+        numerator += spec.met(result)
+    return PopulationCounts(initial, numerator, pending, excluded)
 
 
 def summary_report(spec: MeasureSpec, counts: PopulationCounts, start: date, end: date, generated: str,
                    organization: str, report_id: str) -> dict[str, Any]:
     """DEQM Summary MeasureReport (``generated``: the evaluation instant, ISO 8601)."""
-    score = counts.numerator / counts.initial_population if counts.initial_population else None
+    score = counts.score
     return {
         "resourceType": "MeasureReport",
         "id": report_id,
@@ -315,14 +345,15 @@ def measure_resource(spec: MeasureSpec) -> dict[str, Any]:
     }
 
 
-def outcome_resources(outcomes: PersonOutcomes, organization: str) -> list[dict[str, Any]]:
+def outcome_resources(outcomes: PersonOutcomes, organization: str,
+                      exclusions: Sequence[Exclusion] = ()) -> list[dict[str, Any]]:
     """Every derived resource of one person: a derived Observation per episode and, per PHQ-9 episode, an
-    Individual MeasureReport for each measure."""
+    Individual MeasureReport for each measure (``exclusions``: the person's denominator exclusions)."""
     resources: list[dict[str, Any]] = []
     for episode in outcomes.episodes:
         resources.append(derived_observation(episode))
         if episode.instrument == "phq-9":
-            resources.extend(individual_report(spec, episode, organization) for spec in MEASURES)
+            resources.extend(individual_report(spec, episode, organization, exclusions) for spec in MEASURES)
     return resources
 
 

@@ -35,11 +35,10 @@ from services.common.fhir.codesystems import (
 from services.common.security_labels import PSYCHIATRIC, combine, meta_security
 from services.outcomes.episodes import outcome_id
 
-PRIORITY: Final = {"cssrs-high-risk": "stat", "phq9-item9": "urgent", "epds-item10": "urgent", "risk-flag": "urgent"}
+PRIORITY: Final = {"cssrs-high-risk": "stat", "phq9-item9": "urgent", "risk-flag": "urgent"}
 DESCRIPTION: Final = {
     "cssrs-high-risk": "C-SSRS screen positive for high suicide risk: contact the patient now",
     "phq9-item9": "PHQ-9 item 9 (thoughts of self-harm) answered above 'Not at all': urgent follow-up",
-    "epds-item10": "EPDS item 10 (thoughts of self-harm) non-zero: urgent follow-up",
     "risk-flag": "Suicide/self-harm risk flagged by the sending system: urgent follow-up",
 }
 OPEN: Final = frozenset({"requested", "received", "accepted", "in-progress", "on-hold"})

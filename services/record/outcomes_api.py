@@ -4,8 +4,10 @@
 * ``GET|POST /Measure/{id}/$evaluate-measure`` with ``periodStart``, ``periodEnd`` (required) and optionally
   ``subject`` (Patient/<id>) and ``reportType`` (``population`` | ``subject``; default ``subject`` when a subject
   is named, as FHIR's operation defines): a DEQM Summary (or Individual) MeasureReport computed on read from the
-  record's PHQ-9 totals, with the same rules the outcomes service uses. Only scores the token may see count
-  (its clearances and patient compartment).
+  record's PHQ-9 totals and denominator exclusions (services/outcomes/exclusions.py), with the same rules the
+  outcomes service uses. Only scores and exclusions the token may see count (its disclosure grants and patient
+  compartment). The parsed scores are kept between calls (services/outcomes/population.py): a call reads only the
+  store's index of current versions and the bodies it has not parsed yet.
 * ``PUT /Task/{id}``: acknowledge / progress / close a safety Task: the body is the Task with the new
   ``status`` and ``owner`` = the acting Practitioner (note optional; nothing else may change). Needs a
   ``system/`` or ``user/`` Task write scope and the clearance of the Task's labels. The new version is written to
@@ -36,17 +38,20 @@ from services.common.kafka import OutboundRecord
 from services.common.topics import FHIR_BUNDLES
 from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
 from services.outcomes.episodes import evaluate_person
+from services.outcomes.exclusions import Exclusion
 from services.outcomes.fhir import (
     MEASURES,
     MEASURES_BY_ID,
     MeasureSpec,
+    PersonFacts,
     index_episode,
     individual_report,
     measure_resource,
     population_counts,
     summary_report,
 )
-from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of, scores_of
+from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, scores_of
+from services.outcomes.population import Fact, PopulationIndex
 from services.outcomes.tasks import TaskChangeRefused, audit_records, change_status
 from services.record import render
 from services.record.clinician_page import clinic_page, patient_page
@@ -82,6 +87,7 @@ def build_router(api: Any) -> APIRouter:
     """``api``: the :class:`services.record.api.RecordApi` (store, tokens, settings, publish, clock)."""
     router = APIRouter()
     rules = rules_of(api.settings)
+    population = PopulationIndex(api.store)
 
     def spec_of(measure_id: str) -> MeasureSpec:
         spec = MEASURES_BY_ID.get(measure_id)
@@ -134,27 +140,34 @@ def build_router(api: Any) -> APIRouter:
             members = frozenset(api.store.person(subject).members)
             if compartment is not None and not members & compartment:
                 raise Forbidden("the subject is outside the token's patient compartment")
-        histories: dict[str, list[Any]] = {}
         assert api.gate is not None
         grants = api.gate.grants(access, members)  # the disclosure decision (consent and labels) per person
-        for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL,)):
-            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
-                continue
-            if compartment is not None and row.patient_ref not in compartment:
-                continue
-            if members is not None and row.patient_ref not in members:
-                continue
-            score = score_of(orjson.loads(row.body))
-            if score is not None:
-                histories.setdefault(person, []).append(score)
+
+        def visible(fact: Fact[Any]) -> bool:
+            if not grants.grant_of(fact.patient_ref).permits(fact.restriction):
+                return False
+            if compartment is not None and fact.patient_ref not in compartment:
+                return False
+            return members is None or fact.patient_ref in members
+
+        histories: dict[str, list[Any]] = {}
+        for fact in population.scores((PHQ9_TOTAL,)):
+            if visible(fact):
+                histories.setdefault(fact.person, []).append(fact.value)
+        exclusions: dict[str, list[Exclusion]] = {}
+        for found in population.exclusions():
+            if found.person in histories and visible(found):
+                exclusions.setdefault(found.person, []).append(found.value)
         as_of = api.clock().date()
         organization = api.settings.outcomes_reporter
         generated = api.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
         if report_type == "subject":
-            persons = [evaluate_person(h, as_of, rules) for _, h in sorted(histories.items())]
-            episode = next((e for p in persons if (e := index_episode(spec, p, start, end)) is not None), None)
-            if episode is not None:
-                report = individual_report(spec, episode, organization)
+            persons = [(evaluate_person(h, as_of, rules), exclusions.get(k, ())) for k, h in sorted(histories.items())]
+            found_episode = next(((e, x) for p, x in persons if (e := index_episode(spec, p, start, end)) is not None),
+                                 None)
+            if found_episode is not None:
+                episode, excluded = found_episode
+                report = individual_report(spec, episode, organization, excluded)
                 report["id"] = str(uuid.uuid4())
                 report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
                 return _fhir(report)
@@ -163,7 +176,8 @@ def build_router(api: Any) -> APIRouter:
             report.update(type="individual", subject={"reference": subject}, status="complete")
             report["group"][0]["measureScore"] = {"value": 0.0}
             return _fhir(report)
-        counts = population_counts(spec, histories.values(), start, end, as_of, rules.phq9)
+        persons_facts = [PersonFacts(h, exclusions.get(k, ())) for k, h in histories.items()]
+        counts = population_counts(spec, persons_facts, start, end, as_of, rules.phq9)
         return _fhir(summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4())))
 
     @router.get("/Measure/{measure_id}/$evaluate-measure")
@@ -237,7 +251,7 @@ def build_router(api: Any) -> APIRouter:
             await _sleep(0.02)
         return _fhir(updated, 202)  # durable in Kafka; the record has not ingested it yet
 
-    _page_routes(router, api, rules)
+    _page_routes(router, api, rules, population)
     return router
 
 
@@ -255,7 +269,7 @@ class HtmlRoute(APIRoute):
         return match, child
 
 
-def _page_routes(router: APIRouter, api: Any, rules: Any) -> None:
+def _page_routes(router: APIRouter, api: Any, rules: Any, population: PopulationIndex) -> None:
     html_router = APIRouter(route_class=HtmlRoute)
 
     @html_router.get("/Patient/{patient_id}")
@@ -293,14 +307,12 @@ def _page_routes(router: APIRouter, api: Any, rules: Any) -> None:
         api.audit_page(access, grants, "search-type", found, request, query=False)
         tasks = [orjson.loads(r.body) for r in found if r.body is not None]
         histories: dict[str, list[Any]] = {}
-        for person, row in api.store.current_with_token("Observation", "code", (PHQ9_TOTAL, GAD7_TOTAL)):
-            if row.body is None or not grants.grant_of(row.patient_ref).permits(row.restriction):
+        for fact in population.scores((PHQ9_TOTAL, GAD7_TOTAL)):
+            if not grants.grant_of(fact.patient_ref).permits(fact.restriction):
                 continue
-            if compartment is not None and row.patient_ref not in compartment:
+            if compartment is not None and fact.patient_ref not in compartment:
                 continue
-            score = score_of(orjson.loads(row.body))
-            if score is not None:
-                histories.setdefault(person, []).append(score)
+            histories.setdefault(fact.person, []).append(fact.value)
         today = api.clock().date()
         overdue: list[tuple[str, str, str]] = []
         for history in histories.values():

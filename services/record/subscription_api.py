@@ -5,12 +5,17 @@ Definitions live in the notify store (services/notify/store.py), which the notif
 ``$events`` answer from the stored state. A token needs a Subscription write scope (``system/`` ``user/`` or
 ``patient/Subscription.write``, SMART v2 ``.c``) to create one, and a Subscription read or write scope to manage
 its own; a subscription belongs to the token's client (the grant's ``label``, else the token itself), and no
-client sees another's. Errors are OperationOutcomes naming the element (``issue.expression``).
+client sees another's. It acts for the recipient the token names (the grant's ``organization``, ``care_teams``
+and ``purpose_of_use``), served back read-only in the ``subscription-recipient`` extension: notify decides every
+notification for that recipient with the disclosure engine, as the record API decides the token's reads;
+``$events`` decides each event again now, and an answer that discloses foci is audited (BALP PatientQuery, one
+AuditEvent per patient, before it leaves). Errors are OperationOutcomes naming the element (``issue.expression``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -18,8 +23,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from services.common import audit
+from services.common.disclosure import policy_from_settings
 from services.notify.bundles import notification_bundle
-from services.notify.delivery import focus_lookup, iso_now
+from services.notify.delivery import Screened, focus_lookup, iso_now, part2_notice, screen
 from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
 from services.notify.subscriptions import (
     InvalidSubscription,
@@ -29,6 +36,7 @@ from services.notify.subscriptions import (
     status_update,
 )
 from services.record.access import Access, token_digest
+from services.record.disclosures import requester
 from services.record.errors import Forbidden, ResourceNotFound
 
 FHIR_JSON = "application/fhir+json"
@@ -52,6 +60,26 @@ def _client_of(request: Request, access: Access) -> str:
     return f"token-{token_digest(token)[:16]}"
 
 
+def events_audit(access: Access, screened: Screened, base_url: str, query: str) -> list[dict[str, Any]]:
+    """One AuditEvent (BALP PatientQuery, ``operation``) per patient whose events a ``$events`` answer
+    discloses, naming the foci and the consents permitting their Part 2 data."""
+    by_patient: dict[str, list[str]] = {}
+    consents: dict[str, list[str]] = {}
+    for event in screened.events:
+        patient = screened.patients.get(event.number)
+        if patient is None:
+            continue
+        foci = by_patient.setdefault(patient, [])
+        if event.focus not in foci:
+            foci.append(event.focus)
+        cited = consents.setdefault(patient, [])
+        cited.extend(c for c in screened.part2.get(event.number, ()) if c not in cited)
+    recorded = iso_now()
+    return [audit.api_access_event(str(uuid.uuid4()), recorded, "operation", requester(access), base_url, patient,
+                                   foci, consents[patient], query)
+            for patient, foci in sorted(by_patient.items())]
+
+
 def _may(access: Access, write: bool) -> bool:
     return any(s.resource_type in ("*", "Subscription") and (s.write if write else (s.read or s.write))
                for s in access.scopes)
@@ -68,7 +96,8 @@ def subscription_router(api: Any) -> APIRouter:
     def store() -> NotifyStore:
         with lock:
             if not opened:
-                opened.append(open_notify_store(notify_store_dsn(settings), pool_size=4))
+                opened.append(open_notify_store(notify_store_dsn(settings), pool_size=4, policy=policy_from_settings(
+                    settings.disclosure_policy, settings.disclosure_treatment_purposes)))
             return opened[0]
 
     def caller(request: Request, write: bool = False) -> tuple[Access, str]:
@@ -97,7 +126,9 @@ def subscription_router(api: Any) -> APIRouter:
             resource = await body_of(request)
             sub = parse_subscription(resource, allowlist=settings.notify_endpoint_allowlist, client=client,
                                      clearances=access.clearances,
-                                     patient=f"Patient/{access.patient}" if access.patient else None)
+                                     patient=f"Patient/{access.patient}" if access.patient else None,
+                                     organization=access.recipient.organization,
+                                     care_teams=access.recipient.care_teams, purpose=access.purpose)
         except InvalidSubscription as exc:
             return invalid(exc, 422 if exc.element == "Subscription.channel.endpoint" else 400)
         store().create(sub)
@@ -168,7 +199,7 @@ def subscription_router(api: Any) -> APIRouter:
 
     @router.get("/Subscription/{subscription_id}/$events")
     def events(subscription_id: str, request: Request) -> Response:
-        _, client = caller(request)
+        access, client = caller(request)
         sub = owned(subscription_id, client)
         params = request.query_params
         bounds: list[int | None] = []
@@ -183,8 +214,16 @@ def subscription_router(api: Any) -> APIRouter:
                 return invalid(InvalidSubscription("content", "must be empty, id-only or full-resource"))
             sub = replace(sub, content=content)  # type: ignore[arg-type]
         rows = store().events(sub.id, bounds[0], bounds[1], _EVENTS_LIMIT)
+        # decided now, as a delivery would be: what the recipient may no longer receive is left out
+        screened = screen(store(), sub, rows, int(time.time() * 1000))
         focus = focus_lookup(store(), sub) if sub.content == "full-resource" else None
-        return _fhir(notification_bundle(sub, api.base_url(request), "query-event", rows, iso_now(), focus))
+        base = api.base_url(request)
+        bundle = notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
+                                     part2_notice(sub, base, screened, iso_now()))
+        if sub.content != "empty":  # the answer discloses foci: audited like any API access, before it leaves
+            api.audit(events_audit(access, screened, base, request.url.query))
+        store().mark_served(sub.id, [e.number for e in screened.events if e.state == "pending"])
+        return _fhir(bundle)
 
     return router
 

@@ -10,7 +10,7 @@ PART2_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999984"  # the SUD program's part
 THERAPY_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999992"  # a therapy practice
 OTHER_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999976"
 
-# label class -> meta.security codes as carebus labels them (services/mapper/mapping/labels.py)
+# label class -> meta.security codes as carebus labels them (services/common/fhir/labels.py)
 LABEL_SETS: dict[str, tuple[str, ...]] = {
     "none": (),
     "PSY": security_labels.PSYCHIATRIC,

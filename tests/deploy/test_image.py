@@ -121,7 +121,7 @@ def test_image_writes_only_under_tmp() -> None:
         "tests/conftest.py",
         "deploy/k8s/base/kustomization.yaml",
         "services/__pycache__/x.pyc",
-        "services/mapper/hl7v2/er7.cpython-311-x86_64-linux-gnu.so",  # the host's build: the image compiles its own
+        "services/common/hl7v2/er7.cpython-311-x86_64-linux-gnu.so",  # the host's build: the image compiles its own
     ],
 )
 def test_dockerignore_keeps_the_context_small(path: str) -> None:

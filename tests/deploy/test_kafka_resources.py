@@ -17,6 +17,7 @@ from services.common.topics import (
     FHIR_BUNDLES,
     GENERAL_BUNDLES,
     INBOUND_EVENTS,
+    OUTCOMES,
     RECORD_CHANGES,
     SAFETY_ALERTS,
 )
@@ -106,23 +107,33 @@ def _group_ids(objects: list[Obj]) -> dict[str, str]:
             "CAREBUS_MAPPER_GROUP_ID", str(Settings.model_fields["mapper_group_id"].default)
         ),
         "record": record_env.get("CAREBUS_RECORD_GROUP_ID") or "carebus-record",
+        "notify": _env_of(objects, "notify").get("CAREBUS_NOTIFY_GROUP_ID") or "carebus-notify",
+        "outcomes": _env_of(objects, "outcomes").get("CAREBUS_OUTCOMES_GROUP_ID") or "carebus-outcomes",
+        "outcomes-alerts": _env_of(objects, "outcomes").get("CAREBUS_ALERTS_GROUP_ID") or "carebus-safety-alerts",
     }
+
+
+def _env_of(objects: list[Obj], service: str) -> dict[str, str | None]:
+    container = one(objects, "Deployment", f"carebus-{service}")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
 # What each service does on Kafka: the topics it reads and writes. record also writes identity link/unlink
 # commands to the bundle topic (services/record/api.py) and bundles it cannot store to the dead letters.
 READS = {"intake": set(), "mapper": {INBOUND_EVENTS}, "record": {FHIR_BUNDLES, AUDIT_EVENTS},
-         "general": {FHIR_BUNDLES}}
+         "general": {FHIR_BUNDLES}, "notify": {RECORD_CHANGES}, "outcomes": {RECORD_CHANGES, SAFETY_ALERTS}}
 WRITES = {
     "intake": {INBOUND_EVENTS},
     "mapper": {FHIR_BUNDLES, SAFETY_ALERTS, DEAD_LETTERS},
     "record": {FHIR_BUNDLES, DEAD_LETTERS, RECORD_CHANGES, AUDIT_EVENTS},
     "general": {GENERAL_BUNDLES},
+    "notify": set(),
+    "outcomes": {FHIR_BUNDLES, OUTCOMES, SAFETY_ALERTS},  # derived resources and Tasks, outcome changes, escalations
 }
 
 
 @pytest.mark.parametrize("name", ALL_KUSTOMIZATIONS)
-@pytest.mark.parametrize("service", ["intake", "mapper", "record", "general"])
+@pytest.mark.parametrize("service", ["intake", "mapper", "record", "general", "notify", "outcomes"])
 def test_kafka_user_acls_grant_exactly_what_the_service_does(name: str, service: str) -> None:
     objects = render(name)
     user = one(objects, "KafkaUser", f"carebus-{service}")
@@ -137,7 +148,7 @@ def test_kafka_user_acls_grant_exactly_what_the_service_does(name: str, service:
             assert not _allowed(user, "topic", topic, operation), f"{operation} {topic}"
     groups = _group_ids(objects)
     for owner, group in groups.items():
-        assert _allowed(user, "group", group, "Read") == (owner == service), f"group {group}"
+        assert _allowed(user, "group", group, "Read") == (owner.split("-")[0] == service), f"group {group}"
     assert not any(
         acl["resource"]["type"] in ("cluster", "transactionalId")
         for acl in user["spec"]["authorization"]["acls"]

@@ -23,7 +23,6 @@ from tests.deploy.helpers import (
     of_kind,
     one,
     render,
-    service_module_exists,
     service_routes,
 )
 
@@ -41,6 +40,7 @@ CORE_KINDS = {
     "NetworkPolicy",
 }
 HPA_SERVICES = ("intake", "mapper")
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
 
 
 def _container(deployment: Obj) -> Obj:
@@ -171,8 +171,6 @@ def test_probe_paths_are_routes_of_the_service(service: str) -> None:
 def test_settings_in_the_environment_are_valid(
     name: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if service == "record" and not service_module_exists("record"):
-        pytest.skip("services/record/__main__.py does not exist yet: its settings may still change")
     env = _settings_env(render(name), service)
     fields = {f"CAREBUS_{field.upper()}" for field in Settings.model_fields}
     unknown = sorted(key for key in env if key not in fields)
@@ -360,13 +358,21 @@ def test_network_policy_allows_only_what_the_service_needs(name: str, service: s
                 assert labels.get("strimzi.io/kind") == "Kafka"
                 target = "kafka"
             elif "cnpg.io/cluster" in labels:
-                target = "postgresql"
+                target = f"postgresql {labels['cnpg.io/cluster']}"
+            elif "ipBlock" in peer and service == "notify":  # subscribers' endpoints: outside the cluster only
+                assert peer["ipBlock"]["cidr"] == "0.0.0.0/0"
+                assert set(PRIVATE_RANGES) <= set(peer["ipBlock"]["except"])
+                target = "internet"
             else:
                 pytest.fail(f"{service}: unexpected egress peer {peer}")
             egress.setdefault(target, set()).update(_ports(rule))
     expected = {"dns": {(53, "UDP"), (53, "TCP")}, "kafka": {(kafka_port, "TCP")}}
-    if service == "record":
-        expected["postgresql"] = {(5432, "TCP")}
+    # record: its store and notify's (the /Subscription routes); notify: its store; outcomes: the record's
+    for cluster in {"record": ("carebus-records", "carebus-notify"), "notify": ("carebus-notify",),
+                    "outcomes": ("carebus-records",)}.get(service, ()):
+        expected[f"postgresql {cluster}"] = {(5432, "TCP")}
+    if service == "notify":
+        expected["internet"] = {(443, "TCP")}
     assert egress == expected
 
     ingress_ports = set().union(*(_ports(rule) for rule in policy["ingress"]))
@@ -425,3 +431,23 @@ def test_service_monitor_scrapes_every_service(name: str) -> None:
         assert endpoint_ports & {p["name"] for p in svc["spec"]["ports"]}
         # the dashboard and the alert rules select job="carebus-<service>"
         assert svc["metadata"]["labels"][job_label] == f"carebus-{service}"
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("service", ["notify", "outcomes"])
+def test_single_process_services_never_run_twice(name: str, service: str) -> None:
+    # notify's delivery tasks and outcomes' sweep / escalations are not partitioned across processes: one
+    # replica, and a rollout stops the old pod before it starts the new one
+    deployment = deployment_of(render(name), service)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [h for h in of_kind(render(name), "HorizontalPodAutoscaler")
+                if h["spec"]["scaleTargetRef"]["name"] == f"carebus-{service}"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_record_api_and_notify_share_the_subscription_store(name: str) -> None:
+    objects = render(name)
+    refs = {service: container_env(_container(deployment_of(objects, service)))["CAREBUS_NOTIFY_STORE_DSN"]
+            ["valueFrom"]["secretKeyRef"] for service in ("record", "notify")}
+    assert refs["record"] == refs["notify"] == {"name": "carebus-notify-app", "key": "uri"}

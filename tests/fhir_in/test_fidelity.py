@@ -17,7 +17,8 @@ import pytest
 
 from services.common.errors import UnscoreableResponse
 from services.common.fhir_ids import resource_id
-from services.mapper.fhir_in import Rekeying, map_fhir_payload
+from services.common.fhir_payload import Rekeying
+from services.mapper.fhir_in import map_fhir_payload
 from services.mapper.mapping import validate_bundle
 from services.mapper.result import MappedEvent
 from tests.fhir_in.test_fhir_in import CONTEXT, SOURCE, by_type, envelope, sample
@@ -270,8 +271,8 @@ def test_the_rule_in_one_place() -> None:
 
 
 def test_intake_keys_both_posts_by_the_same_source_patient() -> None:
+    from services.common.fhir_payload import check_resources
     from services.intake.app import fhir_patient_key
-    from services.mapper.fhir_in import check_resources
 
     later = {"resourceType": "MedicationRequest", "id": "mr-9", "status": "active", "intent": "order",
              "medicationCodeableConcept": {"text": "sertraline"},

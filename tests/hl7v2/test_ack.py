@@ -8,18 +8,18 @@ import hl7
 import pytest
 
 from services.common.errors import BrokerUnavailable
-from services.mapper.hl7v2 import (
+from services.common.hl7v2 import (
     Hl7v2Error,
     MalformedMessage,
     MissingRequired,
     ack_message,
     inspect_message,
-    map_hl7v2_message,
     message_control_id,
     message_event_id,
     message_key,
 )
-from services.mapper.hl7v2.er7 import parse_message
+from services.common.hl7v2.er7 import parse_message
+from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import PID, context, er7, msh, sample
 
 NOW = datetime(2024, 5, 1, 17, 30, 5, tzinfo=UTC)

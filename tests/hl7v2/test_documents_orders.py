@@ -7,8 +7,8 @@ import base64
 import pytest
 
 from services.common.errors import RefusedContent
+from services.common.hl7v2 import MissingRequired, PsychotherapyNoteRefused
 from services.common.security_labels import PART2, PSYCHIATRIC
-from services.mapper.hl7v2 import MissingRequired, PsychotherapyNoteRefused
 from tests.hl7v2.helpers import PID, codes, er7, mapped, msh, one, resources, sample, security
 
 

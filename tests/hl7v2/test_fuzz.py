@@ -8,13 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.mapper.hl7v2 import (
-    Hl7v2Error,
-    ack_message,
-    inspect_message,
-    map_hl7v2_message,
-    validate_mapped,
-)
+from services.common.hl7v2 import Hl7v2Error, ack_message, inspect_message
+from services.mapper.hl7v2 import map_hl7v2_message, validate_mapped
 from tests.hl7v2.helpers import HL7_SAMPLES, context
 
 SAMPLE_TEXTS = [path.read_text(encoding="utf-8") for path in HL7_SAMPLES]

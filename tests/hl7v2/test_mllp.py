@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from devstack.local_broker import LocalKafkaBroker
+from services.common.hl7v2 import ack_message, inspect_message
 from services.common.kafka import RecordProducer, ensure_topics, read_recent_headers
 from services.common.metrics import Metrics
 from services.common.settings import REPO_ROOT, Settings
@@ -28,19 +29,18 @@ from services.common.topics import (
     HL7V2_MESSAGE_EVENT_TYPE,
     INBOUND_EVENTS,
 )
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor, RecentMessages
 from services.intake.mllp import (
     END_BLOCK,
     START_BLOCK,
     AckOutcome,
     Frame,
     FrameDecoder,
-    KafkaHl7Acceptor,
     MllpServer,
     OversizedFrame,
-    RecentMessages,
     frame,
 )
-from services.mapper.hl7v2 import ack_message, inspect_message, map_hl7v2_message
+from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import PID, context, er7, msh, sample
 from tests.kafka_helpers import header, read_all
 

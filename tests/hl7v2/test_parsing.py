@@ -8,16 +8,16 @@ import base64
 import pytest
 
 from services.common.errors import InvalidInput, MappingError
-from services.mapper.hl7v2 import (
+from services.common.hl7v2 import (
     Hl7v2Error,
     MalformedMessage,
     MissingRequired,
     UnsupportedMessage,
     UnsupportedMessageType,
     UnsupportedVersion,
-    map_hl7v2_message,
 )
-from services.mapper.hl7v2.er7 import parse_message, unescape
+from services.common.hl7v2.er7 import parse_message, unescape
+from services.mapper.hl7v2 import map_hl7v2_message
 from tests.hl7v2.helpers import PID, codes, context, er7, mapped, msh, one, resources, sample
 
 ADT = [msh("ADT^A01^ADT_A01"), "EVN|A01|20240501101500-0500", PID,
@@ -197,7 +197,8 @@ def test_mapping_is_pure_for_the_same_context() -> None:
 
 
 def test_a_resource_that_breaks_r4_is_an_invalid_resource_error() -> None:
-    from services.mapper.hl7v2 import InvalidResource, validate_mapped
+    from services.common.hl7v2 import InvalidResource
+    from services.mapper.hl7v2 import validate_mapped
 
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
         {"fullUrl": "urn:uuid:6f1c1f2e-3b0a-4c55-9a57-0c4a1e5b2d10",

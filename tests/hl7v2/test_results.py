@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
+from services.common.hl7v2 import InvalidValue
 from services.common.security_labels import PSYCHIATRIC
-from services.mapper.hl7v2 import InvalidValue
 from tests.hl7v2.helpers import PID, codes, er7, mapped, msh, one, resources, sample, security
 
 PHQ9_ITEMS = ["44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8"]

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pytest
 
+from services.common.hl7v2 import MissingRequired
+from services.common.hl7v2.dtm import parse_dtm
 from services.common.security_labels import PSYCHIATRIC
-from services.mapper.hl7v2 import MissingRequired
-from services.mapper.hl7v2.datatypes import parse_dtm
 from tests.hl7v2.helpers import PID, codes, er7, mapped, msh, one, sample, security
 
 SCH = "SCH|PL-7|FI-7||||ROUTINE^Routine follow-up^L|FOLLOWUP^Follow-up^L|||||||||||||||||Booked"

@@ -1,4 +1,4 @@
-"""carebus' own ER7 tokenizer (services/mapper/hl7v2/er7.py) splits exactly as python-hl7 (``hl7.parse``), which
+"""carebus' own ER7 tokenizer (services/common/hl7v2/er7.py) splits exactly as python-hl7 (``hl7.parse``), which
 it replaced for speed: every field of every segment, on the published samples and on generated messages with
 all the separators, escapes, HL7 nulls, empty fields and repetitions in odd places."""
 
@@ -10,8 +10,8 @@ import hl7
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.mapper.hl7v2 import Hl7v2Error
-from services.mapper.hl7v2.er7 import Message, Segment, parse_message, unescape
+from services.common.hl7v2 import Hl7v2Error
+from services.common.hl7v2.er7 import Message, Segment, parse_message, unescape
 from tests.hl7v2.helpers import HL7_SAMPLES, sample
 
 Reading = list[list[list[str]]]  # repetitions -> components -> sub-components (unescaped, stripped)

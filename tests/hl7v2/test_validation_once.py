@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
+from services.common import fhir_validation as validation
 from services.common.errors import MappingError
+from services.common.hl7v2 import inspect_message
 from services.common.topics import HL7V2_MESSAGE_EVENT_TYPE
 from services.mapper import pipeline as pipeline_module
-from services.mapper.hl7v2 import inspect_message, map_hl7v2_message
-from services.mapper.mapping import validation
+from services.mapper.hl7v2 import map_hl7v2_message
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from tests.hl7v2.helpers import HL7_SAMPLES, context, sample
 
@@ -47,7 +48,7 @@ def test_the_mapping_alone_validates_nothing() -> None:
     assert validated_so_far() == before
 
 
-def test_an_invalid_mapped_resource_is_dead_lettered_by_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_invalid_mapped_resource_is_dead_lettered_by_the_pipeline() -> None:
     # no message is known to map to an invalid resource (fuzzing looks for one): break one after mapping
     real = pipeline_module.MAPPERS_BY_TYPE[HL7V2_MESSAGE_EVENT_TYPE]
 
@@ -57,8 +58,8 @@ def test_an_invalid_mapped_resource_is_dead_lettered_by_the_pipeline(monkeypatch
         patient["birthDate"] = "1980-13-45"
         return mapped
 
-    monkeypatch.setitem(pipeline_module.MAPPERS_BY_TYPE, HL7V2_MESSAGE_EVENT_TYPE, breaking)
-    outcome = Pipeline(TopicNames.for_prefix("t")).process(inbound(sample("ADT-A08-01.hl7")))
+    mappers = {**pipeline_module.MAPPERS_BY_TYPE, HL7V2_MESSAGE_EVENT_TYPE: breaking}
+    outcome = Pipeline(TopicNames.for_prefix("t"), mappers=mappers).process(inbound(sample("ADT-A08-01.hl7")))
     assert outcome.dead_letter_reason == MappingError.reason
     letter = orjson.loads(outcome.records[0].value)
     assert letter["problems"][0]["location"].endswith("resource(Patient).birthDate")

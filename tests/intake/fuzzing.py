@@ -41,7 +41,8 @@ from prometheus_client import generate_latest
 from services.common.log import json_formatter
 from services.common.metrics import Metrics
 from services.intake.app import create_app
-from services.intake.mllp import END_BLOCK, START_BLOCK, KafkaHl7Acceptor, MllpServer
+from services.intake.hl7v2_acceptor import KafkaHl7Acceptor
+from services.intake.mllp import END_BLOCK, START_BLOCK, MllpServer
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from tests.fakes import FakeProducer
 from tests.intake.helpers import (
@@ -206,6 +207,7 @@ class Inputs:
         out = []
         for segment in segments:
             fields = segment.split("|")
+            fields[0] = fields[0].removeprefix("\ufeff")  # two NIST samples start with a UTF-8 BOM
             if fields[0] == "MSH" and len(fields) > 9:
                 fields[9] = f"FZ{self.serial}"
             elif fields[0] == "PID":

@@ -21,9 +21,9 @@ import orjson
 import pytest
 
 from devstack.local_broker import free_port
+from services.common.hl7v2 import inspect_message
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES
-from services.mapper.hl7v2 import inspect_message
 from tests.intake.fuzzing import Inputs, has_canary, run_in_process
 from tests.intake.helpers import SENDER_GRANTS
 from tests.integration.test_processes import wait_ready

@@ -44,12 +44,16 @@ def test_a_broker_outage_rewinds_the_batches_in_flight_and_loses_nothing(tmp_pat
         loader.close()
         service = MapperService(
             build_consumer(settings, "test-mapper", "outage-mapper", [INBOUND_EVENTS.name("outage")]),
-            RecordProducer(settings, "test-mapper", **PRODUCER_TUNING),
+            # a batch waits a second before it is sent, so the last one mapped before the crash is still in
+            # flight when the broker dies, however busy the machine is
+            RecordProducer(settings, "test-mapper", **{**PRODUCER_TUNING, "linger_ms": 1000}),
             Pipeline(TopicNames.for_prefix("outage")), Metrics(), max_records=25)
         while service.stats.consumed < 75:
             service.run_once(timeout_ms=1000)
+        while service.run_once(timeout_ms=1000) == 0:  # the last call mapped and sent a batch: it is in flight
+            pass
 
-        broker.stop()
+        broker.kill()  # a crash: what is in flight is never acknowledged
         with pytest.raises(BrokerUnavailable):
             for _ in range(50):  # mapped batches wait in flight until their acks time out
                 service.run_once(timeout_ms=500)

@@ -1,9 +1,9 @@
-"""services/mapper/r4_element_names.txt is exactly the element names of the R4B models (regenerate with
-`python -m services.mapper.element_names`)."""
+"""services/common/r4_element_names.txt is exactly the element names of the R4B models (regenerate with
+`python -m services.common.fhir_elements`)."""
 
 from __future__ import annotations
 
-from services.mapper.element_names import names_from_models, r4_element_names
+from services.common.fhir_elements import names_from_models, r4_element_names
 
 
 def test_the_element_name_list_matches_the_models() -> None:

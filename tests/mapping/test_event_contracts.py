@@ -22,9 +22,9 @@ from services.common.events import (
 from services.common.events.examples import EXAMPLES
 from services.common.events.export import SCHEMA_DIR, drift, render
 from services.common.events.parsing import INSTRUMENT_ITEMS
+from services.common.fhir.instruments import INSTRUMENTS
 from services.common.fhir_ids import patient_key as raw_patient_key
 from services.mapper.mapping import map_event, validate_bundle
-from services.mapper.mapping.instruments import INSTRUMENTS
 from tests.mapping.helpers import CONTEXT, example
 
 PHI_NAME = "Zebediah Quarrington-Vale"
@@ -196,13 +196,15 @@ def test_link_id_or_code_but_not_both() -> None:
     assert problems_of(event) == [("data.items[0]", "value_error")]
 
 
-def test_intake_tables_agree_with_the_scoring_tables() -> None:
+def test_the_contract_check_reads_the_instrument_table() -> None:
+    """The contract's item codes, answer weights and answer lists are the scoring table's (one table)."""
     assert set(INSTRUMENT_ITEMS) == set(INSTRUMENTS)
-    for key, spec in INSTRUMENTS.items():
-        codes, max_weight, answer_codes = INSTRUMENT_ITEMS[key]
-        assert codes == {item.loinc for item in spec.items}, key
-        assert max_weight == max(o.weight for item in spec.items for o in item.options), key
-        assert answer_codes == {o.code for item in spec.items for o in item.options}, key
+    phq9_codes, phq9_max, phq9_answers = INSTRUMENT_ITEMS["phq-9"]
+    assert len(phq9_codes) == 10 and "69722-7" in phq9_codes  # nine scored items and the difficulty item
+    assert phq9_max == 3 and {"LA6568-5", "LA6571-9", "LA6575-0"} <= phq9_answers
+    assert INSTRUMENT_ITEMS["phq-2"][0] == {"44250-9", "44255-8"}
+    assert INSTRUMENT_ITEMS["cssrs-screener"][1] == 1 and INSTRUMENT_ITEMS["audit-c"][1] == 4
+    assert len(INSTRUMENT_ITEMS["gad-7"][0]) == 7
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from services.common.errors import MappingError
 from services.common.events import EVENT_TYPES, parse_event
 from services.common.events.examples import EXAMPLES
 from services.common.fhir_ids import resource_id
+from services.common.fhir_validation import validate_resource
 from services.mapper.mapping import DISPATCH, map_event, serialize, validate_bundle
-from services.mapper.mapping.validation import validate_resource
 from services.mapper.result import MappingContext
 from tests.mapping.helpers import CONTEXT, RECEIVED, codes, example, mapped, one, resources, security_codes
 

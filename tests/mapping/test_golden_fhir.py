@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from services.common.events.examples import EXAMPLES
-from services.mapper.mapping.instruments import INSTRUMENTS, score_instrument
-from services.mapper.mapping.labels import diagnosis_labels
+from services.common.fhir.instruments import INSTRUMENTS, score_instrument
+from services.common.fhir.labels import diagnosis_labels
+from services.common.fhir_validation import validate_resource
 from services.mapper.mapping.note import BHP_MENTAL_HEALTH_NOTE, NOTE_TYPES
-from services.mapper.mapping.validation import validate_resource
 from tests.mapping.helpers import example, mapped, one, resources, sample
 
 PHQ9_ORDER = [

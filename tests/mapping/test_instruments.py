@@ -1,11 +1,11 @@
-"""Instrument scoring: PHQ-9, PHQ-2, GAD-7, C-SSRS screener, AUDIT-C (mapping/instruments.py)."""
+"""Instrument scoring: PHQ-9, PHQ-2, GAD-7, C-SSRS screener, AUDIT-C (services/common/fhir/instruments.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.common.errors import MappingError
-from services.mapper.mapping.instruments import (
+from services.common.fhir.instruments import (
     INSTRUMENTS,
     InstrumentAnswerError,
     score_instrument,

@@ -1,4 +1,4 @@
-"""Every label rule is a named function in services/mapper/mapping/labels.py; its documented table
+"""Every label rule is a named function in services/common/fhir/labels.py; its documented table
 (docs/security-labels.md) is generated from labels.RULES and checked against the code here."""
 
 from __future__ import annotations
@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from services.mapper.mapping import labels
+from services.common.fhir import labels
+from services.common.fhir.__main__ import DOC
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_RULES = {"combine", "ingredients_of", "rules_table"}  # helpers, not rules
 
 
 def test_the_documented_table_is_generated_from_the_rules() -> None:
-    assert labels.DOC.read_text() == labels.rules_table(), "run: python -m services.mapper.mapping.labels"
+    assert DOC.read_text() == labels.rules_table(), "run: python -m services.common.fhir"
 
 
 @pytest.mark.parametrize("rule", labels.RULES, ids=lambda rule: f"{rule.rule.__name__}{rule.example!r}"[:60])

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from services.common.fhir import labels
+from services.common.fhir.rxnorm_products import PRODUCTS_BY_INGREDIENT
 from services.mapper.fhir_in import map_fhir_payload
-from services.mapper.mapping import labels
-from services.mapper.mapping.rxnorm_products import PRODUCTS_BY_INGREDIENT
 from tests.fhir_in.test_fhir_in import CONTEXT as FHIR_CONTEXT
 from tests.fhir_in.test_fhir_in import envelope
 from tests.hl7v2.helpers import PID, er7, msh

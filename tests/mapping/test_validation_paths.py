@@ -21,11 +21,12 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from devstack.journey import sample_care_journey
+from services.common import fhir_validation as validation
 from services.common.errors import MappingError
 from services.common.events import parse_event
 from services.common.events.examples import EXAMPLES
 from services.mapper.hl7v2 import map_hl7v2_message
-from services.mapper.mapping import map_event, validation
+from services.mapper.mapping import map_event
 from tests.hl7v2.helpers import sample as hl7_sample
 from tests.mapping.helpers import CONTEXT, SAMPLES, sample
 

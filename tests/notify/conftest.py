@@ -37,8 +37,9 @@ SUBSCRIBERS: dict[str, RecordTokenGrant] = {
 }
 
 
-def tokens() -> dict[str, RecordTokenGrant]:
-    mine = {hashlib.sha256(f"notify-token-{name}".encode()).hexdigest(): g for name, g in SUBSCRIBERS.items()}
+def tokens(subscribers: dict[str, RecordTokenGrant] | None = None) -> dict[str, RecordTokenGrant]:
+    mine = {hashlib.sha256(f"notify-token-{name}".encode()).hexdigest(): g
+            for name, g in (subscribers or SUBSCRIBERS).items()}
     return {**token_config(), **mine}
 
 
@@ -75,6 +76,7 @@ class ServiceProcess:
             "CAREBUS_NOTIFY_RETRY_WINDOW_S": str(s.notify_retry_window_s),
             "CAREBUS_NOTIFY_ENDPOINT_ALLOWLIST": orjson.dumps(s.notify_endpoint_allowlist).decode(),
             "CAREBUS_RECORD_BASE_URL": str(s.record_base_url),
+            "CAREBUS_DISCLOSURE_POLICY": orjson.dumps(s.disclosure_policy).decode(),
             "CAREBUS_LOG_LEVEL": "INFO",
             **self.extra,
         })
@@ -110,12 +112,19 @@ class ServiceProcess:
 
 
 class NotifyStack:
-    def __init__(self, kafka_bootstrap: str, folder: Path) -> None:
+    """``subscribers`` (name -> grant; tokens ``notify-token-<name>``) and ``disclosure_policy`` default to the
+    notify suite's; the record and notify decide under the same policy. ``record_dsn`` / ``notify_dsn``: the two
+    stores (default: SQLite files in ``folder``; a PostgreSQL schema each for the PostgreSQL end-to-end test)."""
+
+    def __init__(self, kafka_bootstrap: str, folder: Path, subscribers: dict[str, RecordTokenGrant] | None = None,
+                 disclosure_policy: dict[str, Any] | None = None, record_dsn: str | None = None,
+                 notify_dsn: str | None = None) -> None:
         self.folder = folder
-        base = harness_settings(kafka_bootstrap)
+        base = harness_settings(kafka_bootstrap, **(
+            {"disclosure_policy": disclosure_policy} if disclosure_policy is not None else {}))
         settings = base.model_copy(update={
-            "record_tokens": tokens(),
-            "notify_store_dsn": f"sqlite:///{folder}/notify.db",
+            "record_tokens": tokens(subscribers),
+            "notify_store_dsn": notify_dsn or f"sqlite:///{folder}/notify.db",
             "notify_endpoint_allowlist": ["http://127.0.0.1"],
             "notify_port": free_port(),
             "notify_group_id": f"notify-{uuid.uuid4().hex[:8]}",
@@ -124,7 +133,8 @@ class NotifyStack:
             "notify_retry_max_s": 3600.0,
             "notify_retry_window_s": 86_400.0,  # 24 h = 24 s real
         })
-        self.record = RecordHarness(settings, f"sqlite:///{folder}/record.db", "sqlite")
+        self.record = RecordHarness(settings, record_dsn or f"sqlite:///{folder}/record.db",
+                                    "postgres" if record_dsn and record_dsn.startswith("postgres") else "sqlite")
         self.settings = settings.model_copy(update={"record_base_url": self.record.base_url})
         self.notify = ServiceProcess("notify", self.settings, self.settings.notify_port, folder / "notify.log")
         self.notify.start()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
+from services.common import part2
 from services.common.disclosure import parse_consent
 from services.notify.bundles import notification_bundle
 from services.notify.consent import PART2_NOTICE, Recipient, decide
@@ -187,8 +188,9 @@ def test_a_valid_subscription_round_trips_and_renders_as_valid_fhir() -> None:
     served = render_subscription(sub)
     get_fhir_model_class("Subscription").model_validate(served)
     assert served["channel"]["header"] == ["Authorization: [redacted]"]
-    assert "extension" not in served  # the secret is served only once, in the create's answer
-    assert render_subscription(sub, include_secret=True)["extension"][0]["valueString"] == sub.secret
+    # the secret is served only once, in the create's answer
+    assert not any("signing-secret" in e["url"] for e in served["extension"])
+    assert render_subscription(sub, include_secret=True)["extension"][-1]["valueString"] == sub.secret
     off = status_update(sub, {"resourceType": "Subscription", "status": "off"})
     assert off.status == "off" and off.endpoint == sub.endpoint
 
@@ -235,9 +237,14 @@ def test_notification_bundles_are_valid_r4_history_bundles_with_the_status_first
                        None, PART2_NOTICE if n == 2 else None, 0, None) for n in (1, 2)]
     flag = {"resourceType": "Flag", "id": "f1", "status": "active", "code": {"text": "risk"},
             "subject": {"reference": "Patient/p1"}}
+    notice = part2.disclosure_notice(part2.notice_id("s1", "2"), "2024-03-01T10:00:01.000Z", ["Flag/f2"],
+                                     ["Consent/c1"], "https://fhir.example/r4", "TREAT")
     bundle = notification_bundle(sub, "https://fhir.example/r4", "event-notification", events,
-                                 "2024-03-01T10:00:01.000Z", lambda e: flag if e.resource_id == "f1" else None)
+                                 "2024-03-01T10:00:01.000Z", lambda e: flag if e.resource_id == "f1" else None,
+                                 notice)
     get_fhir_model_class("Bundle").model_validate(bundle)
+    assert bundle["entry"][-1]["resource"] == notice  # the 42 CFR 2.32 notice travels as a Provenance entry
+    assert part2.STATEMENT_1[:60] in notice["text"]["div"]
     assert bundle["type"] == "history"
     status = bundle["entry"][0]["resource"]
     assert status["resourceType"] == "Parameters"
@@ -246,7 +253,7 @@ def test_notification_bundles_are_valid_r4_history_bundles_with_the_status_first
     numbers = [next(part["valueString"] for part in p["part"] if part["name"] == "event-number")
                for p in status["parameter"] if p["name"] == "notification-event"]
     assert numbers == ["1", "2"]
-    focus_entries = bundle["entry"][1:]
+    focus_entries = bundle["entry"][1:-1]
     if content == "empty":
         assert focus_entries == []
     else:

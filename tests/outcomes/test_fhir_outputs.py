@@ -10,10 +10,12 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from services.outcomes.episodes import Score, evaluate_person, index_window, phq9_rules
+from services.outcomes.exclusions import Exclusion, exclusion_of
 from services.outcomes.fhir import (
     CMS159_STYLE,
     DRR_E_STYLE,
     MEASURES,
+    PersonFacts,
     derived_observation,
     index_episode,
     individual_report,
@@ -22,7 +24,7 @@ from services.outcomes.fhir import (
     population_counts,
     summary_report,
 )
-from tests.outcomes.population import AS_OF, EXPECTED, PERIOD, population
+from tests.outcomes.population import AS_OF, EXPECTED, PERIOD, exclusion_resources, measure_score, population
 
 RULES = phq9_rules()
 
@@ -88,17 +90,41 @@ def test_measures_are_valid(spec: Any) -> None:
         "initial-population", "denominator", "denominator-exclusion", "numerator"]
 
 
+def exclusions(key: str, points: list[tuple[date, int]]) -> list[Exclusion]:
+    patient, conditions = exclusion_resources(key, points[0][0], key)
+    found = [exclusion_of(r) for r in [*conditions, {"resourceType": "Patient", "id": key, **patient}]]
+    return [e for e in found if e is not None]
+
+
 @pytest.mark.parametrize("spec", MEASURES, ids=lambda s: s.window)
 def test_summary_counts_match_the_hand_count_over_50_patients(spec: Any) -> None:
-    histories = [history(key, points) for key, points in population()]
-    counts = population_counts(spec, histories, *PERIOD, AS_OF, RULES)
+    persons = [PersonFacts(history(key, points), exclusions(key, points)) for key, points in population()]
+    counts = population_counts(spec, persons, *PERIOD, AS_OF, RULES)
     assert counts.as_dict() == EXPECTED[spec.window]
     report = valid(summary_report(spec, counts, *PERIOD, "2027-01-01T00:00:00Z", "Riverside", "r1"))
     populations = {p["code"]["coding"][0]["code"]: p["count"] for p in report["group"][0]["population"]}
     assert populations == EXPECTED[spec.window]
-    expected = EXPECTED[spec.window]
-    assert report["group"][0]["measureScore"]["value"] == round(expected["numerator"] / expected["denominator"], 4)
+    assert report["group"][0]["measureScore"]["value"] == measure_score(spec.window)
     assert report["status"] == "complete" and report["type"] == "summary"
+    # without the exclusions the same histories count everyone
+    plain = population_counts(spec, [p.scores for p in persons], *PERIOD, AS_OF, RULES)
+    assert plain.excluded == 0 and plain.numerator > counts.numerator
+
+
+def test_an_excluded_persons_individual_report() -> None:
+    scores = history("p9", [(date(2025, 1, 5), 20), (date(2025, 6, 1), 3)])
+    episode = evaluate_person(scores, date(2027, 1, 1)).of("phq-9")[0]
+    bipolar = exclusion_of({"resourceType": "Condition", "id": "c1", "onsetDateTime": "2025-03-01",
+                            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F31.0"}]}})
+    assert bipolar is not None
+    report = valid(individual_report(DRR_E_STYLE, episode, "Riverside", [bipolar]))
+    counts = {p["code"]["coding"][0]["code"]: p["count"] for p in report["group"][0]["population"]}
+    assert counts == {"initial-population": 1, "denominator": 1, "denominator-exclusion": 1, "numerator": 0}
+    assert "measureScore" not in report["group"][0]
+    assert {"reference": "Condition/c1"} in report["evaluatedResource"]
+    later = Exclusion(date(2026, 6, 1), "death", "Patient/p9")  # after the DRR-E window: the remission counts
+    kept = individual_report(DRR_E_STYLE, episode, "Riverside", [later])
+    assert {p["id"]: p["count"] for p in kept["group"][0]["population"]}["numerator"] == 1
 
 
 def test_a_period_with_nobody_in_it_has_no_score() -> None:

@@ -19,7 +19,7 @@ from services.common.topics import FHIR_BUNDLES, HEADER_EVENT_ID, HEADER_EVENT_T
 from services.outcomes.engine import clock_of
 from services.outcomes.fhir import MEASURES
 from tests.outcomes.conftest import OTHER_SOURCE, SOURCE, OutcomesStack, eventually, patient_event, phq9_event, unique
-from tests.outcomes.population import EXPECTED, PERIOD, population
+from tests.outcomes.population import EXPECTED, PERIOD, exclusion_resources, measure_score, population
 from tests.record.conftest import bearer
 
 pytestmark = pytest.mark.integration
@@ -184,7 +184,10 @@ def test_clock_is_driven_by_a_setting(stack: OutcomesStack) -> None:
 def _score_bundle(key: str, points: list[tuple[Any, int]]) -> OutboundRecord:
     patient = {"resourceType": "Patient", "id": resource_id("Patient", "urn:carebus:test:measures", key),
                "identifier": [{"system": "urn:carebus:test:measures", "value": key}]}
-    entries = [{"fullUrl": f"urn:uuid:{patient['id']}", "resource": patient}]
+    died, conditions = exclusion_resources(key, points[0][0], patient["id"])
+    patient.update(died)
+    entries = [{"fullUrl": f"urn:uuid:{patient['id']}", "resource": patient},
+               *({"fullUrl": f"urn:uuid:{c['id']}", "resource": c} for c in conditions)]
     for n, (when, total) in enumerate(points):
         observation = {
             "resourceType": "Observation", "id": resource_id("Observation", "urn:carebus:test:measures", key, str(n)),
@@ -217,14 +220,15 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
         counts = {p["id"]: p["count"] for p in report["group"][0]["population"]}
         # only these 50 patients have index scores in the period; evaluated as of today, every window has closed
         assert report["type"] == "summary" and report["status"] == "complete"
-        assert counts == EXPECTED[spec.window]
-        expected = EXPECTED[spec.window]
-        assert report["group"][0]["measureScore"]["value"] == round(expected["numerator"] / expected["denominator"], 4)
-    first_key = f"{tag}-{population()[0][0]}"
-    subject = f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', first_key)}"
-    one = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", params={**params, "subject": subject})
-    assert one["type"] == "individual"
-    assert {p["id"]: p["count"] for p in one["group"][0]["population"]}["numerator"] == 1
+        assert counts == EXPECTED[spec.window]  # denominator exclusions included (Conditions, a death)
+        assert report["group"][0]["measureScore"]["value"] == measure_score(spec.window)
+    for key, expected in (("remit-early-03", {"denominator-exclusion": 0, "numerator": 1}),
+                          ("remit-early-00", {"denominator-exclusion": 1, "numerator": 0})):  # bipolar disorder
+        subject = f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', f'{tag}-{key}')}"
+        one = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", params={**params, "subject": subject})
+        assert one["type"] == "individual"
+        found = {p["id"]: p["count"] for p in one["group"][0]["population"]}
+        assert {k: found[k] for k in expected} == expected, key
     # an uncleared token counts nothing it may not see
     hidden = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", token="basic", params=params)
     assert {p["id"]: p["count"] for p in hidden["group"][0]["population"]}["initial-population"] == 0

@@ -30,8 +30,9 @@ def test_capability_statement_tells_the_truth(record: RecordHarness) -> None:
         advertised = {p["name"] for p in resources[rtype]["searchParam"]}
         assert {p.name for p in params} | {"_id", "_lastUpdated"} == advertised
         assert {i["code"] for i in resources[rtype]["interaction"]} == {
-            "read", "vread", "history-instance", "history-type", "search-type"}
-    assert [op["name"] for op in resources["Patient"]["operation"]] == ["everything"]
+            "read", "vread", "history-instance", "history-type", "search-type",
+            *(["update"] if rtype == "Task" else [])}
+    assert [op["name"] for op in resources["Patient"]["operation"]] == ["everything", "disclosures"]
     # every advertised parameter is accepted; an unadvertised one is refused
     for rtype, entry in resources.items():
         for param in entry["searchParam"]:

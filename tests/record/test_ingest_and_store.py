@@ -192,7 +192,7 @@ def test_unreachable_postgres_is_unavailable() -> None:
 
 def test_big_pages_equal_small_pages(store: SqlStore) -> None:
     """Pages above the two-phase threshold (keys sorted first, rows fetched after) match small pages."""
-    from services.record.store.sql import TWO_PHASE_PAGE
+    from services.record.store.query import TWO_PHASE_PAGE
 
     pid = patient_id(CLINIC, "big")
     observations = [phq9_total(CLINIC, pid, f"big-{i}", iso(T0, i % 17), i % 28) for i in range(TWO_PHASE_PAGE + 30)]
@@ -223,7 +223,7 @@ def test_big_pages_equal_small_pages(store: SqlStore) -> None:
 
 
 def test_a_store_of_another_schema_version_is_refused(store: SqlStore) -> None:
-    with store._transaction() as conn:  # as if written by another release
+    with store.db.transaction() as conn:  # as if written by another release
         conn.execute(store.dialect.sql("UPDATE store_meta SET value = ? WHERE key = ?"), ("0", "schema_version"))
     dsn = store.dsn
     store.close()

@@ -188,7 +188,7 @@ def test_an_outage_stores_nothing_and_is_not_a_refusal(store_factory: Any) -> No
     store: SqlStore = store_factory()
     store.ping()  # the pool holds a connection now
     events = [event_for(unique("outage-")) for _ in range(3)]
-    pids = [conn.info.backend_pid for conn in store._pool._all]  # this store's connections only
+    pids = [conn.info.backend_pid for conn in store.db.pool._all]  # this store's connections only
     assert pids
     with psycopg.connect(store.dsn, autocommit=True) as admin:
         for pid in pids:

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+from services.common.hl7v2 import inspect_message
 from services.common.topics import FHIR_RESOURCE_EVENT_TYPE, HEADER_EVENT_ID, HL7V2_MESSAGE_EVENT_TYPE
-from services.mapper.hl7v2 import inspect_message
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import SqlStore

@@ -37,13 +37,13 @@ import pytest
 
 from devstack.hospital_feed import admission_adt_a01, feed_times, gad7_bundle
 from devstack.journey import sample_care_journey
+from services.common.hl7v2 import inspect_message
 from services.common.kafka import RecordProducer
 from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics
 from services.common.settings import REPO_ROOT, RecordTokenGrant, Settings
 from services.common.topics import FHIR_BUNDLES, INBOUND_EVENTS
 from services.intake.app import create_app
-from services.mapper.hl7v2 import inspect_message
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.record.service import build_service
 from services.record.store import identity_policy, open_store

@@ -31,63 +31,19 @@ from pydantic import TypeAdapter, ValidationError
 from services.common import fhir_ids
 from services.common.errors import EventValidationError, FieldProblem, MalformedJson, RefusedContent
 from services.common.events.envelope import EVENT_TYPES, AssessmentCompleted, CareEvent, NoteSigned
+from services.common.fhir.instruments import INSTRUMENTS
 
 _ADAPTER: Final[TypeAdapter[CareEvent]] = TypeAdapter(CareEvent)
 
-# Item codes and answer range of each instrument. The scoring tables in services/mapper/mapping/instruments.py
-# are the full truth (answer lists, bands); tests/unit/test_event_contracts.py keeps the two in step.
-_FREQ: Final = frozenset({"LA6568-5", "LA6569-3", "LA6570-1", "LA6571-9"})
-_PHQ9_ITEMS: Final = (
-    "44250-9",
-    "44255-8",
-    "44259-0",
-    "44254-1",
-    "44251-7",
-    "44258-2",
-    "44252-5",
-    "44253-3",
-    "44260-8",
-)
+# Item codes, highest answer weight and LOINC answer codes of each instrument, read from the one instrument
+# table (services/common/fhir/instruments.py) that the scoring reads too.
 INSTRUMENT_ITEMS: Final[Mapping[str, tuple[frozenset[str], int, frozenset[str]]]] = {
-    # instrument: (item codes, highest weight, LOINC answer codes)
-    "phq-9": (
-        frozenset({*_PHQ9_ITEMS, "69722-7"}),
-        3,
-        _FREQ | {"LA6572-7", "LA6573-5", "LA6575-0", "LA6574-3"},
-    ),
-    "phq-2": (frozenset(_PHQ9_ITEMS[:2]), 3, _FREQ),
-    "gad-7": (
-        frozenset({"69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7"}),
-        3,
-        _FREQ,
-    ),
-    "cssrs-screener": (
-        frozenset({"93246-7", "93247-5", "93248-3", "93249-1", "93250-9", "93267-3", "93269-9"}),
-        1,
-        frozenset({"LA32-8", "LA33-6"}),
-    ),
-    "audit-c": (
-        frozenset({"68518-0", "68519-8", "68520-6"}),
-        4,
-        frozenset(
-            {
-                "LA6270-8",
-                "LA18926-8",
-                "LA18927-6",
-                "LA18928-4",
-                "LA18929-2",
-                "LA15694-5",
-                "LA15695-2",
-                "LA18930-0",
-                "LA18931-8",
-                "LA18932-6",
-                "LA18937-5",
-                "LA18876-5",
-                "LA18891-4",
-                "LA18934-2",
-            }
-        ),
-    ),
+    key: (
+        frozenset(item.loinc for item in spec.items),
+        max(option.weight for item in spec.items for option in item.options),
+        frozenset(option.code for item in spec.items for option in item.options),
+    )
+    for key, spec in INSTRUMENTS.items()
 }
 
 PSYCHOTHERAPY_NOTE_RULE: Final = "psychotherapy-note-refused"

@@ -45,6 +45,7 @@ from services.common.fhir.codesystems import (
     RxNormSystem,
     SnomedSystem,
 )
+from services.common.fhir.instruments import InstrumentKey
 
 # --- patient --------------------------------------------------------------------------------------
 
@@ -188,7 +189,7 @@ class SessionData(Contract):
 
 # --- assessment -----------------------------------------------------------------------------------
 
-InstrumentName = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
+InstrumentName = InstrumentKey  # the instrument table: services/common/fhir/instruments.py
 LinkId = Annotated[str, StringConstraints(pattern=r"^/?\d{1,8}-\d$")]
 
 

@@ -1,12 +1,11 @@
-"""HL7 v2 (ER7, versions 2.3 to 2.8) -> FHIR R4, pure; and the acknowledgements the MLLP listener sends.
+"""HL7 v2 (ER7, versions 2.3 to 2.8) -> FHIR R4, pure.
 
     map_hl7v2_message(er7, context) -> MappedEvent       the full mapping (mapper service; the pipeline
                                                           validates the bundle once, with validate_bundle)
     validate_mapped(bundle)                               that validation, failing as InvalidResource (AE)
-    inspect_message(er7) -> MessageSummary                cheap shape check: MSH, type/version, PID-3
-    ack_message(er7_or_parsed, code, error, now) -> str   the ACK (MSA, ERR) for a message
-    message_key(er7) / message_control_id(er7)            Kafka key '<source>|<PID-3 id>' / MSH-10
-    message_event_id(header, digest)                      CloudEvent id: sender, MSH-3, MSH-10, content digest
+
+The codec it reads messages with (ER7 parsing, inspection, ids, the ACK, the errors) is services/common/hl7v2,
+which intake uses too.
 
 What maps to what (HL7 v2-to-FHIR IG where it has a mapping):
   every message   MSH -> MessageHeader, MSH + EVN -> Provenance (lists segments present but not mapped)
@@ -19,46 +18,12 @@ What maps to what (HL7 v2-to-FHIR IG where it has a mapping):
   RDE O11         ORC + RXE/RXR/TQ1 -> MedicationRequest
   VXU V04         ORC + RXA/RXR -> Immunization (OBX -> Observation partOf it)
 
-Errors: see errors.py (AE for content errors, AR for unsupported messages).
+Errors: services/common/hl7v2/errors.py (AE for content errors, AR for unsupported messages).
 """
 
-from services.mapper.hl7v2.ack import (
-    MessageSummary,
-    ack_message,
-    inspect_message,
-    message_control_id,
-    message_key,
-)
-from services.mapper.hl7v2.builder import message_event_id
-from services.mapper.hl7v2.errors import (
-    Hl7v2Error,
-    InvalidResource,
-    InvalidValue,
-    MalformedMessage,
-    MissingRequired,
-    PsychotherapyNoteRefused,
-    UnsupportedMessage,
-    UnsupportedMessageType,
-    UnsupportedVersion,
-)
 from services.mapper.hl7v2.mapper import map_hl7v2_message, validate_mapped
 
 __all__ = [
-    "Hl7v2Error",
-    "InvalidResource",
-    "InvalidValue",
-    "MalformedMessage",
-    "MessageSummary",
-    "MissingRequired",
-    "PsychotherapyNoteRefused",
-    "UnsupportedMessage",
-    "UnsupportedMessageType",
-    "UnsupportedVersion",
-    "ack_message",
-    "inspect_message",
     "map_hl7v2_message",
-    "message_control_id",
-    "message_event_id",
-    "message_key",
     "validate_mapped",
 ]

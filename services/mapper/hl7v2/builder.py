@@ -8,49 +8,20 @@ message's own resources (MessageHeader, Provenance, the Bundle) are keyed by its
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from services.common.fhir_ids import resource_id
+from services.common.hl7v2.er7 import Header, Message, Segment
+from services.common.hl7v2.ids import message_digest, message_event_id, sender_control_id
 from services.common.security_labels import combine
 from services.mapper.hl7v2.datatypes import Conversion, prune
-from services.mapper.hl7v2.er7 import Header, Message, Segment
 from services.mapper.result import MappingContext, SafetyAlert
 
 Json = dict[str, Any]
 Labels = tuple[str, ...]
-
-
-def sender_control_id(header: Header) -> str:
-    """A message's control id qualified by its sending application (MSH-3 ^ MSH-10): one facility's
-    applications number their messages independently, so MSH-10 alone does not name a message."""
-    application = header.sending_application
-    return f"{application.namespace}^{application.universal_id}^{application.universal_id_type}|{header.control_id}"
-
-
-def message_digest(message: Message) -> str:
-    """A digest of a message's content: every segment as parsed (line ends and encoding characters
-    normalised), MSH-7 (the time the message was built, which some engines renew on a resend) left out."""
-    msh = message.msh.line
-    sep = msh[3]
-    fields = msh.split(sep)
-    if len(fields) > 6:
-        fields[6] = ""
-    digest = hashlib.blake2b(sep.join(fields).encode(), digest_size=16)
-    for segment in message.segments[1:]:
-        digest.update(b"\r")
-        digest.update(segment.line.encode())
-    return digest.hexdigest()
-
-
-def message_event_id(header: Header, digest: str) -> str:
-    """The CloudEvent id of a message: from its sender (MSH-4, else MSH-3), sending application, MSH-10 and
-    content digest. A resend (same content) has the same id; a reused control id with other content is
-    another message with another id."""
-    return resource_id("HL7v2Message", header.source, sender_control_id(header), digest)
 
 
 @dataclass
@@ -148,10 +119,14 @@ def ref(resource: Json) -> Json:
 
 
 def note_texts(notes: Iterable[Segment]) -> list[str]:
-    """NTE-3 comments (all repetitions, joined by line breaks)."""
+    """NTE-3 comments (all repetitions, joined by line breaks). A note whose NTE-3 is empty but whose NTE-2
+    (source of comment, a table 0105 code such as L, O or P) holds free text is read as the comment the sender
+    put one field early (seen from real schedulers: ``NTE||Appointment modified ...``), not dropped."""
     out: list[str] = []
     for note in notes:
         text = "\n".join(rep.text() for rep in note.reps(3))
+        if not text and " " in (misplaced := note.get(2)):
+            text = misplaced
         if text:
             out.append(text)
     return out

@@ -1,8 +1,16 @@
-"""HL7 v2 data types (DTM/TS, CWE/CE, CX, XPN, XCN, XAD, XTN, EI, PL, NM, SN) -> FHIR R4 types as dicts.
+"""HL7 v2 data types (DTM/TS, CWE/CE, CX, XPN, XCN, XAD, XTN, EI, PL, NM, SN, RPT) -> FHIR R4 types as dicts.
 
 Every converter returns ``None`` (or leaves a key out) rather than emitting an empty or invalid element.
 Values that break their type are not guessed at: they are left out and reported as a data-quality code
 ``invalid-<type>@<SEG-n>`` on the :class:`Conversion`.
+
+Time zones. A v2 DTM without an offset is in "the local time zone of the sender" (v2.5 2.A.22); FHIR needs an
+offset on every dateTime that has a time and on every instant, and carebus never invents one. The zone of such
+a value is, in this order: the sender's configured IANA zone (``CAREBUS_HL7_SENDER_TIME_ZONES``, DST-correct for
+the value's own date), the offset of MSH-7 (the sender's zone when it built the message), the configured
+default zone (``CAREBUS_HL7_DEFAULT_TIME_ZONE``, unset by default). With none of them known, a dateTime keeps the
+precision FHIR allows without an offset — the date — and an instant is left out; both are reported as
+``timezone-unknown@<SEG-n>`` (and a booked appointment without a start it can state is refused, scheduling.py).
 """
 
 from __future__ import annotations
@@ -10,21 +18,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 
 import langcodes
 
 from services.common.fhir.codesystems import BCP47, NPI, SSN, UCUM, V2_0203
-from services.mapper.hl7v2.er7 import Rep
+from services.common.hl7v2.dtm import Dtm, parse_dtm
+from services.common.hl7v2.er7 import Rep
 from services.mapper.hl7v2.terminology import (
     ADDRESS_USE,
+    EVENT_TIMING,
     GENERIC_LOCAL,
     ID_TYPE_DISPLAY,
     NAME_USE,
+    RATE_UNITS_UCUM,
     TELECOM_SYSTEM,
     TELECOM_USE,
+    TIME_UNITS,
+    V2_0335_CODES,
     V2_TABLE_CODES,
     code_system,
     local_system,
@@ -33,7 +46,6 @@ from services.mapper.hl7v2.terminology import (
 
 Json = dict[str, Any]
 
-_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _OID = re.compile(r"[0-2](?:\.(?:0|[1-9]\d*))+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
@@ -46,9 +58,14 @@ _MEMO_CHARS = 64  # values up to this length are memoized (codes, timestamps); l
 
 @dataclass
 class Conversion:
-    """Per-message conversion state: the sender's time zone (from MSH-7) and data-quality findings."""
+    """Per-message conversion state: the sender's time zone and data-quality findings.
+
+    ``sender_zone``: the sender's configured zone; ``default_tz``: MSH-7's offset; ``fallback_zone``: the
+    configured default zone (see the module docstring for the order)."""
 
     default_tz: str | None = None
+    sender_zone: tzinfo | None = None
+    fallback_zone: tzinfo | None = None
     issues: list[str] = field(default_factory=list)
     authority_systems: Mapping[str, str] = field(default_factory=dict)  # CX-4 namespace -> Identifier.system
     source: str = ""  # the sender (urn:carebus:hl7v2:<facility>): scope of its own identifier namespaces
@@ -146,82 +163,7 @@ def _fhir_code(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# date and time
-
-
-@dataclass(frozen=True)
-class Dtm:
-    year: int
-    month: int | None
-    day: int | None
-    hour: int | None
-    minute: int | None
-    second: int | None
-    fraction: str | None
-    tz: str | None  # "+hh:mm"
-
-    def date(self) -> str:
-        out = f"{self.year:04d}"
-        if self.month is not None:
-            out += f"-{self.month:02d}"
-            if self.day is not None:
-                out += f"-{self.day:02d}"
-        return out
-
-    def date_time(self, tz: str) -> str:
-        if self.hour is None or self.day is None or self.month is None:
-            return self.date()
-        frac = f".{self.fraction}" if self.fraction else ""
-        return (f"{self.date()}T{self.hour:02d}:{self.minute or 0:02d}:{self.second or 0:02d}{frac}"
-                f"{self.tz or tz}")
-
-    def aware(self, tz: str) -> datetime:
-        zone = self.tz or tz
-        sign = -1 if zone[0] == "-" else 1
-        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])) * sign
-        return datetime(self.year, self.month or 1, self.day or 1, self.hour or 0, self.minute or 0,
-                        self.second or 0, tzinfo=timezone(offset))
-
-
-def parse_dtm(text: str) -> Dtm | None:
-    """Parse a v2 DTM/TS/DT value (YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]); None when it is not one.
-    Memoized for short values: the result is immutable and timestamps repeat within and across messages."""
-    return _memo_dtm(text) if len(text) <= _MEMO_CHARS else _parse_dtm(text)
-
-
-@lru_cache(maxsize=4096)
-def _memo_dtm(text: str) -> Dtm | None:
-    return _parse_dtm(text)
-
-
-def _parse_dtm(text: str) -> Dtm | None:
-    match = _DTM.fullmatch(text.strip().replace(" ", ""))
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    if hour is None and (fraction or zone) and day is None:
-        return None
-    tz = None
-    if zone:
-        zh, zm = int(zone[1:3]), int(zone[3:5])
-        if zh > 14 or zm > 59:
-            return None
-        tz = f"{zone[0]}{zone[1:3]}:{zone[3:5]}"
-    values = [int(v) if v is not None else None for v in (year, month, day, hour, minute, second)]
-    y, mo, d, h, mi, s = values
-    assert y is not None
-    try:
-        datetime(y, 1 if mo is None else mo, 1 if d is None else d, h or 0, mi or 0, s or 0)
-    except ValueError:
-        return None
-    if y < 1:
-        return None
-    return Dtm(y, mo, d, h, mi, s, fraction, tz)
-
-
-def offset_of(text: str) -> str | None:
-    parsed = parse_dtm(text)
-    return parsed.tz if parsed is not None else None
+# date and time (DTM values are read by services.common.hl7v2.dtm)
 
 
 def _dtm(text: str, loc: str, conv: Conversion) -> Dtm | None:
@@ -233,14 +175,27 @@ def _dtm(text: str, loc: str, conv: Conversion) -> Dtm | None:
     return parsed
 
 
-def _zone(parsed: Dtm, conv: Conversion) -> str:
+def _offset_in(zone: tzinfo, parsed: Dtm) -> str:
+    """The UTC offset ("+hh:mm") of ``zone`` at the value's own local date and time."""
+    local = datetime(parsed.year, parsed.month or 1, parsed.day or 1, parsed.hour or 0, parsed.minute or 0,
+                     parsed.second or 0)
+    offset = zone.utcoffset(local) or timedelta(0)
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _zone(parsed: Dtm, conv: Conversion) -> str | None:
+    """The offset of a value (see the module docstring), or None when no zone is known."""
     if parsed.tz:
         return parsed.tz
+    if conv.sender_zone is not None:
+        return _offset_in(conv.sender_zone, parsed)
     if conv.default_tz:
         return conv.default_tz
-    if parsed.hour is not None:
-        conv.issue("timezone-assumed-utc")
-    return "+00:00"
+    if conv.fallback_zone is not None:
+        return _offset_in(conv.fallback_zone, parsed)
+    return None
 
 
 def fhir_date(text: str, loc: str, conv: Conversion) -> str | None:
@@ -249,12 +204,22 @@ def fhir_date(text: str, loc: str, conv: Conversion) -> str | None:
 
 
 def fhir_datetime(text: str, loc: str, conv: Conversion) -> str | None:
+    """A FHIR dateTime: with its time and offset when the zone is known, else at date precision (reported)."""
     parsed = _dtm(text, loc, conv)
-    return parsed.date_time(_zone(parsed, conv)) if parsed is not None else None
+    if parsed is None:
+        return None
+    if parsed.hour is None or parsed.day is None:
+        return parsed.date()
+    zone = _zone(parsed, conv)
+    if zone is None:
+        conv.issue(f"timezone-unknown@{loc}")
+        return parsed.date()
+    return parsed.date_time(zone)
 
 
 def fhir_instant(text: str, loc: str, conv: Conversion) -> str | None:
-    """An instant needs a full date: a time of day missing from the value reads as midnight."""
+    """An instant needs a full date: a time of day missing from the value reads as midnight. None (reported)
+    when the value's zone is not known."""
     parsed = _dtm(text, loc, conv)
     if parsed is None:
         return None
@@ -263,14 +228,20 @@ def fhir_instant(text: str, loc: str, conv: Conversion) -> str | None:
         return None
     full = Dtm(parsed.year, parsed.month, parsed.day, parsed.hour or 0, parsed.minute, parsed.second,
                parsed.fraction, parsed.tz)
-    return full.date_time(_zone(full, conv))
+    zone = _zone(full, conv)
+    if zone is None:
+        conv.issue(f"timezone-unknown@{loc}")
+        return None
+    return full.date_time(zone)
 
 
 def aware_datetime(text: str, conv: Conversion) -> datetime | None:
+    """A value as an aware datetime; None when it is not a day-precise DTM or its zone is not known."""
     parsed = parse_dtm(text) if text else None
     if parsed is None or parsed.day is None:
         return None
-    return parsed.aware(parsed.tz or conv.default_tz or "+00:00")
+    zone = _zone(parsed, conv)
+    return parsed.aware(zone) if zone is not None else None
 
 
 def instant_from(moment: datetime) -> str:
@@ -651,3 +622,78 @@ def quantity(value: int | float, units: Rep | None, comparator: str | None = Non
             out["system"] = UCUM
             out["code"] = fhir_code(code)
     return prune_dict(out)
+
+
+def rate_quantity(amount: str, units: Rep | None) -> Json | None:
+    """A give rate (RXE-23/24, RXO-21/22) as a Quantity: UCUM when the units are coded in UCUM or are a rate
+    unit carebus knows (RATE_UNITS_UCUM, e.g. mL/hr -> mL/h); otherwise the sender's unit text only."""
+    value = number(amount)
+    if value is None:
+        return None
+    made: Json = {"value": value}
+    if units is None:
+        return made
+    code, text, system = units.c(1), units.c(2), units.c(3).upper()
+    made["unit"] = text or code
+    ucum = fhir_code(code) if system == "UCUM" and code else RATE_UNITS_UCUM.get(fhir_code(code or text).upper())
+    if ucum:
+        made["system"] = UCUM
+        made["code"] = ucum
+    return prune_dict(made)
+
+
+# Q<n>S/M/H/D/W/L and <n>ID (xID): repeat patterns of HL7 table 0335 that carry a number
+_EVERY = re.compile(r"Q(\d{1,4})([SMHDWL])")
+_TIMES_A_DAY = re.compile(r"(\d{1,2})ID")
+_EVERY_UNIT = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk", "L": "mo"}
+_DAILY = {"BID": 2, "TID": 3, "QID": 4}
+_WHEN = {"QAM": "MORN", "QPM": "EVE", "QHS": "HS"}
+
+
+def repeat_pattern(rep: Rep | None, source: str, loc: str) -> tuple[Json | None, Json]:
+    """RPT (TQ1-3) -> (Timing.code, Timing.repeat items). RPT.1 is the repeat pattern code (a CWE whose parts
+    are sub-components): in HL7's v2-0335 system when it is one of the table's codes, else in the sender's
+    local system (``<source>/codes/v2-0335``, or the coding system it names); its text is kept. Frequency and
+    period come from the code (BID, Q6H, 5ID, QOD ...) or from RPT.5/6 (period quantity and units); RPT.8/9/10
+    (event and offset) give ``when`` and ``offset`` (minutes) where the event is a FHIR EventTiming code."""
+    if rep is None:
+        return None, {}
+    code, text, system_name = fhir_code(rep.c(1, 1)), rep.c(1, 2), rep.c(1, 3).strip()
+    concept: Json | None = None
+    if code:
+        canonical = V2_0335_CODES.get(code.upper())
+        v2_named = system_name.upper() in {"", "HL70335"}
+        if canonical is not None and v2_named:
+            made: Json = {"system": v2_system("0335"), "code": canonical}
+        elif not v2_named:  # another coding system named in RPT.1.3
+            made = coding(code, "", system_name, local=(source, loc)) or {"code": code}
+        else:
+            made = {"system": local_system(source, "v2-0335"), "code": code}
+        if text and canonical is None:  # HL7's own codes keep HL7's display: the sender's text is the text
+            made["display"] = text
+        concept = {"coding": [made], "text": text or code}
+    repeat: Json = {}
+    upper = code.upper()
+    if upper in _DAILY:
+        repeat.update(frequency=_DAILY[upper], period=1, periodUnit="d")
+    elif upper == "QOD":
+        repeat.update(frequency=1, period=2, periodUnit="d")
+    elif upper in _WHEN:
+        repeat.update(frequency=1, period=1, periodUnit="d", when=[_WHEN[upper]])
+    elif upper == "ONCE":
+        repeat["count"] = 1
+    elif (every := _EVERY.fullmatch(upper)) is not None and int(every.group(1)) > 0:
+        repeat.update(frequency=1, period=int(every.group(1)), periodUnit=_EVERY_UNIT[every.group(2)])
+    elif (daily := _TIMES_A_DAY.fullmatch(upper)) is not None and int(daily.group(1)) > 0:
+        repeat.update(frequency=int(daily.group(1)), period=1, periodUnit="d")
+    period, period_unit = number(rep.c(5)), TIME_UNITS.get(rep.c(6).strip().upper())
+    if "period" not in repeat and period is not None and period > 0 and period_unit:
+        repeat.update(frequency=1, period=period, periodUnit=period_unit)
+    event = rep.c(8).strip().upper()
+    if event in EVENT_TIMING and "when" not in repeat:
+        repeat["when"] = [event]
+        offset, offset_unit = number(rep.c(9)), TIME_UNITS.get(rep.c(10).strip().upper())
+        minutes = {"s": 1 / 60, "min": 1, "h": 60, "d": 1440}.get(offset_unit or "")
+        if offset is not None and offset >= 0 and minutes is not None and int(offset * minutes) < 1_000_000:
+            repeat["offset"] = int(offset * minutes)
+    return concept, repeat

@@ -1,11 +1,16 @@
 """MDM T02 -> DocumentReference (TXA; the OBX segments are the document body, not Observations).
 
-type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5 ...); a LOINC note type
-in TXA-2 or OBX-3 is kept, and mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8,
-11510-5) label the document R+PSY. A TXA-18 confidentiality of V or R is added to the labels. Body: text OBX
-values (TX/FT/ST/CWE...) joined by line breaks as a base64 text/plain attachment; ED values with Base64 data
-as their own attachments. HIPAA psychotherapy notes are refused (PsychotherapyNoteRefused): carebus never
-carries them. Id from TXA-12 (unique document number), else MSH-10.
+type: TXA-2 (v2-0270) with a LOINC note type added (PN 11506-3, CN 11488-4, DS 18842-5, DI 18748-4 ...); a LOINC
+note type in TXA-2 or OBX-3 is kept, else v3-NullFlavor UNK is added (US Core's required type binding); and
+mental-health note types (34904-3, 34785-6, 78263-1, 78306-8, 78472-8, 11510-5) label the document R+PSY. A
+TXA-18 confidentiality of V or R is added to the labels. Body: text OBX values (TX/FT/ST/CWE...) joined by line
+breaks as a base64 text/plain attachment; ED values with Base64 data (RP values with a URL) as their own
+attachments. An ED or RP part that carries no content (OBX-5 ED without its
+data, RP without a pointer) or content carebus cannot read (not Base64) refuses the whole message, AE at OBX-5
+(``attachment-data-missing`` / ``attachment-unreadable``, the OBX occurrence named): storing the document without
+a part the sender announced would show clinicians an incomplete document as complete, and the dead letter tells
+the integration team which OBX to fix before resending. HIPAA psychotherapy notes are refused
+(PsychotherapyNoteRefused): carebus never carries them. Id from TXA-12 (unique document number), else MSH-10.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
+from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY, V3_NULL_FLAVOR
+from services.common.fhir.labels import MENTAL_HEALTH_NOTE_TYPES, refused_labels
+from services.common.hl7v2.er7 import Segment
+from services.common.hl7v2.errors import InvalidValue, MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -23,11 +31,8 @@ from services.mapper.hl7v2.datatypes import (
     identifier_ei,
     person_reference,
 )
-from services.mapper.hl7v2.er7 import Segment
-from services.mapper.hl7v2.errors import MissingRequired, PsychotherapyNoteRefused
 from services.mapper.hl7v2.results import attachment_of
 from services.mapper.hl7v2.terminology import DOCUMENT_COMPLETION, DOCUMENT_TYPE
-from services.mapper.mapping.labels import MENTAL_HEALTH_NOTE_TYPES, refused_labels
 
 _AVAILABILITY = {"AV": "current", "UN": "current", "OB": "superseded", "CA": "entered-in-error"}
 
@@ -55,9 +60,10 @@ def _type(build: Build, txa: Segment, body_codes: list[Json]) -> Json:
     for item in codings:
         if item.get("system") == LOINC and item.get("code") in MENTAL_HEALTH_NOTE_TYPES:
             item.setdefault("display", MENTAL_HEALTH_NOTE_TYPES[item["code"]])
-    if not codings and not concept.get("text"):
-        return {"text": "Clinical document"}
-    return {**concept, "coding": codings} if codings else concept
+    if not any(c.get("system") == LOINC for c in codings):
+        # no LOINC type known: US Core's required binding takes NullFlavor UNK beside the sender's own code
+        codings.append({"system": V3_NULL_FLAVOR, "code": "UNK", "display": "unknown"})
+    return {**concept, "coding": codings}
 
 
 def map_document(build: Build, txa: Segment) -> Json:
@@ -74,10 +80,16 @@ def map_document(build: Build, txa: Segment) -> Json:
         value_type = obx.get(2).upper()
         if value_type in {"ED", "RP"}:
             attachment = attachment_of(obx, value_type)
-            if attachment is not None:
-                attachments.append(attachment)
-            else:
-                build.issue(f"unreadable-attachment@{obx.loc(5)}")
+            if attachment is None:
+                rep = obx.rep(5)
+                if rep is None or not rep.c(1 if value_type == "RP" else 5):
+                    raise MissingRequired(obx.loc(5), "attachment-data-missing",
+                                          f"an {value_type} document part carries no content",
+                                          segment_occurrence=obx.occurrence)
+                raise InvalidValue(obx.loc(5), "attachment-unreadable",
+                                   f"an {value_type} document part is not readable (ED: Base64 data; RP: a URL)",
+                                   segment_occurrence=obx.occurrence)
+            attachments.append(attachment)
         else:
             lines.extend(rep.joined() for rep in obx.reps(5))
         notes = build.notes_after(obx)

@@ -1,4 +1,4 @@
-"""MSH -> MessageHeader (R4), MSH + EVN -> Provenance, for every message.
+"""MSH -> MessageHeader (R4), MSH + EVN -> what the Provenance says (assembled by services/mapper/assembly.py).
 
 MessageHeader: eventCoding v2-0003 trigger; source = sending application (MSH-3) with endpoint
 ``urn:carebus:hl7v2:<sender>`` and software from SFT; sender = sending facility (MSH-4); destination =
@@ -18,15 +18,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.common.fhir.codesystems import (
-    CAREBUS_MAPPER,
     HL7V2_UNMAPPED_SEGMENT,
     PROVENANCE_PARTICIPANT_TYPE,
     RFC3986,
     V2_0003,
 )
+from services.common.hl7v2.er7 import Hd, source_uri
+from services.mapper.assembly import Origin
 from services.mapper.hl7v2.builder import Build, Json
-from services.mapper.hl7v2.datatypes import aware_datetime, codeable, fhir_datetime, instant_from, person_reference
-from services.mapper.hl7v2.er7 import Hd, source_uri
+from services.mapper.hl7v2.datatypes import (
+    aware_datetime,
+    codeable,
+    fhir_datetime,
+    instant_from,
+    person_reference,
+    prune,
+)
 
 
 def _hd_reference(hd: Hd) -> Json | None:
@@ -63,19 +70,18 @@ def message_header(build: Build) -> Json:
     }
 
 
-def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[str, int]]) -> Json:
+def origin(build: Build, unmapped: Sequence[tuple[str, int]]) -> Origin:
+    """What the assembler (services/mapper/assembly.py) needs to know of the message for the Provenance and the
+    Bundle: the author (sending application on behalf of the sending facility), EVN-5 as the enterer, EVN-6 /
+    EVN-2 (else MSH-7) as occurred, EVN-4 as the reason, the message type as the activity, MSH-10 and every
+    segment present but not mapped as source entities; recorded = MSH-7 (when the sender made the message, so
+    a resend is the same Bundle), else carebus's receipt."""
     header = build.header
     conv = build.conv
     evn = build.message.first("EVN")
     occurred = None
     reason = None
-    agents: list[Json] = [{
-        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
-        "who": {"identifier": {"system": f"{header.source}/application",
-                               "value": header.sending_application.name or header.sender},
-                "display": header.sending_application.name or header.sender},
-        "onBehalfOf": _hd_reference(header.sending_facility),
-    }]
+    agents: list[Json] = []
     if evn is not None:
         build.use(evn)
         occurred = fhir_datetime(evn.get(6), evn.loc(6), conv) or fhir_datetime(evn.get(2), evn.loc(2), conv)
@@ -87,12 +93,13 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
                                      "display": "Enterer"}]},
                 "who": operator,
             })
-    occurred = occurred or fhir_datetime(header.timestamp, "MSH-7", conv)
+    author: Json = {"who": {"identifier": {"system": f"{header.source}/application",
+                                           "value": header.sending_application.name or header.sender},
+                            "display": header.sending_application.name or header.sender}}
+    sender = _hd_reference(header.sending_facility)
+    if sender is not None:
+        author["onBehalfOf"] = sender
     entities: list[Json] = [{
-        "role": "source",
-        "what": {"identifier": {"system": header.source, "value": build.event_id},
-                 "display": "org.carebus.hl7v2.message.v1"},
-    }, {
         "role": "source",
         "what": {"identifier": {"system": f"{header.source}/message-control-id", "value": header.control_id},
                  "display": f"HL7 v2 {header.message_type}^{header.trigger_event} message (MSH-10)"},
@@ -103,21 +110,18 @@ def provenance(build: Build, targets: Sequence[Json], unmapped: Sequence[tuple[s
             "what": {"identifier": {"system": HL7V2_UNMAPPED_SEGMENT, "value": name},
                      "display": f"HL7 v2 segment {name} present ({count}x) but not mapped"},
         })
-    agents.append({
-        "type": {"coding": [{"system": PROVENANCE_PARTICIPANT_TYPE, "code": "assembler", "display": "Assembler"}]},
-        "who": {"identifier": {"system": RFC3986, "value": CAREBUS_MAPPER}},
-    })
-    return {
-        "resourceType": "Provenance",
-        "id": build.id("Provenance", build.event_id),
-        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"]},
-        "target": [{"reference": f"{t['resourceType']}/{t['id']}"} for t in targets],
-        "occurredDateTime": occurred,
-        # when the sender made the message (MSH-7), so a resend is the same Provenance; else carebus's receipt
-        "recorded": instant_from(aware_datetime(header.timestamp, conv) or build.context.received_at),
-        "activity": {"coding": [{"system": V2_0003, "code": header.trigger_event}],
-                     "text": f"{header.message_type}^{header.trigger_event}"},
-        "reason": [reason] if reason else None,
-        "agent": agents,
-        "entity": entities,
-    }
+    return Origin(
+        source=header.source,
+        event_id=build.event_id,
+        event_type="org.carebus.hl7v2.message.v1",
+        recorded=instant_from(aware_datetime(header.timestamp, conv) or build.context.received_at),
+        names=(header.sending_facility.namespace, header.sending_facility.universal_id, header.sender,
+               header.source),
+        occurred=occurred or fhir_datetime(header.timestamp, "MSH-7", conv),
+        author=prune(author),
+        activity={"coding": [{"system": V2_0003, "code": header.trigger_event}],
+                  "text": f"{header.message_type}^{header.trigger_event}"},
+        reason=[prune(reason)] if reason else [],
+        agents=[prune(agent) for agent in agents],
+        entities=entities,
+    )

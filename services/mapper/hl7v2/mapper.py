@@ -1,32 +1,37 @@
 """One HL7 v2 message (ER7 text) -> one labelled FHIR R4 Bundle (type collection). Pure.
 
 Validation happens once, after the mapping, where every mapping is validated: the mapper pipeline
-(services/mapper/pipeline.py) runs ``validate_bundle`` (services/mapper/mapping/validation.py, R4B models) on
+(services/mapper/pipeline.py) runs ``validate_bundle`` (services/common/fhir_validation.py, R4B models) on
 this bundle as on every other. ``validate_mapped`` is the same check for callers that want the failure as an
 HL7 v2 error (InvalidResource, AE, located at the segment the resource comes from).
 
 Order of the bundle: MessageHeader, Patient (and a retired Patient for A40), Encounter, RelatedPerson,
 AllergyIntolerance, Condition, the message's own resources (DiagnosticReport + Observations, Appointment,
 DocumentReference, MedicationRequest, Immunization, assessment resources and safety Flags), Provenance.
-Labels: each resource's own (see sensitivity.py) and the sender's configured kind (labels.source_labels: a
-sending facility in ``context.part2_sources`` adds R+SUD+42CFRPart2+NORDSCLCD to every resource, one in
-``context.psychiatric_sources`` R+PSY to every resource but the Patient); MessageHeader, Provenance and Bundle
-carry the union.
+Then the assembler every path uses (services/mapper/assembly.py) makes the Bundle and its Provenance (from
+header.origin) and labels: each resource's own (see sensitivity.py) and the sender's configured kind (a sending
+facility or sender in ``context.part2_sources`` / ``context.psychiatric_sources``); MessageHeader, Provenance and
+Bundle carry the union. Bundle.timestamp = Provenance.recorded = MSH-7.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
+from datetime import tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from services.common.errors import MappingError
-from services.common.security_labels import combine, meta_security
-from services.mapper.hl7v2.builder import Build, Json, Labels
-from services.mapper.hl7v2.datatypes import Conversion, instant_from, offset_of, prune
+from services.common.fhir_validation import validate_bundle
+from services.common.hl7v2.dtm import offset_of
+from services.common.hl7v2.er7 import Header, Message, Segment, check_shape, parse_message
+from services.common.hl7v2.errors import InvalidResource
+from services.mapper.assembly import assemble
+from services.mapper.hl7v2.builder import Build, Json
+from services.mapper.hl7v2.datatypes import Conversion, prune
 from services.mapper.hl7v2.documents import map_document
-from services.mapper.hl7v2.er7 import Message, Segment, check_shape, parse_message
-from services.mapper.hl7v2.errors import InvalidResource
-from services.mapper.hl7v2.header import message_header, provenance
+from services.mapper.hl7v2.header import message_header, origin
 from services.mapper.hl7v2.orders import group_orders as group_medication_orders
 from services.mapper.hl7v2.orders import map_immunization, map_medication_request
 from services.mapper.hl7v2.patient import map_merge, map_patient, map_related_person
@@ -34,8 +39,6 @@ from services.mapper.hl7v2.results import group_orders, map_report, map_standalo
 from services.mapper.hl7v2.scheduling import map_appointment
 from services.mapper.hl7v2.us_core import claim_profile
 from services.mapper.hl7v2.visit import map_allergy, map_condition, map_encounter
-from services.mapper.mapping.labels import source_labels
-from services.mapper.mapping.validation import validate_bundle
 from services.mapper.result import MappedEvent, MappingContext
 
 # Where a resource type comes from, for the location of a validation error (never a value).
@@ -56,10 +59,17 @@ def _following(message: Message, anchor: Segment, name: str, stop: set[str]) -> 
     return None
 
 
-def _sender_names(build: Build) -> tuple[str, ...]:
-    """What CAREBUS_PART2_SOURCES / _PSYCHIATRIC_SOURCES may name an HL7 sender by: its source URI or facility."""
-    header = build.header
-    return (header.sending_facility.namespace, header.sending_facility.universal_id, header.sender, header.source)
+@lru_cache(maxsize=64)
+def _zone(name: str | None) -> tzinfo | None:
+    return ZoneInfo(name) if name else None
+
+
+def _sender_zone(header: Header, zones: Mapping[str, str]) -> tzinfo | None:
+    """The configured time zone of the message's sender (CAREBUS_HL7_SENDER_TIME_ZONES), if any."""
+    if not zones:
+        return None
+    names = (header.sending_facility.namespace, header.sending_facility.universal_id, header.sender, header.source)
+    return next((_zone(zones[name]) for name in names if name and name in zones), None)
 
 
 def _map_body(build: Build, pid: Segment) -> None:
@@ -141,17 +151,17 @@ def validate_mapped(bundle: Json) -> None:
 def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
     """Map one HL7 v2 message to a FHIR R4 Bundle (see the package docstring for what maps to what).
 
-    Raises only :class:`~services.mapper.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
+    Raises only :class:`~services.common.hl7v2.errors.Hl7v2Error` subclasses for bad or unsupported input.
     The bundle is not validated here: the caller validates it once (the pipeline's ``validate_bundle``, or
     :func:`validate_mapped`).
     """
     message = parse_message(er7)
     patient_id = check_shape(message)
     header = message.header
-    build = Build(message=message, context=context, conv=Conversion(default_tz=offset_of(header.timestamp),
-                                                                  authority_systems=context.assigning_authorities,
-                                                                  source=header.source),
-                  patient_key=patient_id.value)
+    conv = Conversion(default_tz=offset_of(header.timestamp), sender_zone=_sender_zone(header, context.time_zones),
+                      fallback_zone=_zone(context.default_time_zone),
+                      authority_systems=context.assigning_authorities, source=header.source)
+    build = Build(message=message, context=context, conv=conv, patient_key=patient_id.value)
     build.use(message.msh)
     pid = message.first("PID")
     assert pid is not None  # check_shape requires it
@@ -161,44 +171,9 @@ def map_hl7v2_message(er7: str, context: MappingContext) -> MappedEvent:
 
     for resource, _labels in build.resources:
         claim_profile(resource)
-    mapped_header = message_header(build)  # marks SFT as used
-    names = _sender_names(build)
-    context = build.context
-    labelled: list[tuple[Json, Labels]] = []
-    for resource, own in build.resources:
-        kind = source_labels(names, resource["resourceType"], context.part2_sources, context.psychiatric_sources)
-        labelled.append((resource, combine(own, kind) if kind else own))
+    mapped_header = prune(message_header(build))  # marks SFT as used
     build.use(message.first("EVN"))  # EVN -> Provenance
     unmapped = _unmapped(build)
-    union = combine(*(labels for _resource, labels in labelled),
-                    source_labels(names, "Bundle", context.part2_sources, context.psychiatric_sources))
-    targets = [mapped_header] + [resource for resource, _labels in labelled]
-    made_provenance = provenance(build, targets, unmapped)
-    # Build.add pruned the others already
-    resources: list[tuple[Json, Labels]] = [(prune(mapped_header), union), *labelled,
-                                            (prune(made_provenance), union)]
-
-    entries: list[dict[str, Any]] = []
-    for resource, labels in resources:
-        if labels:
-            resource["meta"] = {**resource.get("meta", {}), "security": meta_security(labels)}
-        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "id": build.id("Bundle", build.event_id),
-        "identifier": {"system": build.source, "value": build.event_id},
-        "type": "collection",
-        "timestamp": instant_from(context.received_at),
-        "entry": entries,
-    }
-    if union:
-        bundle["meta"] = {"security": meta_security(union)}
-    counts = Counter(str(entry["resource"]["resourceType"]) for entry in entries)
-    return MappedEvent(
-        bundle=bundle,
-        security_labels=union,
-        alerts=tuple(build.alerts),
-        data_quality=tuple(build.conv.issues),
-        unmapped_segments=tuple(name for name, _count in unmapped),
-        resource_counts=dict(counts),
-    )
+    return assemble(origin(build, unmapped), build.resources, build.context, header=mapped_header,
+                    alerts=build.alerts, data_quality=build.conv.issues,
+                    unmapped_segments=[name for name, _count in unmapped])

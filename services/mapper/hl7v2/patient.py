@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.fhir.codesystems import SSN, V2_0203
+from services.common.hl7v2.er7 import Segment, select_patient_id
 from services.mapper.hl7v2.builder import Build, Json, ref
 from services.mapper.hl7v2.datatypes import (
     address,
@@ -26,7 +27,6 @@ from services.mapper.hl7v2.datatypes import (
     organization_reference,
     person_reference,
 )
-from services.mapper.hl7v2.er7 import Segment, select_patient_id
 from services.mapper.hl7v2.terminology import GENDER
 
 

@@ -9,7 +9,7 @@ UCUM), reference range OBX-7, interpretation OBX-8 (v2-0078 -> v3 ObservationInt
 they become one text/plain presentedForm.
 
 Instruments: when OBR-4 is an instrument panel (PHQ-9 44249-1 ...), or the OBX codes are the items of one
-instrument, the answers are scored by services/mapper/mapping/instruments.py exactly as for the JSON
+instrument, the answers are scored by services/common/fhir/instruments.py exactly as for the JSON
 ``assessment.completed`` event: QuestionnaireResponse + item Observations (LOINC answer codings) + a total
 computed from the items + a panel with hasMember, category survey; a reported total that disagrees is kept
 and flagged (data quality ``reported-total-mismatch``); PHQ-9 item 9 > 0 and C-SSRS high risk add a safety
@@ -26,17 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.fhir.codesystems import (
-    CSSRS_RISK_LEVEL,
     DATA_ABSENT_REASON,
-    FLAG_CATEGORY,
     LOINC,
-    LOINC_QUESTIONNAIRE,
     OBSERVATION_CATEGORY,
-    SNOMED,
     UCUM,
     V2_0074,
     V3_OBSERVATION_INTERPRETATION,
 )
+from services.common.fhir.instruments import (
+    INSTRUMENTS,
+    InstrumentAnswerError,
+    InstrumentScore,
+    InstrumentSpec,
+    score_instrument,
+)
+from services.common.hl7v2.er7 import Rep, Segment
+from services.common.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts, ref
 from services.mapper.hl7v2.datatypes import (
@@ -52,19 +57,9 @@ from services.mapper.hl7v2.datatypes import (
     quantity,
     simple_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
-from services.mapper.hl7v2.errors import InvalidValue
 from services.mapper.hl7v2.terminology import INTERPRETATION, OBSERVATION_STATUS, REPORT_STATUS
-from services.mapper.mapping.instruments import (
-    INSTRUMENTS,
-    InstrumentAnswerError,
-    InstrumentScore,
-    InstrumentSpec,
-    score_instrument,
-)
-from services.mapper.mapping.labels import instrument_labels, safety_flag_labels
-from services.mapper.mapping.risk import ALERT_DETAILS, AT_RISK_FOR_SUICIDE
-from services.mapper.result import SafetyAlert
+from services.mapper.hl7v2.us_core import vital_sign, vital_ucum
+from services.mapper.instrument_resources import Answered, scored_instrument_resources
 
 _TEXT_TYPES = {"ST", "TX", "FT"}
 _CODED_TYPES = {"CE", "CWE", "CNE", "CF", "CD"}
@@ -76,6 +71,8 @@ _TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(?:\.\d+)?(?:[+-]\d{4})?")
 _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 SURVEY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
 LABORATORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}]
+VITAL_SIGNS_CATEGORY = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs",
+                                     "display": "Vital Signs"}]}]
 # v2-0074 diagnostic service sections that are laboratory work
 LAB_SECTIONS = frozenset({"LAB", "BG", "BLB", "CG", "CH", "CP", "HM", "IMM", "MB", "MCB", "MYC", "OSL", "PAR",
                           "PAT", "SP", "SR", "TX", "URN", "VR"})
@@ -311,12 +308,20 @@ def group_orders(segments: Sequence[Segment]) -> tuple[list[OrderGroup], list[Se
 
 
 def map_standalone(build: Build, segments: Sequence[Segment]) -> list[Json]:
-    """OBX outside any order: Observations about the patient / encounter."""
+    """OBX outside any order: Observations about the patient / encounter. A US Core vital sign (by its LOINC
+    code, us_core.VITAL_SIGNS) gets category vital-signs and its unit's UCUM code where the profile takes it."""
     scope = f"encounter|{build.encounter_key}" if build.encounter_key else f"patient|{build.patient_key}"
     counter: dict[str, int] = {}
     made: list[Json] = []
     for obx in segments:
         obs = observation(build, obx, scope=scope, counter=counter)
+        loinc = vital_sign(obs)
+        if loinc is not None and "category" not in obs:
+            obs["category"] = VITAL_SIGNS_CATEGORY
+            quantity = obs.get("valueQuantity")
+            ucum = vital_ucum(loinc, str(quantity.get("code") or quantity.get("unit") or "")) if quantity else None
+            if quantity is not None and ucum is not None and quantity.get("system") in (None, UCUM):
+                obs["valueQuantity"] = {**quantity, "system": UCUM, "code": ucum}
         made.append(build.add(obs, sensitivity.observation(obs.get("code"))))
     return made
 
@@ -487,107 +492,24 @@ def _map_instrument(build: Build, group: OrderGroup, spec: InstrumentSpec, key: 
 
 def _instrument_resources(build: Build, group: OrderGroup, score: InstrumentScore, key: str,
                           sources: dict[str, Segment]) -> list[tuple[Json, Labels]]:
+    """The shared builder's resources (services/mapper/instrument_resources.py), with OBX-11 statuses."""
     obr = group.obr
     assert obr is not None
     conv = build.conv
-    spec = score.instrument
-    labels = instrument_labels(spec.key)
     observed = [o for o in sources.values() if o.get(14)]
     authored = (fhir_datetime(obr.get(7), obr.loc(7), conv)
                 or (fhir_datetime(observed[0].get(14), observed[0].loc(14), conv) if observed else None)
                 or fhir_datetime(build.header.timestamp, "MSH-7", conv))
-    qr_id = build.id("QuestionnaireResponse", key)
-    items: list[Json] = [
-        {"linkId": f"/{item.loinc}", "text": item.display, "answer": [{"valueCoding": item.answer_coding()}]}
-        for item in score.items
-    ]
-    if score.reported_total is not None:
-        reported = score.reported_total
-        items.append({"linkId": f"/{spec.total_loinc}", "text": spec.total_display,
-                      "answer": [{"valueInteger": reported} if isinstance(reported, int)
-                                 else {"valueString": str(reported)}]})
-    response: Json = build.subject({
-        "resourceType": "QuestionnaireResponse",
-        "id": qr_id,
-        "identifier": build.source_identifier("assessment", key),
-        "questionnaire": LOINC_QUESTIONNAIRE + spec.panel_loinc,
-        "status": "completed",
-        "authored": authored,
-        "item": items,
-    })
-    out: list[tuple[Json, Labels]] = [(response, labels)]
-
-    def survey(loinc: str, display: str, status_from: Segment | None) -> Json:
-        return build.subject({
-            "resourceType": "Observation",
-            "id": build.id("Observation", "assessment", key, loinc),
-            "status": _status(build, status_from)
-            if status_from is not None and status_from.get(11) else "final",
-            "category": SURVEY,
-            "code": {"coding": [{"system": LOINC, "code": loinc, "display": display}], "text": display},
-            "effectiveDateTime": authored,
-            "derivedFrom": [{"reference": f"QuestionnaireResponse/{qr_id}"}],
-        })
-
-    members: list[Json] = []
-    for item in score.items:
-        obs = survey(item.loinc, item.display, sources.get(item.loinc))
-        obs["valueCodeableConcept"] = {"coding": [item.answer_coding()], "text": item.answer_display}
-        out.append((obs, labels))
-        members.append(ref(obs))
-    total = survey(spec.total_loinc, spec.total_display, sources.get(spec.total_loinc))
-    if spec.key == "cssrs-screener" and score.risk_level is not None and score.band is not None:
-        total["valueCodeableConcept"] = {
-            "coding": [{"system": CSSRS_RISK_LEVEL, "code": score.risk_level,
-                        "display": score.band.display}],
-            "text": score.band.display,
-        }
-    elif score.total is not None:
-        total["valueQuantity"] = {"value": score.total, "unit": "{score}", "system": UCUM, "code": "{score}"}
-    else:
-        total["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_REASON, "code": "error",
-                                                 "display": "Error"}]}
-    if score.band is not None:
-        total["interpretation"] = [{"text": score.band.display}]
-    notes: list[Json] = []
-    if "incomplete-answers" in score.data_quality:
-        notes.append({"text": "Not all scored items were answered: no total was computed."})
-    if "reported-total-mismatch" in score.data_quality:
-        computed = score.risk_level if spec.key == "cssrs-screener" else score.total
-        notes.append({"text": f"Data quality: the sender reported {score.reported_total}, but the item "
-                              f"answers give {computed}. The value shown is computed from the item answers."})
-    if "reported-total-unparseable" in score.data_quality:
-        notes.append({"text": "Data quality: the reported total could not be read as a score."})
-    if "audit-c-sex-unknown" in score.data_quality:
-        notes.append({"text": "Sex not known: the lower AUDIT-C cut-off (3) was used."})
-    total["note"] = notes
-    out.append((total, labels))
-    members.append(ref(total))
-    panel = survey(spec.panel_loinc, spec.panel_display, None)
-    panel["hasMember"] = members
-    out.insert(1, (panel, labels))
-    for kind in score.safety_alerts:
-        out.append((_safety_flag(build, key, kind, authored), safety_flag_labels()))
-    return out
-
-
-def _safety_flag(build: Build, key: str, kind: str, start: str | None) -> Json:
-    flag_id = build.id("Flag", "assessment", key, kind)
-    code, display = AT_RISK_FOR_SUICIDE
-    flag = build.subject({
-        "resourceType": "Flag",
-        "id": flag_id,
-        "status": "active",
-        "category": [{"coding": [{"system": FLAG_CATEGORY, "code": "safety", "display": "Safety"}]}],
-        "code": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": "Suicide risk"},
-        "period": {"start": start},
-    })
-    if build.patient_ref is not None:
-        build.alerts.append(SafetyAlert(
-            kind=kind,
-            patient_reference=build.patient_ref["reference"],
-            flag_id=flag_id,
-            event_id=build.event_id,
-            detail=ALERT_DETAILS.get(kind, "Safety risk"),
-        ))
-    return flag
+    built = scored_instrument_resources(Answered(
+        score=score,
+        source=build.source,
+        key=key,
+        event_id=build.event_id,
+        patient=build.patient_ref,
+        authored=authored,
+        encounter=build.encounter_ref,
+        profiles=False,  # claimed by us_core.py once the resource is checked
+        statuses={code: _status(build, obx) for code, obx in sources.items() if obx.get(11)},
+    ))
+    build.alerts.extend(built.alerts)
+    return built.resources

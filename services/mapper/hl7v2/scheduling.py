@@ -5,8 +5,9 @@ S26 noshow. Id from SCH-2 (filler appointment id), else SCH-1 (placer), else MSH
 appointment S12 created. Times: TQ1-7/8 (v2.5+), else SCH-11.4/11.5 (v2.3-2.4), else the first resource
 start (AIS-4, AIG-8, AIL-6, AIP-6); an end missing but a duration known (SCH-9/10, AIS-7/8) is computed. A
 booked or no-show appointment without a start, or with a start and no way to know the end, is refused
-(FHIR app-3/app-2). Participants: the patient, AIP (practitioners, role AIP-4), AIL (locations), AIG
-(other resources), all as logical references. NTE -> comment; DG1 -> reasonReference.
+(FHIR app-3/app-2); so is one whose start has no offset from a sender whose time zone is not known
+(``timezone-required``, see datatypes.py). Participants: the patient, AIP (practitioners, role AIP-4), AIL
+(locations), AIG (other resources), all as logical references. NTE -> comment; DG1 -> reasonReference.
 Labels: psychiatric / behavioural-health services (AIS-3, SCH-7/8 text) -> PSY; substance-use services ->
 PART2.
 """
@@ -16,6 +17,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.fhir.labels import scheduled_service_labels
+from services.common.hl7v2.dtm import parse_dtm
+from services.common.hl7v2.er7 import Segment
+from services.common.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, note_texts
 from services.mapper.hl7v2.datatypes import (
@@ -26,13 +31,9 @@ from services.mapper.hl7v2.datatypes import (
     instant_from,
     location_display,
     number,
-    parse_dtm,
     person_reference,
 )
-from services.mapper.hl7v2.er7 import Segment
-from services.mapper.hl7v2.errors import MissingRequired
 from services.mapper.hl7v2.terminology import APPOINTMENT_STATUS
-from services.mapper.mapping.labels import scheduled_service_labels
 
 _RESOURCE_SEGMENTS = {"AIS", "AIG", "AIL", "AIP"}
 _START_FIELD = {"AIS": 4, "AIG": 8, "AIL": 6, "AIP": 6}
@@ -115,6 +116,10 @@ def map_appointment(build: Build, sch: Segment, conditions: list[Json]) -> Json:
             build.issue("period-end-before-start@TQ1-8")
             end = _end_from(start_raw, minutes, build) if minutes is not None else None
     if status not in {"cancelled", "proposed"}:
+        if not start and start_raw and f"timezone-unknown@{start_loc}" in conv.issues:
+            raise MissingRequired(start_loc, "timezone-required",
+                                  "the start has no UTC offset and the sender's time zone is not known "
+                                  "(CAREBUS_HL7_SENDER_TIME_ZONES)")
         if not start:
             raise MissingRequired(start_loc, "appointment-start-required",
                                   "a booked appointment needs a start time")

@@ -1,4 +1,4 @@
-"""The label rules (services/mapper/mapping/labels.py, table in docs/security-labels.md) applied to HL7 v2
+"""The label rules (services/common/fhir/labels.py, table in docs/security-labels.md) applied to HL7 v2
 codings: which rule reads which coding of a v2 CodeableConcept.
 
 ICD-10 (WHO, ``I10``) codes and local codes shaped like ICD-10 F-codes are read like ICD-10-CM
@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from services.common.fhir import labels
 from services.common.fhir.codesystems import ICD9CM, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
 from services.mapper.hl7v2.terminology import is_local_system
-from services.mapper.mapping import labels
 
 Labels = tuple[str, ...]
 

@@ -322,6 +322,8 @@ DOCUMENT_TYPE = {
     "DS": ("18842-5", "Discharge summary"), "HP": ("34117-2", "History and physical note"),
     "OP": ("11504-8", "Surgical operation note"), "PR": ("28570-0", "Procedure note"),
     "TS": ("18761-7", "Transfer summary note"), "ED": ("34111-5", "Emergency department note"),
+    "DI": ("18748-4", "Diagnostic imaging study"), "AR": ("18743-5", "Autopsy report"),
+    "SP": ("11526-1", "Pathology study"),
 }
 # Mental-health note types (US Behavioral Health Profiles IG): labels.MENTAL_HEALTH_NOTE_TYPES
 # v2-0271 document completion status -> DocumentReference.docStatus
@@ -346,3 +348,29 @@ IMMUNIZATION_STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "
 
 # SIU trigger -> Appointment.status
 APPOINTMENT_STATUS = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled", "S26": "noshow"}
+
+# HL7 table 0335 (repeat pattern, RPT.1 / TQ1-3): the literal codes of terminology.hl7.org's v2-0335 code system
+# (R4 4.0.1). Its templates (Q<integer>H, xID, PRNxxx ...) are not codes: "Q6H" is the sender's (local) code,
+# read into Timing.repeat by datatypes.repeat_pattern.
+V2_0335_CODES = {code.upper(): code for code in (
+    "A", "BID", "C", "D", "I", "M", "Once", "P", "PRN", "QAM", "QHS", "QID", "QOD", "QPM", "QSHIFT", "TID", "V")}
+
+# RPT.8 event related period (HL7 table 0528) codes that are FHIR EventTiming codes (Timing.repeat.when)
+EVENT_TIMING = frozenset({"AC", "ACD", "ACM", "ACV", "HS", "PC", "PCD", "PCM", "PCV"})
+
+# v2 time units (RPT.6, RPT.10, TQ1 CQ units) -> UCUM time units of Timing.repeat.periodUnit
+TIME_UNITS = {"S": "s", "SEC": "s", "MIN": "min", "M": "min", "H": "h", "HR": "h", "HRS": "h", "HOUR": "h",
+              "D": "d", "DAY": "d", "DAYS": "d", "WK": "wk", "W": "wk", "MO": "mo", "L": "mo", "A": "a", "Y": "a",
+              "YR": "a"}
+
+# Give-rate units as senders write them (RXE-24, RXO-22, without a UCUM coding system) -> UCUM, for
+# Dosage.doseAndRate.rateQuantity. Keys upper-case; a unit not listed keeps its text without a system.
+RATE_UNITS_UCUM = {
+    "ML/HR": "mL/h", "ML/H": "mL/h", "ML/MIN": "mL/min", "L/MIN": "L/min", "L/HR": "L/h",
+    "MG/HR": "mg/h", "MG/H": "mg/h", "MG/MIN": "mg/min", "MG/KG/HR": "mg/kg/h", "MG/KG/H": "mg/kg/h",
+    "MG/KG/MIN": "mg/kg/min", "MCG/HR": "ug/h", "UG/HR": "ug/h", "MCG/H": "ug/h", "MCG/MIN": "ug/min",
+    "UG/MIN": "ug/min", "MCG/KG/MIN": "ug/kg/min", "UG/KG/MIN": "ug/kg/min", "MCG/KG/HR": "ug/kg/h",
+    "NG/KG/MIN": "ng/kg/min", "UNITS/HR": "[U]/h", "UNIT/HR": "[U]/h", "U/HR": "[U]/h", "U/H": "[U]/h",
+    "UNITS/KG/HR": "[U]/kg/h", "U/KG/HR": "[U]/kg/h", "GTT/MIN": "[drp]/min", "DROPS/MIN": "[drp]/min",
+    "MEQ/HR": "meq/h", "MMOL/HR": "mmol/h", "G/HR": "g/h",
+}

@@ -24,6 +24,8 @@ from services.common.fhir.codesystems import (
     V3_NULL_FLAVOR,
     V3_PARTICIPATION_TYPE,
 )
+from services.common.fhir.labels import discharge_labels, hospital_service_labels
+from services.common.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2 import sensitivity
 from services.mapper.hl7v2.builder import Build, Json, Labels, ref
 from services.mapper.hl7v2.datatypes import (
@@ -38,7 +40,6 @@ from services.mapper.hl7v2.datatypes import (
     person_reference,
     table_code,
 )
-from services.mapper.hl7v2.er7 import Rep, Segment
 from services.mapper.hl7v2.terminology import (
     ALLERGY_CATEGORY,
     ALLERGY_CRITICALITY,
@@ -50,7 +51,6 @@ from services.mapper.hl7v2.terminology import (
     V2_TABLE_CODES,
     local_system,
 )
-from services.mapper.mapping.labels import discharge_labels, hospital_service_labels
 
 _PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
                  (17, "ADM", "admitter"))

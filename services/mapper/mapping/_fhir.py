@@ -84,7 +84,7 @@ def quantity(value: float, unit: str, code: str | None = None) -> dict[str, Any]
     return out
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class Subject:
     """The event's source and patient: ids and references that every family needs."""
 
@@ -126,6 +126,7 @@ class Draft:
     resources: list[tuple[Resource, tuple[str, ...]]] = field(default_factory=list)
     alerts: list[SafetyAlert] = field(default_factory=list)
     data_quality: list[str] = field(default_factory=list)
+    occurred_at: dt.datetime | None = None  # when the change happened, if not at the event's time (Provenance)
 
     def add(self, resource: Resource, labels: tuple[str, ...] = ()) -> Resource:
         self.resources.append((resource, labels))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AdmissionEnded, AdmissionStarted
+from services.common.fhir import labels
 from services.common.fhir.codesystems import DISCHARGE_DISPOSITION, SNOMED, V3_ACT_CODE
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept, concept_of, iso, profile
 
 DISPOSITION_DISPLAY: Final = {

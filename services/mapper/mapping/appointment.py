@@ -1,8 +1,10 @@
 """appointment.booked / .cancelled / .noshow -> Appointment (no US Core profile).
 
 Status: booked / cancelled / noshow. Cancellation reason (appointment-cancellation-reason): patient -> pat,
-provider -> prov, other -> text only. A telehealth appointment has appointmentType text "telehealth" (R4
-Appointment has no virtual-service element).
+provider -> prov, other -> text only. The time of the cancellation (``cancelled_at``; R4's Appointment has no
+element for it, R5's cancellationDate has no R4 form the HL7 validator accepts) -> the Bundle's
+Provenance.occurredDateTime: the cancellation is the activity it records. A telehealth appointment has
+appointmentType text "telehealth" (R4 Appointment has no virtual-service element).
 Labels: therapy / psychiatry -> PSY; primary care -> none.
 """
 
@@ -11,8 +13,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AppointmentBooked, AppointmentCancelled, AppointmentNoShow
+from services.common.fhir import labels
 from services.common.fhir.codesystems import APPOINTMENT_CANCELLATION_REASON, SNOMED
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, iso
 
 SERVICE_TYPES: Final = {  # SNOMED CT (t)
@@ -51,6 +53,7 @@ def map_appointment(
         appointment["basedOn"] = [subject.ref("ServiceRequest", data.referral_id)]
     if isinstance(event, AppointmentCancelled):
         appointment["status"] = "cancelled"
+        draft.occurred_at = event.data.cancelled_at
         by = event.data.cancelled_by
         if by == "patient":
             appointment["cancelationReason"] = concept(APPOINTMENT_CANCELLATION_REASON, "pat", "Patient")

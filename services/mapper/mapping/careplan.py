@@ -15,8 +15,8 @@ import html
 from typing import Any, Final
 
 from services.common.events import CarePlanUpdated
+from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, UCUM, US_CORE_CAREPLAN_CATEGORY
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile
 from services.mapper.mapping.session import MODALITIES, modality_concept
 

@@ -18,8 +18,8 @@ from typing import Any, Final
 from services.common import security_labels
 from services.common.events import ConsentGranted, ConsentRevoked
 from services.common.events.payloads import ConsentException, ConsentRecipient
+from services.common.fhir import labels
 from services.common.fhir.codesystems import CONSENT_SCOPE, LOINC, V3_ACT_CODE, V3_ACT_REASON, V3_PARTICIPATION_TYPE
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept, iso
 
 FORM_DISPLAY: Final = {"59284-0": "Patient Consent", "64292-6": "Release of information consent"}
@@ -42,6 +42,8 @@ def _recipient(recipient: ConsentRecipient) -> dict[str, Any]:
     found: dict[str, Any] = {"type": _RECIPIENT_TYPES[recipient.kind], "display": recipient.name}
     if recipient.identifier is not None:
         found["identifier"] = {"system": recipient.identifier.system, "value": recipient.identifier.value}
+        if recipient.identifier.assigner:
+            found["identifier"]["assigner"] = {"display": recipient.identifier.assigner}
     return found
 
 

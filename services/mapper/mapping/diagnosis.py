@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import DiagnosisRecorded, DiagnosisResolved
+from services.common.fhir import labels
 from services.common.fhir.codesystems import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, concept_of, iso, profile
 
 _PROFILES: Final = {

@@ -1,15 +1,10 @@
-"""map_event: the dispatch table from event class to family mapping, and the wrapping every bundle gets.
+"""map_event: the dispatch table from event class to family mapping; then the one assembler every path uses
+(services/mapper/assembly.py: Bundle, Provenance, labels, fullUrls, counts).
 
-Every Bundle (type ``collection``, plain dict, id = resource_id("Bundle", source, event id)):
-* ``identifier`` {system: event source, value: event id} and ``timestamp`` = event time;
-* the family's resources, each with ``meta.security`` = its own labels (+ PART2 when the event's source is in
-  context.part2_sources), fullUrl ``urn:uuid:<id>``;
-* ALWAYS a Provenance last (us-core-provenance): target = every other resource; occurredDateTime = event time;
-  recorded = event time, when the source recorded the event (not when carebus received this copy: a resend or
-  replay of the same event makes the same Provenance); agent = the source system (author) and
-  carebus (assembler); entity (role source) = the CloudEvent, identifier {system: source, value: event id}.
-* ``meta.security`` on the Bundle and the Provenance = the union of all resources' labels; the same tuple
-  is MappedEvent.security_labels.
+What a JSON care event gives the assembler: source and id of the CloudEvent; recorded = the event ``time``
+(when the source recorded the event, not when carebus received this copy: a resend or replay of the same event
+makes the same Bundle and Provenance); occurred = when the change happened (Draft.occurred_at, e.g. an
+appointment's cancelled_at; else the event time); the Provenance author is the source system.
 Same event and same context -> identical bundle (ids from fhir_ids, no clock, no randomness).
 """
 
@@ -18,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError
 from services.common.events import (
     AdmissionEnded,
@@ -46,10 +40,8 @@ from services.common.events import (
     SessionCompleted,
     check_policy,
 )
-from services.common.fhir.codesystems import CAREBUS_MAPPER, PROVENANCE_PARTICIPANT_TYPE, RFC3986
-from services.common.fhir_ids import resource_id
-from services.mapper.mapping import labels
-from services.mapper.mapping._fhir import Draft, Subject, concept, iso, profile
+from services.mapper.assembly import Origin, assemble
+from services.mapper.mapping._fhir import Draft, Subject, iso
 from services.mapper.mapping.admission import map_admission
 from services.mapper.mapping.appointment import map_appointment
 from services.mapper.mapping.assessment import map_assessment
@@ -93,39 +85,6 @@ DISPATCH: Final[dict[type, FamilyMapping]] = {
 }
 """Event class -> family mapping (one module per family under services/mapper/mapping/)."""
 
-# Parts of every Provenance that never vary, built once and shared (Bundles are read-only, see map_event)
-_AUTHOR_TYPE: Final = concept(PROVENANCE_PARTICIPANT_TYPE, "author", "Author")
-_ASSEMBLER: Final = {
-    "type": concept(PROVENANCE_PARTICIPANT_TYPE, "assembler", "Assembler"),
-    "who": {"identifier": {"system": RFC3986, "value": CAREBUS_MAPPER}},
-}
-
-
-def _provenance(
-    event: CareEvent, context: MappingContext, targets: list[dict[str, Any]], bundle_labels: tuple[str, ...]
-) -> dict[str, Any]:
-    provenance: dict[str, Any] = {
-        "resourceType": "Provenance",
-        "id": resource_id("Provenance", event.source, event.id),
-        "meta": {"profile": profile("us-core-provenance")},
-        "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in targets],
-        "occurredDateTime": iso(event.time),
-        "recorded": iso(event.time),
-        "agent": [
-            {"type": _AUTHOR_TYPE, "who": {"identifier": {"system": RFC3986, "value": event.source}}},
-            _ASSEMBLER,
-        ],
-        "entity": [
-            {
-                "role": "source",
-                "what": {"identifier": {"system": event.source, "value": event.id}, "display": event.type},
-            }
-        ],
-    }
-    if bundle_labels:
-        provenance["meta"]["security"] = security_labels.meta_security(bundle_labels)
-    return provenance
-
 
 def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
     """One care event -> one FHIR R4 Bundle (collection) with labels, alerts and data-quality codes.
@@ -145,46 +104,6 @@ def map_event(event: CareEvent, context: MappingContext) -> MappedEvent:
         )
     draft = Draft(Subject(event.source, event.data.patient_id), event.id)
     family(event, draft)
-
-    source_names = (event.source,)
-    entries: list[dict[str, Any]] = []
-    targets: list[dict[str, Any]] = []
-    label_sets: list[tuple[str, ...]] = []
-    security_lists: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one list per label set, shared
-    for resource, own_labels in draft.resources:
-        kind_labels = labels.source_labels(source_names, resource["resourceType"], context.part2_sources,
-                                           context.psychiatric_sources)
-        resource_labels = labels.combine(own_labels, kind_labels) if kind_labels else own_labels
-        if resource_labels:
-            security = security_lists.get(resource_labels)
-            if security is None:
-                security = security_lists[resource_labels] = security_labels.meta_security(resource_labels)
-            resource.setdefault("meta", {})["security"] = security
-        label_sets.append(resource_labels)
-        targets.append(resource)
-        entries.append({"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource})
-    bundle_labels = labels.combine(*label_sets)
-    provenance = _provenance(event, context, targets, bundle_labels)
-    entries.append({"fullUrl": f"urn:uuid:{provenance['id']}", "resource": provenance})
-
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "id": resource_id("Bundle", event.source, event.id),
-        "identifier": {"system": event.source, "value": event.id},
-        "type": "collection",
-        "timestamp": iso(event.time),
-        "entry": entries,
-    }
-    if bundle_labels:
-        bundle["meta"] = {"security": security_labels.meta_security(bundle_labels)}
-    counts: dict[str, int] = {}
-    for entry in entries:
-        resource_type = entry["resource"]["resourceType"]
-        counts[resource_type] = counts.get(resource_type, 0) + 1
-    return MappedEvent(
-        bundle=bundle,
-        security_labels=bundle_labels,
-        alerts=tuple(draft.alerts),
-        data_quality=tuple(dict.fromkeys(draft.data_quality)),
-        resource_counts=counts,
-    )
+    origin = Origin(source=event.source, event_id=event.id, event_type=event.type, recorded=iso(event.time),
+                    occurred=iso(draft.occurred_at or event.time))
+    return assemble(origin, draft.resources, context, alerts=draft.alerts, data_quality=draft.data_quality)

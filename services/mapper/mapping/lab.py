@@ -1,8 +1,12 @@
-"""lab.resulted -> Observation (us-core-observation-lab, category laboratory).
+"""lab.resulted -> Observation (us-core-observation-lab, category laboratory), and the order it answers.
 
 code LOINC (e.g. 14334-7 lithium [Moles/volume] in serum or plasma); valueQuantity (UCUM when a code is
 given) or valueString; referenceRange low / high / text; interpretation (v3-ObservationInterpretation N, A,
 H, L, HH, LL); effectiveDateTime; issued.
+With an ``order_id`` or an ``ordering_practitioner``: a ServiceRequest (us-core-servicerequest, intent order,
+category laboratory, status unknown: the result does not say whether the order is done; code = the test;
+identifier = the order id; requester = the ordering practitioner), and Observation.basedOn names it. Its id is
+keyed by the order id, else by the result.
 Labels: psychiatric drug monitoring (lithium) -> PSY; other labs none (labels.lab_labels).
 """
 
@@ -11,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import LabResulted
-from services.common.fhir.codesystems import LOINC, OBSERVATION_CATEGORY, V3_OBSERVATION_INTERPRETATION
-from services.mapper.mapping import labels
+from services.common.fhir import labels
+from services.common.fhir.codesystems import LOINC, OBSERVATION_CATEGORY, SNOMED, V3_OBSERVATION_INTERPRETATION
 from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile, quantity
 
 INTERPRETATION_DISPLAY: Final = {
@@ -62,4 +66,25 @@ def map_lab(event: LabResulted, draft: Draft) -> None:
             reference["text"] = rr.text
         if reference:
             observation["referenceRange"] = [reference]
-    draft.add(observation, labels.lab_labels(data.code.code))
+    lab_labels = labels.lab_labels(data.code.code)
+    if data.order_id is not None or data.ordering_practitioner is not None:
+        order_key = ("lab-order", data.order_id) if data.order_id is not None else ("lab-order-of", data.result_id)
+        order: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "id": subject.id("ServiceRequest", *order_key),
+            "meta": {"profile": profile("us-core-servicerequest")},
+            "status": "unknown",
+            "intent": "order",
+            "category": [concept(SNOMED, "108252007", "Laboratory procedure")],
+            "code": {"coding": [coding(LOINC, data.code.code, data.code.display)]},
+            "subject": subject.patient_ref,
+        }
+        if data.order_id is not None:
+            order["identifier"] = [subject.identifier("lab-order", data.order_id)]
+        if data.ordering_practitioner is not None:
+            order["requester"] = subject.practitioner(data.ordering_practitioner)
+        observation["basedOn"] = [{"reference": f"ServiceRequest/{order['id']}"}]
+        draft.add(observation, lab_labels)
+        draft.add(order, lab_labels)
+    else:
+        draft.add(observation, lab_labels)

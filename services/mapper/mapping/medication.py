@@ -3,7 +3,8 @@
 status active (prescribed, changed) or stopped (discontinued, with statusReason and the stop time in
 dispenseRequest.validityPeriod.end); intent order; medicationCodeableConcept RxNorm; dosageInstruction with
 timing (frequency / period / periodUnit), asNeededBoolean, route, doseAndRate.doseQuantity (UCUM when a code
-is given). medication.changed with ``replaces_prescription_id`` -> priorPrescription.
+is given). medication.changed: the order as changed, valid from the change (``changed_at`` ->
+dispenseRequest.validityPeriod.start); with ``replaces_prescription_id`` -> priorPrescription.
 Labels: labels.medication_labels (OUD treatment -> PART2, psychiatric ingredients -> PSY) + reason codes.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.events import MedicationChanged, MedicationDiscontinued, MedicationPrescribed
+from services.common.fhir import labels
 from services.common.fhir.codesystems import RXNORM
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, concept_of, iso, number, profile, quantity
 
 
@@ -56,8 +57,10 @@ def map_medication(
         request["reasonCode"] = [concept_of(reason) for reason in data.reason_codes]
     if data.encounter_id:
         request["encounter"] = subject.ref("Encounter", data.encounter_id)
-    if isinstance(event, MedicationChanged) and event.data.replaces_prescription_id:
-        request["priorPrescription"] = subject.ref("MedicationRequest", event.data.replaces_prescription_id)
+    if isinstance(event, MedicationChanged):
+        request["dispenseRequest"] = {"validityPeriod": {"start": iso(event.data.changed_at)}}
+        if event.data.replaces_prescription_id:
+            request["priorPrescription"] = subject.ref("MedicationRequest", event.data.replaces_prescription_id)
     if isinstance(event, MedicationDiscontinued):
         request["status"] = "stopped"
         if event.data.reason is not None:

@@ -22,8 +22,8 @@ import base64
 from typing import Any, Final
 
 from services.common.events import NoteSigned
+from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import US_CORE, Draft, concept, iso
 
 BHP_MENTAL_HEALTH_NOTE: Final = (

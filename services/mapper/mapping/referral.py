@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import ReferralClosed, ReferralCreated
+from services.common.fhir import labels
 from services.common.fhir.codesystems import SNOMED
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, concept, concept_of, iso, profile
 
 REFERRAL_CODES: Final = {

@@ -25,8 +25,8 @@ import datetime as dt
 from typing import Any, Final
 
 from services.common.events import SessionCompleted
+from services.common.fhir import labels
 from services.common.fhir.codesystems import CPT, SNOMED, UCUM, V3_ACT_CODE
-from services.mapper.mapping import labels
 from services.mapper.mapping._fhir import Draft, coding, iso, profile
 
 PSYCHOTHERAPY: Final = ("75516001", "Psychotherapy (regime/therapy)")

@@ -14,7 +14,8 @@ from services.record.changes import OutboxRow, change_message
 from services.record.ingest import WritePlan
 
 if TYPE_CHECKING:
-    from services.record.store.sql import Connection, Dialect, SqlStore
+    from services.record.store.pool import Connection, Database
+    from services.record.store.schema import Dialect
 
 
 def schema(d: Dialect) -> list[str]:
@@ -39,7 +40,7 @@ def _patients_of(resource_type: str, patient_ref: str | None, body: bytes | None
     return []
 
 
-def write(store: SqlStore, conn: Connection, plan: WritePlan) -> None:
+def write(db: Database, conn: Connection, plan: WritePlan) -> None:
     """Add one change row per new version of ``plan`` (call after the identity state is updated)."""
     if not plan.versions:
         return
@@ -52,7 +53,7 @@ def write(store: SqlStore, conn: Connection, plan: WritePlan) -> None:
     for i in range(0, len(refs), 500):
         chunk = refs[i : i + 500]
         marks = ",".join("?" * len(chunk))
-        for ref, person in store._all(
+        for ref, person in db.all(
             conn,
             f"SELECT patient_ref, person_id FROM identity_member WHERE patient_ref IN ({marks})",
             chunk,
@@ -62,11 +63,11 @@ def write(store: SqlStore, conn: Connection, plan: WritePlan) -> None:
     for i in range(0, len(persons), 500):
         chunk = persons[i : i + 500]
         marks = ",".join("?" * len(chunk))
-        for ref, person in store._all(
+        for ref, person in db.all(
             conn, f"SELECT patient_ref, person_id FROM identity_member WHERE person_id IN ({marks})", chunk
         ):
             members_of.setdefault(person, []).append(ref)
-    top = store._all(conn, "SELECT MAX(seq) FROM change_outbox")
+    top = db.all(conn, "SELECT MAX(seq) FROM change_outbox")
     seq = int(top[0][0] or 0) if top else 0
     rows = []
     for version in plan.versions:
@@ -78,17 +79,17 @@ def write(store: SqlStore, conn: Connection, plan: WritePlan) -> None:
         key, security, value = change_message(version, person, sorted(members))
         seq += 1
         rows.append((seq, key, security, value))
-    store._insert(conn, "change_outbox", "seq, change_key, security, body", rows)
+    db.insert(conn, "change_outbox", "seq, change_key, security, body", rows)
 
 
-def pending(store: SqlStore, limit: int) -> list[OutboxRow]:
-    with store._connection() as conn:
-        rows = store._all(
+def pending(db: Database, limit: int) -> list[OutboxRow]:
+    with db.connection() as conn:
+        rows = db.all(
             conn, "SELECT seq, change_key, security, body FROM change_outbox ORDER BY seq LIMIT ?", (limit,)
         )
     return [OutboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
 
 
-def forget(store: SqlStore, up_to_seq: int) -> None:
-    with store._transaction() as conn:
-        conn.execute(store.dialect.sql("DELETE FROM change_outbox WHERE seq <= ?"), (up_to_seq,))
+def forget(db: Database, up_to_seq: int) -> None:
+    with db.transaction() as conn:
+        conn.execute(db.dialect.sql("DELETE FROM change_outbox WHERE seq <= ?"), (up_to_seq,))

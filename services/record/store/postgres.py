@@ -6,7 +6,9 @@ from __future__ import annotations
 import psycopg
 
 from services.record.identity import IdentityPolicy
-from services.record.store.sql import ConnectionPool, Dialect, SqlStore
+from services.record.store.pool import ConnectionPool
+from services.record.store.schema import Dialect
+from services.record.store.sql import SqlStore
 
 # SQLSTATE classes that refuse the data, not the connection: 22 data exception (U+0000 in text, a value out of
 # range, bad encoding), 23 integrity constraint violation, 54 program limit exceeded (an index row too large)

@@ -1,7 +1,7 @@
 """RxNorm drug products -> the ingredient they contain, for the psychiatric and Part 2 medication labels.
 
 Prescriptions are coded as clinical drugs (SCD, "sertraline 25 MG Oral Tablet"), branded drugs (SBD, "... [Zoloft]")
-or packs, rarely as the ingredient itself; services/mapper/mapping/labels.py labels a product by its ingredient.
+or packs, rarely as the ingredient itself; services/common/fhir/labels.py labels a product by its ingredient.
 This table is pinned data, not looked up at run time (no network).
 
 Source: NLM Value Set Authority Center (VSAC) value sets, expansion "eCQM Update 2025-05-08" (RxNorm codes and

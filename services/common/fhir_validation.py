@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 
 from services.common.errors import FieldProblem, MappingError
-from services.mapper.element_names import r4_element_names
+from services.common.fhir_elements import r4_element_names
 
 KEY_SETS_PER_MODEL: Final = 4096  # key sets remembered per model (an element of the model passed with them)
 RECENT_KEY_SETS: Final = 4  # of which compared first, key by key

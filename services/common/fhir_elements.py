@@ -2,7 +2,7 @@
 
 An unknown element is named in a refusal only when its name is one of these (a FHIR word such as ``url`` put
 in the wrong place); any other name is the sender's own text, which may be PHI, and is not repeated.
-The list is ``r4_element_names.txt`` beside this module: `python -m services.mapper.element_names`
+The list is ``r4_element_names.txt`` beside this module: `python -m services.common.fhir_elements`
 rewrites it from fhir.resources, and a test fails when it drifts.
 """
 

@@ -6,7 +6,7 @@ Label sets (services/common/security_labels.py): PSY = R + PSY (psychiatric data
 information that is not Part 2 data). Psychotherapy notes (V + PSYTHPN) are refused, never labelled. The Bundle
 and the Provenance carry the union of all resources' labels.
 
-The table of rules is generated from ``RULES`` below (``python -m services.mapper.mapping.labels`` writes
+The table of rules is generated from ``RULES`` below (``python -m services.common.fhir`` writes
 docs/security-labels.md; tests/mapping/test_label_rules.py fails when the file and the code disagree, when a rule
 function is missing from ``RULES``, or when a rule's example does not give the labels the table states).
 When in doubt carebus over-labels. Code tables carry their provenance: (v) HL7 / government artifact,
@@ -16,22 +16,20 @@ When in doubt carebus over-labels. Code tables carry their provenance: (v) HL7 /
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from services.common import security_labels
 from services.common.fhir.codesystems import ICD10CM, SNOMED
-from services.mapper.mapping.instruments import INSTRUMENTS
-from services.mapper.mapping.rxnorm_products import PRODUCTS_BY_INGREDIENT
+from services.common.fhir.instruments import INSTRUMENTS
+from services.common.fhir.rxnorm_products import PRODUCTS_BY_INGREDIENT
 
 PSY: Final = security_labels.PSYCHIATRIC
 PART2: Final = security_labels.PART2
 ETHUD: Final = ("R", "ETHUD")
 NONE: Final[tuple[str, ...]] = ()
-PSYCHOTHERAPY_NOTE: Final = ("V", "PSYTHPN")  # refused wherever it is found: never carried, never labelled
+PSYCHOTHERAPY_NOTE: Final = security_labels.PSYCHOTHERAPY_NOTE  # refused wherever it is found
 Labels = tuple[str, ...]
 
 
@@ -360,13 +358,10 @@ def care_plan_labels(therapy_or_diagnoses: bool) -> tuple[str, ...]:
     return PSY if therapy_or_diagnoses else NONE
 
 
-_PSYCHOTHERAPY_NOTE_TEXT: Final = re.compile(r"psycho\s*therapy\s*note|PSYTHPN", re.IGNORECASE)
-
-
 def refused_labels(sent_codes: Iterable[str], text: str = "") -> tuple[str, ...]:
     """Psychotherapy notes (HIPAA 45 CFR 164.501) are refused on every path: a sender's PSYTHPN label, or a
     document type / text naming a psychotherapy note -> V + PSYTHPN, and the caller refuses the content."""
-    if "PSYTHPN" in sent_codes or _PSYCHOTHERAPY_NOTE_TEXT.search(text):
+    if security_labels.is_psychotherapy_note(sent_codes, text):
         return PSYCHOTHERAPY_NOTE
     return NONE
 
@@ -464,9 +459,9 @@ _SET_NAMES: Final[dict[tuple[str, ...], str]] = {PSY: "PSY", PART2: "PART2", ETH
 def rules_table() -> str:
     """docs/security-labels.md: the table of RULES."""
     lines = [
-        "# Security labels carebus decides (generated from services/mapper/mapping/labels.py: RULES)",
+        "# Security labels carebus decides (generated from services/common/fhir/labels.py: RULES)",
         "",
-        "Regenerate with `python -m services.mapper.mapping.labels`. Every path (JSON care events, HL7 v2, FHIR in)",
+        "Regenerate with `python -m services.common.fhir`. Every path (JSON care events, HL7 v2, FHIR in)",
         "calls these rules; a resource carries the union of the rules that apply to it, the Bundle and the",
         "Provenance the union of all its resources' labels. PSY = R + PSY; PART2 = R + SUD + 42CFRPart2 +",
         "NORDSCLCD; ETHUD = R + ETHUD.",
@@ -478,10 +473,3 @@ def rules_table() -> str:
         labels = _SET_NAMES.get(rule.labels) or " + ".join(rule.labels)
         lines.append(f"| {_cell(rule.data)} | {labels} | {_cell(_example(rule))} |")
     return "\n".join(lines) + "\n"
-
-
-DOC: Final = Path(__file__).resolve().parents[3] / "docs" / "security-labels.md"
-
-if __name__ == "__main__":
-    DOC.write_text(rules_table())
-    sys.stdout.write(f"wrote {DOC}\n")

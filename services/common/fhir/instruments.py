@@ -55,6 +55,7 @@ from typing import Any, Final, Literal
 from services.common.errors import FieldProblem
 from services.common.errors import InstrumentAnswerError as InstrumentAnswerError  # re-exported
 from services.common.fhir.codesystems import LOINC
+from services.common.topics import MapperAlertKind
 
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
 Sex = Literal["male", "female", "other", "unknown"]
@@ -108,7 +109,7 @@ class InstrumentSpec:
         return tuple(i for i in self.items if i.scored)
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class ItemScore:
     """One answered item: its weight and the LOINC answer coding (when the answer list has one)."""
 
@@ -125,7 +126,7 @@ class ItemScore:
         return {"system": LOINC, "code": self.answer_code, "display": self.answer_display}
 
 
-@dataclass  # made per event: not frozen (a frozen __init__ takes ~3x as long); never changed after
+@dataclass  # hot path: plain, never changed after init (docs/hot-path.md)
 class InstrumentScore:
     instrument: InstrumentSpec
     items: tuple[ItemScore, ...]
@@ -135,7 +136,7 @@ class InstrumentScore:
     risk_level: RiskLevel | None = None  # C-SSRS only
     reported_total: int | str | None = None  # as the sender reported it (normalised to int where numeric)
     missing_items: tuple[str, ...] = ()
-    safety_alerts: tuple[str, ...] = ()  # closed set: "phq9-item9", "cssrs-high-risk"
+    safety_alerts: tuple[MapperAlertKind, ...] = ()
     data_quality: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())  # fixed phrases, safe to show (no input values)
 
@@ -546,7 +547,7 @@ def score_instrument(
     items.sort(key=lambda s: order[s.loinc])
 
     data_quality: list[str] = []
-    safety: list[str] = []
+    safety: list[MapperAlertKind] = []
     notes: list[str] = []
     missing = tuple(i.loinc for i in spec.scored_items if i.loinc not in values)
     complete = not missing

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from urllib.parse import quote
 
-from services.mapper.hl7v2.errors import (
+from services.common.hl7v2.errors import (
     HL7_UNSUPPORTED_EVENT_CODE,
     MalformedMessage,
     MissingRequired,

@@ -1,0 +1,119 @@
+"""The incremental population read behind $evaluate-measure (services/outcomes/population.py), on a real SQLite
+record store: each version's body is read and parsed once; a new version, a deletion, an exclusion Condition and
+an identity link show up at the next call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from services.common.security_labels import PSYCHIATRIC, meta_security
+from services.common.settings import Settings
+from services.outcomes.population import PopulationIndex
+from services.record.ingest import InboundBundle, prepare_bundle
+from services.record.store import identity_policy, open_store
+from services.record.store.sql import SqlStore
+
+SOURCE = "urn:carebus:test:population"
+_offsets = count()
+
+
+class CountingStore:
+    """The real store, counting the bodies it is asked for."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.bodies_read: list[str] = []
+
+    def current_versions(self, resource_type: str, param: str | None = None, codes: Sequence[str] = ()
+                         ) -> list[tuple[str, str, int, str | None, int]]:
+        return self.store.current_versions(resource_type, param, codes)
+
+    def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        self.bodies_read.extend(ids)
+        return self.store.current_bodies(resource_type, ids)
+
+
+def ingest(store: SqlStore, *entries: dict[str, Any]) -> None:
+    n = next(_offsets)
+    bundle = {"resourceType": "Bundle", "id": f"b{n}", "type": "collection", "entry": list(entries)}
+    store.ingest([prepare_bundle(InboundBundle("t", 0, n, 1_700_000_000_000 + n * 1000, SOURCE,
+                                               orjson.dumps(bundle), {"ce_id": f"e{n}"}))])
+
+
+def patient(pid: str, **fields: Any) -> dict[str, Any]:
+    return {"resource": {"resourceType": "Patient", "id": pid, "identifier": [{"system": SOURCE, "value": pid}],
+                         **fields}}
+
+
+def phq9(oid: str, pid: str, total: int, when: str = "2025-02-01") -> dict[str, Any]:
+    return {"resource": {
+        "resourceType": "Observation", "id": oid, "meta": {"security": meta_security(PSYCHIATRIC)},
+        "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+        "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": f"{when}T10:00:00Z",
+        "valueQuantity": {"value": total, "unit": "{score}"}}}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStore:
+    s = open_store(f"sqlite:///{tmp_path}/record.db", identity_policy(Settings()))
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_each_version_is_parsed_once_and_changes_show_at_the_next_call(store: SqlStore) -> None:
+    counting = CountingStore(store)
+    index = PopulationIndex(counting)
+    ingest(store, patient("p1"), phq9("o1", "p1", 18), phq9("o2", "p1", 9, "2025-06-01"))
+    ingest(store, patient("p2"), phq9("o3", "p2", 12))
+    first = {f.value.reference: f for f in index.scores(("44261-6",))}
+    assert set(first) == {"Observation/o1", "Observation/o2", "Observation/o3"}
+    assert first["Observation/o1"].value.total == 18 and first["Observation/o1"].patient_ref == "Patient/p1"
+    assert first["Observation/o1"].restriction != 0  # PSY-labelled: the caller decides who may count it
+    assert sorted(counting.bodies_read) == ["o1", "o2", "o3"]
+
+    counting.bodies_read.clear()
+    assert len(index.scores(("44261-6",))) == 3
+    assert counting.bodies_read == []  # nothing new: no body read, nothing parsed
+
+    ingest(store, phq9("o2", "p1", 4, "2025-06-01"))  # a corrected score: a new version
+    ingest(store, {"request": {"method": "DELETE", "url": "Observation/o3"}})
+    scores = {f.value.reference: f.value.total for f in index.scores(("44261-6",))}
+    assert scores == {"Observation/o1": 18, "Observation/o2": 4}
+    assert counting.bodies_read == ["o2"]
+
+
+def test_exclusions_and_persons_follow_the_record(store: SqlStore) -> None:
+    index = PopulationIndex(store)
+    ingest(store, patient("q1"), phq9("s1", "q1", 15))
+    assert index.exclusions() == []
+    ingest(store, {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/q1"},
+                                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                                     "code": "F31.9"}]}}},
+           {"resource": {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/q1"},
+                         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F32.1"}]}}})
+    found = index.exclusions()
+    assert [(f.value.reason, f.value.reference, f.patient_ref) for f in found] == [
+        ("bipolar-disorder", "Condition/c1", "Patient/q1")]
+    ingest(store, patient("q1", deceasedBoolean=True))
+    assert {f.value.reason for f in index.exclusions()} == {"bipolar-disorder", "death"}
+    # the score's person is the record's: the same person as the exclusion, whatever the link state
+    (score,) = index.scores(("44261-6",))
+    assert score.person == next(f.person for f in index.exclusions() if f.value.reason == "death")
+
+
+def test_a_link_made_later_joins_the_two_histories(store: SqlStore) -> None:
+    index = PopulationIndex(store)
+    ingest(store, patient("a1"), phq9("t1", "a1", 20))
+    ingest(store, patient("b1"), phq9("t2", "b1", 3, "2025-07-01"))
+    before = {f.value.reference: f.person for f in index.scores(("44261-6",))}
+    assert before["Observation/t1"] != before["Observation/t2"]
+    empi = {"identifier": [{"system": "urn:carebus:empi", "value": "E-77"}]}
+    ingest(store, patient("a1", **empi), patient("b1", **empi))  # the EMPI says: one person
+    after = {f.value.reference: f.person for f in index.scores(("44261-6",))}
+    assert after["Observation/t1"] == after["Observation/t2"]
