@@ -14,7 +14,7 @@ from cloudevents.core.bindings import kafka as ce_kafka
 
 from services.common.asyncapi import ASYNCAPI_PATH
 from services.common.topics import ESCALATION_ALERT_KIND, MAPPER_ALERT_KINDS, SAFETY_ALERTS
-from services.mapper.mapping.risk import ALERT_DETAILS
+from services.mapper.instrument_resources import ALERT_DETAILS
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.outcomes.tasks import Alert, escalate, escalation_event, new_task
 from tests.mapping.helpers import example
@@ -76,7 +76,7 @@ def an_escalation() -> dict[str, Any]:
 
 
 def test_the_schema_names_exactly_the_kinds_the_code_raises() -> None:
-    assert set(ALERT_DETAILS) == set(MAPPER_ALERT_KINDS)  # every kind the mapper can raise (risk.py)
+    assert set(ALERT_DETAILS) == set(MAPPER_ALERT_KINDS)  # every kind the mapper can raise (instrument_resources.py)
     assert an_escalation()["kind"] == ESCALATION_ALERT_KIND
     assert kinds_in(alert_schema()) == {*MAPPER_ALERT_KINDS, ESCALATION_ALERT_KIND}
 

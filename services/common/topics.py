@@ -78,7 +78,7 @@ SAFETY_ALERTS = TopicSpec(
              HEADER_CONTENT_TYPE),
 )
 # What a safety alert's ``kind`` can be (the alert topic's contract, schemas/asyncapi.yaml): the mapper's alerts
-# (services/mapper/mapping/risk.py ALERT_DETAILS) and the outcomes service's escalation of an unacknowledged one
+# (services/mapper/instrument_resources.py ALERT_DETAILS) and the outcomes service's escalation of an unacknowledged one
 # (services/outcomes/tasks.py escalation_event). tests/test_alert_contract.py keeps them equal to the code.
 MapperAlertKind = Literal["phq9-item9", "cssrs-high-risk", "risk-flag"]
 MAPPER_ALERT_KINDS: tuple[MapperAlertKind, ...] = ("phq9-item9", "cssrs-high-risk", "risk-flag")
