@@ -10,6 +10,7 @@ mapping ignores fails here until it is mapped or listed, with its reason.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import types
 import typing
@@ -202,7 +203,8 @@ def _candidates(value: Any, annotation: Any) -> list[Any]:
 
 def _mapped(event: dict[str, Any]) -> bytes:
     mapped = map_event(parse_event(orjson.dumps(event)), CONTEXT)
-    return orjson.dumps([mapped.bundle, [alert.__dict__ for alert in mapped.alerts]], default=str)
+    alerts = [{f.name: getattr(alert, f.name) for f in dataclasses.fields(alert)} for alert in mapped.alerts]
+    return orjson.dumps([mapped.bundle, alerts], default=str)
 
 
 def changes_the_output(event: dict[str, Any], path: str, annotation: Any) -> bool | None:
