@@ -8,8 +8,9 @@ POSTs at a steady rate with vegeta (open loop; see benchmarks/intake_bench.py), 
 event, on the same clock:
 - 202 -> bundle: when a consumer of the bundle topic (reading as a subscriber would) received its bundle;
 - 202 -> safety alert: the same on the alerts topic, for the events that raise one (PHQ-9 item 9 and others);
-- 202 -> record API: for a sample of events (--sample, default every 10th), a reader polls the record API for the
-  Bundle's first resource until it answers 200.
+- 202 -> committed: when the record's change feed (published after its store commit) carried the resource;
+- 202 -> record API: for a sample of events (--sample, default every 10th), a reader asks the record API for the
+  Bundle's first resource once the change feed has it, and again behind the others until it answers 200.
 The 202's time is vegeta's request start plus its latency. Percentiles p50 / p99 / max are printed.
 """
 
@@ -39,7 +40,7 @@ from benchmarks.intake_bench import BENCH_TOKEN, distinct_events, vegeta_binary,
 from devstack.local_broker import LocalKafkaBroker, free_port
 from services.common.kafka import client_config, ensure_topics
 from services.common.settings import REPO_ROOT, Settings
-from services.common.topics import CATALOGUE, FHIR_BUNDLES, SAFETY_ALERTS
+from services.common.topics import CATALOGUE, FHIR_BUNDLES, RECORD_CHANGES, SAFETY_ALERTS
 
 READ_TOKEN = "e2e-bench-reader"  # noqa: S105
 
@@ -80,18 +81,49 @@ class ArrivalClock(threading.Thread):
         consumer.close()
 
 
-class RecordReader:
-    """Polls the record API, while the load runs, for the first resource of each sampled event's bundle, and notes
-    when it became readable (its bundle's arrival tells which resource to ask for). ``readers`` threads each take
-    the next sampled event whose bundle has arrived and ask for its resource until it answers 200, so one slow
-    resource does not delay the measurement of the others (a single reader going round every waiting event in
-    turn measured its own round trip, seconds at 200 events/s, not the record's)."""
+class CommitClock(threading.Thread):
+    """Reads the record's change feed from its end and notes when each resource's first version was committed
+    (the record publishes a change after its store commit, so the arrival is a bound from above)."""
 
-    def __init__(self, base_url: str, event_ids: list[str], bundles: ArrivalClock, timeout_s: float = 120,
-                 readers: int = 8) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
+        super().__init__(daemon=True, name=f"commits-{topic}")
+        self.committed: dict[str, float] = {}
+        self.stopping = threading.Event()
+        self.positioned = threading.Event()
+        self._settings, self._topic = settings, topic
+
+    def run(self) -> None:
+        consumer = KafkaConsumer(**client_config(self._settings, f"e2e-{self._topic}"), enable_auto_commit=False)
+        partitions = [TopicPartition(self._topic, p) for p in consumer.partitions_for_topic(self._topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            consumer.position(tp)
+        self.positioned.set()
+        while not self.stopping.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                for record in records:
+                    change = orjson.loads(record.value)
+                    self.committed.setdefault(f"{change['resourceType']}/{change['id']}", now)
+        consumer.close()
+
+
+class RecordReader:
+    """Asks the record API, while the load runs, for the first resource of each sampled event's bundle, and notes
+    when it answered 200. A resource is asked for once the change feed says it was committed, so the readers
+    never queue behind a resource that is not there yet (a reader waiting on one resource while others became
+    readable measured its own backlog, seconds at 200 events/s, not the record's); one that still answers 404
+    is asked again a moment later, behind the others. The figure is therefore commit, change feed, a reader's
+    turn and the GET: an upper bound of when the record could first serve it."""
+
+    def __init__(self, base_url: str, event_ids: list[str], bundles: ArrivalClock, commits: CommitClock,
+                 timeout_s: float = 120, readers: int = 8) -> None:
         self.readable_at: dict[str, float] = {}
-        self._base_url, self._bundles, self._timeout_s = base_url, bundles, timeout_s
+        self.not_found_after_commit = 0
+        self._base_url, self._bundles, self._commits, self._timeout_s = base_url, bundles, commits, timeout_s
         self._pending = list(event_ids)
+        self._paths: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._read, daemon=True, name=f"record-reader-{n}")
                          for n in range(readers)]
@@ -105,37 +137,47 @@ class RecordReader:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _next(self) -> tuple[str, bytes] | None:
-        """The first sampled event, in offer order, whose bundle has arrived (None when none is left)."""
+    def _next(self) -> str | None:
+        """The path of the first sampled resource, in offer order, that the change feed says is committed ("" when
+        none is yet; None when none is left)."""
         with self._lock:
             for index, event_id in enumerate(self._pending):
-                bundle = self._bundles.first_record.get(event_id)
-                if bundle is not None:
+                if event_id not in self._paths:
+                    bundle = self._bundles.first_record.get(event_id)
+                    if bundle is None:
+                        continue
+                    self._paths[event_id] = first_resource_path(bundle)
+                path = self._paths[event_id]
+                if path is None:  # the bundle holds only a Provenance
                     del self._pending[index]
-                    return event_id, bundle
-            return None if not self._pending else ("", b"")
+                    return ""
+                if path in self._commits.committed:
+                    del self._pending[index]
+                    return event_id
+            return None if not self._pending else ""
 
     def _read(self) -> None:
         deadline = time.monotonic() + self._timeout_s
         with httpx.Client(base_url=self._base_url, timeout=10,
                           headers={"Authorization": f"Bearer {READ_TOKEN}"}) as client:
             while time.monotonic() < deadline:
-                taken = self._next()
-                if taken is None:
+                event_id = self._next()
+                if event_id is None:
                     return
-                event_id, bundle = taken
-                path = first_resource_path(bundle) if event_id else None
-                if path is None:
-                    time.sleep(0.005)  # no bundle has arrived yet (or it holds only a Provenance)
-                    continue
-                while time.monotonic() < deadline:
-                    try:
-                        if client.get(f"/{path}").status_code == 200:
-                            self.readable_at[event_id] = time.time()
-                            break
-                    except httpx.HTTPError:  # the record API is busy or restarting: ask again
-                        pass
+                if not event_id:
                     time.sleep(0.005)
+                    continue
+                path = self._paths[event_id]
+                try:
+                    found = client.get(f"/{path}").status_code == 200
+                except httpx.HTTPError:  # the record API is busy or restarting: ask again
+                    found = False
+                if found:
+                    self.readable_at[event_id] = time.time()
+                    continue
+                with self._lock:
+                    self.not_found_after_commit += 1
+                    self._pending.append(event_id)
 
 
 def vegeta_time(stamp: str) -> float:
@@ -214,7 +256,8 @@ def main() -> None:
             wait_ready(port, name)
         bundles = ArrivalClock(settings, FHIR_BUNDLES.name(settings.topic_prefix))
         alerts = ArrivalClock(settings, SAFETY_ALERTS.name(settings.topic_prefix))
-        for clock in (bundles, alerts):
+        commits = CommitClock(settings, RECORD_CHANGES.name(settings.topic_prefix))
+        for clock in (bundles, alerts, commits):
             clock.start()
             clock.positioned.wait(30)
 
@@ -224,7 +267,7 @@ def main() -> None:
         write_targets(targets, f"http://127.0.0.1:{ports['intake']}/events", [orjson.dumps(e) for e in events],
                       "application/cloudevents+json")
         sampled = [event["id"] for event in events[:: args.sample]]
-        reader = RecordReader(f"http://127.0.0.1:{ports['record']}", sampled, bundles)
+        reader = RecordReader(f"http://127.0.0.1:{ports['record']}", sampled, bundles, commits)
         reader.start()
         results = workdir / "results.bin"
         subprocess.run([str(vegeta), "attack", "-format=json", f"-targets={targets}", f"-rate={int(args.rate)}/s",  # noqa: S603
@@ -245,14 +288,20 @@ def main() -> None:
               flush=True)
         reader.join(timeout=120)
         time.sleep(2)
-        for clock in (bundles, alerts):
+        for clock in (bundles, alerts, commits):
             clock.stopping.set()
         readable = [t - accepted_at[e] for e, t in reader.readable_at.items() if e in accepted_at]
         to_bundle = [bundles.arrived[e] - t for e, t in accepted_at.items() if e in bundles.arrived]
         to_alert = [alerts.arrived[e] - t for e, t in accepted_at.items() if e in alerts.arrived]
         print(percentiles("202 -> bundle topic", to_bundle))
         print(percentiles("202 -> safety alert", to_alert))
-        print(percentiles(f"202 -> record API (every {args.sample}th event)", readable))
+        first_paths = {e: first_resource_path(b) for e, b in bundles.first_record.items()}
+        to_commit = [commits.committed[p] - accepted_at[e] for e, p in first_paths.items()
+                     if p and p in commits.committed and e in accepted_at]
+        print(percentiles("202 -> committed in the record (its change feed)", to_commit))
+        print(percentiles(f"202 -> record API answers 200 (every {args.sample}th event)", readable))
+        if reader.not_found_after_commit:
+            print(f"{reader.not_found_after_commit} reads answered other than 200 after the change feed had the resource")
         missing = len(accepted_at) - len(to_bundle)
         if missing:
             print(f"{missing} accepted events had no bundle within the run (dead-lettered or late)")
