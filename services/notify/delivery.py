@@ -259,9 +259,12 @@ class Deliverer:
                     wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else IDLE_WAKE_S
                     await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
+                numbers = [e.number for e in events]
+                if max(numbers) > sub.told:  # the subscriber may know these numbers from now on
+                    await asyncio.to_thread(self.store.mark_told, sid, max(numbers))
+                    sub = replace(sub, told=max(numbers))
                 outcome = await self._send(sub, "event-notification", events, screened)
                 last_sent = time.monotonic()
-                numbers = [e.number for e in events]
                 if outcome == "delivered":
                     if not await self._audit(sub, screened):
                         continue  # stopping before the audit was written: sent again (same numbers) at restart

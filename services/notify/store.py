@@ -12,7 +12,9 @@ Tables:
 * ``notify_subscription`` - the definition, status, error reason, the recipient consent is decided for
   (``recipient``: organization, care teams, purpose of use, as JSON) and ``events_since_start`` (the counter that
   numbers events: incremented in the transaction that inserts the event, never reset; lowered only by
-  :meth:`NotifyStore.withdraw`, for numbers no subscriber has seen);
+  :meth:`NotifyStore.withdraw`, for numbers no subscriber has seen) and ``told`` (the highest number the
+  subscriber has been shown: raised before each notification goes out and when ``$events`` serves events,
+  never lowered; ``events-since-subscription-start`` says it, so that counter never goes down);
 * ``notify_event`` - one row per (subscription, event number): the focus version, state ``pending`` |
   ``delivered`` | ``dead`` (with its reason), attempts, first failure time. Unique per subscription and focus
   version, so a change replayed from Kafka never gets a second number;
@@ -45,7 +47,7 @@ from services.record.store.schema import Dialect
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
-    "timeout_s, max_count, secret, end_at, reason, error, events_since_start, created_ms, updated_ms, recipient"
+    "timeout_s, max_count, secret, end_at, reason, error, events_since_start, created_ms, updated_ms, recipient, told"
 )
 _EVENT_COLUMNS = (
     "subscription_id, event_number, resource_type, resource_id, version_id, change_kind, focus_time, state, "
@@ -62,7 +64,7 @@ def schema(d: Dialect) -> list[str]:
             headers {t} NOT NULL, content {t} NOT NULL, mime {t} NOT NULL, heartbeat_s INTEGER,
             timeout_s INTEGER, max_count INTEGER NOT NULL, secret {t} NOT NULL, end_at {t}, reason {t},
             error {t}, events_since_start {b} NOT NULL, created_ms {b} NOT NULL, updated_ms {b} NOT NULL,
-            recipient {t})""",
+            recipient {t}, told {b} NOT NULL DEFAULT 0)""",
         "CREATE INDEX IF NOT EXISTS notify_subscription_client ON notify_subscription (client)",
         f"""CREATE TABLE IF NOT EXISTS notify_event (
             subscription_id {t} NOT NULL, event_number {b} NOT NULL, resource_type {t} NOT NULL,
@@ -128,7 +130,7 @@ def _sub(r: Sequence[Any]) -> SubscriptionDef:
         filters=tuple(Filter(n, tuple(v)) for n, v in orjson.loads(r[6])), endpoint=r[7],
         headers=tuple(orjson.loads(r[8])), content=r[9], mime=r[10], heartbeat_s=r[11], timeout_s=r[12],
         max_count=int(r[13]), secret=r[14], end=r[15], reason=r[16], error=r[17],
-        events_since_start=int(r[18]), **_recipient(r[21]),
+        events_since_start=int(r[18]), told=int(r[22] or 0), **_recipient(r[21]),
     )
 
 
@@ -201,6 +203,8 @@ class NotifyStore:
             # and before $events was remembered gain the columns
             self._add_column(conn, "notify_subscription", "recipient", "TEXT")
             self._add_column(conn, "notify_event", "served_ms", "BIGINT")
+            # and before the subscriber-visible counter was kept apart from the numbering counter
+            self._add_column(conn, "notify_subscription", "told", "BIGINT NOT NULL DEFAULT 0")
 
     def _add_column(self, conn: Connection, table: str, column: str, kind: str) -> None:
         if self.dialect.name == "postgresql":
@@ -223,11 +227,11 @@ class NotifyStore:
         with self._transaction() as conn:
             self._exec(
                 conn,
-                f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 22)})",
+                f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 23)})",
                 (sub.id, sub.client, sub.clearances, sub.patient, sub.status, sub.topic,
                  _filters_json(sub.filters), sub.endpoint, orjson.dumps(list(sub.headers)).decode(), sub.content,
                  sub.mime, sub.heartbeat_s, sub.timeout_s, sub.max_count, sub.secret, sub.end, sub.reason,
-                 sub.error, 0, at, at, _recipient_json(sub)),
+                 sub.error, 0, at, at, _recipient_json(sub), 0),
             )
 
     def get(self, subscription_id: str) -> SubscriptionDef | None:
@@ -383,6 +387,8 @@ class NotifyStore:
         ``$events``, its number never reused). Returns how many were deleted. One transaction."""
         deleted = 0
         with self._transaction() as conn:
+            told_rows = self._all(conn, "SELECT told FROM notify_subscription WHERE id = ?", (subscription_id,))
+            told = int(told_rows[0][0] or 0) if told_rows else 0
             for number in sorted(set(numbers), reverse=True):
                 rows = self._all(conn, "SELECT state, attempts, served_ms FROM notify_event WHERE subscription_id = ? "
                                        "AND event_number = ?", (subscription_id, number))
@@ -391,7 +397,8 @@ class NotifyStore:
                 later = self._all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
                                         "subscription_id = ? AND event_number > ? ORDER BY event_number",
                                   (subscription_id, number))
-                unseen = all(r[-3] == "pending" and int(r[-2]) == 0 and r[-1] is None for r in (rows[0], *later))
+                unseen = number > told and all(r[-3] == "pending" and int(r[-2]) == 0 and r[-1] is None
+                                               for r in (rows[0], *later))
                 if not unseen:
                     self._exec(conn, "UPDATE notify_event SET state = 'withheld' WHERE subscription_id = ? AND "
                                      "event_number = ?", (subscription_id, number))
@@ -407,7 +414,8 @@ class NotifyStore:
         return deleted
 
     def mark_served(self, subscription_id: str, numbers: Sequence[int]) -> None:
-        """``$events`` showed these events to the subscriber: their numbers are never given to other events."""
+        """``$events`` showed these events to the subscriber: their numbers are never given to other events
+        (and the counter the subscriber is told covers them)."""
         if not numbers:
             return
         at = now_ms()
@@ -415,6 +423,19 @@ class NotifyStore:
             for n in numbers:
                 self._exec(conn, "UPDATE notify_event SET served_ms = COALESCE(served_ms, ?) WHERE "
                                  "subscription_id = ? AND event_number = ?", (at, subscription_id, n))
+            self._raise_told(conn, subscription_id, max(numbers))
+
+    def mark_told(self, subscription_id: str, number: int) -> None:
+        """A notification naming events up to ``number`` is about to go out: from now on the subscriber may
+        know that number (``events-since-subscription-start`` never goes below it, and no event at or below
+        it is ever renumbered). Written before the request, so a crash after it changes nothing."""
+        with self._transaction() as conn:
+            self._raise_told(conn, subscription_id, number)
+
+    def _raise_told(self, conn: Connection, subscription_id: str, number: int) -> None:
+        # not updated_ms: that is the definition's generation (notify reconciles on it)
+        self._exec(conn, "UPDATE notify_subscription SET told = ? WHERE id = ? AND told < ?",
+                   (number, subscription_id, number))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
         at = now_ms()

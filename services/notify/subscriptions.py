@@ -73,7 +73,10 @@ class SubscriptionDef:
     end: str | None = None
     reason: str | None = None
     error: str | None = None  # why the status is error / off (set by notify)
-    events_since_start: int = 0
+    events_since_start: int = 0  # the numbering counter (internal: may include events not yet sent)
+    # the highest event number the subscriber has been shown (a notification sent, ``$events`` served): what
+    # ``events-since-subscription-start`` says, so it never goes down (services/notify/consent.py)
+    told: int = 0
     # the recipient the disclosure decision is made for, from the creating token's grant (never from the body:
     # a subscriber cannot claim to act for an organization it does not): the organization and care teams it
     # acts for and its purpose of use (v3-ActReason)

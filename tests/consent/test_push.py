@@ -97,6 +97,12 @@ def _numbers_and_foci(receiver: Receiver, sid: str) -> dict[int, str]:
     return out
 
 
+def _since(bundle: dict[str, Any]) -> int:
+    """events-since-subscription-start of a notification (or $status answer)."""
+    return int(next(p["valueString"] for p in bundle["entry"][0]["resource"]["parameter"]
+                    if p["name"] == "events-since-subscription-start"))
+
+
 def _audit_events(stack: NotifyStack, sids: set[str], expected: int) -> list[dict[str, Any]]:
     """The push AuditEvents of these subscriptions on carebus.audit.v1 (waits until ``expected`` distinct)."""
     topic = AUDIT_EVENTS.name(stack.settings.topic_prefix)
@@ -264,6 +270,13 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
         sub = push.store.get(sid)
         assert sub is not None and sub.events_since_start == 2
         assert [e.resource_id for e in push.store.events(sid)] == [first["id"], last["id"]]
+        # the counter the subscriber is told never goes down: across every request it received (the failed
+        # attempts of number 1 while 2 and 3 were queued, the withdrawal, the deliveries) and in $status
+        told = [(r.numbers, _since(r.bundle)) for r in receiver.received if r.subscription == sid]
+        assert [since for _, since in told] == sorted(since for _, since in told)
+        assert all(since >= max(numbers, default=0) for numbers, since in told)
+        assert told[-1] == ([2], 2)
+        assert _since(push.fhir("GET", f"/Subscription/{sid}/$status", "partner")) == 2
         # the first event was retried several times: still one AuditEvent per delivered event
         events_ = _audit_events(push, {sid}, 2)
         assert {e["id"] for e in events_} == {audit.disclosure_id("notify", sid, "1"),
@@ -302,6 +315,17 @@ def test_withdraw_keeps_numbers_gap_free_and_never_reuses_a_number_on_the_wire(t
         store.mark_served("s", [5])  # $events showed number 5 (o6) to the subscriber
         assert store.withdraw("s", [4]) == 0  # a later number was seen: 4 is withheld, nothing moves
         assert [(e.number, e.resource_id) for e in store.events("s")] == [(2, "o2"), (3, "o4"), (5, "o6")]
+        assert store.get("s").told == 5  # type: ignore[union-attr]
+        # a notification told the subscriber "7 events so far" (numbers 6 and 7 in it): 6 is never renumbered
+        store.record_changes([_phq9(f"o{i}", "Patient/p1") for i in (7, 8, 9)])
+        assert [e.number for e in store.pending("s", 10)] == [2, 3, 5, 6, 7, 8]
+        store.mark_told("s", 7)
+        store.mark_told("s", 3)  # never lowered
+        assert store.get("s").told == 7  # type: ignore[union-attr]
+        assert store.withdraw("s", [6]) == 0  # told: withheld in place
+        assert store.withdraw("s", [8]) == 1  # not told yet: dropped, nothing after it
+        assert [e.number for e in store.pending("s", 10)] == [2, 3, 5, 7]
+        assert store.get("s").events_since_start == 7  # type: ignore[union-attr]
     finally:
         store.close()
 
