@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import orjson
 
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
-from services.notify.routing import route
+from services.notify.routing import route_with_withheld
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
 from services.record.errors import StoreUnavailable
@@ -75,6 +75,11 @@ def schema(d: Dialect) -> list[str]:
         "CREATE UNIQUE INDEX IF NOT EXISTS notify_event_focus "
         "ON notify_event (subscription_id, resource_type, resource_id, version_id)",
         "CREATE INDEX IF NOT EXISTS notify_event_state ON notify_event (subscription_id, state, event_number)",
+        f"""CREATE TABLE IF NOT EXISTS notify_denied (
+            subscription_id {t} NOT NULL, resource_type {t} NOT NULL, resource_id {t} NOT NULL,
+            version_id INTEGER NOT NULL, patient_ref {t}, requester {t} NOT NULL, denied_ms {b} NOT NULL,
+            audited_ms {b}, PRIMARY KEY (subscription_id, resource_type, resource_id, version_id))""",
+        "CREATE INDEX IF NOT EXISTS notify_denied_unaudited ON notify_denied (audited_ms, denied_ms)",
         f"""CREATE TABLE IF NOT EXISTS notify_resource (
             resource_type {t} NOT NULL, resource_id {t} NOT NULL, version_id INTEGER NOT NULL,
             state {t} NOT NULL, previous_state {t}, restriction INTEGER NOT NULL, members {t} NOT NULL,
@@ -110,6 +115,29 @@ class FocusRow:
     restriction: int
     members: tuple[str, ...]
     body: bytes | None
+
+
+@dataclass(frozen=True)
+class DeniedRow:
+    """A notification withheld by the consent seam (a denied disclosure attempt), waiting to be audited."""
+
+    subscription_id: str
+    resource_type: str
+    resource_id: str
+    version_id: int
+    patient_ref: str | None
+    client: str
+    organization: str | None
+    purpose: str
+    denied_ms: int
+
+    @property
+    def focus(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return self.subscription_id, self.resource_type, self.resource_id, self.version_id
 
 
 @dataclass(frozen=True)
@@ -292,6 +320,7 @@ class NotifyStore:
             subs = [_sub(r) for r in self._all(
                 conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE status <> 'off'")]
             counters = {s.id: s.events_since_start for s in subs}
+            by_id = {s.id: s for s in subs}
             for change in changes:
                 rows = self._all(conn, "SELECT version_id, state, previous_state FROM notify_resource "
                                        "WHERE resource_type = ? AND resource_id = ?",
@@ -303,7 +332,12 @@ class NotifyStore:
                 else:
                     previous = rows[0][1] if rows else None
                     self._upsert_resource(conn, change, previous, bool(rows))
-                for routed in route(change, previous, subs, at, self._consents(conn, change.members), self.policy):
+                notified, withheld = route_with_withheld(change, previous, subs, at,
+                                                         self._consents(conn, change.members), self.policy)
+                for denied in withheld:
+                    self._deny(conn, by_id[denied.subscription_id], change.resource_type, change.id,
+                               change.version_id, _patient(change), at)
+                for routed in notified:
                     exists = self._all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
@@ -322,6 +356,37 @@ class NotifyStore:
                     self._exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
                                (counters[sub.id], sub.id))
         return created
+
+    def _deny(self, conn: Connection, sub: SubscriptionDef, resource_type: str, resource_id: str, version_id: int,
+              patient_ref: str | None, at: int) -> None:
+        """Remember a withheld notification for its audit (once per subscription and focus version)."""
+        requester = orjson.dumps({"client": sub.client, "organization": sub.organization,
+                                  "purpose": sub.purpose}).decode()
+        self._exec(conn, "INSERT INTO notify_denied (subscription_id, resource_type, resource_id, version_id, "
+                         "patient_ref, requester, denied_ms, audited_ms) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) "
+                         "ON CONFLICT DO NOTHING",
+                   (sub.id, resource_type, resource_id, version_id, patient_ref, requester, at))
+
+    def denials(self, limit: int = 500) -> list[DeniedRow]:
+        """Withheld notifications not yet audited, oldest first."""
+        with self._connection() as conn:
+            rows = self._all(conn, "SELECT subscription_id, resource_type, resource_id, version_id, patient_ref, "
+                                   "requester, denied_ms FROM notify_denied WHERE audited_ms IS NULL "
+                                   "ORDER BY denied_ms LIMIT ?", (limit,))
+        out = []
+        for r in rows:
+            who = orjson.loads(r[5])
+            out.append(DeniedRow(r[0], r[1], r[2], int(r[3]), r[4], who.get("client") or "", who.get("organization"),
+                                 who.get("purpose") or "TREAT", int(r[6])))
+        return out
+
+    def mark_audited(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
+        """The AuditEvents of these denials are on the audit topic (acknowledged)."""
+        at = now_ms()
+        with self._transaction() as conn:
+            for key in keys:
+                self._exec(conn, "UPDATE notify_denied SET audited_ms = ? WHERE subscription_id = ? AND "
+                                 "resource_type = ? AND resource_id = ? AND version_id = ?", (at, *key))
 
     def _upsert_resource(self, conn: Connection, change: Change, previous: str | None, exists: bool) -> None:
         body = orjson.dumps(change.resource) if change.resource is not None else None
@@ -379,21 +444,32 @@ class NotifyStore:
                              (subscription_id, since or 0, until if until is not None else 2**62, limit))
         return [_event(r) for r in rows]
 
-    def withdraw(self, subscription_id: str, numbers: Sequence[int]) -> int:
+    def withdraw(self, subscription_id: str, numbers: Sequence[int],
+                 patients: Mapping[int, str | None] | None = None) -> int:
         """Pending events the recipient may no longer receive (a revocation since they were numbered): one
         never sent, with only never-sent events after it, is deleted and the later events move down one number
         (the counter too) - no subscriber saw those numbers, so the sequence stays gap-free; one already on the
         wire or served by ``$events`` (:meth:`mark_served`) becomes ``withheld`` (never sent again, not served by
-        ``$events``, its number never reused). Returns how many were deleted. One transaction."""
+        ``$events``, its number never reused). Either way it is a denied attempt, remembered for its audit
+        (``patients``: the Patient each event is about). Returns how many were deleted. One transaction."""
         deleted = 0
+        at = now_ms()
         with self._transaction() as conn:
+            subs = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
+                             (subscription_id,))
+            sub = _sub(subs[0]) if subs else None
             told_rows = self._all(conn, "SELECT told FROM notify_subscription WHERE id = ?", (subscription_id,))
             told = int(told_rows[0][0] or 0) if told_rows else 0
             for number in sorted(set(numbers), reverse=True):
-                rows = self._all(conn, "SELECT state, attempts, served_ms FROM notify_event WHERE subscription_id = ? "
-                                       "AND event_number = ?", (subscription_id, number))
+                rows = self._all(conn, "SELECT state, attempts, served_ms, resource_type, resource_id, version_id "
+                                       "FROM notify_event WHERE subscription_id = ? AND event_number = ?",
+                                 (subscription_id, number))
                 if not rows or rows[0][0] != "pending":
                     continue
+                if sub is not None:
+                    self._deny(conn, sub, rows[0][3], rows[0][4], int(rows[0][5]),
+                               (patients or {}).get(number), at)
+                rows = [row[:3] for row in rows]
                 later = self._all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
                                         "subscription_id = ? AND event_number > ? ORDER BY event_number",
                                   (subscription_id, number))
@@ -489,6 +565,13 @@ class NotifyStore:
                 dead[sid] = int(count)
         return [Backlog(sid, pending.get(sid, (0, 0))[0], dead.get(sid, 0),
                         pending[sid][1] if sid in pending else None) for sid in ids]
+
+
+def _patient(change: Change) -> str | None:
+    """The Patient a change is about (for the audit of a withheld notification)."""
+    if change.resource_type == "Patient":
+        return f"Patient/{change.id}"
+    return change.patient or (change.members[0] if change.members else None)
 
 
 def notify_store_dsn(settings: Settings) -> str:

@@ -119,3 +119,25 @@ def test_the_record_outbox_keeps_committed_changes_until_forgotten(backend: str,
         assert record.pending_changes() == []
     finally:
         record.close()
+
+
+def test_withheld_changes_wait_once_for_their_audit(store: NotifyStore) -> None:
+    """A change the consent seam withholds from a subscription is a denied attempt: remembered once per
+    subscription and focus version (a replayed feed adds nothing), until its AuditEvent is written."""
+    store.create(_sub("cleared", "Patient/p1"))
+    store.create(replace(_sub("uncleared", "Patient/p1", clearances=0), organization="urn:x|org", purpose="TREAT"))
+    batch = [_phq9("o1", "Patient/p1"), _phq9("o2", "Patient/p1")]
+    assert store.record_changes(batch) == {"cleared": 2}
+    store.record_changes(batch)  # replayed
+    denied = store.denials()
+    assert [(d.subscription_id, d.focus, d.version_id, d.patient_ref, d.client, d.organization) for d in denied] == [
+        ("uncleared", "Observation/o1", 1, "Patient/p1", "clinic", "urn:x|org"),
+        ("uncleared", "Observation/o2", 1, "Patient/p1", "clinic", "urn:x|org")]
+    store.mark_audited([denied[0].key])
+    assert [d.focus for d in store.denials()] == ["Observation/o2"]
+    store.record_changes(batch)  # replayed again after the audit: not audited twice
+    assert [d.focus for d in store.denials()] == ["Observation/o2"]
+    # withheld at send time (a revocation since it was numbered): a denial of its own
+    store.withdraw("cleared", [1], {1: "Patient/p1"})
+    assert sorted((d.subscription_id, d.focus) for d in store.denials()) == [("cleared", "Observation/o1"),
+                                                                             ("uncleared", "Observation/o2")]
