@@ -213,13 +213,26 @@ def page(db: Database, conn: Connection, table: str, where: _Where, view: View, 
                 where.params,
             )
         ]
+    denied: set[str] = set()
     for patient_ref, restriction, n in groups:
         missing = _missing(int(restriction), view.mask_of(patient_ref))
         if missing:
             withheld[missing] = withheld.get(missing, 0) + int(n)
+            if patient_ref is not None:
+                denied.add(patient_ref)
         else:
             total += int(n)
-    return Page(rows, total, withheld)
+    if withheld and not view.by_patient:  # whose matches were withheld (asked only when some were)
+        denied = {
+            r[0]
+            for r in db.all(
+                conn,
+                f"SELECT DISTINCT c.patient_ref FROM {table} c WHERE ({where.sql()}) AND NOT ({condition}) "
+                "AND c.patient_ref IS NOT NULL",
+                (*where.params, *visible_params),
+            )
+        }
+    return Page(rows, total, withheld, tuple(sorted(denied)))
 
 
 def rows_by_rowid(db: Database, conn: Connection, table: str, ids: Sequence[int]) -> list[StoredRow]:
