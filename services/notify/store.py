@@ -19,7 +19,10 @@ Tables:
   ``delivered`` | ``dead`` (with its reason), attempts, first failure time. Unique per subscription and focus
   version, so a change replayed from Kafka never gets a second number;
 * ``notify_resource`` - per resource, the last version notify saw (state for the triggers, the served JSON
-  for full-resource payloads, labels and person for the consent check at delivery).
+  for full-resource payloads, labels and person for the consent check at delivery);
+* ``notify_consent_member`` - the consent index: (Patient record, Consent id) for each member of the person a
+  Consent was last seen with, so a person's consents are a keyed lookup, not a scan of every Consent;
+* ``notify_denied`` - the outbox of withheld notifications (denied attempts) until their AuditEvent is written.
 
 The feed consumer commits its Kafka offsets only after :meth:`NotifyStore.record_changes` committed.
 """
@@ -55,6 +58,14 @@ _EVENT_COLUMNS = (
 )
 
 
+# the Consents of a person (its Patient records as ``marks``), through the consent index: keyed, never a scan
+CONSENTS_OF_SQL = (
+    "SELECT r.body FROM notify_resource r WHERE r.resource_type = 'Consent' AND r.body IS NOT NULL AND "
+    "r.resource_id IN (SELECT m.resource_id FROM notify_consent_member m WHERE m.patient_ref IN ({marks})) "
+    "ORDER BY r.resource_id"
+)
+
+
 def schema(d: Dialect) -> list[str]:
     t, b, blob = d.text, d.bigint, d.blob
     return [
@@ -75,6 +86,11 @@ def schema(d: Dialect) -> list[str]:
         "CREATE UNIQUE INDEX IF NOT EXISTS notify_event_focus "
         "ON notify_event (subscription_id, resource_type, resource_id, version_id)",
         "CREATE INDEX IF NOT EXISTS notify_event_state ON notify_event (subscription_id, state, event_number)",
+        # the Consents of each Patient record (any member of the person when the Consent was last seen): the
+        # keyed lookup of :meth:`NotifyStore.consents` (every change is decided with its person's consents)
+        f"""CREATE TABLE IF NOT EXISTS notify_consent_member (
+            patient_ref {t} NOT NULL, resource_id {t} NOT NULL, PRIMARY KEY (patient_ref, resource_id))""",
+        "CREATE INDEX IF NOT EXISTS notify_consent_member_resource ON notify_consent_member (resource_id)",
         f"""CREATE TABLE IF NOT EXISTS notify_denied (
             subscription_id {t} NOT NULL, resource_type {t} NOT NULL, resource_id {t} NOT NULL,
             version_id INTEGER NOT NULL, patient_ref {t}, requester {t} NOT NULL, denied_ms {b} NOT NULL,
@@ -233,6 +249,7 @@ class NotifyStore:
             self._add_column(conn, "notify_event", "served_ms", "BIGINT")
             # and before the subscriber-visible counter was kept apart from the numbering counter
             self._add_column(conn, "notify_subscription", "told", "BIGINT NOT NULL DEFAULT 0")
+            self._index_old_consents(conn)
 
     def _add_column(self, conn: Connection, table: str, column: str, kind: str) -> None:
         if self.dialect.name == "postgresql":
@@ -400,19 +417,31 @@ class NotifyStore:
         else:
             self._exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
                              "members, body, resource_type, resource_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+        if change.resource_type == "Consent":
+            self._index_consent(conn, change.id, change.members)
+
+    def _index_consent(self, conn: Connection, resource_id: str, members: Sequence[str]) -> None:
+        self._exec(conn, "DELETE FROM notify_consent_member WHERE resource_id = ?", (resource_id,))
+        for ref in sorted(set(members)):
+            self._exec(conn, "INSERT INTO notify_consent_member (patient_ref, resource_id) VALUES (?, ?)",
+                       (ref, resource_id))
+
+    def _index_old_consents(self, conn: Connection) -> None:
+        """A store from before the consent index: index the Consents it has (once; later ones as they come)."""
+        if self._all(conn, "SELECT 1 FROM notify_consent_member LIMIT 1"):
+            return
+        for resource_id, members in self._all(conn, "SELECT resource_id, members FROM notify_resource "
+                                                    "WHERE resource_type = 'Consent'"):
+            self._index_consent(conn, resource_id, orjson.loads(members))
 
     def _consents(self, conn: Connection, members: Sequence[str]) -> list[ConsentDirective]:
         """The Consents notify has seen for this person (any of its Patient records), as the disclosure engine
         reads them."""
         if not members:
             return []
-        wanted = set(members)
-        found = []
-        for row in self._all(conn, "SELECT members, body FROM notify_resource WHERE resource_type = 'Consent' "
-                                   "AND body IS NOT NULL"):
-            if wanted & set(orjson.loads(row[0])):
-                found.append(parse_consent(orjson.loads(bytes(row[1]))))
-        return found
+        wanted = sorted(set(members))
+        rows = self._all(conn, CONSENTS_OF_SQL.format(marks=",".join("?" * len(wanted))), wanted)
+        return [parse_consent(orjson.loads(bytes(row[0]))) for row in rows]
 
     def consents(self, members: Sequence[str]) -> list[ConsentDirective]:
         with self._connection() as conn:
