@@ -131,6 +131,19 @@ class SqlStore:
         with self.db.connection() as conn:
             return [(r[0], r[1], r[2], r[3], r[4]) for r in self.db.all(conn, sql, params)]
 
+    def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]:
+        """How many versions of each of ``resource_types`` were ever written, in that order. The count grows with
+        every new version, deletion and identity statement (a Patient or Linkage version) and never shrinks, so an
+        unchanged answer means nothing of those types changed: the change marker of kept whole-population state
+        (services/outcomes/population.py). An index-only count."""
+        if not resource_types:
+            return ()
+        sql = ("SELECT resource_type, COUNT(*) FROM resource_version "  # noqa: S608 - placeholders only
+               f"WHERE resource_type IN ({marks(len(resource_types))}) GROUP BY resource_type")
+        with self.db.connection() as conn:
+            counts = {r[0]: int(r[1]) for r in self.db.all(conn, sql, tuple(resource_types))}
+        return tuple(counts.get(t, 0) for t in resource_types)
+
     def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         """``id -> (version, body)`` of the current, undeleted versions of ``ids`` (the others are left out)."""
         found: dict[str, tuple[int, bytes]] = {}
