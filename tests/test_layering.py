@@ -40,6 +40,13 @@ def test_intake_and_the_mapper_read_hl7v2_and_fhir_with_the_same_shared_modules(
     assert _chains(graph, "services.mapper.fhir_in", "services.common.fhir_payload")
 
 
+def test_fhir_in_scores_with_the_shared_builder_not_through_the_json_event_mapping(graph: grimp.ImportGraph) -> None:
+    # a QuestionnaireResponse is scored by the one builder every path feeds, never as a made-up JSON event
+    assert _chains(graph, "services.mapper.fhir_in", "services.mapper.instrument_resources")
+    for other_path in ("services.mapper.mapping", "services.common.events.parsing"):
+        assert _chains(graph, "services.mapper.fhir_in", other_path) == [], other_path
+
+
 def test_mllp_framing_knows_nothing_of_kafka_or_acceptance(graph: grimp.ImportGraph) -> None:
     # the listener frames and answers; what a message means and where it is kept is the injected acceptor's job
     for below in ("services.common.kafka", "services.intake.hl7v2_acceptor", "services.intake.inbound"):
