@@ -30,12 +30,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
+from services.common.topics import ChangeKind
 from services.notify.routing import route
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
@@ -80,6 +81,10 @@ def schema(d: Dialect) -> list[str]:
     ]
 
 
+# an event's delivery state (notify_event.state): waiting, sent, given up on, or held back by consent
+EventState = Literal["pending", "delivered", "dead", "withheld"]
+
+
 @dataclass(frozen=True)
 class EventRow:
     subscription_id: str
@@ -87,9 +92,9 @@ class EventRow:
     resource_type: str
     resource_id: str
     version_id: int
-    kind: str
+    kind: ChangeKind
     focus_time: str
-    state: str
+    state: EventState
     attempts: int
     first_failure_ms: int | None
     dead_reason: str | None

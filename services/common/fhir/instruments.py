@@ -58,7 +58,6 @@ from services.common.fhir.codesystems import LOINC
 from services.common.topics import MapperAlertKind
 
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
-Sex = Literal["male", "female", "other", "unknown"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
 
 
