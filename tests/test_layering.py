@@ -47,6 +47,12 @@ def test_fhir_in_scores_with_the_shared_builder_not_through_the_json_event_mappi
         assert _chains(graph, "services.mapper.fhir_in", other_path) == [], other_path
 
 
+def test_the_record_and_notify_stores_share_the_one_sql_layer(graph: grimp.ImportGraph) -> None:
+    for store in ("services.record.store", "services.notify.store"):
+        assert _chains(graph, store, "services.common.sql"), store
+    assert _chains(graph, "services.notify", "services.record.store") == []
+
+
 def test_mllp_framing_knows_nothing_of_kafka_or_acceptance(graph: grimp.ImportGraph) -> None:
     # the listener frames and answers; what a message means and where it is kept is the injected acceptor's job
     for below in ("services.common.kafka", "services.intake.hl7v2_acceptor", "services.intake.inbound"):

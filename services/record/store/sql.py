@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.sql import ConnectionPool, Database, Dialect, chunks, marks
 from services.record.changes import OutboxRow
 from services.record.identity import IdentityPolicy, IdentityState, ReviewCandidate
 from services.record.ingest import PreparedBundle
@@ -21,8 +22,6 @@ from services.record.search import SearchQuery
 from services.record.store import identity, outbox, schema, versions
 from services.record.store import query as queries
 from services.record.store.base import EverythingQuery, HistoryQuery, IngestReport, Page, Person, StoredRow, View
-from services.record.store.pool import ConnectionPool, Database, chunks, marks
-from services.record.store.schema import Dialect
 
 
 class SqlStore:
