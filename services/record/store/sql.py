@@ -1,8 +1,9 @@
 """The record store in SQL, shared by the SQLite and PostgreSQL implementations: one object, its jobs in
 modules of their own.
 
-    schema.py      the tables, the dialects' differences, what is checked when a store opens
-    pool.py        connections, the one write transaction at a time, the statement helpers
+    schema.py      the tables and what is checked when a store opens
+    (services/common/sql.py, shared with the notify store: connections, the dialects, the one write
+    transaction at a time, the statement helpers)
     versions.py    ingest (versions, current rows, search index; refused data isolated) and reads by key
     identity.py    the identity graph's tables: who is one person, kept current per ingest
     query.py       search, $everything, history and bulk reads, filtered by the caller's view
