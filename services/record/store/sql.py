@@ -1,8 +1,9 @@
 """The record store in SQL, shared by the SQLite and PostgreSQL implementations: one object, its jobs in
 modules of their own.
 
-    schema.py      the tables, the dialects' differences, what is checked when a store opens
-    pool.py        connections, the one write transaction at a time, the statement helpers
+    schema.py      the tables and what is checked when a store opens
+    (services/common/sql.py, shared with the notify store: connections, the dialects, the one write
+    transaction at a time, the statement helpers)
     versions.py    ingest (versions, current rows, search index; refused data isolated) and reads by key
     identity.py    the identity graph's tables: who is one person, kept current per ingest
     query.py       search, $everything, history and bulk reads, filtered by the caller's view
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.sql import ConnectionPool, Database, Dialect, chunks, marks
 from services.record.changes import OutboxRow
 from services.record.identity import IdentityPolicy, IdentityState, ReviewCandidate
 from services.record.ingest import PreparedBundle
@@ -21,8 +23,6 @@ from services.record.search import SearchQuery
 from services.record.store import identity, outbox, schema, versions
 from services.record.store import query as queries
 from services.record.store.base import EverythingQuery, HistoryQuery, IngestReport, Page, Person, StoredRow, View
-from services.record.store.pool import ConnectionPool, Database, chunks, marks
-from services.record.store.schema import Dialect
 
 
 class SqlStore:
