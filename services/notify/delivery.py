@@ -50,7 +50,7 @@ import httpx
 import orjson
 
 from services.common import audit, part2
-from services.common.errors import BrokerUnavailable
+from services.common.errors import BrokerUnavailable, StoreUnavailable
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
@@ -59,7 +59,6 @@ from services.notify.consent import decide, recipient_of
 from services.notify.store import DeniedRow, EventRow, FocusRow, NotifyStore, now_ms
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change
-from services.record.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 _jitter = random.Random()  # noqa: S311 - notify's own retry jitter, not a secret; shared `random` left alone

@@ -1,6 +1,6 @@
 # ruff: noqa: S608 -- SQL is assembled from fixed fragments and placeholders; every value is a bound parameter
 """The notify store: subscriptions, their numbered events and delivery state. SQLite by default, PostgreSQL by
-DSN (``CAREBUS_NOTIFY_STORE_DSN``), on the record store's connection pool and dialects.
+DSN (``CAREBUS_NOTIFY_STORE_DSN``), on the SQL layer the record store uses too (services/common/sql.py).
 
 It is the one place subscriptions live: the record API's ``/Subscription`` routes write definitions and status
 changes here and answer ``$status`` / ``$events`` from here; the notify process reads the definitions (it
@@ -29,24 +29,21 @@ The feed consumer commits its Kafka offsets only after :meth:`NotifyStore.record
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
+from services.common.sql import POSTGRES, SQLITE, Connection, Database, Dialect, postgres_pool, sqlite_pool
+from services.common.topics import ChangeKind
 from services.notify.routing import route_with_withheld
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change, Filter, state_of
-from services.record.errors import StoreUnavailable
-from services.record.store.pool import Connection, ConnectionPool
-from services.record.store.schema import Dialect
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
@@ -103,6 +100,10 @@ def schema(d: Dialect) -> list[str]:
     ]
 
 
+# an event's delivery state (notify_event.state): waiting, sent, given up on, or held back by consent
+EventState = Literal["pending", "delivered", "dead", "withheld"]
+
+
 @dataclass(frozen=True)
 class EventRow:
     subscription_id: str
@@ -110,9 +111,9 @@ class EventRow:
     resource_type: str
     resource_id: str
     version_id: int
-    kind: str
+    kind: ChangeKind
     focus_time: str
-    state: str
+    state: EventState
     attempts: int
     first_failure_ms: int | None
     dead_reason: str | None
@@ -202,45 +203,14 @@ def now_ms() -> int:
 class NotifyStore:
     """Thread-safe; every method is one transaction or one read."""
 
-    def __init__(self, dialect: Dialect, pool: ConnectionPool, dsn: str, policy: Policy = DEFAULT_POLICY) -> None:
-        self.dialect = dialect
+    def __init__(self, db: Database, dsn: str, policy: Policy = DEFAULT_POLICY) -> None:
+        self.db = db  # the pool, the dialect and the write lock (services/common/sql.py, as the record store's)
+        self.dialect = db.dialect
         self.policy = policy  # the disclosure policy every decision on these subscriptions is made under
-        self._pool = pool
         self.dsn = dsn  # may carry a password: never log it
-        self._write_lock = threading.Lock()
-
-    # --- plumbing ---------------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[Connection]:
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except self.dialect.errors as exc:
-            raise StoreUnavailable(f"notify store failed: {type(exc).__name__}") from exc
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        with self._write_lock, self._connection() as conn:
-            conn.execute(self.dialect.begin)
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(*self.dialect.errors):
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def _all(self, conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        rows: list[Any] = conn.execute(self.dialect.sql(sql), tuple(params)).fetchall()
-        return rows
-
-    def _exec(self, conn: Connection, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = conn.execute(self.dialect.sql(sql), tuple(params))
-        return int(getattr(cur, "rowcount", 0) or 0)
 
     def initialize(self) -> None:
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for statement in schema(self.dialect):
                 conn.execute(statement)
             # stores made before subscriptions named their recipient (NULL: no organization, purpose TREAT)
@@ -259,18 +229,18 @@ class NotifyStore:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def ping(self) -> None:
-        with self._connection() as conn:
-            self._all(conn, "SELECT 1")
+        with self.db.connection() as conn:
+            self.db.all(conn, "SELECT 1")
 
     def close(self) -> None:
-        self._pool.close()
+        self.db.pool.close()
 
     # --- subscriptions -------------------------------------------------------------------------------------
 
     def create(self, sub: SubscriptionDef) -> None:
         at = now_ms()
-        with self._transaction() as conn:
-            self._exec(
+        with self.db.transaction() as conn:
+            self.db.exec(
                 conn,
                 f"INSERT INTO notify_subscription ({_SUB_COLUMNS}) VALUES ({','.join('?' * 23)})",
                 (sub.id, sub.client, sub.clearances, sub.patient, sub.status, sub.topic,
@@ -280,30 +250,30 @@ class NotifyStore:
             )
 
     def get(self, subscription_id: str) -> SubscriptionDef | None:
-        with self._connection() as conn:
-            rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
                              (subscription_id,))
         return _sub(rows[0]) if rows else None
 
     def subscriptions(self, client: str | None = None) -> list[SubscriptionDef]:
-        with self._connection() as conn:
+        with self.db.connection() as conn:
             if client is None:
-                rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription ORDER BY created_ms, id")
+                rows = self.db.all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription ORDER BY created_ms, id")
             else:
-                rows = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE client = ? "
+                rows = self.db.all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE client = ? "
                                        "ORDER BY created_ms, id", (client,))
         return [_sub(r) for r in rows]
 
     def generation(self) -> tuple[int, int]:
         """(count, newest updated_ms): changes when any subscription is created, changed or deleted."""
-        with self._connection() as conn:
-            rows = self._all(conn, "SELECT COUNT(*), MAX(updated_ms) FROM notify_subscription")
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, "SELECT COUNT(*), MAX(updated_ms) FROM notify_subscription")
         return int(rows[0][0]), int(rows[0][1] or 0)
 
     def update_definition(self, sub: SubscriptionDef) -> None:
         """A client's status / end / reason change (the PUT)."""
-        with self._transaction() as conn:
-            self._exec(conn, "UPDATE notify_subscription SET status = ?, end_at = ?, reason = ?, error = ?, "
+        with self.db.transaction() as conn:
+            self.db.exec(conn, "UPDATE notify_subscription SET status = ?, end_at = ?, reason = ?, error = ?, "
                              "updated_ms = ? WHERE id = ?",
                        (sub.status, sub.end, sub.reason, sub.error, now_ms(), sub.id))
 
@@ -311,18 +281,18 @@ class NotifyStore:
                    only_from: Sequence[str] | None = None) -> bool:
         """notify's own status changes (handshake done, error, off); ``only_from`` guards against a
         concurrent client change. True when the row changed."""
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             sql = "UPDATE notify_subscription SET status = ?, error = ?, updated_ms = ? WHERE id = ?"
             params: list[Any] = [status, error, now_ms(), subscription_id]
             if only_from:
                 sql += f" AND status IN ({','.join('?' * len(only_from))})"
                 params.extend(only_from)
-            return self._exec(conn, sql, params) > 0
+            return self.db.exec(conn, sql, params) > 0
 
     def delete(self, subscription_id: str) -> bool:
-        with self._transaction() as conn:
-            self._exec(conn, "DELETE FROM notify_event WHERE subscription_id = ?", (subscription_id,))
-            return self._exec(conn, "DELETE FROM notify_subscription WHERE id = ?", (subscription_id,)) > 0
+        with self.db.transaction() as conn:
+            self.db.exec(conn, "DELETE FROM notify_event WHERE subscription_id = ?", (subscription_id,))
+            return self.db.exec(conn, "DELETE FROM notify_subscription WHERE id = ?", (subscription_id,)) > 0
 
     # --- the change feed -------------------------------------------------------------------------------
 
@@ -333,13 +303,13 @@ class NotifyStore:
             return {}
         created: dict[str, int] = {}
         at = now_ms()
-        with self._transaction() as conn:
-            subs = [_sub(r) for r in self._all(
+        with self.db.transaction() as conn:
+            subs = [_sub(r) for r in self.db.all(
                 conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE status <> 'off'")]
             counters = {s.id: s.events_since_start for s in subs}
             by_id = {s.id: s for s in subs}
             for change in changes:
-                rows = self._all(conn, "SELECT version_id, state, previous_state FROM notify_resource "
+                rows = self.db.all(conn, "SELECT version_id, state, previous_state FROM notify_resource "
                                        "WHERE resource_type = ? AND resource_id = ?",
                                  (change.resource_type, change.id))
                 if rows and int(rows[0][0]) > change.version_id:
@@ -355,14 +325,14 @@ class NotifyStore:
                     self._deny(conn, by_id[denied.subscription_id], change.resource_type, change.id,
                                change.version_id, _patient(change), at)
                 for routed in notified:
-                    exists = self._all(
+                    exists = self.db.all(
                         conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
                               "AND resource_id = ? AND version_id = ?",
                         (routed.subscription_id, change.resource_type, change.id, change.version_id))
                     if exists:
                         continue
                     counters[routed.subscription_id] += 1
-                    self._exec(
+                    self.db.exec(
                         conn, f"INSERT INTO notify_event ({_EVENT_COLUMNS}) VALUES ({','.join('?' * 14)})",
                         (routed.subscription_id, counters[routed.subscription_id], change.resource_type,
                          change.id, change.version_id, change.kind, change.last_updated, "pending", 0, None, None,
@@ -370,7 +340,7 @@ class NotifyStore:
                     created[routed.subscription_id] = created.get(routed.subscription_id, 0) + 1
             for sub in subs:
                 if counters[sub.id] != sub.events_since_start:
-                    self._exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
+                    self.db.exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
                                (counters[sub.id], sub.id))
         return created
 
@@ -379,15 +349,15 @@ class NotifyStore:
         """Remember a withheld notification for its audit (once per subscription and focus version)."""
         requester = orjson.dumps({"client": sub.client, "organization": sub.organization,
                                   "purpose": sub.purpose}).decode()
-        self._exec(conn, "INSERT INTO notify_denied (subscription_id, resource_type, resource_id, version_id, "
+        self.db.exec(conn, "INSERT INTO notify_denied (subscription_id, resource_type, resource_id, version_id, "
                          "patient_ref, requester, denied_ms, audited_ms) VALUES (?, ?, ?, ?, ?, ?, ?, NULL) "
                          "ON CONFLICT DO NOTHING",
                    (sub.id, resource_type, resource_id, version_id, patient_ref, requester, at))
 
     def denials(self, limit: int = 500) -> list[DeniedRow]:
         """Withheld notifications not yet audited, oldest first."""
-        with self._connection() as conn:
-            rows = self._all(conn, "SELECT subscription_id, resource_type, resource_id, version_id, patient_ref, "
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, "SELECT subscription_id, resource_type, resource_id, version_id, patient_ref, "
                                    "requester, denied_ms FROM notify_denied WHERE audited_ms IS NULL "
                                    "ORDER BY denied_ms LIMIT ?", (limit,))
         out = []
@@ -400,9 +370,9 @@ class NotifyStore:
     def mark_audited(self, keys: Sequence[tuple[str, str, str, int]]) -> None:
         """The AuditEvents of these denials are on the audit topic (acknowledged)."""
         at = now_ms()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for key in keys:
-                self._exec(conn, "UPDATE notify_denied SET audited_ms = ? WHERE subscription_id = ? AND "
+                self.db.exec(conn, "UPDATE notify_denied SET audited_ms = ? WHERE subscription_id = ? AND "
                                  "resource_type = ? AND resource_id = ? AND version_id = ?", (at, *key))
 
     def _upsert_resource(self, conn: Connection, change: Change, previous: str | None, exists: bool) -> None:
@@ -411,26 +381,26 @@ class NotifyStore:
         params = (change.version_id, state_of(change), previous, change.restriction, members, body,
                   change.resource_type, change.id)
         if exists:
-            self._exec(conn, "UPDATE notify_resource SET version_id = ?, state = ?, previous_state = ?, "
+            self.db.exec(conn, "UPDATE notify_resource SET version_id = ?, state = ?, previous_state = ?, "
                              "restriction = ?, members = ?, body = ? WHERE resource_type = ? AND resource_id = ?",
                        params)
         else:
-            self._exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
+            self.db.exec(conn, "INSERT INTO notify_resource (version_id, state, previous_state, restriction, "
                              "members, body, resource_type, resource_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
         if change.resource_type == "Consent":
             self._index_consent(conn, change.id, change.members)
 
     def _index_consent(self, conn: Connection, resource_id: str, members: Sequence[str]) -> None:
-        self._exec(conn, "DELETE FROM notify_consent_member WHERE resource_id = ?", (resource_id,))
+        self.db.exec(conn, "DELETE FROM notify_consent_member WHERE resource_id = ?", (resource_id,))
         for ref in sorted(set(members)):
-            self._exec(conn, "INSERT INTO notify_consent_member (patient_ref, resource_id) VALUES (?, ?)",
+            self.db.exec(conn, "INSERT INTO notify_consent_member (patient_ref, resource_id) VALUES (?, ?)",
                        (ref, resource_id))
 
     def _index_old_consents(self, conn: Connection) -> None:
         """A store from before the consent index: index the Consents it has (once; later ones as they come)."""
-        if self._all(conn, "SELECT 1 FROM notify_consent_member LIMIT 1"):
+        if self.db.all(conn, "SELECT 1 FROM notify_consent_member LIMIT 1"):
             return
-        for resource_id, members in self._all(conn, "SELECT resource_id, members FROM notify_resource "
+        for resource_id, members in self.db.all(conn, "SELECT resource_id, members FROM notify_resource "
                                                     "WHERE resource_type = 'Consent'"):
             self._index_consent(conn, resource_id, orjson.loads(members))
 
@@ -440,16 +410,16 @@ class NotifyStore:
         if not members:
             return []
         wanted = sorted(set(members))
-        rows = self._all(conn, CONSENTS_OF_SQL.format(marks=",".join("?" * len(wanted))), wanted)
+        rows = self.db.all(conn, CONSENTS_OF_SQL.format(marks=",".join("?" * len(wanted))), wanted)
         return [parse_consent(orjson.loads(bytes(row[0]))) for row in rows]
 
     def consents(self, members: Sequence[str]) -> list[ConsentDirective]:
-        with self._connection() as conn:
+        with self.db.connection() as conn:
             return self._consents(conn, members)
 
     def focus(self, resource_type: str, resource_id: str) -> FocusRow | None:
-        with self._connection() as conn:
-            rows = self._all(conn, "SELECT version_id, restriction, members, body FROM notify_resource "
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, "SELECT version_id, restriction, members, body FROM notify_resource "
                                    "WHERE resource_type = ? AND resource_id = ?", (resource_type, resource_id))
         if not rows:
             return None
@@ -459,15 +429,15 @@ class NotifyStore:
     # --- events ------------------------------------------------------------------------------------------
 
     def pending(self, subscription_id: str, limit: int) -> list[EventRow]:
-        with self._connection() as conn:
-            rows = self._all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
                                    "state = 'pending' ORDER BY event_number LIMIT ?", (subscription_id, limit))
         return [_event(r) for r in rows]
 
     def events(self, subscription_id: str, since: int | None = None, until: int | None = None,
                limit: int = 1000) -> list[EventRow]:
-        with self._connection() as conn:
-            rows = self._all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
+        with self.db.connection() as conn:
+            rows = self.db.all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
                                    "state <> 'withheld' AND event_number >= ? AND event_number <= ? "
                                    "ORDER BY event_number LIMIT ?",
                              (subscription_id, since or 0, until if until is not None else 2**62, limit))
@@ -483,14 +453,14 @@ class NotifyStore:
         (``patients``: the Patient each event is about). Returns how many were deleted. One transaction."""
         deleted = 0
         at = now_ms()
-        with self._transaction() as conn:
-            subs = self._all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
+        with self.db.transaction() as conn:
+            subs = self.db.all(conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE id = ?",
                              (subscription_id,))
             sub = _sub(subs[0]) if subs else None
-            told_rows = self._all(conn, "SELECT told FROM notify_subscription WHERE id = ?", (subscription_id,))
+            told_rows = self.db.all(conn, "SELECT told FROM notify_subscription WHERE id = ?", (subscription_id,))
             told = int(told_rows[0][0] or 0) if told_rows else 0
             for number in sorted(set(numbers), reverse=True):
-                rows = self._all(conn, "SELECT state, attempts, served_ms, resource_type, resource_id, version_id "
+                rows = self.db.all(conn, "SELECT state, attempts, served_ms, resource_type, resource_id, version_id "
                                        "FROM notify_event WHERE subscription_id = ? AND event_number = ?",
                                  (subscription_id, number))
                 if not rows or rows[0][0] != "pending":
@@ -499,21 +469,21 @@ class NotifyStore:
                     self._deny(conn, sub, rows[0][3], rows[0][4], int(rows[0][5]),
                                (patients or {}).get(number), at)
                 rows = [row[:3] for row in rows]
-                later = self._all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
+                later = self.db.all(conn, "SELECT event_number, state, attempts, served_ms FROM notify_event WHERE "
                                         "subscription_id = ? AND event_number > ? ORDER BY event_number",
                                   (subscription_id, number))
                 unseen = number > told and all(r[-3] == "pending" and int(r[-2]) == 0 and r[-1] is None
                                                for r in (rows[0], *later))
                 if not unseen:
-                    self._exec(conn, "UPDATE notify_event SET state = 'withheld' WHERE subscription_id = ? AND "
+                    self.db.exec(conn, "UPDATE notify_event SET state = 'withheld' WHERE subscription_id = ? AND "
                                      "event_number = ?", (subscription_id, number))
                     continue
-                self._exec(conn, "DELETE FROM notify_event WHERE subscription_id = ? AND event_number = ?",
+                self.db.exec(conn, "DELETE FROM notify_event WHERE subscription_id = ? AND event_number = ?",
                            (subscription_id, number))
                 for r in later:  # ascending: each number below is free by now
-                    self._exec(conn, "UPDATE notify_event SET event_number = ? WHERE subscription_id = ? AND "
+                    self.db.exec(conn, "UPDATE notify_event SET event_number = ? WHERE subscription_id = ? AND "
                                      "event_number = ?", (int(r[0]) - 1, subscription_id, int(r[0])))
-                self._exec(conn, "UPDATE notify_subscription SET events_since_start = events_since_start - 1 "
+                self.db.exec(conn, "UPDATE notify_subscription SET events_since_start = events_since_start - 1 "
                                  "WHERE id = ?", (subscription_id,))
                 deleted += 1
         return deleted
@@ -524,9 +494,9 @@ class NotifyStore:
         if not numbers:
             return
         at = now_ms()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for n in numbers:
-                self._exec(conn, "UPDATE notify_event SET served_ms = COALESCE(served_ms, ?) WHERE "
+                self.db.exec(conn, "UPDATE notify_event SET served_ms = COALESCE(served_ms, ?) WHERE "
                                  "subscription_id = ? AND event_number = ?", (at, subscription_id, n))
             self._raise_told(conn, subscription_id, max(numbers))
 
@@ -534,56 +504,56 @@ class NotifyStore:
         """A notification naming events up to ``number`` is about to go out: from now on the subscriber may
         know that number (``events-since-subscription-start`` never goes below it, and no event at or below
         it is ever renumbered). Written before the request, so a crash after it changes nothing."""
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             self._raise_told(conn, subscription_id, number)
 
     def _raise_told(self, conn: Connection, subscription_id: str, number: int) -> None:
         # not updated_ms: that is the definition's generation (notify reconciles on it)
-        self._exec(conn, "UPDATE notify_subscription SET told = ? WHERE id = ? AND told < ?",
+        self.db.exec(conn, "UPDATE notify_subscription SET told = ? WHERE id = ? AND told < ?",
                    (number, subscription_id, number))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
         at = now_ms()
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for n in numbers:
-                self._exec(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
+                self.db.exec(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
                                  "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
                                  "AND state = 'pending'", (at, subscription_id, n))
 
     def mark_failed(self, subscription_id: str, numbers: Sequence[int], first_failure_ms: int) -> None:
-        with self._transaction() as conn:
+        with self.db.transaction() as conn:
             for n in numbers:
-                self._exec(conn, "UPDATE notify_event SET attempts = attempts + 1, first_failure_ms = "
+                self.db.exec(conn, "UPDATE notify_event SET attempts = attempts + 1, first_failure_ms = "
                                  "COALESCE(first_failure_ms, ?) WHERE subscription_id = ? AND event_number = ?",
                            (first_failure_ms, subscription_id, n))
 
     def dead_letter(self, subscription_id: str, reason: str, status: str, error: str) -> int:
         """Every pending event of the subscription becomes a dead letter with ``reason``; the subscription's
         status becomes ``status`` (error / off) with ``error``. One transaction."""
-        with self._transaction() as conn:
-            count = self._exec(conn, "UPDATE notify_event SET state = 'dead', dead_reason = ? "
+        with self.db.transaction() as conn:
+            count = self.db.exec(conn, "UPDATE notify_event SET state = 'dead', dead_reason = ? "
                                      "WHERE subscription_id = ? AND state = 'pending'", (reason, subscription_id))
-            self._exec(conn, "UPDATE notify_subscription SET status = ?, error = ?, updated_ms = ? WHERE id = ?",
+            self.db.exec(conn, "UPDATE notify_subscription SET status = ?, error = ?, updated_ms = ? WHERE id = ?",
                        (status, error, now_ms(), subscription_id))
         return count
 
     def replay(self, subscription_id: str) -> int:
         """An operator's replay: the subscription's dead letters are pending again (same event numbers) and
         the subscription active. Returns how many."""
-        with self._transaction() as conn:
-            count = self._exec(conn, "UPDATE notify_event SET state = 'pending', dead_reason = NULL, "
+        with self.db.transaction() as conn:
+            count = self.db.exec(conn, "UPDATE notify_event SET state = 'pending', dead_reason = NULL, "
                                      "first_failure_ms = NULL WHERE subscription_id = ? AND state = 'dead'",
                                (subscription_id,))
-            self._exec(conn, "UPDATE notify_subscription SET status = 'active', error = NULL, updated_ms = ? "
+            self.db.exec(conn, "UPDATE notify_subscription SET status = 'active', error = NULL, updated_ms = ? "
                              "WHERE id = ? AND status <> 'requested'", (now_ms(), subscription_id))
         return count
 
     def backlog(self) -> list[Backlog]:
         """Per subscription: pending and dead events, and when the oldest pending one was numbered (reads only
         the pending and dead rows, through the state index)."""
-        with self._connection() as conn:
-            ids = [r[0] for r in self._all(conn, "SELECT id FROM notify_subscription")]
-            rows = self._all(conn, "SELECT subscription_id, state, COUNT(*), MIN(created_ms) FROM notify_event "
+        with self.db.connection() as conn:
+            ids = [r[0] for r in self.db.all(conn, "SELECT id FROM notify_subscription")]
+            rows = self.db.all(conn, "SELECT subscription_id, state, COUNT(*), MIN(created_ms) FROM notify_event "
                                    "WHERE state IN ('pending', 'dead') GROUP BY subscription_id, state")
         pending: dict[str, tuple[int, int]] = {}
         dead: dict[str, int] = {}
@@ -612,20 +582,11 @@ def notify_store_dsn(settings: Settings) -> str:
 def open_notify_store(dsn: str, pool_size: int = 8, policy: Policy = DEFAULT_POLICY) -> NotifyStore:
     """Open (and create the schema of) the notify store a DSN names; ``policy`` is the disclosure policy."""
     if dsn.startswith("sqlite:///"):
-        from services.record.store.sqlite import SQLITE
-        from services.record.store.sqlite import _connect as sqlite_connect
-
-        path = Path(dsn.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = NotifyStore(SQLITE, ConnectionPool(lambda: sqlite_connect(path), pool_size, SQLITE.errors), dsn,
-                            policy)
+        db = Database(SQLITE, sqlite_pool(Path(dsn.removeprefix("sqlite:///")), pool_size, "notify store"))
     elif dsn.startswith(("postgresql://", "postgres://")):
-        from services.record.store.postgres import POSTGRES
-        from services.record.store.postgres import _connect as pg_connect
-
-        store = NotifyStore(POSTGRES, ConnectionPool(lambda: pg_connect(dsn), pool_size, POSTGRES.errors), dsn,
-                            policy)
+        db = Database(POSTGRES, postgres_pool(dsn, pool_size, "notify store"))
     else:
         raise ValueError("notify_store_dsn must start with sqlite:/// or postgresql://")
+    store = NotifyStore(db, dsn, policy)
     store.initialize()
     return store

@@ -365,8 +365,8 @@ def test_a_store_from_before_recipients_and_served_events_gains_the_columns(tmp_
     import re
     import sqlite3
 
+    from services.common.sql import SQLITE
     from services.notify.store import open_notify_store, schema
-    from services.record.store.sqlite import SQLITE
     from tests.notify.test_store import _sub
 
     path = tmp_path / "old.db"
