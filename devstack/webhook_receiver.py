@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,18 +26,37 @@ def verify(secret: str, body: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(expected, header)
 
 
-def describe(bundle: dict[str, Any]) -> tuple[str, str, list[tuple[int, str]], str]:
-    """(subscription id, notification type, [(event number, focus)], a short note on the first resource)."""
+@dataclass(frozen=True)
+class Notification:
+    """What a notification Bundle's SubscriptionStatus says (Subscriptions R5 Backport IG)."""
+
+    subscription: str  # the Subscription's id
+    type: str  # handshake, heartbeat, event-notification, ...
+    topic: str  # the SubscriptionTopic canonical ("" if absent)
+    events: list[tuple[int, str | None]]  # (event number, focus reference as sent, None for id-less payloads)
+
+
+def parse_notification(bundle: dict[str, Any]) -> Notification:
+    """Read the SubscriptionStatus of a notification Bundle. Raises KeyError, StopIteration, ValueError or
+    TypeError for a Bundle that is not one."""
     params = bundle["entry"][0]["resource"]["parameter"]
     sid = next(p["valueReference"]["reference"] for p in params if p["name"] == "subscription").rsplit("/", 1)[1]
     kind = next(p["valueCode"] for p in params if p["name"] == "type")
-    topic = next((p["valueCanonical"] for p in params if p["name"] == "topic"), "").rsplit("/", 1)[-1]
-    events = []
+    topic = next((p["valueCanonical"] for p in params if p["name"] == "topic"), "")
+    events: list[tuple[int, str | None]] = []
     for p in params:
         if p["name"] == "notification-event":
             parts = {part["name"]: part for part in p["part"]}
-            focus = parts.get("focus", {}).get("valueReference", {}).get("reference", "")
-            events.append((int(parts["event-number"]["valueString"]), "/".join(focus.split("/")[-2:])))
+            focus = parts["focus"]["valueReference"]["reference"] if "focus" in parts else None
+            events.append((int(parts["event-number"]["valueString"]), focus))
+    return Notification(sid, kind, topic, events)
+
+
+def describe(bundle: dict[str, Any]) -> tuple[str, str, list[tuple[int, str]], str]:
+    """(subscription id, notification type, [(event number, focus)], a short note on the first resource)."""
+    found = parse_notification(bundle)
+    sid, kind, topic = found.subscription, found.type, found.topic.rsplit("/", 1)[-1]
+    events = [(number, "/".join((focus or "").split("/")[-2:])) for number, focus in found.events]
     note = ""
     for entry in bundle["entry"][1:]:
         resource = entry.get("resource") or {}
@@ -93,7 +113,7 @@ class WebhookReceiver:
         try:
             bundle = orjson.loads(body)
             sid, kind, events, note = describe(bundle)
-        except (orjson.JSONDecodeError, KeyError, StopIteration, ValueError):
+        except (orjson.JSONDecodeError, KeyError, StopIteration, ValueError, TypeError):
             self.on_line("webhook | refused a request that is not a notification Bundle")
             return 400
         with self._lock:

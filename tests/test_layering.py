@@ -40,6 +40,19 @@ def test_intake_and_the_mapper_read_hl7v2_and_fhir_with_the_same_shared_modules(
     assert _chains(graph, "services.mapper.fhir_in", "services.common.fhir_payload")
 
 
+def test_fhir_in_scores_with_the_shared_builder_not_through_the_json_event_mapping(graph: grimp.ImportGraph) -> None:
+    # a QuestionnaireResponse is scored by the one builder every path feeds, never as a made-up JSON event
+    assert _chains(graph, "services.mapper.fhir_in", "services.mapper.instrument_resources")
+    for other_path in ("services.mapper.mapping", "services.common.events.parsing"):
+        assert _chains(graph, "services.mapper.fhir_in", other_path) == [], other_path
+
+
+def test_the_record_and_notify_stores_share_the_one_sql_layer(graph: grimp.ImportGraph) -> None:
+    for store in ("services.record.store", "services.notify.store"):
+        assert _chains(graph, store, "services.common.sql"), store
+    assert _chains(graph, "services.notify", "services.record.store") == []
+
+
 def test_mllp_framing_knows_nothing_of_kafka_or_acceptance(graph: grimp.ImportGraph) -> None:
     # the listener frames and answers; what a message means and where it is kept is the injected acceptor's job
     for below in ("services.common.kafka", "services.intake.hl7v2_acceptor", "services.intake.inbound"):

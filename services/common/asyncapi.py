@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -26,6 +26,7 @@ from services.common.settings import REPO_ROOT
 from services.common.topics import (
     AUDIT_EVENTS,
     CATALOGUE,
+    CHANGE_KINDS,
     DEAD_LETTERS,
     ESCALATION_ALERT_KIND,
     FHIR_BUNDLES,
@@ -38,7 +39,10 @@ from services.common.topics import (
     RECORD_CHANGES,
     REPLAYED_DEAD_LETTERS,
     SAFETY_ALERTS,
+    EpisodeState,
+    OutcomeChangeKind,
     TopicSpec,
+    TrackedInstrument,
 )
 
 ASYNCAPI_PATH = REPO_ROOT / "schemas" / "asyncapi.yaml"
@@ -203,12 +207,11 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "required": ["id", "kind", "instrument", "patient", "episode", "date"],
         "properties": {
             "id": {"type": "string", "description": "deterministic id of the change (a replay repeats it)"},
-            "kind": {"enum": ["episode-started", "response-reached", "partial-response-reached",
-                              "remission-reached", "deterioration", "follow-up-overdue"]},
-            "instrument": {"enum": ["phq-9", "gad-7"]},
+            "kind": {"enum": list(get_args(OutcomeChangeKind))},
+            "instrument": {"enum": list(get_args(TrackedInstrument))},
             "patient": {"type": "string", "description": "Patient/<id> of the episode's index score"},
             "episode": {"type": "string", "description": "Observation/<id>: the derived episode Observation"},
-            "state": {"type": "string", "description": "the episode's state after the change"},
+            "state": {"enum": list(get_args(EpisodeState)), "description": "the episode's state after the change"},
             "date": {"type": "string", "format": "date", "description": "clinical date of the change"},
             "score": {"type": ["string", "null"], "description": "Observation/<id> of the score behind it"},
         },
@@ -221,7 +224,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
             "id": {"type": "string"},
             "versionId": {"type": "integer", "description": "meta.versionId of the new version (from 1)"},
             "lastUpdated": {"type": "string", "format": "date-time", "description": "meta.lastUpdated"},
-            "change": {"enum": ["created", "updated", "deleted"]},
+            "change": {"enum": list(CHANGE_KINDS)},
             "patient": {"type": ["string", "null"], "description": "Patient/<id> the resource belongs to"},
             "person": {"type": ["string", "null"], "description": "the person (linked Patients) at commit time"},
             "members": {"type": "array", "items": {"type": "string"},

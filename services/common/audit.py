@@ -9,7 +9,8 @@ API read / vread       audit-event-type ``rest`` / restful-         R, 0 (succes
                        interaction ``read`` / ``vread``              by the disclosure policy (a denied attempt)
 API search, history,   ``rest`` / ``search-type``, ``history-*``,   E, 0; the query is kept in an entity
 $everything            ``operation`` ($everything)                  (role 24 Query), base64 as BALP says
-push (notification)    DICOM 110106 Export / ISO 21089 ``disclose``  R, 0 (BALP PrivacyDisclosure.Source)
+push (notification)    DICOM 110106 Export / ISO 21089 ``disclose``  R, 0 (BALP PrivacyDisclosure.Source); 4
+                                                                    when the disclosure policy withheld it
 =====================  ===========================================  =======================================
 
 Agents: the client (DICOM 110153 Source Role ID, ``requestor``: the token's client id and label), carebus
@@ -53,6 +54,7 @@ from services.common.topics import AUDIT_EVENTS
 AUDIT_NAMESPACE: Final = uuid.UUID("5b0e7c1e-2f7a-4d55-9a8e-3c1f0a6d2b91")
 AUDIT_CONTENT_TYPE: Final = "application/fhir+json"
 AUDIT_CE_TYPE: Final = "org.carebus.audit.event.v1"
+DENIED_DESCRIPTION: Final = "refused by the disclosure policy"  # outcome 4: a denied attempt
 
 Interaction = Literal["read", "vread", "history-instance", "history-type", "search-type", "operation"]
 _INTERACTION_DISPLAY: Final = {
@@ -199,7 +201,7 @@ def api_access_event(
     event["action"] = "R" if interaction in ("read", "vread") else "E"
     event["outcome"] = "4" if denied else "0"
     if denied:
-        event["outcomeDesc"] = "refused by the disclosure policy"
+        event["outcomeDesc"] = DENIED_DESCRIPTION
     return event
 
 
@@ -212,15 +214,19 @@ def push_disclosure_event(
     resources: Sequence[str],
     consents: Sequence[str] = (),
     server: str = "carebus notify",
+    denied: bool = False,
 ) -> dict[str, Any]:
-    """BALP PrivacyDisclosure.Source: data pushed to a recipient (a delivered notification). ``event_id``
-    should be deterministic (e.g. :func:`disclosure_id` of subscription and event number) so a retried delivery
-    yields the same AuditEvent, once."""
+    """BALP PrivacyDisclosure.Source: data pushed to a recipient (a delivered notification), or, ``denied``, a
+    push the disclosure policy withheld (outcome 4, as a refused API read: a denied attempt; the recipient was
+    told nothing). ``event_id`` should be deterministic (e.g. :func:`disclosure_id` of subscription and event
+    number) so a retried delivery yields the same AuditEvent, once."""
     event = _base(event_id, recorded, requester, server, base_url, patient_ref, resources, consents, None)
     event["type"] = {"system": DICOM, "code": "110106", "display": "Export"}
     event["subtype"] = [{"system": LIFECYCLE_EVENT, "code": "disclose", "display": "Disclose Record Lifecycle Event"}]
     event["action"] = "R"
-    event["outcome"] = "0"
+    event["outcome"] = "4" if denied else "0"
+    if denied:
+        event["outcomeDesc"] = DENIED_DESCRIPTION
     return event
 
 

@@ -76,6 +76,10 @@ from typing import Any, Final, Literal
 from services.common.fhir.codesystems import CONSENT_SCOPE
 
 Rule = Literal["treatment", "clearance", "consent", "never"]
+RULES: Final[tuple[Rule, ...]] = ("treatment", "clearance", "consent", "never")
+# the classes a policy names (CLASS_NAMES), and the clearances a record token may hold (CLEARANCE_CLASSES)
+ClassName = Literal["ordinary", "behavioral-health", "part2", "psychotherapy-notes", "substance-use"]
+Clearance = Literal["behavioral-health", "part2", "psychotherapy-notes"]
 
 BEHAVIORAL_HEALTH: Final = 1
 PART2: Final = 2
@@ -95,7 +99,7 @@ CLASS_CODES: Final[Mapping[str, int]] = {
     "OPIOIDUD": SUBSTANCE_USE,
     "ETH": SUBSTANCE_USE,
 }
-CLASS_NAMES: Final[Mapping[int, str]] = {
+CLASS_NAMES: Final[Mapping[int, ClassName]] = {
     ORDINARY: "ordinary",
     BEHAVIORAL_HEALTH: "behavioral-health",
     PART2: "part2",
@@ -111,7 +115,7 @@ CLASS_DESCRIPTIONS: Final[Mapping[int, str]] = {
 }
 # Token clearances -> the classes they clear. ``part2`` clears substance-use information; Part 2 records
 # themselves need a consent under the default policy, whatever the clearance.
-CLEARANCE_CLASSES: Final[Mapping[str, int]] = {
+CLEARANCE_CLASSES: Final[Mapping[Clearance, int]] = {
     "behavioral-health": BEHAVIORAL_HEALTH,
     "part2": PART2 | SUBSTANCE_USE,
     "psychotherapy-notes": PSYCHOTHERAPY_NOTES,
@@ -164,15 +168,15 @@ DEFAULT_RULES: Final[Mapping[int, Rule]] = {
 DEFAULT_POLICY: Final = Policy(DEFAULT_RULES)
 
 
-def policy_from_settings(rules: Mapping[Any, str], treatment_purposes: Iterable[str] | None = None) -> Policy:
+def policy_from_settings(rules: Mapping[ClassName, Rule], treatment_purposes: Iterable[str] | None = None) -> Policy:
     """``rules``: class name -> rule, overriding the default ones (raises ValueError on unknown names)."""
     merged: dict[int, Rule] = dict(DEFAULT_RULES)
     for name, rule in rules.items():
         if name not in CLASS_BY_NAME:
             raise ValueError(f"unknown label class {name!r} in the disclosure policy")
-        if rule not in ("treatment", "clearance", "consent", "never"):
+        if rule not in RULES:  # a caller that did not come through Settings
             raise ValueError(f"unknown disclosure rule {rule!r} for {name}")
-        merged[CLASS_BY_NAME[name]] = rule  # type: ignore[assignment]
+        merged[CLASS_BY_NAME[name]] = rule
     purposes = frozenset(treatment_purposes) if treatment_purposes is not None else TREATMENT_PURPOSES
     return Policy(merged, purposes)
 

@@ -8,7 +8,8 @@
     │       ├── InstrumentAnswerError   instrument answers outside the item's answer list, unknown items
     │       └── UnscoreableResponse     a recognised instrument's response that cannot be scored
     └── InfrastructureError       broken infrastructure: retried, nothing committed or acknowledged
-        └── BrokerUnavailable     Kafka did not acknowledge in time
+        ├── BrokerUnavailable     Kafka did not acknowledge in time
+        └── StoreUnavailable      a store's database cannot be reached or failed (services/common/sql.py)
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class UnscoreableResponse(MappingError):
 
 class InfrastructureError(CarebusError):
     """Something carebus depends on is broken; retry later, acknowledge nothing."""
+
+
+class StoreUnavailable(InfrastructureError):
+    """A store's database (record, notify) failed; the batch is retried and its Kafka offsets are not committed."""
 
 
 class BrokerUnavailable(InfrastructureError):

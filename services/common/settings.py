@@ -13,9 +13,13 @@ from zoneinfo import available_timezones
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.disclosure import ClassName, Clearance, Rule
 from services.common.fhir.codesystems import EMPI
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# the record's rule for linking Patients on demographics (services/record/identity.py applies it)
+DemographicRule = Literal["none", "name-birthdate", "name-birthdate-gender"]
 
 
 class RecordTokenGrant(BaseModel):
@@ -32,8 +36,7 @@ class RecordTokenGrant(BaseModel):
 
     scopes: list[str]
     patient: str | None = None
-    clearances: list[Literal["behavioral-health", "part2", "psychotherapy-notes"]] = Field(
-        default_factory=list)
+    clearances: list[Clearance] = Field(default_factory=list)
     label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
     organization: str | None = Field(
         None, description="The organization the token acts for, the recipient consent reasons about: "
@@ -140,7 +143,7 @@ class Settings(BaseSettings):
     record_enterprise_identifier_systems: list[str] = Field(
         default_factory=lambda: [EMPI],
         description="Identifier systems of enterprise/shared assigners: Patients sharing one are one person.")
-    record_demographic_link_rule: Literal["none", "name-birthdate", "name-birthdate-gender"] = Field(
+    record_demographic_link_rule: DemographicRule = Field(
         "none", description="Operator rule linking on demographics; 'none': candidates are only reported.")
     record_tokens: dict[str, RecordTokenGrant] = Field(
         default_factory=dict, description="Record API bearer tokens: sha256(token) hex -> grant (JSON).")
@@ -149,10 +152,8 @@ class Settings(BaseSettings):
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
 
     # --- disclosure (consent, Part 2, audit: services/common/disclosure.py) ----------------------------------
-    disclosure_policy: dict[
-        Literal["ordinary", "behavioral-health", "part2", "psychotherapy-notes", "substance-use"],
-        Literal["treatment", "clearance", "consent", "never"],
-    ] = Field(default_factory=dict, description="Overrides of the baseline rule per label class (JSON object).")
+    disclosure_policy: dict[ClassName, Rule] = Field(
+        default_factory=dict, description="Overrides of the baseline rule per label class (JSON object).")
     general_group_id: str = Field("carebus-general", description="Consumer group of the general-topic service.")
     general_port: int = Field(8085, description="HTTP port (health, metrics) of the general-topic service.")
     disclosure_treatment_purposes: list[str] = Field(

@@ -121,6 +121,18 @@ GENERAL_BUNDLES = TopicSpec(
              HEADER_CONTENT_TYPE),
     retention_ms=THIRTY_DAYS_MS,
 )
+# What an outcome change (the outcomes topic's record) can say: its ``kind``, the instruments episodes are kept for,
+# and the episode's ``state`` after it (services/outcomes/episodes.py decides them).
+OutcomeChangeKind = Literal[
+    "episode-started",
+    "response-reached",
+    "partial-response-reached",
+    "remission-reached",
+    "deterioration",
+    "follow-up-overdue",
+]
+TrackedInstrument = Literal["phq-9", "gad-7"]
+EpisodeState = Literal["awaiting-follow-up", "no-response", "partial-response", "responding", "remitted"]
 OUTCOMES = TopicSpec(
     suffix="outcomes.v1",
     summary="Outcome changes (episode started, response / remission reached, deterioration, follow-up overdue), "
@@ -131,6 +143,10 @@ OUTCOMES = TopicSpec(
     retention_ms=THIRTY_DAYS_MS,
 )
 
+# What a change-feed record's ``kind`` can be (the record writes it: services/record/changes.py; notify and outcomes
+# read it).
+ChangeKind = Literal["created", "updated", "deleted"]
+CHANGE_KINDS: tuple[ChangeKind, ...] = ("created", "updated", "deleted")
 RECORD_CHANGES = TopicSpec(
     suffix="record.changes.v1",
     summary="What the record committed: one record per new resource version (type, id, version, person, labels, "

@@ -18,11 +18,12 @@ recognised from its items' LOINC codes (the item codes of its Questionnaire when
 LOINC ``definition``, LOINC linkIds), else from its ``questionnaire`` canonical (instruments.py names them);
 with the form's own linkIds, items are tied by the number ending the linkId (``Q9`` is item 9) and an answered
 number that is no item is the reported total. It is kept as sent and labelled (PSY; AUDIT-C R+ETHUD), and
-carebus adds its own results beside it, as for an assessment.completed event: scored Observations
-(derivedFrom the sender's response), the safety Flag and alert, data-quality findings. A recognised
-instrument whose answers cannot be tied to its items, or that names no patient, is refused with
-UnscoreableResponse (dead letter ``instrument-response-unscoreable`` naming the rule): a suicide-item answer is
-never passed through unscored. Psychotherapy notes (meta.security PSYTHPN) are refused (HIPAA 45 CFR 164.501).
+carebus adds its own results beside it, from the scored-instrument builder every path shares
+(instrument_resources.py): scored Observations (derivedFrom the sender's response), the safety Flag and alert,
+data-quality findings. A recognised instrument whose answers cannot be tied to its items, or that names no
+patient, is refused with UnscoreableResponse (dead letter ``instrument-response-unscoreable`` naming the
+rule): a suicide-item answer is never passed through unscored. Psychotherapy notes (meta.security PSYTHPN) are
+refused (HIPAA 45 CFR 164.501).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any
 
 from services.common import security_labels
 from services.common.errors import FieldProblem, MappingError, UnscoreableResponse
-from services.common.events import parse_event
 from services.common.fhir import labels
 from services.common.fhir.codesystems import ICD10CM, LOINC, RXNORM, SNOMED
 from services.common.fhir.instruments import (
@@ -44,11 +44,12 @@ from services.common.fhir.instruments import (
     instrument_for_codes,
     instrument_for_questionnaire,
     risk_level_word,
+    score_instrument,
 )
 from services.common.fhir_payload import Rekeying, check_resources
 from services.common.topics import FHIR_RESOURCE_EVENT_TYPE
 from services.mapper.assembly import Origin, assemble
-from services.mapper.mapping import map_event
+from services.mapper.instrument_resources import Answered, Built, scored_instrument_resources
 from services.mapper.result import MappedEvent, MappingContext, SafetyAlert
 
 
@@ -245,14 +246,16 @@ def scored_instrument(response: dict[str, Any], link_codes: dict[str, str]) -> I
     return spec
 
 
-def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes: dict[str, str],
-                      rekeying: Rekeying, response_id: str, event_id: str, fallback_time: str) -> dict[str, Any]:
-    """The assessment.completed event a recognised QuestionnaireResponse amounts to. Items are tied to the
-    instrument by LOINC code (_loinc_of), else, when no answered item has one, by the number that ends the
-    linkId (``Q9`` is item 9), and an answered number that is no item is the reported total. Raises
-    UnscoreableResponse when that cannot be done: never scored half-silently. A reported total that is neither
-    a number nor a short text (the contract's 16 characters), or a C-SSRS risk level that is none of none / low
-    / moderate / high, is not compared: it stays in the response as sent."""
+def _scored_response(response: dict[str, Any], spec: InstrumentSpec, link_codes: dict[str, str],
+                     rekeying: Rekeying, response_id: str, event_id: str, fallback_time: str) -> Built:
+    """carebus's results for a recognised QuestionnaireResponse, from the one scored-instrument builder
+    (instrument_resources.py) fed with what the response says. Items are tied to the instrument by LOINC code
+    (_loinc_of), else, when no answered item has one, by the number that ends the linkId (``Q9`` is item 9), and
+    an answered number that is no item is the reported total. Raises UnscoreableResponse when that cannot be
+    done: never scored half-silently. A reported total that is neither a number nor a short text (16
+    characters, as the JSON contract allows), or a C-SSRS risk level that is none of none / low / moderate /
+    high, is not compared: it stays in the response as sent. The authored time is the response's instant, else
+    ``fallback_time`` (the time the sender recorded what it sent)."""
     where = "QuestionnaireResponse"
     patient = rekeying.source_id_of(response.get("subject"), "Patient")
     if patient is None:
@@ -260,9 +263,8 @@ def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes
                            f"a {spec.name} response needs a Patient subject to be scored")
     answered = list(_answered(response.get("item")))
     coded = any(_loinc_of(item, link_codes) is not None for item in answered)
-    items: list[dict[str, Any]] = []
+    answers: dict[str, int | str] = {}
     reported: object = None
-    seen: set[str] = set()
     for item in answered:
         location = f"{where}.item[linkId={item.get('linkId')}]"
         answer = item["answer"][0] if isinstance(item["answer"][0], dict) else {}
@@ -285,37 +287,36 @@ def _assessment_event(response: dict[str, Any], spec: InstrumentSpec, link_codes
                 continue
             raise _unscoreable(location, "item-of-another-instrument",
                                f"an item of another instrument in a {spec.name} response")
-        if loinc in seen:
+        if loinc in answers:
             raise _unscoreable(location, "duplicate-item", f"item {loinc} of {spec.name} is answered twice")
         value = answer_for(spec, loinc, _candidates(answer))
         if value is None:
             raise _unscoreable(location, "answer-not-in-list",
                                f"the answer to {spec.name} item {loinc} is not in the item's answer list")
-        seen.add(loinc)
-        items.append({"code": loinc, "answer": value})
-    if not items:
+        answers[loinc] = value
+    if not answers:
         raise _unscoreable(f"{where}.item", "no-scorable-items",
                            f"a {spec.name} response whose answers cannot be tied to the instrument's items "
                            "(no LOINC item codes, no numbered linkIds)")
-    authored = response.get("authored")
-    data: dict[str, Any] = {
-        "patient_id": patient, "assessment_id": response_id, "instrument": spec.key,
-        "authored": authored if isinstance(authored, str) and "T" in authored else fallback_time,
-        "items": items,
-    }
+    reported_total: int | str | None = None
     if spec.key == "cssrs-screener":
-        level = risk_level_word(str(reported)) if reported is not None else None
-        if level is not None:  # a level carebus cannot read is kept in the response, not compared
-            data["reported_total"] = level
+        # a level carebus cannot read is kept in the response, not compared
+        reported_total = risk_level_word(str(reported)) if reported is not None else None
     elif isinstance(reported, int | float) and not isinstance(reported, bool):
-        data["reported_total"] = int(reported) if float(reported).is_integer() else str(reported)
+        reported_total = int(reported) if float(reported).is_integer() else str(reported)
     elif isinstance(reported, str) and 0 < len(reported.strip()) <= 16:
-        data["reported_total"] = reported.strip()
+        reported_total = reported.strip()
+    authored = _instant(response.get("authored"))
     encounter = rekeying.source_id_of(response.get("encounter"), "Encounter")
-    if encounter is not None:
-        data["encounter_id"] = encounter
-    return {"specversion": "1.0", "id": f"{event_id}.{response_id}", "source": rekeying.source,
-            "type": "org.carebus.assessment.completed.v1", "time": data["authored"], "data": data}
+    return scored_instrument_resources(Answered(
+        score=score_instrument(spec.key, answers, reported_total=reported_total),
+        source=rekeying.source,
+        key=response_id,
+        event_id=event_id,
+        patient={"reference": f"Patient/{rekeying.new_id('Patient', patient)}"},
+        authored=authored.isoformat() if authored is not None else fallback_time,
+        encounter={"reference": f"Encounter/{rekeying.new_id('Encounter', encounter)}"} if encounter else None,
+    ))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -376,14 +377,12 @@ def map_fhir_payload(envelope: dict[str, Any], context: MappingContext) -> Mappe
         spec = scored_instrument(original, link_codes) if resource_type == "QuestionnaireResponse" else None
         if spec is not None:
             # carebus's results in its own resources (Observations, Flag), derivedFrom the sender's response
-            event = _assessment_event(original, spec, link_codes, rekeying, source_id, event_id, recorded)
-            scored = map_event(parse_event(event), context)
-            alerts.extend(scored.alerts)
-            quality.extend(scored.data_quality)
+            built = _scored_response(original, spec, link_codes, rekeying, source_id, event_id, recorded)
+            alerts.extend(built.alerts)
+            quality.extend(built.data_quality)
             implied = labels.combine(implied, labels.instrument_labels(spec.key))
-            for entry in scored.bundle["entry"]:
-                if entry["resource"]["resourceType"] not in ("Provenance", "QuestionnaireResponse"):
-                    computed.append((entry["resource"], sent_labels(entry["resource"])))
+            # the sender's response is kept as sent (above), so the builder's own is left out
+            computed.extend(entry for entry in built.resources if entry[0]["resourceType"] != "QuestionnaireResponse")
         resources.append((resource, implied))
     resources.extend(computed)
     origin = Origin(source=source, event_id=event_id, event_type=str(envelope.get("type") or FHIR_RESOURCE_EVENT_TYPE),

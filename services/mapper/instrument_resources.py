@@ -1,6 +1,6 @@
 """The one builder of a scored instrument's resources, for every path: a JSON ``assessment.completed`` event
 (mapping/assessment.py), an HL7 v2 ORU panel (hl7v2/results.py) and a FHIR QuestionnaireResponse (fhir_in.py,
-through the assessment mapping; the sender's response itself is kept as sent). Pure: the path passes what it knows
+which keeps the sender's response as sent and leaves this builder's out). Pure: the path passes what it knows
 in FHIR form (references, the authored time as text), the score (services/common/fhir/instruments.py) and the key
 of the response in its source; ids are ``resource_id(<type>, <source>, ...)`` of that key, as on every path.
 
@@ -85,10 +85,12 @@ class Answered:
 
 @dataclass
 class Built:
-    """The resources with their labels, in Bundle order (QR, panel, items, total, Flags), and the alerts."""
+    """The resources with their labels, in Bundle order (QR, panel, items, total, Flags), the alerts and the
+    score's data-quality codes."""
 
     resources: list[tuple[Json, Labels]]
     alerts: list[SafetyAlert]
+    data_quality: tuple[str, ...]
 
 
 def _reported_answer(reported: int | str) -> Json:
@@ -243,4 +245,4 @@ def scored_instrument_resources(answered: Answered) -> Built:
                                       author=answered.performer), labels.safety_flag_labels()))
         if answered.patient is not None:
             alerts.append(safety_alert(kind, answered.patient, flag_id, answered.event_id))
-    return Built(resources, alerts)
+    return Built(resources, alerts, score.data_quality)

@@ -30,6 +30,14 @@ NORDSCLCD = {"system": V3_ACT_CODE, "code": "NORDSCLCD",
 FocusLookup = Callable[[EventRow], Mapping[str, Any] | None]  # the current version, if the recipient may see it
 
 
+def told(sub: SubscriptionDef, events: Sequence[EventRow] = ()) -> int:
+    """``events-since-subscription-start`` of a notification: the highest number the subscriber has been shown
+    (``SubscriptionDef.told``), or the highest of these events. Never the numbering counter itself: events
+    numbered but not yet sent may still be withdrawn (a revocation), and the counter with them; what the
+    subscriber is told never goes down, and every number up to it is one it received or can fetch."""
+    return max(sub.told, max((e.number for e in events), default=0))
+
+
 def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationType,
                       events: Sequence[EventRow]) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
@@ -37,7 +45,7 @@ def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationTyp
         {"name": "topic", "valueCanonical": sub.topic},
         {"name": "status", "valueCode": sub.status},
         {"name": "type", "valueCode": kind},
-        {"name": "events-since-subscription-start", "valueString": str(sub.events_since_start)},
+        {"name": "events-since-subscription-start", "valueString": str(told(sub, events))},
     ]
     for event in events:
         parts: list[dict[str, Any]] = [

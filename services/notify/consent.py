@@ -20,13 +20,24 @@ withheld when the change is numbered                  no number: the counter doe
                                                       subscriber sees are gap-free and the same whether or not
                                                       withheld records exist; any gap it sees is a real loss,
                                                       recoverable with ``$events``
-withheld at send time (a revocation since), the       withdrawn (:meth:`NotifyStore.withdraw`): the event is
-event never sent nor shown by ``$events``             dropped and the later unsent events move down one number,
-                                                      the counter with them - nobody had seen those numbers
-withheld at send time, but the event was already on   kept out of every later notification and of ``$events``
-the wire (a delivery attempt that failed) or shown    (state ``withheld``): the recipient may hold that number
-by ``$events``                                        already, so it is never given to another event
+withheld at send time (a revocation since), its      withdrawn (:meth:`NotifyStore.withdraw`): the event is
+number above every number the subscriber was told     dropped and the later unsent events move down one number
+(never in a notification, nor served by ``$events``)  - nobody had seen those numbers
+withheld at send time, but its number was already     kept out of every later notification and of ``$events``
+told (a delivery attempt that failed, ``$events``)    (state ``withheld``): the recipient may hold that number
+                                                      already, so it is never given to another event
 ====================================================  =========================================================
+
+``events-since-subscription-start`` (notifications, ``$status``, ``$events``) is the highest number the
+subscriber has been told (``SubscriptionDef.told``: raised before a notification goes out and when ``$events``
+serves events), never the numbering counter itself, which counts queued events a withdrawal may still take back.
+So it never goes down, and every number up to it is one the subscriber received or can fetch with ``$events``
+(unless it was withheld after a failed attempt: the only gap, and the recipient may already hold that one).
+
+Every withheld notification is a denied disclosure attempt: one BALP AuditEvent (outcome 4, no content), written
+to an outbox in the same store transaction that withholds it and published by the delivery loop
+(services/notify/delivery.py), with an id derived from the subscription and the focus version, so a replayed
+change or a restart audits it once. The subscriber is told nothing.
 """
 
 from __future__ import annotations

@@ -25,7 +25,10 @@ events carry the 42 CFR 2.32 notice Provenance (services/common/part2.py).
 Audit: each delivered event is one disclosure - one BALP PrivacyDisclosure AuditEvent (services/common/audit.py)
 per event, to ``carebus.audit.v1``, with an id derived from the subscription and the event number, so a
 delivery retried (or repeated after a crash) yields the same AuditEvent, once in the record. The AuditEvents
-are written (acks=all) before the events are marked delivered.
+are written (acks=all) before the events are marked delivered. Each withheld notification (when a change is
+numbered, or at send time) is a denied attempt: the store keeps it in an outbox (``notify_denied``) in the
+transaction that withholds it, and :meth:`Deliverer._denials_loop` writes its AuditEvent (outcome 4, id from the
+subscription and the focus version) before marking it audited. The subscriber is told nothing.
 """
 
 from __future__ import annotations
@@ -47,21 +50,21 @@ import httpx
 import orjson
 
 from services.common import audit, part2
-from services.common.errors import BrokerUnavailable
+from services.common.errors import BrokerUnavailable, StoreUnavailable
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
 from services.common.settings import Settings
 from services.notify.bundles import NotificationType, encode, notification_bundle
 from services.notify.consent import decide, recipient_of
-from services.notify.store import EventRow, FocusRow, NotifyStore, now_ms
+from services.notify.store import DeniedRow, EventRow, FocusRow, NotifyStore, now_ms
 from services.notify.subscriptions import SubscriptionDef
 from services.notify.topics import Change
-from services.record.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 _jitter = random.Random()  # noqa: S311 - notify's own retry jitter, not a secret; shared `random` left alone
 
 SIGNATURE_HEADER = "X-Carebus-Signature"
+DENIALS_POLL_S = 1.0  # how often the outbox of withheld notifications is looked at (the feed's denials)
 IDLE_WAKE_S = 30.0  # an idle task looks again this often; new events and definition changes wake it at once
 Outcome = Literal["delivered", "retry", "gone", "not-found"]
 
@@ -119,6 +122,7 @@ class Deliverer:
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
+        self._denials_wake: asyncio.Event | None = None
         self.running = False
 
     # --- control from other threads --------------------------------------------------------------------
@@ -163,6 +167,8 @@ class Deliverer:
         async with self._client() as client:
             self._http = client
             metrics_task = asyncio.create_task(self._metrics_loop())
+            self._denials_wake = asyncio.Event()
+            denials_task = asyncio.create_task(self._denials_loop())
             try:
                 while not self._stop.is_set():
                     try:
@@ -176,9 +182,10 @@ class Deliverer:
                         await asyncio.wait_for(self._stop.wait(), 0.5)
             finally:
                 metrics_task.cancel()
+                denials_task.cancel()
                 for task in self._tasks.values():
                     task.cancel()
-                await asyncio.gather(*self._tasks.values(), metrics_task, return_exceptions=True)
+                await asyncio.gather(*self._tasks.values(), metrics_task, denials_task, return_exceptions=True)
                 self.running = False
 
     async def _reconcile(self) -> None:
@@ -209,6 +216,34 @@ class Deliverer:
                     age = (now - b.oldest_pending_ms) / 1000 if b.oldest_pending_ms is not None else 0.0
                     self.metrics.oldest_age.labels(subscription=b.subscription_id).set(max(age, 0.0))
             await asyncio.sleep(2.0)
+
+    def _wake_denials(self) -> None:
+        if self._denials_wake is not None:
+            self._denials_wake.set()
+
+    async def _denials_loop(self) -> None:
+        """Audit every withheld notification (the store's outbox of denied attempts): one BALP AuditEvent each
+        (outcome 4), written (acks=all) before the denial is marked audited, so a crash or a broker outage in
+        between writes the same AuditEvent (same id) again, never none."""
+        if self.audit_sink is None:
+            return
+        while True:
+            try:
+                denied = await asyncio.to_thread(self.store.denials, 500)
+                if denied:
+                    records = [audit.audit_record(e, self.settings.topic_prefix)
+                               for e in denied_audit_events(denied, self.base_url)]
+                    if records:
+                        await asyncio.to_thread(self.audit_sink, records)
+                    await asyncio.to_thread(self.store.mark_audited, [d.key for d in denied])
+                    if len(denied) == 500:
+                        continue
+            except (StoreUnavailable, BrokerUnavailable) as exc:
+                log.warning("withheld notifications not audited yet; retrying", extra={"error": type(exc).__name__})
+            assert self._denials_wake is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._denials_wake.wait(), DENIALS_POLL_S)
+            self._denials_wake.clear()
 
     async def _pause(self, sid: str, seconds: float) -> None:
         """Sleep up to ``seconds`` (real time), waking early on a wake-up for this subscription."""
@@ -245,8 +280,9 @@ class Deliverer:
                     continue
                 events = await asyncio.to_thread(self.store.pending, sid, sub.max_count)
                 screened = await asyncio.to_thread(screen, self.store, sub, events, now_ms())
-                if screened.withheld:  # a revocation since they were numbered: never sent
-                    await asyncio.to_thread(self.store.withdraw, sid, screened.withheld)
+                if screened.withheld:  # a revocation since they were numbered: never sent (and audited)
+                    await asyncio.to_thread(self.store.withdraw, sid, screened.withheld, screened.withheld_patients)
+                    self._wake_denials()
                     continue
                 if not events:
                     self._failing.discard(sid)
@@ -259,9 +295,12 @@ class Deliverer:
                     wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else IDLE_WAKE_S
                     await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
+                numbers = [e.number for e in events]
+                if max(numbers) > sub.told:  # the subscriber may know these numbers from now on
+                    await asyncio.to_thread(self.store.mark_told, sid, max(numbers))
+                    sub = replace(sub, told=max(numbers))
                 outcome = await self._send(sub, "event-notification", events, screened)
                 last_sent = time.monotonic()
-                numbers = [e.number for e in events]
                 if outcome == "delivered":
                     if not await self._audit(sub, screened):
                         continue  # stopping before the audit was written: sent again (same numbers) at restart
@@ -423,6 +462,7 @@ class Screened:
     events: tuple[EventRow, ...] = ()
     patients: Mapping[int, str | None] = field(default_factory=dict)
     part2: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    withheld_patients: Mapping[int, str | None] = field(default_factory=dict)  # for the denied attempts' audit
 
 
 def screen(store: NotifyStore, sub: SubscriptionDef, events: Sequence[EventRow], at_ms: int) -> Screened:
@@ -432,6 +472,7 @@ def screen(store: NotifyStore, sub: SubscriptionDef, events: Sequence[EventRow],
     withheld: list[int] = []
     kept: list[EventRow] = []
     patients: dict[int, str | None] = {}
+    withheld_patients: dict[int, str | None] = {}
     part2_consents: dict[int, tuple[str, ...]] = {}
     for event in events:
         row = store.focus(event.resource_type, event.resource_id)
@@ -442,12 +483,13 @@ def screen(store: NotifyStore, sub: SubscriptionDef, events: Sequence[EventRow],
         decision = decide(recipient, change, store.consents(row.members), at_ms, store.policy)
         if decision.outcome == "withhold":
             withheld.append(event.number)
+            withheld_patients[event.number] = change.patient
             continue
         kept.append(event)
         patients[event.number] = change.patient
         if decision.outcome == "deliver-with-notice":
             part2_consents[event.number] = decision.consents
-    return Screened(tuple(withheld), tuple(kept), patients, part2_consents)
+    return Screened(tuple(withheld), tuple(kept), patients, part2_consents, withheld_patients)
 
 
 def part2_notice(sub: SubscriptionDef, base_url: str, screened: Screened, recorded: str) -> dict[str, Any] | None:
@@ -477,6 +519,23 @@ def push_audit_events(sub: SubscriptionDef, screened: Screened, base_url: str,
         out.append(audit.push_disclosure_event(
             audit.disclosure_id("notify", sub.id, str(event.number)), recorded, requester, base_url, patient,
             [event.focus], screened.part2.get(event.number, ())))
+    return out
+
+
+def denied_audit_events(denied: Sequence[DeniedRow], base_url: str) -> list[dict[str, Any]]:
+    """One BALP AuditEvent (PrivacyDisclosure, outcome 4: a denied attempt) per withheld notification, naming
+    the recipient, the patient and the withheld focus by reference; the id is derived from the subscription
+    and the focus version, ``recorded`` is when it was withheld: the same denial always yields the same
+    AuditEvent. Denials without a Patient are not audited (as delivered events without one are not)."""
+    out = []
+    for d in denied:
+        if d.patient_ref is None:
+            continue
+        requester = audit.Requester(d.client, f"Subscription/{d.subscription_id}", d.organization, d.purpose)
+        recorded = datetime.fromtimestamp(d.denied_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        out.append(audit.push_disclosure_event(
+            audit.disclosure_id("notify-withheld", d.subscription_id, d.focus, str(d.version_id)), recorded,
+            requester, base_url, d.patient_ref, [d.focus], denied=True))
     return out
 
 

@@ -24,10 +24,20 @@ class Routed:
 
 def route(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
           now_ms: int, consents: Sequence[ConsentDirective] = (), policy: Policy = DEFAULT_POLICY) -> list[Routed]:
+    """The subscriptions this change notifies."""
+    return route_with_withheld(change, previous, subscriptions, now_ms, consents, policy)[0]
+
+
+def route_with_withheld(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
+                        now_ms: int, consents: Sequence[ConsentDirective] = (), policy: Policy = DEFAULT_POLICY
+                        ) -> tuple[list[Routed], list[Routed]]:
+    """(notified, withheld): the subscriptions this change notifies, and those it would notify but for the
+    consent seam (denied attempts: audited, never told to the subscriber)."""
     topics = {t.canonical: t for t in triggered(change, previous)}
     if not topics:
-        return []
+        return [], []
     out: list[Routed] = []
+    withheld: list[Routed] = []
     for sub in subscriptions:
         topic = topics.get(sub.topic)
         if topic is None or sub.status not in COUNTING:
@@ -38,6 +48,7 @@ def route(change: Change, previous: str | None, subscriptions: Iterable[Subscrip
             continue
         decision = decide(recipient_of(sub), change, consents, now_ms, policy)
         if decision.outcome == "withhold":
+            withheld.append(Routed(sub.id, sub.topic, None))
             continue
         out.append(Routed(sub.id, sub.topic, decision.notice))
-    return out
+    return out, withheld

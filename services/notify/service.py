@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common.disclosure import policy_from_settings
+from services.common.errors import StoreUnavailable
 from services.common.health import KafkaReadiness
 from services.common.http import add_operational_routes
 from services.common.kafka import RecordProducer
@@ -26,7 +27,6 @@ from services.common.topics import AUDIT_EVENTS, RECORD_CHANGES
 from services.notify.delivery import Deliverer, NotifyMetrics
 from services.notify.feed import ChangeFeedConsumer
 from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
-from services.record.errors import StoreUnavailable
 
 log = logging.getLogger("services.notify")
 

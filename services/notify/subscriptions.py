@@ -34,7 +34,8 @@ EXT_RECIPIENT = "https://carebus.dev/fhir/StructureDefinition/subscription-recip
 Status = Literal["requested", "active", "error", "off"]
 Content = Literal["empty", "id-only", "full-resource"]
 CONTENTS: tuple[Content, ...] = ("empty", "id-only", "full-resource")
-MIME_TYPES = ("application/fhir+json", "application/json")
+Mime = Literal["application/fhir+json", "application/json"]  # Subscription.channel.payload
+MIME_TYPES: tuple[Mime, ...] = ("application/fhir+json", "application/json")
 RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "x-carebus-signature",
                               "x-carebus-subscription", "x-carebus-event-numbers", "transfer-encoding"})
 MAX_TIMEOUT_S = 120
@@ -65,7 +66,7 @@ class SubscriptionDef:
     endpoint: str
     headers: tuple[str, ...]
     content: Content
-    mime: str
+    mime: Mime
     heartbeat_s: int | None
     timeout_s: int | None
     max_count: int
@@ -73,7 +74,10 @@ class SubscriptionDef:
     end: str | None = None
     reason: str | None = None
     error: str | None = None  # why the status is error / off (set by notify)
-    events_since_start: int = 0
+    events_since_start: int = 0  # the numbering counter (internal: may include events not yet sent)
+    # the highest event number the subscriber has been shown (a notification sent, ``$events`` served): what
+    # ``events-since-subscription-start`` says, so it never goes down (services/notify/consent.py)
+    told: int = 0
     # the recipient the disclosure decision is made for, from the creating token's grant (never from the body:
     # a subscriber cannot claim to act for an organization it does not): the organization and care teams it
     # acts for and its purpose of use (v3-ActReason)
@@ -197,8 +201,8 @@ def parse_subscription(resource: Any, *, allowlist: Sequence[str], client: str, 
             raise InvalidSubscription(f"Subscription.channel.header[{i}]", "must be 'Name: value'")
         if name.strip().lower() in RESERVED_HEADERS:
             raise InvalidSubscription(f"Subscription.channel.header[{i}]", "names a header carebus sets itself")
-    mime = channel.get("payload") or "application/fhir+json"
-    if mime not in MIME_TYPES:
+    mime = next((m for m in MIME_TYPES if m == (channel.get("payload") or "application/fhir+json")), None)
+    if mime is None:
         raise InvalidSubscription("Subscription.channel.payload", "must be application/fhir+json")
     payload_node = channel.get("_payload") or {}
     contents = _extensions(payload_node, EXT_PAYLOAD_CONTENT, "Subscription.channel.payload") if isinstance(

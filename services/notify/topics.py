@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from services.common.fhir.codesystems import OUTCOMES_CODES, SAFETY_TASK_CODES
 from services.common.fhir.instruments import INSTRUMENTS
+from services.common.topics import CHANGE_KINDS, ChangeKind
 
 TOPIC_BASE = "https://carebus.dev/fhir/SubscriptionTopic/"
 SUICIDE_RISK_SNOMED = "225444004"
 ASSESSMENT_TOTAL_CODES = frozenset(spec.total_loinc for spec in INSTRUMENTS.values())
-
-ChangeKind = Literal["created", "updated", "deleted"]
-
 
 @dataclass(frozen=True)
 class Change:
@@ -60,6 +58,8 @@ class MalformedChange(ValueError):
 def parse_change(value: bytes) -> Change:
     try:
         data = orjson.loads(value)
+        if data["change"] not in CHANGE_KINDS:
+            raise ValueError("unknown change kind")
         return Change(
             resource_type=str(data["resourceType"]),
             id=str(data["id"]),

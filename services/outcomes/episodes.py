@@ -32,17 +32,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
-Instrument = Literal["phq-9", "gad-7"]
-FactKind = Literal[
-    "episode-started",
-    "response-reached",
-    "partial-response-reached",
-    "remission-reached",
-    "deterioration",
-    "follow-up-overdue",
-]
+from services.common.topics import EpisodeState, OutcomeChangeKind, TrackedInstrument
+
+Instrument = TrackedInstrument
+FactKind = OutcomeChangeKind
 WindowStatus = Literal["not-open", "awaiting", "measured", "missed"]
-EpisodeState = Literal["awaiting-follow-up", "no-response", "partial-response", "responding", "remitted"]
 
 OUTCOMES_NAMESPACE = uuid.UUID("5d0b7a4e-2c54-4d8e-9d7e-6f3f2b1c0a15")
 

@@ -278,23 +278,48 @@ def index_episode(spec: MeasureSpec, outcomes: PersonOutcomes, start: date, end:
     return next((e for e in outcomes.of("phq-9") if start <= e.index.when <= end), None)
 
 
-def population_counts(spec: MeasureSpec, persons: Iterable[PersonFacts | Sequence[Score]], start: date, end: date,
-                      as_of: date, rules: InstrumentRules) -> PopulationCounts:
-    """Population counts of one measure over many persons (their PHQ-9 histories, with or without their
-    exclusions; each person counted once: their first index episode in the measurement period)."""
+@dataclass(frozen=True)
+class Judgement:
+    """One person's standing in one measure window and period: their index window (None: not in the initial
+    population) and the exclusion in force by its end, if any."""
+
+    result: WindowResult | None
+    exclusion: Exclusion | None = None
+
+
+def judge(window: str, facts: PersonFacts, start: date, end: date, as_of: date, rules: InstrumentRules
+          ) -> Judgement:
+    """Where one person stands in the measure window ``window`` for the period ``start`` .. ``end`` (their first
+    index episode in the period; the exclusions recorded by the end of its window)."""
+    result = index_window(rules, facts.scores, window, start, end, as_of)
+    if result is None or not facts.exclusions:
+        return Judgement(result)
+    return Judgement(result, excluding(facts.exclusions, result.end))
+
+
+def count_judgements(spec: MeasureSpec, judgements: Iterable[Judgement]) -> PopulationCounts:
+    """Population counts of one measure from its persons' judgements (each person counted once)."""
     initial = numerator = pending = excluded = 0
-    for person in persons:
-        facts = person if isinstance(person, PersonFacts) else PersonFacts(person)
-        result = index_window(rules, facts.scores, spec.window, start, end, as_of)
+    for judgement in judgements:
+        result = judgement.result
         if result is None:
             continue
         initial += 1
         pending += not result.closed
-        if facts.exclusions and excluding(facts.exclusions, result.end) is not None:
+        if judgement.exclusion is not None:
             excluded += 1
             continue
         numerator += spec.met(result)
     return PopulationCounts(initial, numerator, pending, excluded)
+
+
+def population_counts(spec: MeasureSpec, persons: Iterable[PersonFacts | Sequence[Score]], start: date, end: date,
+                      as_of: date, rules: InstrumentRules) -> PopulationCounts:
+    """Population counts of one measure over many persons (their PHQ-9 histories, with or without their
+    exclusions; each person counted once: their first index episode in the measurement period)."""
+    return count_judgements(spec, (
+        judge(spec.window, p if isinstance(p, PersonFacts) else PersonFacts(p), start, end, as_of, rules)
+        for p in persons))
 
 
 def summary_report(spec: MeasureSpec, counts: PopulationCounts, start: date, end: date, generated: str,

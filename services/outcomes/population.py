@@ -5,7 +5,16 @@ kept in memory. A call reads only ``(person, id, version, patient, labels)`` of 
 query, no bodies) and the bodies of versions it has not parsed yet; deleted or superseded rows drop out, and the
 person of each row is the record's at that moment (identity links followed as the API shows them). So an
 evaluation over 10,000 patients costs one cheap query per resource type and the counting, not 120,000 JSON
-parses. Access is decided per row by the caller (labels, consent grants, compartment), never cached.
+parses.
+
+Per person (:meth:`PopulationIndex.persons`): the facts grouped by the person they belong to, kept until the
+store's change marker (its version counts of the types read here) moves; on a move the regrouping keeps the entry
+of every person whose facts are unchanged, with what was judged of it. A person's judgements (their standing in
+a measure window for a period, services/outcomes/fhir.py) are kept on its entry, keyed by the exact set of
+``(patient, restriction)`` pairs the caller may see: so an evaluation of an unchanged record is a check of each
+person's few pairs against the caller's grants and a lookup, and a changed person is judged again. Access is
+decided per call by the caller (labels, consent grants, compartment), never cached: only what a given visible
+set of facts yields is.
 """
 
 from __future__ import annotations
@@ -19,9 +28,14 @@ import orjson
 
 from services.outcomes.episodes import Score
 from services.outcomes.exclusions import Exclusion, exclusion_of
+from services.outcomes.fhir import PersonFacts
 from services.outcomes.history import TOTAL_CODES, score_of
 
 T = TypeVar("T")
+R = TypeVar("R")
+Pair = tuple[str | None, int]  # (patient reference, restriction bits): what access is decided on
+_READ_TYPES = ("Observation", "Condition", "Patient", "Linkage")
+_KEPT_JUDGEMENTS = 64  # per person: a few measures x periods x callers' visible sets
 
 
 class BulkStore(Protocol):
@@ -29,6 +43,8 @@ class BulkStore(Protocol):
                          ) -> list[tuple[str, str, int, str | None, int]]: ...
 
     def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]: ...
+
+    def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -42,31 +58,113 @@ class Fact(Generic[T]):
 
 
 class _Parsed(Generic[T]):
-    """id -> (version, parsed value or None) of one resource type, refreshed from the store's current rows."""
+    """The current facts of one resource type (id -> Fact), refreshed from the store's current rows: only new
+    versions' bodies are read and parsed. Each refresh that changes something is one generation; ``touched``
+    tells a reader which persons changed since the generation it last saw (their rows appeared, changed version,
+    person, patient or labels, or went away)."""
+
+    _LOG = 1000  # generations remembered; a reader further behind rebuilds everything
 
     def __init__(self, resource_type: str, param: str | None, codes: Sequence[str],
                  parse: Callable[[dict[str, Any]], T | None]) -> None:
         self.resource_type, self.param, self.codes, self.parse = resource_type, param, tuple(codes), parse
+        self._rows: dict[str, tuple[str, str, int, str | None, int]] = {}
         self._values: dict[str, tuple[int, T | None]] = {}
+        self._current: dict[str, Fact[T]] = {}
+        self._by_person: dict[str, set[str]] = {}
+        self.generation = 0
+        self._log: list[tuple[int, set[str]]] = []
         self._lock = threading.Lock()
 
-    def facts(self, store: BulkStore) -> list[Fact[T]]:
-        rows = store.current_versions(self.resource_type, self.param, self.codes)
+    def refresh(self, store: BulkStore) -> None:
+        rows = {r[1]: r for r in store.current_versions(self.resource_type, self.param, self.codes)}
         with self._lock:
-            values = self._values
-            stale = [rid for _, rid, version, _, _ in rows if values.get(rid, (None,))[0] != version]
+            old_rows, values = self._rows, self._values
+            changed = [rid for rid, row in rows.items() if old_rows.get(rid) != row]
+            gone = [rid for rid in old_rows if rid not in rows]
+            if not changed and not gone:
+                return
+            stale = [rid for rid in changed if values.get(rid, (None,))[0] != rows[rid][2]]
             if stale:
                 for rid, (version, body) in store.current_bodies(self.resource_type, stale).items():
                     values[rid] = (version, self.parse(orjson.loads(body)))
-            if len(values) > 2 * len(rows) + 1000:  # forget deleted / no longer matching rows now and then
-                current = {rid for _, rid, _, _, _ in rows}
-                self._values = values = {rid: v for rid, v in values.items() if rid in current}
-            found: list[Fact[T]] = []
-            for person, rid, version, patient_ref, restriction in rows:
-                kept = values.get(rid)
-                if kept is not None and kept[0] == version and kept[1] is not None:
-                    found.append(Fact(person, patient_ref, restriction, kept[1]))
-            return found
+            touched: set[str] = set()
+            for rid in (*changed, *gone):
+                before = self._current.pop(rid, None)
+                if before is not None:
+                    touched.add(before.person)
+                    mine = self._by_person.get(before.person)
+                    if mine is not None:
+                        mine.discard(rid)
+                        if not mine:
+                            del self._by_person[before.person]
+                row = rows.get(rid)
+                kept = values.get(rid) if row is not None else None
+                if row is not None and kept is not None and kept[0] == row[2] and kept[1] is not None:
+                    person, _, _, patient_ref, restriction = row
+                    self._current[rid] = Fact(person, patient_ref, restriction, kept[1])
+                    self._by_person.setdefault(person, set()).add(rid)
+                    touched.add(person)
+            for rid in gone:
+                values.pop(rid, None)
+            self._rows = rows
+            self.generation += 1
+            self._log.append((self.generation, touched))
+            del self._log[:-self._LOG]
+
+    def touched(self, since: int) -> set[str] | None:
+        """The persons changed after generation ``since`` (None: too long ago to tell; rebuild everything)."""
+        with self._lock:
+            if since == self.generation:
+                return set()
+            if not self._log or self._log[0][0] > since + 1:
+                return None
+            return {p for generation, persons in self._log if generation > since for p in persons}
+
+    def facts(self, store: BulkStore | None = None) -> list[Fact[T]]:
+        """Every current fact (refreshed first when ``store`` is given)."""
+        if store is not None:
+            self.refresh(store)
+        with self._lock:
+            return list(self._current.values())
+
+    def of_person(self, person: str) -> list[Fact[T]]:
+        with self._lock:
+            return [self._current[rid] for rid in self._by_person.get(person, ())]
+
+
+class PersonEntry:
+    """One person's current scores and exclusions, and what has been judged of them (see the module doc)."""
+
+    def __init__(self, person: str, scores: tuple[Fact[Score], ...], exclusions: tuple[Fact[Exclusion], ...]
+                 ) -> None:
+        self.person, self.scores, self.exclusions = person, scores, exclusions
+        self.score_pairs: frozenset[Pair] = frozenset((f.patient_ref, f.restriction) for f in scores)
+        self.pairs: frozenset[Pair] = self.score_pairs | {(f.patient_ref, f.restriction) for f in exclusions}
+        self.patients: frozenset[str | None] = frozenset(p for p, _ in self.pairs)
+        self._judged: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def facts(self, seen: frozenset[Pair]) -> PersonFacts:
+        """The scores and exclusions of the pairs ``seen`` (the ones the caller may see)."""
+        if seen == self.pairs:
+            return PersonFacts([f.value for f in self.scores], [f.value for f in self.exclusions])
+        return PersonFacts([f.value for f in self.scores if (f.patient_ref, f.restriction) in seen],
+                           [f.value for f in self.exclusions if (f.patient_ref, f.restriction) in seen])
+
+    def judged(self, seen: frozenset[Pair], key: tuple[Any, ...], judge: Callable[[PersonFacts], R]) -> R:
+        """``judge`` of the facts ``seen``, computed once per (``seen``, ``key``): ``key`` names everything else
+        the judgement depends on (measure window, period, evaluation date)."""
+        full = (seen, *key)
+        with self._lock:
+            if full in self._judged:
+                return self._judged[full]  # type: ignore[no-any-return]
+        value = judge(self.facts(seen))
+        with self._lock:
+            if len(self._judged) >= _KEPT_JUDGEMENTS:
+                self._judged.clear()
+            self._judged[full] = value
+        return value
 
 
 class PopulationIndex:
@@ -77,6 +175,8 @@ class PopulationIndex:
         self._scores = {code: _Parsed[Score]("Observation", "code", (code,), score_of) for code in TOTAL_CODES}
         self._conditions = _Parsed[Exclusion]("Condition", None, (), exclusion_of)
         self._patients = _Parsed[Exclusion]("Patient", None, (), exclusion_of)
+        self._persons: dict[tuple[str, ...], _Grouped] = {}
+        self._persons_lock = threading.Lock()
 
     def scores(self, codes: Sequence[str] = tuple(TOTAL_CODES)) -> list[Fact[Score]]:
         """Every current instrument total of ``codes`` (LOINC; default PHQ-9 and GAD-7)."""
@@ -85,3 +185,59 @@ class PopulationIndex:
     def exclusions(self) -> list[Fact[Exclusion]]:
         """Every stored exclusion (Conditions with an excluding code, deceased Patients)."""
         return [*self._conditions.facts(self.store), *self._patients.facts(self.store)]
+
+    def persons(self, codes: Sequence[str] = tuple(TOTAL_CODES)) -> list[PersonEntry]:
+        """Every person with a current total of ``codes``, their scores and exclusions grouped (see the module
+        doc: kept while the store's change marker stands; on a move only the changed persons are regrouped)."""
+        key = tuple(codes)
+        sources: list[_Parsed[Any]] = [*(self._scores[c] for c in codes), self._conditions, self._patients]
+        with self._persons_lock:
+            marker = self.store.version_counts(_READ_TYPES)
+            kept = self._persons.get(key)
+            if kept is not None and kept.marker == marker:
+                return list(kept.entries.values())
+            for source in sources:
+                source.refresh(self.store)
+            touched: set[str] | None = set()
+            if kept is None:
+                touched = None
+            else:
+                for source, seen in zip(sources, kept.generations, strict=True):
+                    found = source.touched(seen)
+                    if found is None or touched is None:
+                        touched = None
+                    else:
+                        touched |= found
+            if touched is None:  # the first call, or too far behind: group every person
+                entries: dict[str, PersonEntry] = {}
+                touched = {f.person for c in codes for f in self._scores[c].facts()}
+            else:
+                entries = dict(kept.entries) if kept is not None else {}
+            for person in touched:
+                scores = tuple(sorted((f for c in codes for f in self._scores[c].of_person(person)),
+                                      key=_fact_order))
+                if not scores:
+                    entries.pop(person, None)
+                    continue
+                exclusions = tuple(sorted((*self._conditions.of_person(person), *self._patients.of_person(person)),
+                                          key=_exclusion_order))
+                old = entries.get(person)
+                if old is None or old.scores != scores or old.exclusions != exclusions:
+                    entries[person] = PersonEntry(person, scores, exclusions)
+            self._persons[key] = _Grouped(marker, tuple(s.generation for s in sources), entries)
+            return list(entries.values())
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    marker: tuple[int, ...]
+    generations: tuple[int, ...]
+    entries: dict[str, PersonEntry]
+
+
+def _fact_order(fact: Fact[Score]) -> tuple[Any, ...]:
+    return (fact.value, fact.patient_ref or "", fact.restriction)
+
+
+def _exclusion_order(fact: Fact[Exclusion]) -> tuple[Any, ...]:
+    return (fact.value.reference, fact.value.reason, fact.patient_ref or "", fact.restriction)

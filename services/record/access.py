@@ -27,14 +27,12 @@ from services.common.fhir.codesystems import V3_OBSERVATION_VALUE
 from services.common.settings import RecordTokenGrant
 from services.record.errors import Forbidden, NotAuthenticated
 
-Clearance = Literal["behavioral-health", "part2", "psychotherapy-notes"]
-
 BEHAVIORAL_HEALTH = disclosure.BEHAVIORAL_HEALTH
 PART2 = disclosure.PART2
 PSYCHOTHERAPY_NOTES = disclosure.PSYCHOTHERAPY_NOTES
 SUBSTANCE_USE = disclosure.SUBSTANCE_USE
 ALL_CLEARANCES = disclosure.ALL_CLASSES | disclosure.ORDINARY  # a View that sees everything
-CLEARANCE_BITS: Mapping[str, int] = disclosure.CLEARANCE_CLASSES
+CLEARANCE_BITS: Mapping[disclosure.Clearance, int] = disclosure.CLEARANCE_CLASSES
 restriction_of = disclosure.restriction_of
 describe_restriction = disclosure.describe
 PRIVATE_TYPES = frozenset({"AuditEvent"})  # not covered by a "*" scope

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.fhir_ids import resource_id
+from services.record.identity import LinkKind
 from services.record.indexing import patient_id_of
 
 ADMIN_SOURCE = "carebus-record-admin"
@@ -31,7 +32,7 @@ class LinkRequest(BaseModel):
 @dataclass(frozen=True)
 class LinkCommand:
     patients: tuple[str, str]  # sorted "Patient/<id>"
-    action: Literal["link", "merge", "unlink"]
+    action: LinkKind
     survivor: str | None
 
     def linkage_id(self) -> str:

@@ -165,12 +165,15 @@ class RecordApi:
         rows: Sequence[StoredRow],
         request: Request,
         query: bool = True,
+        withheld_patients: Sequence[str] = (),
     ) -> None:
+        """The AuditEvents of one answer, in one write: what it disclosed (per patient) and, per patient whose
+        matches it withheld, a denied attempt (outcome 4)."""
         text = request.url.query if query else None
+        base, now = self.base_url(request), self.now_ms()
         self.audit(
-            disclosures.access_events(
-                access, grants, interaction, rows, self.base_url(request), self.now_ms(), text
-            )
+            disclosures.access_events(access, grants, interaction, rows, base, now, text)
+            + disclosures.denied_query_events(access, interaction, withheld_patients, base, now, text)
         )
 
     def served_body(self, row: StoredRow, persons: dict[str, Person] | None = None) -> bytes:
@@ -515,7 +518,7 @@ def create_app(api: RecordApi) -> FastAPI:
         )
         base = api.base_url(request)
         notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
-        api.audit_page(access, grants, "operation", page.rows, request)
+        api.audit_page(access, grants, "operation", page.rows, request, withheld_patients=page.withheld_patients)
         echo = [(n, v) for n, v in params if n in ("_type", "_since")]
         body = render.searchset(
             base,
@@ -562,7 +565,7 @@ def create_app(api: RecordApi) -> FastAPI:
         )
         base = api.base_url(request)
         notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
-        api.audit_page(access, grants, interaction, page.rows, request)
+        api.audit_page(access, grants, interaction, page.rows, request, withheld_patients=page.withheld_patients)
         path = f"{resource_type}/{resource_id}/_history" if resource_id else f"{resource_type}/_history"
         echo = [(n, v) for n, v in params if n == "_since"]
         body = render.history(
@@ -657,7 +660,8 @@ def create_app(api: RecordApi) -> FastAPI:
         base = api.base_url(request)
         notice = disclosures.part2_notice(access, grants, page.rows, base, api.now_ms())
         if resource_type not in PRIVATE_TYPES:  # reading the audit trail is not itself a disclosure of care data
-            api.audit_page(access, grants, "search-type", page.rows, request)
+            api.audit_page(access, grants, "search-type", page.rows, request,
+                           withheld_patients=page.withheld_patients)
         body = render.searchset(
             base,
             resource_type,

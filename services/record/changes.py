@@ -15,17 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import orjson
 
 from services.common.event_headers import security_header
 from services.common.kafka import OutboundRecord
-from services.common.topics import HEADER_CONTENT_TYPE, HEADER_SECURITY
+from services.common.topics import HEADER_CONTENT_TYPE, HEADER_SECURITY, ChangeKind
 from services.record.fhirdates import format_instant
 from services.record.ingest import NewVersion
-
-ChangeKind = Literal["created", "updated", "deleted"]
 
 
 @dataclass(frozen=True, slots=True)

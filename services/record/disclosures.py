@@ -206,6 +206,27 @@ def denied_event(
     ]
 
 
+def denied_query_events(
+    access: Access,
+    interaction: audit.Interaction,
+    patients: Sequence[str],
+    base_url: str,
+    now_ms: int,
+    query: str | None,
+) -> list[dict[str, Any]]:
+    """The AuditEvents of a search, history or $everything whose matches the disclosure policy filtered: one
+    denied PatientQuery (outcome 4) per patient whose matches were withheld, with the query; the withheld
+    resources are not named (the answer never looked them up). The caller is told nothing of it."""
+    recorded = format_instant(now_ms)
+    return [
+        audit.api_access_event(
+            str(uuid.uuid4()), recorded, interaction, requester(access), base_url, patient_ref, [], query=query,
+            denied=True,
+        )
+        for patient_ref in patients
+    ]
+
+
 AuditSink = Callable[[Sequence[OutboundRecord]], Any]
 
 

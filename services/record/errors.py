@@ -13,13 +13,15 @@
     ├── ResourceGone              the resource (or version) is deleted (410)
     └── InfrastructureError
         └── StoreUnavailable      the database cannot be reached or failed: retried, nothing committed
+                                  (services/common/errors.py, raised by services/common/sql.py)
 
 Messages carry resource types, ids, parameter names and counts only: never values that may be PHI.
 """
 
 from __future__ import annotations
 
-from services.common.errors import CarebusError, InfrastructureError, InvalidInput
+from services.common.errors import CarebusError, InvalidInput
+from services.common.errors import StoreUnavailable as StoreUnavailable  # the store layer's (services/common/sql.py)
 
 
 class BadBundle(InvalidInput):
@@ -66,7 +68,3 @@ class ResourceGone(CarebusError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class StoreUnavailable(InfrastructureError):
-    """The record store failed; the batch is retried and its Kafka offsets are not committed."""

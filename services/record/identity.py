@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from services.common.fhir.codesystems import EMPI
+from services.common.settings import DemographicRule
 from services.record.indexing import items_of, normalize_text, patient_id_of
 
 LinkKind = Literal["link", "merge", "unlink"]
-DemographicRule = Literal["none", "name-birthdate", "name-birthdate-gender"]
 
 
 @dataclass(frozen=True)

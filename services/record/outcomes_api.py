@@ -38,20 +38,22 @@ from services.common.kafka import OutboundRecord
 from services.common.topics import FHIR_BUNDLES
 from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
 from services.outcomes.episodes import evaluate_person
-from services.outcomes.exclusions import Exclusion
 from services.outcomes.fhir import (
     MEASURES,
     MEASURES_BY_ID,
+    Judgement,
     MeasureSpec,
     PersonFacts,
+    count_judgements,
     index_episode,
     individual_report,
+    judge,
     measure_resource,
     population_counts,
     summary_report,
 )
 from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, scores_of
-from services.outcomes.population import Fact, PopulationIndex
+from services.outcomes.population import Pair, PersonEntry, PopulationIndex
 from services.outcomes.tasks import TaskChangeRefused, audit_records, change_status
 from services.record import render
 from services.record.clinician_page import clinic_page, patient_page
@@ -143,26 +145,31 @@ def build_router(api: Any) -> APIRouter:
         assert api.gate is not None
         grants = api.gate.grants(access, members)  # the disclosure decision (consent and labels) per person
 
-        def visible(fact: Fact[Any]) -> bool:
-            if not grants.grant_of(fact.patient_ref).permits(fact.restriction):
-                return False
-            if compartment is not None and fact.patient_ref not in compartment:
-                return False
-            return members is None or fact.patient_ref in members
+        allowed: dict[Pair, bool] = {}
 
-        histories: dict[str, list[Any]] = {}
-        for fact in population.scores((PHQ9_TOTAL,)):
-            if visible(fact):
-                histories.setdefault(fact.person, []).append(fact.value)
-        exclusions: dict[str, list[Exclusion]] = {}
-        for found in population.exclusions():
-            if found.person in histories and visible(found):
-                exclusions.setdefault(found.person, []).append(found.value)
+        def may_see(pair: Pair) -> bool:
+            found = allowed.get(pair)
+            if found is None:
+                patient_ref, restriction = pair
+                found = (grants.grant_of(patient_ref).permits(restriction)
+                         and (compartment is None or patient_ref in compartment)
+                         and (members is None or patient_ref in members))
+                allowed[pair] = found
+            return found
+
         as_of = api.clock().date()
         organization = api.settings.outcomes_reporter
         generated = api.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
+        visible: list[tuple[PersonEntry, frozenset[Pair]]] = []
+        for person in population.persons((PHQ9_TOTAL,)):
+            if members is not None and members.isdisjoint(person.patients):
+                continue
+            seen = frozenset(p for p in person.pairs if may_see(p))
+            if any(p in seen for p in person.score_pairs):
+                visible.append((person, seen))
         if report_type == "subject":
-            persons = [(evaluate_person(h, as_of, rules), exclusions.get(k, ())) for k, h in sorted(histories.items())]
+            persons = [(evaluate_person(facts.scores, as_of, rules), facts.exclusions)
+                       for facts in (p.facts(seen) for p, seen in sorted(visible, key=lambda v: v[0].person))]
             found_episode = next(((e, x) for p, x in persons if (e := index_episode(spec, p, start, end)) is not None),
                                  None)
             if found_episode is not None:
@@ -176,8 +183,12 @@ def build_router(api: Any) -> APIRouter:
             report.update(type="individual", subject={"reference": subject}, status="complete")
             report["group"][0]["measureScore"] = {"value": 0.0}
             return _fhir(report)
-        persons_facts = [PersonFacts(h, exclusions.get(k, ())) for k, h in histories.items()]
-        counts = population_counts(spec, persons_facts, start, end, as_of, rules.phq9)
+
+        def judged(facts: PersonFacts) -> Judgement:
+            return judge(spec.window, facts, start, end, as_of, rules.phq9)
+
+        key = (spec.window, start, end, as_of)
+        counts = count_judgements(spec, (person.judged(seen, key, judged) for person, seen in visible))
         return _fhir(summary_report(spec, counts, start, end, generated, organization, str(uuid.uuid4())))
 
     @router.get("/Measure/{measure_id}/$evaluate-measure")
@@ -306,19 +317,22 @@ def _page_routes(router: APIRouter, api: Any, rules: Any, population: Population
         found = api.store.search(query, grants.view(compartment)).rows
         api.audit_page(access, grants, "search-type", found, request, query=False)
         tasks = [orjson.loads(r.body) for r in found if r.body is not None]
-        histories: dict[str, list[Any]] = {}
-        for fact in population.scores((PHQ9_TOTAL, GAD7_TOTAL)):
-            if not grants.grant_of(fact.patient_ref).permits(fact.restriction):
-                continue
-            if compartment is not None and fact.patient_ref not in compartment:
-                continue
-            histories.setdefault(fact.person, []).append(fact.value)
         today = api.clock().date()
+
+        def may_see(pair: Pair) -> bool:
+            patient_ref, restriction = pair
+            return grants.grant_of(patient_ref).permits(restriction) and (
+                compartment is None or patient_ref in compartment)
+
+        def overdue_of(facts: PersonFacts) -> list[tuple[str, str, str]]:
+            return [(e.index.patient, e.instrument, str(e.follow_up_due))
+                    for e in evaluate_person(facts.scores, today, rules).episodes if e.follow_up_overdue]
+
         overdue: list[tuple[str, str, str]] = []
-        for history in histories.values():
-            for episode in evaluate_person(history, today, rules).episodes:
-                if episode.follow_up_overdue:
-                    overdue.append((episode.index.patient, episode.instrument, str(episode.follow_up_due)))
+        for person in population.persons((PHQ9_TOTAL, GAD7_TOTAL)):
+            seen = frozenset(p for p in person.score_pairs if may_see(p))
+            if seen:
+                overdue.extend(person.judged(seen, ("overdue", today), overdue_of))
         return HTMLResponse(clinic_page(tasks, sorted(overdue, key=lambda o: o[2]), today))
 
     router.include_router(html_router)

@@ -218,11 +218,14 @@ def subscription_router(api: Any) -> APIRouter:
         screened = screen(store(), sub, rows, int(time.time() * 1000))
         focus = focus_lookup(store(), sub) if sub.content == "full-resource" else None
         base = api.base_url(request)
+        served = [e.number for e in screened.events]
+        # shown from now on: never renumbered, and covered by events-since-subscription-start
+        store().mark_served(sub.id, served)
+        sub = replace(sub, told=max([sub.told, *served]))
         bundle = notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
                                      part2_notice(sub, base, screened, iso_now()))
         if sub.content != "empty":  # the answer discloses foci: audited like any API access, before it leaves
             api.audit(events_audit(access, screened, base, request.url.query))
-        store().mark_served(sub.id, [e.number for e in screened.events if e.state == "pending"])
         return _fhir(bundle)
 
     return router

@@ -97,14 +97,22 @@ def _numbers_and_foci(receiver: Receiver, sid: str) -> dict[int, str]:
     return out
 
 
-def _audit_events(stack: NotifyStack, sids: set[str], expected: int) -> list[dict[str, Any]]:
-    """The push AuditEvents of these subscriptions on carebus.audit.v1 (waits until ``expected`` distinct)."""
+def _since(bundle: dict[str, Any]) -> int:
+    """events-since-subscription-start of a notification (or $status answer)."""
+    return int(next(p["valueString"] for p in bundle["entry"][0]["resource"]["parameter"]
+                    if p["name"] == "events-since-subscription-start"))
+
+
+def _audit_events(stack: NotifyStack, sids: set[str], expected: int, outcome: str = "0") -> list[dict[str, Any]]:
+    """The push AuditEvents of these subscriptions on carebus.audit.v1 with this outcome (0: delivered, 4:
+    withheld; waits until ``expected`` distinct)."""
     topic = AUDIT_EVENTS.name(stack.settings.topic_prefix)
     labels = {f"Subscription/{sid}" for sid in sids}
 
     def mine(records: list[Any]) -> list[dict[str, Any]]:
         found = [orjson.loads(r.value) for r in records]
-        return [e for e in found if any(a.get("who", {}).get("display") in labels for a in e["agent"])]
+        return [e for e in found if e["outcome"] == outcome
+                and any(a.get("who", {}).get("display") in labels for a in e["agent"])]
 
     records = read_all(stack.settings, topic, until=lambda rs: len({e["id"] for e in mine(rs)}) >= expected)
     return mine(records)
@@ -188,6 +196,24 @@ def test_notification_matrix_no_trace_of_what_is_withheld_part2_package_and_one_
                 recipient = next(a for a in event["agent"] if a["type"]["coding"][0]["code"] == "IRCP")
                 assert recipient["who"]["identifier"]["value"] == PART2_ORG.split("|")[1]
                 assert "valueQuantity" not in orjson.dumps(event).decode()  # never content
+        # each withheld notification is a denied attempt: one PrivacyDisclosure with outcome 4 naming the withheld
+        # focus by reference, its id from the subscription and the focus version (a replayed change: the same)
+        withheld_ids = {state: [_condition(mrn, pid, cls)["id"] for cls in UNCLEARED_MATRIX
+                                if _condition(mrn, pid, cls)["id"] not in expected[state]]
+                        for state, (mrn, pid, _) in cells.items()}
+        denied = _audit_events(push, sids, sum(len(v) for v in withheld_ids.values()), outcome="4")
+        assert len(denied) == len({e["id"] for e in denied}) == sum(len(v) for v in withheld_ids.values())
+        for state, (_, pid, sid) in cells.items():
+            mine = {e["id"]: e for e in denied if any(
+                a.get("who", {}).get("display") == f"Subscription/{sid}" for a in e["agent"])}
+            assert set(mine) == {audit.disclosure_id("notify-withheld", sid, f"Condition/{c}", "1")
+                                 for c in withheld_ids[state]}, state
+            for event in mine.values():
+                assert event["type"]["code"] == "110106" and event["outcomeDesc"] == audit.DENIED_DESCRIPTION
+                assert event["entity"][0]["what"]["reference"] == f"Patient/{pid}"
+                assert [x["what"]["reference"] for x in event["entity"][1:]] in (
+                    [[f"Condition/{c}"] for c in withheld_ids[state]])
+                assert "valueQuantity" not in orjson.dumps(event).decode() and "code" not in event["entity"][1]
         # $events answers are disclosures too: one PatientQuery AuditEvent per patient, naming exactly the foci
         def events_audits(records: list[Any]) -> list[dict[str, Any]]:
             found = [orjson.loads(r.value) for r in records]
@@ -264,11 +290,23 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
         sub = push.store.get(sid)
         assert sub is not None and sub.events_since_start == 2
         assert [e.resource_id for e in push.store.events(sid)] == [first["id"], last["id"]]
+        # the counter the subscriber is told never goes down: across every request it received (the failed
+        # attempts of number 1 while 2 and 3 were queued, the withdrawal, the deliveries) and in $status
+        told = [(r.numbers, _since(r.bundle)) for r in receiver.received if r.subscription == sid]
+        assert [since for _, since in told] == sorted(since for _, since in told)
+        assert all(since >= max(numbers, default=0) for numbers, since in told)
+        assert told[-1] == ([2], 2)
+        assert _since(push.fhir("GET", f"/Subscription/{sid}/$status", "partner")) == 2
         # the first event was retried several times: still one AuditEvent per delivered event
         events_ = _audit_events(push, {sid}, 2)
         assert {e["id"] for e in events_} == {audit.disclosure_id("notify", sid, "1"),
                                               audit.disclosure_id("notify", sid, "2")}
         assert len(receiver.of(sid)) > 2  # the failed attempts were real requests
+        # the Part 2 diagnosis withheld at send time: one denied attempt, audited once (outcome 4)
+        denied = _audit_events(push, {sid}, 1, outcome="4")
+        assert [e["id"] for e in denied] == [audit.disclosure_id("notify-withheld", sid, f"Condition/{part2_dx['id']}",
+                                                                 "1")]
+        assert denied[0]["entity"][1]["what"]["reference"] == f"Condition/{part2_dx['id']}"
         # the accounting of disclosures lists exactly these pushes (they reach the record through the topic)
         def accounting() -> list[str]:
             found = push.record.fhir(f"/Patient/{pid}/$disclosures", token="privacy")  # noqa: S106
@@ -276,6 +314,12 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
                          if e["resource"]["resourceType"] == "AuditEvent")
             return ids if len(ids) >= 2 else []
         assert eventually(accounting) == sorted(e["id"] for e in {e["id"]: e for e in events_}.values())
+        # the denied attempt is in the record too, for the privacy officer (not in the accounting)
+        def refused() -> list[str]:
+            found = push.record.fhir(f"/AuditEvent?patient=Patient/{pid}&outcome=4", token="privacy")  # noqa: S106
+            return [e["resource"]["id"] for e in found.get("entry", [])
+                    if e["resource"]["resourceType"] == "AuditEvent"]
+        assert eventually(refused) == [denied[0]["id"]]
     finally:
         receiver.stop()
 
@@ -302,6 +346,17 @@ def test_withdraw_keeps_numbers_gap_free_and_never_reuses_a_number_on_the_wire(t
         store.mark_served("s", [5])  # $events showed number 5 (o6) to the subscriber
         assert store.withdraw("s", [4]) == 0  # a later number was seen: 4 is withheld, nothing moves
         assert [(e.number, e.resource_id) for e in store.events("s")] == [(2, "o2"), (3, "o4"), (5, "o6")]
+        assert store.get("s").told == 5  # type: ignore[union-attr]
+        # a notification told the subscriber "7 events so far" (numbers 6 and 7 in it): 6 is never renumbered
+        store.record_changes([_phq9(f"o{i}", "Patient/p1") for i in (7, 8, 9)])
+        assert [e.number for e in store.pending("s", 10)] == [2, 3, 5, 6, 7, 8]
+        store.mark_told("s", 7)
+        store.mark_told("s", 3)  # never lowered
+        assert store.get("s").told == 7  # type: ignore[union-attr]
+        assert store.withdraw("s", [6]) == 0  # told: withheld in place
+        assert store.withdraw("s", [8]) == 1  # not told yet: dropped, nothing after it
+        assert [e.number for e in store.pending("s", 10)] == [2, 3, 5, 7]
+        assert store.get("s").events_since_start == 7  # type: ignore[union-attr]
     finally:
         store.close()
 
@@ -310,8 +365,8 @@ def test_a_store_from_before_recipients_and_served_events_gains_the_columns(tmp_
     import re
     import sqlite3
 
+    from services.common.sql import SQLITE
     from services.notify.store import open_notify_store, schema
-    from services.record.store.sqlite import SQLITE
     from tests.notify.test_store import _sub
 
     path = tmp_path / "old.db"

@@ -197,8 +197,8 @@ def test_each_disclosure_yields_one_audit_event_and_the_accounting_lists_them(sh
     assert shipped.get(f"/Condition/{dx}", token="partner").status_code == 404  # a denied attempt
     assert shipped.fhir("/Encounter", token="partner", params={"patient": pid})["total"] == 0  # nothing: no audit
 
-    events = eventually(lambda: len(found := _audit(shipped, pid)) >= 4 and found)
-    assert len(events) == 4, [e["subtype"][0]["code"] for e in events]
+    events = eventually(lambda: len(found := _audit(shipped, pid)) >= 6 and found)
+    assert len(events) == 6, [e["subtype"][0]["code"] for e in events]
     for event in events:
         validate_fhir(event)
         assert event["entity"][0]["what"]["reference"] == f"Patient/{pid}"
@@ -207,7 +207,16 @@ def test_each_disclosure_yields_one_audit_event_and_the_accounting_lists_them(sh
         assert recipients[0]["who"]["identifier"]["value"] == "1999999984"
         assert "valueQuantity" not in orjson.dumps(event).decode()  # references only, never content
     by_kind = {(e["subtype"][0]["code"], e["outcome"]): e for e in events}
-    assert set(by_kind) == {("read", "0"), ("search-type", "0"), ("operation", "0"), ("read", "4")}
+    # the search and $everything disclosed some data and withheld the rest (PSY: no clearance, no consent for it):
+    # a denied attempt each, naming the patient and the query, not the withheld resources
+    assert set(by_kind) == {("read", "0"), ("search-type", "0"), ("operation", "0"), ("read", "4"),
+                            ("search-type", "4"), ("operation", "4")}
+    for kind in ("search-type", "operation"):
+        denied = by_kind[(kind, "4")]
+        assert denied["outcomeDesc"] == "refused by the disclosure policy"
+        assert [e["role"]["code"] for e in denied["entity"]] == ["1", "24"]  # the patient, the query
+    query_denied = next(e for e in by_kind[("search-type", "4")]["entity"] if "query" in e)
+    assert base64.b64decode(query_denied["query"]).decode() == f"patient={pid}"
     read = by_kind[("read", "0")]
     assert [e["what"]["reference"] for e in read["entity"]][1:] == [f"Condition/{oud}", consent_ref]
     assert read["agent"][2]["policy"][0].endswith(consent_ref)
@@ -224,6 +233,28 @@ def test_each_disclosure_yields_one_audit_event_and_the_accounting_lists_them(sh
     assert shipped.get("/AuditEvent", token="basic", params={"patient": pid}).status_code == 403
     assert "AuditEvent" not in {r["resourceType"] for r in shipped.search_all(
         f"/Patient/{pid}/$everything", token="partner-bh", params={"_count": 100})}
+
+
+def test_a_search_whose_matches_were_withheld_is_audited_as_a_denied_attempt(shipped: RecordHarness) -> None:
+    """Without any consent (the caller's baseline grant decides alone): a search that withheld matches writes one
+    denied PatientQuery per patient concerned, besides the disclosure of what it returned; one that withheld
+    nothing writes none."""
+    pid = seed_patient(shipped)["pid"]
+    shipped.fhir("/Condition", token="basic", params={"patient": pid})  # PSY and Part 2 diagnoses withheld
+    shipped.fhir("/Observation", token="therapy", params={"patient": pid, "_count": "1"})  # AUDIT-C withheld
+    shipped.fhir("/Patient", token="basic", params={"_id": pid})  # nothing withheld
+    # a last denied search: its AuditEvent follows any of the Patient search on the patient's audit partition
+    shipped.fhir("/Condition", token="basic", params={"patient": pid, "_count": "2"})
+
+    def queries(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((e["subtype"][0]["code"], base64.b64decode(
+            next(x["query"] for x in e["entity"] if "query" in x)).decode()) for e in events)
+
+    events = eventually(lambda: (found := _audit(shipped, pid, outcome="4")) and (
+        ("search-type", f"patient={pid}&_count=2") in queries(found)) and found)
+    assert queries(events) == [("search-type", f"patient={pid}"), ("search-type", f"patient={pid}&_count=1"),
+                               ("search-type", f"patient={pid}&_count=2")]
+    assert all(e["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in events)
 
 
 def test_revocation_stops_disclosure_from_its_time_on(shipped: RecordHarness) -> None:

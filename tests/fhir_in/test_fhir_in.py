@@ -122,6 +122,7 @@ def test_phq9_response_with_positive_item_9_raises_a_flag_and_an_alert() -> None
     mapped = map_fhir_payload(envelope(response, "fhir-item9"), CONTEXT)
     validate_bundle(mapped.bundle)
     assert [a.kind for a in mapped.alerts] == ["phq9-item9"]
+    assert mapped.alerts[0].event_id == "fhir-item9"  # the event received, not one made up for the response
     assert len(by_type(mapped.bundle, "Flag")) == 1
     assert "reported-total-mismatch" in mapped.data_quality  # the published total no longer adds up
 

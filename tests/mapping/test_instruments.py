@@ -283,3 +283,16 @@ def test_every_instrument_item_has_a_complete_answer_list() -> None:
             weights = [o.weight for o in item.options]
             assert weights == list(range(len(weights))), (spec.key, item.loinc)
             assert len({o.code for o in item.options}) == len(item.options)
+
+
+def test_the_instrument_table_is_read_from_its_data_file_and_checked() -> None:
+    from services.common.fhir.instruments import TABLE, load_instruments
+
+    text = TABLE.read_text(encoding="utf-8")
+    assert [spec.key for spec in load_instruments(text).values()] == list(INSTRUMENTS)
+    assert INSTRUMENTS["phq-2"].items == INSTRUMENTS["phq-9"].items[:2]
+    without_item9 = text.replace('- ["44260-8",', '- ["44260-0",')
+    with pytest.raises(ValueError, match="44260-8"):
+        load_instruments(without_item9)
+    with pytest.raises(ValueError, match="InstrumentKey"):
+        load_instruments(text.replace('key: "audit-c"', 'key: "audit-10"'))

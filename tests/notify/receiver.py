@@ -5,8 +5,6 @@ it back on the same port (connection refused meanwhile). Every request's signatu
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from typing import Any
 import orjson
 
 from devstack.local_broker import free_port
+from devstack.webhook_receiver import parse_notification, verify
 
 
 @dataclass
@@ -84,21 +83,13 @@ class Receiver:
 
     def _record(self, headers: dict[str, str], body: bytes, acknowledged: bool) -> None:
         bundle = orjson.loads(body)
-        params = bundle["entry"][0]["resource"]["parameter"]
-        subscription = next(p["valueReference"]["reference"] for p in params if p["name"] == "subscription")
-        sid = subscription.rsplit("/", 1)[1]
-        kind = next(p["valueCode"] for p in params if p["name"] == "type")
-        numbers, foci = [], []
-        for p in params:
-            if p["name"] == "notification-event":
-                parts = {part["name"]: part for part in p["part"]}
-                numbers.append(int(parts["event-number"]["valueString"]))
-                if "focus" in parts:
-                    foci.append(parts["focus"]["valueReference"]["reference"])
+        found = parse_notification(bundle)
+        numbers = [number for number, _ in found.events]
+        foci = [focus for _, focus in found.events if focus is not None]
         lower = {k.lower(): v for k, v in headers.items()}
-        secret = self.secrets.get(sid)
-        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() if secret else None
-        ok = expected is not None and hmac.compare_digest(expected, lower.get("x-carebus-signature", ""))
+        secret = self.secrets.get(found.subscription)
+        ok = bool(secret) and verify(secret or "", body, lower.get("x-carebus-signature"))
+        sid, kind = found.subscription, found.type
         with self._lock:
             self.received.append(Received(sid, kind, numbers, foci, acknowledged, bundle, ok, lower))
 

@@ -119,3 +119,73 @@ def test_the_record_outbox_keeps_committed_changes_until_forgotten(backend: str,
         assert record.pending_changes() == []
     finally:
         record.close()
+
+
+def test_withheld_changes_wait_once_for_their_audit(store: NotifyStore) -> None:
+    """A change the consent seam withholds from a subscription is a denied attempt: remembered once per
+    subscription and focus version (a replayed feed adds nothing), until its AuditEvent is written."""
+    store.create(_sub("cleared", "Patient/p1"))
+    store.create(replace(_sub("uncleared", "Patient/p1", clearances=0), organization="urn:x|org", purpose="TREAT"))
+    batch = [_phq9("o1", "Patient/p1"), _phq9("o2", "Patient/p1")]
+    assert store.record_changes(batch) == {"cleared": 2}
+    store.record_changes(batch)  # replayed
+    denied = store.denials()
+    assert [(d.subscription_id, d.focus, d.version_id, d.patient_ref, d.client, d.organization) for d in denied] == [
+        ("uncleared", "Observation/o1", 1, "Patient/p1", "clinic", "urn:x|org"),
+        ("uncleared", "Observation/o2", 1, "Patient/p1", "clinic", "urn:x|org")]
+    store.mark_audited([denied[0].key])
+    assert [d.focus for d in store.denials()] == ["Observation/o2"]
+    store.record_changes(batch)  # replayed again after the audit: not audited twice
+    assert [d.focus for d in store.denials()] == ["Observation/o2"]
+    # withheld at send time (a revocation since it was numbered): a denial of its own
+    store.withdraw("cleared", [1], {1: "Patient/p1"})
+    assert sorted((d.subscription_id, d.focus) for d in store.denials()) == [("cleared", "Observation/o1"),
+                                                                             ("uncleared", "Observation/o2")]
+
+
+def _consent_change(cid: str, members: tuple[str, ...], version: int = 1) -> Change:
+    resource = {"resourceType": "Consent", "id": cid, "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                      "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
+                "patient": {"reference": members[0]}, "provision": {"type": "permit"}}
+    return Change("Consent", cid, version, "2024-03-01T10:00:00.000Z", "created" if version == 1 else "updated",
+                  members[0], "person", members, (), 0, resource)
+
+
+def test_a_persons_consents_are_a_keyed_lookup(store: NotifyStore) -> None:
+    """Consents are found by any Patient record of the person they were seen with, through the consent index
+    (a change of the Consent's person re-indexes it); no other person's consent comes back."""
+    store.record_changes([_consent_change("k1", ("Patient/a", "Patient/b")), _consent_change("k2", ("Patient/c",)),
+                          _consent_change("k3", ("Patient/b",))])
+    assert [c.reference.removeprefix("Consent/") for c in store.consents(["Patient/a"])] == ["k1"]
+    assert [c.reference.removeprefix("Consent/") for c in store.consents(["Patient/b", "Patient/x"])] == ["k1", "k3"]
+    assert store.consents(["Patient/x"]) == []
+    store.record_changes([_consent_change("k1", ("Patient/c",), version=2)])  # k1's person is now c's
+    assert [c.reference.removeprefix("Consent/") for c in store.consents(["Patient/a"])] == []
+    assert [c.reference.removeprefix("Consent/") for c in store.consents(["Patient/c"])] == ["k1", "k2"]
+
+
+def test_the_consent_lookup_uses_the_index_and_old_stores_are_indexed(tmp_path: Path) -> None:
+    import sqlite3
+
+    from services.notify.store import CONSENTS_OF_SQL
+
+    path = tmp_path / "notify.db"
+    store = open_notify_store(f"sqlite:///{path}")
+    try:
+        store.record_changes([_consent_change("k1", ("Patient/a", "Patient/b"))])
+    finally:
+        store.close()
+    with sqlite3.connect(path) as db:
+        plan = " | ".join(str(r[-1]) for r in db.execute(
+            "EXPLAIN QUERY PLAN " + CONSENTS_OF_SQL.format(marks="?,?"), ("Patient/a", "Patient/b")))
+        # keyed: the person's Patient records in the index, then each Consent by its key; never a scan
+        assert "SEARCH m USING COVERING INDEX" in plan and "(resource_type=? AND resource_id=?)" in plan, plan
+        assert "SCAN" not in plan, plan
+        db.execute("DROP TABLE notify_consent_member")  # a store from before the index
+    reopened = open_notify_store(f"sqlite:///{path}")
+    try:
+        assert [c.reference.removeprefix("Consent/") for c in reopened.consents(["Patient/b"])] == ["k1"]
+    finally:
+        reopened.close()

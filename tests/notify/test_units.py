@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
@@ -25,7 +26,17 @@ from services.notify.subscriptions import (
     render_subscription,
     status_update,
 )
-from services.notify.topics import BY_CANONICAL, TOPIC_BASE, TOPICS, Change, parse_filter, state_of, triggered
+from services.notify.topics import (
+    BY_CANONICAL,
+    TOPIC_BASE,
+    TOPICS,
+    Change,
+    MalformedChange,
+    parse_change,
+    parse_filter,
+    state_of,
+    triggered,
+)
 from tests.consent.consents import consent
 
 SNOMED = "http://snomed.info/sct"
@@ -270,3 +281,17 @@ def test_signature_and_backoff() -> None:
     delays = [backoff_s(n, 1.0, 600.0, lambda: 1.0) for n in range(1, 13)]
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0] and delays[-1] == 600.0
     assert backoff_s(3, 1.0, 600.0, lambda: 0.0) == 2.0  # jitter: between half and all of the ceiling
+
+
+@pytest.mark.parametrize("kind", ["created", "updated", "deleted"])
+def test_a_change_of_each_kind_is_read(kind: str) -> None:
+    value = orjson.dumps({"resourceType": "Observation", "id": "o1", "versionId": 2,
+                          "lastUpdated": "2026-01-01T00:00:00Z", "change": kind})
+    assert parse_change(value).kind == kind
+
+
+def test_a_change_of_an_unknown_kind_is_malformed_not_passed_on() -> None:
+    value = orjson.dumps({"resourceType": "Observation", "id": "o1", "versionId": 2,
+                          "lastUpdated": "2026-01-01T00:00:00Z", "change": "patched"})
+    with pytest.raises(MalformedChange):
+        parse_change(value)

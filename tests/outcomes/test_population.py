@@ -38,6 +38,9 @@ class CountingStore:
         self.bodies_read.extend(ids)
         return self.store.current_bodies(resource_type, ids)
 
+    def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]:
+        return self.store.version_counts(resource_types)
+
 
 def ingest(store: SqlStore, *entries: dict[str, Any]) -> None:
     n = next(_offsets)
@@ -117,3 +120,38 @@ def test_a_link_made_later_joins_the_two_histories(store: SqlStore) -> None:
     ingest(store, patient("a1", **empi), patient("b1", **empi))  # the EMPI says: one person
     after = {f.value.reference: f.person for f in index.scores(("44261-6",))}
     assert after["Observation/t1"] == after["Observation/t2"]
+
+
+def test_persons_are_kept_while_the_record_stands_and_regrouped_when_it_moves(store: SqlStore) -> None:
+    counting = CountingStore(store)
+    index = PopulationIndex(counting)
+    ingest(store, patient("r1"), phq9("u1", "r1", 18), patient("r2"), phq9("u2", "r2", 12))
+    first = {p.person: p for p in index.persons(("44261-6",))}
+    assert sorted(len(p.scores) for p in first.values()) == [1, 1]
+    calls: list[str] = []
+
+    def judge(facts: Any) -> int:
+        calls.append("judged")
+        return sum(s.total for s in facts.scores)
+
+    entries = list(first.values())
+    assert [e.judged(e.pairs, ("k",), judge) for e in entries] == [e.scores[0].value.total for e in entries]
+    assert [e.judged(e.pairs, ("k",), judge) for e in entries] == [e.scores[0].value.total for e in entries]
+    assert len(calls) == 2  # judged once per person and key
+    assert entries[0].judged(frozenset(), ("k",), judge) == 0  # another visible set: judged on its own facts
+    assert len(calls) == 3
+
+    again = {p.person: p for p in index.persons(("44261-6",))}
+    assert all(again[k] is first[k] for k in first)  # nothing changed: the same entries
+    ingest(store, phq9("u3", "r2", 3, "2025-06-01"))  # r2 changes, r1 does not
+    moved = {p.person: p for p in index.persons(("44261-6",))}
+    r1 = next(k for k, p in first.items() if p.scores[0].value.reference == "Observation/u1")
+    r2 = next(k for k in first if k != r1)
+    assert moved[r1] is first[r1] and moved[r2] is not first[r2]
+    assert [s.value.total for s in moved[r2].scores] == [12, 3]
+    ingest(store, {"resource": {"resourceType": "Condition", "id": "x1", "subject": {"reference": "Patient/r1"},
+                                "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                                     "code": "F20.9"}]}}})
+    excluded = {p.person: p for p in index.persons(("44261-6",))}
+    assert [f.value.reason for f in excluded[r1].exclusions] == ["schizophrenia-or-psychotic-disorder"]
+    assert excluded[r2] is moved[r2]

@@ -17,12 +17,11 @@ import orjson
 import psycopg
 import pytest
 
+from services.common.sql import postgres_refusal, sqlite_refusal
 from services.common.topics import DEAD_LETTERS, HEADER_DEAD_LETTER_REASON
 from services.record.errors import ForbiddenCharacter, StoreUnavailable
 from services.record.ingest import InboundBundle, PreparedBundle, prepare_bundle
 from services.record.store import SqlStore
-from services.record.store.postgres import refusal as postgres_refusal
-from services.record.store.sqlite import refusal as sqlite_refusal
 from tests.kafka_helpers import header, read_all
 from tests.record.conftest import RecordHarness
 from tests.record.fhir_data import CLINIC, T0, Event, iso, patient, patient_id, phq9_total, unique

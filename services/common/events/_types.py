@@ -6,10 +6,12 @@ Coded clinical fields are ``{system, code, display}``; the code systems carebus 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 from annotated_types import Ge, Le
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from services.common.fhir.codesystems import AdministrativeGender
 
 # A source system's own identifier of a record (patient, encounter, order ...). Kept to a safe alphabet so
 # it can be part of a Kafka key and of deterministic ids without escaping.
@@ -76,4 +78,4 @@ class Quantity(Contract):
     code: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
 
 
-Gender = Literal["male", "female", "other", "unknown"]
+Gender = AdministrativeGender

@@ -277,6 +277,7 @@ class AssessmentData(Contract):
 
 DiagnosisSystem = Literal[Icd10CmSystem, SnomedSystem]
 Sensitivity = Literal["psychiatric", "substance-use"]
+DiagnosisCategory = Literal["problem-list-item", "encounter-diagnosis"]
 
 
 class DiagnosisCoding(Contract):
@@ -291,7 +292,7 @@ class DiagnosisData(Contract):
     patient_id: SourceId
     diagnosis_id: SourceId
     code: DiagnosisCoding
-    category: Literal["problem-list-item", "encounter-diagnosis"] = "problem-list-item"
+    category: DiagnosisCategory = "problem-list-item"
     verification: Literal["provisional", "differential", "confirmed"] = "confirmed"
     onset_date: dt.date | None = None
     recorded_at: AwareDatetime
@@ -440,9 +441,12 @@ class CarePlanGoal(Contract):
     target: GoalTarget | None = None
 
 
+FrequencyUnit = Literal["week", "month"]
+
+
 class SessionFrequency(Contract):
     sessions: int = Field(ge=1, le=14)
-    per: Literal["week", "month"]
+    per: FrequencyUnit
 
 
 class CarePlanData(Contract):
@@ -468,11 +472,15 @@ PurposeOfUse = Literal["TREAT", "ETREAT", "HPAYMT", "HOPERAT", "HRESCH", "PUBHLT
 CoveredLabel = Literal["PSY", "MH", "BH", "SUD", "ETHUD", "OPIOIDUD", "42CFRPart2"]
 
 
+RecipientKind = Literal["organization", "practitioner", "care-team"]
+ConsentForm = Literal["59284-0", "64292-6"]  # LOINC: patient consent, release of information
+
+
 class ConsentRecipient(Contract):
     """Who may (or may not) receive. Give an ``identifier`` (e.g. the NPI): a record API token or a
     subscription acts for an organization or care team by identifier, and only a named recipient matches."""
 
-    kind: Literal["organization", "practitioner", "care-team"]
+    kind: RecipientKind
     name: NonEmptyText
     identifier: Identifier | None = None
 
@@ -499,7 +507,7 @@ class ConsentData(Contract):
     recipient: ConsentRecipient
     purposes: list[PurposeOfUse] = Field(min_length=1, max_length=8)
     labels_covered: list[CoveredLabel] = Field(min_length=1, max_length=7)
-    form: Literal["59284-0", "64292-6"] = Field(
+    form: ConsentForm = Field(
         "59284-0", description="LOINC document type: 59284-0 patient consent, 64292-6 release of information."
     )
     exceptions: list[ConsentException] = Field(default_factory=list, max_length=10)
@@ -520,6 +528,9 @@ class ReferenceRange(Contract):
     text: NonEmptyText | None = None
 
 
+ResultInterpretation = Literal["N", "A", "H", "L", "HH", "LL"]  # v3-ObservationInterpretation
+
+
 class LabCoding(Contract):
     system: LoincSystem = LOINC
     code: LoincCode
@@ -536,7 +547,7 @@ class LabResultData(Contract):
     value: Quantity | None = None
     value_text: NonEmptyText | None = None
     reference_range: ReferenceRange | None = None
-    interpretation: Literal["N", "A", "H", "L", "HH", "LL"] | None = None
+    interpretation: ResultInterpretation | None = None
     effective_at: AwareDatetime
     issued_at: AwareDatetime | None = None
     ordering_practitioner: Practitioner | None = None

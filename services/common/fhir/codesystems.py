@@ -37,6 +37,8 @@ SnomedSystem = Literal["http://snomed.info/sct"]
 LoincSystem = Literal["http://loinc.org"]
 RxNormSystem = Literal["http://www.nlm.nih.gov/research/umls/rxnorm"]
 Icd10CmSystem = Literal["http://hl7.org/fhir/sid/icd-10-cm"]
+# the FHIR value set administrative-gender (Patient.gender): the JSON contracts, HL7 v2 PID-8 and AUDIT-C read it
+AdministrativeGender = Literal["male", "female", "other", "unknown"]
 
 # --- HL7 v3 ---------------------------------------------------------------------------------------------------
 V3_CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"

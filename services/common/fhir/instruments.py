@@ -1,4 +1,5 @@
-"""Standard behavioural-health instruments, scored from item answers. Pure and table-driven.
+"""Standard behavioural-health instruments, scored from item answers. Pure and table-driven: the items, answer
+lists and bands are the table instruments.yaml beside this module (data, one row shape per instrument).
 
 Used by the JSON care-event mapping (``assessment.completed``) and by the HL7 v2 mapping (ORU OBX answers):
 
@@ -50,7 +51,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import yaml
 
 from services.common.errors import FieldProblem
 from services.common.errors import InstrumentAnswerError as InstrumentAnswerError  # re-exported
@@ -58,7 +62,6 @@ from services.common.fhir.codesystems import LOINC
 from services.common.topics import MapperAlertKind
 
 InstrumentKey = Literal["phq-9", "phq-2", "gad-7", "cssrs-screener", "audit-c"]
-Sex = Literal["male", "female", "other", "unknown"]
 RiskLevel = Literal["none", "low", "moderate", "high"]
 
 
@@ -145,91 +148,13 @@ class InstrumentScore:
         return "reported-total-mismatch" in self.data_quality
 
 
-# --- answer lists ---------------------------------------------------------------------------------------
+# --- the table ----------------------------------------------------------------------------------------------
+# Items, answer lists and bands are data: instruments.yaml beside this module, loaded and checked once at import.
+# The codes the scoring rules below name are constants here, checked against the table.
 
-_FREQUENCY_0_3 = (
-    AnswerOption("LA6568-5", "Not at all", 0),
-    AnswerOption("LA6569-3", "Several days", 1),
-    AnswerOption("LA6570-1", "More than half the days", 2),
-    AnswerOption("LA6571-9", "Nearly every day", 3),
-)
-_DIFFICULTY = (  # (t) PHQ-9 difficulty item 69722-7; not scored
-    AnswerOption("LA6572-7", "Not difficult at all", 0),
-    AnswerOption("LA6573-5", "Somewhat difficult", 1),
-    AnswerOption("LA6575-0", "Very difficult", 2),
-    AnswerOption("LA6574-3", "Extremely difficult", 3),
-)
-_NO_YES = (AnswerOption("LA32-8", "No", 0), AnswerOption("LA33-6", "Yes", 1))
-_AUDIT_C_HOW_OFTEN = (  # (t) LOINC answer list LL2179-1
-    AnswerOption("LA6270-8", "Never", 0),
-    AnswerOption("LA18926-8", "Monthly or less", 1),
-    AnswerOption("LA18927-6", "2-4 times a month", 2),
-    AnswerOption("LA18928-4", "2-3 times a week", 3),
-    AnswerOption("LA18929-2", "4 or more times a week", 4),
-)
-_AUDIT_C_HOW_MANY = (  # (t) LL2180-9
-    AnswerOption("LA15694-5", "1 or 2", 0),
-    AnswerOption("LA15695-2", "3 or 4", 1),
-    AnswerOption("LA18930-0", "5 or 6", 2),
-    AnswerOption("LA18931-8", "7 to 9", 3),
-    AnswerOption("LA18932-6", "10 or more", 4),
-)
-_AUDIT_C_BINGE = (  # (t) LL2181-7
-    AnswerOption("LA6270-8", "Never", 0),
-    AnswerOption("LA18937-5", "Less than monthly", 1),
-    AnswerOption("LA18876-5", "Monthly", 2),
-    AnswerOption("LA18891-4", "Weekly", 3),
-    AnswerOption("LA18934-2", "Daily or almost daily", 4),
-)
+TABLE: Final = Path(__file__).with_name("instruments.yaml")
 
 PHQ9_ITEM9: Final = "44260-8"
-
-_PHQ9_ITEMS = (
-    ItemSpec("44250-9", "Little interest or pleasure in doing things", _FREQUENCY_0_3),
-    ItemSpec("44255-8", "Feeling down, depressed, or hopeless", _FREQUENCY_0_3),
-    ItemSpec("44259-0", "Trouble falling or staying asleep, or sleeping too much", _FREQUENCY_0_3),
-    ItemSpec("44254-1", "Feeling tired or having little energy", _FREQUENCY_0_3),
-    ItemSpec("44251-7", "Poor appetite or overeating", _FREQUENCY_0_3),
-    ItemSpec(
-        "44258-2",
-        "Feeling bad about yourself-or that you are a failure or have let yourself or your family down",
-        _FREQUENCY_0_3,
-    ),
-    ItemSpec(
-        "44252-5",
-        "Trouble concentrating on things, such as reading the newspaper or watching television",
-        _FREQUENCY_0_3,
-    ),
-    ItemSpec(
-        "44253-3",
-        "Moving or speaking so slowly that other people could have noticed. Or the opposite-being so fidgety "
-        "or restless that you have been moving around a lot more than usual",
-        _FREQUENCY_0_3,
-    ),
-    ItemSpec(
-        PHQ9_ITEM9,
-        "Thoughts that you would be better off dead, or of hurting yourself in some way",
-        _FREQUENCY_0_3,
-    ),
-    ItemSpec(
-        "69722-7",
-        "How difficult have these problems made it for you to do your work, take care of things at home, "
-        "or get along with other people?",
-        _DIFFICULTY,
-        scored=False,
-    ),
-)
-
-_GAD7_ITEMS = (  # item codes as in the MII GAD-7 Questionnaire (tests/samples/fhir)
-    ItemSpec("69725-0", "Feeling nervous, anxious, or on edge", _FREQUENCY_0_3),
-    ItemSpec("68509-9", "Not being able to stop or control worrying", _FREQUENCY_0_3),
-    ItemSpec("69733-4", "Worrying too much about different things", _FREQUENCY_0_3),
-    ItemSpec("69734-2", "Trouble relaxing", _FREQUENCY_0_3),
-    ItemSpec("69735-9", "Being so restless that it is hard to sit still", _FREQUENCY_0_3),
-    ItemSpec("69689-8", "Becoming easily annoyed or irritable", _FREQUENCY_0_3),
-    ItemSpec("69736-7", "Feeling afraid, as if something awful might happen", _FREQUENCY_0_3),
-)
-
 CSSRS_WISH_DEAD: Final = "93246-7"
 CSSRS_THOUGHTS: Final = "93247-5"
 CSSRS_METHOD: Final = "93248-3"
@@ -237,120 +162,54 @@ CSSRS_INTENT: Final = "93249-1"
 CSSRS_PLAN: Final = "93250-9"
 CSSRS_BEHAVIOUR_LIFETIME: Final = "93267-3"
 CSSRS_BEHAVIOUR_3_MONTHS: Final = "93269-9"
-
-_CSSRS_ITEMS = (
-    ItemSpec(CSSRS_WISH_DEAD, "Wish to be dead", _NO_YES),
-    ItemSpec(CSSRS_THOUGHTS, "Non-specific active suicidal thoughts", _NO_YES),
-    ItemSpec(
-        CSSRS_METHOD, "Active suicidal ideation with any methods (not plan) without intent to act", _NO_YES
-    ),
-    ItemSpec(
-        CSSRS_INTENT, "Active suicidal ideation with some intent to act, without specific plan", _NO_YES
-    ),
-    ItemSpec(CSSRS_PLAN, "Active suicidal ideation with specific plan and intent", _NO_YES),
-    ItemSpec(CSSRS_BEHAVIOUR_LIFETIME, "Suicidal behavior (lifetime)", _NO_YES),
-    ItemSpec(CSSRS_BEHAVIOUR_3_MONTHS, "Suicidal behavior in the past 3 months", _NO_YES, scored=False),
+_RULE_CODES: Final = (
+    ("phq-9", PHQ9_ITEM9), ("cssrs-screener", CSSRS_WISH_DEAD), ("cssrs-screener", CSSRS_THOUGHTS),
+    ("cssrs-screener", CSSRS_METHOD), ("cssrs-screener", CSSRS_INTENT), ("cssrs-screener", CSSRS_PLAN),
+    ("cssrs-screener", CSSRS_BEHAVIOUR_LIFETIME), ("cssrs-screener", CSSRS_BEHAVIOUR_3_MONTHS),
 )
 
-_AUDIT_C_ITEMS = (
-    ItemSpec("68518-0", "How often do you have a drink containing alcohol", _AUDIT_C_HOW_OFTEN),
-    ItemSpec(
-        "68519-8",
-        "How many standard drinks containing alcohol do you have on a typical day",
-        _AUDIT_C_HOW_MANY,
-    ),
-    ItemSpec("68520-6", "How often do you have six or more drinks on one occasion", _AUDIT_C_BINGE),
-)
 
-INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = {
-    spec.key: spec
-    for spec in (
-        InstrumentSpec(
-            key="phq-9",
-            name="PHQ-9",
-            panel_loinc="44249-1",
-            panel_display="PHQ-9 quick depression assessment panel [Reported.PHQ]",
-            total_loinc="44261-6",
-            total_display="Patient Health Questionnaire 9 item (PHQ-9) total score [Reported]",
-            items=_PHQ9_ITEMS,
-            bands=(
-                Band("minimal", "Minimal depression", 0, 4),
-                Band("mild", "Mild depression", 5, 9),
-                Band("moderate", "Moderate depression", 10, 14),
-                Band("moderately-severe", "Moderately severe depression", 15, 19),
-                Band("severe", "Severe depression", 20, 27),
-            ),
-            positive_at=10,
-            max_total=27,
-            questionnaire_names=("phq9",),
-        ),
-        InstrumentSpec(
-            key="phq-2",
-            name="PHQ-2",
-            panel_loinc="55757-9",
-            panel_display="Patient Health Questionnaire 2 item (PHQ-2) [Reported]",
-            total_loinc="55758-7",
-            total_display="Patient Health Questionnaire 2 item (PHQ-2) total score [Reported]",
-            items=_PHQ9_ITEMS[:2],
-            bands=(
-                Band("negative", "Negative depression screen", 0, 2),
-                Band("positive", "Positive depression screen: administer PHQ-9", 3, 6),
-            ),
-            positive_at=3,
-            max_total=6,
-            questionnaire_names=("phq2",),
-        ),
-        InstrumentSpec(
-            key="gad-7",
-            name="GAD-7",
-            panel_loinc="69737-5",
-            panel_display="Generalized anxiety disorder 7 item (GAD-7)",
-            total_loinc="70274-6",
-            total_display="Generalized anxiety disorder 7 item (GAD-7) total score [Reported.PHQ]",
-            items=_GAD7_ITEMS,
-            bands=(
-                Band("minimal", "Minimal anxiety", 0, 4),
-                Band("mild", "Mild anxiety", 5, 9),
-                Band("moderate", "Moderate anxiety", 10, 14),
-                Band("severe", "Severe anxiety", 15, 21),
-            ),
-            positive_at=10,
-            max_total=21,
-            questionnaire_names=("gad7",),
-        ),
-        InstrumentSpec(
-            key="cssrs-screener",
-            name="C-SSRS screener",
-            panel_loinc="93373-9",
-            panel_display="Columbia-Suicide Severity Rating Scale - Screener - Recent [C-SSRS]",
-            total_loinc="93374-7",
-            total_display="C-SSRS screener risk level",
-            items=_CSSRS_ITEMS,
-            bands=(
-                Band("none", "No suicide risk identified", 0, 0),
-                Band("low", "Low suicide risk", 1, 1),
-                Band("moderate", "Moderate suicide risk", 2, 2),
-                Band("high", "High suicide risk", 3, 3),
-            ),
-            questionnaire_names=("cssrs", "columbiasuicide"),
-        ),
-        InstrumentSpec(
-            key="audit-c",
-            name="AUDIT-C",
-            panel_loinc="72109-2",
-            panel_display="Alcohol Use Disorder Identification Test - Consumption [AUDIT-C]",
-            total_loinc="75626-2",
-            total_display="Total score [AUDIT-C]",
-            items=_AUDIT_C_ITEMS,
-            bands=(
-                Band("negative", "Negative alcohol misuse screen", 0, 12),
-                Band("positive", "Positive alcohol misuse screen", 0, 12),
-            ),
-            max_total=12,
-            questionnaire_names=("auditc",),
-        ),
-    )
-}
+def load_instruments(text: str) -> dict[str, InstrumentSpec]:
+    """The instrument table (instruments.yaml's format, described in its header) as InstrumentSpecs, in order.
+    Raises ValueError for a table that is not exactly the InstrumentKey instruments, or lacks an item a scoring
+    rule names."""
+    data = yaml.safe_load(text)
+    lists = {str(name): tuple(AnswerOption(str(code), str(display), int(weight)) for code, display, weight in rows)
+             for name, rows in data["answer_lists"].items()}
+    specs: dict[str, InstrumentSpec] = {}
+    for row in data["instruments"]:
+        if "items_of" in row:
+            source, count = row["items_of"]
+            items = specs[source].items[:count]
+        else:
+            items = tuple(ItemSpec(str(i[0]), str(i[1]), lists[i[2]], scored="not-scored" not in i[3:])
+                          for i in row["items"])
+        key = next((k for k in get_args(InstrumentKey) if k == row["key"]), None)
+        if key is None:
+            raise ValueError(f"instrument {row['key']!r} of the table is not an InstrumentKey")
+        specs[key] = InstrumentSpec(
+            key=key,
+            name=str(row["name"]),
+            panel_loinc=str(row["panel"][0]),
+            panel_display=str(row["panel"][1]),
+            total_loinc=str(row["total"][0]),
+            total_display=str(row["total"][1]),
+            items=items,
+            bands=tuple(Band(str(code), str(display), int(low), int(high))
+                        for code, display, low, high in row["bands"]),
+            positive_at=row.get("positive_at"),
+            max_total=row.get("max_total"),
+            questionnaire_names=tuple(str(n) for n in row.get("questionnaire_names", ())),
+        )
+    if tuple(specs) != get_args(InstrumentKey):
+        raise ValueError("the instrument table must list the InstrumentKey instruments, in their order")
+    for key, code in _RULE_CODES:
+        if all(item.loinc != code for item in specs[key].items):
+            raise ValueError(f"item {code} that a scoring rule names is not an item of {key}")
+    return specs
+
+
+INSTRUMENTS: Final[Mapping[str, InstrumentSpec]] = load_instruments(TABLE.read_text(encoding="utf-8"))
 
 _BY_PANEL: Final[Mapping[str, InstrumentSpec]] = {spec.panel_loinc: spec for spec in INSTRUMENTS.values()}
 _ITEM_INDEX: Final[dict[str, dict[str, ItemSpec]]] = {

@@ -14,6 +14,7 @@ text (CodeableConcept.text), not a code.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from services.common.fhir.codesystems import (
     BCP47,
@@ -33,6 +34,7 @@ from services.common.fhir.codesystems import (
     RXNORM,
     SNOMED,
     UCUM,
+    AdministrativeGender,
     v2_table,
 )
 
@@ -110,7 +112,9 @@ def code_system(name: str) -> str | None:
 
 
 # v2-0001 administrative sex -> AdministrativeGender
-GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other"}
+GENDER: Final[dict[str, AdministrativeGender]] = {
+    "F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "other",
+}
 
 # v2-0004 patient class -> v3 ActCode encounter class (unmatched codes keep their v2-0004 coding)
 ENCOUNTER_CLASS = {

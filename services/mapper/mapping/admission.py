@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AdmissionEnded, AdmissionStarted
+from services.common.events.payloads import AdmissionService
 from services.common.fhir import labels
 from services.common.fhir.codesystems import DISCHARGE_DISPOSITION, SNOMED, V3_ACT_CODE
 from services.mapper.mapping._fhir import Draft, coding, concept, concept_of, iso, profile
@@ -29,7 +30,7 @@ DISPOSITION_DISPLAY: Final = {
     "snf": "Skilled nursing facility",
     "oth": "Other",
 }
-SERVICE_TEXT: Final = {
+SERVICE_TEXT: Final[dict[AdmissionService, str]] = {
     "inpatient-psychiatry": "Inpatient psychiatry",
     "inpatient-detox": "Inpatient withdrawal management",
     "inpatient-medical": "Inpatient medical",

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import AppointmentBooked, AppointmentCancelled, AppointmentNoShow
+from services.common.events.payloads import ServiceLine
 from services.common.fhir import labels
 from services.common.fhir.codesystems import APPOINTMENT_CANCELLATION_REASON, SNOMED
 from services.mapper.mapping._fhir import Draft, concept, iso
 
-SERVICE_TYPES: Final = {  # SNOMED CT (t)
+SERVICE_TYPES: Final[dict[ServiceLine, tuple[str, str]]] = {  # SNOMED CT (t)
     "primary-care": ("737470001", "Primary care management (procedure)"),  # (v) US BHP example encounter type
     "therapy": ("75516001", "Psychotherapy (regime/therapy)"),
     "psychiatry": ("88848003", "Psychiatric follow-up (procedure)"),

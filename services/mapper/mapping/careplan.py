@@ -15,12 +15,13 @@ import html
 from typing import Any, Final
 
 from services.common.events import CarePlanUpdated
+from services.common.events.payloads import FrequencyUnit
 from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, UCUM, US_CORE_CAREPLAN_CATEGORY
 from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile
 from services.mapper.mapping.session import MODALITIES, modality_concept
 
-_PER: Final = {"week": "wk", "month": "mo"}
+_PER: Final[dict[FrequencyUnit, str]] = {"week": "wk", "month": "mo"}
 
 
 def _narrative(event: CarePlanUpdated) -> str:

@@ -17,13 +17,21 @@ from typing import Any, Final
 
 from services.common import security_labels
 from services.common.events import ConsentGranted, ConsentRevoked
-from services.common.events.payloads import ConsentException, ConsentRecipient
+from services.common.events.payloads import (
+    ConsentException,
+    ConsentForm,
+    ConsentRecipient,
+    PurposeOfUse,
+    RecipientKind,
+)
 from services.common.fhir import labels
 from services.common.fhir.codesystems import CONSENT_SCOPE, LOINC, V3_ACT_CODE, V3_ACT_REASON, V3_PARTICIPATION_TYPE
 from services.mapper.mapping._fhir import Draft, coding, concept, iso
 
-FORM_DISPLAY: Final = {"59284-0": "Patient Consent", "64292-6": "Release of information consent"}
-PURPOSE_DISPLAY: Final = {
+FORM_DISPLAY: Final[dict[ConsentForm, str]] = {
+    "59284-0": "Patient Consent", "64292-6": "Release of information consent",
+}
+PURPOSE_DISPLAY: Final[dict[PurposeOfUse, str]] = {
     "TREAT": "treatment",
     "ETREAT": "emergency treatment",
     "HPAYMT": "healthcare payment",
@@ -35,7 +43,9 @@ PURPOSE_DISPLAY: Final = {
 }
 
 
-_RECIPIENT_TYPES: Final = {"organization": "Organization", "practitioner": "Practitioner", "care-team": "CareTeam"}
+_RECIPIENT_TYPES: Final[dict[RecipientKind, str]] = {
+    "organization": "Organization", "practitioner": "Practitioner", "care-team": "CareTeam",
+}
 
 
 def _recipient(recipient: ConsentRecipient) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import DiagnosisRecorded, DiagnosisResolved
+from services.common.events.payloads import DiagnosisCategory
 from services.common.fhir import labels
 from services.common.fhir.codesystems import CONDITION_CATEGORY, CONDITION_CLINICAL, CONDITION_VERIFICATION
 from services.mapper.mapping._fhir import Draft, concept, concept_of, iso, profile
 
-_PROFILES: Final = {
+_PROFILES: Final[dict[DiagnosisCategory, tuple[str, str]]] = {
     "problem-list-item": ("us-core-condition-problems-health-concerns", "Problem List Item"),
     "encounter-diagnosis": ("us-core-condition-encounter-diagnosis", "Encounter Diagnosis"),
 }

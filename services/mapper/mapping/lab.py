@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from services.common.events import LabResulted
+from services.common.events.payloads import ResultInterpretation
 from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, OBSERVATION_CATEGORY, SNOMED, V3_OBSERVATION_INTERPRETATION
 from services.mapper.mapping._fhir import Draft, coding, concept, iso, profile, quantity
 
-INTERPRETATION_DISPLAY: Final = {
+INTERPRETATION_DISPLAY: Final[dict[ResultInterpretation, str]] = {
     "N": "Normal",
     "A": "Abnormal",
     "H": "High",

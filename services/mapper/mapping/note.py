@@ -22,6 +22,7 @@ import base64
 from typing import Any, Final
 
 from services.common.events import NoteSigned
+from services.common.events.payloads import NoteType
 from services.common.fhir import labels
 from services.common.fhir.codesystems import LOINC, US_CORE_DOCUMENTREFERENCE_CATEGORY
 from services.mapper.mapping._fhir import US_CORE, Draft, concept, iso
@@ -29,7 +30,7 @@ from services.mapper.mapping._fhir import US_CORE, Draft, concept, iso
 BHP_MENTAL_HEALTH_NOTE: Final = (
     "http://fhir.org/guides/onc/bhp/StructureDefinition/mental-health-clinical-notes"
 )
-NOTE_TYPES: Final[dict[tuple[str, bool], tuple[str, str]]] = {
+NOTE_TYPES: Final[dict[tuple[NoteType, bool], tuple[str, str]]] = {
     ("progress_note", False): ("11506-3", "Progress note"),
     ("progress_note", True): ("34904-3", "Mental health Progress note"),
     ("consult_note", False): ("11488-4", "Consult note"),

@@ -25,12 +25,13 @@ import datetime as dt
 from typing import Any, Final
 
 from services.common.events import SessionCompleted
+from services.common.events.payloads import SessionKind, TherapyModality
 from services.common.fhir import labels
 from services.common.fhir.codesystems import CPT, SNOMED, UCUM, V3_ACT_CODE
 from services.mapper.mapping._fhir import Draft, coding, iso, profile
 
 PSYCHOTHERAPY: Final = ("75516001", "Psychotherapy (regime/therapy)")
-MODALITIES: Final[dict[str, tuple[str, str, str]]] = {
+MODALITIES: Final[dict[TherapyModality, tuple[str, str, str]]] = {
     # modality: (SNOMED code, display, text)
     "cbt": ("304891004", "Cognitive behavioral therapy (regime/therapy)", "Cognitive behavioral therapy"),
     "psychodynamic": (
@@ -51,7 +52,7 @@ MODALITIES: Final[dict[str, tuple[str, str, str]]] = {
     "family": (*PSYCHOTHERAPY, "Family psychotherapy"),
     "group": (*PSYCHOTHERAPY, "Group psychotherapy"),
 }
-VISIT_KINDS: Final = {
+VISIT_KINDS: Final[dict[SessionKind, str]] = {
     "primary-care": "Primary care visit",
     "therapy": "Psychotherapy session",
     "psychiatric-evaluation": "Psychiatric evaluation",
@@ -59,7 +60,7 @@ VISIT_KINDS: Final = {
 }
 
 
-def modality_concept(modality: str) -> dict[str, Any]:
+def modality_concept(modality: TherapyModality) -> dict[str, Any]:
     code, display, text = MODALITIES[modality]
     return {"coding": [coding(SNOMED, code, display)], "text": text}
 

@@ -48,6 +48,7 @@ class Page:
     rows: list[StoredRow]
     total: int
     withheld: dict[int, int] = field(default_factory=dict)  # restriction bits -> matches not served
+    withheld_patients: tuple[str, ...] = ()  # the patients of matches not served (for the denied attempts' audit)
 
 
 @dataclass(frozen=True)

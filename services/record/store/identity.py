@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from services.common.sql import Connection, Database, chunks, marks
 from services.record.identity import (
     IdentityPolicy,
     IdentityState,
@@ -23,7 +24,6 @@ from services.record.identity import (
 )
 from services.record.ingest import WritePlan
 from services.record.store.base import Person
-from services.record.store.pool import Connection, Database, chunks, marks
 
 
 def apply(db: Database, conn: Connection, plan: WritePlan, policy: IdentityPolicy) -> None:

@@ -14,8 +14,7 @@ from services.record.changes import OutboxRow, change_message
 from services.record.ingest import WritePlan
 
 if TYPE_CHECKING:
-    from services.record.store.pool import Connection, Database
-    from services.record.store.schema import Dialect
+    from services.common.sql import Connection, Database, Dialect
 
 
 def schema(d: Dialect) -> list[str]:

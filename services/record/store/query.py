@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.common.disclosure import ALL_CLASSES, ORDINARY
+from services.common.sql import Connection, Database, chunks, marks
 from services.record.indexing import normalize_text
 from services.record.search import (
     Criterion,
@@ -23,7 +24,6 @@ from services.record.search import (
 )
 from services.record.store import identity
 from services.record.store.base import EverythingQuery, HistoryQuery, Page, StoredRow, View
-from services.record.store.pool import Connection, Database, chunks, marks
 from services.record.store.versions import C_ROW, ROW, stored_row
 
 TWO_PHASE_PAGE = 100  # SQLite: pages larger than this sort rowids, then fetch the rows
@@ -85,8 +85,6 @@ def history(db: Database, query: HistoryQuery, view: View) -> Page:
     if query.since is not None:
         where.add("c.last_updated >= ?", query.since)
     with db.connection() as conn:
-        if not _view(where, view):
-            return Page([], 0)
         return page(
             db, conn,
             "resource_version",
@@ -111,8 +109,6 @@ def everything(db: Database, query: EverythingQuery, view: View) -> Page:
     if query.since is not None:
         where.add("c.last_updated >= ?", query.since)
     with db.connection() as conn:
-        if not _view(where, view):
-            return Page([], 0)
         return page(
             db, conn,
             "resource_current",
@@ -162,8 +158,6 @@ def search(db: Database, query: SearchQuery, view: View) -> Page:
             return Page([], 0)
         for criterion in query.criteria:
             _criterion(where, criterion, patients)
-        if not _view(where, view):
-            return Page([], 0)
         return page(db, conn, "resource_current", where, view, _ORDER[query.sort], query.count, query.offset)
 
 
@@ -171,7 +165,9 @@ def page(db: Database, conn: Connection, table: str, where: _Where, view: View, 
 ) -> Page:
     """One page of visible matches, the visible total and what was withheld, in as few queries as the
     case allows: a complete first page is its own total, and a caller who may see everything has nothing
-    withheld; otherwise one grouped count gives both."""
+    withheld; otherwise one grouped count gives both. A view limited to no patient at all sees nothing."""
+    if not _view(where, view):
+        return Page([], 0)
     rows: list[StoredRow] = []
     condition, visible_params = _visibility(view)
     visible = f"({where.sql()}) AND {condition}"
@@ -213,13 +209,26 @@ def page(db: Database, conn: Connection, table: str, where: _Where, view: View, 
                 where.params,
             )
         ]
+    denied: set[str] = set()
     for patient_ref, restriction, n in groups:
         missing = _missing(int(restriction), view.mask_of(patient_ref))
         if missing:
             withheld[missing] = withheld.get(missing, 0) + int(n)
+            if patient_ref is not None:
+                denied.add(patient_ref)
         else:
             total += int(n)
-    return Page(rows, total, withheld)
+    if withheld and not view.by_patient:  # whose matches were withheld (asked only when some were)
+        denied = {
+            r[0]
+            for r in db.all(
+                conn,
+                f"SELECT DISTINCT c.patient_ref FROM {table} c WHERE ({where.sql()}) AND NOT ({condition}) "
+                "AND c.patient_ref IS NOT NULL",
+                (*where.params, *visible_params),
+            )
+        }
+    return Page(rows, total, withheld, tuple(sorted(denied)))
 
 
 def rows_by_rowid(db: Database, conn: Connection, table: str, ids: Sequence[int]) -> list[StoredRow]:

@@ -14,48 +14,26 @@ Tables (DDL in :func:`schema`):
 * ``store_meta`` - the schema version and the fingerprints of the label-class and identity rules the stored
   rows were derived with; ``resource_type_stored``; ``change_outbox`` (services/record/store/outbox.py).
 
-Dialects differ only in column types, the parameter placeholder, how a write transaction begins, which
-exceptions come from the database and which of those mean "this data can never be stored" (:attr:`Dialect.refusal`).
+The dialects (services/common/sql.py, shared with the notify store) differ only in column types, the parameter
+placeholder, how a write transaction begins, which exceptions come from the database and which of those mean
+"this data can never be stored" (:attr:`Dialect.refusal`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from services.common.disclosure import CLASS_CODES, restriction_of
+from services.common.sql import Connection, Database, Dialect
 from services.record.errors import StoreUnavailable
 from services.record.store import outbox
-from services.record.store.pool import Connection, Database
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Dialect:
-    name: str
-    placeholder: str
-    text: str
-    bigint: str
-    blob: str
-    begin: str
-    errors: tuple[type[BaseException], ...]
-    # the code of an error that refuses the data (never retried), or None for an outage
-    refusal: Callable[[BaseException], str | None] = lambda exc: None
-    rowid: bool = False  # tables have a rowid (SQLite)
-    copy: bool = False  # COPY FROM STDIN and multi-row statements (PostgreSQL)
-    # run first in the schema transaction, so instances starting together on one database create it one at a
-    # time (concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL's catalogue)
-    schema_lock: str | None = None
-
-    def sql(self, text: str) -> str:
-        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
 
 def schema(d: Dialect) -> list[str]:

@@ -1,8 +1,9 @@
 """The record store in SQL, shared by the SQLite and PostgreSQL implementations: one object, its jobs in
 modules of their own.
 
-    schema.py      the tables, the dialects' differences, what is checked when a store opens
-    pool.py        connections, the one write transaction at a time, the statement helpers
+    schema.py      the tables and what is checked when a store opens
+    (services/common/sql.py, shared with the notify store: connections, the dialects, the one write
+    transaction at a time, the statement helpers)
     versions.py    ingest (versions, current rows, search index; refused data isolated) and reads by key
     identity.py    the identity graph's tables: who is one person, kept current per ingest
     query.py       search, $everything, history and bulk reads, filtered by the caller's view
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.sql import ConnectionPool, Database, Dialect, chunks, marks
 from services.record.changes import OutboxRow
 from services.record.identity import IdentityPolicy, IdentityState, ReviewCandidate
 from services.record.ingest import PreparedBundle
@@ -21,8 +23,6 @@ from services.record.search import SearchQuery
 from services.record.store import identity, outbox, schema, versions
 from services.record.store import query as queries
 from services.record.store.base import EverythingQuery, HistoryQuery, IngestReport, Page, Person, StoredRow, View
-from services.record.store.pool import ConnectionPool, Database, chunks, marks
-from services.record.store.schema import Dialect
 
 
 class SqlStore:
@@ -130,6 +130,19 @@ class SqlStore:
             params.extend((resource_type, param, *codes))
         with self.db.connection() as conn:
             return [(r[0], r[1], r[2], r[3], r[4]) for r in self.db.all(conn, sql, params)]
+
+    def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]:
+        """How many versions of each of ``resource_types`` were ever written, in that order. The count grows with
+        every new version, deletion and identity statement (a Patient or Linkage version) and never shrinks, so an
+        unchanged answer means nothing of those types changed: the change marker of kept whole-population state
+        (services/outcomes/population.py). An index-only count."""
+        if not resource_types:
+            return ()
+        sql = ("SELECT resource_type, COUNT(*) FROM resource_version "  # noqa: S608 - placeholders only
+               f"WHERE resource_type IN ({marks(len(resource_types))}) GROUP BY resource_type")
+        with self.db.connection() as conn:
+            counts = {r[0]: int(r[1]) for r in self.db.all(conn, sql, tuple(resource_types))}
+        return tuple(counts.get(t, 0) for t in resource_types)
 
     def current_bodies(self, resource_type: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         """``id -> (version, body)`` of the current, undeleted versions of ``ids`` (the others are left out)."""

@@ -20,11 +20,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from services.common.sql import Connection, Database, chunks, marks
 from services.record.identity import IdentityPolicy
 from services.record.ingest import CurrentVersion, NewVersion, PreparedBundle, WritePlan, plan_versions
 from services.record.store import identity, outbox
 from services.record.store.base import IngestReport, Refusal, StoredRow, merge_reports
-from services.record.store.pool import Connection, Database, chunks, marks
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,12 @@ def load_seen(db: Database, conn: Connection, event_keys: set[str]) -> dict[str,
     return seen
 
 
+def _version_columns(v: NewVersion) -> tuple[Any, ...]:
+    """The columns resource_version and resource_current share, in their order."""
+    return (v.resource_type, v.id, v.version_id, v.last_updated, int(v.deleted), v.content_hash, v.patient_ref,
+            v.restriction)
+
+
 def write_versions(db: Database, conn: Connection, plan: WritePlan, existing: set[tuple[str, str]]) -> None:
     versions = plan.versions
     if not versions:
@@ -155,20 +161,7 @@ def write_versions(db: Database, conn: Connection, plan: WritePlan, existing: se
         conn,
         "resource_version",
         "resource_type, id, version_id, last_updated, deleted, content_hash, patient_ref, restriction, body",
-        [
-            (
-                v.resource_type,
-                v.id,
-                v.version_id,
-                v.last_updated,
-                int(v.deleted),
-                v.content_hash,
-                v.patient_ref,
-                v.restriction,
-                v.body,
-            )
-            for v in versions
-        ],
+        [(*_version_columns(v), v.body) for v in versions],
     )
     final: dict[tuple[str, str], NewVersion] = {}
     for v in versions:
@@ -181,14 +174,7 @@ def write_versions(db: Database, conn: Connection, plan: WritePlan, existing: se
         "resource_type, id",
         [
             (
-                v.resource_type,
-                v.id,
-                v.version_id,
-                v.last_updated,
-                int(v.deleted),
-                v.content_hash,
-                v.patient_ref,
-                v.restriction,
+                *_version_columns(v),
                 v.index.date_start if v.index else None,
                 v.index.date_end if v.index else None,
                 v.clinical_time,
