@@ -35,7 +35,7 @@ KUSTOMIZATIONS = {
     "production": K8S / "overlays" / "production",
 }
 ALL_KUSTOMIZATIONS = tuple(KUSTOMIZATIONS)
-SERVICES = ("intake", "mapper", "record", "notify", "outcomes")
+SERVICES = ("intake", "mapper", "record", "notify", "outcomes", "general")
 KUBERNETES_VERSION = "1.30"  # the oldest Kubernetes the manifests target (autoscaling/v2, policy/v1)
 # Labels Prometheus adds to every series of a ServiceMonitor target, plus the histogram bucket label.
 TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "container", "endpoint"})
