@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from services.common import audit
 from services.common.disclosure import policy_from_settings
 from services.notify.bundles import notification_bundle
 from services.notify.delivery import Screened, focus_lookup, iso_now, part2_notice, screen
-from services.notify.store import NotifyStore, notify_store_dsn, open_notify_store
+from services.notify.store import EventRow, NotifyStore, notify_store_dsn, open_notify_store
 from services.notify.subscriptions import (
     InvalidSubscription,
     SubscriptionDef,
@@ -60,9 +61,12 @@ def _client_of(request: Request, access: Access) -> str:
     return f"token-{token_digest(token)[:16]}"
 
 
-def events_audit(access: Access, screened: Screened, base_url: str, query: str) -> list[dict[str, Any]]:
-    """One AuditEvent (BALP PatientQuery, ``operation``) per patient whose events a ``$events`` answer
-    discloses, naming the foci and the consents permitting their Part 2 data."""
+def events_audit(access: Access, screened: Screened, rows: Sequence[EventRow], base_url: str,
+                 query: str) -> list[dict[str, Any]]:
+    """The AuditEvents of one ``$events`` answer (BALP PatientQuery, ``operation``): per patient whose events it
+    discloses, one naming the foci and the consents permitting their Part 2 data; per patient whose events the
+    disclosure policy left out, one denied attempt (outcome 4) naming the withheld foci by reference. The caller
+    is told nothing of the second kind."""
     by_patient: dict[str, list[str]] = {}
     consents: dict[str, list[str]] = {}
     for event in screened.events:
@@ -74,10 +78,25 @@ def events_audit(access: Access, screened: Screened, base_url: str, query: str) 
             foci.append(event.focus)
         cited = consents.setdefault(patient, [])
         cited.extend(c for c in screened.part2.get(event.number, ()) if c not in cited)
+    focus_of = {row.number: row.focus for row in rows}
+    withheld: dict[str, list[str]] = {}
+    for number in screened.withheld:
+        patient = screened.withheld_patients.get(number)
+        if patient is None or number not in focus_of:  # nothing known about it: no patient to account to
+            continue
+        foci = withheld.setdefault(patient, [])
+        if focus_of[number] not in foci:
+            foci.append(focus_of[number])
     recorded = iso_now()
-    return [audit.api_access_event(str(uuid.uuid4()), recorded, "operation", requester(access), base_url, patient,
-                                   foci, consents[patient], query)
-            for patient, foci in sorted(by_patient.items())]
+    who = requester(access)
+    return [
+        *(audit.api_access_event(str(uuid.uuid4()), recorded, "operation", who, base_url, patient, foci,
+                                 consents[patient], query)
+          for patient, foci in sorted(by_patient.items())),
+        *(audit.api_access_event(str(uuid.uuid4()), recorded, "operation", who, base_url, patient, foci,
+                                 query=query, denied=True)
+          for patient, foci in sorted(withheld.items())),
+    ]
 
 
 def _may(access: Access, write: bool) -> bool:
@@ -224,8 +243,12 @@ def subscription_router(api: Any) -> APIRouter:
         sub = replace(sub, told=max([sub.told, *served]))
         bundle = notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
                                      part2_notice(sub, base, screened, iso_now()))
-        if sub.content != "empty":  # the answer discloses foci: audited like any API access, before it leaves
-            api.audit(events_audit(access, screened, base, request.url.query))
+        # an answer that discloses foci is audited like any API access, before it leaves; what the policy left
+        # out is audited as denied attempts whatever the content
+        audited = events_audit(access, screened, rows, base, request.url.query)
+        if sub.content == "empty":
+            audited = [event for event in audited if event["outcome"] == "4"]
+        api.audit(audited)
         return _fhir(bundle)
 
     return router

@@ -42,6 +42,9 @@ def emitted() -> dict[str, dict[str, Any]]:
         "audit-push": audit.push_disclosure_event(
             audit.disclosure_id("sub-1", "7"), recorded, REQUESTER, BASE, "Patient/p1", ["Condition/c1"],
             ["Consent/k1"]),
+        "audit-push-denied": audit.push_disclosure_event(
+            audit.disclosure_id("notify-withheld", "sub-1", "Condition/c3", "1"), recorded, REQUESTER, BASE,
+            "Patient/p1", ["Condition/c3"], denied=True),
         "part2-notice": part2.disclosure_notice(
             part2.notice_id("t", "4"), recorded, ["Condition/c1", "MedicationRequest/m1"], ["Consent/k1"], BASE,
             "TREAT", REQUESTER.organization),
