@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,23 @@ def event_id_of(record: Any) -> str | None:
     return headers.get("ce_carebuseventid") or headers.get("ce_id")
 
 
-class ArrivalClock(threading.Thread):
-    """Reads a topic from its end and notes the wall-clock arrival of each event's first record."""
+def change_focus(record: Any) -> str | None:
+    """The resource a record of the record's change feed is about (``Type/id``)."""
+    change = orjson.loads(record.value)
+    return f"{change['resourceType']}/{change['id']}"
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+
+class ArrivalClock(threading.Thread):
+    """Reads a topic from its end and notes the wall-clock arrival of each key's first record: by default the
+    inbound event id a bundle or alert was made from; ``key_of`` says otherwise (e.g. :func:`change_focus`)."""
+
+    def __init__(self, settings: Settings, topic: str, key_of: Callable[[Any], str | None] = event_id_of) -> None:
         super().__init__(daemon=True, name=f"arrivals-{topic}")
         self.arrived: dict[str, float] = {}
         self.first_record: dict[str, bytes] = {}
         self.stopping = threading.Event()
         self.positioned = threading.Event()
-        self._settings, self._topic = settings, topic
+        self._settings, self._topic, self._key_of = settings, topic, key_of
 
     def run(self) -> None:
         consumer = KafkaConsumer(**client_config(self._settings, f"e2e-{self._topic}"), enable_auto_commit=False)
@@ -74,38 +82,10 @@ class ArrivalClock(threading.Thread):
             for records in consumer.poll(timeout_ms=50).values():
                 now = time.time()
                 for record in records:
-                    event_id = event_id_of(record)
-                    if event_id and event_id not in self.arrived:
-                        self.arrived[event_id] = now
-                        self.first_record[event_id] = record.value
-        consumer.close()
-
-
-class CommitClock(threading.Thread):
-    """Reads the record's change feed from its end and notes when each resource's first version was committed
-    (the record publishes a change after its store commit, so the arrival is a bound from above)."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        super().__init__(daemon=True, name=f"commits-{topic}")
-        self.committed: dict[str, float] = {}
-        self.stopping = threading.Event()
-        self.positioned = threading.Event()
-        self._settings, self._topic = settings, topic
-
-    def run(self) -> None:
-        consumer = KafkaConsumer(**client_config(self._settings, f"e2e-{self._topic}"), enable_auto_commit=False)
-        partitions = [TopicPartition(self._topic, p) for p in consumer.partitions_for_topic(self._topic) or ()]
-        consumer.assign(partitions)
-        consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            consumer.position(tp)
-        self.positioned.set()
-        while not self.stopping.is_set():
-            for records in consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for record in records:
-                    change = orjson.loads(record.value)
-                    self.committed.setdefault(f"{change['resourceType']}/{change['id']}", now)
+                    key = self._key_of(record)
+                    if key and key not in self.arrived:
+                        self.arrived[key] = now
+                        self.first_record[key] = record.value
         consumer.close()
 
 
@@ -117,7 +97,7 @@ class RecordReader:
     is asked again a moment later, behind the others. The figure is therefore commit, change feed, a reader's
     turn and the GET: an upper bound of when the record could first serve it."""
 
-    def __init__(self, base_url: str, event_ids: list[str], bundles: ArrivalClock, commits: CommitClock,
+    def __init__(self, base_url: str, event_ids: list[str], bundles: ArrivalClock, commits: ArrivalClock,
                  timeout_s: float = 120, readers: int = 8) -> None:
         self.readable_at: dict[str, float] = {}
         self.not_found_after_commit = 0
@@ -151,7 +131,7 @@ class RecordReader:
                 if path is None:  # the bundle holds only a Provenance
                     del self._pending[index]
                     return ""
-                if path in self._commits.committed:
+                if path in self._commits.arrived:
                     del self._pending[index]
                     return event_id
             return None if not self._pending else ""
@@ -256,7 +236,7 @@ def main() -> None:
             wait_ready(port, name)
         bundles = ArrivalClock(settings, FHIR_BUNDLES.name(settings.topic_prefix))
         alerts = ArrivalClock(settings, SAFETY_ALERTS.name(settings.topic_prefix))
-        commits = CommitClock(settings, RECORD_CHANGES.name(settings.topic_prefix))
+        commits = ArrivalClock(settings, RECORD_CHANGES.name(settings.topic_prefix), change_focus)
         for clock in (bundles, alerts, commits):
             clock.start()
             clock.positioned.wait(30)
@@ -296,12 +276,13 @@ def main() -> None:
         print(percentiles("202 -> bundle topic", to_bundle))
         print(percentiles("202 -> safety alert", to_alert))
         first_paths = {e: first_resource_path(b) for e, b in bundles.first_record.items()}
-        to_commit = [commits.committed[p] - accepted_at[e] for e, p in first_paths.items()
-                     if p and p in commits.committed and e in accepted_at]
+        to_commit = [commits.arrived[p] - accepted_at[e] for e, p in first_paths.items()
+                     if p and p in commits.arrived and e in accepted_at]
         print(percentiles("202 -> committed in the record (its change feed)", to_commit))
         print(percentiles(f"202 -> record API answers 200 (every {args.sample}th event)", readable))
         if reader.not_found_after_commit:
-            print(f"{reader.not_found_after_commit} reads answered other than 200 after the change feed had the resource")
+            print(f"{reader.not_found_after_commit} reads answered other than 200 after the change feed had the "
+                  "resource")
         missing = len(accepted_at) - len(to_bundle)
         if missing:
             print(f"{missing} accepted events had no bundle within the run (dead-lettered or late)")
