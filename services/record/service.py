@@ -24,6 +24,7 @@ from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.audit_ingest import AuditIngestor
 from services.record.consumer import BundleIngestor
+from services.record.denials import DeniedAttempts
 from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
@@ -41,6 +42,7 @@ class RecordService:
     kafka: KafkaReadiness
     app: FastAPI
     audit: AuditIngestor
+    denials: DeniedAttempts
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -57,10 +59,12 @@ class RecordService:
         self.kafka.start()
         self.ingestor.start()
         self.audit.start()
+        self.denials.start()
 
     def stop(self) -> None:
         self.ingestor.stop()
         self.audit.stop()
+        self.denials.stop()  # what is queued is written before the producer closes
         self.kafka.stop()
         self.producer.close()
         self.store.close()
@@ -83,6 +87,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         metrics,
     )
     holder: list[RecordService] = []
+    denials = DeniedAttempts(producer.send_all_and_wait, settings.topic_prefix)
     api = RecordApi(
         settings,
         store,
@@ -91,6 +96,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         readiness=lambda: holder[0].readiness(),
         publish=producer.send_all_async,
         audit_sink=producer.send_all_and_wait,
+        denials=denials,
     )
     api.gate = DisclosureGate(
         store,
@@ -98,7 +104,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         api.now_ms,
     )
     audit = AuditIngestor(settings, store, group_id=group_id)
-    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit)
+    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit, denials)
     holder.append(service)
     return service
 

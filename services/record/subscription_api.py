@@ -246,9 +246,10 @@ def subscription_router(api: Any) -> APIRouter:
         # an answer that discloses foci is audited like any API access, before it leaves; what the policy left
         # out is audited as denied attempts whatever the content
         audited = events_audit(access, screened, rows, base, request.url.query)
-        if sub.content == "empty":
-            audited = [event for event in audited if event["outcome"] == "4"]
-        api.audit(audited)
+        if sub.content != "empty":
+            api.audit([event for event in audited if event["outcome"] != "4"])
+        denied = [event for event in audited if event["outcome"] == "4"]
+        api.deny_later(lambda: denied)  # off the request path, as every answer's (services/record/denials.py)
         return _fhir(bundle)
 
     return router
