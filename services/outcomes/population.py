@@ -1,7 +1,8 @@
 """What whole-population work reads from the record (``$evaluate-measure``, the clinic view), kept between calls.
 
-Incremental state: every instrument total, exclusion Condition and Patient is parsed once per stored version and
-kept in memory. A call reads only ``(person, id, version, patient, labels)`` of the current rows (an index-only
+Incremental state: every instrument total and every resource that may state a denominator exclusion (Condition,
+Patient, Encounter, Procedure, ServiceRequest, the hospice / palliative assessment Observations:
+services/outcomes/exclusions.py) is parsed once per stored version and kept in memory. A call reads only ``(person, id, version, patient, labels)`` of the current rows (an index-only
 query, no bodies) and the bodies of versions it has not parsed yet; deleted or superseded rows drop out, and the
 person of each row is the record's at that moment (identity links followed as the API shows them). So an
 evaluation over 10,000 patients costs one cheap query per resource type and the counting, not 120,000 JSON
@@ -27,14 +28,14 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from services.outcomes.episodes import Score
-from services.outcomes.exclusions import Exclusion, exclusion_of
+from services.outcomes.exclusions import EXCLUSION_OBSERVATION_CODES, EXCLUSIONS_READ, Exclusion, exclusion_of
 from services.outcomes.fhir import PersonFacts
 from services.outcomes.history import TOTAL_CODES, score_of
 
 T = TypeVar("T")
 R = TypeVar("R")
 Pair = tuple[str | None, int]  # (patient reference, restriction bits): what access is decided on
-_READ_TYPES = ("Observation", "Condition", "Patient", "Linkage")
+_READ_TYPES = ("Observation", "Condition", "Patient", "Linkage", "Encounter", "Procedure", "ServiceRequest")
 _KEPT_JUDGEMENTS = 64  # per person: a few measures x periods x callers' visible sets
 
 
@@ -173,8 +174,11 @@ class PopulationIndex:
     def __init__(self, store: BulkStore) -> None:
         self.store = store
         self._scores = {code: _Parsed[Score]("Observation", "code", (code,), score_of) for code in TOTAL_CODES}
-        self._conditions = _Parsed[Exclusion]("Condition", None, (), exclusion_of)
-        self._patients = _Parsed[Exclusion]("Patient", None, (), exclusion_of)
+        # every resource that may state an exclusion (Observations: only the hospice / palliative assessments)
+        self._exclusions = tuple(
+            _Parsed[Exclusion](rtype, "code" if rtype == "Observation" else None,
+                               EXCLUSION_OBSERVATION_CODES if rtype == "Observation" else (), exclusion_of)
+            for rtype in EXCLUSIONS_READ)
         self._persons: dict[tuple[str, ...], _Grouped] = {}
         self._persons_lock = threading.Lock()
 
@@ -184,13 +188,13 @@ class PopulationIndex:
 
     def exclusions(self) -> list[Fact[Exclusion]]:
         """Every stored exclusion (Conditions with an excluding code, deceased Patients)."""
-        return [*self._conditions.facts(self.store), *self._patients.facts(self.store)]
+        return [fact for source in self._exclusions for fact in source.facts(self.store)]
 
     def persons(self, codes: Sequence[str] = tuple(TOTAL_CODES)) -> list[PersonEntry]:
         """Every person with a current total of ``codes``, their scores and exclusions grouped (see the module
         doc: kept while the store's change marker stands; on a move only the changed persons are regrouped)."""
         key = tuple(codes)
-        sources: list[_Parsed[Any]] = [*(self._scores[c] for c in codes), self._conditions, self._patients]
+        sources: list[_Parsed[Any]] = [*(self._scores[c] for c in codes), *self._exclusions]
         with self._persons_lock:
             marker = self.store.version_counts(_READ_TYPES)
             kept = self._persons.get(key)
@@ -219,7 +223,7 @@ class PopulationIndex:
                 if not scores:
                     entries.pop(person, None)
                     continue
-                exclusions = tuple(sorted((*self._conditions.of_person(person), *self._patients.of_person(person)),
+                exclusions = tuple(sorted((f for source in self._exclusions for f in source.of_person(person)),
                                           key=_exclusion_order))
                 old = entries.get(person)
                 if old is None or old.scores != scores or old.exclusions != exclusions:

@@ -174,7 +174,7 @@ def build_router(api: Any) -> APIRouter:
                                  None)
             if found_episode is not None:
                 episode, excluded = found_episode
-                report = individual_report(spec, episode, organization, excluded)
+                report = individual_report(spec, episode, organization, excluded, since=start)
                 report["id"] = str(uuid.uuid4())
                 report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
                 return _fhir(report)

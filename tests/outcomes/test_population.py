@@ -155,3 +155,27 @@ def test_persons_are_kept_while_the_record_stands_and_regrouped_when_it_moves(st
     excluded = {p.person: p for p in index.persons(("44261-6",))}
     assert [f.value.reason for f in excluded[r1].exclusions] == ["schizophrenia-or-psychotic-disorder"]
     assert excluded[r2] is moved[r2]
+
+
+def test_hospice_recorded_as_an_encounter_and_its_correction_regroup_the_person(store: SqlStore) -> None:
+    index = PopulationIndex(store)
+    ingest(store, patient("h1"), phq9("v1", "h1", 16), patient("h2"), phq9("v2", "h2", 14))
+    first = {p.person: p for p in index.persons(("44261-6",))}
+    assert all(not p.exclusions for p in first.values())
+
+    def stay(status: str) -> dict[str, Any]:
+        return {"resource": {
+            "resourceType": "Encounter", "id": "stay", "status": status, "subject": {"reference": "Patient/h1"},
+            "period": {"start": "2025-03-01T08:00:00Z", "end": "2025-03-04T08:00:00Z"},
+            "hospitalization": {"dischargeDisposition": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "hosp"}]}}}}
+
+    ingest(store, stay("finished"))
+    hospice = {p.person: p for p in index.persons(("44261-6",))}
+    h1 = next(k for k, p in hospice.items() if p.exclusions)
+    assert [(f.value.reason, f.value.reference) for f in hospice[h1].exclusions] == [
+        ("palliative-or-hospice-care", "Encounter/stay")]
+    assert all(hospice[k] is first[k] for k in first if k != h1)  # the other person is kept as it was
+    ingest(store, stay("entered-in-error"))  # the sender corrects it: no longer an exclusion
+    corrected = {p.person: p for p in index.persons(("44261-6",))}
+    assert not corrected[h1].exclusions
