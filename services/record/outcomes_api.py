@@ -89,7 +89,7 @@ def build_router(api: Any) -> APIRouter:
     """``api``: the :class:`services.record.api.RecordApi` (store, tokens, settings, publish, clock)."""
     router = APIRouter()
     rules = rules_of(api.settings)
-    population = PopulationIndex(api.store)
+    population: PopulationIndex = api.population  # warmed at start-up (services/record/service.py)
 
     def spec_of(measure_id: str) -> MeasureSpec:
         spec = MEASURES_BY_ID.get(measure_id)
