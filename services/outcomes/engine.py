@@ -43,9 +43,9 @@ from services.outcomes.episodes import (
     outcome_id,
     phq9_rules,
 )
-from services.outcomes.exclusions import Exclusion, exclusion_of
+from services.outcomes.exclusions import EXCLUSION_OBSERVATION_CODES, EXCLUSIONS_READ, Exclusion, exclusion_of
 from services.outcomes.fhir import STATE_DISPLAY, outcome_resources
-from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, score_of
+from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, loinc_codes, score_of
 from services.outcomes.tasks import (
     UNACKNOWLEDGED,
     Alert,
@@ -58,7 +58,7 @@ from services.outcomes.tasks import (
 )
 from services.record.access import ALL_CLEARANCES
 from services.record.search import parse_search
-from services.record.store.base import View
+from services.record.store.base import EverythingQuery, View
 from services.record.store.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ OUTCOME_CHANGE_EVENT_TYPE = "org.carebus.outcome.changed.v1"
 _ALL = View(ALL_CLEARANCES)
 _EPISODE_CODES = (f"{OUTCOMES_CODES}|phq-9-episode", f"{OUTCOMES_CODES}|gad-7-episode")
 _SCORE_CODES = (PHQ9_TOTAL, GAD7_TOTAL)
+_EXCLUDING_TYPES = frozenset(EXCLUSIONS_READ) - {"Patient", "Observation"}
+_READ_OBSERVATION_CODES = frozenset({*_SCORE_CODES, *EXCLUSION_OBSERVATION_CODES})
 _PAGE = 1000
 
 
@@ -168,8 +170,22 @@ class OutcomesEngine:
         return sorted(s for s in found if s is not None)
 
     def exclusions(self, members: Sequence[str]) -> list[Exclusion]:
-        """The person's denominator exclusions: excluding Conditions, and death on any of their Patients."""
-        found = [exclusion_of(c) for c in self._search("Condition", [("patient", members[0])])] if members else []
+        """The person's denominator exclusions (services/outcomes/exclusions.py): excluding Conditions, hospice
+        and palliative care (Encounters, Procedures, ServiceRequests, assessments), death on any of their
+        Patients."""
+        if not members:
+            return []
+        found: list[Exclusion | None] = []
+        offset = 0
+        while True:  # the person's Conditions, Encounters, Procedures, ServiceRequests ($everything's read)
+            query = EverythingQuery(frozenset(members), _EXCLUDING_TYPES, None, _PAGE, offset)
+            page = self.store.everything(query, _ALL)
+            found.extend(exclusion_of(orjson.loads(r.body)) for r in page.rows if r.body is not None)
+            offset += _PAGE
+            if offset >= page.total or not page.rows:
+                break
+        codes = ",".join(f"{LOINC}|{c}" for c in EXCLUSION_OBSERVATION_CODES)
+        found.extend(exclusion_of(o) for o in self._search("Observation", [("patient", members[0]), ("code", codes)]))
         for ref in members:
             row = self.store.read("Patient", ref.removeprefix("Patient/"))
             if row is not None and row.body is not None:
@@ -183,17 +199,19 @@ class OutcomesEngine:
 
     @staticmethod
     def affected_by_change(change: dict[str, Any]) -> set[str]:
-        """The patients whose outcomes one record change (``carebus.record.changes.v1``) may change: a score's
-        person, a Patient's person (identity links may have changed), a Linkage's patients."""
+        """The patients whose outcomes one record change (``carebus.record.changes.v1``) may change: the person of
+        a score or of a resource that may state an exclusion, a Patient's person (identity links may have
+        changed), a Linkage's patients."""
         rtype = change.get("resourceType")
         resource = change.get("resource")
         patients: set[str] = set()
-        if rtype == "Observation" or rtype == "Condition":
-            # a score or an exclusion (a diagnosis), or a deletion (maybe of one)
-            if resource is None or (score_of(resource) if rtype == "Observation" else exclusion_of(resource)):
-                patients.update(str(m) for m in change.get("members") or ())
-                if change.get("patient"):
-                    patients.add(str(change["patient"]))
+        if rtype in _EXCLUDING_TYPES or (rtype == "Observation" and (
+                resource is None or set(loinc_codes(resource)) & _READ_OBSERVATION_CODES)):
+            # a score or an exclusion (a diagnosis, hospice or palliative care), a deletion (maybe of one), or a
+            # new version of one that no longer says so (entered in error, refuted): the person is recomputed
+            patients.update(str(m) for m in change.get("members") or ())
+            if change.get("patient"):
+                patients.add(str(change["patient"]))
         elif rtype == "Patient":
             patients.update(str(m) for m in change.get("members") or ())
             patients.add(f"Patient/{change.get('id')}")

@@ -2,8 +2,9 @@
 denominator, and from when.
 
 Source: CMS159v14 (Depression Remission at Twelve Months) denominator exclusions, which the DRR-E-style measure
-shares here. A person is excluded from an episode's report when, on or before the end of the measure's window
-(``until``), the record holds any of:
+shares here; the hospice and palliative-care criteria are those of the eCQM Hospice and PalliativeCare libraries
+(value sets as of the eCQM update 2025-05-08, codes listed below). A person is excluded from a report when the
+record holds any of:
 
 | reason | recorded as | codes |
 |---|---|---|
@@ -12,23 +13,53 @@ shares here. A person is excluded from an episode's report when, on or before th
 | ``schizophrenia-or-psychotic-disorder`` | Condition | ICD-10-CM F20.* - F29; SNOMED CT 58214004, 69322001 |
 | ``pervasive-developmental-disorder`` | Condition | ICD-10-CM F84.*; SNOMED CT 35919005 |
 | ``palliative-or-hospice-care`` | Condition | ICD-10-CM Z51.5 (encounter for palliative care) |
+| | Encounter, discharged to hospice | ``hospitalization.dischargeDisposition`` in HOSPICE_DISCHARGE |
+| | Encounter for hospice / palliative care | ``type`` or ``serviceType`` in HOSPICE_ENCOUNTER, PALLIATIVE_ENCOUNTER |
+| | Procedure done, ServiceRequest ordered | ``code`` in HOSPICE_CARE_AMBULATORY, PALLIATIVE_INTERVENTION |
+| | Observation | LOINC 45755-6 (Hospice care, MDS) answered 373066001 Yes; LOINC 71007-9 (FACIT-Pal) |
 | ``death`` | Patient | ``deceasedBoolean`` true or ``deceasedDateTime`` |
 
-A Condition counts from its onset (``onsetDateTime`` / ``onsetPeriod.start``, else ``recordedDate``); one with no
-date counts whatever the window (a history of bipolar disorder is an exclusion however old). A Condition whose
-``verificationStatus`` is ``refuted`` or ``entered-in-error`` counts for nothing. ICD-10 codes are matched without
-their dot (``F31.9`` and ``F319`` alike). Not read (yet): hospice or palliative care recorded only as an
-Encounter, Procedure or ServiceRequest, and the measures' age and diagnosis criteria for the denominator.
+When each counts (:func:`excluding`, for a report whose period starts ``since`` and whose measure window ends
+``until``):
+
+* a diagnosis or a death counts from its date (Condition ``onsetDateTime`` / ``onsetPeriod.start``, else
+  ``recordedDate``) when that is on or before ``until``: a history of bipolar disorder is an exclusion however
+  old; one with no date counts whatever the window;
+* hospice or palliative care is care received over a time: it counts when that time overlaps the report's period
+  (``since`` .. ``until``), as the eCQM libraries ask for care "during the measurement period". An Encounter lasts
+  its ``period`` (open: ongoing); a discharge to hospice is dated at the discharge (``period.end``); a Procedure
+  its ``performed[x]``; a ServiceRequest is dated ``authoredOn``; an Observation its ``effective[x]``; a Z51.5
+  Condition from its onset to its ``abatement[x]`` (none: ongoing). Undated, it counts whatever the window.
+
+What counts as having happened: a Condition unless ``verificationStatus`` is ``refuted`` / ``entered-in-error``;
+an Encounter unless ``planned``, ``cancelled`` or ``entered-in-error`` (a discharge disposition only once
+discharged: ``finished`` or a ``period.end``); a Procedure ``completed`` or ``in-progress``; a ServiceRequest
+``active`` or ``completed`` with an order intent (not a plan or proposal); an Observation ``final``, ``amended``
+or ``corrected``. ICD-10 codes are matched without their dot (``F31.9`` and ``F319`` alike).
+
+Not read: an Encounter ``class`` (v3 ActCode and HL7 v2 PV1-2 have no hospice class) and sites' local codes for
+a hospice service (PV1-10 is a user-defined table); the measures' age, diagnosis and nursing-home-residence
+criteria.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final, Literal
 
-from services.common.fhir.codesystems import ICD10, ICD10CM, SNOMED
+from services.common.fhir.codesystems import (
+    CPT,
+    DISCHARGE_DISPOSITION,
+    HCPCS,
+    HCPCS_R4,
+    ICD10,
+    ICD10CM,
+    LOINC,
+    NUBC_DISCHARGE,
+    SNOMED,
+)
 
 ExclusionReason = Literal[
     "bipolar-disorder",
@@ -38,6 +69,7 @@ ExclusionReason = Literal[
     "palliative-or-hospice-care",
     "death",
 ]
+CARE_OVER_TIME: Final[frozenset[ExclusionReason]] = frozenset({"palliative-or-hospice-care"})
 
 ICD10_SYSTEMS: Final = frozenset({ICD10CM, ICD10})
 
@@ -59,12 +91,56 @@ _SNOMED_CODES: Final[dict[str, ExclusionReason]] = {
 }
 _NOT_COUNTED: Final = frozenset({"refuted", "entered-in-error"})
 
+Coding = tuple[str, str]  # (system, code)
+
+
+def _codes(system: str, *codes: str) -> frozenset[Coding]:
+    return frozenset((system, c) for c in codes)
+
+
+def _hcpcs(*codes: str) -> frozenset[Coding]:
+    return _codes(HCPCS, *codes) | _codes(HCPCS_R4, *codes)
+
+
+# eCQM value sets (expansion 2025-05-08). A discharge to hospice: FHIR discharge-disposition "hosp"; SNOMED CT
+# "Discharge to home / to healthcare facility for hospice care" (the Hospice library's two codes); UB-04 patient
+# status 50 (hospice - home), 51 (hospice - medical facility)
+HOSPICE_DISCHARGE: Final = (_codes(DISCHARGE_DISPOSITION, "hosp") | _codes(SNOMED, "428361000124107", "428371000124100")
+                            | _codes(NUBC_DISCHARGE, "50", "51"))
+HOSPICE_ENCOUNTER: Final = (  # Hospice Encounter 2.16.840.1.113883.3.464.1003.1003
+    _codes(SNOMED, "183919006", "183920000", "183921001", "305336008", "305911006", "385765002")
+    | _hcpcs(*(f"G947{n}" for n in range(3, 10)), *(f"Q500{n}" for n in range(3, 9)), "Q5010", "S9126",
+             *(f"T204{n}" for n in range(2, 7))))
+PALLIATIVE_ENCOUNTER: Final = (  # Palliative Care Encounter 2.16.840.1.113883.3.464.1003.101.12.1090
+    _codes(SNOMED, "305284002", "305381007", "305686008", "305824005", "441874000", "4901000124101", "713281006")
+    | _hcpcs("G9054"))
+HOSPICE_CARE_AMBULATORY: Final = (  # Hospice Care Ambulatory 2.16.840.1.113883.3.526.3.1584
+    _codes(SNOMED, "170935008", "170936009", "385763009") | _codes(CPT, "99377", "99378") | _hcpcs("G0182"))
+PALLIATIVE_INTERVENTION: Final = _codes(  # Palliative Care Intervention 2.16.840.1.113883.3.464.1003.198.12.1135
+    SNOMED, "103735009", "105402000", "1841000124106", "395669003", "395670002", "395694002", "395695001",
+    "433181000124107", "443761007")
+HOSPICE_ASSESSMENT: Final = "45755-6"  # Hospice care [Minimum Data Set]
+HOSPICE_ASSESSMENT_YES: Final = (SNOMED, "373066001")
+PALLIATIVE_ASSESSMENT: Final = "71007-9"  # FACIT-Pal
+EXCLUSION_OBSERVATION_CODES: Final = (HOSPICE_ASSESSMENT, PALLIATIVE_ASSESSMENT)  # LOINC, for a token search
+
+_CARE_ENCOUNTERS: Final = HOSPICE_ENCOUNTER | PALLIATIVE_ENCOUNTER
+_CARE_INTERVENTIONS: Final = HOSPICE_CARE_AMBULATORY | PALLIATIVE_INTERVENTION
+_ENCOUNTER_NOT_HAPPENED: Final = frozenset({"planned", "cancelled", "entered-in-error"})
+_PROCEDURE_HAPPENED: Final = frozenset({"completed", "in-progress"})
+_ORDER_STATUSES: Final = frozenset({"active", "completed"})
+_ORDER_INTENTS: Final = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order"})
+_OBSERVATION_FINAL: Final = frozenset({"final", "amended", "corrected"})
+# the resource types whose versions may state an exclusion (Observations only under EXCLUSION_OBSERVATION_CODES)
+EXCLUSIONS_READ: Final = ("Condition", "Patient", "Encounter", "Procedure", "ServiceRequest", "Observation")
+
 
 @dataclass(frozen=True, order=True)
 class Exclusion:
     when: date | None  # from when it counts; None: undated, counts for every window
     reason: ExclusionReason
-    reference: str  # "Condition/<id>" or "Patient/<id>"
+    reference: str  # "Condition/<id>", "Encounter/<id>", ... or "Patient/<id>"
+    ends: date | None = None  # care over a time (CARE_OVER_TIME): its last day; None: ongoing (or undated)
 
 
 def _date(value: Any) -> date | None:
@@ -74,6 +150,30 @@ def _date(value: Any) -> date | None:
         return date.fromisoformat(value[:10])
     except ValueError:
         return None
+
+
+def _codings(concept: Any) -> Iterator[Coding]:
+    if isinstance(concept, dict):
+        for c in concept.get("coding") or ():
+            if isinstance(c, dict):
+                yield str(c.get("system", "")), str(c.get("code", ""))
+
+
+def _any_in(concepts: Iterable[Any], codes: frozenset[Coding]) -> bool:
+    return any(c in codes for concept in concepts for c in _codings(concept))
+
+
+def _period(value: Any) -> tuple[date | None, date | None]:
+    period = value if isinstance(value, dict) else {}
+    return _date(period.get("start")), _date(period.get("end"))
+
+
+def _choice(resource: dict[str, Any], stem: str) -> tuple[date | None, date | None]:
+    """(first, last day) of a ``<stem>DateTime`` (one day) or ``<stem>Period`` (open end: None)."""
+    point = _date(resource.get(f"{stem}DateTime"))
+    if point is not None:
+        return point, point
+    return _period(resource.get(f"{stem}Period"))
 
 
 def reason_of_coding(system: str, code: str) -> ExclusionReason | None:
@@ -89,31 +189,104 @@ def reason_of_coding(system: str, code: str) -> ExclusionReason | None:
     return None
 
 
-def exclusion_of(resource: dict[str, Any]) -> Exclusion | None:
-    """The exclusion one stored Condition or Patient states, or None."""
-    rtype = resource.get("resourceType")
-    reference = f"{rtype}/{resource.get('id')}"
-    if rtype == "Patient":
-        if resource.get("deceasedBoolean") is True:
-            return Exclusion(None, "death", reference)
-        if "deceasedDateTime" in resource:
-            return Exclusion(_date(resource.get("deceasedDateTime")), "death", reference)
+def _care(reference: str, when: date | None, ends: date | None) -> Exclusion:
+    return Exclusion(when, "palliative-or-hospice-care", reference, ends)
+
+
+def _condition(resource: dict[str, Any], reference: str) -> Exclusion | None:
+    if {code for _, code in _codings(resource.get("verificationStatus"))} & _NOT_COUNTED:
         return None
-    if rtype != "Condition":
-        return None
-    verification = {c.get("code") for c in (resource.get("verificationStatus") or {}).get("coding", ())}
-    if verification & _NOT_COUNTED:
-        return None
-    reason = next((r for c in (resource.get("code") or {}).get("coding", ())
-                   if (r := reason_of_coding(str(c.get("system", "")), str(c.get("code", "")))) is not None), None)
+    reason = next((r for system, code in _codings(resource.get("code"))
+                   if (r := reason_of_coding(system, code)) is not None), None)
     if reason is None:
         return None
-    when = (_date(resource.get("onsetDateTime")) or _date((resource.get("onsetPeriod") or {}).get("start"))
-            or _date(resource.get("recordedDate")))
+    onset, _ = _choice(resource, "onset")
+    when = onset or _date(resource.get("recordedDate"))
+    if reason in CARE_OVER_TIME:
+        abated = _choice(resource, "abatement")
+        return Exclusion(when, reason, reference, abated[1] or abated[0])
     return Exclusion(when, reason, reference)
 
 
-def excluding(exclusions: Iterable[Exclusion], until: date) -> Exclusion | None:
-    """The first exclusion in force on or before ``until`` (undated ones first), or None."""
-    found = [e for e in exclusions if e.when is None or e.when <= until]
+def _encounter(resource: dict[str, Any], reference: str) -> Exclusion | None:
+    status = resource.get("status")
+    if status in _ENCOUNTER_NOT_HAPPENED:
+        return None
+    start, end = _period(resource.get("period"))
+    finished = status == "finished"
+    disposition = (resource.get("hospitalization") or {}).get("dischargeDisposition")
+    if (finished or end is not None) and _any_in([disposition], HOSPICE_DISCHARGE):
+        discharged = end or start
+        return _care(reference, discharged, discharged)
+    if _any_in([*(resource.get("type") or ()), resource.get("serviceType")], _CARE_ENCOUNTERS):
+        return _care(reference, start, end or (start if finished else None))
+    return None
+
+
+def _procedure(resource: dict[str, Any], reference: str) -> Exclusion | None:
+    if resource.get("status") not in _PROCEDURE_HAPPENED or not _any_in([resource.get("code")], _CARE_INTERVENTIONS):
+        return None
+    start, end = _choice(resource, "performed")
+    return _care(reference, start, end or (start if resource.get("status") == "completed" else None))
+
+
+def _service_request(resource: dict[str, Any], reference: str) -> Exclusion | None:
+    if (resource.get("status") not in _ORDER_STATUSES or resource.get("intent") not in _ORDER_INTENTS
+            or not _any_in([resource.get("code")], _CARE_INTERVENTIONS)):
+        return None
+    ordered = _date(resource.get("authoredOn")) or _choice(resource, "occurrence")[0]
+    return _care(reference, ordered, ordered)
+
+
+def _observation(resource: dict[str, Any], reference: str) -> Exclusion | None:
+    if resource.get("status") not in _OBSERVATION_FINAL:
+        return None
+    codes = {code for system, code in _codings(resource.get("code")) if system == LOINC}
+    hospice = HOSPICE_ASSESSMENT in codes and HOSPICE_ASSESSMENT_YES in set(
+        _codings(resource.get("valueCodeableConcept")))
+    if not hospice and PALLIATIVE_ASSESSMENT not in codes:
+        return None
+    start, end = _choice(resource, "effective")
+    return _care(reference, start, end or start)
+
+
+def exclusion_of(resource: dict[str, Any]) -> Exclusion | None:
+    """The exclusion one stored resource states (see the module doc), or None."""
+    rtype = resource.get("resourceType")
+    reference = f"{rtype}/{resource.get('id')}"
+    match rtype:
+        case "Patient":
+            if resource.get("deceasedBoolean") is True:
+                return Exclusion(None, "death", reference)
+            if "deceasedDateTime" in resource:
+                return Exclusion(_date(resource.get("deceasedDateTime")), "death", reference)
+            return None
+        case "Condition":
+            return _condition(resource, reference)
+        case "Encounter":
+            return _encounter(resource, reference)
+        case "Procedure":
+            return _procedure(resource, reference)
+        case "ServiceRequest":
+            return _service_request(resource, reference)
+        case "Observation":
+            return _observation(resource, reference)
+        case _:
+            return None
+
+
+def in_force(exclusion: Exclusion, until: date, since: date | None = None) -> bool:
+    """Whether ``exclusion`` takes a person out of a report whose window ends ``until`` (and whose period starts
+    ``since``: care over a time must reach into it)."""
+    if exclusion.when is None:
+        return True
+    if exclusion.when > until:
+        return False
+    return not (exclusion.reason in CARE_OVER_TIME and since is not None and exclusion.ends is not None
+                and exclusion.ends < since)
+
+
+def excluding(exclusions: Iterable[Exclusion], until: date, since: date | None = None) -> Exclusion | None:
+    """The first exclusion in force for a report of ``since`` .. ``until`` (undated ones first), or None."""
+    found = [e for e in exclusions if in_force(e, until, since)]
     return min(found, key=lambda e: (e.when is not None, e.when or until, e.reason, e.reference), default=None)

@@ -124,8 +124,9 @@ _POPULATIONS: Final = (
     ("denominator", "Denominator", "Equals the initial population"),
     ("denominator-exclusion", "Denominator Exclusion",
      "Persons with bipolar disorder, personality disorder emotionally labile, schizophrenia or a psychotic "
-     "disorder, pervasive developmental disorder, palliative or hospice care, or who died, by the end of the "
-     "window (CMS159v14 exclusions)"),
+     "disorder, or who died, by the end of the window; or who received hospice or palliative care (a "
+     "diagnosis, an encounter or a discharge to hospice, a procedure, an order or an assessment) during the "
+     "period up to the end of the window (CMS159v14 exclusions)"),
     ("numerator", "Numerator", "The measure's outcome was met in its window"),
 )
 
@@ -218,10 +219,12 @@ def _group(counts: dict[str, int], score: float | None) -> dict[str, Any]:
 
 
 def individual_report(spec: MeasureSpec, episode: Episode, organization: str,
-                      exclusions: Sequence[Exclusion] = ()) -> dict[str, Any]:
-    """DEQM Individual MeasureReport of one PHQ-9 episode for one measure (``exclusions``: the person's)."""
+                      exclusions: Sequence[Exclusion] = (), since: date | None = None) -> dict[str, Any]:
+    """DEQM Individual MeasureReport of one PHQ-9 episode for one measure (``exclusions``: the person's;
+    ``since``: the start of the report's period, by default the index date: care over a time such as hospice
+    excludes when it reaches into the period, services/outcomes/exclusions.py)."""
     result = episode.window(spec.window)
-    excluded = excluding(exclusions, result.end)
+    excluded = excluding(exclusions, result.end, since or episode.index.when)
     met = spec.met(result) and excluded is None
     evidence = [s for s in episode.scores if s.when <= result.end]
     report_date = result.end if result.closed else evidence[-1].when
@@ -294,7 +297,7 @@ def judge(window: str, facts: PersonFacts, start: date, end: date, as_of: date, 
     result = index_window(rules, facts.scores, window, start, end, as_of)
     if result is None or not facts.exclusions:
         return Judgement(result)
-    return Judgement(result, excluding(facts.exclusions, result.end))
+    return Judgement(result, excluding(facts.exclusions, result.end, start))
 
 
 def count_judgements(spec: MeasureSpec, judgements: Iterable[Judgement]) -> PopulationCounts:

@@ -1,11 +1,13 @@
 """What whole-population work reads from the record (``$evaluate-measure``, the clinic view), kept between calls.
 
-Incremental state: every instrument total, exclusion Condition and Patient is parsed once per stored version and
-kept in memory. A call reads only ``(person, id, version, patient, labels)`` of the current rows (an index-only
-query, no bodies) and the bodies of versions it has not parsed yet; deleted or superseded rows drop out, and the
-person of each row is the record's at that moment (identity links followed as the API shows them). So an
-evaluation over 10,000 patients costs one cheap query per resource type and the counting, not 120,000 JSON
-parses.
+Incremental state: every instrument total and every resource that may state a denominator exclusion (Condition,
+Patient, Encounter, Procedure, ServiceRequest, the hospice / palliative assessment Observations:
+services/outcomes/exclusions.py) is parsed once per stored version and kept in memory. A call reads only
+``(person, id, version, patient, labels)`` of the current rows (an index-only query, no bodies) and the bodies of
+versions it has not parsed yet; deleted or superseded rows drop out, and the person of each row is the record's
+at that moment (identity links followed as the API shows them). So an evaluation over 10,000 patients costs one
+cheap query per resource type and the counting, not 120,000 JSON parses. :class:`Warmup` does the first of
+these reads at start-up.
 
 Per person (:meth:`PopulationIndex.persons`): the facts grouped by the person they belong to, kept until the
 store's change marker (its version counts of the types read here) moves; on a move the regrouping keeps the entry
@@ -19,7 +21,9 @@ set of facts yields is.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -27,15 +31,16 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from services.outcomes.episodes import Score
-from services.outcomes.exclusions import Exclusion, exclusion_of
+from services.outcomes.exclusions import EXCLUSION_OBSERVATION_CODES, EXCLUSIONS_READ, Exclusion, exclusion_of
 from services.outcomes.fhir import PersonFacts
-from services.outcomes.history import TOTAL_CODES, score_of
+from services.outcomes.history import GAD7_TOTAL, PHQ9_TOTAL, TOTAL_CODES, score_of
 
 T = TypeVar("T")
 R = TypeVar("R")
 Pair = tuple[str | None, int]  # (patient reference, restriction bits): what access is decided on
-_READ_TYPES = ("Observation", "Condition", "Patient", "Linkage")
+_READ_TYPES = ("Observation", "Condition", "Patient", "Linkage", "Encounter", "Procedure", "ServiceRequest")
 _KEPT_JUDGEMENTS = 64  # per person: a few measures x periods x callers' visible sets
+_BODY_CHUNK = 20_000  # bodies read and parsed per step (a warm-up logs its progress after each)
 
 
 class BulkStore(Protocol):
@@ -76,7 +81,8 @@ class _Parsed(Generic[T]):
         self._log: list[tuple[int, set[str]]] = []
         self._lock = threading.Lock()
 
-    def refresh(self, store: BulkStore) -> None:
+    def refresh(self, store: BulkStore, progress: Callable[[int, int], None] | None = None) -> None:
+        """Catch up with the store's current rows (``progress(parsed, to_parse)`` after each chunk of bodies)."""
         rows = {r[1]: r for r in store.current_versions(self.resource_type, self.param, self.codes)}
         with self._lock:
             old_rows, values = self._rows, self._values
@@ -85,9 +91,12 @@ class _Parsed(Generic[T]):
             if not changed and not gone:
                 return
             stale = [rid for rid in changed if values.get(rid, (None,))[0] != rows[rid][2]]
-            if stale:
-                for rid, (version, body) in store.current_bodies(self.resource_type, stale).items():
+            for start in range(0, len(stale), _BODY_CHUNK):
+                for rid, (version, body) in store.current_bodies(
+                        self.resource_type, stale[start:start + _BODY_CHUNK]).items():
                     values[rid] = (version, self.parse(orjson.loads(body)))
+                if progress is not None:
+                    progress(min(start + _BODY_CHUNK, len(stale)), len(stale))
             touched: set[str] = set()
             for rid in (*changed, *gone):
                 before = self._current.pop(rid, None)
@@ -173,10 +182,30 @@ class PopulationIndex:
     def __init__(self, store: BulkStore) -> None:
         self.store = store
         self._scores = {code: _Parsed[Score]("Observation", "code", (code,), score_of) for code in TOTAL_CODES}
-        self._conditions = _Parsed[Exclusion]("Condition", None, (), exclusion_of)
-        self._patients = _Parsed[Exclusion]("Patient", None, (), exclusion_of)
+        # every resource that may state an exclusion (Observations: only the hospice / palliative assessments)
+        self._exclusions = tuple(
+            _Parsed[Exclusion](rtype, "code" if rtype == "Observation" else None,
+                               EXCLUSION_OBSERVATION_CODES if rtype == "Observation" else (), exclusion_of)
+            for rtype in EXCLUSIONS_READ)
         self._persons: dict[tuple[str, ...], _Grouped] = {}
         self._persons_lock = threading.Lock()
+
+    def warm(self, progress: Callable[[str], None] | None = None) -> None:
+        """Parse every current score and exclusion and group them by person, as the first ``$evaluate-measure``
+        and the first clinic view would (:class:`Warmup` runs this at start-up). ``progress`` gets a line per
+        step: what was read, how many bodies of how many were parsed."""
+        def step(name: str) -> Callable[[int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda done, total: progress(f"{name}: {done:,} of {total:,} versions parsed")
+        for code, scores in self._scores.items():
+            scores.refresh(self.store, step(f"scores {code}"))
+        for source in self._exclusions:
+            source.refresh(self.store, step(f"exclusions {source.resource_type}"))
+        for codes in WARM_GROUPINGS:
+            found = self.persons(codes)
+            if progress is not None:
+                progress(f"grouped {len(found):,} persons with {' or '.join(codes)} totals")
 
     def scores(self, codes: Sequence[str] = tuple(TOTAL_CODES)) -> list[Fact[Score]]:
         """Every current instrument total of ``codes`` (LOINC; default PHQ-9 and GAD-7)."""
@@ -184,13 +213,13 @@ class PopulationIndex:
 
     def exclusions(self) -> list[Fact[Exclusion]]:
         """Every stored exclusion (Conditions with an excluding code, deceased Patients)."""
-        return [*self._conditions.facts(self.store), *self._patients.facts(self.store)]
+        return [fact for source in self._exclusions for fact in source.facts(self.store)]
 
     def persons(self, codes: Sequence[str] = tuple(TOTAL_CODES)) -> list[PersonEntry]:
         """Every person with a current total of ``codes``, their scores and exclusions grouped (see the module
         doc: kept while the store's change marker stands; on a move only the changed persons are regrouped)."""
         key = tuple(codes)
-        sources: list[_Parsed[Any]] = [*(self._scores[c] for c in codes), self._conditions, self._patients]
+        sources: list[_Parsed[Any]] = [*(self._scores[c] for c in codes), *self._exclusions]
         with self._persons_lock:
             marker = self.store.version_counts(_READ_TYPES)
             kept = self._persons.get(key)
@@ -219,13 +248,63 @@ class PopulationIndex:
                 if not scores:
                     entries.pop(person, None)
                     continue
-                exclusions = tuple(sorted((*self._conditions.of_person(person), *self._patients.of_person(person)),
+                exclusions = tuple(sorted((f for source in self._exclusions for f in source.of_person(person)),
                                           key=_exclusion_order))
                 old = entries.get(person)
                 if old is None or old.scores != scores or old.exclusions != exclusions:
                     entries[person] = PersonEntry(person, scores, exclusions)
             self._persons[key] = _Grouped(marker, tuple(s.generation for s in sources), entries)
             return list(entries.values())
+
+
+# the groupings the API asks for: $evaluate-measure (PHQ-9 totals) and the clinic view (PHQ-9 and GAD-7)
+WARM_GROUPINGS: tuple[tuple[str, ...], ...] = ((PHQ9_TOTAL,), (PHQ9_TOTAL, GAD7_TOTAL))
+
+
+class Warmup:
+    """Warms a :class:`PopulationIndex` at start-up in a background thread, so the first ``$evaluate-measure``
+    after a start costs what any later one does.
+
+    Why in the background, with readiness waiting for it (services/record/service.py): the record's consumer
+    must start ingesting at once (a warm-up is a read and must never hold back writes), while a client routed to
+    a cold process would wait for the whole parse inside its request. So the process starts everything, reports
+    not-ready ("warming ...", with the step it is at) until the warm-up is done, and logs each step with its
+    counts and the time taken. A warm-up that fails is logged and the process becomes ready anyway: a cold index
+    is only slower (the first call parses what it needs), never wrong."""
+
+    def __init__(self, index: PopulationIndex, log: logging.Logger | None = None) -> None:
+        self.index = index
+        self.log = log or logging.getLogger(__name__)
+        self.done = threading.Event()
+        self.step = "not started"
+        self.seconds: float | None = None
+        self._thread = threading.Thread(target=self._run, name="outcomes-warmup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return self.done.wait(timeout_s)
+
+    @property
+    def reason(self) -> str:
+        return "ready" if self.done.is_set() else f"warming the outcome measures' state ({self.step})"
+
+    def _progress(self, line: str) -> None:
+        self.step = line
+        self.log.info("outcomes warm-up", extra={"step": line})
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.index.warm(self._progress)
+            self.seconds = time.monotonic() - started
+            self.log.info("outcomes warm-up done", extra={"seconds": round(self.seconds, 2)})
+        except Exception:  # a cold index is only slower: log and let the process become ready
+            self.log.exception("outcomes warm-up failed; measures will be computed on first use")
+        finally:
+            self.step = "done"
+            self.done.set()
 
 
 @dataclass(frozen=True)

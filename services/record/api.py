@@ -42,6 +42,7 @@ from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
 )
+from services.outcomes.population import PopulationIndex
 from services.record import disclosures, render
 from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, describe_restriction
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
@@ -91,11 +92,13 @@ class RecordApi:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     audit_sink: AuditSink | None = None  # blocking write of AuditEvent records (acks=all); None: not audited
     gate: DisclosureGate | None = None
+    population: PopulationIndex = field(init=False)  # $evaluate-measure's and the clinic view's kept state
     _types: frozenset[str] = frozenset()
     _types_at: float = 0.0
     _types_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.population = PopulationIndex(self.store)  # type: ignore[arg-type]  # a SqlStore: the bulk reads
         if self.gate is None:
             self.gate = DisclosureGate(self.store, DEFAULT_POLICY, self.now_ms)
 

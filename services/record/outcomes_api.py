@@ -89,7 +89,7 @@ def build_router(api: Any) -> APIRouter:
     """``api``: the :class:`services.record.api.RecordApi` (store, tokens, settings, publish, clock)."""
     router = APIRouter()
     rules = rules_of(api.settings)
-    population = PopulationIndex(api.store)
+    population: PopulationIndex = api.population  # warmed at start-up (services/record/service.py)
 
     def spec_of(measure_id: str) -> MeasureSpec:
         spec = MEASURES_BY_ID.get(measure_id)
@@ -174,7 +174,7 @@ def build_router(api: Any) -> APIRouter:
                                  None)
             if found_episode is not None:
                 episode, excluded = found_episode
-                report = individual_report(spec, episode, organization, excluded)
+                report = individual_report(spec, episode, organization, excluded, since=start)
                 report["id"] = str(uuid.uuid4())
                 report["period"] = {"start": start.isoformat(), "end": end.isoformat()}
                 return _fhir(report)

@@ -1,6 +1,10 @@
 """Composition root of the record service: settings -> store, Kafka producer and consumer thread, readiness
 probe, FastAPI app. ``python -m services.record`` runs it under uvicorn; SIGTERM stops the HTTP server
-gracefully (in-flight requests finish), then the consumer finishes its batch, commits and closes."""
+gracefully (in-flight requests finish), then the consumer finishes its batch, commits and closes.
+
+At start the outcome measures' state is warmed in the background (services/outcomes/population.py
+:class:`Warmup`): ingest starts at once; readiness answers "warming ..." until the warm-up is done, which logs
+each step."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from services.common.metrics import Metrics
 from services.common.runtime import prepare_topics, tune_gc
 from services.common.settings import Settings
 from services.common.topics import DEAD_LETTERS, FHIR_BUNDLES, RECORD_CHANGES
+from services.outcomes.population import Warmup
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.audit_ingest import AuditIngestor
@@ -41,6 +46,7 @@ class RecordService:
     kafka: KafkaReadiness
     app: FastAPI
     audit: AuditIngestor
+    warmup: Warmup  # the outcome measures' state, read at start-up (services/outcomes/population.py)
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -51,12 +57,15 @@ class RecordService:
             return False, self.kafka.reason
         if not self.ingestor.running or not self.ingestor.healthy:
             return False, f"bundle consumer: {self.ingestor.reason}"
+        if not self.warmup.done.is_set():
+            return False, self.warmup.reason
         return True, "ok"
 
     def start(self) -> None:
         self.kafka.start()
         self.ingestor.start()
         self.audit.start()
+        self.warmup.start()
 
     def stop(self) -> None:
         self.ingestor.stop()
@@ -98,7 +107,8 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         api.now_ms,
     )
     audit = AuditIngestor(settings, store, group_id=group_id)
-    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit)
+    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit,
+                            Warmup(api.population, log))
     holder.append(service)
     return service
 

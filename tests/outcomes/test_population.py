@@ -4,6 +4,7 @@ an identity link show up at the next call."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.settings import Settings
-from services.outcomes.population import PopulationIndex
+from services.outcomes.population import PopulationIndex, Warmup
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import identity_policy, open_store
 from services.record.store.sql import SqlStore
@@ -155,3 +156,64 @@ def test_persons_are_kept_while_the_record_stands_and_regrouped_when_it_moves(st
     excluded = {p.person: p for p in index.persons(("44261-6",))}
     assert [f.value.reason for f in excluded[r1].exclusions] == ["schizophrenia-or-psychotic-disorder"]
     assert excluded[r2] is moved[r2]
+
+
+def test_hospice_recorded_as_an_encounter_and_its_correction_regroup_the_person(store: SqlStore) -> None:
+    index = PopulationIndex(store)
+    ingest(store, patient("h1"), phq9("v1", "h1", 16), patient("h2"), phq9("v2", "h2", 14))
+    first = {p.person: p for p in index.persons(("44261-6",))}
+    assert all(not p.exclusions for p in first.values())
+
+    def stay(status: str) -> dict[str, Any]:
+        return {"resource": {
+            "resourceType": "Encounter", "id": "stay", "status": status, "subject": {"reference": "Patient/h1"},
+            "period": {"start": "2025-03-01T08:00:00Z", "end": "2025-03-04T08:00:00Z"},
+            "hospitalization": {"dischargeDisposition": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "hosp"}]}}}}
+
+    ingest(store, stay("finished"))
+    hospice = {p.person: p for p in index.persons(("44261-6",))}
+    h1 = next(k for k, p in hospice.items() if p.exclusions)
+    assert [(f.value.reason, f.value.reference) for f in hospice[h1].exclusions] == [
+        ("palliative-or-hospice-care", "Encounter/stay")]
+    assert all(hospice[k] is first[k] for k in first if k != h1)  # the other person is kept as it was
+    ingest(store, stay("entered-in-error"))  # the sender corrects it: no longer an exclusion
+    corrected = {p.person: p for p in index.persons(("44261-6",))}
+    assert not corrected[h1].exclusions
+
+
+def test_the_warm_up_reads_everything_before_the_first_call(store: SqlStore, caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    ingest(store, patient("w1"), phq9("y1", "w1", 18), phq9("y2", "w1", 4, "2025-06-01"),
+           {"resource": {"resourceType": "Procedure", "id": "pr1", "status": "completed",
+                         "subject": {"reference": "Patient/w1"}, "performedDateTime": "2025-03-01",
+                         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "385763009"}]}}})
+    counting = CountingStore(store)
+    warmup = Warmup(PopulationIndex(counting))
+    assert "warming" in warmup.reason
+    with caplog.at_level(logging.INFO, logger="services.outcomes.population"):
+        warmup.start()
+        assert warmup.wait(30)
+    assert warmup.reason == "ready" and warmup.seconds is not None
+    assert sorted(counting.bodies_read) == ["pr1", "w1", "y1", "y2"]
+    steps = [r.step for r in caplog.records if hasattr(r, "step")]  # progress, with counts and no content
+    assert "scores 44261-6: 2 of 2 versions parsed" in steps and "grouped 1 persons with 44261-6 totals" in steps
+    counting.bodies_read.clear()
+    (person,) = warmup.index.persons(("44261-6",))  # what $evaluate-measure asks first: nothing left to read
+    (grouped,) = warmup.index.persons(("44261-6", "70274-6"))  # and the clinic view
+    assert counting.bodies_read == []
+    assert [f.value.reference for f in person.exclusions] == ["Procedure/pr1"] and len(grouped.scores) == 2
+
+
+def test_a_failed_warm_up_still_becomes_ready(store: SqlStore, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(CountingStore):
+        def current_versions(self, resource_type: str, param: str | None = None, codes: Sequence[str] = ()
+                             ) -> list[tuple[str, str, int, str | None, int]]:
+            raise RuntimeError("database is locked")
+
+    warmup = Warmup(PopulationIndex(Broken(store)))
+    with caplog.at_level(logging.INFO, logger="services.outcomes.population"):
+        warmup.start()
+        assert warmup.wait(30)
+    assert warmup.reason == "ready"  # a cold index is only slower
+    assert any("warm-up failed" in r.getMessage() for r in caplog.records)

@@ -223,12 +223,24 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
         assert counts == EXPECTED[spec.window]  # denominator exclusions included (Conditions, a death)
         assert report["group"][0]["measureScore"]["value"] == measure_score(spec.window)
     for key, expected in (("remit-early-03", {"denominator-exclusion": 0, "numerator": 1}),
-                          ("remit-early-00", {"denominator-exclusion": 1, "numerator": 0})):  # bipolar disorder
+                          ("remit-early-00", {"denominator-exclusion": 1, "numerator": 0}),  # bipolar disorder
+                          ("respond-00", {"denominator-exclusion": 1, "numerator": 0}),  # discharged to hospice
+                          ("remit-both-02", {"denominator-exclusion": 0, "numerator": 1})):  # hospice only planned
         subject = f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', f'{tag}-{key}')}"
         one = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", params={**params, "subject": subject})
         assert one["type"] == "individual"
         found = {p["id"]: p["count"] for p in one["group"][0]["population"]}
         assert {k: found[k] for k in expected} == expected, key
+    # the outcomes service's own Individual MeasureReport reads the hospice Encounter too (its $everything read)
+    hospice = f"Patient/{resource_id('Patient', 'urn:carebus:test:measures', f'{tag}-respond-00')}"
+
+    def excluded_report() -> dict[str, Any] | None:
+        reports = stack.record.search_all("MeasureReport", params={"patient": hospice})
+        drr = [r for r in reports if MEASURES[0].url in r["measure"]]
+        counts = {p["id"]: p["count"] for p in drr[0]["group"][0]["population"]} if drr else {}
+        return drr[0] if counts.get("denominator-exclusion") == 1 else None
+    report = eventually(excluded_report, what="the hospice patient's Individual MeasureReport")
+    assert any(e["reference"].startswith("Encounter/") for e in report["evaluatedResource"])
     # an uncleared token counts nothing it may not see
     hidden = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", token="basic", params=params)
     assert {p["id"]: p["count"] for p in hidden["group"][0]["population"]}["initial-population"] == 0

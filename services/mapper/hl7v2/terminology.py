@@ -289,13 +289,15 @@ INTERPRETATION = {
     "EX": "outside threshold", "HU": "Significantly high", "LU": "Significantly low",
 }
 
-# v2-0112 / UB-04 discharge disposition -> discharge-disposition (65 = psychiatric hospital -> psy)
+# v2-0112 / UB-04 discharge disposition -> discharge-disposition (65 = psychiatric hospital -> psy; 50 hospice -
+# home and 51 hospice - medical facility -> hosp, which is Hospice in FHIR; 43 a federal health care facility and
+# 66 a critical access hospital are other facilities, not hospice)
 DISCHARGE = {
     "01": "home", "1": "home", "02": "other-hcf", "2": "other-hcf", "03": "snf", "3": "snf", "04": "long",
     "4": "long", "05": "other-hcf", "5": "other-hcf", "06": "alt-home", "6": "alt-home", "07": "aadvice",
-    "7": "aadvice", "20": "exp", "40": "exp", "41": "exp", "42": "exp", "43": "hosp", "50": "oth",
-    "51": "oth",
-    "61": "snf", "62": "rehab", "63": "long", "64": "snf", "65": "psy", "66": "hosp", "70": "other-hcf",
+    "7": "aadvice", "20": "exp", "40": "exp", "41": "exp", "42": "exp", "43": "other-hcf", "50": "hosp",
+    "51": "hosp",
+    "61": "snf", "62": "rehab", "63": "long", "64": "snf", "65": "psy", "66": "other-hcf", "70": "other-hcf",
     "HOME": "home", "PSY": "psy", "SNF": "snf", "REHAB": "rehab", "EXP": "exp", "AADVICE": "aadvice",
     "AMA": "aadvice", "HOSP": "hosp", "LONG": "long", "OTH": "oth", "ALT-HOME": "alt-home",
     "OTHER-HCF": "other-hcf",
