@@ -86,7 +86,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
     store = store or open_store(store_dsn(settings), identity_policy(settings))
     # the change feed goes out as one burst per ingest batch (one message per new version): a short linger lets
     # the producer ship it in a few requests instead of waking its sender thread for every message (py-spy: the
-    # per-message wake-ups were most of publish_changes, a third of the ingestor's time at 100 events/s)
+    # per-message wake-ups were most of the change publishing, a third of the ingestor's time at 100 events/s)
     producer = RecordProducer(settings, "carebus-record", linger_ms=2, batch_size=1024 * 1024)
     ingestor = BundleIngestor(settings, store, metrics, producer, group_id=group_id)
     kafka = KafkaReadiness(
