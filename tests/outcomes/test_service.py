@@ -214,6 +214,16 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
     params = {"periodStart": PERIOD[0].isoformat(), "periodEnd": PERIOD[1].isoformat()}
     listed = stack.record.fhir("/Measure")
     assert {e["resource"]["id"] for e in listed["entry"]} == {m.id for m in MEASURES}
+    drr, cms = MEASURES
+    for query, expected in (({"url": drr.url}, [drr.id]), ({"_id": f"{cms.id},{drr.id}"}, [drr.id, cms.id]),
+                            ({"name": "carebusphq9remissionat"}, [cms.id]), ({"title": "Depression"}, [drr.id, cms.id]),
+                            ({"status": "active", "version": "1.0.0", "url": cms.url}, [cms.id]),
+                            ({"status": "retired"}, []), ({"title": "remission"}, [])):  # title: from its start
+        found = stack.record.fhir("/Measure", params=query)
+        assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted(expected), query
+        assert found["total"] == len(expected)
+    unknown = stack.record.get("/Measure", params={"publisher": "carebus"})
+    assert unknown.status_code == 400 and "publisher" in unknown.text
     for spec in MEASURES:
         assert stack.record.fhir(f"/Measure/{spec.id}")["url"] == spec.url
         report = stack.record.fhir(f"/Measure/{spec.id}/$evaluate-measure", params=params)
