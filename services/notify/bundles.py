@@ -5,7 +5,11 @@ current version, when the recipient may still see it - else as id-only); when an
 one more entry: the Provenance with the 42 CFR 2.32 notice and the permitting consents
 (services/common/part2.py), and NORDSCLCD on the Bundle's meta.security.
 
-The same shape answers ``$status`` (type query-status, no events) and ``$events`` (type query-event).
+The same shape answers ``$status`` (type query-status, no events) and ``$events`` (type query-event). An
+``$events`` answer also reports the numbers the subscriber may hold whose content it may no longer receive
+(``withheld``: a revocation after the number went out): a ``notification-event`` with its ``event-number``
+only - no timestamp, no focus, no entry - so the numbers it answers for stay gap-free and say nothing of what
+was withheld.
 """
 
 from __future__ import annotations
@@ -30,23 +34,24 @@ NORDSCLCD = {"system": V3_ACT_CODE, "code": "NORDSCLCD",
 FocusLookup = Callable[[EventRow], Mapping[str, Any] | None]  # the current version, if the recipient may see it
 
 
-def told(sub: SubscriptionDef, events: Sequence[EventRow] = ()) -> int:
+def told(sub: SubscriptionDef, events: Sequence[EventRow] = (), withheld: Sequence[int] = ()) -> int:
     """``events-since-subscription-start`` of a notification: the highest number the subscriber has been shown
     (``SubscriptionDef.told``), or the highest of these events. Never the numbering counter itself: events
     numbered but not yet sent may still be withdrawn (a revocation), and the counter with them; what the
     subscriber is told never goes down, and every number up to it is one it received or can fetch."""
-    return max(sub.told, max((e.number for e in events), default=0))
+    return max(sub.told, max((e.number for e in events), default=0), max(withheld, default=0))
 
 
 def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationType,
-                      events: Sequence[EventRow]) -> dict[str, Any]:
+                      events: Sequence[EventRow], withheld: Sequence[int] = ()) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         {"name": "subscription", "valueReference": {"reference": f"{base_url}/Subscription/{sub.id}"}},
         {"name": "topic", "valueCanonical": sub.topic},
         {"name": "status", "valueCode": sub.status},
         {"name": "type", "valueCode": kind},
-        {"name": "events-since-subscription-start", "valueString": str(told(sub, events))},
+        {"name": "events-since-subscription-start", "valueString": str(told(sub, events, withheld))},
     ]
+    reported: list[tuple[int, list[dict[str, Any]]]] = []
     for event in events:
         parts: list[dict[str, Any]] = [
             {"name": "event-number", "valueString": str(event.number)},
@@ -54,6 +59,9 @@ def status_parameters(sub: SubscriptionDef, base_url: str, kind: NotificationTyp
         ]
         if sub.content != "empty":
             parts.append({"name": "focus", "valueReference": {"reference": f"{base_url}/{event.focus}"}})
+        reported.append((event.number, parts))
+    reported += [(number, [{"name": "event-number", "valueString": str(number)}]) for number in withheld]
+    for _, parts in sorted(reported, key=lambda item: item[0]):
         params.append({"name": "notification-event", "part": parts})
     if sub.status == "error" and sub.error:
         params.append({"name": "error", "valueCodeableConcept": {
@@ -67,9 +75,11 @@ _METHOD = {"created": ("POST", "201"), "updated": ("PUT", "200"), "deleted": ("D
 
 def notification_bundle(sub: SubscriptionDef, base_url: str, kind: NotificationType, events: Sequence[EventRow],
                         now_iso: str, focus: FocusLookup | None = None,
-                        part2_notice: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``part2_notice``: the Provenance of the Part 2 disclosure these events make (None: none)."""
-    status = status_parameters(sub, base_url, kind, events)
+                        part2_notice: Mapping[str, Any] | None = None, withheld: Sequence[int] = ()
+                        ) -> dict[str, Any]:
+    """``part2_notice``: the Provenance of the Part 2 disclosure these events make (None: none); ``withheld``:
+    numbers reported without focus or entry (``$events`` only)."""
+    status = status_parameters(sub, base_url, kind, events, withheld)
     entries: list[dict[str, Any]] = [{
         "fullUrl": f"urn:uuid:{status['id']}",
         "resource": status,

@@ -23,16 +23,17 @@ withheld when the change is numbered                  no number: the counter doe
 withheld at send time (a revocation since), its      withdrawn (:meth:`NotifyStore.withdraw`): the event is
 number above every number the subscriber was told     dropped and the later unsent events move down one number
 (never in a notification, nor served by ``$events``)  - nobody had seen those numbers
-withheld at send time, but its number was already     kept out of every later notification and of ``$events``
-told (a delivery attempt that failed, ``$events``)    (state ``withheld``): the recipient may hold that number
-                                                      already, so it is never given to another event
+withheld at send time, but its number was already     kept out of every later notification (state
+told (a delivery attempt that failed, ``$events``)    ``withheld``): the recipient may hold that number already,
+                                                      so it is never given to another event; ``$events``
+                                                      reports the number alone (no timestamp, focus or entry)
 ====================================================  =========================================================
 
 ``events-since-subscription-start`` (notifications, ``$status``, ``$events``) is the highest number the
 subscriber has been told (``SubscriptionDef.told``: raised before a notification goes out and when ``$events``
 serves events), never the numbering counter itself, which counts queued events a withdrawal may still take back.
-So it never goes down, and every number up to it is one the subscriber received or can fetch with ``$events``
-(unless it was withheld after a failed attempt: the only gap, and the recipient may already hold that one).
+So it never goes down, and ``$events`` answers for every number up to it: with the event, or - withheld after
+its number went out - with the number alone (services/record/subscription_api.py ``events_answer``).
 
 Every withheld notification is a denied disclosure attempt: one BALP AuditEvent (outcome 4, no content), written
 to an outbox in the same store transaction that withholds it and published by the delivery loop

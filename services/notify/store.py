@@ -435,11 +435,13 @@ class NotifyStore:
         return [_event(r) for r in rows]
 
     def events(self, subscription_id: str, since: int | None = None, until: int | None = None,
-               limit: int = 1000) -> list[EventRow]:
+               limit: int = 1000, include_withheld: bool = False) -> list[EventRow]:
+        """The subscription's events in number order; those ``withheld`` after their number went out only with
+        ``include_withheld`` (``$events`` reports their numbers, without focus)."""
+        states = "" if include_withheld else "state <> 'withheld' AND "
         with self.db.connection() as conn:
             rows = self.db.all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
-                                   "state <> 'withheld' AND event_number >= ? AND event_number <= ? "
-                                   "ORDER BY event_number LIMIT ?",
+                                   f"{states}event_number >= ? AND event_number <= ? ORDER BY event_number LIMIT ?",
                              (subscription_id, since or 0, until if until is not None else 2**62, limit))
         return [_event(r) for r in rows]
 

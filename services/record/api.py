@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import orjson
@@ -48,6 +49,7 @@ from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, 
 from services.record.admin import ADMIN_SOURCE, LINKAGE_EVENT_TYPE, LinkRequest, command_of, linkage_bundle
 from services.record.capability import ADMIN_TYPES, capability_statement
 from services.record.contract_routes import contract_router
+from services.record.denials import DeniedAttempts
 from services.record.disclosure_routes import disclosure_router
 from services.record.disclosures import AuditSink, CallerGrants, DisclosureGate
 from services.record.errors import (
@@ -77,6 +79,11 @@ _HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_format", "_pretty"
 _TYPES_TTL_S = 5.0
 
 Publish = Callable[[Sequence[OutboundRecord]], Awaitable[Any]]
+NOBODY = "Patient/"  # a Patient reference no record has: what a 404 looks up in place of a withheld one's patient
+
+
+def _nothing() -> list[dict[str, Any]]:
+    return []
 
 
 @dataclass
@@ -91,6 +98,7 @@ class RecordApi:
     publish: Publish | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     audit_sink: AuditSink | None = None  # blocking write of AuditEvent records (acks=all); None: not audited
+    denials: DeniedAttempts | None = None  # writes denied-attempt AuditEvents off the request path; None: not audited
     gate: DisclosureGate | None = None
     population: PopulationIndex = field(init=False)  # $evaluate-measure's and the clinic view's kept state
     _types: frozenset[str] = frozenset()
@@ -138,8 +146,9 @@ class RecordApi:
         not_found: str,
     ) -> CallerGrants:
         """The caller may see ``row``, or this raises: 403 outside the compartment; a withheld resource answers
-        404 with ``not_found`` (the text of a resource that does not exist) unless the caller is cleared for
-        every withheld class (then 403 stating them). A withheld attempt is audited."""
+        404 with ``not_found`` (the text of a resource that does not exist, see :meth:`missing`) unless the
+        caller is cleared for every withheld class (then 403 stating them). A withheld attempt is audited, off
+        the request path."""
         if compartment is not None and row.patient_ref not in compartment:
             raise Forbidden("the resource is outside the token's patient compartment")
         assert self.gate is not None
@@ -147,7 +156,8 @@ class RecordApi:
         grant = grants.grant_of(row.patient_ref)
         if grant.permits(row.restriction):
             return grants
-        self.audit(disclosures.denied_event(access, interaction, row, self.base_url(request), self.now_ms()))
+        self.deny_later(partial(disclosures.denied_event, access, interaction, row, self.base_url(request),
+                                self.now_ms()))
         missing = grant.withheld(row.restriction)
         if access.cleared_for(missing):
             classes = " and ".join(describe_restriction(missing))
@@ -155,10 +165,28 @@ class RecordApi:
                             "patient's consent and the disclosure policy allow")
         raise ResourceNotFound(not_found)
 
+    def missing(self, access: Access, request: Request, not_found: str, compartment_known: bool = False) -> NoReturn:
+        """404 for a resource (or version) that does not exist, after the same work a withheld one costs in
+        :meth:`check_row` - the token's compartment (unless the caller has looked it up already), the grants of
+        a patient (here one that no record has) and one denied-attempt submission (here of nothing) - so the
+        work behind a 404 does not tell the two apart."""
+        if not compartment_known:
+            self.compartment(access)
+        assert self.gate is not None
+        self.gate.person_grants(access, NOBODY)
+        self.deny_later(_nothing)
+        raise ResourceNotFound(not_found)
+
     def audit(self, events: Sequence[dict[str, Any]]) -> None:
         """Write AuditEvents before the answer leaves (BrokerUnavailable: the request fails with 503)."""
         if events and self.audit_sink is not None:
             self.audit_sink(disclosures.audit_records(events, self.settings.topic_prefix))
+
+    def deny_later(self, build: Callable[[], Sequence[dict[str, Any]]]) -> None:
+        """Hand one answer's denied-attempt AuditEvents (``build`` makes them, possibly none) to the writer
+        thread: every answer calls this once, whether or not it withheld anything (services/record/denials.py)."""
+        if self.denials is not None:
+            self.denials.submit(build)
 
     def audit_page(
         self,
@@ -170,14 +198,14 @@ class RecordApi:
         query: bool = True,
         withheld_patients: Sequence[str] = (),
     ) -> None:
-        """The AuditEvents of one answer, in one write: what it disclosed (per patient) and, per patient whose
-        matches it withheld, a denied attempt (outcome 4)."""
+        """The AuditEvents of one answer: what it disclosed (per patient), written before it leaves; and, per
+        patient whose matches it withheld, a denied attempt (outcome 4), handed to the writer thread - the same
+        submission whether or not anything was withheld."""
         text = request.url.query if query else None
         base, now = self.base_url(request), self.now_ms()
-        self.audit(
-            disclosures.access_events(access, grants, interaction, rows, base, now, text)
-            + disclosures.denied_query_events(access, interaction, withheld_patients, base, now, text)
-        )
+        self.audit(disclosures.access_events(access, grants, interaction, rows, base, now, text))
+        self.deny_later(partial(disclosures.denied_query_events, access, interaction, tuple(withheld_patients),
+                                base, now, text))
 
     def served_body(self, row: StoredRow, persons: dict[str, Person] | None = None) -> bytes:
         """The current version as served; a Patient carries the links of its person. ``persons`` caches the
@@ -498,7 +526,7 @@ def create_app(api: RecordApi) -> FastAPI:
         paging = parse_paging(params, settings.record_default_page_size, settings.record_max_page_size)
         row = api.store.read("Patient", patient_id)
         if row is None:
-            raise ResourceNotFound(f"Patient/{patient_id} is not known")
+            api.missing(access, request, f"Patient/{patient_id} is not known")
         compartment = api.compartment(access)
         api.check_row(access, row, compartment, "operation", request, f"Patient/{patient_id} is not known")
         if row.deleted:
@@ -558,7 +586,7 @@ def create_app(api: RecordApi) -> FastAPI:
             not_found = f"{resource_type}/{resource_id} is not known"
             current = api.store.read(resource_type, resource_id)
             if current is None:
-                raise ResourceNotFound(not_found)
+                api.missing(access, request, not_found, compartment_known=True)
             grants = api.check_row(access, current, compartment, interaction, request, not_found)
         else:
             grants = api.gate.grants(access, compartment)
@@ -605,7 +633,7 @@ def create_app(api: RecordApi) -> FastAPI:
             raise ResourceNotFound("unknown version")
         row = api.store.vread(resource_type, resource_id, int(version_id))
         if row is None:
-            raise ResourceNotFound(not_found)
+            api.missing(access, request, not_found)
         grants = api.check_row(access, row, api.compartment(access), "vread", request, not_found)
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} version {version_id} is a deletion")
@@ -626,7 +654,7 @@ def create_app(api: RecordApi) -> FastAPI:
             raise ResourceNotFound("not a resource id")
         row = api.store.read(resource_type, resource_id)
         if row is None:
-            raise ResourceNotFound(not_found)
+            api.missing(access, request, not_found)
         grants = api.check_row(access, row, api.compartment(access), "read", request, not_found)
         if row.deleted:
             raise ResourceGone(f"{resource_type}/{resource_id} is deleted")

@@ -4,9 +4,12 @@ committed. A thread of the record service.
 Per poll: every record is prepared (pure); bad ones go to the dead-letter topic with the reason; the rest are
 ingested in one store transaction, which leaves out (and reports) any bundle the database refuses as data -
 those are dead-lettered too (reason ``store-refused``), so one poison record never stops the others; then the
-dead letters are acknowledged; then the offsets are committed. If the store (an outage, not a refusal) or Kafka
-fails, nothing is committed, the partitions are rewound to the batch's first offsets and the batch is retried
-after a pause: ingest is idempotent, so a retried or replayed record changes nothing twice.
+dead letters are acknowledged; then the change publisher sends what the transaction added to the change outbox
+(without waiting for Kafka's acks: the outbox already holds it durably; services/record/change_publisher.py);
+then the offsets are committed (asynchronously: a commit lost in a crash or a rebalance only re-delivers
+records, and ingest skips them). If the store (an outage, not a refusal) or Kafka fails, nothing is committed,
+the partitions are rewound to the batch's first offsets and the batch is retried after a pause: ingest is
+idempotent, so a retried or replayed record changes nothing twice.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import KafkaError
 from prometheus_client import Counter
 
 from services.common.errors import BrokerUnavailable, InfrastructureError
@@ -39,7 +42,7 @@ from services.common.topics import (
     HEADER_INBOUND_EVENT_TYPE,
     RECORD_CHANGES,
 )
-from services.record.changes import change_records
+from services.record.change_publisher import ChangePublisher
 from services.record.errors import BadBundle
 from services.record.ingest import InboundBundle, PreparedBundle, prepare_bundle
 from services.record.store.base import RecordStore
@@ -104,6 +107,13 @@ def dead_letter(topic: str, record: InboundBundle, exc: BadBundle) -> OutboundRe
 
 
 LAG_PROBE_INTERVAL_S = 5.0
+
+
+def _commit_answered(offsets: Any, answer: Any) -> None:
+    """The callback of an asynchronous offset commit: a failure only means those records come again."""
+    if isinstance(answer, Exception):
+        log.info("offset commit not accepted; the records will be re-delivered (idempotent)",
+                 extra={"error": type(answer).__name__})
 MAX_QUEUED_PER_PARTITION = 2000
 
 
@@ -212,7 +222,7 @@ class BundleIngestor:
         self._merge = PartitionMerge()
         self._lag_probed = 0.0
         self.changes_topic = RECORD_CHANGES.name(settings.topic_prefix)
-        self._outbox_checked = False  # leftovers of a crash are published before anything else
+        self._stored_offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # next offset per partition stored
         self.healthy = False
         self.reason = "not started"
         self.versions_written = Counter(
@@ -236,6 +246,10 @@ class BundleIngestor:
             "Bundles skipped because they were already ingested.",
             registry=metrics.registry,
         )
+        self._changes = (
+            ChangePublisher(store, producer, self.changes_topic, self.changes_published)
+            if producer is not None else None
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -253,7 +267,8 @@ class BundleIngestor:
         return self._thread is not None and self._thread.is_alive()
 
     def wait_for(self, positions: Iterable[tuple[int, int]], timeout_s: float = 30.0) -> bool:
-        """Block until every (partition, offset) of the bundle topic has been ingested (and committed)."""
+        """Block until every (partition, offset) of the bundle topic has been ingested (stored; the offset commit
+        follows asynchronously, and a stop commits synchronously)."""
         wanted = [(self.topic, p, o) for p, o in positions]
         deadline = time.monotonic() + timeout_s
         with self._progress:
@@ -274,6 +289,7 @@ class BundleIngestor:
                 if consumer is None:
                     consumer = self._factory()
                     self._merge = PartitionMerge()  # a new consumer starts again from the committed offsets
+                    self._stored_offsets = {}
                 self._poll_once(consumer)
             except (KafkaError, BrokerUnavailable) as exc:
                 self.healthy, self.reason = False, f"kafka: {type(exc).__name__}"
@@ -290,8 +306,20 @@ class BundleIngestor:
                     consumer = None
                 self._stop.wait(self._retry_pause_s)
         if consumer is not None:
-            self._close(consumer)
+            self._finish(consumer)
         self.healthy, self.reason = False, "stopped"
+
+    def _finish(self, consumer: KafkaConsumer) -> None:
+        """At a stop: the changes sent get their acks (briefly), the offsets stored are committed, then close."""
+        if self._changes is not None and not self._changes.drain(timeout_s=10.0):
+            log.warning("change feed not fully acknowledged at stop; the outbox publishes the rest at the next start")
+        offsets = {tp: o for tp, o in self._stored_offsets.items() if tp in consumer.assignment()}
+        if offsets:
+            try:
+                consumer.commit(offsets)
+            except (KafkaError, OSError):
+                log.warning("final offset commit failed; the last records will be re-delivered (idempotent)")
+        self._close(consumer)
 
     @staticmethod
     def _close(consumer: KafkaConsumer) -> None:
@@ -311,9 +339,7 @@ class BundleIngestor:
         self._flow_control(consumer, assigned)
         records = merge.take(sorted(assigned), lambda tp: _caught_up(consumer, tp), limit=500)
         if not records:
-            if not self._outbox_checked:
-                self.publish_changes()
-                self._outbox_checked = True
+            self._publish_changes()  # acknowledgements, and what a crash left in the outbox
             return
         started = time.perf_counter()
         try:
@@ -324,13 +350,13 @@ class BundleIngestor:
             merge.restore(records)
             self._stop.wait(self._retry_pause_s)
             return
+        self._publish_changes()
         last: dict[tuple[str, int], int] = {}
         for r in records:
             last[(r.topic, r.partition)] = max(r.offset, last.get((r.topic, r.partition), -1))
-        try:
-            consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1) for (t, p), o in last.items()})
-        except CommitFailedError:
-            log.warning("offset commit failed after a rebalance; the batch will be re-delivered (idempotent)")
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o + 1, "", -1) for (t, p), o in last.items()}
+        self._stored_offsets.update(offsets)
+        consumer.commit_async(offsets, callback=_commit_answered)
         self._metrics.processing_seconds.labels(stage="record-ingest").observe(time.perf_counter() - started)
         with self._progress:
             for key, offset in last.items():
@@ -344,15 +370,15 @@ class BundleIngestor:
             except KafkaError:
                 log.debug("lag probe failed")
 
-    def publish_changes(self) -> None:
-        """Publish the store's change outbox (acks=all), then forget what Kafka acknowledged. Raises
-        BrokerUnavailable (the batch is retried; the rows stay in the outbox)."""
-        if self._producer is None:
+    def _publish_changes(self) -> None:
+        """Hand the store's new change rows to Kafka without waiting (a failed write is sent again next time)."""
+        if self._changes is None:
             return
-        while rows := self._store.pending_changes(1000):
-            self._producer.send_all_and_wait(change_records(self.changes_topic, rows))
-            self._store.forget_changes(rows[-1].seq)
-            self.changes_published.inc(len(rows))
+        try:
+            self._changes.pump()
+        except BrokerUnavailable as exc:
+            self.healthy, self.reason = False, f"change feed: {type(exc).__name__}"
+            log.warning("change feed write failed; resending from the first unacknowledged change")
 
     def _flow_control(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Stop fetching a partition whose queue is long (others may be needed to go on), resume when short."""
@@ -392,7 +418,6 @@ class BundleIngestor:
                     StoreRefused(f"the record store refused the bundle ({refusal.code})"),
                 )
             )
-        self.publish_changes()  # committed changes go out before the offsets are committed
         if letters:
             if self._producer is None:
                 log.error("no producer for dead letters; bad bundles are skipped", extra={"count": len(letters)})

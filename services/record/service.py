@@ -29,6 +29,7 @@ from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.audit_ingest import AuditIngestor
 from services.record.consumer import BundleIngestor
+from services.record.denials import DeniedAttempts
 from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
@@ -46,6 +47,7 @@ class RecordService:
     kafka: KafkaReadiness
     app: FastAPI
     audit: AuditIngestor
+    denials: DeniedAttempts
     warmup: Warmup  # the outcome measures' state, read at start-up (services/outcomes/population.py)
 
     def readiness(self) -> tuple[bool, str]:
@@ -65,11 +67,13 @@ class RecordService:
         self.kafka.start()
         self.ingestor.start()
         self.audit.start()
+        self.denials.start()
         self.warmup.start()
 
     def stop(self) -> None:
         self.ingestor.stop()
         self.audit.stop()
+        self.denials.stop()  # what is queued is written before the producer closes
         self.kafka.stop()
         self.producer.close()
         self.store.close()
@@ -82,7 +86,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
     store = store or open_store(store_dsn(settings), identity_policy(settings))
     # the change feed goes out as one burst per ingest batch (one message per new version): a short linger lets
     # the producer ship it in a few requests instead of waking its sender thread for every message (py-spy: the
-    # per-message wake-ups were most of publish_changes, a third of the ingestor's time at 100 events/s)
+    # per-message wake-ups were most of the change publishing, a third of the ingestor's time at 100 events/s)
     producer = RecordProducer(settings, "carebus-record", linger_ms=2, batch_size=1024 * 1024)
     ingestor = BundleIngestor(settings, store, metrics, producer, group_id=group_id)
     kafka = KafkaReadiness(
@@ -92,6 +96,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         metrics,
     )
     holder: list[RecordService] = []
+    denials = DeniedAttempts(producer.send_all_and_wait, settings.topic_prefix)
     api = RecordApi(
         settings,
         store,
@@ -100,6 +105,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         readiness=lambda: holder[0].readiness(),
         publish=producer.send_all_async,
         audit_sink=producer.send_all_and_wait,
+        denials=denials,
     )
     api.gate = DisclosureGate(
         store,
@@ -107,7 +113,7 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         api.now_ms,
     )
     audit = AuditIngestor(settings, store, group_id=group_id)
-    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit,
+    service = RecordService(settings, store, metrics, producer, ingestor, kafka, create_app(api), audit, denials,
                             Warmup(api.population, log))
     holder.append(service)
     return service

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -59,6 +59,54 @@ def _client_of(request: Request, access: Access) -> str:
         return access.label
     token = (request.headers.get("authorization") or "").partition(" ")[2].strip()
     return f"token-{token_digest(token)[:16]}"
+
+
+@dataclass(frozen=True)
+class EventsAnswer:
+    """What one ``$events`` answer serves: ``screened`` - the events it discloses (with their patients and Part 2
+    consents) and, as ``withheld``, the numbers it reports without focus (also its denied attempts' audit)."""
+
+    screened: Screened
+
+    @property
+    def withheld(self) -> tuple[int, ...]:
+        return self.screened.withheld
+
+
+def events_answer(sub: SubscriptionDef, rows: Sequence[EventRow], screened: Screened) -> EventsAnswer:
+    """The events of an ``$events`` answer, from the rows in its range (withheld ones included) decided now
+    (``screened``), so that it answers for every number the subscriber may hold and for none it may not:
+
+    ======================================================  ====================================================
+    event                                                   in the answer
+    ======================================================  ====================================================
+    the recipient may receive it now                        served: number, timestamp, focus (as ``content``)
+    withheld after its number went out (state withheld:     its number only - no timestamp, focus or entry - so
+    a revocation after a failed attempt), or one it may     the numbers stay gap-free; its content is withheld
+    no longer receive whose number it may hold (delivered   as for any other withheld event (a denied attempt,
+    before, or at or below ``told``)                        audited)
+    one it may no longer receive whose number it has        the answer stops before it: the delivery loop
+    never seen (pending, above ``told``, never attempted)   withdraws it and the later events move down a
+                                                            number (services/notify/store.py ``withdraw``);
+                                                            serving a later one now would fix their numbers
+    ======================================================  ====================================================
+    """
+    by_number = {row.number: row for row in rows}
+    denied = set(screened.withheld)
+    cut = min((n for n in denied if by_number[n].state == "pending" and n > sub.told and by_number[n].attempts == 0),
+              default=None)
+
+    def kept(number: int) -> bool:
+        return cut is None or number < cut
+
+    held = {row.number for row in rows if row.state == "withheld"}
+    events = tuple(e for e in screened.events if kept(e.number) and e.number not in held)
+    served = {e.number for e in events}
+    withheld = tuple(sorted(n for n in denied | held if kept(n)))
+    patients = {**screened.patients, **screened.withheld_patients}
+    return EventsAnswer(Screened(
+        withheld, events, {n: p for n, p in screened.patients.items() if n in served},
+        {n: c for n, c in screened.part2.items() if n in served}, {n: patients.get(n) for n in withheld}))
 
 
 def events_audit(access: Access, screened: Screened, rows: Sequence[EventRow], base_url: str,
@@ -232,23 +280,25 @@ def subscription_router(api: Any) -> APIRouter:
             if content not in ("empty", "id-only", "full-resource"):
                 return invalid(InvalidSubscription("content", "must be empty, id-only or full-resource"))
             sub = replace(sub, content=content)  # type: ignore[arg-type]
-        rows = store().events(sub.id, bounds[0], bounds[1], _EVENTS_LIMIT)
-        # decided now, as a delivery would be: what the recipient may no longer receive is left out
-        screened = screen(store(), sub, rows, int(time.time() * 1000))
+        rows = store().events(sub.id, bounds[0], bounds[1], _EVENTS_LIMIT, include_withheld=True)
+        # decided now, as a delivery would be: what the recipient may no longer receive is not disclosed
+        answer = events_answer(sub, rows, screen(store(), sub, rows, int(time.time() * 1000)))
+        screened = answer.screened
         focus = focus_lookup(store(), sub) if sub.content == "full-resource" else None
         base = api.base_url(request)
-        served = [e.number for e in screened.events]
+        served = [e.number for e in screened.events] + list(answer.withheld)
         # shown from now on: never renumbered, and covered by events-since-subscription-start
         store().mark_served(sub.id, served)
         sub = replace(sub, told=max([sub.told, *served]))
         bundle = notification_bundle(sub, base, "query-event", screened.events, iso_now(), focus,
-                                     part2_notice(sub, base, screened, iso_now()))
+                                     part2_notice(sub, base, screened, iso_now()), answer.withheld)
         # an answer that discloses foci is audited like any API access, before it leaves; what the policy left
         # out is audited as denied attempts whatever the content
         audited = events_audit(access, screened, rows, base, request.url.query)
-        if sub.content == "empty":
-            audited = [event for event in audited if event["outcome"] == "4"]
-        api.audit(audited)
+        if sub.content != "empty":
+            api.audit([event for event in audited if event["outcome"] != "4"])
+        denied = [event for event in audited if event["outcome"] == "4"]
+        api.deny_later(lambda: denied)  # off the request path, as every answer's (services/record/denials.py)
         return _fhir(bundle)
 
     return router

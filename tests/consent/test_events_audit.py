@@ -54,3 +54,28 @@ def test_an_answer_that_withheld_nothing_has_no_denied_attempt() -> None:
 def test_an_event_with_nothing_known_about_it_is_not_accounted_to_a_patient() -> None:
     screened = Screened(withheld=(1,), events=())  # its focus is gone from notify's store: no patient to name
     assert events_audit(ACCESS, screened, ROWS[:1], BASE, "") == []
+
+
+def test_events_answer_reports_held_numbers_alone_and_stops_before_a_number_never_seen() -> None:
+    from dataclasses import replace
+
+    from services.notify.subscriptions import SubscriptionDef
+    from services.record.subscription_api import events_answer
+    from tests.consent.test_validation import _subscription
+
+    sub: SubscriptionDef = replace(_subscription(), told=3)
+    rows = [replace(ROWS[0], state="delivered"),  # 1: delivered, revoked since
+            replace(ROWS[1], state="withheld"),  # 2: withheld after a failed attempt (decided "permit" now)
+            replace(ROWS[2], state="pending", attempts=1),  # 3: on the wire, permitted
+            replace(ROWS[3], state="pending", attempts=0),  # 4: never told, never attempted, withheld now
+            replace(_row(5, "c5"), state="pending", attempts=0)]  # 5: permitted, but after 4
+    screened = Screened(withheld=(1, 4), events=(rows[1], rows[2], rows[4]),
+                        patients={2: "Patient/p1", 3: "Patient/p1", 5: "Patient/p1"},
+                        withheld_patients={1: "Patient/p1", 4: "Patient/p1"})
+    answer = events_answer(sub, rows, screened)
+    assert [e.number for e in answer.screened.events] == [3]  # 5 waits: 4 is withdrawn and 5 becomes 4
+    assert answer.withheld == (1, 2)
+    assert answer.screened.withheld_patients == {1: "Patient/p1", 2: "Patient/p1"}
+    # once 4 is no longer in the way, everything after it is answered
+    assert [e.number for e in events_answer(sub, [*rows[:3], rows[4]], replace(
+        screened, withheld=(1,), withheld_patients={1: "Patient/p1"})).screened.events] == [3, 5]

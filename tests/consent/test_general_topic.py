@@ -16,6 +16,8 @@ from services.common.settings import Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, GENERAL_BUNDLES, HEADER_SECURITY
 from services.general.filter import general_bundle
 from services.general.service import GeneralTopicService
+from tests.consent.consents import LABEL_SETS
+from tests.consent.test_record_enforcement import _labelled
 from tests.kafka_helpers import header, read_all
 from tests.record.conftest import validate_fhir
 from tests.record.fhir_data import (
@@ -71,6 +73,21 @@ def test_filter_keeps_ordinary_data_only_and_says_nothing_about_the_rest() -> No
     assert resources["dx"]["id"] not in text and resources["oud"]["id"] not in text
     assert not RESTRICTED & {code for _, code in parse_security_header(security)} and "REDACTED" not in text
     assert not any(c["code"] in RESTRICTED for c in bundle.get("meta", {}).get("security", []))
+
+
+@pytest.mark.parametrize("label_class", sorted(LABEL_SETS))
+def test_matrix_exit_general_topic(label_class: str) -> None:
+    """The consent matrix's general-topic column: the topic is shared by every vendor without clearance, so no
+    one recipient's consent applies to it - whatever the consent state, a resource of any label class is removed,
+    and only unlabelled data goes (tests/consent/test_decision.py has the other exits)."""
+    mrn = unique("genm-")
+    pid = patient_id(CLINIC, mrn)
+    resource = _labelled(body_weight(CLINIC, pid, f"{mrn}-{label_class}", iso(T0), 70.0), LABEL_SETS[label_class])
+    value, security = general_bundle(orjson.dumps(Event(CLINIC, mrn, [patient(CLINIC, mrn), resource]).bundle()))
+    kept = {e["resource"]["id"] for e in orjson.loads(value).get("entry", [])}
+    assert (resource["id"] in kept) is (label_class == "none"), label_class
+    assert patient_id(CLINIC, mrn) in kept
+    assert not RESTRICTED & {code for _, code in parse_security_header(security)}
 
 
 def test_filter_of_a_part2_program_bundle_leaves_an_empty_collection() -> None:

@@ -324,6 +324,82 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
         receiver.stop()
 
 
+def _reported(bundle: dict[str, Any]) -> dict[int, list[str]]:
+    """The notification-events of an answer: number -> the names of its parts."""
+    return {int(next(part["valueString"] for part in p["part"] if part["name"] == "event-number")):
+            [part["name"] for part in p["part"]]
+            for p in bundle["entry"][0]["resource"]["parameter"] if p["name"] == "notification-event"}
+
+
+def test_a_revocation_after_a_failed_attempt_keeps_the_numbers_answered_and_sends_nothing_more(
+        push: NotifyStack) -> None:
+    """A Part 2 diagnosis went out (the attempt failed: the recipient may hold its number), then the patient
+    revoked: it is never sent again, the next event gets the next number, and ``$events`` answers for that
+    number - by the number alone, as a withheld event, with nothing of its content."""
+    receiver = Receiver()
+    try:
+        granted = consent("c-live", "", covered=("SUD", "42CFRPart2"), start="2026-01-10T09:00:00+00:00")
+        mrn, pid = _seed_person(push, [])
+        live = {**granted, "patient": {"reference": f"Patient/{pid}"}}
+        push.record.publish(Event(CLINIC, mrn, [_consent_resource(live, f"{mrn}-live")]))
+        _wait_consents(push, pid, 1)
+        sid = _subscribe(push, receiver, "partner", pid, max_count=1)
+        receiver.mode = "fail"
+        part2_dx, later = _condition(mrn, pid, "SUD-Part2"), _condition(mrn, pid, "none")
+        push.record.publish(Event(CLINIC, mrn, [part2_dx]))
+        # number 1 is on the wire: attempted (the recipient answered 500), so it may hold that number
+        assert receiver.wait_for(lambda: any(r.numbers == [1] for r in receiver.of(sid)))
+        push.record.publish(Event(CLINIC, mrn, [later]))
+        deadline = time.monotonic() + 60
+        while len(push.store.events(sid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # the recipient goes away; the patient revokes meanwhile
+        receiver.stop()
+        revoked = {**live, "status": "inactive",
+                   "provision": {**live["provision"], "period": {
+                       "start": live["provision"]["period"]["start"],
+                       "end": datetime.now(UTC).isoformat(timespec="seconds")}}}
+        push.record.publish(Event(CLINIC, mrn, [_consent_resource(revoked, f"{mrn}-live")]))
+        _wait_consents(push, pid, 1, status="inactive")
+
+        def state_of_first() -> str:
+            return next(e.state for e in push.store.events(sid, include_withheld=True) if e.number == 1)
+
+        deadline = time.monotonic() + 60
+        while state_of_first() != "withheld" and time.monotonic() < deadline:  # the delivery loop decided again
+            time.sleep(0.1)
+        assert state_of_first() == "withheld"
+        before = len(receiver.received)
+        receiver.mode = "ok"
+        receiver.start()
+        assert receiver.wait_for(lambda: receiver.acknowledged_numbers(sid) == [2])
+        after = receiver.received[before:]
+        assert after and all(part2_dx["id"] not in orjson.dumps(r.bundle).decode() for r in after)
+        assert _numbers_and_foci(receiver, sid) == {2: later["id"]}
+        # $events answers for both numbers, 1 by its number alone (no timestamp, no focus, no entry)
+        for content in ("full-resource", "id-only", "empty"):
+            answer = push.fhir("GET", f"/Subscription/{sid}/$events", "partner", params={"content": content})
+            raw = orjson.dumps(answer).decode()
+            assert part2_dx["id"] not in raw and '"code":"42CFRPart2"' not in raw, content
+            expected_parts = ["event-number", "timestamp"] + (["focus"] if content != "empty" else [])
+            assert _reported(answer) == {1: ["event-number"], 2: expected_parts}, content
+            assert _since(answer) == 2
+            foci = [e["fullUrl"] for e in answer["entry"][1:]]
+            assert foci == ([] if content == "empty" else [f"{push.settings.record_base_url}/Condition/{later['id']}"])
+        only_first = {"eventsSinceNumber": "1", "eventsUntilNumber": "1"}
+        first_only = push.fhir("GET", f"/Subscription/{sid}/$events", "partner", params=only_first)
+        assert _reported(first_only) == {1: ["event-number"]}
+        assert _since(push.fhir("GET", f"/Subscription/{sid}/$status", "partner")) == 2
+        sub = push.store.get(sid)
+        assert sub is not None and sub.events_since_start == 2 and sub.told == 2
+        # withheld at send time: one denied push, audited once
+        denied = _audit_events(push, {sid}, 1, outcome="4")
+        assert [e["id"] for e in denied] == [audit.disclosure_id("notify-withheld", sid, f"Condition/{part2_dx['id']}",
+                                                                 "1")]
+    finally:
+        receiver.stop()
+
+
 def test_withdraw_keeps_numbers_gap_free_and_never_reuses_a_number_on_the_wire(tmp_path: Path) -> None:
     from services.notify.store import open_notify_store
     from tests.notify.test_store import _phq9, _sub

@@ -1,5 +1,6 @@
 """The record's change feed on a real broker: one message per committed version, after the store commit, and
-none lost when the record stops between its store commit and the publish."""
+none lost when the record stops between its store commit and the publish, when Kafka refuses the writes, or
+when the outbox has run empty between two changes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter
 
+from services.common.errors import BrokerUnavailable
 from services.common.kafka import RecordProducer, client_config
 from services.common.settings import Settings
 from services.common.topics import RECORD_CHANGES
+from services.record.change_publisher import ChangePublisher
 from services.record.consumer import inbound
-from services.record.ingest import prepare_bundle
+from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import identity_policy, open_store
 from tests.record.conftest import RecordHarness, harness_settings
 from tests.record.fhir_data import CLINIC, HOSPITAL, Event, encounter, patient, patient_id, phq9_total, unique
@@ -114,6 +119,72 @@ def test_a_change_committed_but_not_published_goes_out_at_the_next_start(kafka_b
         store.close()
     assert sorted((c["resourceType"], c["versionId"]) for c in changes) == [("Observation", 1), ("Patient", 1)]
     assert open_store(dsn, identity_policy(settings)).pending_changes() == []
+
+
+def test_a_change_after_the_outbox_ran_empty_is_published(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """One long-running record: the first change is published and forgotten (the outbox is empty), then a second
+    change comes. Its outbox row is numbered above the first one's, so the publisher, which remembers how far it
+    has sent, sends it."""
+    settings = harness_settings(kafka_bootstrap)
+    harness = RecordHarness(settings, f"sqlite:///{tmp_path}/record.db", "sqlite")
+    try:
+        mrn = unique("oe-")
+        pid = patient_id(CLINIC, mrn)
+        harness.publish(Event(CLINIC, mrn, [patient(CLINIC, mrn)]))
+        assert len(read_changes(settings, 1)) == 1
+        deadline = time.monotonic() + 30
+        while harness.store.pending_changes():  # acknowledged and forgotten at a later cycle
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        harness.publish(Event(CLINIC, mrn, [phq9_total(CLINIC, pid, f"{mrn}-phq", "2024-03-01", 11)]))
+        changes = read_changes(settings, 2)
+    finally:
+        harness.close()
+    assert [c["resourceType"] for c in changes] == ["Patient", "Observation"]
+
+
+def test_changes_kafka_did_not_take_stay_in_the_outbox_and_go_out_in_order(kafka_bootstrap: str,
+                                                                            tmp_path: Path) -> None:
+    settings = harness_settings(kafka_bootstrap)
+    harness = RecordHarness(settings, f"sqlite:///{tmp_path}/seed.db", "sqlite")
+    harness.close()  # the topics exist
+    store = open_store(f"sqlite:///{tmp_path}/record.db", identity_policy(settings))
+    mrn = unique("kd-")
+    pid = patient_id(CLINIC, mrn)
+    events = [Event(CLINIC, mrn, [patient(CLINIC, mrn)])] + [
+        Event(CLINIC, mrn, [encounter(CLINIC, pid, f"{mrn}-enc", "2024-03-01T10:00:00Z", end)])
+        for end in (None, "2024-03-01T11:00:00Z")
+    ]
+    store.ingest([prepare_bundle(_as_consumed(e, offset)) for offset, e in enumerate(events)])
+    published = Counter("published", "changes", registry=CollectorRegistry())
+    unreachable = Settings(kafka_bootstrap="127.0.0.1:9", topic_prefix=settings.topic_prefix,
+                           kafka_request_timeout_s=1.0)
+    dead = RecordProducer(unreachable, "test-dead")
+    try:
+        with pytest.raises(BrokerUnavailable):
+            ChangePublisher(store, dead, RECORD_CHANGES.name(settings.topic_prefix), published).pump()
+    finally:
+        dead.close(timeout_s=1)
+    assert len(store.pending_changes()) == 3  # nothing forgotten that Kafka did not acknowledge
+    producer = RecordProducer(settings, "test-live")
+    try:
+        publisher = ChangePublisher(store, producer, RECORD_CHANGES.name(settings.topic_prefix), published)
+        publisher.pump()
+        assert publisher.drain(timeout_s=30)
+    finally:
+        producer.close()
+    assert store.pending_changes() == [] and publisher.in_flight == 0
+    changes = read_changes(settings, 3)
+    store.close()
+    assert [(c["resourceType"], c["versionId"]) for c in changes] == [("Patient", 1), ("Encounter", 1),
+                                                                       ("Encounter", 2)]
+
+
+def _as_consumed(event: Event, offset: int) -> InboundBundle:
+    """The bundle topic's record of ``event`` as the record's consumer would see it at ``offset``."""
+    record = event.record("t")
+    return InboundBundle(record.topic, 0, offset, 1_700_000_000_000 + offset, record.key, record.value,
+                         dict(record.headers))
 
 
 def _fetch(settings: Settings, partition: int, offset: int) -> Any:

@@ -10,7 +10,11 @@ message that reuses another's MSH-4 + MSH-10) is mapped in process by the same m
 content is validated all the same; ``Gathered.dropped`` names them and a test keeps that list narrow.
 
 Each distinct resource (same content emitted by many bundles counts once) is written to a folder, with a few
-known-bad control resources that prove the validator finds errors; one JVM validates the folder.
+known-bad control resources that prove the validator finds errors; one JVM validates the folder. The same folder
+holds what the other emitting suites build (``EXTRA_SETS``: the disclosure side's AuditEvents, Part 2 notice and
+notifications, tests/consent/test_validation.py; the outcomes work's resources, tests/outcomes/test_hapi_outcomes.py)
+and, per set, one broken copy of its first resource that must fail, so that no suite starts a JVM of its own
+(tests/validation/test_emitted_sets.py checks them).
 
 The bundles also go into a record service (the real one: consumer on the bundle topic, SQLite store, API under
 uvicorn on a loopback port), and the same JVM first runs the HAPI FHIR generic client against that live API
@@ -25,7 +29,7 @@ import hashlib
 import json
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,10 +51,12 @@ from services.intake.app import create_app
 from services.mapper.pipeline import Pipeline, TopicNames
 from services.record.service import build_service
 from services.record.store import identity_policy, open_store
+from tests.consent.test_validation import emitted as disclosure_resources
 from tests.fhir_in.test_fidelity import mixed_post, sdc_phq9
 from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples
 from tests.kafka_helpers import header, read_all
+from tests.outcomes.test_hapi_outcomes import resources as outcome_resources
 from tests.record.conftest import ServerThread
 from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
 from tests.validation.hapi import ClientCheck, Result, validate_folder
@@ -75,6 +81,32 @@ CONTROLS: dict[str, dict[str, Any]] = {
         "resourceType": "Encounter", "id": "control-4", "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "FF"}},
 }
+
+
+def _outcome_set() -> dict[str, dict[str, Any]]:
+    return {f"{n:03d}-{r['resourceType']}": r for n, r in enumerate(outcome_resources())}
+
+
+# What other suites emit, validated in this run: set name -> its resources by name.
+EXTRA_SETS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {
+    "disclosure": disclosure_resources,
+    "outcomes": _outcome_set,
+}
+BROKEN = "broken"  # per set: its first resource with an element FHIR R4 does not have (the validator must say so)
+
+
+def broken_copy(resource: dict[str, Any]) -> dict[str, Any]:
+    return {**resource, "carebusNotAnElement": True}
+
+
+@dataclass
+class ExtraSet:
+    """One suite's resources as validated here: what was written (by name) and the validator's result of each,
+    and of the broken copy."""
+
+    resources: dict[str, dict[str, Any]]
+    results: dict[str, Result] = field(default_factory=dict)
+    broken: Result | None = None
 
 
 @dataclass
@@ -105,6 +137,7 @@ class Gathered:
     dropped: list[str]  # HL7 samples acknowledged but without a bundle from the topic (mapped in process)
     refused: dict[str, int] = field(default_factory=dict)  # inputs intake refused: source -> HTTP status
     client: ClientRun | None = None
+    extras: dict[str, ExtraSet] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,15 +256,29 @@ def _gather(settings: Settings, workdir: Path) -> Gathered:
         names[name] = item
     for name, resource in CONTROLS.items():
         (folder / f"zz-{name}.json").write_text(json.dumps(resource), encoding="utf-8")
+    extras: dict[str, ExtraSet] = {}
+    extra_files: dict[str, tuple[str, str]] = {}  # file -> (set, resource name or BROKEN)
+    for set_name, build in EXTRA_SETS.items():
+        extra = extras[set_name] = ExtraSet(build())
+        for name, resource in [*extra.resources.items(), (BROKEN, broken_copy(next(iter(extra.resources.values()))))]:
+            file = f"xs-{set_name}-{name}.json"
+            (folder / file).write_text(json.dumps(resource), encoding="utf-8")
+            extra_files[file] = (set_name, name)
     controls: dict[str, Result] = {}
     client, results = _validate_with_client(settings, records, workdir, folder)
     for result in results:
         if result.file in names:
             names[result.file].result = result
+        elif result.file in extra_files:
+            set_name, name = extra_files[result.file]
+            if name == BROKEN:
+                extras[set_name].broken = result
+            else:
+                extras[set_name].results[name] = result
         else:
             controls[result.file.removeprefix("zz-").removesuffix(".json")] = result
     return Gathered(emitted=emitted, controls=controls, sources_sent=[item.source for item in accepted],
-                    sources_with_bundle=with_bundle, dropped=dropped, refused=refused, client=client)
+                    sources_with_bundle=with_bundle, dropped=dropped, refused=refused, client=client, extras=extras)
 
 
 def _most_observed_patient(records: list[Any]) -> str:

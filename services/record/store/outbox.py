@@ -1,8 +1,9 @@
 # ruff: noqa: S608 -- SQL is assembled from fixed fragments and placeholders; every value is a bound parameter
 """The change outbox of the record store: the change-feed messages of an ingest, written in the ingest's own
-transaction (services/record/changes.py says why), read and forgotten by the bundle consumer once Kafka has
-acknowledged them. Sequence numbers order the rows; they restart when the outbox is empty (only the order of
-the rows waiting matters)."""
+transaction (services/record/changes.py says why), read and forgotten by the record's change publisher once Kafka has
+acknowledged them. Sequence numbers order the rows and never go back: ``change_outbox_floor`` keeps the highest
+number forgotten, so a publisher that remembers how far it has sent (services/record/change_publisher.py) is
+never passed by a new row numbered below it when the outbox runs empty."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def schema(d: Dialect) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS change_outbox (
             seq {d.bigint} PRIMARY KEY, change_key {d.text} NOT NULL, security {d.text} NOT NULL,
             body {d.blob} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS change_outbox_floor (
+            id {d.bigint} PRIMARY KEY, seq {d.bigint} NOT NULL)""",
     ]
 
 
@@ -66,7 +69,13 @@ def write(db: Database, conn: Connection, plan: WritePlan) -> None:
             conn, f"SELECT patient_ref, person_id FROM identity_member WHERE person_id IN ({marks})", chunk
         ):
             members_of.setdefault(person, []).append(ref)
-    top = db.all(conn, "SELECT MAX(seq) FROM change_outbox")
+    if db.dialect.outbox_lock:  # numbers in commit order across instances, and never two rows with one number
+        conn.execute(db.dialect.outbox_lock)
+    top = db.all(
+        conn,
+        "SELECT COALESCE((SELECT MAX(seq) FROM change_outbox), "
+        "(SELECT seq FROM change_outbox_floor WHERE id = 0))",
+    )
     seq = int(top[0][0] or 0) if top else 0
     rows = []
     for version in plan.versions:
@@ -81,10 +90,12 @@ def write(db: Database, conn: Connection, plan: WritePlan) -> None:
     db.insert(conn, "change_outbox", "seq, change_key, security, body", rows)
 
 
-def pending(db: Database, limit: int) -> list[OutboxRow]:
+def pending(db: Database, limit: int, after_seq: int = 0) -> list[OutboxRow]:
     with db.connection() as conn:
         rows = db.all(
-            conn, "SELECT seq, change_key, security, body FROM change_outbox ORDER BY seq LIMIT ?", (limit,)
+            conn,
+            "SELECT seq, change_key, security, body FROM change_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
         )
     return [OutboxRow(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
 
@@ -92,3 +103,8 @@ def pending(db: Database, limit: int) -> list[OutboxRow]:
 def forget(db: Database, up_to_seq: int) -> None:
     with db.transaction() as conn:
         conn.execute(db.dialect.sql("DELETE FROM change_outbox WHERE seq <= ?"), (up_to_seq,))
+        floor = db.all(conn, "SELECT seq FROM change_outbox_floor WHERE id = 0")
+        if not floor:
+            db.insert(conn, "change_outbox_floor", "id, seq", [(0, up_to_seq)])
+        elif int(floor[0][0]) < up_to_seq:
+            db.exec(conn, "UPDATE change_outbox_floor SET seq = ? WHERE id = 0", (up_to_seq,))

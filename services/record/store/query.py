@@ -163,9 +163,11 @@ def search(db: Database, query: SearchQuery, view: View) -> Page:
 
 def page(db: Database, conn: Connection, table: str, where: _Where, view: View, order: str, count: int, offset: int
 ) -> Page:
-    """One page of visible matches, the visible total and what was withheld, in as few queries as the
-    case allows: a complete first page is its own total, and a caller who may see everything has nothing
-    withheld; otherwise one grouped count gives both. A view limited to no patient at all sees nothing."""
+    """One page of visible matches, the visible total and what was withheld. A caller who may see everything
+    and gets a complete first page needs no count; every other answer runs the same statements whether or not
+    anything is withheld - the page, then one count grouped by patient and restriction that gives the total, the
+    withheld counts and the patients whose matches were withheld - so neither the number of statements nor their
+    shape tells an uncleared caller that a withheld match exists. A view limited to no patient sees nothing."""
     if not _view(where, view):
         return Page([], 0)
     rows: list[StoredRow] = []
@@ -193,23 +195,13 @@ def page(db: Database, conn: Connection, table: str, where: _Where, view: View, 
         return Page(rows, len(rows))
     total = 0
     withheld: dict[int, int] = {}
-    if view.by_patient:
-        groups = db.all(
-            conn,
-            f"SELECT c.patient_ref, c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} "
-            "GROUP BY c.patient_ref, c.restriction",
-            where.params,
-        )
-    else:
-        groups = [
-            (None, *g)
-            for g in db.all(
-                conn,
-                f"SELECT c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} GROUP BY c.restriction",
-                where.params,
-            )
-        ]
     denied: set[str] = set()
+    groups = db.all(
+        conn,
+        f"SELECT c.patient_ref, c.restriction, COUNT(*) FROM {table} c WHERE {where.sql()} "
+        "GROUP BY c.patient_ref, c.restriction",
+        where.params,
+    )
     for patient_ref, restriction, n in groups:
         missing = _missing(int(restriction), view.mask_of(patient_ref))
         if missing:
@@ -218,16 +210,6 @@ def page(db: Database, conn: Connection, table: str, where: _Where, view: View, 
                 denied.add(patient_ref)
         else:
             total += int(n)
-    if withheld and not view.by_patient:  # whose matches were withheld (asked only when some were)
-        denied = {
-            r[0]
-            for r in db.all(
-                conn,
-                f"SELECT DISTINCT c.patient_ref FROM {table} c WHERE ({where.sql()}) AND NOT ({condition}) "
-                "AND c.patient_ref IS NOT NULL",
-                (*where.params, *visible_params),
-            )
-        }
     return Page(rows, total, withheld, tuple(sorted(denied)))
 
 

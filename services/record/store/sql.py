@@ -60,9 +60,10 @@ class SqlStore:
     def ingest(self, bundles: Sequence[PreparedBundle]) -> IngestReport:
         return versions.ingest(self.db, bundles, self.policy)
 
-    def pending_changes(self, limit: int = 1000) -> list[OutboxRow]:
-        """Change-feed messages committed but not yet acknowledged by Kafka, oldest first."""
-        return outbox.pending(self.db, limit)
+    def pending_changes(self, limit: int = 1000, after_seq: int = 0) -> list[OutboxRow]:
+        """Change-feed messages committed but not yet forgotten (acknowledged by Kafka), oldest first; those
+        numbered above ``after_seq``."""
+        return outbox.pending(self.db, limit, after_seq)
 
     def forget_changes(self, up_to_seq: int) -> None:
         outbox.forget(self.db, up_to_seq)
