@@ -253,7 +253,7 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
         drr = [r for r in reports if MEASURES[0].url in r["measure"]]
         counts = {p["id"]: p["count"] for p in drr[0]["group"][0]["population"]} if drr else {}
         return drr[0] if counts.get("denominator-exclusion") == 1 else None
-    report = eventually(excluded_report, what="the hospice patient's Individual MeasureReport")
+    report = eventually(excluded_report, timeout_s=90, what="the hospice patient's Individual MeasureReport")
     assert any(e["reference"].startswith("Encounter/") for e in report["evaluatedResource"])
     # an uncleared token counts nothing it may not see
     hidden = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", token="basic", params=params)
