@@ -55,6 +55,7 @@ bench: setup  # every benchmark in turn; each prints its figures (README: "Figur
 	$(PY) -m benchmarks.scaleout_bench
 	$(PY) -m benchmarks.hl7v2_bench
 	$(PY) -m benchmarks.record_bench
+	$(PY) -m benchmarks.side_channel_bench
 
 # the fault suite alone (make test runs it too): real processes killed and restarted mid-stream
 faults: setup

@@ -12,15 +12,16 @@ every canonical, and ``GET /Subscription`` validation refuses anything else.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from services.common.fhir.codesystems import OUTCOMES_CODES, SAFETY_TASK_CODES
 from services.common.fhir.instruments import INSTRUMENTS
-from services.common.topics import CHANGE_KINDS, ChangeKind
+from services.common.topics import CHANGE_KINDS, ChangeKind, OutcomeChangeKind
 
 TOPIC_BASE = "https://carebus.dev/fhir/SubscriptionTopic/"
 SUICIDE_RISK_SNOMED = "225444004"
@@ -91,8 +92,33 @@ def state_of(change: Change) -> str:
         return "merged" if merged else "active"
     if change.resource_type == "DocumentReference":
         return f"{resource.get('status', '')}/{resource.get('docStatus', '')}"
+    if change.resource_type == "Observation" and any(s == OUTCOMES_CODES for s, _ in _codings(resource.get("code"))):
+        return _outcome_facts(resource)
     status = resource.get("status")
     return status if isinstance(status, str) else ""
+
+
+_OUTCOME_FACTS = frozenset(get_args(OutcomeChangeKind))
+
+
+def _outcome_facts(resource: Mapping[str, Any]) -> str:
+    """A derived episode Observation's state: how many of each outcome fact it records (its dated components,
+    services/outcomes/fhir.py), e.g. ``outcome:deterioration=1,episode-started=1``."""
+    counts = Counter(code for component in resource.get("component") or ()
+                     if isinstance(component, dict) and "valueDateTime" in component
+                     for system, code in _codings(component.get("code"))
+                     if system == OUTCOMES_CODES and code in _OUTCOME_FACTS)
+    return "outcome:" + ",".join(f"{kind}={n}" for kind, n in sorted(counts.items()))
+
+
+def _fact_count(state: str | None, kind: str) -> int:
+    if not state or not state.startswith("outcome:"):
+        return 0
+    for part in state.removeprefix("outcome:").split(","):
+        name, _, n = part.partition("=")
+        if name == kind and n.isdigit():
+            return int(n)
+    return 0
 
 
 # --- filter values -----------------------------------------------------------------------------------------
@@ -225,9 +251,26 @@ def _outcome_changed(change: Change, previous: str | None) -> bool:
     return _coded(change, OUTCOMES_CODES)
 
 
+def _outcome_reached(kind: OutcomeChangeKind) -> Trigger:
+    """A derived episode Observation records one more ``kind`` fact than its version before (a recompute or a
+    replay that records the same facts triggers nothing; a second deterioration does)."""
+    return lambda change, previous: (_outcome_changed(change, previous)
+                                     and _fact_count(state_of(change), kind) > _fact_count(previous, kind))
+
+
 def _safety_task(change: Change, previous: str | None) -> bool:
     return _coded(change, SAFETY_TASK_CODES)
 
+
+# the outcome changes of carebus.outcomes.v1 a subscriber may ask for one by one (services/outcomes/episodes.py)
+_OUTCOME_TOPICS: tuple[tuple[OutcomeChangeKind, str, str], ...] = (
+    ("response-reached", "Response reached",
+     "A PHQ-9 / GAD-7 episode reached response (a score at least 50 % below the index; GAD-7: its configured %)."),
+    ("remission-reached", "Remission reached", "A PHQ-9 / GAD-7 episode reached remission (a score below 5)."),
+    ("deterioration", "Deterioration", "A score rose 5 or more points above the previous one of the instrument."),
+    ("follow-up-overdue", "Follow-up overdue",
+     "No follow-up score came within the configured days (30) of a follow-up window opening."),
+)
 
 TOPICS: tuple[Topic, ...] = (
     Topic("encounter-started", "Encounter started", "A visit, session or admission has begun.", "Encounter",
@@ -306,6 +349,11 @@ TOPICS: tuple[Topic, ...] = (
           "Observation with a code of urn:carebus:codesystem:outcomes gets a new version",
           _outcome_changed,
           (PATIENT, _code("Observation.code (phq-9-episode, gad-7-episode)", "code"))),
+    *(Topic(f"outcome-{kind}", title, f"{description} The focus is the derived episode Observation.", "Observation",
+            f"a derived episode Observation (urn:carebus:codesystem:outcomes) records a new {kind} fact",
+            _outcome_reached(kind),
+            (PATIENT, _code("Observation.code (phq-9-episode, gad-7-episode)", "code")))
+      for kind, title, description in _OUTCOME_TOPICS),
     Topic("safety-task-changed", "Safety task changed",
           "A safety Task was created from an alert, escalated, acknowledged or closed.", "Task",
           "Task with a code of urn:carebus:codesystem:safety-task gets a new version",

@@ -29,7 +29,8 @@ When each counts (:func:`excluding`, for a report whose period starts ``since`` 
   (``since`` .. ``until``), as the eCQM libraries ask for care "during the measurement period". An Encounter lasts
   its ``period`` (open: ongoing); a discharge to hospice is dated at the discharge (``period.end``); a Procedure
   its ``performed[x]``; a ServiceRequest is dated ``authoredOn``; an Observation its ``effective[x]``; a Z51.5
-  Condition from its onset to its ``abatement[x]`` (none: ongoing). Undated, it counts whatever the window.
+  Condition from its onset to its ``abatement[x]`` (none: ongoing). Undated, it cannot be placed in the period and
+  does not count (as the eCQM logic has it: an unknown time is not "during").
 
 What counts as having happened: a Condition unless ``verificationStatus`` is ``refuted`` / ``entered-in-error``;
 an Encounter unless ``planned``, ``cancelled`` or ``entered-in-error`` (a discharge disposition only once
@@ -135,7 +136,7 @@ _OBSERVATION_FINAL: Final = frozenset({"final", "amended", "corrected"})
 EXCLUSIONS_READ: Final = ("Condition", "Patient", "Encounter", "Procedure", "ServiceRequest", "Observation")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Exclusion:
     when: date | None  # from when it counts; None: undated, counts for every window
     reason: ExclusionReason
@@ -278,8 +279,8 @@ def exclusion_of(resource: dict[str, Any]) -> Exclusion | None:
 def in_force(exclusion: Exclusion, until: date, since: date | None = None) -> bool:
     """Whether ``exclusion`` takes a person out of a report whose window ends ``until`` (and whose period starts
     ``since``: care over a time must reach into it)."""
-    if exclusion.when is None:
-        return True
+    if exclusion.when is None:  # a diagnosis or a death of unknown date counts; care must be placed in the period
+        return exclusion.reason not in CARE_OVER_TIME
     if exclusion.when > until:
         return False
     return not (exclusion.reason in CARE_OVER_TIME and since is not None and exclusion.ends is not None

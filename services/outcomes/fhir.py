@@ -117,6 +117,9 @@ CMS159_STYLE: Final = MeasureSpec(
     "CMS159v14 Depression Remission at Twelve Months",
 )
 MEASURES: Final = (DRR_E_STYLE, CMS159_STYLE)
+# what ``GET /Measure`` searches by (services/record/outcomes_api.py) and the CapabilityStatement says: (name, type)
+MEASURE_SEARCH_PARAMS: Final = (("_id", "token"), ("url", "uri"), ("version", "token"), ("name", "string"),
+                                ("title", "string"), ("status", "token"))
 MEASURES_BY_ID: Final = {m.id: m for m in MEASURES}
 
 _POPULATIONS: Final = (

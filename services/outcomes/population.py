@@ -52,7 +52,7 @@ class BulkStore(Protocol):
     def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact(Generic[T]):
     """One parsed current resource: whose it is, its labels' restriction bits, and what it says."""
 
@@ -261,6 +261,10 @@ class PopulationIndex:
 WARM_GROUPINGS: tuple[tuple[str, ...], ...] = ((PHQ9_TOTAL,), (PHQ9_TOTAL, GAD7_TOTAL))
 
 
+class _Stopped(Exception):
+    """The warm-up was asked to stop."""
+
+
 class Warmup:
     """Warms a :class:`PopulationIndex` at start-up in a background thread, so the first ``$evaluate-measure``
     after a start costs what any later one does.
@@ -276,6 +280,7 @@ class Warmup:
         self.index = index
         self.log = log or logging.getLogger(__name__)
         self.done = threading.Event()
+        self._stopping = threading.Event()
         self.step = "not started"
         self.seconds: float | None = None
         self._thread = threading.Thread(target=self._run, name="outcomes-warmup", daemon=True)
@@ -286,11 +291,19 @@ class Warmup:
     def wait(self, timeout_s: float | None = None) -> bool:
         return self.done.wait(timeout_s)
 
+    def stop(self) -> None:
+        """Ask a running warm-up to end at its next step (a process stopping during it; joined briefly)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
     @property
     def reason(self) -> str:
         return "ready" if self.done.is_set() else f"warming the outcome measures' state ({self.step})"
 
     def _progress(self, line: str) -> None:
+        if self._stopping.is_set():
+            raise _Stopped
         self.step = line
         self.log.info("outcomes warm-up", extra={"step": line})
 
@@ -300,8 +313,13 @@ class Warmup:
             self.index.warm(self._progress)
             self.seconds = time.monotonic() - started
             self.log.info("outcomes warm-up done", extra={"seconds": round(self.seconds, 2)})
+        except _Stopped:
+            self.log.info("outcomes warm-up stopped (the process is stopping)")
         except Exception:  # a cold index is only slower: log and let the process become ready
-            self.log.exception("outcomes warm-up failed; measures will be computed on first use")
+            if self._stopping.is_set():
+                self.log.info("outcomes warm-up stopped (the process is stopping)")
+            else:
+                self.log.exception("outcomes warm-up failed; measures will be computed on first use")
         finally:
             self.step = "done"
             self.done.set()

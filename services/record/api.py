@@ -2,7 +2,9 @@
 CapabilityStatement, identity administration, and the operational routes.
 
 Every FHIR answer is application/fhir+json; every error is an OperationOutcome with its status (400 bad
-parameter, 401 no/unknown token, 403 scope/compartment/clearance, 404 unknown, 410 deleted, 503 store down).
+parameter, 401 no/unknown token, 403 scope / clearance / a search naming a patient outside the token's
+compartment, 404 unknown - and a resource outside the compartment or withheld from an uncleared caller, with
+the same text -, 410 deleted, 503 store down).
 Handlers are thin: parse (services/record/search.py), check access (access.py), ask the store, render
 (render.py). Handlers are synchronous functions (FastAPI runs them in its thread pool) because the stores are
 blocking DB-API clients; only the admin writes, which wait for Kafka acks, are async.
@@ -145,12 +147,12 @@ class RecordApi:
         request: Request,
         not_found: str,
     ) -> CallerGrants:
-        """The caller may see ``row``, or this raises: 403 outside the compartment; a withheld resource answers
-        404 with ``not_found`` (the text of a resource that does not exist, see :meth:`missing`) unless the
-        caller is cleared for every withheld class (then 403 stating them). A withheld attempt is audited, off
-        the request path."""
+        """The caller may see ``row``, or this raises: a resource outside a patient-bound token's compartment
+        does not exist for it (404 with ``not_found``, see :meth:`missing`: a 403 would tell it that another
+        person's record exists); a withheld resource answers the same 404 unless the caller is cleared for every
+        withheld class (then 403 stating them). A withheld attempt is audited, off the request path."""
         if compartment is not None and row.patient_ref not in compartment:
-            raise Forbidden("the resource is outside the token's patient compartment")
+            self.missing(access, request, not_found, compartment_known=True)
         assert self.gate is not None
         grants = self.gate.person_grants(access, row.patient_ref)
         grant = grants.grant_of(row.patient_ref)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from services.notify.topics import TOPICS
+from services.outcomes.fhir import MEASURE_SEARCH_PARAMS
 from services.record.indexing import COMMON_PARAMETERS, SEARCH_PARAMETERS, SearchParam
 
 TOPIC_CANONICAL_EXTENSION = (
@@ -125,7 +126,7 @@ def measure_capability() -> dict[str, Any]:
     return {
         "type": "Measure",
         "interaction": [{"code": c} for c in ("read", "search-type")],
-        "searchParam": [{"name": "url", "type": "uri"}],
+        "searchParam": [{"name": name, "type": kind} for name, kind in MEASURE_SEARCH_PARAMS],
         "operation": _operations("Measure"),
     }
 

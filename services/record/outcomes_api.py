@@ -1,6 +1,7 @@
 """Record API routes for outcomes and safety work (an APIRouter included before the generic routes):
 
-* ``GET /Measure``, ``GET /Measure/{id}``: the two outcome Measures (services/outcomes/fhir.py), built from code.
+* ``GET /Measure``, ``GET /Measure/{id}``: the two outcome Measures (services/outcomes/fhir.py), built from code;
+  searchable by ``_id``, ``url``, ``version``, ``status``, ``name`` and ``title`` (an unknown parameter is a 400).
 * ``GET|POST /Measure/{id}/$evaluate-measure`` with ``periodStart``, ``periodEnd`` (required) and optionally
   ``subject`` (Patient/<id>) and ``reportType`` (``population`` | ``subject``; default ``subject`` when a subject
   is named, as FHIR's operation defines): a DEQM Summary (or Individual) MeasureReport computed on read from the
@@ -24,7 +25,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -39,6 +40,7 @@ from services.common.topics import FHIR_BUNDLES
 from services.outcomes.engine import TASK_EVENT_TYPE, bundle_record, entry, rules_of
 from services.outcomes.episodes import evaluate_person
 from services.outcomes.fhir import (
+    MEASURE_SEARCH_PARAMS,
     MEASURES,
     MEASURES_BY_ID,
     Judgement,
@@ -57,7 +59,7 @@ from services.outcomes.population import Pair, PersonEntry, PopulationIndex
 from services.outcomes.tasks import TaskChangeRefused, audit_records, change_status
 from services.record import render
 from services.record.clinician_page import clinic_page, patient_page
-from services.record.errors import BadRequest, Forbidden, ResourceNotFound, StoreUnavailable
+from services.record.errors import BadRequest, Forbidden, ResourceNotFound, StoreUnavailable, UnknownParameter
 from services.record.search import parse_search
 from services.record.store.base import EverythingQuery
 
@@ -73,6 +75,21 @@ def _fhir(body: Any, status: int = 200) -> Response:
 
 def _outcome(status: int, code: str, message: str) -> Response:
     return _fhir(render.operation_outcome("error", code, message), status)
+
+
+# Measure search (MEASURE_SEARCH_PARAMS, which the CapabilityStatement lists): exact values (``name`` and ``title``
+# match case-insensitively from the start, as FHIR string parameters do); several parameters are ANDed
+_MEASURE_PARAMS: Final = frozenset(name for name, _ in MEASURE_SEARCH_PARAMS)
+_MEASURE_FORMAT_PARAMS = frozenset({"_format", "_pretty", "_count"})  # two Measures: one page whatever _count
+
+
+def _measure_value(measure: dict[str, Any], name: str) -> set[str]:
+    """The values of ``measure`` a search for ``name`` matches against (strings: every prefix, lower-cased)."""
+    value = str(measure.get("id" if name == "_id" else name, ""))
+    if name in ("name", "title"):
+        folded = value.lower()
+        return {folded[:n] for n in range(1, len(folded) + 1)}
+    return {value}
 
 
 def _date_param(params: dict[str, str], name: str) -> date:
@@ -101,8 +118,16 @@ def build_router(api: Any) -> APIRouter:
     def measures(request: Request) -> Response:
         access = api.authenticate(request)
         access.require_read("Measure")
-        wanted_url = request.query_params.get("url")
-        found = [measure_resource(m) for m in MEASURES if wanted_url in (None, m.url)]
+        wanted: dict[str, set[str]] = {}
+        for name, value in request.query_params.multi_items():
+            if name in _MEASURE_FORMAT_PARAMS:
+                continue
+            if name not in _MEASURE_PARAMS:
+                raise UnknownParameter(f"unknown search parameter '{name}' for Measure")
+            folded = value.lower() if name in ("name", "title") else value
+            wanted.setdefault(name, set()).update(v for v in folded.split(",") if v)  # a comma: any of them
+        found = [m for m in map(measure_resource, MEASURES)
+                 if all(_measure_value(m, name) & values for name, values in wanted.items())]
         base = api.base_url(request)
         bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "searchset", "total": len(found),
                   "link": [{"relation": "self", "url": f"{base}/Measure"}],

@@ -71,6 +71,7 @@ class RecordService:
         self.warmup.start()
 
     def stop(self) -> None:
+        self.warmup.stop()
         self.ingestor.stop()
         self.audit.stop()
         self.denials.stop()  # what is queued is written before the producer closes

@@ -49,6 +49,10 @@ def emitted() -> dict[str, dict[str, Any]]:
             "TREAT", REQUESTER.organization),
         "notification-part2": _notification(recorded),
         "events-withheld-number": _events_answer(recorded),
+        "notification-handshake": notification_bundle(replace(_subscription(), status="requested"), BASE,
+                                                      "handshake", [], recorded),
+        "notification-heartbeat": notification_bundle(_subscription(), BASE, "heartbeat", [], recorded),
+        "status-answer": notification_bundle(_subscription(), BASE, "query-status", [], recorded),
         **_api_answers(recorded),
         "subscription": render_subscription(_subscription()),
     }

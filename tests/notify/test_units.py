@@ -60,7 +60,7 @@ def names(c: Change, previous: str | None) -> list[str]:
 
 
 def test_every_topic_has_a_canonical_under_one_base_and_a_patient_filter() -> None:
-    assert len(TOPICS) == 15
+    assert len(TOPICS) == 19
     assert all(t.canonical.startswith(TOPIC_BASE) for t in TOPICS)
     assert all(t.filter("patient") is not None for t in TOPICS)
 
@@ -295,3 +295,35 @@ def test_a_change_of_an_unknown_kind_is_malformed_not_passed_on() -> None:
                           "lastUpdated": "2026-01-01T00:00:00Z", "change": "patched"})
     with pytest.raises(MalformedChange):
         parse_change(value)
+
+
+def test_outcome_topics_fire_once_per_new_fact() -> None:
+    outcomes = "urn:carebus:codesystem:outcomes"
+
+    def episode(version: int, *facts: str) -> Change:
+        components = [{"code": {"coding": [{"system": outcomes, "code": "follow-up-overdue"}]}, "valueBoolean": False}]
+        components += [{"code": {"coding": [{"system": outcomes, "code": f}]}, "valueDateTime": f"2025-0{n + 1}-01"}
+                       for n, f in enumerate(facts)]
+        return change({"resourceType": "Observation", "id": "ep", "status": "preliminary",
+                       "code": {"coding": [{"system": outcomes, "code": "phq-9-episode"}]}, "component": components},
+                      version, "created" if version == 1 else "updated")
+
+    started = episode(1, "episode-started")
+    assert names(started, None) == ["outcome-changed"]
+    responding = episode(2, "episode-started", "partial-response-reached", "response-reached")
+    assert names(responding, state_of(started)) == ["outcome-changed", "outcome-response-reached"]
+    assert names(episode(3, "episode-started", "partial-response-reached", "response-reached"),
+                 state_of(responding)) == ["outcome-changed"]  # a recompute with the same facts
+    worse = episode(4, "episode-started", "response-reached", "deterioration")
+    assert names(worse, state_of(responding)) == ["outcome-changed", "outcome-deterioration"]
+    again = episode(5, "episode-started", "response-reached", "deterioration", "deterioration", "follow-up-overdue",
+                    "remission-reached")
+    assert names(again, state_of(worse)) == ["outcome-changed", "outcome-remission-reached", "outcome-deterioration",
+                                             "outcome-follow-up-overdue"]
+    assert state_of(again) == ("outcome:deterioration=2,episode-started=1,follow-up-overdue=1,"
+                               "remission-reached=1,response-reached=1")
+    first_seen = episode(1, "episode-started", "remission-reached")  # a history that arrived at once
+    assert "outcome-remission-reached" in names(first_seen, None)
+    score = {"resourceType": "Observation", "id": "o1", "status": "final",
+             "code": {"coding": [{"system": LOINC, "code": "44261-6"}]}}
+    assert state_of(change(score)) == "final"  # other Observations keep their status as state

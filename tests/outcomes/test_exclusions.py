@@ -195,14 +195,16 @@ SINCE, UNTIL = D("2025-01-01"), D("2025-09-01")
     (Exclusion(D("2020-06-01"), "palliative-or-hospice-care", "Encounter/a", None), True),  # ongoing
     (Exclusion(UNTIL, "palliative-or-hospice-care", "Procedure/a", UNTIL), True),
     (Exclusion(D("2025-09-02"), "palliative-or-hospice-care", "Procedure/a", D("2025-09-02")), False),  # after
-    (Exclusion(None, "palliative-or-hospice-care", "Condition/a"), True),  # undated
+    (Exclusion(None, "palliative-or-hospice-care", "Condition/a"), False),  # undated care: not placed in the period
+    (Exclusion(None, "bipolar-disorder", "Condition/a"), True),  # an undated diagnosis: a history of it
     (Exclusion(D("2020-06-01"), "bipolar-disorder", "Condition/a", None), True),  # a diagnosis: however old
     (Exclusion(D("2020-06-01"), "death", "Patient/a"), True),
 ])
 def test_care_counts_when_it_reaches_into_the_period(exclusion: Exclusion, counts: bool) -> None:
     assert in_force(exclusion, UNTIL, SINCE) is counts
     assert (excluding([exclusion], UNTIL, SINCE) == exclusion) is counts
-    assert in_force(exclusion, UNTIL) is (exclusion.when is None or exclusion.when <= UNTIL)  # no period: by the end
+    dated = exclusion.when is not None and exclusion.when <= UNTIL
+    assert in_force(exclusion, UNTIL) is (dated or counts)  # no period given: what counts by the window's end
 
 
 # --- the two input paths that record a discharge to hospice -----------------------------------------------------

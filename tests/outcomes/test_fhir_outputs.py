@@ -127,6 +127,18 @@ def test_an_excluded_persons_individual_report() -> None:
     assert {p["id"]: p["count"] for p in kept["group"][0]["population"]}["numerator"] == 1
 
 
+@pytest.mark.parametrize(("since", "excluded"), [(None, False), (date(2024, 12, 1), True), (date(2024, 12, 27), False)])
+def test_hospice_counts_when_it_reaches_into_the_reports_period(since: date | None, excluded: bool) -> None:
+    """A hospice stay that ended before the index date: not in the episode's own report (its period starts at the
+    index); in a report of a measurement period that began while it lasted ($evaluate-measure's)."""
+    scores = history("p8", [(date(2025, 1, 5), 20), (date(2025, 6, 1), 3)])
+    episode = evaluate_person(scores, date(2027, 1, 1)).of("phq-9")[0]
+    stay = Exclusion(date(2024, 12, 10), "palliative-or-hospice-care", "Encounter/e8", date(2024, 12, 26))
+    report = individual_report(DRR_E_STYLE, episode, "Riverside", [stay], since)
+    counts = {p["id"]: p["count"] for p in report["group"][0]["population"]}
+    assert (counts["denominator-exclusion"], counts["numerator"]) == ((1, 0) if excluded else (0, 1))
+
+
 def test_a_period_with_nobody_in_it_has_no_score() -> None:
     histories = [history(key, points) for key, points in population()]
     counts = population_counts(DRR_E_STYLE, histories, date(2020, 1, 1), date(2020, 12, 31), AS_OF, RULES)

@@ -9,7 +9,15 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from services.outcomes.episodes import Score, evaluate_person, phq9_rules
-from services.outcomes.fhir import MEASURES, measure_resource, outcome_resources, population_counts, summary_report
+from services.outcomes.exclusions import Exclusion
+from services.outcomes.fhir import (
+    MEASURES,
+    individual_report,
+    measure_resource,
+    outcome_resources,
+    population_counts,
+    summary_report,
+)
 from services.outcomes.tasks import Alert, audit_records, change_status, escalate, new_task
 
 CHAIN = ["CareTeam/on-call", "Organization/crisis-line"]
@@ -22,6 +30,9 @@ def resources() -> list[dict[str, Any]]:
               Score(date(2025, 1, 5), "Observation/g1", 12, "gad-7", "Patient/p1", labels)]
     outcomes = evaluate_person(scores, date(2026, 1, 1))
     found = outcome_resources(outcomes, "Riverside") + [measure_resource(m) for m in MEASURES]
+    hospice = Exclusion(date(2025, 3, 1), "palliative-or-hospice-care", "Encounter/e1", date(2025, 3, 9))
+    excluded = individual_report(MEASURES[1], outcomes.of("phq-9")[0], "Riverside", [hospice])
+    found.append({**excluded, "id": "excluded-1"})  # denominator-exclusion 1, the Encounter in evaluatedResource
     period = (date(2025, 1, 1), date(2025, 6, 30))
     counts = population_counts(MEASURES[0], [scores], *period, date(2026, 1, 1), phq9_rules())
     found.append(summary_report(MEASURES[0], counts, *period,

@@ -217,3 +217,15 @@ def test_a_failed_warm_up_still_becomes_ready(store: SqlStore, caplog: pytest.Lo
         assert warmup.wait(30)
     assert warmup.reason == "ready"  # a cold index is only slower
     assert any("warm-up failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_warm_up_asked_to_stop_ends_at_its_next_step(store: SqlStore, caplog: pytest.LogCaptureFixture) -> None:
+    ingest(store, patient("z1"), phq9("z2", "z1", 18))
+    counting = CountingStore(store)
+    warmup = Warmup(PopulationIndex(counting))
+    warmup.stop()  # the process stops before the warm-up got going
+    with caplog.at_level(logging.INFO, logger="services.outcomes.population"):
+        warmup.start()
+        assert warmup.wait(30)
+    assert any("warm-up stopped" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)

@@ -16,7 +16,7 @@ from services.common.fhir_ids import resource_id
 from services.common.kafka import OutboundRecord
 from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.topics import FHIR_BUNDLES, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SECURITY
-from services.outcomes.engine import clock_of
+from services.outcomes.engine import OutcomesEngine, clock_of
 from services.outcomes.fhir import MEASURES
 from tests.outcomes.conftest import OTHER_SOURCE, SOURCE, OutcomesStack, eventually, patient_event, phq9_event, unique
 from tests.outcomes.population import EXPECTED, PERIOD, exclusion_resources, measure_score, population
@@ -72,6 +72,10 @@ def test_outcome_changes_and_derived_resources(stack: OutcomesStack) -> None:
     assert again["meta"]["versionId"] == versions
     assert len({c["id"] for c in stack.changes(ref)}) == 3
     assert len(stack.changes(ref)) >= before
+    # a new process (nothing remembered) recomputing from the record converges on exactly what is stored: the
+    # same ids and contents, so nothing to write and no outcome change to announce again
+    fresh = OutcomesEngine(stack.settings, stack.outcomes.engine.store, clock=stack.clock)
+    assert fresh.recompute([ref]).records == []
 
 
 def test_a_merge_joins_two_sources_histories(stack: OutcomesStack) -> None:
@@ -214,6 +218,16 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
     params = {"periodStart": PERIOD[0].isoformat(), "periodEnd": PERIOD[1].isoformat()}
     listed = stack.record.fhir("/Measure")
     assert {e["resource"]["id"] for e in listed["entry"]} == {m.id for m in MEASURES}
+    drr, cms = MEASURES
+    for query, expected in (({"url": drr.url}, [drr.id]), ({"_id": f"{cms.id},{drr.id}"}, [drr.id, cms.id]),
+                            ({"name": "carebusphq9remissionat"}, [cms.id]), ({"title": "Depression"}, [drr.id, cms.id]),
+                            ({"status": "active", "version": "1.0.0", "url": cms.url}, [cms.id]),
+                            ({"status": "retired"}, []), ({"title": "remission"}, [])):  # title: from its start
+        found = stack.record.fhir("/Measure", params=query)
+        assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted(expected), query
+        assert found["total"] == len(expected)
+    unknown = stack.record.get("/Measure", params={"publisher": "carebus"})
+    assert unknown.status_code == 400 and "publisher" in unknown.text
     for spec in MEASURES:
         assert stack.record.fhir(f"/Measure/{spec.id}")["url"] == spec.url
         report = stack.record.fhir(f"/Measure/{spec.id}/$evaluate-measure", params=params)
@@ -239,7 +253,7 @@ def test_evaluate_measure_counts_match_the_hand_count(stack: OutcomesStack) -> N
         drr = [r for r in reports if MEASURES[0].url in r["measure"]]
         counts = {p["id"]: p["count"] for p in drr[0]["group"][0]["population"]} if drr else {}
         return drr[0] if counts.get("denominator-exclusion") == 1 else None
-    report = eventually(excluded_report, what="the hospice patient's Individual MeasureReport")
+    report = eventually(excluded_report, timeout_s=90, what="the hospice patient's Individual MeasureReport")
     assert any(e["reference"].startswith("Encounter/") for e in report["evaluatedResource"])
     # an uncleared token counts nothing it may not see
     hidden = stack.record.fhir(f"/Measure/{MEASURES[0].id}/$evaluate-measure", token="basic", params=params)

@@ -132,11 +132,18 @@ def test_patient_bound_token_sees_one_person(record: RecordHarness) -> None:
     assert record.fhir(f"/Patient/{portal_pid}/$everything", token="portal")["total"] == len(mine) + 1
     assert record.fhir(f"/Patient/{portal_pid}", token="portal")["id"] == portal_pid
 
-    assert record.get(f"/Patient/{other_pid}", token="portal").status_code == 403
-    assert record.get(f"/Observation/{others[0]['id']}", token="portal").status_code == 403
+    # another person's records do not exist for this token: the same 404 and text as an id no record has
+    absent = "0" * len(others[0]["id"])
+    for path in (f"/Patient/{other_pid}", f"/Observation/{others[0]['id']}", f"/Patient/{other_pid}/$everything",
+                 f"/Observation/{others[0]['id']}/_history", f"/Observation/{others[0]['id']}/_history/1"):
+        response = record.get(path, token="portal")
+        assert response.status_code == 404, path
+        unknown = record.get(path.replace(others[0]["id"], absent).replace(other_pid, absent), token="portal")
+        assert unknown.status_code == 404
+        assert response.json()["issue"][0]["diagnostics"].replace(others[0]["id"], absent).replace(
+            other_pid, absent) == unknown.json()["issue"][0]["diagnostics"], path
+    # a search naming another patient is refused whether or not that patient exists
     assert record.get("/Observation", token="portal", params={"patient": other_pid}).status_code == 403
-    assert record.get(f"/Patient/{other_pid}/$everything", token="portal").status_code == 403
-    assert record.get(f"/Observation/{others[0]['id']}/_history", token="portal").status_code == 403
 
 
 def test_type_scopes(record: RecordHarness, labelled: dict[str, Any]) -> None:
