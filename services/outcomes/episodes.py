@@ -53,7 +53,7 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Score:
     """One computed instrument total. Ordered by date, then reference (a deterministic order for one day)."""
 

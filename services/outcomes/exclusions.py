@@ -136,7 +136,7 @@ _OBSERVATION_FINAL: Final = frozenset({"final", "amended", "corrected"})
 EXCLUSIONS_READ: Final = ("Condition", "Patient", "Encounter", "Procedure", "ServiceRequest", "Observation")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Exclusion:
     when: date | None  # from when it counts; None: undated, counts for every window
     reason: ExclusionReason

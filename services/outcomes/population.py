@@ -52,7 +52,7 @@ class BulkStore(Protocol):
     def version_counts(self, resource_types: Sequence[str]) -> tuple[int, ...]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact(Generic[T]):
     """One parsed current resource: whose it is, its labels' restriction bits, and what it says."""
 
