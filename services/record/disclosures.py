@@ -68,16 +68,23 @@ class DisclosureGate:
         baseline = disclosure.grant((), access.recipient, access.purpose, now, self._policy)
         if access.recipient.patient_access:  # the patient themself: consents govern disclosures to others
             return CallerGrants(baseline)
-        rows = self._store.consents(sorted(set(patients)) if patients is not None else None)
+        members_of: dict[str, tuple[str, ...]] = {}
+        if patients is not None:
+            refs = sorted(set(patients))
+            rows = self._store.consents(refs)
+            # the persons of the patients asked about, looked up whether or not they have consents: the work does
+            # not tell an uncleared caller that a patient has one (a Part 2 consent says there is Part 2 data)
+            members_of = self._store.persons_of(refs)
+        else:
+            rows = self._store.consents(None)
         if not rows:
             return CallerGrants(baseline)
-        members_of: dict[str, tuple[str, ...]] = {}
         by_person: dict[tuple[str, ...], list[disclosure.ConsentDirective]] = defaultdict(list)
         for row in rows:
             if row.body is None or row.patient_ref is None:
                 continue
             if row.patient_ref not in members_of:
-                members = self._store.person(row.patient_ref).members
+                members = (row.patient_ref,) if patients is not None else self._store.person(row.patient_ref).members
                 members_of.update(dict.fromkeys(members, members))
             by_person[members_of[row.patient_ref]].append(disclosure.parse_consent(orjson.loads(row.body)))
         by_patient: dict[str, Grant] = {}

@@ -25,8 +25,8 @@ from services.record.api import RecordApi, create_app
 from services.record.denials import DeniedAttempts
 from services.record.disclosures import DisclosureGate
 from services.record.store import SqlStore, identity_policy, open_store
-from tests.consent.consents import LABEL_SETS
-from tests.consent.test_record_enforcement import _labelled
+from tests.consent.consents import LABEL_SETS, OTHER_ORG, consent
+from tests.consent.test_record_enforcement import _consent_resource, _labelled
 from tests.record.conftest import RecordHarness, ServerThread, bearer
 from tests.record.fhir_data import (
     CLINIC,
@@ -122,12 +122,15 @@ def instrumented(shipped: RecordHarness) -> Iterator[Instrumented]:
 
 def _seed(shipped: RecordHarness, withheld: bool) -> dict[str, Any]:
     """A patient with three body weights (visible to every treating recipient); with ``withheld``, also a
-    Part 2 diagnosis and a substance-use (ETHUD) Observation that no uncleared caller may see."""
+    Part 2 diagnosis and a substance-use (ETHUD) Observation that no uncleared caller may see, and the Part 2
+    consent of someone else (its existence alone would say there is Part 2 data)."""
     mrn = unique("sc-")
     pid = patient_id(CLINIC, mrn)
     visible = [body_weight(CLINIC, pid, f"{mrn}-w{i}", iso(T0, i), 70.0 + i) for i in range(3)]
     hidden = [opioid_use_condition(CLINIC, pid, f"{mrn}-oud", iso(T0, 5)),
-              _labelled(body_weight(CLINIC, pid, f"{mrn}-audc", iso(T0, 6), 71.0), LABEL_SETS["ETHUD"])]
+              _labelled(body_weight(CLINIC, pid, f"{mrn}-audc", iso(T0, 6), 71.0), LABEL_SETS["ETHUD"]),
+              _consent_resource(consent("c-other", f"Patient/{pid}", org=OTHER_ORG, covered=("SUD", "42CFRPart2")),
+                                f"{mrn}-c")]
     shipped.publish(Event(CLINIC, mrn, [patient(CLINIC, mrn), *visible, *(hidden if withheld else [])]))
     return {"pid": pid, "visible": [r["id"] for r in visible], "hidden": [r["id"] for r in hidden]}
 

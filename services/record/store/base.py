@@ -141,6 +141,11 @@ class RecordStore(Protocol):
 
     def person(self, patient_ref: str) -> Person: ...
 
+    def persons_of(self, patient_refs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """The Patient references of the person of each of these (one statement per chunk of them); a reference
+        linked to nobody is absent (its person is itself)."""
+        ...
+
     def consents(self, patient_refs: Sequence[str] | None) -> list[StoredRow]:
         """Current Consent resources of these patients (None: of every patient), whatever their labels."""
         ...

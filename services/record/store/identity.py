@@ -6,6 +6,7 @@ their state."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -239,6 +240,22 @@ def members_of(db: Database, conn: Connection, patient_ref: str) -> list[str]:
     )
     members = sorted(r[0] for r in rows)
     return members or [patient_ref]
+
+
+def persons_of(db: Database, patient_refs: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Each reference's person (its members, sorted), in one statement per chunk; unlinked references absent."""
+    found: dict[str, list[str]] = defaultdict(list)
+    with db.connection() as conn:
+        for chunk in chunks(sorted(set(patient_refs))):
+            rows = db.all(
+                conn,
+                "SELECT q.patient_ref, m.patient_ref FROM identity_member q "
+                f"JOIN identity_member m ON m.person_id = q.person_id WHERE q.patient_ref IN ({marks(len(chunk))})",
+                chunk,
+            )
+            for ref, member in rows:
+                found[ref].append(member)
+    return {ref: tuple(sorted(members)) for ref, members in found.items()}
 
 
 def person(db: Database, patient_ref: str) -> Person:

@@ -77,6 +77,9 @@ class SqlStore:
     def person(self, patient_ref: str) -> Person:
         return identity.person(self.db, patient_ref)
 
+    def persons_of(self, patient_refs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        return identity.persons_of(self.db, patient_refs)
+
     def review_candidates(self) -> list[ReviewCandidate]:
         return identity.candidates_for_review(self.db)
 
