@@ -1,11 +1,13 @@
 """How long an uncleared caller's ``_count`` answers take for patients with and without a withheld resource.
 
     .venv/bin/python -m benchmarks.side_channel_bench [--patients 40] [--rounds 25] [--store sqlite|postgres]
+                                                      [--no-consent]
 
 The record API (the real app under uvicorn on a loopback port, the shipped disclosure policy) over a store
 holding ``--patients`` patients of each of three kinds, with the same visible data (a Patient, three body
 weights); the third kind also has a Part 2 opioid-use diagnosis and a substance-use (ETHUD) Observation that a
-token without clearance may not see, the second is a control group like the first. The script asks
+token without clearance may not see, and a Part 2 consent naming another clinic (not with ``--no-consent``);
+the second is a control group like the first. The script asks
 ``Observation?patient=<id>&_count=<n>`` (n = 0, 1, 2, 50) and ``Condition?patient=<id>&_count=1`` for each
 patient, alternating the kinds request by request so that all see the same machine, closed loop (one request at
 a time: it measures answer time, not throughput), and prints the median / p90 / p99 answer time of each kind and
@@ -41,8 +43,8 @@ from services.record.disclosures import DisclosureGate
 from services.record.identity import IdentityPolicy
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import open_store
-from tests.consent.consents import LABEL_SETS
-from tests.consent.test_record_enforcement import _labelled
+from tests.consent.consents import LABEL_SETS, OTHER_ORG, consent
+from tests.consent.test_record_enforcement import _consent_resource, _labelled
 from tests.record.conftest import ServerThread
 from tests.record.fhir_data import CLINIC, T0, Event, body_weight, iso, opioid_use_condition, patient, patient_id
 
@@ -50,7 +52,7 @@ TOKEN = "side-channel-bench-token"  # noqa: S105 - a local benchmark token
 QUERIES = [("Observation", n) for n in (0, 1, 2, 50)] + [("Condition", 1)]
 
 
-def _events(patients: int) -> tuple[list[Event], list[str], list[str], list[str]]:
+def _events(patients: int, with_consent: bool) -> tuple[list[Event], list[str], list[str], list[str]]:
     events: list[Event] = []
     plain: list[str] = []
     control: list[str] = []
@@ -64,6 +66,9 @@ def _events(patients: int) -> tuple[list[Event], list[str], list[str], list[str]
             if kind == "h":
                 resources += [opioid_use_condition(CLINIC, pid, f"{mrn}-oud", iso(T0, 5)),
                               _labelled(body_weight(CLINIC, pid, f"{mrn}-audc", iso(T0, 6), 71.0), LABEL_SETS["ETHUD"])]
+                if with_consent:
+                    resources.append(_consent_resource(consent("c-other", f"Patient/{pid}", org=OTHER_ORG,
+                                                               covered=("SUD", "42CFRPart2")), f"{mrn}-c"))
             events.append(Event(CLINIC, mrn, resources))
             ids.append(pid)
     return events, plain, control, hiding
@@ -79,6 +84,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=40, help="patients of each kind (default 40)")
     parser.add_argument("--rounds", type=int, default=25, help="times every query is asked per patient")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--no-consent", action="store_true", help="the withheld kind has no consent")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +95,7 @@ def main() -> None:
         else:
             dsn = f"sqlite:///{Path(tmp) / 'record.db'}"
         store = open_store(dsn, IdentityPolicy())
-        events, plain, control, hiding = _events(args.patients)
+        events, plain, control, hiding = _events(args.patients, not args.no_consent)
         records = [e.record("bench") for e in events]
         store.ingest([prepare_bundle(InboundBundle(r.topic, 0, i, 1_700_000_000_000 + i, r.key, r.value,
                                                    dict(r.headers))) for i, r in enumerate(records)])
@@ -133,7 +139,8 @@ def main() -> None:
             if server is not None:
                 server.stop()
 
-    print(f"record API, {args.store}, uncleared token, {len(times['with'])} answers per kind "
+    print(f"record API, {args.store}, {'no consents' if args.no_consent else 'a consent beside the withheld data'}, "
+          f"uncleared token, {len(times['with'])} answers per kind "
           f"({args.patients} patients x {len(QUERIES)} _count queries x {args.rounds} rounds, alternating)")
     print(f"{'':40}{'median':>10}{'p90':>10}{'p99':>10}{'mean':>10}  (ms)")
     kinds = (("without a withheld resource", "without"), ("without one (control group)", "control"),

@@ -54,6 +54,9 @@ class CallerGrants:
         )
 
 
+PARSED_CONSENTS = 50_000  # Consent versions kept parsed (then the cache starts again)
+
+
 class DisclosureGate:
     """Decides for the record API. ``now_ms`` is the clock of decisions (consent periods, revocations)."""
 
@@ -61,6 +64,7 @@ class DisclosureGate:
         self._store = store
         self._policy = policy
         self._now_ms = now_ms
+        self._consents: dict[tuple[str, int], disclosure.ConsentDirective] = {}
 
     def grants(self, access: Access, patients: Iterable[str] | None) -> CallerGrants:
         """The caller's grants for requests about ``patients`` (Patient references; None: any patient)."""
@@ -86,13 +90,24 @@ class DisclosureGate:
             if row.patient_ref not in members_of:
                 members = (row.patient_ref,) if patients is not None else self._store.person(row.patient_ref).members
                 members_of.update(dict.fromkeys(members, members))
-            by_person[members_of[row.patient_ref]].append(disclosure.parse_consent(orjson.loads(row.body)))
+            by_person[members_of[row.patient_ref]].append(self._parsed(row))
         by_patient: dict[str, Grant] = {}
         for members, consents in by_person.items():
             person_grant = disclosure.grant(consents, access.recipient, access.purpose, now, self._policy)
             if person_grant != baseline:
                 by_patient.update(dict.fromkeys(members, person_grant))
         return CallerGrants(baseline, by_patient)
+
+    def _parsed(self, row: StoredRow) -> disclosure.ConsentDirective:
+        """A Consent version as the engine reads it, parsed once (versions never change)."""
+        key = (row.id, row.version_id)
+        found = self._consents.get(key)
+        if found is None:
+            assert row.body is not None
+            if len(self._consents) >= PARSED_CONSENTS:
+                self._consents.clear()
+            found = self._consents[key] = disclosure.parse_consent(orjson.loads(row.body))
+        return found
 
     def person_grants(self, access: Access, patient_ref: str | None) -> CallerGrants:
         """The grants for one resource's patient (its whole person: consents of linked records count)."""
