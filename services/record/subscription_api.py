@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -294,11 +295,11 @@ def subscription_router(api: Any) -> APIRouter:
                                      part2_notice(sub, base, screened, iso_now()), answer.withheld)
         # an answer that discloses foci is audited like any API access, before it leaves; what the policy left
         # out is audited as denied attempts whatever the content
-        audited = events_audit(access, screened, rows, base, request.url.query)
+        query = request.url.query
         if sub.content != "empty":
-            api.audit([event for event in audited if event["outcome"] != "4"])
-        denied = [event for event in audited if event["outcome"] == "4"]
-        api.deny_later(lambda: denied)  # off the request path, as every answer's (services/record/denials.py)
+            api.audit(events_audit(access, replace(screened, withheld=()), rows, base, query))
+        # built and written off the request path, as every answer's denied attempts (services/record/denials.py)
+        api.deny_later(partial(events_audit, access, replace(screened, events=()), rows, base, query))
         return _fhir(bundle)
 
     return router

@@ -396,6 +396,17 @@ def test_a_revocation_after_a_failed_attempt_keeps_the_numbers_answered_and_send
         denied = _audit_events(push, {sid}, 1, outcome="4")
         assert [e["id"] for e in denied] == [audit.disclosure_id("notify-withheld", sid, f"Condition/{part2_dx['id']}",
                                                                  "1")]
+        # each $events answer that left its content out is a denied attempt too (the record's writer thread)
+        def refused_queries(records: list[Any]) -> list[dict[str, Any]]:
+            found = [orjson.loads(r.value) for r in records]
+            return [e for e in found if e["type"]["code"] == "rest" and e["subtype"][0]["code"] == "operation"
+                    and e["outcome"] == "4" and f"Condition/{part2_dx['id']}" in [
+                        x.get("what", {}).get("reference") for x in e["entity"]]]
+
+        queried = refused_queries(read_all(push.settings, AUDIT_EVENTS.name(push.settings.topic_prefix),
+                                           until=lambda rs: len(refused_queries(rs)) >= 4))
+        assert len(queried) == 4  # three contents, one range
+        assert all(e["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in queried)
     finally:
         receiver.stop()
 
