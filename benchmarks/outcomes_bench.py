@@ -11,9 +11,10 @@ store path. Then prints:
     stored derived resources - what the service's sweep does) on a sample of --sample patients: patients/s;
   * ``GET Measure/{id}/$evaluate-measure`` over the whole population through the record API served by uvicorn
     on 127.0.0.1 (one request at a time, httpx), after the start-up warm-up the record service runs before it
-    reports ready (services/outcomes/population.py Warmup; its time is printed): the first request and the median
-    and max of the --runs after it with the record unchanged (the kept per-person state: a change-marker query,
-    the access check per person, the kept judgements; services/outcomes/population.py), then of --runs requests
+    reports ready (services/outcomes/population.py Warmup; its time and the memory it holds are printed): the first
+    request and the median and max of the --runs after it with the record unchanged (the kept per-person state: a
+    change-marker query, the access check per person, the kept judgements; services/outcomes/population.py), then
+    of --runs requests
     each made right after a write (a new patient: the store's index of current versions is read again, only the
     new bodies parsed, only changed persons judged again). Target < 2 s. Every 20th patient has a
     bipolar-disorder Condition, every 50th an Encounter discharged to hospice (denominator exclusions).
@@ -92,6 +93,12 @@ def _bundle(n: int, assessments: int) -> bytes:
     return orjson.dumps({"resourceType": "Bundle", "id": f"b-{pid}", "type": "collection", "entry": entries})
 
 
+def _rss_mb() -> float:
+    """This process's resident set (Linux /proc), in MB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=10_000)
@@ -145,11 +152,13 @@ def main() -> None:
         api = RecordApi(settings, store, Metrics(), TokenRegistry(settings.record_tokens),
                         readiness=lambda: (True, "ok"))
         warmup = Warmup(api.population)  # what the record service runs at start; readiness waits for it
+        rss_before = _rss_mb()
         started = time.perf_counter()
         warmup.start()
         warmup.wait()
-        print(f"start-up warm-up of the $evaluate-measure state: {time.perf_counter() - started:.2f} s "
-              f"(the record reports ready after it; load average {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"start-up warm-up of the $evaluate-measure state: {time.perf_counter() - started:.2f} s, RSS "
+              f"+{_rss_mb() - rss_before:.0f} MB (the record reports ready after it; load average "
+              f"{os.getloadavg()[0]:.2f})", flush=True)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(api), host="127.0.0.1", port=port, log_config=None,
                                                access_log=False, lifespan="off"))
