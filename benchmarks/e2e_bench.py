@@ -11,7 +11,10 @@ event, on the same clock:
 - 202 -> committed: when the record's change feed (published after its store commit) carried the resource;
 - 202 -> record API: for a sample of events (--sample, default every 10th), a reader asks the record API for the
   Bundle's first resource once the change feed has it, and again behind the others until it answers 200.
-The 202's time is vegeta's request start plus its latency. Percentiles p50 / p99 / max are printed.
+The 202's time is vegeta's request start plus its latency. Percentiles p50 / p99 / max are printed. Under the
+bundle and commit lines, "(written)" is the same measured to the record's own Kafka timestamp instead: when the
+mapper or the record handed it to its producer, before the broker's ack and this script's consumer (both
+compete for the same two cores; the difference is what a subscriber on this machine adds).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class ArrivalClock(threading.Thread):
     def __init__(self, settings: Settings, topic: str, key_of: Callable[[Any], str | None] = event_id_of) -> None:
         super().__init__(daemon=True, name=f"arrivals-{topic}")
         self.arrived: dict[str, float] = {}
+        self.written: dict[str, float] = {}  # the record's own timestamp: when its producer wrote it
         self.first_record: dict[str, bytes] = {}
         self.stopping = threading.Event()
         self.positioned = threading.Event()
@@ -85,6 +89,7 @@ class ArrivalClock(threading.Thread):
                     key = self._key_of(record)
                     if key and key not in self.arrived:
                         self.arrived[key] = now
+                        self.written[key] = record.timestamp / 1000
                         self.first_record[key] = record.value
         consumer.close()
 
@@ -274,11 +279,15 @@ def main() -> None:
         to_bundle = [bundles.arrived[e] - t for e, t in accepted_at.items() if e in bundles.arrived]
         to_alert = [alerts.arrived[e] - t for e, t in accepted_at.items() if e in alerts.arrived]
         print(percentiles("202 -> bundle topic", to_bundle))
+        print(percentiles("  (written)", [bundles.written[e] - t for e, t in accepted_at.items()
+                                          if e in bundles.written]))
         print(percentiles("202 -> safety alert", to_alert))
         first_paths = {e: first_resource_path(b) for e, b in bundles.first_record.items()}
         to_commit = [commits.arrived[p] - accepted_at[e] for e, p in first_paths.items()
                      if p and p in commits.arrived and e in accepted_at]
         print(percentiles("202 -> committed in the record (its change feed)", to_commit))
+        print(percentiles("  (written)", [commits.written[p] - accepted_at[e] for e, p in first_paths.items()
+                     if p and p in commits.written and e in accepted_at]))
         print(percentiles(f"202 -> record API answers 200 (every {args.sample}th event)", readable))
         if reader.not_found_after_commit:
             print(f"{reader.not_found_after_commit} reads answered other than 200 after the change feed had the "
