@@ -227,7 +227,8 @@ def main() -> None:
         ports = {"intake": free_port(), "mapper": free_port(), "record": free_port()}
         intake_tokens = {hashlib.sha256(BENCH_TOKEN.encode()).hexdigest(): {"sources": ["*"], "label": "e2e"}}
         record_tokens = {hashlib.sha256(READ_TOKEN.encode()).hexdigest(): {
-            "scopes": ["system/*.read"], "clearances": ["behavioral-health", "part2"], "label": "e2e"}}
+            "scopes": ["system/*.read"], "clearances": ["behavioral-health", "part2"], "label": "e2e",
+            "organization": "Organization/benchmark"}}
         env = {**os.environ, "CAREBUS_KAFKA_BOOTSTRAP": bootstrap, "CAREBUS_TOPIC_PREFIX": settings.topic_prefix,
                "CAREBUS_LOG_LEVEL": "WARNING", "CAREBUS_INTAKE_PORT": str(ports["intake"]),
                "CAREBUS_MAPPER_PORT": str(ports["mapper"]), "CAREBUS_RECORD_PORT": str(ports["record"]),

@@ -341,7 +341,8 @@ def main() -> None:
     prefix = f"nb{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, kafka_topic_partitions=6)
     ensure_topics(settings, CATALOGUE)
-    grant = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health", "part2"], "label": "bench"}
+    grant = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health", "part2"], "label": "bench",
+             "organization": "Organization/benchmark"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
     env.update({
         "PYTHONPATH": str(REPO_ROOT), "CAREBUS_KAFKA_BOOTSTRAP": bootstrap, "CAREBUS_TOPIC_PREFIX": prefix,

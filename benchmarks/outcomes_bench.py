@@ -109,7 +109,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         token_digest = hashlib.sha256(TOKEN.encode()).hexdigest()
         settings = Settings(record_store_dsn=f"sqlite:///{tmp}/record.db", record_tokens={
-            token_digest: RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health"])})
+            token_digest: RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health"],
+                                           organization="Organization/benchmark", label="bench")})
         store = open_store(settings.record_store_dsn or "", identity_policy(settings))
         started = time.perf_counter()
         batch = []

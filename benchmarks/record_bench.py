@@ -154,7 +154,8 @@ class ServiceProcess:
         self.port = free_port()
         digest = hashlib.sha256(TOKEN.encode()).hexdigest()
         grant = RecordTokenGrant(scopes=["system/*.read"],
-                                 clearances=["behavioral-health", "part2", "psychotherapy-notes"])
+                                 clearances=["behavioral-health", "part2", "psychotherapy-notes"],
+                                 organization="Organization/benchmark", label="bench")
         env = {
             **os.environ,
             "CAREBUS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,

@@ -137,7 +137,8 @@ class Soak:
             "CAREBUS_INTAKE_TOKENS": orjson.dumps({digest(self.intake_token.encode()).hexdigest(): {
                 "sources": ["*"], "label": "soak"}}).decode(),
             "CAREBUS_RECORD_TOKENS": orjson.dumps({digest(self.record_token.encode()).hexdigest(): {
-                "scopes": ["system/*.read"], "clearances": ["behavioral-health", "part2"], "label": "soak"}}).decode(),
+                "scopes": ["system/*.read"], "clearances": ["behavioral-health", "part2"], "label": "soak",
+                "organization": "Organization/benchmark"}}).decode(),
             **{var: str(self.ports[name]) for name, var in SERVICES.items()},
         }
         for name in SERVICES:

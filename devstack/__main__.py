@@ -44,7 +44,8 @@ from services.notify.subscriptions import EXT_FILTER, EXT_PAYLOAD_CONTENT, EXT_S
 from services.notify.topics import TOPIC_BASE
 
 DEMO_TOKEN = "carebus-demo-token-not-for-production"  # noqa: S105 - a published demo credential
-DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo"}
+DEMO_GRANT = {"scopes": ["user/*.read"], "clearances": ["behavioral-health", "part2"], "label": "make demo",
+              "organization": consent_demo.HOSPITAL_ORGANIZATION}
 # the demo's subscriber: a therapy practice's EHR, cleared for behavioural-health data (not Part 2)
 DEMO_SUBSCRIBER_TOKEN = "carebus-demo-therapy-ehr-not-for-production"  # noqa: S105 - a published demo credential
 DEMO_SUBSCRIBER_GRANT = {"scopes": ["system/Subscription.write"], "clearances": ["behavioral-health"],

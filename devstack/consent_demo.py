@@ -30,13 +30,16 @@ from services.common.fhir.codesystems import ICD10CM, NPI, RXNORM, SNOMED
 
 PARTNER_CLINIC: Final = {"system": NPI, "value": "1922063304"}  # the SUD program's partner clinic (fictional)
 THERAPY_PRACTICE: Final = {"system": NPI, "value": "1710983302"}  # Lakeside Therapy Practice (fictional)
+HOSPITAL: Final = {"system": NPI, "value": "1504237813"}  # the hospital that runs carebus (fictional)
+HOSPITAL_ORGANIZATION: Final = f"{NPI}|{HOSPITAL['value']}"  # its staff's tokens act for it
 
 # published demo credentials (never for production)
 PARTNER_TOKEN: Final = "carebus-demo-partner-clinic-not-for-production"  # noqa: S105
 PRIVACY_TOKEN: Final = "carebus-demo-privacy-officer-not-for-production"  # noqa: S105
 PARTNER_GRANT: Final = {"scopes": ["system/Subscription.write"], "label": "partner clinic (demo)",
                         "organization": f"{NPI}|{PARTNER_CLINIC['value']}"}
-PRIVACY_GRANT: Final = {"scopes": ["user/AuditEvent.read", "user/Patient.read"], "label": "privacy officer (demo)"}
+PRIVACY_GRANT: Final = {"scopes": ["user/AuditEvent.read", "user/Patient.read"], "label": "privacy officer (demo)",
+                        "organization": HOSPITAL_ORGANIZATION}
 THERAPY_ORGANIZATION: Final = f"{NPI}|{THERAPY_PRACTICE['value']}"
 TOPICS: Final = ("diagnosis-recorded", "medication-prescribed")
 

@@ -29,7 +29,8 @@ class RecordTokenGrant(BaseModel):
     ``system/Linkage.write`` (identity admin). ``patient``: the Patient id a ``patient/`` token is bound to.
     ``clearances``: which labelled data it may receive: ``behavioral-health`` (PSY/MH/BH), ``part2``
     (SUD/42CFRPart2), ``psychotherapy-notes`` (PSYTHPN). ``organization`` / ``care_teams`` / ``purpose_of_use``:
-    the recipient the disclosure decision is made for (services/common/disclosure.py).
+    the recipient the disclosure decision is made for (services/common/disclosure.py); ``organization`` is
+    required unless the token is patient-bound (checked at start-up: services/record/access.py).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,7 +41,7 @@ class RecordTokenGrant(BaseModel):
     label: str = Field("", description="Who holds the token (for the operator; never logged with PHI).")
     organization: str | None = Field(
         None, description="The organization the token acts for, the recipient consent reasons about: "
-        "'Organization/<id>' or '<identifier system>|<value>'. Unset: no consent names it (baseline policy only).")
+        "'Organization/<id>' or '<identifier system>|<value>'. Required unless the token is patient-bound.")
     care_teams: list[str] = Field(
         default_factory=list, description="Care teams it acts for ('CareTeam/<id>' or '<system>|<value>').")
     purpose_of_use: str | None = Field(

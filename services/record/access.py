@@ -5,7 +5,15 @@ Tokens are configured by the operator in ``Settings.record_tokens``: sha256(toke
 ``scopes`` (``system|user|patient`` / ``<ResourceType>|*`` . ``read|write|*`` or SMART v2 ``rs``/``cruds``),
 an optional ``patient`` (a ``patient/`` token sees only that person's compartment, linked identities
 included), ``clearances`` for labelled data, and the recipient it acts for: ``organization``, ``care_teams``
-and ``purpose_of_use`` (default TREAT; PATRQT for a patient/ token).
+and ``purpose_of_use``.
+
+Recipients are known: every token that is not patient-bound must name the ``organization`` it acts for
+(``Organization/<id>`` or ``<identifier system URI>|<value>``, as consents name their actors), so that the
+disclosure decision is made for that organization and not for a clearance list alone; a patient-bound token
+acts for its patient and needs none. ``purpose_of_use`` defaults to TREAT (PATRQT for a patient-bound token),
+the purpose of nearly every clinical exchange; a token for anything else (research HRESCH, payment HPAYMT,
+operations HOPERAT, ...) must say so. A grant that breaks one of these rules stops the start with a ValueError
+naming the token's label (or its digest prefix), never the token.
 
 Which labelled data a token receives is decided by services/common/disclosure.py (label classes, the
 baseline policy and the patient's consents); this module only turns a grant into an :class:`Access`.
@@ -38,6 +46,7 @@ describe_restriction = disclosure.describe
 PRIVATE_TYPES = frozenset({"AuditEvent"})  # not covered by a "*" scope
 
 _SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)$")
+_SYSTEM = re.compile(r"^(urn:[A-Za-z0-9][A-Za-z0-9\-]{0,31}:\S+|[a-z][a-z0-9+.\-]*://\S+)$")  # an absolute URI
 
 # v3-ObservationValue REDACTED: put on a Bundle's meta.security when a cleared caller is told what was withheld.
 REDACTED_TAG = {
@@ -104,15 +113,43 @@ class Access:
         return classes & disclosure.ORDINARY == 0 and classes & ~self.clearances == 0
 
 
+def _token_name(grant: RecordTokenGrant, digest: str) -> str:
+    """How an error names a grant: its label, else the prefix of its digest (both non-secret)."""
+    if grant.label:
+        return f"record token {grant.label!r}"
+    return f"record token sha256 {digest[:12]}..." if digest else "a record token without label"
+
+
+def _check_recipient_name(name: str, resource_type: str) -> bool:
+    """True for ``<resource_type>/<id>`` or ``<absolute system URI>|<value>``."""
+    if "|" in name:
+        system, _, value = name.partition("|")
+        return bool(_SYSTEM.match(system)) and bool(value.strip()) and "|" not in value
+    return bool(re.fullmatch(rf"{resource_type}/[A-Za-z0-9\-.]{{1,64}}", name))
+
+
 def grant_access(grant: RecordTokenGrant, digest: str = "") -> Access:
-    """Validate one configured grant. Raises ValueError (at start-up) for a grant that makes no sense."""
-    scopes = tuple(parse_scope(s) for s in grant.scopes)
+    """Validate one configured grant. Raises ValueError (at start-up) for a grant that makes no sense, naming
+    the token by its label (never the token): unknown scopes, patient/ scopes without a patient, a token that
+    is not patient-bound without the organization it acts for, a malformed organization or care team."""
+    name = _token_name(grant, digest)
+    try:
+        scopes = tuple(parse_scope(s) for s in grant.scopes)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     if any(s.context == "patient" for s in scopes) and not grant.patient:
-        raise ValueError("a token with patient/ scopes must name its patient")
+        raise ValueError(f"{name}: a token with patient/ scopes must name its patient")
+    patient = grant.patient.removeprefix("Patient/") if grant.patient else None
+    if patient is None and not grant.organization:
+        raise ValueError(f"{name}: a token that is not patient-bound must name the organization it acts for "
+                         "('organization': 'Organization/<id>' or '<identifier system>|<value>')")
+    if grant.organization and not _check_recipient_name(grant.organization, "Organization"):
+        raise ValueError(f"{name}: 'organization' must be 'Organization/<id>' or '<identifier system URI>|<value>'")
+    if any(not _check_recipient_name(team, "CareTeam") for team in grant.care_teams):
+        raise ValueError(f"{name}: each of 'care_teams' must be 'CareTeam/<id>' or '<identifier system URI>|<value>'")
     bits = 0
     for clearance in grant.clearances:
         bits |= CLEARANCE_BITS[clearance]
-    patient = grant.patient.removeprefix("Patient/") if grant.patient else None
     recipient = Recipient(
         organization=grant.organization,
         care_teams=tuple(grant.care_teams),

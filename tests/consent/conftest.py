@@ -3,8 +3,8 @@ disclosure policy (Part 2 only with a consent), with recipient tokens that name 
 
 Tokens: ``partner`` (the SUD program's partner clinic, no clearance), ``partner-bh`` (the same clinic, cleared
 for behavioural health and substance use), ``therapy`` (a therapy practice cleared for behavioural health,
-named by no Part 2 consent), ``basic`` (a vendor without clearance or organization), ``privacy`` (the privacy
-officer: AuditEvent read), ``portal`` is not needed here.
+named by no Part 2 consent), ``basic`` (a vendor without clearance, named by no consent), ``privacy`` (the
+privacy officer: AuditEvent read), ``portal`` is not needed here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ import pytest
 
 from services.common.settings import RecordTokenGrant
 from tests.consent.consents import PART2_ORG, THERAPY_ORG
-from tests.record.conftest import BACKENDS, RecordHarness, harness_settings, postgres_server  # noqa: F401
+from tests.record.conftest import (  # noqa: F401
+    BACKENDS,
+    HOSPITAL_ORG,
+    VENDOR_ORG,
+    RecordHarness,
+    harness_settings,
+    postgres_server,
+)
 
 TOKENS: dict[str, RecordTokenGrant] = {
     "partner": RecordTokenGrant(scopes=["user/*.read"], organization=PART2_ORG, label="partner clinic"),
@@ -26,9 +33,11 @@ TOKENS: dict[str, RecordTokenGrant] = {
                                    clearances=["behavioral-health", "part2"], label="partner clinic (clinician)"),
     "therapy": RecordTokenGrant(scopes=["user/*.read"], organization=THERAPY_ORG,
                                 clearances=["behavioral-health"], label="therapy practice"),
-    "basic": RecordTokenGrant(scopes=["user/*.read"], label="vendor"),
-    "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"], label="privacy officer"),
-    "research": RecordTokenGrant(scopes=["user/*.read"], organization=PART2_ORG, purpose_of_use="HRESCH"),
+    "basic": RecordTokenGrant(scopes=["user/*.read"], organization=VENDOR_ORG, label="vendor"),
+    "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"], organization=HOSPITAL_ORG,
+                                label="privacy officer"),
+    "research": RecordTokenGrant(scopes=["user/*.read"], organization=PART2_ORG, purpose_of_use="HRESCH",
+                                 label="partner clinic (research)"),
 }
 
 

@@ -25,15 +25,18 @@ from services.common.settings import REPO_ROOT, RecordTokenGrant, Settings
 from services.notify.store import NotifyStore, open_notify_store
 from services.notify.subscriptions import EXT_FILTER, EXT_HEARTBEAT, EXT_MAX_COUNT, EXT_PAYLOAD_CONTENT, EXT_TIMEOUT
 from services.notify.topics import TOPIC_BASE
-from tests.record.conftest import RecordHarness, harness_settings, token_config
+from tests.record.conftest import RecordHarness, fictional_organization, harness_settings, token_config
 
 SUBSCRIBERS: dict[str, RecordTokenGrant] = {
     "therapy": RecordTokenGrant(scopes=["system/Subscription.write", "system/*.read"],
-                                clearances=["behavioral-health"], label="therapy-ehr"),
+                                clearances=["behavioral-health"], organization=fictional_organization("1999999935"),
+                                label="therapy-ehr"),
     "primary": RecordTokenGrant(scopes=["system/Subscription.write"], clearances=["behavioral-health"],
-                                label="primary-care-ehr"),
-    "billing": RecordTokenGrant(scopes=["system/Subscription.write"], label="billing"),
-    "reader": RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health"], label="reader"),
+                                organization=fictional_organization("1999999943"), label="primary-care-ehr"),
+    "billing": RecordTokenGrant(scopes=["system/Subscription.write"], organization=fictional_organization("1999999950"),
+                                label="billing"),
+    "reader": RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health"],
+                               organization=fictional_organization("1999999968"), label="reader"),
 }
 
 

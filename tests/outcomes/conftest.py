@@ -25,7 +25,7 @@ from services.common.settings import RecordTokenGrant
 from services.mapper.pipeline import InboundRecord, Pipeline, TopicNames
 from services.outcomes.service import OutcomesService, build_service
 from services.record.store import identity_policy, open_store
-from tests.record.conftest import RecordHarness, harness_settings
+from tests.record.conftest import CLINIC_ORG, RecordHarness, harness_settings
 
 T = TypeVar("T")
 _ids = itertools.count(1)
@@ -155,7 +155,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     dsn = f"sqlite:///{tmp_path_factory.mktemp('outcomes')}/record.db"
     settings = harness_settings(kafka_bootstrap)
     writer = RecordTokenGrant(scopes=["user/*.read", "user/Task.write"], clearances=["behavioral-health"],
-                              label="clinic safety desk")
+                              organization=CLINIC_ORG, label="clinic safety desk")
     tokens = {**settings.record_tokens, hashlib.sha256(b"test-token-writer").hexdigest(): writer}
     harness = RecordHarness(settings.model_copy(update={"record_tokens": tokens}), dsn, "sqlite")
     built = OutcomesStack(harness)

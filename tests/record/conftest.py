@@ -47,14 +47,30 @@ PARTNER_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999984"  # NPI-style identifier
 THERAPY_ORG = "urn:oid:2.16.840.1.113883.4.6|1999999992"
 PORTAL_PATIENT = patient_id(CLINIC, PORTAL_MRN)
 
+
+def fictional_organization(npi: str) -> str:
+    """A fictional organization (NPI-style identifier, valid check digit) that no test consent names: every
+    token that is not patient-bound must name the organization it acts for (services/record/access.py)."""
+    return f"urn:oid:2.16.840.1.113883.4.6|{npi}"
+
+
+HOSPITAL_ORG = fictional_organization("1999999901")  # carebus's own hospital (integration, admin, privacy office)
+CLINIC_ORG = fictional_organization("1999999919")  # a clinic EHR
+VENDOR_ORG = fictional_organization("1999999927")  # a vendor without clearance
+
 TOKENS: dict[str, RecordTokenGrant] = {
-    "full": RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health", "part2"]),
-    "bh": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"]),
-    "basic": RecordTokenGrant(scopes=["user/*.read"]),
-    "part2": RecordTokenGrant(scopes=["user/*.read"], clearances=["part2"]),
-    "obs": RecordTokenGrant(scopes=["user/Observation.read"], clearances=["behavioral-health"]),
+    "full": RecordTokenGrant(scopes=["system/*.read"], clearances=["behavioral-health", "part2"],
+                             organization=HOSPITAL_ORG, label="integration"),
+    "bh": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"], organization=CLINIC_ORG,
+                           label="clinic EHR"),
+    "basic": RecordTokenGrant(scopes=["user/*.read"], organization=VENDOR_ORG, label="vendor"),
+    "part2": RecordTokenGrant(scopes=["user/*.read"], clearances=["part2"], organization=CLINIC_ORG,
+                              label="SUD program"),
+    "obs": RecordTokenGrant(scopes=["user/Observation.read"], clearances=["behavioral-health"],
+                            organization=CLINIC_ORG, label="observations app"),
     "admin": RecordTokenGrant(scopes=["system/*.read", "system/Linkage.write"],
-                              clearances=["behavioral-health", "part2", "psychotherapy-notes"]),
+                              clearances=["behavioral-health", "part2", "psychotherapy-notes"],
+                              organization=HOSPITAL_ORG, label="identity admin"),
     "portal": RecordTokenGrant(scopes=["patient/*.read"], patient=PORTAL_PATIENT,
                                clearances=["behavioral-health"]),
     # the SUD program's partner clinic: named by the Part 2 consents the tests publish (tests/consent)
@@ -63,7 +79,8 @@ TOKENS: dict[str, RecordTokenGrant] = {
     "therapy": RecordTokenGrant(scopes=["user/*.read"], clearances=["behavioral-health"],
                                 organization=THERAPY_ORG, label="therapy practice"),
     "privacy": RecordTokenGrant(scopes=["user/AuditEvent.read", "user/Patient.read"],
-                                clearances=["behavioral-health", "part2"], label="privacy officer"),
+                                clearances=["behavioral-health", "part2"], organization=HOSPITAL_ORG,
+                                label="privacy officer"),
 }
 
 

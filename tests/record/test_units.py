@@ -36,7 +36,7 @@ from services.record.search import (
     parse_search,
 )
 from services.record.store.base import Page, StoredRow
-from tests.record.conftest import validate_fhir
+from tests.record.conftest import CLINIC_ORG, validate_fhir
 from tests.record.fhir_data import CLINIC, T0, appointment, encounter, iso, patient, progress_note
 
 MS_DAY = 86_400_000
@@ -92,6 +92,38 @@ def test_search_parsing() -> None:
             parse_search("Observation", params, 50, 100)
 
 
+def test_a_token_names_the_organization_it_acts_for() -> None:
+    """Recipients are known: a token that is not patient-bound without an organization stops the start, with a
+    message naming its label (or digest prefix), never the token; a patient-bound token acts for its patient."""
+    secret = "s3cret-never-in-errors"  # noqa: S105 - a test token
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    for scopes in (["user/*.read"], ["system/Subscription.write"], ["system/*.read", "system/Linkage.write"]):
+        with pytest.raises(ValueError, match="'billing desk': a token that is not patient-bound must name the "
+                                             "organization") as refused:
+            grant_access(RecordTokenGrant(scopes=scopes, clearances=["behavioral-health"], label="billing desk"),
+                         digest)
+        assert secret not in str(refused.value)
+    with pytest.raises(ValueError, match=f"sha256 {digest[:12]}.*must name the organization"):
+        TokenRegistry({digest: RecordTokenGrant(scopes=["user/*.read"])})  # unlabelled: named by its digest prefix
+    for malformed in ("Acme Clinic", "Patient/p1", "|1999999919", "urn:oid:2.16.840.1.113883.4.6|", "npi|123"):
+        with pytest.raises(ValueError, match="'vendor': 'organization' must be"):
+            grant_access(RecordTokenGrant(scopes=["user/*.read"], organization=malformed, label="vendor"))
+    with pytest.raises(ValueError, match="'vendor': each of 'care_teams' must be"):
+        grant_access(RecordTokenGrant(scopes=["user/*.read"], organization=CLINIC_ORG, care_teams=["team 7"],
+                                      label="vendor"))
+    with pytest.raises(ValueError, match="'vendor': not a supported scope"):
+        grant_access(RecordTokenGrant(scopes=["admin/*.read"], organization=CLINIC_ORG, label="vendor"))
+
+    portal = grant_access(RecordTokenGrant(scopes=["patient/*.read"], patient="Patient/p1", label="portal"))
+    assert portal.patient == "p1" and portal.recipient.organization is None and portal.recipient.patient_access
+    assert portal.purpose == "PATRQT"
+    named = grant_access(RecordTokenGrant(scopes=["user/*.read"], organization="Organization/clinic-7",
+                                          care_teams=["CareTeam/ct-1", "urn:oid:2.16.840.1.113883.19|team-a"],
+                                          purpose_of_use="HRESCH", label="research"))
+    assert named.recipient.organization == "Organization/clinic-7" and named.purpose == "HRESCH"
+    assert named.recipient.care_teams == ("CareTeam/ct-1", "urn:oid:2.16.840.1.113883.19|team-a")
+
+
 def test_scopes_and_grants() -> None:
     assert parse_scope("patient/*.read") == parse_scope("patient/*.rs")
     assert parse_scope("system/Observation.write").read is False
@@ -101,14 +133,16 @@ def test_scopes_and_grants() -> None:
             parse_scope(bad)
     with pytest.raises(ValueError, match="must name its patient"):
         grant_access(RecordTokenGrant(scopes=["patient/*.read"]))
-    access = grant_access(RecordTokenGrant(scopes=["user/Observation.read"], clearances=["part2"]))
+    access = grant_access(RecordTokenGrant(scopes=["user/Observation.read"], clearances=["part2"],
+                                           organization=CLINIC_ORG))
     assert access.may_read("Observation") and not access.may_read("Condition")
     assert access.cleared_for(PART2) and not access.cleared_for(PART2 | BEHAVIORAL_HEALTH)
-    assert access.purpose == "TREAT" and access.recipient.organization is None
+    assert access.purpose == "TREAT" and access.recipient.organization == CLINIC_ORG  # the documented default
     with pytest.raises(Forbidden):
         access.require_write("Linkage")
 
-    registry = TokenRegistry({hashlib.sha256(b"s3cret").hexdigest(): RecordTokenGrant(scopes=["system/*.read"])})
+    registry = TokenRegistry({hashlib.sha256(b"s3cret").hexdigest(): RecordTokenGrant(
+        scopes=["system/*.read"], organization="Organization/hospital")})
     assert registry.authenticate("Bearer s3cret").may_read("Flag")
     for header in (None, "", "Basic s3cret", "Bearer ", "Bearer other"):
         with pytest.raises(NotAuthenticated):

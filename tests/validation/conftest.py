@@ -57,7 +57,7 @@ from tests.hl7v2.test_validation_once import inbound
 from tests.integration.test_pipeline import mapper, run_until, schema_examples
 from tests.kafka_helpers import header, read_all
 from tests.outcomes.test_hapi_outcomes import resources as outcome_resources
-from tests.record.conftest import ServerThread
+from tests.record.conftest import HOSPITAL_ORG, ServerThread
 from tests.senders import TEST_INTAKE_GRANTS, TEST_INTAKE_HEADERS
 from tests.validation.hapi import ClientCheck, Result, validate_folder
 
@@ -66,7 +66,8 @@ FHIR_SOURCE = "urn:carebus:source:fhir-samples"
 JOURNEY_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 CLIENT_TOKEN = "validation-hapi-client-token"  # noqa: S105 - a test token
 CLIENT_GRANT = RecordTokenGrant(scopes=["system/*.read"],
-                                clearances=["behavioral-health", "part2", "psychotherapy-notes"])
+                                clearances=["behavioral-health", "part2", "psychotherapy-notes"],
+                                organization=HOSPITAL_ORG, label="HAPI client check")
 
 # Resources that must fail validation: if the validator stops finding these, it is not checking anything.
 CONTROLS: dict[str, dict[str, Any]] = {
