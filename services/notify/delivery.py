@@ -41,7 +41,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -110,9 +110,12 @@ class Deliverer:
 
     def __init__(self, settings: Settings, store: NotifyStore, metrics: NotifyMetrics, base_url: str,
                  rng: Callable[[], float] = _jitter.random,
-                 audit_sink: Callable[[Sequence[OutboundRecord]], Any] | None = None) -> None:
+                 audit_sink: Callable[[Sequence[OutboundRecord]], Awaitable[Any]] | None = None) -> None:
         self.settings = settings
-        self.audit_sink = audit_sink  # writes AuditEvent records and waits for the broker's acks
+        # writes AuditEvent records and awaits the broker's acks on this loop (RecordProducer.send_all_async):
+        # a worker thread held for each ack wait let the few threads of the loop's executor serialize every
+        # subscription's deliveries behind the broker's round trips
+        self.audit_sink = audit_sink
         self.store = store
         self.metrics = metrics
         self.base_url = base_url.rstrip("/")
@@ -234,7 +237,7 @@ class Deliverer:
                     records = [audit.audit_record(e, self.settings.topic_prefix)
                                for e in denied_audit_events(denied, self.base_url)]
                     if records:
-                        await asyncio.to_thread(self.audit_sink, records)
+                        await self.audit_sink(records)
                     await asyncio.to_thread(self.store.mark_audited, [d.key for d in denied])
                     if len(denied) == 500:
                         continue
@@ -255,12 +258,28 @@ class Deliverer:
             await asyncio.wait_for(event.wait(), max(seconds, 0.0))
         event.clear()
 
+    def _claim(self, sid: str) -> tuple[SubscriptionDef | None, list[EventRow], Screened | None]:
+        """The subscription, and when it is active its next notification's events decided again for its recipient
+        (``screen``); when none is withheld, the subscriber may know their numbers from now on (``told`` is
+        raised before the request goes out). One trip to a worker thread for all of it."""
+        sub = self.store.get(sid)
+        if sub is None or sub.status in ("off", "error", "requested"):
+            return sub, [], None
+        events = list(self.store.pending(sid, sub.max_count))
+        screened = screen(self.store, sub, events, now_ms())
+        if events and not screened.withheld:
+            top = max(e.number for e in events)
+            if top > sub.told:
+                self.store.mark_told(sid, top)
+                sub = replace(sub, told=top)
+        return sub, events, screened
+
     async def _worker(self, sid: str) -> None:
         failure = _Failure()
         last_sent = time.monotonic()
         while True:
             try:
-                sub = await asyncio.to_thread(self.store.get, sid)
+                sub, events, screened = await asyncio.to_thread(self._claim, sid)
                 if sub is None:
                     return
                 if sub.status in ("off", "error"):
@@ -278,8 +297,7 @@ class Deliverer:
                     if not await self._after_failure(sub, outcome, failure, failure.first_ms, []):
                         continue
                     continue
-                events = await asyncio.to_thread(self.store.pending, sid, sub.max_count)
-                screened = await asyncio.to_thread(screen, self.store, sub, events, now_ms())
+                assert screened is not None
                 if screened.withheld:  # a revocation since they were numbered: never sent (and audited)
                     await asyncio.to_thread(self.store.withdraw, sid, screened.withheld, screened.withheld_patients)
                     self._wake_denials()
@@ -296,9 +314,6 @@ class Deliverer:
                     await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
                 numbers = [e.number for e in events]
-                if max(numbers) > sub.told:  # the subscriber may know these numbers from now on
-                    await asyncio.to_thread(self.store.mark_told, sid, max(numbers))
-                    sub = replace(sub, told=max(numbers))
                 outcome = await self._send(sub, "event-notification", events, screened)
                 last_sent = time.monotonic()
                 if outcome == "delivered":
@@ -377,7 +392,7 @@ class Deliverer:
         assert self._stop is not None
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self.audit_sink, records)
+                await self.audit_sink(records)
                 return True
             except BrokerUnavailable:
                 log.warning("audit topic unavailable; delivered events stay pending until audited",

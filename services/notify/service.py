@@ -85,7 +85,7 @@ def build_service(settings: Settings, store: NotifyStore | None = None) -> Notif
     notify_metrics = NotifyMetrics(metrics)
     producer = RecordProducer(settings, "carebus-notify")
     deliverer = Deliverer(settings, store, notify_metrics, fhir_base_url(settings),
-                          audit_sink=producer.send_all_and_wait)
+                          audit_sink=producer.send_all_async)
     feed = ChangeFeedConsumer(settings, store, metrics, deliverer.wake, notify_metrics.events_numbered)
     kafka = KafkaReadiness(settings, [RECORD_CHANGES.name(settings.topic_prefix),
                                       AUDIT_EVENTS.name(settings.topic_prefix)], metrics)

@@ -189,3 +189,43 @@ def test_the_consent_lookup_uses_the_index_and_old_stores_are_indexed(tmp_path: 
         assert [c.reference.removeprefix("Consent/") for c in reopened.consents(["Patient/b"])] == ["k1"]
     finally:
         reopened.close()
+
+
+def test_two_record_instances_on_one_postgresql_number_their_changes_apart(
+        request: pytest.FixtureRequest) -> None:
+    """Two record instances ingest at the same time into one PostgreSQL: every ingest is stored (none refused
+    as data because both took the same outbox number), and the outbox numbers are distinct."""
+    import threading
+
+    import orjson
+
+    from services.record.identity import IdentityPolicy
+    from services.record.ingest import InboundBundle, prepare_bundle
+    from services.record.store import open_store
+
+    dsn = request.getfixturevalue("postgres_server").fresh_schema_dsn()
+    policy = IdentityPolicy(frozenset({"urn:carebus:empi"}), "none")
+    stores = [open_store(dsn, policy), open_store(dsn, policy)]
+    refused: list[Any] = []
+
+    def ingest_many(n: int) -> None:
+        for i in range(30):
+            pid = f"p{n}-{i}"
+            bundle = {"resourceType": "Bundle", "type": "collection",
+                      "entry": [{"resource": {"resourceType": "Patient", "id": pid}}]}
+            report = stores[n].ingest([prepare_bundle(InboundBundle("t", n, i, 1_700_000_000_000 + i, pid,
+                                                                    orjson.dumps(bundle), {"ce_id": pid}))])
+            refused.extend(report.refused)
+
+    try:
+        threads = [threading.Thread(target=ingest_many, args=(n,)) for n in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        rows = stores[0].pending_changes(1000)
+    finally:
+        for s in stores:
+            s.close()
+    assert refused == []
+    assert len(rows) == 60 and len({r.seq for r in rows}) == 60
