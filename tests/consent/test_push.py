@@ -256,16 +256,32 @@ def test_a_subscription_acts_for_its_token_s_recipient_and_a_body_cannot_choose_
         receiver.stop()
 
 
+def _partner_with_part2_consent(push: NotifyStack, receiver: Receiver
+                                ) -> tuple[str, str, str, dict[str, Any]]:
+    """A person whose active consent names the partner for Part 2 data, and the partner's subscription to
+    them (one event per notification): (mrn, patient id, subscription id, the consent)."""
+    granted = consent("c-live", "", covered=("SUD", "42CFRPart2"), start="2026-01-10T09:00:00+00:00")
+    mrn, pid = _seed_person(push, [])
+    live = {**granted, "patient": {"reference": f"Patient/{pid}"}}
+    push.record.publish(Event(CLINIC, mrn, [_consent_resource(live, f"{mrn}-live")]))
+    _wait_consents(push, pid, 1)
+    return mrn, pid, _subscribe(push, receiver, "partner", pid, max_count=1), live
+
+
+def _revoke(push: NotifyStack, mrn: str, pid: str, live: dict[str, Any], at: datetime) -> None:
+    """The patient revokes ``live``: inactive, its period ended at ``at``; waits until notify knows."""
+    revoked = {**live, "status": "inactive",
+               "provision": {**live["provision"], "period": {"start": live["provision"]["period"]["start"],
+                                                             "end": at.isoformat(timespec="seconds")}}}
+    push.record.publish(Event(CLINIC, mrn, [_consent_resource(revoked, f"{mrn}-live")]))
+    _wait_consents(push, pid, 1, status="inactive")
+
+
 def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: NotifyStack) -> None:
     receiver = Receiver()
     try:
         now = datetime.now(UTC)
-        granted = consent("c-live", "", covered=("SUD", "42CFRPart2"), start="2026-01-10T09:00:00+00:00")
-        mrn, pid = _seed_person(push, [])
-        live = {**granted, "patient": {"reference": f"Patient/{pid}"}}
-        push.record.publish(Event(CLINIC, mrn, [_consent_resource(live, f"{mrn}-live")]))
-        _wait_consents(push, pid, 1)
-        sid = _subscribe(push, receiver, "partner", pid, max_count=1)
+        mrn, pid, sid, live = _partner_with_part2_consent(push, receiver)
         receiver.mode = "fail"  # the first event is on the wire, retried; the next two wait behind it
         first, part2_dx, last = (_condition(mrn, pid, cls) for cls in ("none", "SUD-Part2", "none"))
         last = {**last, "id": last["id"] + "b"}
@@ -276,11 +292,7 @@ def test_a_revocation_stops_what_is_queued_and_the_numbers_stay_gap_free(push: N
             time.sleep(0.1)
         assert [e.resource_id for e in push.store.events(sid)] == [first["id"], part2_dx["id"], last["id"]]
         # the patient revokes: the consent is inactive from now on
-        revoked = {**live, "status": "inactive",
-                   "provision": {**live["provision"], "period": {"start": live["provision"]["period"]["start"],
-                                                                 "end": now.isoformat(timespec="seconds")}}}
-        push.record.publish(Event(CLINIC, mrn, [_consent_resource(revoked, f"{mrn}-live")]))
-        _wait_consents(push, pid, 1, status="inactive")
+        _revoke(push, mrn, pid, live, now)
         receiver.mode = "ok"
         assert receiver.wait_for(lambda: sorted(_numbers_and_foci(receiver, sid)) == [1, 2])
         time.sleep(1.0)
@@ -338,12 +350,7 @@ def test_a_revocation_after_a_failed_attempt_keeps_the_numbers_answered_and_send
     number - by the number alone, as a withheld event, with nothing of its content."""
     receiver = Receiver()
     try:
-        granted = consent("c-live", "", covered=("SUD", "42CFRPart2"), start="2026-01-10T09:00:00+00:00")
-        mrn, pid = _seed_person(push, [])
-        live = {**granted, "patient": {"reference": f"Patient/{pid}"}}
-        push.record.publish(Event(CLINIC, mrn, [_consent_resource(live, f"{mrn}-live")]))
-        _wait_consents(push, pid, 1)
-        sid = _subscribe(push, receiver, "partner", pid, max_count=1)
+        mrn, pid, sid, live = _partner_with_part2_consent(push, receiver)
         receiver.mode = "fail"
         part2_dx, later = _condition(mrn, pid, "SUD-Part2"), _condition(mrn, pid, "none")
         push.record.publish(Event(CLINIC, mrn, [part2_dx]))
@@ -355,12 +362,7 @@ def test_a_revocation_after_a_failed_attempt_keeps_the_numbers_answered_and_send
             time.sleep(0.1)
         # the recipient goes away; the patient revokes meanwhile
         receiver.stop()
-        revoked = {**live, "status": "inactive",
-                   "provision": {**live["provision"], "period": {
-                       "start": live["provision"]["period"]["start"],
-                       "end": datetime.now(UTC).isoformat(timespec="seconds")}}}
-        push.record.publish(Event(CLINIC, mrn, [_consent_resource(revoked, f"{mrn}-live")]))
-        _wait_consents(push, pid, 1, status="inactive")
+        _revoke(push, mrn, pid, live, datetime.now(UTC))
 
         def state_of_first() -> str:
             return next(e.state for e in push.store.events(sid, include_withheld=True) if e.number == 1)
