@@ -220,9 +220,10 @@ class Dialect:
     # run first in the schema transaction, so instances starting together on one database create it one at a
     # time (concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL's catalogue)
     schema_lock: str | None = None
-    # taken by an ingest before it numbers its change-outbox rows and held to its commit: instances ingesting
-    # together on one database number their rows one after the other, in commit order
-    outbox_lock: str | None = None
+    # taken by an ingest before it recomputes persons and numbers its change-outbox rows, held to its commit:
+    # instances ingesting together on one database see each other's identity links (two Patients of one person
+    # ingested at once on two partitions) and number their rows one after the other, in commit order
+    ingest_lock: str | None = None
 
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -310,7 +311,7 @@ POSTGRES = Dialect(
     refusal=postgres_refusal,
     copy=True,
     schema_lock="SELECT pg_advisory_xact_lock(7262730)",  # an arbitrary constant: carebus's schema lock
-    outbox_lock="SELECT pg_advisory_xact_lock(7262731)",
+    ingest_lock="SELECT pg_advisory_xact_lock(7262731)",
 )
 
 

@@ -209,3 +209,45 @@ def test_store_incremental_persons_equal_the_pure_grouping(store_factory: StoreF
     for node, person in expected.items():
         stored = set(store.person(node).members)
         assert stored == {n for n, p in expected.items() if p == person}
+
+
+def test_two_instances_ingesting_one_persons_patients_at_once_link_them(postgres_server: Any) -> None:
+    """Two record instances on one PostgreSQL ingest, at the same moment, two Patients that share an enterprise
+    id (one person registered by two systems, whose bundles are on two partitions): each pair is one person,
+    however the two transactions interleave."""
+    import threading
+
+    from services.record.store import open_store
+
+    policy = IdentityPolicy(frozenset({EMPI}))
+    dsn = postgres_server.fresh_schema_dsn()
+    stores = [open_store(dsn, policy), open_store(dsn, policy)]
+    pairs = 40
+    together = threading.Barrier(2, timeout=60)
+    failures: list[BaseException] = []
+
+    def ingest(side: int) -> None:
+        try:
+            for i in range(pairs):
+                resource = patient(CLINIC if side == 0 else HOSPITAL, f"{i}", empi=f"E{i}")
+                resource["id"] = f"pair{i}-{side}"
+                bundle = _patient_record(resource, i, 1_700_000_000_000 + i)
+                together.wait()
+                stores[side].ingest([prepare_bundle(bundle)])
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+            together.abort()
+
+    try:
+        threads = [threading.Thread(target=ingest, args=(side,)) for side in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert failures == []
+        unlinked = [i for i in range(pairs)
+                    if stores[0].person(f"Patient/pair{i}-0").members != (f"Patient/pair{i}-0", f"Patient/pair{i}-1")]
+    finally:
+        for s in stores:
+            s.close()
+    assert unlinked == []

@@ -43,7 +43,8 @@ def _patients_of(resource_type: str, patient_ref: str | None, body: bytes | None
 
 
 def write(db: Database, conn: Connection, plan: WritePlan) -> None:
-    """Add one change row per new version of ``plan`` (call after the identity state is updated)."""
+    """Add one change row per new version of ``plan`` (call after the identity state is updated, holding the
+    dialect's ``ingest_lock``)."""
     if not plan.versions:
         return
     wanted = {
@@ -69,8 +70,6 @@ def write(db: Database, conn: Connection, plan: WritePlan) -> None:
             conn, f"SELECT patient_ref, person_id FROM identity_member WHERE person_id IN ({marks})", chunk
         ):
             members_of.setdefault(person, []).append(ref)
-    if db.dialect.outbox_lock:  # numbers in commit order across instances, and never two rows with one number
-        conn.execute(db.dialect.outbox_lock)
     top = db.all(
         conn,
         "SELECT COALESCE((SELECT MAX(seq) FROM change_outbox), "

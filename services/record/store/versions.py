@@ -96,6 +96,8 @@ def ingest_part(db: Database, conn: Connection, bundles: Sequence[PreparedBundle
         list(events.values()),
         "text, text, int, bigint, bigint",
     )
+    if db.dialect.ingest_lock and (plan.identity or plan.versions):
+        conn.execute(db.dialect.ingest_lock)  # to commit: persons and outbox numbers see other instances' ingests
     if plan.identity:
         identity.apply(db, conn, plan, policy)
     outbox.write(db, conn, plan)  # the change feed, committed with the versions it announces
