@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from prometheus_client import Counter
+
 from services.common.hl7v2 import ack_message
 from services.common.hl7v2.errors import HL7_APPLICATION_INTERNAL_ERROR, AckCode, MalformedMessage
 from services.common.metrics import Metrics
@@ -191,6 +193,7 @@ class MllpServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._answering: set[asyncio.Task[None]] = set()  # connections with an accepted frame not yet ACKed
+        self._ack_counters: dict[str, Counter] = {}
         self._stopping = False
 
     @property
@@ -256,9 +259,13 @@ class MllpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)
+        task = asyncio.current_task()
+        assert task is not None
+        # asyncio.timeout, not wait_for: wait_for wraps each read and drain in a task of its own (per frame)
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=self.idle_timeout_s)
+                async with asyncio.timeout(self.idle_timeout_s):
+                    data = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 log.info("mllp connection idle: closing", extra={"idle_timeout_s": self.idle_timeout_s})
                 return
@@ -266,16 +273,15 @@ class MllpServer:
                 if decoder.in_frame:
                     log.info("mllp connection closed inside a frame")
                 return
-            task = asyncio.current_task()
-            assert task is not None
             for item in decoder.feed(data):
                 self._answering.add(task)
                 try:
                     outcome = await self._answer(item)
                     writer.write(frame(outcome.ack))
                     if self._metrics is not None:
-                        self._metrics.mllp_acks.labels(code=outcome.code).inc()
-                    await asyncio.wait_for(writer.drain(), timeout=self.idle_timeout_s)
+                        self._ack_counter(outcome.code).inc()
+                    async with asyncio.timeout(self.idle_timeout_s):
+                        await writer.drain()
                 finally:
                     self._answering.discard(task)
                 if self._stopping:  # the ACK is out: take no further frame from this connection
@@ -285,19 +291,26 @@ class MllpServer:
                                                         "discarded_bytes": decoder.discarded_bytes})
                 decoder.abandoned_frames = decoder.discarded_bytes = 0
 
+    def _ack_counter(self, code: AckCode) -> Counter:
+        """``carebus_mllp_acks_total{code}``'s child for ``code``, looked up once per code."""
+        counter = self._ack_counters.get(code)
+        if counter is None:
+            assert self._metrics is not None
+            counter = self._ack_counters[code] = self._metrics.mllp_acks.labels(code=code)
+        return counter
+
     async def _answer(self, item: Frame | OversizedFrame) -> AckOutcome:
-        now = self._clock()
         if isinstance(item, OversizedFrame):
             head = decode_text(item.head).replace("\n", "\r").split("\r", 1)[0]
             error = FrameTooLarge("MSH", "frame-too-large",
                                   f"the message is larger than {self.max_frame_bytes} bytes")
-            return AckOutcome(ack_message(head, "AE", error, now), "AE")
+            return AckOutcome(ack_message(head, "AE", error, self._clock()), "AE")
         text = decode_text(item.payload)
         try:
             return await self._accept(text)
         except Exception as exc:  # an acceptor bug must not kill the connection: reject, the sender retries
             log.error("mllp acceptor failed", extra={"error": type(exc).__name__})  # no traceback: no PHI
-            return AckOutcome(ack_message(text, "AR", None, now), "AR", retry=True)
+            return AckOutcome(ack_message(text, "AR", None, self._clock()), "AR", retry=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
