@@ -159,7 +159,8 @@ class KafkaHl7Acceptor:
         if key in self.recent:
             self._repeated("resend", summary)
             return AckOutcome(ack_message(message, "AA", None, now), "AA")
-        earlier = self.recent.accepted_as(summary.source, summary.sender_control_id)
+        control_key = summary.sender_control_id
+        earlier = self.recent.accepted_as(summary.source, control_key)
         if earlier is not None and earlier != summary.event_id:
             # the same MSH-3 + MSH-10 with other content: another message (it has another event id), written
             self._repeated("conflict", summary)
@@ -168,7 +169,7 @@ class KafkaHl7Acceptor:
         try:
             record = inbound_record(self._topic, summary.key, cloud_event(summary, er7, now), now.isoformat(),
                                     summary.event_id)
-            record.headers = {**record.headers, HEADER_HL7V2_CONTROL_ID: summary.sender_control_id}
+            record.headers = {**record.headers, HEADER_HL7V2_CONTROL_ID: control_key}
             try:
                 metas = await self._producer.send_all_async([record])
             except BrokerUnavailable as exc:
@@ -178,7 +179,7 @@ class KafkaHl7Acceptor:
                 log.warning("hl7v2 message not stored", extra={"event_id": summary.event_id,
                                                                "error": type(exc).__name__})
                 return AckOutcome(ack_message(message, "AR", exc, now), "AR", retry=True)
-            self.recent.add(summary.source, summary.event_id, summary.sender_control_id)
+            self.recent.add(summary.source, summary.event_id, control_key)
             if self._metrics is not None:
                 header = summary.header
                 self._metrics.accepted(f"hl7v2.{header.message_type}.{header.trigger_event}", "mllp",
