@@ -96,6 +96,61 @@ class NotifyMetrics:
         self.dead = metrics.notify_dead
         self.oldest_age = metrics.notify_oldest_age
         self.latency = metrics.notify_latency
+        self.step = metrics.notify_step
+
+
+@dataclass(frozen=True)
+class _Claim:
+    sub: SubscriptionDef | None
+    events: list[EventRow]
+    screened: Screened | None
+    body: bytes | None  # the event notification, rendered (None: nothing to send)
+
+
+class MarkWriter:
+    """The group commit of every subscription's delivery marks: each delivery cycle hands over what its
+    subscriber may know from now on (told) and what was acknowledged and audited (delivered), and waits; the
+    marks of all cycles waiting meanwhile are written in one transaction (:meth:`NotifyStore.record_deliveries`).
+    SQLite has one writer and the change feed's numbering holds it for a batch at a time: a transaction per
+    subscription per request queued every delivery behind it, twice per request."""
+
+    def __init__(self, store: NotifyStore, step: Any) -> None:
+        self._store = store
+        self._step = step
+        self._told: dict[str, int] = {}
+        self._delivered: dict[str, list[int]] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, subscription_id: str, told: int | None, delivered: Sequence[int]) -> None:
+        """Returns once the marks are committed; raises StoreUnavailable when they were not (nothing of this
+        call is kept then: the caller hands them over again)."""
+        if told is not None:
+            self._told[subscription_id] = max(told, self._told.get(subscription_id, 0))
+        if delivered:
+            self._delivered.setdefault(subscription_id, []).extend(delivered)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await waiter
+
+    async def _flush(self) -> None:
+        while self._waiters:
+            told, delivered, waiters = self._told, self._delivered, self._waiters
+            self._told, self._delivered, self._waiters = {}, {}, []
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self._store.record_deliveries, told, delivered)
+            except Exception as exc:  # handed to every waiter (on StoreUnavailable they hand their marks again)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            self._step.labels(step="marks").observe(time.perf_counter() - started)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 @dataclass
@@ -126,6 +181,7 @@ class Deliverer:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
         self._denials_wake: asyncio.Event | None = None
+        self._marks = MarkWriter(store, metrics.step)
         self.running = False
 
     # --- control from other threads --------------------------------------------------------------------
@@ -258,28 +314,39 @@ class Deliverer:
             await asyncio.wait_for(event.wait(), max(seconds, 0.0))
         event.clear()
 
-    def _claim(self, sid: str) -> tuple[SubscriptionDef | None, list[EventRow], Screened | None]:
-        """The subscription, and when it is active its next notification's events decided again for its recipient
-        (``screen``); when none is withheld, the subscriber may know their numbers from now on (``told`` is
-        raised before the request goes out). One trip to a worker thread for all of it."""
+    def _claim(self, sid: str, after: int) -> _Claim:
+        """The subscription, and when it is active its next notification: the events numbered above ``after``
+        (those delivered but not yet marked are not sent twice), decided again for its recipient (``screen``)
+        and, when none is withheld, rendered (full-resource payloads carry the focus's current version, decided
+        again too). Reads only, in one trip to a worker thread; the told mark is written by the group commit
+        before the request goes out."""
+        started = time.perf_counter()
         sub = self.store.get(sid)
         if sub is None or sub.status in ("off", "error", "requested"):
-            return sub, [], None
-        events = list(self.store.pending(sid, sub.max_count))
+            return _Claim(sub, [], None, None)
+        events = list(self.store.pending(sid, sub.max_count, after))
         screened = screen(self.store, sub, events, now_ms())
+        body = None
         if events and not screened.withheld:
-            top = max(e.number for e in events)
-            if top > sub.told:
-                self.store.mark_told(sid, top)
-                sub = replace(sub, told=top)
-        return sub, events, screened
+            body = self._render(sub, "event-notification", events, screened)
+        self.metrics.step.labels(step="claim").observe(time.perf_counter() - started)
+        return _Claim(sub, events, screened, body)
 
     async def _worker(self, sid: str) -> None:
         failure = _Failure()
         last_sent = time.monotonic()
+        # acknowledged and audited, not yet marked delivered in the store: written with the next notification's
+        # told mark (one group commit per cycle); a crash before that re-sends them with the same numbers
+        unmarked: list[int] = []
         while True:
             try:
-                sub, events, screened = await asyncio.to_thread(self._claim, sid)
+                claim = await asyncio.to_thread(self._claim, sid, max(unmarked, default=0))
+                sub, events, screened = claim.sub, claim.events, claim.screened
+                top = max((e.number for e in events), default=0)
+                told = top if sub is not None and claim.body is not None and top > sub.told else None
+                if unmarked or told is not None:
+                    await self._marks.write(sid, told, unmarked)
+                    unmarked = []
                 if sub is None:
                     return
                 if sub.status in ("off", "error"):
@@ -287,7 +354,7 @@ class Deliverer:
                     await self._pause(sid, IDLE_WAKE_S)
                     continue
                 if sub.status == "requested":
-                    outcome = await self._send(sub, "handshake", [])
+                    outcome = await self._send(sub, "handshake", self._render(sub, "handshake", []))
                     if outcome == "delivered":
                         await asyncio.to_thread(self.store.set_status, sid, "active", None, ("requested",))
                         failure = _Failure()
@@ -305,7 +372,7 @@ class Deliverer:
                 if not events:
                     self._failing.discard(sid)
                     if sub.heartbeat_s and time.monotonic() - last_sent >= sub.heartbeat_s:
-                        outcome = await self._send(sub, "heartbeat", [])
+                        outcome = await self._send(sub, "heartbeat", self._render(sub, "heartbeat", []))
                         last_sent = time.monotonic()
                         if outcome in ("gone", "not-found"):
                             await self._after_failure(sub, outcome, failure, now_ms(), [])
@@ -313,13 +380,14 @@ class Deliverer:
                     wait = sub.heartbeat_s - (time.monotonic() - last_sent) if sub.heartbeat_s else IDLE_WAKE_S
                     await self._pause(sid, min(wait, IDLE_WAKE_S))
                     continue
+                assert claim.body is not None
                 numbers = [e.number for e in events]
-                outcome = await self._send(sub, "event-notification", events, screened)
+                outcome = await self._send(sub, "event-notification", claim.body, events)
                 last_sent = time.monotonic()
                 if outcome == "delivered":
                     if not await self._audit(sub, screened):
                         continue  # stopping before the audit was written: sent again (same numbers) at restart
-                    await asyncio.to_thread(self.store.mark_delivered, sid, numbers)
+                    unmarked = numbers
                     failure = _Failure()
                     self._failing.discard(sid)
                     now = now_ms()
@@ -392,7 +460,9 @@ class Deliverer:
         assert self._stop is not None
         while not self._stop.is_set():
             try:
+                started = time.perf_counter()
                 await self.audit_sink(records)
+                self.metrics.step.labels(step="audit").observe(time.perf_counter() - started)
                 return True
             except BrokerUnavailable:
                 log.warning("audit topic unavailable; delivered events stay pending until audited",
@@ -402,15 +472,17 @@ class Deliverer:
 
     # --- one request -----------------------------------------------------------------------------------
 
-    async def _send(self, sub: SubscriptionDef, kind: NotificationType, events: Sequence[EventRow],
-                    screened: Screened | None = None) -> Outcome:
+    def _render(self, sub: SubscriptionDef, kind: NotificationType, events: Sequence[EventRow],
+                screened: Screened | None = None) -> bytes:
+        """The notification's body (a full-resource payload reads the foci: on a worker thread then)."""
         focus = focus_lookup(self.store, sub) if sub.content == "full-resource" and events else None
         if kind == "handshake":
             sub = _with_status(sub, "requested")
         notice = part2_notice(sub, self.base_url, screened, iso_now()) if screened is not None else None
-        bundle = await asyncio.to_thread(notification_bundle, sub, self.base_url, kind, events, iso_now(), focus,
-                                         notice)
-        body = encode(bundle)
+        return encode(notification_bundle(sub, self.base_url, kind, events, iso_now(), focus, notice))
+
+    async def _send(self, sub: SubscriptionDef, kind: NotificationType, body: bytes,
+                    events: Sequence[EventRow] = ()) -> Outcome:
         headers = {"Content-Type": sub.mime, SIGNATURE_HEADER: signature(sub.secret, body),
                    "X-Carebus-Subscription": sub.id}
         for header in sub.headers:
@@ -418,6 +490,7 @@ class Deliverer:
             headers[name.strip()] = value.strip()
         timeout = float(sub.timeout_s or self.settings.notify_request_timeout_s)
         outcome: Outcome
+        started = time.perf_counter()
         try:
             response = await self._http.post(sub.endpoint, content=body, headers=headers,
                                              timeout=httpx.Timeout(timeout))
@@ -435,6 +508,7 @@ class Deliverer:
             outcome, detail = "retry", "timeout"
         except httpx.HTTPError as exc:
             outcome, detail = "retry", type(exc).__name__
+        self.metrics.step.labels(step="send").observe(time.perf_counter() - started)
         self.metrics.deliveries.labels(kind=kind, outcome=outcome).inc()
         log.log(logging.DEBUG if outcome == "delivered" else logging.INFO,
                 "notification sent" if outcome == "delivered" else "notification not accepted",

@@ -462,10 +462,12 @@ class NotifyStore:
 
     # --- events ------------------------------------------------------------------------------------------
 
-    def pending(self, subscription_id: str, limit: int) -> list[EventRow]:
+    def pending(self, subscription_id: str, limit: int, after: int = 0) -> list[EventRow]:
+        """The first ``limit`` pending events numbered above ``after``."""
         with self.db.connection() as conn:
             rows = self.db.all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
-                                   "state = 'pending' ORDER BY event_number LIMIT ?", (subscription_id, limit))
+                                   "state = 'pending' AND event_number > ? ORDER BY event_number LIMIT ?",
+                               (subscription_id, after, limit))
         return [_event(r) for r in rows]
 
     def events(self, subscription_id: str, since: int | None = None, until: int | None = None,
@@ -540,8 +542,7 @@ class NotifyStore:
         """A notification naming events up to ``number`` is about to go out: from now on the subscriber may
         know that number (``events-since-subscription-start`` never goes below it, and no event at or below
         it is ever renumbered). Written before the request, so a crash after it changes nothing."""
-        with self.db.transaction() as conn:
-            self._raise_told(conn, subscription_id, number)
+        self.record_deliveries({subscription_id: number}, {})
 
     def _raise_told(self, conn: Connection, subscription_id: str, number: int) -> None:
         # not updated_ms: that is the definition's generation (notify reconciles on it)
@@ -549,12 +550,22 @@ class NotifyStore:
                    (number, subscription_id, number))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
+        self.record_deliveries({}, {subscription_id: numbers})
+
+    def record_deliveries(self, told: Mapping[str, int], delivered: Mapping[str, Sequence[int]]) -> None:
+        """Many subscriptions' delivery marks in one transaction (the delivery loop's group commit,
+        services/notify/delivery.py): ``told`` raises what each subscriber may know (:meth:`mark_told`), and
+        ``delivered`` marks acknowledged (and audited) events delivered."""
+        if not told and not delivered:
+            return
         at = now_ms()
         with self.db.transaction() as conn:
-            for n in numbers:
-                self.db.exec(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
-                                 "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
-                                 "AND state = 'pending'", (at, subscription_id, n))
+            for subscription_id, number in told.items():
+                self._raise_told(conn, subscription_id, number)
+            self.db.many(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
+                               "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
+                               "AND state = 'pending'",
+                         [(at, sid, n) for sid, numbers in delivered.items() for n in numbers])
 
     def mark_failed(self, subscription_id: str, numbers: Sequence[int], first_failure_ms: int) -> None:
         with self.db.transaction() as conn:
