@@ -394,8 +394,6 @@ def main() -> None:
 
     print(f"carebus notify benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  cores={os.cpu_count()}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="notify-bench-"))
-    if args.keep:
-        print(f"keeping {folder}", flush=True)
     broker = None
     bootstrap = os.environ.get("CAREBUS_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -505,7 +503,9 @@ def main() -> None:
                 process.kill()
         if broker is not None:
             broker.stop()
-        if not args.keep:
+        if args.keep or sys.exc_info()[0] is not None:
+            print(f"the run's stores, logs and arrivals are in {folder}", flush=True)
+        else:
             shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the stores: hundreds of MB a run
 
 
