@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.metrics import Metrics
+from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.settings import Settings
 from services.outcomes.engine import OutcomesEngine
 from services.outcomes.population import PopulationIndex, Warmup
