@@ -100,8 +100,10 @@ def e2e(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         if watch is not None:
             watch.close()
-        outcomes.stop()
+        if outcomes.process is not None and outcomes.process.poll() is None:
+            outcomes.process.terminate()  # both processes stop at once: outcomes.stop() then waits for it
         notify.close()
+        outcomes.stop()
 
 
 def _total(records: list[OutboundRecord]) -> str:
