@@ -45,6 +45,7 @@ from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
 )
+from services.outcomes.exclusions import HospiceCodes
 from services.outcomes.population import PopulationIndex
 from services.record import disclosures, render
 from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, describe_restriction
@@ -108,7 +109,9 @@ class RecordApi:
     _types_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.population = PopulationIndex(self.store)  # type: ignore[arg-type]  # a SqlStore: the bulk reads
+        self.population = PopulationIndex(
+            self.store,  # type: ignore[arg-type]  # a SqlStore: the bulk reads
+            HospiceCodes.with_local(self.settings.outcomes_local_hospice_codings))
         if self.gate is None:
             self.gate = DisclosureGate(self.store, DEFAULT_POLICY, self.now_ms)
 
