@@ -155,16 +155,17 @@ class MarkWriter:
 
 @dataclass
 class _Audit:
-    """An acknowledged notification's AuditEvents being written, then its events marked delivered
-    (:meth:`Deliverer._audit_and_mark`), while the subscription's next notification goes out."""
+    """An acknowledged notification's AuditEvents being written (:meth:`Deliverer._audit`) while the
+    subscription's next notification is read, screened and rendered."""
 
-    task: asyncio.Task[tuple[int, ...]]
+    task: asyncio.Task[bool]
     numbers: tuple[int, ...]
 
     async def settle(self, unmarked: list[int]) -> None:
-        """Wait for it; what is audited but could not be marked yet is added to ``unmarked`` (the worker's next
-        group commit writes it)."""
-        unmarked.extend(await self.task)
+        """Wait for the AuditEvents; once written, the events may be marked delivered (added to ``unmarked``).
+        When stopping they are not: sent again with the same numbers (and the same AuditEvent ids) at restart."""
+        if await self.task:
+            unmarked.extend(self.numbers)
 
 
 @dataclass
@@ -359,21 +360,21 @@ class Deliverer:
     async def _worker(self, sid: str) -> None:
         failure = _Failure()
         last_sent = time.monotonic()
-        # acknowledged and audited, but the store was unavailable when they were to be marked delivered: written
-        # with the next notification's told mark; a crash before that re-sends them with the same numbers
+        # acknowledged and audited, not yet marked delivered: written with the next notification's told mark (one
+        # group commit per cycle), before that notification goes out; a crash before re-sends them (same numbers)
         unmarked: list[int] = []
-        # the AuditEvents of the last notification acknowledged being written and its events then marked
-        # delivered, while the next one goes out (marked only once Kafka acknowledged the AuditEvents)
+        # the AuditEvents of the last notification acknowledged, written while the next one is read, screened and
+        # rendered (its events are marked only once Kafka acknowledged them, and before the next request)
         inflight: _Audit | None = None
         http = self._client()
         try:
             while True:
                 try:
-                    if inflight is not None and inflight.task.done():
-                        landed, inflight = inflight, None  # cleared first: an audit that failed is not awaited twice
-                        await landed.settle(unmarked)
                     after = max([*unmarked, *(inflight.numbers if inflight else ())], default=0)
                     claim = await asyncio.to_thread(self._claim, sid, after)
+                    if inflight is not None:
+                        landed, inflight = inflight, None  # cleared first: an audit that failed is not awaited twice
+                        await landed.settle(unmarked)
                     sub, events, screened = claim.sub, claim.events, claim.screened
                     top = max((e.number for e in events), default=0)
                     told = top if sub is not None and claim.body is not None and top > sub.told else None
@@ -382,12 +383,6 @@ class Deliverer:
                         unmarked = []
                     if sub is None:
                         return
-                    if inflight is not None and claim.body is None:
-                        # nothing to send now (idle, withheld, off, ...): the audit in flight lands and its events
-                        # are marked first
-                        landed, inflight = inflight, None
-                        await landed.settle(unmarked)
-                        continue
                     if sub.status in ("off", "error"):
                         self._failing.discard(sid)
                         await self._pause(sid, IDLE_WAKE_S)
@@ -430,11 +425,7 @@ class Deliverer:
                         now = now_ms()
                         for e in events:
                             self.metrics.latency.observe(max(now - e.created_ms, 0) / 1000)
-                        if inflight is not None:  # at most one notification's audit in flight
-                            landed, inflight = inflight, None
-                            await landed.settle(unmarked)
-                        inflight = _Audit(asyncio.create_task(self._audit_and_mark(sub, screened, numbers)),
-                                          tuple(numbers))
+                        inflight = _Audit(asyncio.create_task(self._audit(sub, screened)), tuple(numbers))
                         continue
                     first = min((e.first_failure_ms for e in events if e.first_failure_ms is not None),
                                 default=now_ms())
@@ -495,21 +486,6 @@ class Deliverer:
         self._failing.discard(sub.id)
         log.warning("subscription stopped delivering", extra={"subscription": sub.id, "status": status,
                                                               "reason": reason, "dead_letters": count})
-
-    async def _audit_and_mark(self, sub: SubscriptionDef, screened: Screened,
-                              numbers: Sequence[int]) -> tuple[int, ...]:
-        """Write the AuditEvents of a delivered notification, then mark its events delivered (the group commit):
-        within milliseconds of the endpoint's answer, so a crash re-sends only what was not acknowledged (or the
-        notification of these few milliseconds). Returns the numbers audited but not marked (the store was
-        unavailable): the worker writes them with its next marks. When stopping before the audit was written,
-        nothing: the events stay pending and go out again (same numbers, same AuditEvent ids) at restart."""
-        if not await self._audit(sub, screened):
-            return ()
-        try:
-            await self._marks.write(sub.id, None, numbers)
-        except StoreUnavailable:
-            return tuple(numbers)
-        return ()
 
     async def _audit(self, sub: SubscriptionDef, screened: Screened) -> bool:
         """Write the AuditEvents of delivered events; a broker outage is waited out. False when stopping."""
