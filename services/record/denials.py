@@ -15,9 +15,10 @@ which may lose the last rows; ``FULL`` would make every answer wait for an fsync
 
 The writer's thread does not wake for a row: every ``interval_s`` it reads the rows not yet written (oldest
 first), builds their AuditEvents (a pure function of the row), writes them in one batch (acks=all) and then
-deletes the rows (a row that withheld nothing is deleted without a write). At start-up it first writes what a
-killed process left. An AuditEvent's id comes from the row (its attempt id and patient), so a crash between the
-write and the delete sends the same AuditEvents again, which the record's audit ingest keeps once
+deletes the rows (a row that withheld nothing is deleted without a write; while the broker is away such rows are
+deleted at each retry, so only denied attempts wait). At start-up it first writes what a killed process left.
+An AuditEvent's id comes from the row (its attempt id and patient), so a crash between the write and the
+delete sends the same AuditEvents again, which the record's audit ingest keeps once
 (services/record/audit_ingest.py): one AuditEvent per denied attempt. A broker outage is waited out (retried
 with backoff); the rows stay in the journal until the broker has them, across restarts.
 
@@ -71,12 +72,13 @@ class Journal:
         self._db = Database(SQLITE, sqlite_pool(path, 4, "denied-attempts journal"))
         with self._db.transaction() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS denied_attempt "
-                         "(id INTEGER PRIMARY KEY AUTOINCREMENT, facts BLOB NOT NULL)")
+                         "(id INTEGER PRIMARY KEY AUTOINCREMENT, withheld INTEGER NOT NULL, facts BLOB NOT NULL)")
 
-    def append(self, facts: bytes) -> None:
+    def append(self, attempt: DeniedAttempt) -> None:
         """One row, committed (StoreUnavailable when it cannot be)."""
         with self._db.connection() as conn:
-            self._db.exec(conn, "INSERT INTO denied_attempt (facts) VALUES (?)", (facts,))
+            self._db.exec(conn, "INSERT INTO denied_attempt (withheld, facts) VALUES (?, ?)",
+                          (len(attempt.withheld), attempt.to_json()))
 
     def pending(self, limit: int) -> list[tuple[int, bytes]]:
         with self._db.connection() as conn:
@@ -86,6 +88,11 @@ class Journal:
     def count(self) -> int:
         with self._db.connection() as conn:
             return int(self._db.all(conn, "SELECT count(*) FROM denied_attempt")[0][0])
+
+    def delete_empty(self) -> None:
+        """Delete the rows of answers that withheld nothing (while the broker is away, only the others wait)."""
+        with self._db.connection() as conn:
+            self._db.exec(conn, "DELETE FROM denied_attempt WHERE withheld = 0")
 
     def delete_through(self, last_id: int) -> None:
         """Delete the rows up to ``last_id``: a row's id is assigned and committed under SQLite's one write lock,
@@ -121,7 +128,7 @@ class DeniedAttempts:
         """Journal one answer's denied-attempt facts before it leaves: the same call for every answer (constant
         work on the request path; nothing is woken). StoreUnavailable when the journal cannot take it (the
         answer fails: it is not given without its audit)."""
-        self.journal.append(attempt.to_json())
+        self.journal.append(attempt)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Until the journal is empty (True: everything submitted so far is written), or the time is up."""
@@ -190,5 +197,9 @@ class DeniedAttempts:
                     return False
                 log.warning("audit topic unavailable; denied-attempt AuditEvents wait", extra={
                     "count": len(records), "error": type(exc).__name__})
+                try:  # what withheld nothing need not wait with them: the journal grows only by denied attempts
+                    self.journal.delete_empty()
+                except StoreUnavailable:
+                    pass
                 self._stopping.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)

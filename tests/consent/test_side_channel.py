@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,24 +280,44 @@ def test_stopping_writes_what_is_journalled_without_waiting_for_the_next_tick(tm
     assert [orjson.loads(r.value)["id"] for r in written] == _ids([_attempt(1)])
 
 
-def test_rows_a_stopped_writer_could_not_write_wait_in_the_journal_for_the_next_start(tmp_path: Path) -> None:
-    def away(records: Sequence[OutboundRecord]) -> None:
-        raise BrokerUnavailable("no acks")
+def _away(records: Sequence[OutboundRecord]) -> None:
+    raise BrokerUnavailable("no acks")
 
+
+def test_rows_a_killed_process_left_in_the_journal_are_written_at_the_next_start(tmp_path: Path) -> None:
     journal = tmp_path / "j.db"
-    first = DeniedAttempts(away, "t", journal, interval_s=3600).start()
-    first.submit(_attempt(1))
-    first.submit(_attempt(2))
-    first.stop(timeout_s=30)  # the broker is away at shutdown: nothing written, nothing lost
+    killed = DeniedAttempts(_away, "t", journal, interval_s=3600)  # its writer never ran: as if killed
+    for attempt in (_attempt(1), _attempt(2, patients=0), _attempt(3)):
+        killed.submit(attempt)
+    killed.stop()
     written: list[OutboundRecord] = []
     second = DeniedAttempts(written.extend, "t", journal, interval_s=3600)
-    assert second.journal.count() == 2
+    assert second.journal.count() == 3
     second.start()
     try:
         assert second.wait_idle(30)  # the first tick, at start-up
-        assert [orjson.loads(r.value)["id"] for r in written] == _ids([_attempt(1), _attempt(2)])
+        assert [orjson.loads(r.value)["id"] for r in written] == _ids([_attempt(1), _attempt(3)])
     finally:
         second.stop()
+
+
+def test_while_the_broker_is_away_only_the_denied_attempts_wait_in_the_journal(tmp_path: Path) -> None:
+    writer = DeniedAttempts(_away, "t", tmp_path / "j.db", interval_s=0.05).start()
+    try:
+        writer.submit(_attempt(1))
+        writer.submit(_attempt(2, patients=0))  # withheld nothing: deleted at the writer's next retry
+        deadline = time.monotonic() + 30
+        while writer.journal.count() != 1:
+            assert time.monotonic() < deadline, "the empty row was not deleted"
+            time.sleep(0.05)
+        assert writer.written == 0
+    finally:
+        writer.stop()  # the broker still away: the denied attempt stays for the next start
+    again = DeniedAttempts(_away, "t", tmp_path / "j.db")
+    try:
+        assert again.journal.count() == 1
+    finally:
+        again.stop()
 
 
 def test_an_answer_that_withheld_nothing_journals_the_same_facts_but_what_was_withheld() -> None:
