@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     record_default_page_size: int = Field(50, ge=1)
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
+    record_denials_journal: Path | None = Field(
+        None, description="SQLite file where each answer's denied-attempt facts wait (durable, across a kill) for "
+        "the writer to put their AuditEvents on the audit topic (services/record/denials.py); unset: "
+        "denied-attempts.db beside the record's SQLite store, or <cache_dir>/record/<topic_prefix>-denied-attempts.db "
+        "when the store is PostgreSQL. A local file of one process: on Kubernetes the pod's volume.")
+    record_denials_interval_s: float = Field(
+        0.5, gt=0, description="How often the writer puts the journal's denied attempts on the audit topic.")
 
     # --- disclosure (consent, Part 2, audit: services/common/disclosure.py) ----------------------------------
     disclosure_policy: dict[ClassName, Rule] = Field(
