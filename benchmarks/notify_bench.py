@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import copy
 import hashlib
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -215,6 +217,48 @@ def topic_times(settings: Settings, topic: str, key_of: Any) -> dict[str, float]
         consumer.close()
 
 
+def step_times(notify_url: str) -> dict[str, tuple[float, float, list[tuple[float, float]]]]:
+    """notify's ``carebus_notify_step_seconds`` now: step -> (count, sum, cumulative buckets)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{notify_url}/metrics", timeout=10).text
+    out: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "carebus_notify_step_seconds":
+            continue
+        for sample in family.samples:
+            step = sample.labels["step"]
+            count, total, buckets = out.get(step, (0.0, 0.0, []))
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_bucket"):
+                buckets = [*buckets, (float(sample.labels["le"]), sample.value)]
+            out[step] = (count, total, buckets)
+    return out
+
+
+def print_steps(before: dict[str, tuple[float, float, list[tuple[float, float]]]],
+                after: dict[str, tuple[float, float, list[tuple[float, float]]]]) -> None:
+    """Where notify's time went during the run: each step's count, mean and p99 (the upper bound of the bucket
+    holding it), from notify's own histogram."""
+    print("notify's steps over the run (mean, p99 <= bucket bound): ", end="")
+    parts = []
+    for step in ("number", "claim", "marks", "send", "audit"):
+        if step not in after:
+            continue
+        count0, sum0, buckets0 = before.get(step, (0.0, 0.0, []))
+        count1, sum1, buckets1 = after[step]
+        count = count1 - count0
+        if count <= 0:
+            continue
+        earlier = dict(buckets0)
+        p99 = next((le for le, n in buckets1 if n - earlier.get(le, 0.0) >= 0.99 * count), float("inf"))
+        parts.append(f"{step} {count:.0f}x {(sum1 - sum0) / count * 1000:.1f} ms, p99 <= {p99 * 1000:.0f} ms")
+    print("; ".join(parts) or "none")
+
+
 def percentiles(values: list[float]) -> str:
     if not values:
         return "none"
@@ -223,10 +267,21 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
 
 
+def numbered_times(notify_db: Path) -> dict[str, float]:
+    """Observation id -> when notify numbered its events (s; the notify store's ``created_ms``)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(notify_db)) as conn:
+        rows = conn.execute("SELECT resource_id, MIN(created_ms) FROM notify_event WHERE resource_type = "
+                            "'Observation' GROUP BY resource_id").fetchall()
+    return {rid: ms / 1000 for rid, ms in rows}
+
+
 def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foci: dict[str, str],
-                 arrived: dict[str, float]) -> None:
+                 arrived: dict[str, float], numbered: dict[str, float]) -> None:
     """202 -> bundle on the bundle topic (intake + mapper) -> change on the change feed (record's ingest and
-    commit) -> receiver (notify: numbering, delivery), for the matched assessment notifications."""
+    commit) -> numbered in the notify store (notify's feed consumer) -> receiver (notify's delivery), for the
+    matched assessment notifications (the first arrival of each)."""
     from services.common.topics import FHIR_BUNDLES, HEADER_INBOUND_EVENT_ID, RECORD_CHANGES
 
     prefix = settings.topic_prefix
@@ -234,7 +289,7 @@ def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foc
         (v.decode() for k, v in r.headers if k == HEADER_INBOUND_EVENT_ID), None))
     changes = topic_times(settings, RECORD_CHANGES.name(prefix), lambda r: (
         orjson.loads(r.value).get("id") if b'"Observation"' in r.value else None))
-    to_bundle, to_change, to_receiver = [], [], []
+    to_bundle, to_change, to_receiver, to_numbered, numbered_to_receiver = [], [], [], [], []
     for focus, event_id in expected_foci.items():
         if event_id not in accepted_at or focus not in arrived:
             continue
@@ -244,9 +299,15 @@ def print_stages(settings: Settings, accepted_at: dict[str, float], expected_foc
         if focus in changes:
             to_change.append(changes[focus] - accepted)
             to_receiver.append(arrived[focus] - changes[focus])
+            if focus in numbered:
+                to_numbered.append(numbered[focus] - changes[focus])
+        if focus in numbered:
+            numbered_to_receiver.append(arrived[focus] - numbered[focus])
     print(f"  202 -> bundle on the bundle topic (intake, mapper):      {percentiles(to_bundle)}")
     print(f"  202 -> change on the change feed (+ record ingest):      {percentiles(to_change)}")
     print(f"  change on the feed -> receiver (notify):                  {percentiles(to_receiver)}")
+    print(f"    of which change on the feed -> numbered (feed consumer): {percentiles(to_numbered)}")
+    print(f"    and numbered -> receiver (delivery):                    {percentiles(numbered_to_receiver)}")
 
 
 def print_outcome_latency(settings: Settings, load: list[dict[str, Any]], accepted_at: dict[str, float]) -> None:
@@ -324,6 +385,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the load lasts")
     parser.add_argument("--subscriptions", type=int, default=100)
     parser.add_argument("--outcomes", action="store_true", help="run the outcomes service too; print its latency")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, logs, arrivals)")
     parser.add_argument("--receiver", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receiver:
@@ -385,6 +447,8 @@ def main() -> None:
         asyncio.run(paced_posts(intake, warmup, 50))
         time.sleep(5)
         arrivals.write_bytes(b"")
+        notify_url = f"http://127.0.0.1:{ports['notify']}"
+        steps_before = step_times(notify_url)
         cpu_before = cpu_seconds(processes["notify"].pid)
         cpu_at_start = {name: cpu_seconds(process.pid) for name, process in processes.items()}
         started = time.time()
@@ -417,7 +481,8 @@ def main() -> None:
         for line in notifications:
             if line[2] == "assessment-completed":
                 arrived.setdefault(line[3], line[0])
-        print_stages(settings, accepted_at, expected_foci, arrived)
+        print_stages(settings, accepted_at, expected_foci, arrived, numbered_times(folder / "notify.db"))
+        print_steps(steps_before, step_times(notify_url))
         if args.outcomes:
             print_outcome_latency(settings, load, accepted_at)
         print(f"notify CPU: {cpu:.1f} s for {len(notifications)} notifications = "
@@ -438,6 +503,10 @@ def main() -> None:
                 process.kill()
         if broker is not None:
             broker.stop()
+        if args.keep or sys.exc_info()[0] is not None:
+            print(f"the run's stores, logs and arrivals are in {folder}", flush=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)  # the broker's log and the stores: hundreds of MB a run
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ a time: it measures answer time, not throughput), and prints the median / p90 / 
 the differences of the medians: control - first is the noise of the run, withheld - first is what a caller
 could time. AuditEvents go to an in-process sink (the
 request path writes the same records either way - tests/consent/test_side_channel.py counts them - so Kafka
-would add the same cost to both); denied attempts go to the writer thread, as in the service.
+would add the same cost to both); every answer journals its denied-attempt facts (one SQLite row, WAL,
+synchronous=NORMAL, in the temporary folder) and the writer thread writes them, as in the service.
+
+It times each answer's journal write where the request makes it, then the journal write alone
+(``--journal-writes`` rows of an answer's facts, one at a time, as the
+request path does) with synchronous=NORMAL (the service's) and FULL (an fsync per row), and prints the cost
+per answer.
 
 Nothing here asserts; it reports. The structural guarantee (same statements, same writes) is the test's.
 """
@@ -38,8 +44,8 @@ from services.common.metrics import Metrics
 from services.common.settings import RecordTokenGrant, Settings
 from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
-from services.record.denials import DeniedAttempts
-from services.record.disclosures import DisclosureGate
+from services.record.denials import DeniedAttempts, Journal
+from services.record.disclosures import DeniedAttempt, DisclosureGate, denied_attempt
 from services.record.identity import IdentityPolicy
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import open_store
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25, help="times every query is asked per patient")
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--no-consent", action="store_true", help="the withheld kind has no consent")
+    parser.add_argument("--journal-writes", type=int, default=5000, help="journal rows timed alone")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +114,16 @@ def main() -> None:
         def sink(found: Sequence[OutboundRecord]) -> None:
             written.extend(len(r.value) for r in found)
 
-        denials = DeniedAttempts(sink, settings.topic_prefix).start()
+        denials = DeniedAttempts(sink, settings.topic_prefix, Path(tmp) / "denied-attempts.db").start()
+        journalled: list[float] = []  # each answer's journal write, timed where the request makes it
+        submit = denials.submit
+
+        def timed_submit(attempt: DeniedAttempt) -> None:
+            started = time.perf_counter()
+            submit(attempt)
+            journalled.append(time.perf_counter() - started)
+
+        denials.submit = timed_submit  # type: ignore[method-assign]
         api = RecordApi(settings, store, Metrics(), TokenRegistry(settings.record_tokens), lambda: (True, "ok"),
                         audit_sink=sink, denials=denials)
         api.gate = DisclosureGate(store, DEFAULT_POLICY, api.now_ms)
@@ -155,6 +171,35 @@ def main() -> None:
         print(f"{label:40}{difference * 1000:>10.3f} ms ({difference / base * 100:+.1f}%)")
     print(f"denied-attempt AuditEvents written by the writer thread: {denials.written}; "
           f"all AuditEvent bytes written: {sum(written):,}")
+    print(f"journal write on the request path (synchronous=NORMAL): "
+          f"median {statistics.median(journalled) * 1e6:.0f} us, "
+          f"p99 {_percentile(journalled, 0.99) * 1e6:.0f} us ({len(journalled)} answers)")
+    for synchronous in ("NORMAL", "FULL"):
+        per_row = _journal_write_s(args.journal_writes, synchronous)
+        print(f"journal write alone, synchronous={synchronous}: median {statistics.median(per_row) * 1e6:.0f} us, "
+              f"p99 {_percentile(per_row, 0.99) * 1e6:.0f} us ({len(per_row)} rows)")
+
+
+def _journal_write_s(rows: int, synchronous: str) -> list[float]:
+    """The time of each of ``rows`` journal appends of one answer's facts (a withheld search's)."""
+    access = TokenRegistry({hashlib.sha256(TOKEN.encode()).hexdigest(): RecordTokenGrant(
+        scopes=["user/*.read"], organization="urn:oid:2.16.840.1.113883.4.6|1999999984", label="bench")}
+    ).authenticate(f"Bearer {TOKEN}")
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "denied-attempts.db")
+        try:
+            with journal._db.connection() as conn:  # every pooled connection is this one (one thread)
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+            times = []
+            for n in range(rows):
+                started = time.perf_counter()
+                attempt = denied_attempt(access, "search-type", "http://127.0.0.1:8082", 1_777_000_000_000 + n,
+                                         [(f"Patient/{n:040x}", ())], f"patient=Patient/{n:040x}&_count=1")
+                journal.append(attempt)
+                times.append(time.perf_counter() - started)
+        finally:
+            journal.close()
+    return times
 
 
 if __name__ == "__main__":

@@ -107,6 +107,12 @@ class Metrics:
         self.notify_latency = Histogram(
             "carebus_notify_delivery_latency_seconds", "Event numbered to acknowledged by the endpoint.",
             buckets=E2E_BUCKETS, registry=r)
+        self.notify_step = Histogram(
+            "carebus_notify_step_seconds",
+            "Time of each step of notify's work: number (a change-feed batch's transaction), claim (a "
+            "subscription's next events read, screened and rendered), marks (the group commit of told / "
+            "delivered marks), send (the HTTP request), audit (its AuditEvents acknowledged by Kafka).",
+            ["step"], buckets=LATENCY_BUCKETS, registry=r)
         self.intake_shed = Counter(
             "carebus_intake_shed_total",
             "Write requests answered 503 at once because too many were waiting for Kafka's acks, by route.",

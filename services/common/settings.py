@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     record_default_page_size: int = Field(50, ge=1)
     record_max_page_size: int = Field(1000, ge=1)
     record_base_url: str | None = Field(None, description="Public base URL of the record API (for links).")
+    record_denials_journal: Path | None = Field(
+        None, description="SQLite file where each answer's denied-attempt facts wait (durable, across a kill) for "
+        "the writer to put their AuditEvents on the audit topic (services/record/denials.py); unset: "
+        "denied-attempts.db beside the record's SQLite store, or <cache_dir>/record/<topic_prefix>-denied-attempts.db "
+        "when the store is PostgreSQL. A local file of one process: on Kubernetes the pod's volume.")
+    record_denials_interval_s: float = Field(
+        0.5, gt=0, description="How often the writer puts the journal's denied attempts on the audit topic.")
 
     # --- disclosure (consent, Part 2, audit: services/common/disclosure.py) ----------------------------------
     disclosure_policy: dict[ClassName, Rule] = Field(
@@ -170,6 +177,13 @@ class Settings(BaseSettings):
     outcomes_overdue_after_days: int = Field(
         30, ge=0, description="A follow-up score is overdue this long after its window opened.")
     outcomes_reporter: str = Field("carebus", description="MeasureReport.reporter (organization name).")
+    outcomes_local_hospice_codes: list[str] = Field(
+        default_factory=list,
+        description="A site's own codes for hospice or palliative care, 'system|code' as the record stores them "
+        "(e.g. an HL7 v2 sender's PV1-10 hospital service 'urn:carebus:hl7v2:RIVERSIDE/codes/v2-0069|HOS'): an "
+        "Encounter's class, type, service type or discharge disposition, a Procedure's or ServiceRequest's code, "
+        "a Condition's code coded so counts as hospice / palliative care in the depression measures' exclusions, "
+        "beside the eCQM value sets (services/outcomes/exclusions.py). JSON list; default none.")
     outcomes_clock_offset_s: float = Field(
         0.0, description="Shifts the outcomes and safety-task clock (tests and drills; 0 in production).")
     outcomes_sweep_interval_s: float = Field(
@@ -216,6 +230,20 @@ class Settings(BaseSettings):
         None, description="IANA time zone of HL7 v2 times without an offset from a sender with no zone configured "
         "and no offset in MSH-7. Unset: no zone is assumed (such times keep their date only, instants are left "
         "out, a booked appointment is refused).")
+
+    @field_validator("outcomes_local_hospice_codes")
+    @classmethod
+    def _system_code_pairs(cls, value: list[str]) -> list[str]:
+        malformed = [v for v in value if not all(part.strip() for part in v.partition("|")[::2])]
+        if malformed:
+            raise ValueError(f"not 'system|code' pairs: {malformed}")
+        return [f"{system.strip()}|{code.strip()}" for system, _, code in (v.partition("|") for v in value)]
+
+    @property
+    def outcomes_local_hospice_codings(self) -> frozenset[tuple[str, str]]:
+        """``outcomes_local_hospice_codes`` as (system, code) pairs."""
+        pairs = (v.partition("|") for v in self.outcomes_local_hospice_codes)
+        return frozenset((system, code) for system, _, code in pairs)
 
     @field_validator("hl7_sender_time_zones", "hl7_default_time_zone")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
@@ -33,6 +34,7 @@ class ChangeFeedConsumer:
         self._on_events = on_events
         self._events = events_counter
         self._retry_pause_s = retry_pause_s
+        self._step = metrics.notify_step.labels(step="number")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.healthy = False
@@ -104,7 +106,9 @@ class ChangeFeedConsumer:
                     log.error("malformed change-feed record skipped",
                               extra={"partition": tp.partition, "offset": record.offset, "error": str(exc)})
         try:
+            started = time.perf_counter()
             created = self._store.record_changes(changes)
+            self._step.observe(time.perf_counter() - started)
         except InfrastructureError as exc:
             self.healthy, self.reason = False, f"retrying: {type(exc).__name__}"
             log.warning("changes not stored; will retry", extra={"error": type(exc).__name__})

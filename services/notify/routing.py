@@ -3,7 +3,7 @@ then the consent seam. The notify store calls :func:`route` inside the transacti
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy
@@ -29,13 +29,16 @@ def route(change: Change, previous: str | None, subscriptions: Iterable[Subscrip
 
 
 def route_with_withheld(change: Change, previous: str | None, subscriptions: Iterable[SubscriptionDef],
-                        now_ms: int, consents: Sequence[ConsentDirective] = (), policy: Policy = DEFAULT_POLICY
-                        ) -> tuple[list[Routed], list[Routed]]:
+                        now_ms: int,
+                        consents: Sequence[ConsentDirective] | Callable[[], Sequence[ConsentDirective]] = (),
+                        policy: Policy = DEFAULT_POLICY) -> tuple[list[Routed], list[Routed]]:
     """(notified, withheld): the subscriptions this change notifies, and those it would notify but for the
-    consent seam (denied attempts: audited, never told to the subscriber)."""
+    consent seam (denied attempts: audited, never told to the subscriber). ``consents`` may be a function: it is
+    then called once, only when some subscription's topic and filters match (most changes trigger nothing)."""
     topics = {t.canonical: t for t in triggered(change, previous)}
     if not topics:
         return [], []
+    known: Sequence[ConsentDirective] | None = None if callable(consents) else consents
     out: list[Routed] = []
     withheld: list[Routed] = []
     for sub in subscriptions:
@@ -46,7 +49,10 @@ def route_with_withheld(change: Change, previous: str | None, subscriptions: Ite
             continue
         if not matches(topic, sub.filters, change):
             continue
-        decision = decide(recipient_of(sub), change, consents, now_ms, policy)
+        if known is None:
+            assert callable(consents)
+            known = consents()
+        decision = decide(recipient_of(sub), change, known, now_ms, policy)
         if decision.outcome == "withhold":
             withheld.append(Routed(sub.id, sub.topic, None))
             continue

@@ -29,6 +29,7 @@ The feed consumer commits its Kafka offsets only after :meth:`NotifyStore.record
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,11 +40,21 @@ import orjson
 
 from services.common.disclosure import DEFAULT_POLICY, ConsentDirective, Policy, parse_consent
 from services.common.settings import Settings
-from services.common.sql import POSTGRES, SQLITE, Connection, Database, Dialect, postgres_pool, sqlite_pool
+from services.common.sql import (
+    POSTGRES,
+    SQLITE,
+    Connection,
+    Database,
+    Dialect,
+    chunks,
+    marks,
+    postgres_pool,
+    sqlite_pool,
+)
 from services.common.topics import ChangeKind
 from services.notify.routing import route_with_withheld
 from services.notify.subscriptions import SubscriptionDef
-from services.notify.topics import Change, Filter, state_of
+from services.notify.topics import TYPES_WITH_TOPICS, Change, Filter, state_of
 
 _SUB_COLUMNS = (
     "id, client, clearances, patient, status, topic, filters, endpoint, headers, content, mime, heartbeat_s, "
@@ -54,6 +65,9 @@ _EVENT_COLUMNS = (
     "attempts, first_failure_ms, dead_reason, notice, created_ms, delivered_ms"
 )
 
+
+# the resource types notify keeps from the change feed: those some topic is about, and the consents
+KEPT_TYPES = TYPES_WITH_TOPICS | {"Consent"}
 
 # the Consents of a person (its Patient records as ``marks``), through the consent index: keyed, never a scan
 CONSENTS_OF_SQL = (
@@ -298,8 +312,15 @@ class NotifyStore:
 
     def record_changes(self, changes: Sequence[Change]) -> dict[str, int]:
         """Number the events these changes trigger (one transaction). A change already seen (same or older
-        version) is not numbered again. Returns how many events each subscription got."""
-        if not changes:
+        version) is not numbered again. Returns how many events each subscription got.
+
+        Only what notify reads later is kept: resources of a type some topic is about (their trigger state,
+        consent and full-resource payload at send time) and Consents; the rest of the feed (Provenance,
+        QuestionnaireResponse, Organization, ...) triggers nothing and is skipped before any statement. What is
+        known of the batch's resources is read in one statement per chunk, and a person's consents only when a
+        subscription's topic and filters match the change."""
+        kept = [c for c in changes if c.resource_type in KEPT_TYPES]
+        if not kept:
             return {}
         created: dict[str, int] = {}
         at = now_ms()
@@ -308,41 +329,54 @@ class NotifyStore:
                 conn, f"SELECT {_SUB_COLUMNS} FROM notify_subscription WHERE status <> 'off'")]
             counters = {s.id: s.events_since_start for s in subs}
             by_id = {s.id: s for s in subs}
-            for change in changes:
-                rows = self.db.all(conn, "SELECT version_id, state, previous_state FROM notify_resource "
-                                       "WHERE resource_type = ? AND resource_id = ?",
-                                 (change.resource_type, change.id))
-                if rows and int(rows[0][0]) > change.version_id:
+            known = self._known_versions(conn, kept)
+            for change in kept:
+                key = (change.resource_type, change.id)
+                seen = known.get(key)
+                if seen is not None and seen[0] > change.version_id:
                     continue  # an older version, replayed: its events were numbered when it was new
-                if rows and int(rows[0][0]) == change.version_id:
-                    previous = rows[0][2]  # the same version again: decide as the first time
+                if seen is not None and seen[0] == change.version_id:
+                    previous = seen[2]  # the same version again: decide as the first time
                 else:
-                    previous = rows[0][1] if rows else None
-                    self._upsert_resource(conn, change, previous, bool(rows))
-                notified, withheld = route_with_withheld(change, previous, subs, at,
-                                                         self._consents(conn, change.members), self.policy)
+                    previous = seen[1] if seen is not None else None
+                    self._upsert_resource(conn, change, previous, seen is not None)
+                    known[key] = (change.version_id, state_of(change), previous)
+                notified, withheld = route_with_withheld(
+                    change, previous, subs, at, functools.partial(self._consents, conn, change.members), self.policy)
                 for denied in withheld:
                     self._deny(conn, by_id[denied.subscription_id], change.resource_type, change.id,
                                change.version_id, _patient(change), at)
                 for routed in notified:
-                    exists = self.db.all(
-                        conn, "SELECT 1 FROM notify_event WHERE subscription_id = ? AND resource_type = ? "
-                              "AND resource_id = ? AND version_id = ?",
-                        (routed.subscription_id, change.resource_type, change.id, change.version_id))
-                    if exists:
-                        continue
-                    counters[routed.subscription_id] += 1
-                    self.db.exec(
-                        conn, f"INSERT INTO notify_event ({_EVENT_COLUMNS}) VALUES ({','.join('?' * 14)})",
-                        (routed.subscription_id, counters[routed.subscription_id], change.resource_type,
-                         change.id, change.version_id, change.kind, change.last_updated, "pending", 0, None, None,
-                         routed.notice, at, None))
+                    number = counters[routed.subscription_id] + 1
+                    inserted = self.db.exec(
+                        conn, f"INSERT INTO notify_event ({_EVENT_COLUMNS}) VALUES ({','.join('?' * 14)}) "
+                              "ON CONFLICT (subscription_id, resource_type, resource_id, version_id) DO NOTHING",
+                        (routed.subscription_id, number, change.resource_type, change.id, change.version_id,
+                         change.kind, change.last_updated, "pending", 0, None, None, routed.notice, at, None))
+                    if not inserted:
+                        continue  # numbered before (a replayed batch)
+                    counters[routed.subscription_id] = number
                     created[routed.subscription_id] = created.get(routed.subscription_id, 0) + 1
             for sub in subs:
                 if counters[sub.id] != sub.events_since_start:
                     self.db.exec(conn, "UPDATE notify_subscription SET events_since_start = ? WHERE id = ?",
                                (counters[sub.id], sub.id))
         return created
+
+    def _known_versions(self, conn: Connection, changes: Sequence[Change]
+                        ) -> dict[tuple[str, str], tuple[int, str, str | None]]:
+        """(type, id) -> (version, state, previous state) of the resources of these changes notify has seen."""
+        out: dict[tuple[str, str], tuple[int, str, str | None]] = {}
+        by_type: dict[str, set[str]] = {}
+        for change in changes:
+            by_type.setdefault(change.resource_type, set()).add(change.id)
+        for resource_type, ids in by_type.items():
+            for part in chunks(sorted(ids)):
+                for rid, version, state, previous in self.db.all(
+                        conn, "SELECT resource_id, version_id, state, previous_state FROM notify_resource WHERE "
+                              f"resource_type = ? AND resource_id IN ({marks(len(part))})", (resource_type, *part)):
+                    out[(resource_type, rid)] = (int(version), state, previous)
+        return out
 
     def _deny(self, conn: Connection, sub: SubscriptionDef, resource_type: str, resource_id: str, version_id: int,
               patient_ref: str | None, at: int) -> None:
@@ -428,10 +462,12 @@ class NotifyStore:
 
     # --- events ------------------------------------------------------------------------------------------
 
-    def pending(self, subscription_id: str, limit: int) -> list[EventRow]:
+    def pending(self, subscription_id: str, limit: int, after: int = 0) -> list[EventRow]:
+        """The first ``limit`` pending events numbered above ``after``."""
         with self.db.connection() as conn:
             rows = self.db.all(conn, f"SELECT {_EVENT_COLUMNS} FROM notify_event WHERE subscription_id = ? AND "
-                                   "state = 'pending' ORDER BY event_number LIMIT ?", (subscription_id, limit))
+                                   "state = 'pending' AND event_number > ? ORDER BY event_number LIMIT ?",
+                               (subscription_id, after, limit))
         return [_event(r) for r in rows]
 
     def events(self, subscription_id: str, since: int | None = None, until: int | None = None,
@@ -506,8 +542,7 @@ class NotifyStore:
         """A notification naming events up to ``number`` is about to go out: from now on the subscriber may
         know that number (``events-since-subscription-start`` never goes below it, and no event at or below
         it is ever renumbered). Written before the request, so a crash after it changes nothing."""
-        with self.db.transaction() as conn:
-            self._raise_told(conn, subscription_id, number)
+        self.record_deliveries({subscription_id: number}, {})
 
     def _raise_told(self, conn: Connection, subscription_id: str, number: int) -> None:
         # not updated_ms: that is the definition's generation (notify reconciles on it)
@@ -515,12 +550,22 @@ class NotifyStore:
                    (number, subscription_id, number))
 
     def mark_delivered(self, subscription_id: str, numbers: Sequence[int]) -> None:
+        self.record_deliveries({}, {subscription_id: numbers})
+
+    def record_deliveries(self, told: Mapping[str, int], delivered: Mapping[str, Sequence[int]]) -> None:
+        """Many subscriptions' delivery marks in one transaction (the delivery loop's group commit,
+        services/notify/delivery.py): ``told`` raises what each subscriber may know (:meth:`mark_told`), and
+        ``delivered`` marks acknowledged (and audited) events delivered."""
+        if not told and not delivered:
+            return
         at = now_ms()
         with self.db.transaction() as conn:
-            for n in numbers:
-                self.db.exec(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
-                                 "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
-                                 "AND state = 'pending'", (at, subscription_id, n))
+            for subscription_id, number in told.items():
+                self._raise_told(conn, subscription_id, number)
+            self.db.many(conn, "UPDATE notify_event SET state = 'delivered', delivered_ms = ?, "
+                               "attempts = attempts + 1 WHERE subscription_id = ? AND event_number = ? "
+                               "AND state = 'pending'",
+                         [(at, sid, n) for sid, numbers in delivered.items() for n in numbers])
 
     def mark_failed(self, subscription_id: str, numbers: Sequence[int], first_failure_ms: int) -> None:
         with self.db.transaction() as conn:

@@ -43,7 +43,13 @@ from services.outcomes.episodes import (
     outcome_id,
     phq9_rules,
 )
-from services.outcomes.exclusions import EXCLUSION_OBSERVATION_CODES, EXCLUSIONS_READ, Exclusion, exclusion_of
+from services.outcomes.exclusions import (
+    EXCLUSION_OBSERVATION_CODES,
+    EXCLUSIONS_READ,
+    Exclusion,
+    HospiceCodes,
+    exclusion_of,
+)
 from services.outcomes.fhir import STATE_DISPLAY, outcome_resources
 from services.outcomes.history import GAD7_TOTAL, OUTCOMES_SOURCE, PHQ9_TOTAL, loinc_codes, score_of
 from services.outcomes.tasks import (
@@ -144,6 +150,7 @@ class OutcomesEngine:
         self.settings = settings
         self.store = store
         self.rules = rules_of(settings)
+        self.hospice_codes = HospiceCodes.with_local(settings.outcomes_local_hospice_codings)
         self.clock = clock or clock_of(settings)
         self.prefix = settings.topic_prefix
         self._emitted = Recent()
@@ -180,16 +187,18 @@ class OutcomesEngine:
         while True:  # the person's Conditions, Encounters, Procedures, ServiceRequests ($everything's read)
             query = EverythingQuery(frozenset(members), _EXCLUDING_TYPES, None, _PAGE, offset)
             page = self.store.everything(query, _ALL)
-            found.extend(exclusion_of(orjson.loads(r.body)) for r in page.rows if r.body is not None)
+            found.extend(exclusion_of(orjson.loads(r.body), self.hospice_codes) for r in page.rows
+                         if r.body is not None)
             offset += _PAGE
             if offset >= page.total or not page.rows:
                 break
         codes = ",".join(f"{LOINC}|{c}" for c in EXCLUSION_OBSERVATION_CODES)
-        found.extend(exclusion_of(o) for o in self._search("Observation", [("patient", members[0]), ("code", codes)]))
+        assessments = self._search("Observation", [("patient", members[0]), ("code", codes)])
+        found.extend(exclusion_of(o, self.hospice_codes) for o in assessments)
         for ref in members:
             row = self.store.read("Patient", ref.removeprefix("Patient/"))
             if row is not None and row.body is not None:
-                found.append(exclusion_of(orjson.loads(row.body)))
+                found.append(exclusion_of(orjson.loads(row.body), self.hospice_codes))
         return sorted(e for e in found if e is not None)
 
     def evaluate(self, patient_ref: str, as_of: date | None = None) -> PersonOutcomes:

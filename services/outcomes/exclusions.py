@@ -17,6 +17,8 @@ record holds any of:
 | | Encounter for hospice / palliative care | ``type`` or ``serviceType`` in HOSPICE_ENCOUNTER, PALLIATIVE_ENCOUNTER |
 | | Procedure done, ServiceRequest ordered | ``code`` in HOSPICE_CARE_AMBULATORY, PALLIATIVE_INTERVENTION |
 | | Observation | LOINC 45755-6 (Hospice care, MDS) answered 373066001 Yes; LOINC 71007-9 (FACIT-Pal) |
+| | a site's local codes (``outcomes_local_hospice_codes``) | Encounter ``class``, ``type``, ``serviceType`` (over its |
+| | | ``period``) or ``dischargeDisposition`` (at discharge); Procedure, ServiceRequest, Condition ``code`` |
 | ``death`` | Patient | ``deceasedBoolean`` true or ``deceasedDateTime`` |
 
 When each counts (:func:`excluding`, for a report whose period starts ``since`` and whose measure window ends
@@ -38,9 +40,12 @@ discharged: ``finished`` or a ``period.end``); a Procedure ``completed`` or ``in
 ``active`` or ``completed`` with an order intent (not a plan or proposal); an Observation ``final``, ``amended``
 or ``corrected``. ICD-10 codes are matched without their dot (``F31.9`` and ``F319`` alike).
 
-Not read: an Encounter ``class`` (v3 ActCode and HL7 v2 PV1-2 have no hospice class) and sites' local codes for
-a hospice service (PV1-10 is a user-defined table); the measures' age, diagnosis and nursing-home-residence
-criteria.
+An Encounter ``class`` states nothing by itself: neither v3 ActCode nor HL7 v2 PV1-2 has a hospice class (``HH``
+is home health, which is not hospice care). A site whose own codes say hospice (a PV1-10 hospital service, a
+local patient class or discharge disposition, a local procedure or problem code) lists them, ``system|code`` as
+the record stores them, in ``outcomes_local_hospice_codes`` (:class:`HospiceCodes`); they are read by the same
+rules as the value sets' codes, wherever one of those is read, except the assessments (an Observation is read by
+its LOINC code only). Not read: the measures' age, diagnosis and nursing-home-residence criteria.
 """
 
 from __future__ import annotations
@@ -125,8 +130,26 @@ HOSPICE_ASSESSMENT_YES: Final = (SNOMED, "373066001")
 PALLIATIVE_ASSESSMENT: Final = "71007-9"  # FACIT-Pal
 EXCLUSION_OBSERVATION_CODES: Final = (HOSPICE_ASSESSMENT, PALLIATIVE_ASSESSMENT)  # LOINC, for a token search
 
-_CARE_ENCOUNTERS: Final = HOSPICE_ENCOUNTER | PALLIATIVE_ENCOUNTER
-_CARE_INTERVENTIONS: Final = HOSPICE_CARE_AMBULATORY | PALLIATIVE_INTERVENTION
+
+@dataclass(frozen=True, slots=True)
+class HospiceCodes:
+    """The codings that state hospice or palliative care: the eCQM value sets above, with a site's local codes
+    (``local``, from ``outcomes_local_hospice_codes``) added to each of them."""
+
+    discharge: frozenset[Coding]  # Encounter.hospitalization.dischargeDisposition
+    encounter: frozenset[Coding]  # Encounter.type / serviceType (and class: only local codes ever match there)
+    intervention: frozenset[Coding]  # Procedure.code, ServiceRequest.code
+    local: frozenset[Coding] = frozenset()  # also read in Condition.code
+
+    @classmethod
+    def with_local(cls, local: Iterable[Coding] = ()) -> HospiceCodes:
+        extra = frozenset(local)
+        return cls(HOSPICE_DISCHARGE | extra, HOSPICE_ENCOUNTER | PALLIATIVE_ENCOUNTER | extra,
+                   HOSPICE_CARE_AMBULATORY | PALLIATIVE_INTERVENTION | extra, extra)
+
+
+STANDARD_CODES: Final = HospiceCodes.with_local()
+
 _ENCOUNTER_NOT_HAPPENED: Final = frozenset({"planned", "cancelled", "entered-in-error"})
 _PROCEDURE_HAPPENED: Final = frozenset({"completed", "in-progress"})
 _ORDER_STATUSES: Final = frozenset({"active", "completed"})
@@ -194,11 +217,13 @@ def _care(reference: str, when: date | None, ends: date | None) -> Exclusion:
     return Exclusion(when, "palliative-or-hospice-care", reference, ends)
 
 
-def _condition(resource: dict[str, Any], reference: str) -> Exclusion | None:
+def _condition(resource: dict[str, Any], reference: str, codes: HospiceCodes) -> Exclusion | None:
     if {code for _, code in _codings(resource.get("verificationStatus"))} & _NOT_COUNTED:
         return None
     reason = next((r for system, code in _codings(resource.get("code"))
                    if (r := reason_of_coding(system, code)) is not None), None)
+    if reason is None and _any_in([resource.get("code")], codes.local):
+        reason = "palliative-or-hospice-care"
     if reason is None:
         return None
     onset, _ = _choice(resource, "onset")
@@ -209,31 +234,33 @@ def _condition(resource: dict[str, Any], reference: str) -> Exclusion | None:
     return Exclusion(when, reason, reference)
 
 
-def _encounter(resource: dict[str, Any], reference: str) -> Exclusion | None:
+def _encounter(resource: dict[str, Any], reference: str, codes: HospiceCodes) -> Exclusion | None:
     status = resource.get("status")
     if status in _ENCOUNTER_NOT_HAPPENED:
         return None
     start, end = _period(resource.get("period"))
     finished = status == "finished"
     disposition = (resource.get("hospitalization") or {}).get("dischargeDisposition")
-    if (finished or end is not None) and _any_in([disposition], HOSPICE_DISCHARGE):
+    if (finished or end is not None) and _any_in([disposition], codes.discharge):
         discharged = end or start
         return _care(reference, discharged, discharged)
-    if _any_in([*(resource.get("type") or ()), resource.get("serviceType")], _CARE_ENCOUNTERS):
+    kind = resource.get("class")  # a Coding, not a CodeableConcept
+    if _any_in([*(resource.get("type") or ()), resource.get("serviceType"),
+                {"coding": [kind]} if isinstance(kind, dict) else None], codes.encounter):
         return _care(reference, start, end or (start if finished else None))
     return None
 
 
-def _procedure(resource: dict[str, Any], reference: str) -> Exclusion | None:
-    if resource.get("status") not in _PROCEDURE_HAPPENED or not _any_in([resource.get("code")], _CARE_INTERVENTIONS):
+def _procedure(resource: dict[str, Any], reference: str, codes: HospiceCodes) -> Exclusion | None:
+    if resource.get("status") not in _PROCEDURE_HAPPENED or not _any_in([resource.get("code")], codes.intervention):
         return None
     start, end = _choice(resource, "performed")
     return _care(reference, start, end or (start if resource.get("status") == "completed" else None))
 
 
-def _service_request(resource: dict[str, Any], reference: str) -> Exclusion | None:
+def _service_request(resource: dict[str, Any], reference: str, codes: HospiceCodes) -> Exclusion | None:
     if (resource.get("status") not in _ORDER_STATUSES or resource.get("intent") not in _ORDER_INTENTS
-            or not _any_in([resource.get("code")], _CARE_INTERVENTIONS)):
+            or not _any_in([resource.get("code")], codes.intervention)):
         return None
     ordered = _date(resource.get("authoredOn")) or _choice(resource, "occurrence")[0]
     return _care(reference, ordered, ordered)
@@ -251,8 +278,9 @@ def _observation(resource: dict[str, Any], reference: str) -> Exclusion | None:
     return _care(reference, start, end or start)
 
 
-def exclusion_of(resource: dict[str, Any]) -> Exclusion | None:
-    """The exclusion one stored resource states (see the module doc), or None."""
+def exclusion_of(resource: dict[str, Any], codes: HospiceCodes = STANDARD_CODES) -> Exclusion | None:
+    """The exclusion one stored resource states (see the module doc), or None; ``codes``: the hospice and
+    palliative-care codes read (the value sets' by default; :meth:`HospiceCodes.with_local` adds a site's)."""
     rtype = resource.get("resourceType")
     reference = f"{rtype}/{resource.get('id')}"
     match rtype:
@@ -263,13 +291,13 @@ def exclusion_of(resource: dict[str, Any]) -> Exclusion | None:
                 return Exclusion(_date(resource.get("deceasedDateTime")), "death", reference)
             return None
         case "Condition":
-            return _condition(resource, reference)
+            return _condition(resource, reference, codes)
         case "Encounter":
-            return _encounter(resource, reference)
+            return _encounter(resource, reference, codes)
         case "Procedure":
-            return _procedure(resource, reference)
+            return _procedure(resource, reference, codes)
         case "ServiceRequest":
-            return _service_request(resource, reference)
+            return _service_request(resource, reference, codes)
         case "Observation":
             return _observation(resource, reference)
         case _:

@@ -26,12 +26,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
 from services.outcomes.episodes import Score
-from services.outcomes.exclusions import EXCLUSION_OBSERVATION_CODES, EXCLUSIONS_READ, Exclusion, exclusion_of
+from services.outcomes.exclusions import (
+    EXCLUSION_OBSERVATION_CODES,
+    EXCLUSIONS_READ,
+    STANDARD_CODES,
+    Exclusion,
+    HospiceCodes,
+    exclusion_of,
+)
 from services.outcomes.fhir import PersonFacts
 from services.outcomes.history import GAD7_TOTAL, PHQ9_TOTAL, TOTAL_CODES, score_of
 
@@ -179,13 +187,16 @@ class PersonEntry:
 class PopulationIndex:
     """The record's scores and exclusions for population measures, one instance per record API process."""
 
-    def __init__(self, store: BulkStore) -> None:
+    def __init__(self, store: BulkStore, hospice_codes: HospiceCodes = STANDARD_CODES) -> None:
+        """``hospice_codes``: what states hospice or palliative care (a site's local codes added, as the outcomes
+        service reads them: ``HospiceCodes.with_local(settings.outcomes_local_hospice_codings)``)."""
         self.store = store
         self._scores = {code: _Parsed[Score]("Observation", "code", (code,), score_of) for code in TOTAL_CODES}
         # every resource that may state an exclusion (Observations: only the hospice / palliative assessments)
         self._exclusions = tuple(
             _Parsed[Exclusion](rtype, "code" if rtype == "Observation" else None,
-                               EXCLUSION_OBSERVATION_CODES if rtype == "Observation" else (), exclusion_of)
+                               EXCLUSION_OBSERVATION_CODES if rtype == "Observation" else (),
+                               partial(exclusion_of, codes=hospice_codes))
             for rtype in EXCLUSIONS_READ)
         self._persons: dict[tuple[str, ...], _Grouped] = {}
         self._persons_lock = threading.Lock()

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from functools import partial
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
@@ -45,6 +44,7 @@ from services.common.settings import Settings
 from services.common.topics import (
     FHIR_BUNDLES,
 )
+from services.outcomes.exclusions import HospiceCodes
 from services.outcomes.population import PopulationIndex
 from services.record import disclosures, render
 from services.record.access import PART2, PRIVATE_TYPES, Access, TokenRegistry, describe_restriction
@@ -84,10 +84,6 @@ Publish = Callable[[Sequence[OutboundRecord]], Awaitable[Any]]
 NOBODY = "Patient/"  # a Patient reference no record has: what a 404 looks up in place of a withheld one's patient
 
 
-def _nothing() -> list[dict[str, Any]]:
-    return []
-
-
 @dataclass
 class RecordApi:
     """Everything the API needs, handed in by the composition root."""
@@ -108,7 +104,9 @@ class RecordApi:
     _types_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.population = PopulationIndex(self.store)  # type: ignore[arg-type]  # a SqlStore: the bulk reads
+        self.population = PopulationIndex(
+            self.store,  # type: ignore[arg-type]  # a SqlStore: the bulk reads
+            HospiceCodes.with_local(self.settings.outcomes_local_hospice_codings))
         if self.gate is None:
             self.gate = DisclosureGate(self.store, DEFAULT_POLICY, self.now_ms)
 
@@ -158,8 +156,7 @@ class RecordApi:
         grant = grants.grant_of(row.patient_ref)
         if grant.permits(row.restriction):
             return grants
-        self.deny_later(partial(disclosures.denied_event, access, interaction, row, self.base_url(request),
-                                self.now_ms()))
+        self.deny_later(disclosures.denied_read(access, interaction, row, self.base_url(request), self.now_ms()))
         missing = grant.withheld(row.restriction)
         if access.cleared_for(missing):
             classes = " and ".join(describe_restriction(missing))
@@ -170,13 +167,13 @@ class RecordApi:
     def missing(self, access: Access, request: Request, not_found: str, compartment_known: bool = False) -> NoReturn:
         """404 for a resource (or version) that does not exist, after the same work a withheld one costs in
         :meth:`check_row` - the token's compartment (unless the caller has looked it up already), the grants of
-        a patient (here one that no record has) and one denied-attempt submission (here of nothing) - so the
+        a patient (here one that no record has) and one denied-attempt journal row (here of nothing) - so the
         work behind a 404 does not tell the two apart."""
         if not compartment_known:
             self.compartment(access)
         assert self.gate is not None
         self.gate.person_grants(access, NOBODY)
-        self.deny_later(_nothing)
+        self.deny_later(disclosures.denied_attempt(access, "read", self.base_url(request), self.now_ms()))
         raise ResourceNotFound(not_found)
 
     def audit(self, events: Sequence[dict[str, Any]]) -> None:
@@ -184,11 +181,12 @@ class RecordApi:
         if events and self.audit_sink is not None:
             self.audit_sink(disclosures.audit_records(events, self.settings.topic_prefix))
 
-    def deny_later(self, build: Callable[[], Sequence[dict[str, Any]]]) -> None:
-        """Hand one answer's denied-attempt AuditEvents (``build`` makes them, possibly none) to the writer
-        thread: every answer calls this once, whether or not it withheld anything (services/record/denials.py)."""
+    def deny_later(self, attempt: disclosures.DeniedAttempt) -> None:
+        """Journal one answer's denied-attempt facts (durable before it leaves; the writer thread builds and
+        writes their AuditEvents later): every answer calls this once, whether or not it withheld anything
+        (services/record/denials.py)."""
         if self.denials is not None:
-            self.denials.submit(build)
+            self.denials.submit(attempt)
 
     def audit_page(
         self,
@@ -201,13 +199,12 @@ class RecordApi:
         withheld_patients: Sequence[str] = (),
     ) -> None:
         """The AuditEvents of one answer: what it disclosed (per patient), written before it leaves; and, per
-        patient whose matches it withheld, a denied attempt (outcome 4), handed to the writer thread - the same
-        submission whether or not anything was withheld."""
+        patient whose matches it withheld, a denied attempt (outcome 4), journalled for the writer thread - one
+        journal row whether or not anything was withheld."""
         text = request.url.query if query else None
         base, now = self.base_url(request), self.now_ms()
         self.audit(disclosures.access_events(access, grants, interaction, rows, base, now, text))
-        self.deny_later(partial(disclosures.denied_query_events, access, interaction, tuple(withheld_patients),
-                                base, now, text))
+        self.deny_later(disclosures.denied_query(access, interaction, withheld_patients, base, now, text))
 
     def served_body(self, row: StoredRow, persons: dict[str, Person] | None = None) -> bytes:
         """The current version as served; a Patient carries the links of its person. ``persons`` caches the

@@ -14,6 +14,7 @@ from datetime import date
 from html import escape
 from typing import Any, Final
 
+from services.common.fhir.codesystems import CPT, SNOMED
 from services.outcomes.episodes import Instrument, PersonOutcomes
 from services.outcomes.fhir import STATE_DISPLAY
 from services.outcomes.history import CSSRS_RISK, GAD7_TOTAL, PHQ9_TOTAL, clinical_date, loinc_codes
@@ -54,6 +55,18 @@ CHARTS: Final = (
         Band("moderate", 1.5, 2.5, "#ffe0b2"), Band("high", 2.5, 3, "#ffcdd2"))),
 )
 CSSRS_LEVELS: Final = {"none": 0, "low": 1, "moderate": 2, "high": 3}
+# What the page lists as a therapy session: a psychotherapy Procedure (SNOMED CT psychotherapy regimes, as the
+# session.completed mapping codes the modality: services/mapper/mapping/session.py; a CPT psychotherapy code) or
+# an Encounter typed with a CPT psychotherapy code (a session recorded without its modality). Any other
+# Procedure (hospice care, a lab draw, ECT) or visit is not a therapy session.
+PSYCHOTHERAPY: Final = frozenset(
+    {(SNOMED, c) for c in ("75516001", "304891004", "228557008", "314034001", "443730003", "449030000",
+                           "401157001")}
+    # CPT psychotherapy: individual 30/45/60 min (alone or with an E/M visit), crisis, psychoanalysis, family,
+    # multiple-family group, group
+    | {(CPT, c) for c in ("90832", "90833", "90834", "90836", "90837", "90838", "90839", "90840", "90845", "90846",
+                          "90847", "90849", "90853")})
+_NOT_A_SESSION: Final = frozenset({"planned", "cancelled", "entered-in-error", "not-done", "preparation"})
 OPEN_TASK: Final = frozenset({"requested", "received", "accepted", "in-progress", "on-hold"})
 
 _STYLE: Final = """
@@ -182,6 +195,26 @@ def _outcome_html(outcomes: PersonOutcomes) -> str:
     return "<ul>" + "".join(items) + "</ul>" if items else '<p class="muted">No elevated score: no episode.</p>'
 
 
+def _psychotherapy(*concepts: Any) -> bool:
+    return any((c.get("system"), c.get("code")) in PSYCHOTHERAPY for concept in concepts if isinstance(concept, dict)
+               for c in concept.get("coding") or () if isinstance(c, dict))
+
+
+def therapy_sessions(resources: Iterable[dict[str, Any]]) -> list[list[str]]:
+    """(date, modality, status) of each psychotherapy session, by date: a psychotherapy Procedure (its code
+    names the modality), else its session's Encounter when the record holds no such Procedure for it (modality
+    "not recorded"). Planned, cancelled, not-done and entered-in-error ones are not sessions."""
+    happened = [r for r in resources if r.get("status") not in _NOT_A_SESSION]
+    procedures = [r for r in happened if r.get("resourceType") == "Procedure" and _psychotherapy(r.get("code"))]
+    covered = {str((r.get("encounter") or {}).get("reference", "")) for r in procedures}
+    encounters = [r for r in happened if r.get("resourceType") == "Encounter" and _psychotherapy(*r.get("type") or ())
+                  and f"Encounter/{r.get('id')}" not in covered]
+    rows = [[_when(r, "performedDateTime", "performedPeriod"), _text(r.get("code")), str(r.get("status", ""))]
+            for r in procedures]
+    rows += [[_when(r, "period"), "not recorded", str(r.get("status", ""))] for r in encounters]
+    return sorted(rows)
+
+
 def patient_page(patient: dict[str, Any], resources: Sequence[dict[str, Any]], outcomes: PersonOutcomes,
                  today: date) -> str:
     name: dict[str, Any] = next(iter(patient.get("name") or ()), {})
@@ -194,9 +227,7 @@ def patient_page(patient: dict[str, Any], resources: Sequence[dict[str, Any]], o
     task_rows = [[r.get("priority", ""), str(r.get("status")), str(r.get("description", "")),
                   str((r.get("owner") or {}).get("reference", "")),
                   str(((r.get("restriction") or {}).get("period") or {}).get("end", ""))] for r in tasks]
-    sessions = [r for r in resources if r.get("resourceType") == "Procedure"]
-    session_rows = [[_when(r, "performedDateTime", "performedPeriod"), _text(r.get("code")),
-                     str(r.get("status", ""))] for r in sessions]
+    session_rows = therapy_sessions(resources)
     meds = [r for r in resources if r.get("resourceType") == "MedicationRequest"]
     med_rows = [[_when(r, "authoredOn"), _text(r.get("medicationCodeableConcept")),
                  "dose change" if r.get("priorPrescription") else "start",
@@ -215,7 +246,7 @@ def patient_page(patient: dict[str, Any], resources: Sequence[dict[str, Any]], o
         f"<h2>Outcome</h2><div id=\"outcome\">{_outcome_html(outcomes)}</div>"
         f"<h2>Scores over time</h2><div id=\"charts\">{charts}</div>"
         f"<h2>Therapy sessions</h2><div id=\"sessions\">"
-        f"{_rows(['date', 'modality', 'status'], sorted(session_rows), 'No therapy session.')}</div>"
+        f"{_rows(['date', 'modality', 'status'], session_rows, 'No therapy session.')}</div>"
         f"<h2>Medications</h2><div id=\"medications\">"
         f"{_rows(['date', 'medication', 'kind', 'dose', 'status'], sorted(med_rows), 'No medication.')}</div>"
         f"<h2>Diagnoses</h2><div id=\"diagnoses\">"

@@ -208,44 +208,87 @@ def access_events(
     return events
 
 
-def denied_event(
+@dataclass(frozen=True)
+class DeniedAttempt:
+    """The facts of one answer's denied attempts: what :func:`denied_events` builds its AuditEvents from, kept in
+    the journal until they are on the audit topic (services/record/denials.py). Every answer makes one, with
+    ``withheld`` empty when it withheld nothing. References, codes and the query only - never content.
+
+    ``attempt`` is a random id of the answer: the AuditEvents' ids derive from it, so building them again from
+    the same facts (a crash between the write and the journal's delete) gives the same AuditEvents."""
+
+    attempt: str
+    recorded_ms: int
+    client: str
+    label: str
+    organization: str | None
+    purpose: str
+    interaction: audit.Interaction
+    base_url: str
+    query: str | None = None
+    # one denied AuditEvent per entry: the patient, and the withheld resources it names (none for a query: the
+    # answer never looked them up)
+    withheld: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DeniedAttempt:
+        facts = orjson.loads(data)
+        facts["withheld"] = tuple((patient, tuple(resources)) for patient, resources in facts["withheld"])
+        return cls(**facts)
+
+
+def denied_attempt(
+    access: Access,
+    interaction: audit.Interaction,
+    base_url: str,
+    now_ms: int,
+    withheld: Iterable[tuple[str, Sequence[str]]] = (),
+    query: str | None = None,
+) -> DeniedAttempt:
+    """The denied-attempt facts of one answer (``withheld`` empty: it withheld nothing)."""
+    return DeniedAttempt(
+        str(uuid.uuid4()), now_ms, access.client, access.label, access.recipient.organization, access.purpose,
+        interaction, base_url, query, tuple((patient, tuple(resources)) for patient, resources in withheld),
+    )
+
+
+def denied_read(
     access: Access, interaction: audit.Interaction, row: StoredRow, base_url: str, now_ms: int
-) -> list[dict[str, Any]]:
-    """The AuditEvent of a refused read (a denied attempt) of a patient's resource."""
-    if row.patient_ref is None:
-        return []
-    return [
-        audit.api_access_event(
-            str(uuid.uuid4()),
-            format_instant(now_ms),
-            interaction,
-            requester(access),
-            base_url,
-            row.patient_ref,
-            [f"{row.resource_type}/{row.id}"],
-            denied=True,
-        )
-    ]
+) -> DeniedAttempt:
+    """A refused read of a patient's resource: one denied attempt naming it (none for a resource without a
+    patient)."""
+    withheld = [] if row.patient_ref is None else [(row.patient_ref, (f"{row.resource_type}/{row.id}",))]
+    return denied_attempt(access, interaction, base_url, now_ms, withheld)
 
 
-def denied_query_events(
+def denied_query(
     access: Access,
     interaction: audit.Interaction,
     patients: Sequence[str],
     base_url: str,
     now_ms: int,
     query: str | None,
-) -> list[dict[str, Any]]:
-    """The AuditEvents of a search, history or $everything whose matches the disclosure policy filtered: one
-    denied PatientQuery (outcome 4) per patient whose matches were withheld, with the query; the withheld
-    resources are not named (the answer never looked them up). The caller is told nothing of it."""
-    recorded = format_instant(now_ms)
+) -> DeniedAttempt:
+    """A search, history or $everything whose matches the disclosure policy filtered: one denied PatientQuery
+    per patient whose matches were withheld, with the query; the withheld resources are not named (the answer
+    never looked them up). The caller is told nothing of it."""
+    return denied_attempt(access, interaction, base_url, now_ms, [(p, ()) for p in patients], query)
+
+
+def denied_events(attempt: DeniedAttempt) -> list[dict[str, Any]]:
+    """The AuditEvents (outcome 4) of one answer's denied attempts, the same every time they are built: ids
+    from the attempt and the patient (UUIDv5), the recorded time the attempt's."""
+    recorded = format_instant(attempt.recorded_ms)
+    who = audit.Requester(attempt.client, attempt.label, attempt.organization, attempt.purpose)
     return [
         audit.api_access_event(
-            str(uuid.uuid4()), recorded, interaction, requester(access), base_url, patient_ref, [], query=query,
-            denied=True,
+            audit.disclosure_id("denied", attempt.attempt, patient_ref), recorded, attempt.interaction, who,
+            attempt.base_url, patient_ref, list(resources), query=attempt.query, denied=True,
         )
-        for patient_ref in patients
+        for patient_ref, resources in attempt.withheld
     ]
 
 

@@ -29,7 +29,7 @@ from services.record.access import TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.audit_ingest import AuditIngestor
 from services.record.consumer import BundleIngestor
-from services.record.denials import DeniedAttempts
+from services.record.denials import DeniedAttempts, journal_path
 from services.record.disclosures import DisclosureGate
 from services.record.errors import StoreUnavailable
 from services.record.store import SqlStore, identity_policy, open_store, store_dsn
@@ -74,7 +74,7 @@ class RecordService:
         self.warmup.stop()
         self.ingestor.stop()
         self.audit.stop()
-        self.denials.stop()  # what is queued is written before the producer closes
+        self.denials.stop()  # what is journalled is written before the producer closes (else at the next start)
         self.kafka.stop()
         self.producer.close()
         self.store.close()
@@ -97,7 +97,8 @@ def build_service(settings: Settings, store: SqlStore | None = None, group_id: s
         metrics,
     )
     holder: list[RecordService] = []
-    denials = DeniedAttempts(producer.send_all_and_wait, settings.topic_prefix)
+    denials = DeniedAttempts(producer.send_all_and_wait, settings.topic_prefix, journal_path(settings, store.dsn),
+                             settings.record_denials_interval_s)
     api = RecordApi(
         settings,
         store,

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import orjson
@@ -38,7 +37,7 @@ from services.notify.subscriptions import (
     status_update,
 )
 from services.record.access import Access, token_digest
-from services.record.disclosures import requester
+from services.record.disclosures import denied_attempt, requester
 from services.record.errors import Forbidden, ResourceNotFound
 
 FHIR_JSON = "application/fhir+json"
@@ -110,6 +109,20 @@ def events_answer(sub: SubscriptionDef, rows: Sequence[EventRow], screened: Scre
         {n: c for n, c in screened.part2.items() if n in served}, {n: patients.get(n) for n in withheld}))
 
 
+def events_audit_withheld(screened: Screened, rows: Sequence[EventRow]) -> list[tuple[str, list[str]]]:
+    """Per patient whose events the disclosure policy left out of a ``$events`` answer, the withheld foci."""
+    focus_of = {row.number: row.focus for row in rows}
+    withheld: dict[str, list[str]] = {}
+    for number in screened.withheld:
+        patient = screened.withheld_patients.get(number)
+        if patient is None or number not in focus_of:  # nothing known about it: no patient to account to
+            continue
+        foci = withheld.setdefault(patient, [])
+        if focus_of[number] not in foci:
+            foci.append(focus_of[number])
+    return sorted(withheld.items())
+
+
 def events_audit(access: Access, screened: Screened, rows: Sequence[EventRow], base_url: str,
                  query: str) -> list[dict[str, Any]]:
     """The AuditEvents of one ``$events`` answer (BALP PatientQuery, ``operation``): per patient whose events it
@@ -127,15 +140,7 @@ def events_audit(access: Access, screened: Screened, rows: Sequence[EventRow], b
             foci.append(event.focus)
         cited = consents.setdefault(patient, [])
         cited.extend(c for c in screened.part2.get(event.number, ()) if c not in cited)
-    focus_of = {row.number: row.focus for row in rows}
-    withheld: dict[str, list[str]] = {}
-    for number in screened.withheld:
-        patient = screened.withheld_patients.get(number)
-        if patient is None or number not in focus_of:  # nothing known about it: no patient to account to
-            continue
-        foci = withheld.setdefault(patient, [])
-        if focus_of[number] not in foci:
-            foci.append(focus_of[number])
+    withheld = events_audit_withheld(screened, rows)
     recorded = iso_now()
     who = requester(access)
     return [
@@ -144,7 +149,7 @@ def events_audit(access: Access, screened: Screened, rows: Sequence[EventRow], b
           for patient, foci in sorted(by_patient.items())),
         *(audit.api_access_event(str(uuid.uuid4()), recorded, "operation", who, base_url, patient, foci,
                                  query=query, denied=True)
-          for patient, foci in sorted(withheld.items())),
+          for patient, foci in withheld),
     ]
 
 
@@ -299,7 +304,8 @@ def subscription_router(api: Any) -> APIRouter:
         if sub.content != "empty":
             api.audit(events_audit(access, replace(screened, withheld=()), rows, base, query))
         # built and written off the request path, as every answer's denied attempts (services/record/denials.py)
-        api.deny_later(partial(events_audit, access, replace(screened, events=()), rows, base, query))
+        api.deny_later(denied_attempt(access, "operation", base, int(time.time() * 1000),
+                                      events_audit_withheld(screened, rows), query))
         return _fhir(bundle)
 
     return router

@@ -16,7 +16,8 @@ from services.common.settings import Settings
 from services.common.topics import CATALOGUE, FHIR_BUNDLES, GENERAL_BUNDLES, HEADER_SECURITY
 from services.general.filter import general_bundle
 from services.general.service import GeneralTopicService
-from tests.consent.consents import LABEL_SETS
+from tests.consent.consents import LABEL_SETS, consent_state
+from tests.consent.test_decision import STATES
 from tests.consent.test_record_enforcement import _labelled
 from tests.kafka_helpers import header, read_all
 from tests.record.conftest import validate_fhir
@@ -100,14 +101,32 @@ def test_filter_of_a_part2_program_bundle_leaves_an_empty_collection() -> None:
         general_bundle(b'{"resourceType":"Patient"}')
 
 
+def matrix_cells() -> dict[tuple[str, str], tuple[Event, str]]:
+    """One patient per cell of the matrix's general-topic column (label class x consent state): the patient's
+    consents of that state and one resource of that label class, in one bundle; the resource's id."""
+    cells: dict[tuple[str, str], tuple[Event, str]] = {}
+    for label_class in sorted(LABEL_SETS):
+        for state in STATES:
+            mrn = unique("genc-")
+            pid = patient_id(CLINIC, mrn)
+            consents = [{**c, "id": f"{c['id']}-{mrn}"} for c in consent_state(state, label_class, f"Patient/{pid}")]
+            resource = _labelled(body_weight(CLINIC, pid, f"{mrn}-{label_class}", iso(T0), 70.0),
+                                 LABEL_SETS[label_class])
+            cells[label_class, state] = Event(CLINIC, mrn, [patient(CLINIC, mrn), *consents, resource]), resource["id"]
+    return cells
+
+
 @pytest.mark.integration
 def test_service_keeps_keys_and_order(settings: Settings) -> None:
+    """Through the real broker and service: the same keys and per-key order as the full topic, no labelled
+    content, and the matrix's general-topic column (whatever the consent state, only unlabelled data goes)."""
     ensure_topics(settings, CATALOGUE)
     events = []
     for _ in range(3):  # three patients, four bundles each, interleaved
         first, _ = mixed_event()
         events.append([first] + [Event(CLINIC, first.mrn, first.resources[:2]) for _ in range(3)])
-    interleaved = [e for group in zip(*events, strict=True) for e in group]
+    cells = matrix_cells()
+    interleaved = [e for group in zip(*events, strict=True) for e in group] + [e for e, _ in cells.values()]
     producer = RecordProducer(settings, "test-general-source")
     try:
         producer.send_all_and_wait([e.record(settings.topic_prefix) for e in interleaved])
@@ -133,3 +152,7 @@ def test_service_keeps_keys_and_order(settings: Settings) -> None:
     for record in out:
         assert not RESTRICTED & set((header(record, HEADER_SECURITY) or "").split(","))
         assert b"F11.20" not in record.value  # the opioid-use diagnosis code never appears
+    kept = {e["resource"]["id"] for r in out for e in orjson.loads(r.value).get("entry", [])}
+    outcomes = {cell: resource_id in kept for cell, (_event, resource_id) in cells.items()}
+    assert outcomes == {(label_class, state): label_class == "none" for label_class, state in cells}
+    assert all(patient_id(CLINIC, event.mrn) in kept for event, _ in cells.values())

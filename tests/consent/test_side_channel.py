@@ -7,23 +7,26 @@ paging links, texts). Structural, never timed. The denied attempts are still aud
 
 from __future__ import annotations
 
+import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from services.common.disclosure import policy_from_settings
+from services.common.disclosure import Recipient, policy_from_settings
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import OutboundRecord
 from services.common.metrics import Metrics
-from services.record.access import TokenRegistry
+from services.record.access import Access, TokenRegistry
 from services.record.api import RecordApi, create_app
 from services.record.denials import DeniedAttempts
-from services.record.disclosures import DisclosureGate
+from services.record.disclosures import DeniedAttempt, DisclosureGate, denied_attempt, denied_events
 from services.record.store import SqlStore, identity_policy, open_store
 from tests.consent.consents import LABEL_SETS, OTHER_ORG, consent
 from tests.consent.test_record_enforcement import _consent_resource, _labelled
@@ -48,7 +51,7 @@ STORED_TYPES_SQL = "FROM resource_type_stored"  # the API's type cache refreshes
 
 @dataclass
 class Work:
-    """What the request path did: SQL statements, AuditEvent records written, denied-attempt submissions."""
+    """What the request path did: SQL statements, AuditEvent records written, denied-attempt journal rows."""
 
     statements: list[str] = field(default_factory=list)
     written: list[OutboundRecord] = field(default_factory=list)
@@ -65,7 +68,9 @@ class Instrumented:
         self.work = Work()
         self.recording = False
         self.denied: list[OutboundRecord] = []
-        self.denials = DeniedAttempts(self.denied.extend, settings.topic_prefix)
+        self.folder = tempfile.TemporaryDirectory(prefix="side-channel-")
+        self.denials = DeniedAttempts(self.denied.extend, settings.topic_prefix,
+                                      Path(self.folder.name) / "denied-attempts.db")
         db = self.store.db
         for name in ("all", "exec", "many"):
             original = getattr(db, name)
@@ -78,10 +83,10 @@ class Instrumented:
             setattr(db, name, counted)
         submit = self.denials.submit
 
-        def counted_submit(build: Any) -> None:
+        def counted_submit(attempt: DeniedAttempt) -> None:
             if self.recording:
                 self.work.submitted += 1
-            submit(build)
+            submit(attempt)
 
         self.denials.submit = counted_submit  # type: ignore[method-assign]
         self.api = RecordApi(settings, self.store, Metrics(), TokenRegistry(settings.record_tokens),
@@ -109,6 +114,7 @@ class Instrumented:
         self.http.stop()
         self.denials.stop()
         self.store.close()
+        self.folder.cleanup()
 
 
 @pytest.fixture
@@ -223,12 +229,26 @@ def test_a_withheld_resource_and_one_that_does_not_exist_answer_alike_with_the_s
         assert response.status_code == 404
 
 
-def _audit_event(n: int) -> dict[str, Any]:
-    return {"resourceType": "AuditEvent", "id": f"e{n}", "recorded": "2026-05-01T10:00:00Z",
-            "entity": [{"what": {"reference": "Patient/p1"}, "role": {"code": "1"}}]}
+def _attempt(n: int, patients: int = 1) -> DeniedAttempt:
+    return DeniedAttempt(f"a{n}", 1_777_000_000_000 + n, "c1", "vendor", "urn:oid:2.16.840.1.113883.4.6|1999999927",
+                         "TREAT", "search-type", "http://record.test", "patient=Patient/p1&_count=1",
+                         tuple((f"Patient/p{n}-{i}", ()) for i in range(patients)))
 
 
-def test_the_writer_waits_out_a_broker_outage_and_keeps_the_order() -> None:
+def _ids(attempts: Sequence[DeniedAttempt]) -> list[str]:
+    return [e["id"] for a in attempts for e in denied_events(a)]
+
+
+def test_a_denied_attempts_auditevents_are_built_from_its_facts_alone_the_same_every_time() -> None:
+    attempt = _attempt(1, patients=2)
+    again = DeniedAttempt.from_json(attempt.to_json())
+    assert again == attempt
+    assert denied_events(again) == denied_events(attempt)  # a re-sent row re-sends the same AuditEvents
+    assert len(set(_ids([attempt, _attempt(2, patients=2)]))) == 4  # one id per attempt and patient
+    assert {e["outcome"] for e in denied_events(attempt)} == {"4"}
+
+
+def test_the_writer_waits_out_a_broker_outage_and_keeps_the_order(tmp_path: Path) -> None:
     written: list[bytes] = []
     failures = iter([True, True])
     lock = threading.Lock()
@@ -239,21 +259,71 @@ def test_the_writer_waits_out_a_broker_outage_and_keeps_the_order() -> None:
                 raise BrokerUnavailable("no acks")
             written.extend(r.value for r in records)
 
-    writer = DeniedAttempts(sink, "t", interval_s=0.05).start()
+    attempts = [_attempt(1), _attempt(2, patients=0), _attempt(3, patients=2)]  # the second withheld nothing
+    writer = DeniedAttempts(sink, "t", tmp_path / "j.db", interval_s=0.05).start()
     try:
-        writer.submit(lambda: [_audit_event(1)])
-        writer.submit(lambda: [])  # an answer that withheld nothing: nothing written
-        writer.submit(lambda: [_audit_event(2), _audit_event(3)])
+        for attempt in attempts:
+            writer.submit(attempt)
         assert writer.wait_idle(30)
-        assert [orjson.loads(v)["id"] for v in written] == ["e1", "e2", "e3"]
+        assert [orjson.loads(v)["id"] for v in written] == _ids(attempts)
         assert writer.written == 3
+        assert writer.journal.count() == 0  # written, then deleted (the empty row without a write)
     finally:
         writer.stop()
 
 
-def test_stopping_writes_what_is_queued_without_waiting_for_the_next_tick() -> None:
+def test_stopping_writes_what_is_journalled_without_waiting_for_the_next_tick(tmp_path: Path) -> None:
     written: list[OutboundRecord] = []
-    writer = DeniedAttempts(written.extend, "t", interval_s=3600).start()
-    writer.submit(lambda: [_audit_event(1)])
+    writer = DeniedAttempts(written.extend, "t", tmp_path / "j.db", interval_s=3600).start()
+    writer.submit(_attempt(1))
     writer.stop(timeout_s=30)
-    assert [orjson.loads(r.value)["id"] for r in written] == ["e1"]
+    assert [orjson.loads(r.value)["id"] for r in written] == _ids([_attempt(1)])
+
+
+def _away(records: Sequence[OutboundRecord]) -> None:
+    raise BrokerUnavailable("no acks")
+
+
+def test_rows_a_killed_process_left_in_the_journal_are_written_at_the_next_start(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    killed = DeniedAttempts(_away, "t", journal, interval_s=3600)  # its writer never ran: as if killed
+    for attempt in (_attempt(1), _attempt(2, patients=0), _attempt(3)):
+        killed.submit(attempt)
+    killed.stop()
+    written: list[OutboundRecord] = []
+    second = DeniedAttempts(written.extend, "t", journal, interval_s=3600)
+    assert second.journal.count() == 3
+    second.start()
+    try:
+        assert second.wait_idle(30)  # the first tick, at start-up
+        assert [orjson.loads(r.value)["id"] for r in written] == _ids([_attempt(1), _attempt(3)])
+    finally:
+        second.stop()
+
+
+def test_while_the_broker_is_away_only_the_denied_attempts_wait_in_the_journal(tmp_path: Path) -> None:
+    writer = DeniedAttempts(_away, "t", tmp_path / "j.db", interval_s=0.05).start()
+    try:
+        writer.submit(_attempt(1))
+        writer.submit(_attempt(2, patients=0))  # withheld nothing: deleted at the writer's next retry
+        deadline = time.monotonic() + 30
+        while writer.journal.count() != 1:
+            assert time.monotonic() < deadline, "the empty row was not deleted"
+            time.sleep(0.05)
+        assert writer.written == 0
+    finally:
+        writer.stop()  # the broker still away: the denied attempt stays for the next start
+    again = DeniedAttempts(_away, "t", tmp_path / "j.db")
+    try:
+        assert again.journal.count() == 1
+    finally:
+        again.stop()
+
+
+def test_an_answer_that_withheld_nothing_journals_the_same_facts_but_what_was_withheld() -> None:
+    access = Access(scopes=(), clearances=0, patient=None, label="vendor", client="c1",
+                    recipient=Recipient("urn:oid:2.16.840.1.113883.4.6|1999999927"))
+    nothing = denied_attempt(access, "search-type", "http://record.test", 1, [], "q")
+    some = denied_attempt(access, "search-type", "http://record.test", 1, [("Patient/p1", ())], "q")
+    assert denied_events(nothing) == []
+    assert orjson.loads(nothing.to_json()).keys() == orjson.loads(some.to_json()).keys()

@@ -4,6 +4,7 @@ and replay; the record's change outbox on PostgreSQL too."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -229,3 +230,51 @@ def test_two_record_instances_on_one_postgresql_number_their_changes_apart(
             s.close()
     assert refused == []
     assert len(rows) == 60 and len({r.seq for r in rows}) == 60
+
+
+def test_delivery_marks_of_many_subscriptions_in_one_call(store: NotifyStore) -> None:
+    store.create(_sub("a", "Patient/p1"))
+    store.create(_sub("c", "Patient/p2"))
+    store.record_changes([*(_phq9(f"o{i}", "Patient/p1") for i in range(1, 4)), _phq9("q1", "Patient/p2")])
+    assert [e.number for e in store.pending("a", 10, after=1)] == [2, 3]  # 1: delivered, its mark not yet written
+    store.record_deliveries({"a": 3, "c": 1}, {"a": [1, 2], "c": [1]})
+    assert [e.number for e in store.pending("a", 10)] == [3]
+    assert store.pending("c", 10) == []
+    store.record_deliveries({"a": 2}, {"a": [1]})  # told never lowered; a delivered event is not counted again
+    sub_a, sub_c = store.get("a"), store.get("c")
+    assert sub_a is not None and sub_a.told == 3 and sub_c is not None and sub_c.told == 1
+    assert [(e.state, e.attempts) for e in store.events("a")] == [("delivered", 1), ("delivered", 1), ("pending", 0)]
+
+
+def test_changes_no_topic_is_about_are_not_kept(store: NotifyStore) -> None:
+    store.create(_sub("a", "Patient/p1"))
+    provenance = Change("Provenance", "pv1", 1, "2024-03-01T10:00:00.000Z", "created", "Patient/p1", "person",
+                        ("Patient/p1",), (), 0, {"resourceType": "Provenance", "id": "pv1"})
+    assert store.record_changes([provenance, _phq9("o1", "Patient/p1")]) == {"a": 1}
+    assert store.focus("Provenance", "pv1") is None
+    assert store.focus("Observation", "o1") is not None
+    assert store.record_changes([provenance]) == {}
+
+
+def test_the_group_commit_writes_every_waiting_subscription_and_reports_an_outage(store: NotifyStore) -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from services.common.errors import StoreUnavailable
+    from services.notify.delivery import MarkWriter
+
+    for sid, patient in (("a", "Patient/p1"), ("c", "Patient/p2")):
+        store.create(_sub(sid, patient))
+    store.record_changes([_phq9("o1", "Patient/p1"), _phq9("o2", "Patient/p1"), _phq9("q1", "Patient/p2")])
+    step = Histogram("step_seconds", "steps", ["step"], registry=CollectorRegistry())
+    writer = MarkWriter(store, step)
+
+    async def marks() -> None:
+        await asyncio.gather(writer.write("a", 2, [1]), writer.write("c", 1, [1]), writer.write("a", None, [2]))
+
+    asyncio.run(marks())
+    assert store.pending("a", 10) == [] and store.pending("c", 10) == []
+    sub = store.get("a")
+    assert sub is not None and sub.told == 2
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(writer.write("a", 3, []))

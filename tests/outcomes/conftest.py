@@ -86,6 +86,20 @@ def phq9_event(source: str, patient_id: str, authored: datetime, total: int, ite
     return event
 
 
+def mapped(pipeline: Pipeline, *events: dict[str, Any]) -> list[OutboundRecord]:
+    """The records the mapper's real Pipeline makes of these events (bundles, alerts); none may dead-letter."""
+    out: list[OutboundRecord] = []
+    for n, event in enumerate(events):
+        key = f"{event['source']}|{event['data']['patient_id']}".encode()
+        raw = orjson.dumps(event)
+        inbound = InboundRecord("inbound", 0, n, int(time.time() * 1000), key, raw,
+                                (("ce_id", event["id"].encode()), ("ce_type", event["type"].encode())))
+        outcome = pipeline.process(inbound)
+        assert all(not r.topic.endswith("deadletter.v1") for r in outcome.records), outcome.records
+        out.extend(outcome.records)
+    return out
+
+
 class OutcomesStack:
     def __init__(self, harness: RecordHarness) -> None:
         self.record = harness
@@ -110,16 +124,7 @@ class OutcomesStack:
         self.seen: list[tuple[str, str, dict[str, Any]]] = []  # (topic suffix, key, value)
 
     def mapped(self, *events: dict[str, Any]) -> list[OutboundRecord]:
-        out: list[OutboundRecord] = []
-        for n, event in enumerate(events):
-            key = f"{event['source']}|{event['data']['patient_id']}".encode()
-            raw = orjson.dumps(event)
-            inbound = InboundRecord("inbound", 0, n, int(time.time() * 1000), key, raw,
-                                    (("ce_id", event["id"].encode()), ("ce_type", event["type"].encode())))
-            outcome = self.pipeline.process(inbound)
-            assert all(not r.topic.endswith("deadletter.v1") for r in outcome.records), outcome.records
-            out.extend(outcome.records)
-        return out
+        return mapped(self.pipeline, *events)
 
     def send(self, *events: dict[str, Any]) -> list[OutboundRecord]:
         """Map the events and publish their bundles and alerts (waits for the record to ingest the bundles)."""

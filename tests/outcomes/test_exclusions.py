@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from services.common.settings import Settings
 from services.outcomes.engine import OutcomesEngine
-from services.outcomes.exclusions import Exclusion, excluding, exclusion_of, in_force
+from services.outcomes.exclusions import Exclusion, HospiceCodes, excluding, exclusion_of, in_force
 from tests.hl7v2 import helpers as hl7v2
 from tests.hl7v2.test_adt import pv1
 from tests.mapping import helpers as events
@@ -257,3 +260,85 @@ def _change(resource_type: str, resource: dict[str, Any] | None) -> dict[str, An
 def test_which_record_changes_recompute_the_person(change: dict[str, Any], recomputed: bool) -> None:
     affected = OutcomesEngine.affected_by_change(change)
     assert affected == ({"Patient/p", "Patient/q"} if recomputed else set())
+
+
+# --- the encounter class, and a site's local hospice codes ------------------------------------------------------
+
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+SITE = "urn:carebus:hl7v2:RIVERSIDE/codes"  # an HL7 v2 sender's local code systems (services/mapper/hl7v2)
+LOCAL_CODES = [f"{SITE}/v2-0069|HOS", f"{SITE}/v2-0004|H", f"{SITE}/PV1-36|HSP", "urn:riverside:procedures|HSPV",
+               "urn:riverside:problems|HOSPICE-PT"]
+SITE_CODES = HospiceCodes.with_local(Settings(outcomes_local_hospice_codes=LOCAL_CODES).outcomes_local_hospice_codings)
+
+
+def classed(code: tuple[str, str], **fields: Any) -> dict[str, Any]:
+    found = encounter(**fields)
+    found["class"] = {"system": code[0], "code": code[1]}
+    return found
+
+
+@pytest.mark.parametrize(("resource", "when", "ends"), [
+    # the encounter class says nothing by itself: home health is not hospice, nor is an inpatient stay
+    (classed((ACT, "HH")), None, None),
+    (classed((ACT, "IMP")), None, None),
+    (classed((ACT, "HH"), disposition=(DISPOSITION, "home")), None, None),
+    # ... evidence beside it does: a discharge to hospice (the eCQM's two SNOMED CT codes), a hospice encounter type
+    (classed((ACT, "IMP"), disposition=(SCT, "428361000124107")), D("2025-03-09"), D("2025-03-09")),
+    (classed((ACT, "IMP"), disposition=(SCT, "428371000124100")), D("2025-03-09"), D("2025-03-09")),
+    (classed((ACT, "HH"), type_=(SCT, "183919006")), D("2025-03-01"), D("2025-03-09")),  # urgent hospice admission
+    # a site's local codes, wherever a value set's code is read
+    (encounter(service=(f"{SITE}/v2-0069", "HOS")), D("2025-03-01"), D("2025-03-09")),  # PV1-10 hospital service
+    (encounter(type_=(f"{SITE}/v2-0069", "HOS")), D("2025-03-01"), D("2025-03-09")),
+    (classed((f"{SITE}/v2-0004", "H")), D("2025-03-01"), D("2025-03-09")),  # a local patient class (PV1-2)
+    (classed((f"{SITE}/v2-0004", "H"), status="in-progress", end=None), D("2025-03-01"), None),  # ongoing
+    (encounter(disposition=(f"{SITE}/PV1-36", "HSP")), D("2025-03-09"), D("2025-03-09")),  # at discharge
+    (encounter(status="in-progress", end=None, disposition=(f"{SITE}/PV1-36", "HSP")), None, None),  # not yet
+    (encounter(status="cancelled", service=(f"{SITE}/v2-0069", "HOS")), None, None),
+    (procedure(("urn:riverside:procedures", "HSPV")), D("2025-04-02"), D("2025-04-02")),
+    (procedure(("urn:riverside:procedures", "HSPV"), status="not-done"), None, None),
+    (order(("urn:riverside:procedures", "HSPV")), D("2025-05-03"), D("2025-05-03")),
+    (order(("urn:riverside:procedures", "HSPV"), intent="proposal"), None, None),
+    (condition("urn:riverside:problems", "HOSPICE-PT", onsetDateTime="2025-01-05", abatementDateTime="2025-02-01"),
+     D("2025-01-05"), D("2025-02-01")),
+    (condition("urn:riverside:problems", "HOSPICE-PT", verificationStatus={"coding": [{"code": "refuted"}]}),
+     None, None),
+    # the site's other codes, and its code in another system, are not hospice
+    (encounter(service=(f"{SITE}/v2-0069", "PSY")), None, None),
+    (classed((f"{SITE}/v2-0004", "HH")), None, None),
+    (encounter(service=("urn:other-site/codes/v2-0069", "HOS")), None, None),
+    (procedure(("urn:riverside:procedures", "CBT")), None, None),
+    (assessment("44261-6"), None, None),
+])
+def test_encounter_class_and_local_codes(resource: dict[str, Any], when: date | None, ends: date | None) -> None:
+    found = exclusion_of(resource, SITE_CODES)
+    assert ((found.when, found.ends) if found else None) == ((when, ends) if when else None)
+    if found is not None:
+        assert found.reason == "palliative-or-hospice-care"
+    local = any((c.get("system"), c.get("code")) in SITE_CODES.local for c in _all_codings(resource))
+    # without the site's codes configured (the default), only the value sets' codes count
+    assert exclusion_of(resource) == (None if local else found)
+
+
+def _all_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    concepts = [resource.get("code"), resource.get("serviceType"), *(resource.get("type") or ()),
+                (resource.get("hospitalization") or {}).get("dischargeDisposition")]
+    return [*(c for concept in concepts if concept for c in concept["coding"]), *filter(None, [resource.get("class")])]
+
+
+@pytest.mark.parametrize("entry", ["HOS", "urn:x|", "|HOS", " | "])
+def test_local_codes_are_system_code_pairs(entry: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape("not 'system|code' pairs")):
+        Settings(outcomes_local_hospice_codes=[entry])
+    assert Settings().outcomes_local_hospice_codes == []  # none by default
+
+
+@pytest.mark.parametrize(("service", "excluded"), [("HOS", True), ("PSY", False), ("MED", False)])
+def test_hl7v2_local_hospital_service(service: str, excluded: bool) -> None:
+    """The README's example: a sender's PV1-10 hospital service "HOS" (a user-defined table: its local system),
+    listed as the site's hospice code, excludes over the stay; its other services do not."""
+    text = hl7v2.er7(hl7v2.msh("ADT^A03^ADT_A03", facility="RIVERSIDE"), "EVN|A03|20250309110000-0500", hl7v2.PID,
+                     pv1(admit="20250301080000-0500", discharge="20250309110000-0500", service=service))
+    stay = hl7v2.one(hl7v2.mapped(text), "Encounter")
+    found = exclusion_of(stay, SITE_CODES)
+    assert ((found.when, found.ends) if found else None) == ((D("2025-03-01"), D("2025-03-09")) if excluded else None)
+    assert exclusion_of(stay) is None  # not without the site's codes

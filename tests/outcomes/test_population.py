@@ -13,9 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
+from services.common.metrics import Metrics
 from services.common.security_labels import PSYCHIATRIC, meta_security
 from services.common.settings import Settings
+from services.outcomes.engine import OutcomesEngine
 from services.outcomes.population import PopulationIndex, Warmup
+from services.record.access import TokenRegistry
+from services.record.api import RecordApi
 from services.record.ingest import InboundBundle, prepare_bundle
 from services.record.store import identity_policy, open_store
 from services.record.store.sql import SqlStore
@@ -229,3 +233,23 @@ def test_a_warm_up_asked_to_stop_ends_at_its_next_step(store: SqlStore, caplog: 
         assert warmup.wait(30)
     assert any("warm-up stopped" in r.getMessage() for r in caplog.records)
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+def test_a_sites_local_hospice_code_excludes_in_every_reader(store: SqlStore) -> None:
+    """``outcomes_local_hospice_codes`` reaches the one rule through the outcomes engine (Individual
+    MeasureReports) and the record API's population index ($evaluate-measure, the clinic view) alike."""
+    hospice_service = "urn:carebus:hl7v2:RIVERSIDE/codes/v2-0069"
+    ingest(store, patient("h1"), phq9("h1-o", "h1", 18), {"resource": {
+        "resourceType": "Encounter", "id": "h1-e", "status": "finished", "subject": {"reference": "Patient/h1"},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH"},
+        "serviceType": {"coding": [{"system": hospice_service, "code": "HOS"}]},
+        "period": {"start": "2025-02-10T08:00:00Z", "end": "2025-02-20T08:00:00Z"}}})
+    site = Settings(outcomes_local_hospice_codes=[f"{hospice_service}|HOS"])
+
+    def readers(settings: Settings) -> list[list[str]]:
+        api = RecordApi(settings, store, Metrics(), TokenRegistry({}), readiness=lambda: (True, "ok"))
+        return [[e.reference for e in OutcomesEngine(settings, store).exclusions(["Patient/h1"])],
+                [f.value.reference for f in api.population.exclusions()]]
+
+    assert readers(site) == [["Encounter/h1-e"], ["Encounter/h1-e"]]
+    assert readers(Settings()) == [[], []]  # a home-health class and an unknown local service: not hospice

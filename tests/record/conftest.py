@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -201,6 +203,10 @@ class ServerThread:
 class RecordHarness:
     def __init__(self, settings: Settings, dsn: str, backend: str) -> None:
         self.backend = backend
+        if settings.record_denials_journal is None and not dsn.startswith("sqlite:///"):
+            # the denied-attempt journal of a PostgreSQL-backed harness: a folder of its own, not the cache's
+            journal = Path(tempfile.mkdtemp(prefix="carebus-denials-")) / "denied-attempts.db"
+            settings = settings.model_copy(update={"record_denials_journal": journal})
         self.settings = settings
         ensure_topics(settings, CATALOGUE)
         self.store = open_store(dsn, identity_policy(settings))
