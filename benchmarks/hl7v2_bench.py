@@ -305,6 +305,7 @@ class MllpRun:
     codes: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
     listener_cpu_s: float = 0.0  # CPU time the listener process used during the run
+    main_thread_cpu_s: float = 0.0  # of which its main thread (the asyncio loop: framing, acceptor, send())
 
 
 def msa_code(ack: bytes) -> str:
@@ -363,9 +364,10 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
     raise RuntimeError(f"the MLLP listener did not listen on 127.0.0.1:{port} within {timeout_s:.0f}s")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_seconds(pid: int, task: int | None = None) -> float:
+    """user + system CPU time of a process, or of one of its threads (``task``: its thread id; Linux /proc)."""
+    path = Path(f"/proc/{pid}/stat") if task is None else Path(f"/proc/{pid}/task/{task}/stat")
+    fields = path.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -397,9 +399,10 @@ def bench_mllp(settings: Settings, entry: str, messages: Sequence[str], warmup: 
                 logs.seek(0)
                 raise SystemExit(f"{exc}:\n{logs.read()[-3000:].decode(errors='replace')}") from None
             asyncio.run(paced_mllp(port, warmup, rate, connections))  # connections, producer metadata: not counted
-            cpu0 = process_cpu_seconds(listener.pid)
+            cpu0, main0 = process_cpu_seconds(listener.pid), process_cpu_seconds(listener.pid, listener.pid)
             run = asyncio.run(paced_mllp(port, messages, rate, connections))
             run.listener_cpu_s = process_cpu_seconds(listener.pid) - cpu0
+            run.main_thread_cpu_s = process_cpu_seconds(listener.pid, listener.pid) - main0
             return run
         finally:
             listener.terminate()
@@ -548,6 +551,9 @@ def show_mllp(run: MllpRun, args: argparse.Namespace, warmup: int, stored: int, 
     per_message = run.listener_cpu_s / sent * 1000 if sent else float("nan")
     print(f"   service process CPU: {per_message:.2f} ms per message ({run.listener_cpu_s / run.elapsed_s:.0%} of a "
           f"core at this rate; at most ~{1000 / per_message:.0f} messages/s per core)")
+    main = run.main_thread_cpu_s / sent * 1000 if sent else float("nan")
+    print(f"   of which the main thread (asyncio loop: framing, acceptor, ACKs, kafka-python's send()) {main:.2f} ms, "
+          f"other threads (kafka-python's sender thread, mostly) {per_message - main:.2f} ms")
 
 
 def parse_args() -> argparse.Namespace:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -115,12 +116,14 @@ class RecordProducer:
             "enable_idempotence": True,
             "linger_ms": 0,
             "partitioner": KeyHashPartitioner(),
+            "metrics_enabled": False,  # kafka-python's own sensors: never read nor exported, a cost on every request
             "max_block_ms": int(settings.kafka_request_timeout_s * 1000),
             "delivery_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 6000,
             **overrides,
         }
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        self._acks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopAcks] = weakref.WeakKeyDictionary()
 
     def _client(self) -> KafkaProducer:
         with self._lock:
@@ -197,16 +200,20 @@ class RecordProducer:
         except BrokerUnavailable:
             self.reset()
             raise
+        acks = self._acks.get(loop)
+        if acks is None:
+            acks = self._acks[loop] = _LoopAcks(loop)
         waiters: list[asyncio.Future[RecordMetadata]] = []
         for future in futures:
             waiter: asyncio.Future[RecordMetadata] = loop.create_future()
-            future.add_callback(_resolve, loop, waiter)
-            future.add_errback(_reject, loop, waiter)
+            future.add_callback(acks.resolve, waiter)
+            future.add_errback(acks.reject, waiter)
             waiters.append(waiter)
         try:
-            return list(
-                await asyncio.wait_for(asyncio.gather(*waiters), timeout=self._settings.kafka_request_timeout_s)
-            )
+            async with asyncio.timeout(self._settings.kafka_request_timeout_s):
+                if len(waiters) == 1:  # the usual single write: no gathering future
+                    return [await waiters[0]]
+                return list(await asyncio.gather(*waiters))
         except (TimeoutError, KafkaError) as exc:
             self.reset()
             raise BrokerUnavailable(f"write not acknowledged: {type(exc).__name__}") from exc
@@ -242,22 +249,43 @@ def _shut(producer: KafkaProducer, timeout_s: float) -> None:
             sender.join(timeout=max(timeout_s, 1.0))
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:
-    loop.call_soon_threadsafe(_set_result, waiter, meta)
+class _LoopAcks:
+    """Acknowledgements handed from kafka-python's sender thread to one event loop, with one wake-up of the loop
+    for all those that arrive together (a produce response completes every record of its batches at once;
+    each ``call_soon_threadsafe`` is a write to the loop's self-pipe, and the loop's read of it)."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Future[RecordMetadata], RecordMetadata | BaseException]] = []
 
-def _reject(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[RecordMetadata], exc: BaseException) -> None:
-    loop.call_soon_threadsafe(_set_exception, waiter, exc)
+    def resolve(self, waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:
+        self._put(waiter, meta)
 
+    def reject(self, waiter: asyncio.Future[RecordMetadata], exc: BaseException) -> None:
+        self._put(waiter, exc)
 
-def _set_result(waiter: asyncio.Future[RecordMetadata], meta: RecordMetadata) -> None:
-    if not waiter.done():
-        waiter.set_result(meta)
+    def _put(self, waiter: asyncio.Future[RecordMetadata], outcome: RecordMetadata | BaseException) -> None:
+        with self._lock:
+            self._pending.append((waiter, outcome))
+            if len(self._pending) > 1:  # a wake-up is already on its way: it takes this one too
+                return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: nobody waits on it any more
+            with self._lock:
+                self._pending.clear()
 
-
-def _set_exception(waiter: asyncio.Future[RecordMetadata], exc: BaseException) -> None:
-    if not waiter.done():
-        waiter.set_exception(exc)
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for waiter, outcome in pending:
+            if waiter.done():  # its writer stopped waiting (timed out, cancelled)
+                continue
+            if isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
 
 def build_consumer(settings: Settings, client_id: str, group_id: str, topics: Iterable[str]) -> KafkaConsumer:

@@ -122,7 +122,10 @@ def main() -> None:
         prepare_topics(settings)
     # readiness probes every second: while it knows the broker is away, writes answer 503 at once
     readiness = KafkaReadiness(settings, [INBOUND_EVENTS.name(settings.topic_prefix)], metrics, interval_s=1.0)
-    producer = RecordProducer(settings, "carebus-intake", broker_down=lambda: not readiness.ready)
+    # linger 2 ms: writes that arrive within 2 ms share one produce request. kafka-python's sender thread spends
+    # ~0.3 ms of CPU per request (each one a wake-up of a sleeping thread on either side); at 1,000 MLLP messages
+    # a second over 16 connections that was a third of intake's CPU per message (docs/benchmarks.md)
+    producer = RecordProducer(settings, "carebus-intake", broker_down=lambda: not readiness.ready, linger_ms=2)
     readiness.start()
     tune_gc()
     try:

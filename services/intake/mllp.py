@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from prometheus_client import Counter
+
 from services.common.hl7v2 import ack_message
 from services.common.hl7v2.errors import HL7_APPLICATION_INTERNAL_ERROR, AckCode, MalformedMessage
 from services.common.metrics import Metrics
@@ -173,6 +175,37 @@ def decode_text(payload: bytes) -> str:
 # server
 
 
+class _IdleTimer:
+    """Cancels a connection's task once it has read nothing for ``timeout_s`` (nor been able to send an ACK for as
+    long), the time its frame is being answered not counted. One timer per connection, re-armed only when it
+    fires: each read just notes the time (a timeout around every read and drain costs a timer per frame)."""
+
+    def __init__(self, task: asyncio.Task[None], timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = task
+        self._timeout_s = timeout_s
+        self.last = self._loop.time()
+        self.answering = False
+        self.expired = False
+        self._handle = self._loop.call_at(self.last + timeout_s, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.answering:  # a Kafka write in flight is not idleness
+            self._handle = self._loop.call_at(now + self._timeout_s, self._check)
+        elif self.last + self._timeout_s > now:
+            self._handle = self._loop.call_at(self.last + self._timeout_s, self._check)
+        else:
+            self.expired = True
+            self._task.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class MllpServer:
     """An asyncio MLLP server around an injected acceptor."""
 
@@ -191,6 +224,7 @@ class MllpServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._answering: set[asyncio.Task[None]] = set()  # connections with an accepted frame not yet ACKed
+        self._ack_counters: dict[str, Counter] = {}
         self._stopping = False
 
     @property
@@ -256,48 +290,67 @@ class MllpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)
-        while True:
-            try:
-                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=self.idle_timeout_s)
-            except TimeoutError:
-                log.info("mllp connection idle: closing", extra={"idle_timeout_s": self.idle_timeout_s})
-                return
-            if not data:  # EOF (the sender closed or half-closed): nothing more will arrive
-                if decoder.in_frame:
-                    log.info("mllp connection closed inside a frame")
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            for item in decoder.feed(data):
-                self._answering.add(task)
-                try:
-                    outcome = await self._answer(item)
-                    writer.write(frame(outcome.ack))
-                    if self._metrics is not None:
-                        self._metrics.mllp_acks.labels(code=outcome.code).inc()
-                    await asyncio.wait_for(writer.drain(), timeout=self.idle_timeout_s)
-                finally:
-                    self._answering.discard(task)
-                if self._stopping:  # the ACK is out: take no further frame from this connection
+        task = asyncio.current_task()
+        assert task is not None
+        idle = _IdleTimer(task, self.idle_timeout_s)
+        try:
+            while True:
+                data = await reader.read(_READ_CHUNK)
+                idle.touch()
+                if not data:  # EOF (the sender closed or half-closed): nothing more will arrive
+                    if decoder.in_frame:
+                        log.info("mllp connection closed inside a frame")
                     return
-            if decoder.abandoned_frames or decoder.discarded_bytes:
-                log.info("mllp framing errors", extra={"abandoned_frames": decoder.abandoned_frames,
-                                                        "discarded_bytes": decoder.discarded_bytes})
-                decoder.abandoned_frames = decoder.discarded_bytes = 0
+                for item in decoder.feed(data):
+                    self._answering.add(task)
+                    idle.answering = True
+                    try:
+                        outcome = await self._answer(item)
+                    finally:
+                        idle.answering = False
+                        idle.touch()
+                    try:
+                        writer.write(frame(outcome.ack))
+                        if self._metrics is not None:
+                            self._ack_counter(outcome.code).inc()
+                        if writer.transport.get_write_buffer_size():  # the ACK did not all fit in the socket
+                            await writer.drain()  # (a sender not reading its ACKs: the idle timer ends it)
+                    finally:
+                        self._answering.discard(task)
+                    if self._stopping:  # the ACK is out: take no further frame from this connection
+                        return
+                if decoder.abandoned_frames or decoder.discarded_bytes:
+                    log.info("mllp framing errors", extra={"abandoned_frames": decoder.abandoned_frames,
+                                                            "discarded_bytes": decoder.discarded_bytes})
+                    decoder.abandoned_frames = decoder.discarded_bytes = 0
+        except asyncio.CancelledError:
+            if not idle.expired:
+                raise
+            task.uncancel()
+            log.info("mllp connection idle: closing", extra={"idle_timeout_s": self.idle_timeout_s})
+        finally:
+            idle.cancel()
+
+    def _ack_counter(self, code: AckCode) -> Counter:
+        """``carebus_mllp_acks_total{code}``'s child for ``code``, looked up once per code."""
+        counter = self._ack_counters.get(code)
+        if counter is None:
+            assert self._metrics is not None
+            counter = self._ack_counters[code] = self._metrics.mllp_acks.labels(code=code)
+        return counter
 
     async def _answer(self, item: Frame | OversizedFrame) -> AckOutcome:
-        now = self._clock()
         if isinstance(item, OversizedFrame):
             head = decode_text(item.head).replace("\n", "\r").split("\r", 1)[0]
             error = FrameTooLarge("MSH", "frame-too-large",
                                   f"the message is larger than {self.max_frame_bytes} bytes")
-            return AckOutcome(ack_message(head, "AE", error, now), "AE")
+            return AckOutcome(ack_message(head, "AE", error, self._clock()), "AE")
         text = decode_text(item.payload)
         try:
             return await self._accept(text)
         except Exception as exc:  # an acceptor bug must not kill the connection: reject, the sender retries
             log.error("mllp acceptor failed", extra={"error": type(exc).__name__})  # no traceback: no PHI
-            return AckOutcome(ack_message(text, "AR", None, now), "AR", retry=True)
+            return AckOutcome(ack_message(text, "AR", None, self._clock()), "AR", retry=True)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,11 +21,15 @@ DEFAULT_VERSION = "2.5.1"
 _ACK_NAMESPACE = uuid.UUID("0b1c0d0a-6c61-4b5e-8c8e-4143cb4d4c4c")
 
 
+_ESCAPES = str.maketrans({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\",
+                          "\r": "\\.br\\", "\n": "\\.br\\"})
+
+
 def escape(text: str) -> str:
     """Escape a value for the standard encoding characters ``|^~\\&``; line breaks become ``\\.br\\``."""
-    out = (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
-           .replace("~", "\\R\\"))
-    return out.replace("\r\n", "\\.br\\").replace("\r", "\\.br\\").replace("\n", "\\.br\\")
+    if "\r\n" in text:  # one line break, one escape
+        text = text.replace("\r\n", "\n")
+    return text.translate(_ESCAPES)  # one pass: an escape's own backslashes are not escaped again
 
 
 def _hd(hd: Hd | None) -> str:
@@ -75,8 +79,9 @@ def ack_message(er7_or_parsed: str | Message, code: AckCode, error: CarebusError
     trigger = escape(header.trigger_event) if header is not None else ""
     control_id = header.control_id if header is not None else ""
     message_type = f"ACK^{trigger}^ACK" if version_tuple >= (2, 3, 1) else f"ACK^{trigger}"
+    timestamp = _timestamp(now)
     ack_id = uuid.uuid5(_ACK_NAMESPACE, f"{header.source if header else ''}|{control_id}|{code}|"
-                                        f"{_timestamp(now)}").hex[:20].upper()
+                                        f"{timestamp}").hex[:20].upper()
     processing = header.processing_id if header is not None and header.processing_id else "P"
     msh = [
         "MSH", "^~\\&",
@@ -85,7 +90,7 @@ def ack_message(er7_or_parsed: str | Message, code: AckCode, error: CarebusError
         _hd(header.receiving_facility) if header is not None else "",
         _hd(header.sending_application) if header is not None else "",
         _hd(header.sending_facility) if header is not None else "",
-        _timestamp(now), "", message_type, ack_id, escape(processing), escape(version),
+        timestamp, "", message_type, ack_id, escape(processing), escape(version),
     ]
     segments = [_msh_line(msh)]
     msa = ["MSA", code, escape(control_id)]

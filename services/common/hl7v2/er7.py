@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from urllib.parse import quote
 
 from services.common.hl7v2.errors import (
@@ -354,20 +353,13 @@ class Header:
     control_id: str
     processing_id: str
     version: str
+    # Computed once by parse_message (a cached_property is recomputed on every read once mypyc compiles this):
+    sender: str  # the sending system's name: sending facility, else sending application
+    source: str  # the source URI of this sender (also the CloudEvent source and the id namespace)
 
     @property
     def version_tuple(self) -> tuple[int, ...] | None:
         return parse_version(self.version)
-
-    @cached_property
-    def sender(self) -> str:
-        """The sending system's name: sending facility, else sending application."""
-        return self.sending_facility.name or self.sending_application.name
-
-    @cached_property
-    def source(self) -> str:
-        """The source URI of this sender (also the CloudEvent source and the id namespace)."""
-        return source_uri(self.sender)
 
 
 def source_uri(sender: str) -> str:
@@ -409,9 +401,11 @@ class Message:
 
 
 def _header(msh: Segment) -> Header:
+    sending_application, sending_facility = Hd.from_rep(msh.rep(3)), Hd.from_rep(msh.rep(4))
+    sender = sending_facility.name or sending_application.name
     return Header(
-        sending_application=Hd.from_rep(msh.rep(3)),
-        sending_facility=Hd.from_rep(msh.rep(4)),
+        sending_application=sending_application,
+        sending_facility=sending_facility,
         receiving_application=Hd.from_rep(msh.rep(5)),
         receiving_facility=Hd.from_rep(msh.rep(6)),
         timestamp=msh.get(7),
@@ -421,6 +415,8 @@ def _header(msh: Segment) -> Header:
         control_id=msh.get(10),
         processing_id=msh.get(11),
         version=msh.get(12),
+        sender=sender,
+        source=source_uri(sender),
     )
 
 

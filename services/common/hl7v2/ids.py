@@ -26,9 +26,8 @@ def message_digest(message: Message) -> str:
     if len(fields) > 6:
         fields[6] = ""
     digest = hashlib.blake2b(sep.join(fields).encode(), digest_size=16)
-    for segment in message.segments[1:]:
-        digest.update(b"\r")
-        digest.update(segment.line.encode())
+    if len(message.segments) > 1:  # each further segment after a CR, in one update
+        digest.update("".join([f"\r{segment.line}" for segment in message.segments[1:]]).encode())
     return digest.hexdigest()
 
 
