@@ -15,7 +15,10 @@ import pytest
 from services.notify.store import NotifyStore, open_notify_store
 from services.notify.subscriptions import parse_subscription
 from services.notify.topics import TOPIC_BASE, Change, parse_filter
-from tests.record.conftest import postgres_server  # noqa: F401 - the session's PostgreSQL fixture
+from tests.record.conftest import (
+    postgres_server,  # noqa: F401 - the session's PostgreSQL fixture
+    side_by_side,
+)
 
 LOINC = "http://loinc.org"
 
@@ -196,8 +199,6 @@ def test_two_record_instances_on_one_postgresql_number_their_changes_apart(
         request: pytest.FixtureRequest) -> None:
     """Two record instances ingest at the same time into one PostgreSQL: every ingest is stored (none refused
     as data because both took the same outbox number), and the outbox numbers are distinct."""
-    import threading
-
     import orjson
 
     from services.record.identity import IdentityPolicy
@@ -219,11 +220,7 @@ def test_two_record_instances_on_one_postgresql_number_their_changes_apart(
             refused.extend(report.refused)
 
     try:
-        threads = [threading.Thread(target=ingest_many, args=(n,)) for n in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        side_by_side(ingest_many)
         rows = stores[0].pending_changes(1000)
     finally:
         for s in stores:

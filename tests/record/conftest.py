@@ -86,6 +86,30 @@ TOKENS: dict[str, RecordTokenGrant] = {
 }
 
 
+def side_by_side(work: Callable[[int], None], sides: int = 2, timeout_s: float = 120,
+                 on_failure: Callable[[], None] = lambda: None) -> None:
+    """``work(0)`` ... ``work(sides - 1)`` at once, one thread each (record instances ingesting together into one
+    database); the first failure of any is raised here (``on_failure`` runs in the failing thread first, e.g. to
+    release the others from a barrier)."""
+    failures: list[BaseException] = []
+
+    def run(side: int) -> None:
+        try:
+            work(side)
+        except BaseException as exc:  # reported by the calling thread
+            failures.append(exc)
+            on_failure()
+
+    threads = [threading.Thread(target=run, args=(side,)) for side in range(sides)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout_s)
+    assert not any(thread.is_alive() for thread in threads), "a side did not finish"
+    if failures:
+        raise failures[0]
+
+
 def token_config() -> dict[str, RecordTokenGrant]:
     return {hashlib.sha256(f"test-token-{name}".encode()).hexdigest(): grant for name, grant in TOKENS.items()}
 

@@ -24,7 +24,7 @@ from services.record.identity import (
     registration_of,
 )
 from services.record.ingest import InboundBundle, prepare_bundle
-from tests.record.conftest import StoreFactory
+from tests.record.conftest import StoreFactory, side_by_side
 from tests.record.fhir_data import CLINIC, HOSPITAL, SUD_PROGRAM, Event, patient, patient_id
 
 EMPI = "urn:carebus:empi"
@@ -224,27 +224,17 @@ def test_two_instances_ingesting_one_persons_patients_at_once_link_them(postgres
     stores = [open_store(dsn, policy), open_store(dsn, policy)]
     pairs = 40
     together = threading.Barrier(2, timeout=60)
-    failures: list[BaseException] = []
 
     def ingest(side: int) -> None:
-        try:
-            for i in range(pairs):
-                resource = patient(CLINIC if side == 0 else HOSPITAL, f"{i}", empi=f"E{i}")
-                resource["id"] = f"pair{i}-{side}"
-                bundle = _patient_record(resource, i, 1_700_000_000_000 + i)
-                together.wait()
-                stores[side].ingest([prepare_bundle(bundle)])
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-            together.abort()
+        for i in range(pairs):
+            resource = patient(CLINIC if side == 0 else HOSPITAL, f"{i}", empi=f"E{i}")
+            resource["id"] = f"pair{i}-{side}"
+            bundle = _patient_record(resource, i, 1_700_000_000_000 + i)
+            together.wait()
+            stores[side].ingest([prepare_bundle(bundle)])
 
     try:
-        threads = [threading.Thread(target=ingest, args=(side,)) for side in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert failures == []
+        side_by_side(ingest, on_failure=together.abort)
         unlinked = [i for i in range(pairs)
                     if stores[0].person(f"Patient/pair{i}-0").members != (f"Patient/pair{i}-0", f"Patient/pair{i}-1")]
     finally:
