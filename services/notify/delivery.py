@@ -395,8 +395,7 @@ class Deliverer:
                             last_sent = time.monotonic()
                             continue
                         failure.first_ms = failure.first_ms or now_ms()
-                        if not await self._after_failure(sub, outcome, failure, failure.first_ms, []):
-                            continue
+                        await self._after_failure(sub, outcome, failure, failure.first_ms, [])
                         continue
                     assert screened is not None
                     if screened.withheld:  # a revocation since they were numbered: never sent (and audited)
